@@ -1,0 +1,255 @@
+//! The per-host desired-state manifest: what one host should run, signed by the
+//! coordinator's manifest key(s), and the artifacts it points at.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dsse::Envelope;
+use crate::error::NameError;
+use crate::keys::SigningKey;
+use crate::names::{AppName, Digest, HostId, Version};
+use crate::spec::AppSpec;
+use crate::time::Timestamp;
+
+/// The payload type of manifest envelopes.
+pub const MANIFEST_PAYLOAD_TYPE: &str = "application/vnd.drover.manifest+json";
+/// The manifest schema this build understands.
+pub const MANIFEST_SCHEMA: u32 = 1;
+/// Largest manifest envelope accepted, checked before parsing.
+pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+/// Most apps one manifest may list.
+pub const MAX_APPS: usize = 256;
+
+/// A host's desired state. Unknown fields are refused (see ARCHITECTURE.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`MANIFEST_SCHEMA`].
+    pub schema: u32,
+    /// The host this manifest is for.
+    pub host: HostId,
+    /// Strictly increasing per host; an agent never accepts a serial it has passed.
+    pub serial: u64,
+    /// When the coordinator signed it.
+    pub issued_at: Timestamp,
+    /// After this, the manifest is refused; the coordinator re-signs well before.
+    pub expires_at: Timestamp,
+    /// When set, the agent applies no changes (a kill switch); it keeps running what it runs.
+    #[serde(default)]
+    pub hold: bool,
+    /// The release of each app this host should run. Apps not listed are not managed.
+    #[serde(deserialize_with = "unique_map")]
+    pub apps: BTreeMap<AppName, AppRelease>,
+}
+
+/// The release one app should run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRelease {
+    /// The release version.
+    pub version: Version,
+    /// What to fetch.
+    pub artifact: Artifact,
+    /// How to run it.
+    pub spec: AppSpec,
+}
+
+/// Where a release's bits come from, always pinned by digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Artifact {
+    /// A tar.gz over HTTP(S): the coordinator's content store or another server.
+    Tarball {
+        /// Where to download it.
+        url: HttpUrl,
+        /// The sha256 of the tar.gz bytes.
+        digest: Digest,
+        /// The exact size in bytes: a hard cap while downloading.
+        size: u64,
+    },
+    /// An OCI image, pinned by manifest digest.
+    Oci {
+        /// `registry/repository@sha256:...`; must end in `@` + `digest`.
+        reference: OciReference,
+        /// The image manifest digest.
+        digest: Digest,
+    },
+}
+
+impl Artifact {
+    /// The artifact's digest.
+    pub fn digest(&self) -> &Digest {
+        match self {
+            Artifact::Tarball { digest, .. } | Artifact::Oci { digest, .. } => digest,
+        }
+    }
+}
+
+/// An absolute `http://` or `https://` URL without whitespace or control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HttpUrl(String);
+
+impl HttpUrl {
+    /// The URL text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HttpUrl {
+    type Error = NameError;
+    fn try_from(text: String) -> Result<HttpUrl, NameError> {
+        let rest = text
+            .strip_prefix("https://")
+            .or_else(|| text.strip_prefix("http://"));
+        let ok = rest.is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+            && text.len() <= 2048
+            && !text.chars().any(|c| c.is_whitespace() || c.is_control());
+        if ok {
+            Ok(HttpUrl(text))
+        } else {
+            Err(NameError::new(
+                "URL",
+                &text,
+                "an http:// or https:// URL without spaces, at most 2048 bytes",
+            ))
+        }
+    }
+}
+
+impl From<HttpUrl> for String {
+    fn from(value: HttpUrl) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An OCI image reference pinned by digest: `name@sha256:<hex>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OciReference(String);
+
+impl OciReference {
+    /// The reference text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The digest the reference is pinned to.
+    pub fn digest(&self) -> Digest {
+        let (_, digest) = self.0.rsplit_once('@').expect("checked when parsed");
+        digest.parse().expect("checked when parsed")
+    }
+}
+
+impl TryFrom<String> for OciReference {
+    type Error = NameError;
+    fn try_from(text: String) -> Result<OciReference, NameError> {
+        let ok = text.rsplit_once('@').is_some_and(|(name, digest)| {
+            !name.is_empty()
+                && name.len() <= 512
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/:".contains(&b))
+                && digest.parse::<Digest>().is_ok()
+        });
+        if ok {
+            Ok(OciReference(text))
+        } else {
+            Err(NameError::new(
+                "OCI reference",
+                &text,
+                "registry/repository@sha256:<64 hex digits>",
+            ))
+        }
+    }
+}
+
+impl From<OciReference> for String {
+    fn from(value: OciReference) -> String {
+        value.0
+    }
+}
+
+impl Manifest {
+    /// The payload bytes to sign.
+    pub fn to_payload(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest always serializes")
+    }
+
+    /// Signs this manifest into an envelope (JSON bytes).
+    pub fn sign(&self, keys: &[&SigningKey]) -> Vec<u8> {
+        Envelope::sign(MANIFEST_PAYLOAD_TYPE, &self.to_payload(), keys).to_json()
+    }
+
+    /// Checks what serde cannot: the cross-field rules of a manifest.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.expires_at <= self.issued_at {
+            return Err(format!(
+                "expires_at {} is not after issued_at {}",
+                self.expires_at, self.issued_at
+            ));
+        }
+        if self.apps.len() > MAX_APPS {
+            return Err(format!(
+                "{} apps is over the limit of {MAX_APPS}",
+                self.apps.len()
+            ));
+        }
+        for (app, release) in &self.apps {
+            if let Artifact::Oci { reference, digest } = &release.artifact
+                && &reference.digest() != digest
+            {
+                return Err(format!(
+                    "app {app}: OCI reference {} is not pinned to digest {digest}",
+                    reference.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deserializes a JSON object into a map, refusing duplicate keys (serde_json would
+/// otherwise keep the last one silently, and two readers could disagree on the value).
+fn unique_map<'de, D>(deserializer: D) -> Result<BTreeMap<AppName, AppRelease>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct UniqueMap;
+    impl<'de> serde::de::Visitor<'de> for UniqueMap {
+        type Value = BTreeMap<AppName, AppRelease>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of app names to releases")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut access: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut map = BTreeMap::new();
+            while let Some((app, release)) = access.next_entry::<AppName, AppRelease>()? {
+                if map.len() >= MAX_APPS {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {MAX_APPS} apps"
+                    )));
+                }
+                if map.contains_key(&app) {
+                    return Err(serde::de::Error::custom(format!(
+                        "app {app} is listed twice"
+                    )));
+                }
+                map.insert(app, release);
+            }
+            Ok(map)
+        }
+    }
+    deserializer.deserialize_map(UniqueMap)
+}

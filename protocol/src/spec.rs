@@ -1,0 +1,670 @@
+//! The app spec: how an app runs on a host. Operators write it as `drover.toml` next to
+//! their code; a release snapshots it, and manifests carry it to hosts as JSON.
+//!
+//! Every field that ends up in a path, a unit file or a command line is a validated type,
+//! so that a spec which deserializes is one the agent can act on without re-checking.
+//! Unknown fields are refused: a misspelt `sandbox` key must be an error, not a silently
+//! unsandboxed service.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::NameError;
+use crate::time::Duration;
+
+/// How an app runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// The main process.
+    pub service: ServiceSpec,
+    /// Resource limits (systemd `MemoryMax=`, `CPUQuota=`, `TasksMax=`).
+    #[serde(default, skip_serializing_if = "Resources::is_unset")]
+    pub resources: Resources,
+    /// Sandboxing of the service unit.
+    #[serde(default)]
+    pub sandbox: Sandbox,
+    /// Files written into the release directory before it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_files: Vec<ConfigFile>,
+    /// How the agent decides the release is healthy.
+    #[serde(default)]
+    pub health: Health,
+    /// Commands run around the switch to a new release.
+    #[serde(default, skip_serializing_if = "Hooks::is_unset")]
+    pub hooks: Hooks,
+    /// How many releases to keep on disk, the running one included (2 to 32).
+    #[serde(default = "default_keep_releases")]
+    pub keep_releases: KeepReleases,
+}
+
+/// The service's process and how systemd runs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Program and arguments; a relative program path is inside the release directory.
+    pub command: Command,
+    /// The user to run as; absent means a dynamic, unprivileged user (`DynamicUser=yes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UnixName>,
+    /// The group to run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<UnixName>,
+    /// Working directory, relative to the release directory (default: the release root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<RelativePath>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<EnvName, String>,
+    /// When systemd restarts the process.
+    #[serde(default)]
+    pub restart: RestartMode,
+    /// How long systemd waits for the process to stop before killing it.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Duration,
+}
+
+/// systemd's `Restart=` setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    /// Restart whenever the process exits.
+    Always,
+    /// Restart when the process fails (the default).
+    #[default]
+    OnFailure,
+    /// Never restart.
+    No,
+}
+
+/// Resource limits; absent fields are unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// `MemoryMax=`, e.g. `"256M"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<ByteSize>,
+    /// `CPUQuota=` in percent of one core (1 to 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota_percent: Option<u16>,
+    /// `TasksMax=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_max: Option<u32>,
+}
+
+impl Resources {
+    fn is_unset(&self) -> bool {
+        self == &Resources::default()
+    }
+}
+
+/// How tightly systemd confines the service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sandbox {
+    /// The preset of systemd hardening options.
+    #[serde(default)]
+    pub level: SandboxLevel,
+    /// Absolute paths the service may write to despite `ProtectSystem=strict`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_write_paths: Vec<AbsolutePath>,
+    /// Keep setuid/setgid bits found in the artifact (stripped by default).
+    #[serde(default)]
+    pub allow_setuid: bool,
+}
+
+/// Presets of systemd sandboxing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxLevel {
+    /// `ProtectSystem=strict`, `ProtectHome`, `PrivateTmp`, `NoNewPrivileges` and more (the default).
+    #[default]
+    Strict,
+    /// `ProtectSystem=full`, `PrivateTmp`, `NoNewPrivileges`.
+    Basic,
+    /// No sandboxing options at all; for services that manage the host itself.
+    None,
+}
+
+/// A file the agent writes into the release directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where, relative to the release directory.
+    pub path: RelativePath,
+    /// The file's contents.
+    pub content: String,
+    /// The file's mode, octal text such as `"0640"` (default `0644`).
+    #[serde(default = "default_file_mode")]
+    pub mode: FileMode,
+}
+
+/// Health checking of a newly started release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// How long the release has to become healthy before it is rolled back.
+    #[serde(default = "default_grace_period")]
+    pub grace_period: Duration,
+    /// Time between check rounds.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    /// Consecutive passing rounds needed to call the release healthy.
+    #[serde(default = "default_successes")]
+    pub successes: u32,
+    /// The checks; every one must pass in a round. The unit-state check always applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<HealthCheck>,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            grace_period: default_grace_period(),
+            interval: default_interval(),
+            successes: default_successes(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+/// One health check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum HealthCheck {
+    /// An HTTP GET that must answer with `status` (default 200).
+    Http {
+        /// `http://` URL, normally on 127.0.0.1.
+        url: String,
+        /// Expected status code.
+        #[serde(default = "default_http_status")]
+        status: u16,
+        /// Per-attempt timeout.
+        #[serde(default = "default_check_timeout")]
+        timeout: Duration,
+    },
+    /// A TCP connect that must succeed.
+    Tcp {
+        /// `HOST:PORT`.
+        address: String,
+        /// Per-attempt timeout.
+        #[serde(default = "default_check_timeout")]
+        timeout: Duration,
+    },
+    /// A command that must exit 0.
+    Command {
+        /// Program and arguments, run from the release directory.
+        command: Command,
+        /// Per-attempt timeout.
+        #[serde(default = "default_check_timeout")]
+        timeout: Duration,
+    },
+}
+
+/// Lifecycle hooks, run from the new release directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Before the new release is started; failure aborts the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_start: Option<Hook>,
+    /// After the new release started; failure counts as unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_start: Option<Hook>,
+}
+
+impl Hooks {
+    fn is_unset(&self) -> bool {
+        self == &Hooks::default()
+    }
+}
+
+/// A hook command with its timeout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    /// Program and arguments.
+    pub command: Command,
+    /// Killed and failed after this long.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_keep_releases() -> KeepReleases {
+    KeepReleases(3)
+}
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_grace_period() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_successes() -> u32 {
+    2
+}
+fn default_http_status() -> u16 {
+    200
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_file_mode() -> FileMode {
+    FileMode(0o644)
+}
+
+/// Defines a newtype over a `String` that deserializes through `FromStr`.
+macro_rules! text_newtype {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The validated text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(text: String) -> Result<Self, NameError> {
+                text.parse()
+            }
+        }
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+text_newtype!(
+    /// A path inside the release directory: not absolute, no `..` or empty components,
+    /// no NUL or control characters, at most 1024 bytes.
+    RelativePath
+);
+
+impl FromStr for RelativePath {
+    type Err = NameError;
+    fn from_str(text: &str) -> Result<RelativePath, NameError> {
+        let ok = !text.is_empty()
+            && text.len() <= 1024
+            && !text.starts_with('/')
+            && !text.chars().any(char::is_control)
+            && text.split('/').all(|part| !part.is_empty() && part != "..");
+        if ok {
+            Ok(RelativePath(text.to_owned()))
+        } else {
+            Err(NameError::new(
+                "relative path",
+                text,
+                "a path inside the release: no leading '/', no '..' or empty parts",
+            ))
+        }
+    }
+}
+
+text_newtype!(
+    /// An absolute path on the host: starts with `/`, no `..` components, no control
+    /// characters, at most 1024 bytes.
+    AbsolutePath
+);
+
+impl FromStr for AbsolutePath {
+    type Err = NameError;
+    fn from_str(text: &str) -> Result<AbsolutePath, NameError> {
+        let ok = text.starts_with('/')
+            && text.len() <= 1024
+            && !text.chars().any(char::is_control)
+            && text.split('/').skip(1).all(|part| part != "..");
+        if ok {
+            Ok(AbsolutePath(text.to_owned()))
+        } else {
+            Err(NameError::new(
+                "absolute path",
+                text,
+                "a path starting with '/' without '..' parts",
+            ))
+        }
+    }
+}
+
+text_newtype!(
+    /// A user or group name: `[a-z_][a-z0-9_-]{0,31}`.
+    UnixName
+);
+
+impl FromStr for UnixName {
+    type Err = NameError;
+    fn from_str(text: &str) -> Result<UnixName, NameError> {
+        let ok = (1..=32).contains(&text.len())
+            && text
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(UnixName(text.to_owned()))
+        } else {
+            Err(NameError::new(
+                "user or group name",
+                text,
+                "1 to 32 characters of a-z, 0-9, '_' and '-', starting with a letter or '_'",
+            ))
+        }
+    }
+}
+
+text_newtype!(
+    /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]{0,127}`.
+    EnvName
+);
+
+impl FromStr for EnvName {
+    type Err = NameError;
+    fn from_str(text: &str) -> Result<EnvName, NameError> {
+        let ok = (1..=128).contains(&text.len())
+            && text
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if ok {
+            Ok(EnvName(text.to_owned()))
+        } else {
+            Err(NameError::new(
+                "environment variable name",
+                text,
+                "letters, digits and '_', not starting with a digit",
+            ))
+        }
+    }
+}
+
+/// A command line: a non-empty program followed by arguments, no NUL bytes, at most 256
+/// arguments of 4096 bytes each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct Command(Vec<String>);
+
+impl Command {
+    /// The program followed by its arguments.
+    pub fn argv(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl TryFrom<Vec<String>> for Command {
+    type Error = NameError;
+    fn try_from(argv: Vec<String>) -> Result<Command, NameError> {
+        let ok = argv.first().is_some_and(|program| !program.is_empty())
+            && argv.len() <= 256
+            && argv
+                .iter()
+                .all(|arg| arg.len() <= 4096 && !arg.contains('\0'));
+        if ok {
+            Ok(Command(argv))
+        } else {
+            let shown = argv.first().map_or("", String::as_str);
+            Err(NameError::new(
+                "command",
+                shown,
+                "a non-empty program and up to 256 arguments without NUL bytes",
+            ))
+        }
+    }
+}
+
+impl From<Command> for Vec<String> {
+    fn from(value: Command) -> Vec<String> {
+        value.0
+    }
+}
+
+/// A size in bytes, written as a number with an optional `K`, `M`, `G` or `T` suffix
+/// (powers of 1024, as systemd reads them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ByteSize(u64);
+
+impl ByteSize {
+    /// The size in bytes.
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = NameError;
+    fn from_str(text: &str) -> Result<ByteSize, NameError> {
+        let error = || {
+            NameError::new(
+                "size",
+                text,
+                "a whole number with an optional K, M, G or T suffix, e.g. 256M",
+            )
+        };
+        let (digits, shift) = match text.as_bytes().last() {
+            Some(b'K') => (&text[..text.len() - 1], 10),
+            Some(b'M') => (&text[..text.len() - 1], 20),
+            Some(b'G') => (&text[..text.len() - 1], 30),
+            Some(b'T') => (&text[..text.len() - 1], 40),
+            _ => (text, 0),
+        };
+        if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(error());
+        }
+        let amount: u64 = digits.parse().map_err(|_| error())?;
+        amount
+            .checked_mul(1u64 << shift)
+            .map(ByteSize)
+            .ok_or_else(error)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+            if self.0 != 0 && self.0 % (1u64 << shift) == 0 {
+                return write!(f, "{}{suffix}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl TryFrom<String> for ByteSize {
+    type Error = NameError;
+    fn try_from(text: String) -> Result<ByteSize, NameError> {
+        text.parse()
+    }
+}
+
+impl From<ByteSize> for String {
+    fn from(value: ByteSize) -> String {
+        value.to_string()
+    }
+}
+
+/// A file mode, written as octal text (`"0640"`); only permission bits, no setuid/setgid/sticky.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FileMode(u32);
+
+impl FileMode {
+    /// The permission bits.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<String> for FileMode {
+    type Error = NameError;
+    fn try_from(text: String) -> Result<FileMode, NameError> {
+        let error = || {
+            NameError::new(
+                "file mode",
+                &text,
+                "octal permission bits such as \"0640\" (at most 0777)",
+            )
+        };
+        if text.is_empty() || text.len() > 4 {
+            return Err(error());
+        }
+        match u32::from_str_radix(&text, 8) {
+            Ok(bits) if bits <= 0o777 => Ok(FileMode(bits)),
+            _ => Err(error()),
+        }
+    }
+}
+
+impl From<FileMode> for String {
+    fn from(value: FileMode) -> String {
+        format!("{:04o}", value.0)
+    }
+}
+
+/// How many releases an app keeps on disk: 2 (the running one and one to roll back to) to 32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct KeepReleases(u32);
+
+impl KeepReleases {
+    /// The count.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<u32> for KeepReleases {
+    type Error = NameError;
+    fn try_from(count: u32) -> Result<KeepReleases, NameError> {
+        if (2..=32).contains(&count) {
+            Ok(KeepReleases(count))
+        } else {
+            Err(NameError::new(
+                "keep_releases",
+                &count.to_string(),
+                "2 to 32 (the running release and at least one to roll back to)",
+            ))
+        }
+    }
+}
+
+impl From<KeepReleases> for u32 {
+    fn from(value: KeepReleases) -> u32 {
+        value.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<AppSpec, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let spec = parse(r#"{"service":{"command":["bin/web"]}}"#).expect("minimal spec");
+        assert_eq!(spec.keep_releases.get(), 3);
+        assert_eq!(spec.sandbox.level, SandboxLevel::Strict);
+        assert_eq!(spec.service.restart, RestartMode::OnFailure);
+        assert_eq!(spec.health.grace_period, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn full_spec_round_trips() {
+        let json = r#"{
+            "service": {"command": ["bin/web", "--port", "8080"], "user": "web", "working_directory": "srv",
+                        "environment": {"PORT": "8080"}, "restart": "always", "stop_timeout": "10s"},
+            "resources": {"memory_max": "256M", "cpu_quota_percent": 50, "tasks_max": 64},
+            "sandbox": {"level": "basic", "read_write_paths": ["/var/lib/web"]},
+            "config_files": [{"path": "etc/web.toml", "content": "port = 8080\n", "mode": "0640"}],
+            "health": {"grace_period": "20s", "checks": [
+                {"kind": "http", "url": "http://127.0.0.1:8080/healthz"},
+                {"kind": "tcp", "address": "127.0.0.1:8080"},
+                {"kind": "command", "command": ["bin/check"]}]},
+            "hooks": {"pre_start": {"command": ["bin/migrate"], "timeout": "2m"}},
+            "keep_releases": 5
+        }"#;
+        let spec = parse(json).expect("full spec");
+        assert_eq!(
+            spec.resources.memory_max.map(ByteSize::bytes),
+            Some(256 << 20)
+        );
+        let again: AppSpec =
+            serde_json::from_slice(&serde_json::to_vec(&spec).expect("serializes"))
+                .expect("parses");
+        assert_eq!(again, spec);
+    }
+
+    #[test]
+    fn hostile_or_misspelt_specs_are_refused() {
+        for (json, why) in [
+            (r#"{"service":{"command":[]}}"#, "empty command"),
+            (r#"{"service":{"command":[""]}}"#, "empty program"),
+            (
+                r#"{"service":{"command":["x"]},"sandbox":{"levle":"none"}}"#,
+                "misspelt key",
+            ),
+            (
+                r#"{"service":{"command":["x"],"working_directory":"../etc"}}"#,
+                "escaping workdir",
+            ),
+            (
+                r#"{"service":{"command":["x"],"working_directory":"/etc"}}"#,
+                "absolute workdir",
+            ),
+            (
+                r#"{"service":{"command":["x"]},"config_files":[{"path":"a/../../b","content":""}]}"#,
+                "escaping config file",
+            ),
+            (
+                r#"{"service":{"command":["x"]},"config_files":[{"path":"a","content":"","mode":"4755"}]}"#,
+                "setuid mode",
+            ),
+            (
+                r#"{"service":{"command":["x"],"user":"root;rm"}}"#,
+                "bad user",
+            ),
+            (
+                r#"{"service":{"command":["x"],"environment":{"A=B":"c"}}}"#,
+                "bad env name",
+            ),
+            (
+                r#"{"service":{"command":["x"]},"keep_releases":1}"#,
+                "nothing to roll back to",
+            ),
+            (
+                r#"{"service":{"command":["x"]},"resources":{"memory_max":"12Q"}}"#,
+                "bad size",
+            ),
+            (
+                r#"{"service":{"command":["x"]},"health":{"checks":[{"kind":"exec"}]}}"#,
+                "unknown check",
+            ),
+        ] {
+            assert!(parse(json).is_err(), "{why} must be refused");
+        }
+    }
+}
