@@ -29,6 +29,16 @@ impl Timestamp {
         Timestamp(seconds.clamp(0, MAX_UNIX_SECONDS))
     }
 
+    /// Converts a clock reading taken by the caller (the protocol never reads the clock).
+    pub fn from_system(time: std::time::SystemTime) -> Timestamp {
+        let seconds = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+            });
+        Timestamp::from_unix(seconds)
+    }
+
     /// Seconds since the Unix epoch.
     pub fn unix(self) -> i64 {
         self.0
@@ -227,7 +237,7 @@ impl fmt::Display for Duration {
             (1000, "s"),
         ];
         for (size, suffix) in units {
-            if self.0 != 0 && self.0 % size == 0 {
+            if self.0 != 0 && self.0.is_multiple_of(size) {
                 return write!(f, "{}{suffix}", self.0 / size);
             }
         }

@@ -1,0 +1,56 @@
+//! The `drover-agent` command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use drover_protocol::{HostId, Timestamp};
+
+/// drover-agent: runs on every host, acts only on manifests its trust document vouches for.
+#[derive(Debug, Parser)]
+#[command(
+    name = "drover-agent",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Agent commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Verify a signed manifest exactly as the agent would before acting on it.
+    ///
+    /// Prints the payload on stdout and exits 0 when the manifest would be accepted;
+    /// prints the one-line reason on stderr and exits 1 when it would be rejected.
+    /// Nothing on the host changes either way.
+    ///
+    /// Example: drover-agent verify --trust keys/trust.json --host web-01 --last-serial 6 m.dsse
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `drover-agent verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The pinned trust document (a DSSE envelope).
+    #[arg(long, default_value = "/var/lib/drover/trust.json")]
+    pub trust: PathBuf,
+    /// This host's id; the manifest must be for it.
+    #[arg(long)]
+    pub host: HostId,
+    /// Serial of the last accepted manifest; the manifest's serial must be greater.
+    #[arg(long)]
+    pub last_serial: Option<u64>,
+    /// Issued-at of the last accepted manifest (RFC 3339); expiry is judged against the
+    /// later of this and the clock.
+    #[arg(long, requires = "last_serial")]
+    pub last_issued_at: Option<Timestamp>,
+    /// Print the exact signed payload bytes instead of pretty JSON.
+    #[arg(long)]
+    pub raw: bool,
+    /// The manifest envelope to verify, or `-` for stdin.
+    pub file: PathBuf,
+}

@@ -1,0 +1,28 @@
+//! drover's coordinator as a library: the operator CLI's commands (and, with the
+//! coordinator issue, `drover serve`). The `drover` binary only parses and dispatches.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod error;
+pub mod keys;
+
+use std::io::{Read, Write};
+
+use drover_protocol::Timestamp;
+
+pub use error::Error;
+
+/// Runs one `drover` command with the given clock and streams.
+pub fn run(
+    cli: cli::Cli,
+    now: Timestamp,
+    input: &mut dyn Read,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    match cli.command {
+        cli::Command::Keys(cli::KeysCommand::Init(args)) => keys::init(&args, now, out),
+        cli::Command::Keys(cli::KeysCommand::Show(args)) => keys::show(&args, now, out),
+        cli::Command::Keys(cli::KeysCommand::Sign(args)) => keys::sign(&args, input, out),
+    }
+}
