@@ -30,6 +30,25 @@ pub enum Command {
     ///
     /// Example: drover-agent verify --trust keys/trust.json --host web-01 --last-serial 6 m.dsse
     Verify(VerifyArgs),
+    /// Check that new trust documents would replace the pinned one, as the agent checks
+    /// a rotation: each signed by a threshold of the current root keys and of its own
+    /// root keys, with a higher version; the last one not expired.
+    ///
+    /// Prints the resulting trust document and exits 0, or the one-line reason and exits 1.
+    ///
+    /// Example: drover-agent verify-trust --trust /var/lib/drover/trust.json trust-v2.json
+    VerifyTrust(VerifyTrustArgs),
+}
+
+/// Arguments of `drover-agent verify-trust`.
+#[derive(Debug, Args)]
+pub struct VerifyTrustArgs {
+    /// The pinned (current) trust document.
+    #[arg(long, default_value = "/var/lib/drover/trust.json")]
+    pub trust: PathBuf,
+    /// The new trust document(s), applied in order (a rotation chain).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 /// Arguments of `drover-agent verify`.

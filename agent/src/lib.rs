@@ -1,5 +1,5 @@
-//! drover's host agent as a library. Today: `verify`, which runs the exact acceptance
-//! check the agent applies before acting. The install loop comes with the agent issue.
+//! drover's host agent as a library. Today: `verify` and `verify-trust`, which run the
+//! exact checks the agent applies to manifests and trust rotations before acting. The install loop comes with the agent issue.
 
 #![forbid(unsafe_code)]
 
@@ -23,5 +23,6 @@ pub fn run(
 ) -> Result<(), Error> {
     match cli.command {
         cli::Command::Verify(args) => verify::verify(&args, now, stdin, out, err),
+        cli::Command::VerifyTrust(args) => verify::verify_trust(&args, now, out, err),
     }
 }

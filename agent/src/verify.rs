@@ -9,7 +9,7 @@ use drover_protocol::manifest::MAX_MANIFEST_BYTES;
 use drover_protocol::trust::MAX_TRUST_BYTES;
 use drover_protocol::{DocumentKind, LastAccepted, Rejection, Timestamp, Trust, accept};
 
-use crate::cli::VerifyArgs;
+use crate::cli::{VerifyArgs, VerifyTrustArgs};
 use crate::error::Error;
 
 fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -41,24 +41,64 @@ fn too_large(kind: DocumentKind, path: &Path, read: usize, limit: usize) -> Reje
     Rejection::TooLarge { kind, size, limit }
 }
 
-/// Loads and checks a trust document from a file.
-pub fn load_trust(path: &Path, now: Timestamp) -> Result<Trust, Error> {
+/// Reads a trust envelope, refusing an oversized one without reading it whole.
+fn read_trust_file(path: &Path) -> Result<Vec<u8>, Error> {
     let mut file = File::open(path).map_err(io("opening trust document", path))?;
     let bytes = read_bounded(&mut file, path, MAX_TRUST_BYTES)?;
-    let checked = if bytes.len() > MAX_TRUST_BYTES {
-        Err(too_large(
-            DocumentKind::Trust,
-            path,
-            bytes.len(),
-            MAX_TRUST_BYTES,
-        ))
-    } else {
-        Trust::bootstrap(&bytes, now)
-    };
-    checked.map_err(|rejection| Error::Trust {
+    if bytes.len() > MAX_TRUST_BYTES {
+        let rejection = too_large(DocumentKind::Trust, path, bytes.len(), MAX_TRUST_BYTES);
+        return Err(Error::Trust {
+            path: path.to_path_buf(),
+            rejection,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Loads and checks a trust document from a file.
+pub fn load_trust(path: &Path, now: Timestamp) -> Result<Trust, Error> {
+    let bytes = read_trust_file(path)?;
+    Trust::bootstrap(&bytes, now).map_err(|rejection| Error::Trust {
         path: path.to_path_buf(),
         rejection,
     })
+}
+
+/// `drover-agent verify-trust`.
+pub fn verify_trust(
+    args: &VerifyTrustArgs,
+    now: Timestamp,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), Error> {
+    let current = load_trust(&args.trust, now)?;
+    let chain = args
+        .files
+        .iter()
+        .map(|path| read_trust_file(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let chain: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+    let last = args.files.last().expect("clap requires at least one file");
+    let rotated = current
+        .rotate_chain(&chain, now)
+        .map_err(|rejection| Error::Trust {
+            path: last.clone(),
+            rejection,
+        })?;
+    let mut document =
+        serde_json::to_vec_pretty(rotated.document()).expect("a trust document serializes");
+    document.push(b'\n');
+    out.write_all(&document)
+        .map_err(io("writing", Path::new("stdout")))?;
+    let summary = format!(
+        "accepted: trust document version {} replaces version {} ({} rotation(s)), expires {}\n",
+        rotated.version(),
+        current.version(),
+        chain.len(),
+        rotated.expires_at(),
+    );
+    err.write_all(summary.as_bytes())
+        .map_err(io("writing", Path::new("stderr")))
 }
 
 /// `drover-agent verify`.

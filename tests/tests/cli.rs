@@ -628,3 +628,130 @@ fn verify_reads_stdin() {
     );
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+/// The payload of `dir`'s trust.json as JSON, to edit into a rotation.
+fn trust_payload(keys: &KeyDir) -> serde_json::Value {
+    let envelope: Envelope =
+        serde_json::from_slice(&fs::read(keys.dir.join("trust.json")).expect("trust"))
+            .expect("envelope");
+    let payload = envelope
+        .payload_bytes(drover_protocol::DocumentKind::Trust)
+        .expect("payload");
+    serde_json::from_slice(&payload).expect("json")
+}
+
+/// Signs `payload` as a trust document with the given key files (absolute paths).
+fn sign_trust(payload: &serde_json::Value, key_files: &[String]) -> Vec<u8> {
+    let mut args = vec!["keys", "sign", "--type", "trust"];
+    for file in key_files {
+        args.extend(["--key", file.as_str()]);
+    }
+    let output = run("drover", &args, &serde_json::to_vec(payload).expect("json"));
+    assert!(output.status.success(), "{}", stderr(&output));
+    output.stdout
+}
+
+fn verify_trust(current: &KeyDir, candidate: &[u8]) -> Output {
+    let file = current.write("candidate-trust.json", candidate);
+    run(
+        "drover-agent",
+        &[
+            "verify-trust",
+            "--trust",
+            &current.path("trust.json"),
+            &file,
+        ],
+        b"",
+    )
+}
+
+#[test]
+fn verify_trust_accepts_a_rotation_signed_by_old_and_new_roots() {
+    let old = KeyDir::init(&[]);
+    let new = KeyDir::init(&[]);
+    let mut payload = trust_payload(&new);
+    payload["version"] = 2.into();
+    let rotation = sign_trust(&payload, &[old.path("root-1.key"), new.path("root-1.key")]);
+    let output = verify_trust(&old, &rotation);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("trust document version 2 replaces version 1"),
+        "{}",
+        stderr(&output)
+    );
+
+    // After the rotation, the new manifest key is the one hosts accept.
+    let rotated_trust = new.write("trust.json", &rotation);
+    let by_new = new.sign("manifest.key", "manifest", &live_manifest(1).to_payload());
+    let by_old = old.sign("manifest.key", "manifest", &live_manifest(1).to_payload());
+    let verify = |envelope: &[u8]| {
+        let file = new.write("m.dsse", envelope);
+        run(
+            "drover-agent",
+            &[
+                "verify",
+                "--trust",
+                &rotated_trust,
+                "--host",
+                "web-01",
+                &file,
+            ],
+            b"",
+        )
+    };
+    assert!(verify(&by_new).status.success());
+    assert_rejected(&verify(&by_old), "not an authorised manifest key");
+}
+
+#[test]
+fn verify_trust_rejects_a_rotation_signed_by_the_new_roots_only() {
+    let old = KeyDir::init(&[]);
+    let new = KeyDir::init(&[]);
+    let mut payload = trust_payload(&new);
+    payload["version"] = 2.into();
+    let rotation = sign_trust(&payload, &[new.path("root-1.key")]);
+    assert_rejected(
+        &verify_trust(&old, &rotation),
+        "which is not an authorised root key",
+    );
+}
+
+#[test]
+fn verify_trust_rejects_a_trust_document_signed_by_a_manifest_key() {
+    let old = KeyDir::init(&[]);
+    let mut payload = trust_payload(&old);
+    payload["version"] = 2.into();
+    let rotation = sign_trust(&payload, &[old.path("manifest.key")]);
+    assert_rejected(
+        &verify_trust(&old, &rotation),
+        "which is not an authorised root key",
+    );
+}
+
+#[test]
+fn verify_trust_rejects_a_version_that_does_not_go_up() {
+    let old = KeyDir::init(&[]);
+    let new = KeyDir::init(&[]);
+    for version in [1, 0] {
+        let mut payload = trust_payload(&new);
+        payload["version"] = version.into();
+        let rotation = sign_trust(&payload, &[old.path("root-1.key"), new.path("root-1.key")]);
+        assert_rejected(
+            &verify_trust(&old, &rotation),
+            &format!("version {version} is not higher than the current version 1"),
+        );
+    }
+}
+
+#[test]
+fn verify_trust_rejects_an_expired_trust_document() {
+    let old = KeyDir::init(&[]);
+    let mut payload = trust_payload(&old);
+    payload["version"] = 2.into();
+    payload["expires_at"] = real_now().minus(Duration::from_secs(60)).to_string().into();
+    let rotation = sign_trust(&payload, &[old.path("root-1.key")]);
+    assert_rejected(
+        &verify_trust(&old, &rotation),
+        "trust document rejected: expired at",
+    );
+}
