@@ -28,5 +28,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "building the binaries the CLI tests run"
 cargo build --workspace --bins --locked
 
-log "cargo test (unit, property, integration and CLI tests; benchmarks in quick mode)"
-cargo test --workspace --all-targets --locked
+log "benchmarks, smoke run (debug build, tiny sizes: proves they work, measures nothing)"
+cargo test --workspace --benches --locked
+
+log "cargo test (unit, property, integration and CLI tests, doc tests)"
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$results"
+
+# One closing line for the whole run (cargo's own last line is the last crate's doc tests).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "\ntests: %d passed, %d failed\n", passed, failed }' "$results"

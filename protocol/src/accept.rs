@@ -113,13 +113,10 @@ pub fn accept(
         });
     }
     let manifest: Manifest =
-        serde_json::from_slice(&payload).map_err(|error| Rejection::BadPayload {
-            kind: KIND,
-            detail: error.to_string(),
-        })?;
+        serde_json::from_slice(&payload).map_err(|error| Rejection::bad_payload(KIND, error))?;
     manifest
         .check()
-        .map_err(|detail| Rejection::BadPayload { kind: KIND, detail })?;
+        .map_err(|detail| Rejection::bad_payload(KIND, detail))?;
 
     if &manifest.host != expected_host {
         return Err(Rejection::WrongHost {

@@ -99,24 +99,16 @@ impl Envelope {
                 limit,
             });
         }
-        let text = std::str::from_utf8(bytes).map_err(|error| Rejection::BadEncoding {
-            kind,
-            detail: format!("not UTF-8 ({error})"),
-        })?;
-        serde_json::from_str(text).map_err(|error| Rejection::BadEncoding {
-            kind,
-            detail: error.to_string(),
-        })
+        let text = std::str::from_utf8(bytes)
+            .map_err(|error| Rejection::bad_encoding(kind, format!("not UTF-8 ({error})")))?;
+        serde_json::from_str(text).map_err(|error| Rejection::bad_encoding(kind, error))
     }
 
     /// The decoded payload bytes.
     pub fn payload_bytes(&self, kind: DocumentKind) -> Result<Vec<u8>, Rejection> {
-        BASE64
-            .decode(&self.payload)
-            .map_err(|error| Rejection::BadEncoding {
-                kind,
-                detail: format!("payload is not standard base64: {error}"),
-            })
+        BASE64.decode(&self.payload).map_err(|error| {
+            Rejection::bad_encoding(kind, format!("payload is not standard base64: {error}"))
+        })
     }
 }
 
@@ -213,7 +205,7 @@ impl Role {
             });
         }
         if let (true, Some(key_id)) = (valid.is_empty(), first_unknown) {
-            let keyid: String = key_id.chars().take(80).collect();
+            let keyid = crate::error::one_line(&key_id.chars().take(80).collect::<String>());
             return Err(Rejection::UnknownKey {
                 kind,
                 role: self.name,

@@ -76,7 +76,8 @@ pub enum Rejection {
         count: usize,
         limit: usize,
     },
-    /// No signature came from a key authorised for this document; one came from this key.
+    /// No signature came from a key authorised for this document; one came from this key
+    /// (the id as the envelope claims it, escaped and shortened).
     #[error("{kind} rejected: signed by key {keyid}, which is not an authorised {role} key")]
     UnknownKey {
         kind: DocumentKind,
@@ -149,6 +150,47 @@ pub enum Rejection {
         "trust document rejected: rotation chain of {length} documents is over the limit of {limit}"
     )]
     RotationChainTooLong { length: usize, limit: usize },
+}
+
+impl Rejection {
+    /// A `BadEncoding` whose detail (which may quote attacker-chosen text, such as an
+    /// unknown field name) is made safe to print on one line.
+    pub(crate) fn bad_encoding(kind: DocumentKind, detail: impl std::fmt::Display) -> Rejection {
+        Rejection::BadEncoding {
+            kind,
+            detail: one_line(&detail.to_string()),
+        }
+    }
+
+    /// A `BadPayload` with a detail made safe to print on one line.
+    pub(crate) fn bad_payload(kind: DocumentKind, detail: impl std::fmt::Display) -> Rejection {
+        Rejection::BadPayload {
+            kind,
+            detail: one_line(&detail.to_string()),
+        }
+    }
+}
+
+/// Longest piece of untrusted text quoted in a rejection.
+const MAX_QUOTED: usize = 512;
+
+/// Makes untrusted text safe for a one-line message: control characters (newlines,
+/// carriage returns, terminal escapes) are escaped and the text is shortened, so a
+/// hostile document cannot forge log lines or repaint a terminal.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_QUOTED));
+    for (count, c) in text.chars().enumerate() {
+        if count == MAX_QUOTED {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Why a signing key could not be made, read or written.

@@ -217,6 +217,11 @@ impl Trust {
                     role: "new root",
                     keyid,
                 },
+                Rejection::InvalidSignature { keyid, .. } => Rejection::InvalidSignature {
+                    kind: KIND,
+                    role: "new root",
+                    keyid,
+                },
                 other => other,
             })?;
         if candidate.document.version <= self.document.version {
@@ -291,13 +296,20 @@ fn parse_document(payload: &[u8]) -> Result<Trust, Rejection> {
         });
     }
     let document: TrustDocument =
-        serde_json::from_slice(payload).map_err(|error| Rejection::BadPayload {
-            kind: KIND,
-            detail: error.to_string(),
-        })?;
-    let bad = |detail: String| Rejection::BadPayload { kind: KIND, detail };
+        serde_json::from_slice(payload).map_err(|error| Rejection::bad_payload(KIND, error))?;
+    let bad = |detail: String| Rejection::bad_payload(KIND, detail);
     let root = document.root.to_role("root").map_err(bad)?;
     let manifest = document.manifest.to_role("manifest").map_err(bad)?;
+    // The manifest key lives online on the coordinator; if it could also sign trust
+    // documents, stealing it would hand over the whole trust model.
+    if let Some(shared) = manifest
+        .key_ids()
+        .find(|id| root.key_ids().any(|root_id| root_id == *id))
+    {
+        return Err(bad(format!(
+            "key {shared} is both a root key and a manifest key; the online manifest key must not be able to change trust"
+        )));
+    }
     Ok(Trust {
         document,
         root,

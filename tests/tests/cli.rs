@@ -526,7 +526,7 @@ fn rejects_signatures_below_the_manifest_threshold() {
     )
     .expect("trust");
     let manifest = live_manifest(1);
-    let one = drover_protocol::Envelope::sign(
+    let one = Envelope::sign(
         MANIFEST_PAYLOAD_TYPE,
         &manifest.to_payload(),
         &[&fixture.manifest_keys[0]],
