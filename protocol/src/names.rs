@@ -64,6 +64,8 @@ macro_rules! validated_string {
     };
 }
 
+pub(crate) use validated_string;
+
 validated_string!(
     /// An app name: `[a-z0-9][a-z0-9-]{0,62}`. Used in unit names (`drover-<app>.service`)
     /// and directory names, so it never starts with a dash.

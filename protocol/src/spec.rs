@@ -13,6 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::NameError;
+use crate::names::validated_string;
 use crate::time::Duration;
 
 /// How an app runs.
@@ -261,141 +262,100 @@ fn default_file_mode() -> FileMode {
     FileMode(0o644)
 }
 
-/// Defines a newtype over a `String` that deserializes through `FromStr`.
-macro_rules! text_newtype {
-    ($(#[$meta:meta])* $name:ident) => {
-        $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl $name {
-            /// The validated text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-        impl TryFrom<String> for $name {
-            type Error = NameError;
-            fn try_from(text: String) -> Result<Self, NameError> {
-                text.parse()
-            }
-        }
-        impl From<$name> for String {
-            fn from(value: $name) -> String {
-                value.0
-            }
-        }
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-
-text_newtype!(
+validated_string!(
     /// A path inside the release directory: not absolute, no `..` or empty components,
     /// no NUL or control characters, at most 1024 bytes.
-    RelativePath
+    RelativePath,
+    check_relative_path
 );
 
-impl FromStr for RelativePath {
-    type Err = NameError;
-    fn from_str(text: &str) -> Result<RelativePath, NameError> {
-        let ok = !text.is_empty()
-            && text.len() <= 1024
-            && !text.starts_with('/')
-            && !text.chars().any(char::is_control)
-            && text.split('/').all(|part| !part.is_empty() && part != "..");
-        if ok {
-            Ok(RelativePath(text.to_owned()))
-        } else {
-            Err(NameError::new(
-                "relative path",
-                text,
-                "a path inside the release: no leading '/', no '..' or empty parts",
-            ))
-        }
+fn check_relative_path(text: &str) -> Result<(), NameError> {
+    let ok = !text.is_empty()
+        && text.len() <= 1024
+        && !text.starts_with('/')
+        && !text.chars().any(char::is_control)
+        && text.split('/').all(|part| !part.is_empty() && part != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::new(
+            "relative path",
+            text,
+            "a path inside the release: no leading '/', no '..' or empty parts",
+        ))
     }
 }
 
-text_newtype!(
+validated_string!(
     /// An absolute path on the host: starts with `/`, no `..` components, no control
     /// characters, at most 1024 bytes.
-    AbsolutePath
+    AbsolutePath,
+    check_absolute_path
 );
 
-impl FromStr for AbsolutePath {
-    type Err = NameError;
-    fn from_str(text: &str) -> Result<AbsolutePath, NameError> {
-        let ok = text.starts_with('/')
-            && text.len() <= 1024
-            && !text.chars().any(char::is_control)
-            && text.split('/').skip(1).all(|part| part != "..");
-        if ok {
-            Ok(AbsolutePath(text.to_owned()))
-        } else {
-            Err(NameError::new(
-                "absolute path",
-                text,
-                "a path starting with '/' without '..' parts",
-            ))
-        }
+fn check_absolute_path(text: &str) -> Result<(), NameError> {
+    let ok = text.starts_with('/')
+        && text.len() <= 1024
+        && !text.chars().any(char::is_control)
+        && text.split('/').skip(1).all(|part| part != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::new(
+            "absolute path",
+            text,
+            "a path starting with '/' without '..' parts",
+        ))
     }
 }
 
-text_newtype!(
+validated_string!(
     /// A user or group name: `[a-z_][a-z0-9_-]{0,31}`.
-    UnixName
+    UnixName,
+    check_unix_name
 );
 
-impl FromStr for UnixName {
-    type Err = NameError;
-    fn from_str(text: &str) -> Result<UnixName, NameError> {
-        let ok = (1..=32).contains(&text.len())
-            && text
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if ok {
-            Ok(UnixName(text.to_owned()))
-        } else {
-            Err(NameError::new(
-                "user or group name",
-                text,
-                "1 to 32 characters of a-z, 0-9, '_' and '-', starting with a letter or '_'",
-            ))
-        }
+fn check_unix_name(text: &str) -> Result<(), NameError> {
+    let ok = (1..=32).contains(&text.len())
+        && text
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::new(
+            "user or group name",
+            text,
+            "1 to 32 characters of a-z, 0-9, '_' and '-', starting with a letter or '_'",
+        ))
     }
 }
 
-text_newtype!(
+validated_string!(
     /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]{0,127}`.
-    EnvName
+    EnvName,
+    check_env_name
 );
 
-impl FromStr for EnvName {
-    type Err = NameError;
-    fn from_str(text: &str) -> Result<EnvName, NameError> {
-        let ok = (1..=128).contains(&text.len())
-            && text
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if ok {
-            Ok(EnvName(text.to_owned()))
-        } else {
-            Err(NameError::new(
-                "environment variable name",
-                text,
-                "letters, digits and '_', not starting with a digit",
-            ))
-        }
+fn check_env_name(text: &str) -> Result<(), NameError> {
+    let ok = (1..=128).contains(&text.len())
+        && text
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::new(
+            "environment variable name",
+            text,
+            "letters, digits and '_', not starting with a digit",
+        ))
     }
 }
 

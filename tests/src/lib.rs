@@ -8,7 +8,7 @@ use drover_protocol::manifest::HttpUrl;
 use drover_protocol::trust::{RoleKeys, TRUST_SCHEMA};
 use drover_protocol::{
     AppName, AppRelease, AppSpec, Artifact, Digest, Duration, HostId, MANIFEST_SCHEMA, Manifest,
-    SigningKey, Timestamp, Trust, TrustDocument, Version,
+    Rejection, SigningKey, Timestamp, Trust, TrustDocument, Version,
 };
 
 /// The fixed clock of every pure test: 2026-11-27T12:00:00Z.
@@ -135,6 +135,39 @@ pub fn manifest(host_id: &str, serial: u64, apps: usize) -> Manifest {
         hold: false,
         apps,
     }
+}
+
+/// Standard base64 with padding, as DSSE envelopes use it.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+}
+
+/// Decodes standard base64 that the test itself produced.
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text)
+        .expect("test input is valid base64")
+}
+
+/// Unwraps a rejection and checks that its message names every fragment (so an operator
+/// reading only the message learns what was wrong) and is one line without control
+/// characters.
+pub fn expect_rejection<T: std::fmt::Debug>(
+    result: Result<T, Rejection>,
+    fragments: &[&str],
+) -> Rejection {
+    let rejection = result.expect_err("the document must be rejected");
+    let message = rejection.to_string();
+    for fragment in fragments {
+        assert!(
+            message.contains(fragment),
+            "message {message:?} should mention {fragment:?}"
+        );
+    }
+    assert!(
+        !message.chars().any(char::is_control),
+        "message {message:?} should be one line without control characters"
+    );
+    rejection
 }
 
 /// The path of a workspace binary (`drover`, `drover-agent`) in the same target

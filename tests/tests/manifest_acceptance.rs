@@ -10,16 +10,14 @@ use drover_protocol::{
 use drover_tests::{Keys, host, key, manifest, now};
 use serde_json::{Value, json};
 
-use support::{
-    HOST, accept_now, base64_decode, base64_encode, expect_rejection, manifest_value, sign_json,
-    sign_payload,
-};
+use drover_tests::{base64_decode, base64_encode, expect_rejection};
+use support::{HOST, accept_now, manifest_value, sign_json, sign_payload};
 
 /// Helpers local to this suite (the shared fixture library is `drover_tests`).
 mod support {
     use drover_protocol::{
-        DocumentKind, Envelope, MANIFEST_PAYLOAD_TYPE, Manifest, Rejection, SigningKey, Trust,
-        VerifiedManifest, accept,
+        Envelope, MANIFEST_PAYLOAD_TYPE, Manifest, Rejection, SigningKey, Trust, VerifiedManifest,
+        accept,
     };
     use drover_tests::{host, now};
     use serde_json::Value;
@@ -30,27 +28,6 @@ mod support {
     /// Runs `accept` as host [`HOST`] at `now()` on its first manifest.
     pub fn accept_now(envelope: &[u8], trust: &Trust) -> Result<VerifiedManifest, Rejection> {
         accept(envelope, trust, &host(HOST), None, now())
-    }
-
-    /// Unwraps a rejection and checks that its message names every fragment, so that
-    /// an operator reading only the message learns what was wrong.
-    pub fn expect_rejection(
-        result: Result<VerifiedManifest, Rejection>,
-        fragments: &[&str],
-    ) -> Rejection {
-        let rejection = result.expect_err("the manifest must be rejected");
-        let message = rejection.to_string();
-        for fragment in fragments {
-            assert!(
-                message.contains(fragment),
-                "message {message:?} should mention {fragment:?}"
-            );
-        }
-        assert!(
-            !message.chars().any(char::is_control),
-            "message {message:?} should be one line without control characters"
-        );
-        rejection
     }
 
     /// The manifest's signed payload as a JSON value, to be edited before signing.
@@ -69,23 +46,6 @@ mod support {
             &serde_json::to_vec(payload).expect("a JSON value serializes"),
             keys,
         )
-    }
-
-    /// Standard base64, produced by the protocol's own encoder (an unsigned envelope).
-    pub fn base64_encode(bytes: &[u8]) -> String {
-        Envelope::sign("", bytes, &[]).payload
-    }
-
-    /// Standard base64 decoding, by the protocol's own decoder.
-    pub fn base64_decode(text: &str) -> Vec<u8> {
-        let envelope = Envelope {
-            payload_type: String::new(),
-            payload: text.to_owned(),
-            signatures: Vec::new(),
-        };
-        envelope
-            .payload_bytes(DocumentKind::Manifest)
-            .expect("test input is valid base64")
     }
 }
 

@@ -11,7 +11,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 
-use support::{base64_decode, base64_encode, config, verify_wire};
+use drover_tests::{base64_decode, base64_encode};
+use support::{config, verify_wire};
 
 /// Helpers local to this suite (the shared fixture library is `drover_tests`).
 mod support {
@@ -34,23 +35,6 @@ mod support {
         let received = Envelope::parse(&envelope.to_json(), kind, MAX_MANIFEST_BYTES)?;
         let payload = received.payload_bytes(kind)?;
         role.verify(&received, &payload, kind)
-    }
-
-    /// Standard base64, produced by the protocol's own encoder (an unsigned envelope).
-    pub fn base64_encode(bytes: &[u8]) -> String {
-        Envelope::sign("", bytes, &[]).payload
-    }
-
-    /// Standard base64 decoding, by the protocol's own decoder.
-    pub fn base64_decode(text: &str) -> Vec<u8> {
-        let envelope = Envelope {
-            payload_type: String::new(),
-            payload: text.to_owned(),
-            signatures: Vec::new(),
-        };
-        envelope
-            .payload_bytes(DocumentKind::Manifest)
-            .expect("the protocol's own base64 decodes")
     }
 }
 
