@@ -6,10 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v cc >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
-fi
-[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/prereqs.sh
 cargo build --workspace --bins --release --locked -q
 export PATH="$PWD/target/release:$PATH"
 

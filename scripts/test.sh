@@ -6,18 +6,7 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# Prerequisites: a C compiler for ring's assembly, and a Rust toolchain (rustup).
-if ! command -v cc >/dev/null 2>&1; then
-  log "installing build-essential (a C compiler for ring)"
-  apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "cargo not found: install Rust 1.90 or newer with rustup (https://rustup.rs), then rerun." >&2
-  exit 1
-fi
+. scripts/prereqs.sh
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,26 @@
+# Sourced by test.sh and demo.sh: makes sure a C compiler and a Rust toolchain (with
+# rustfmt and clippy) are there, installing Debian 12's packages when they are not.
+# Debian 12 ships Rust 1.96 as the *-web packages (built for Firefox, usable by anyone).
+
+have_cargo() {
+  command -v cargo >/dev/null 2>&1 || { [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"; }
+  command -v cargo >/dev/null 2>&1
+}
+
+apt_install() {
+  echo "==> installing Debian packages: $*" >&2
+  if [ -z "${DROVER_APT_UPDATED:-}" ]; then
+    apt-get update -qq
+    export DROVER_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v cc >/dev/null 2>&1 || apt_install build-essential
+if ! have_cargo; then
+  apt_install cargo-web rustc-web rust-web-clippy rustfmt-web
+fi
+if ! have_cargo; then
+  echo "cargo not found and Debian's cargo-web could not be installed; install Rust 1.90+ and rerun" >&2
+  exit 1
+fi
