@@ -5,7 +5,10 @@
 
 pub mod cli;
 pub mod error;
+pub mod fleet;
 pub mod keys;
+pub mod pki;
+pub mod store;
 
 use std::io::{Read, Write};
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod api;
 pub mod dsse;
 pub mod error;
 pub mod hex;

@@ -39,6 +39,17 @@ impl Timestamp {
         Timestamp::from_unix(seconds)
     }
 
+    /// The calendar date (year, month 1-12, day 1-31) in UTC.
+    pub fn date(self) -> (i32, u8, u8) {
+        let (year, month, day) = civil_from_days(self.0.div_euclid(86_400));
+        let narrow = |value: i64| u8::try_from(value).expect("month and day fit in u8");
+        (
+            i32::try_from(year).expect("years up to 9999 fit in i32"),
+            narrow(month),
+            narrow(day),
+        )
+    }
+
     /// Seconds since the Unix epoch.
     pub fn unix(self) -> i64 {
         self.0

@@ -1,0 +1,548 @@
+//! Durable state: SQLite in the data directory, through this one module, so that the
+//! HTTP handlers never see SQL and a PostgreSQL backend can be added beside it.
+//!
+//! Everything the coordinator must not forget lives here: hosts and their certificate
+//! fingerprints, enrollment tokens (hashed), releases, groups, pins, holds, the last
+//! signed manifest and serial of every host, reports and a bounded event history.
+//! Writes that belong together are one transaction. The database runs in WAL mode with
+//! `synchronous=FULL`, so a committed manifest serial survives power loss and is never
+//! handed out twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::str::FromStr;
+
+use drover_protocol::api::{Labels, Release, Scope};
+use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
+use sqlx::Row as _;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// Schema migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+
+/// Events kept per host; older ones are deleted as new ones arrive.
+pub const EVENTS_PER_HOST: i64 = 200;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored value could not be read back (a bug or a hand-edited database).
+    #[error("database holds an unreadable {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+fn corrupt(what: &'static str) -> impl Fn(String) -> StoreError {
+    move |detail| StoreError::Corrupt { what, detail }
+}
+
+fn json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|error| corrupt(what)(error.to_string()))
+}
+
+fn parse<T: FromStr>(what: &'static str, text: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|error: T::Err| corrupt(what)(error.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("stored values serialize")
+}
+
+fn unix(at: Timestamp) -> i64 {
+    at.unix()
+}
+
+/// A host as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRecord {
+    /// Its id.
+    pub id: HostId,
+    /// Its labels.
+    pub labels: Labels,
+    /// The sha256 of the one client certificate it may use; `None` once removed.
+    pub cert_sha256: Option<String>,
+    /// When it joined.
+    pub joined_at: Timestamp,
+}
+
+/// A host's last signed manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredManifest {
+    /// The host.
+    pub host: HostId,
+    /// Its serial (never goes down for a host id, across removals and re-joins).
+    pub serial: u64,
+    /// The envelope bytes.
+    pub envelope: Vec<u8>,
+    /// A hash of what was rendered (hold + apps), to tell a change from a refresh.
+    pub content_hash: String,
+    /// When it was issued.
+    pub issued_at: Timestamp,
+    /// When it expires.
+    pub expires_at: Timestamp,
+}
+
+/// An enrollment token as stored (hashed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Labels for the joining host.
+    pub labels: Labels,
+    /// Whether it may replace an existing host id.
+    pub replace: bool,
+}
+
+/// Why a token could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// No such token.
+    Unknown,
+    /// It was used already.
+    Used,
+    /// It expired.
+    Expired,
+}
+
+/// Everything loaded at start-up.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Hosts, including removed ones (whose serials must continue).
+    pub hosts: Vec<HostRecord>,
+    /// Groups by name.
+    pub groups: BTreeMap<String, Labels>,
+    /// Pins.
+    pub pins: BTreeMap<(AppName, Scope), Version>,
+    /// Holds.
+    pub holds: BTreeSet<Scope>,
+    /// Releases.
+    pub releases: Vec<Release>,
+    /// The last manifest of every host.
+    pub manifests: Vec<StoredManifest>,
+    /// The latest report of every host.
+    pub reports: Vec<(HostReport, Timestamp)>,
+}
+
+/// The SQLite store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+                .fetch_one(&self.pool)
+                .await?;
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            let version = i64::try_from(index + 1).expect("few migrations");
+            if version <= current {
+                continue;
+            }
+            let mut transaction = self.pool.begin().await?;
+            sqlx::raw_sql(migration).execute(&mut *transaction).await?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                .bind(version)
+                .execute(&mut *transaction)
+                .await?;
+            transaction.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Loads everything the coordinator keeps in memory.
+    pub async fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut snapshot = Snapshot::default();
+        for row in sqlx::query("SELECT id, labels, cert_sha256, joined_at FROM hosts")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snapshot.hosts.push(HostRecord {
+                id: parse("host id", row.get::<&str, _>(0))?,
+                labels: json("labels", row.get::<&str, _>(1))?,
+                cert_sha256: row.get(2),
+                joined_at: Timestamp::from_unix(row.get(3)),
+            });
+        }
+        for row in sqlx::query("SELECT name, selector FROM groups")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snapshot
+                .groups
+                .insert(row.get(0), json("selector", row.get::<&str, _>(1))?);
+        }
+        for row in sqlx::query("SELECT app, scope, version FROM pins")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snapshot.pins.insert(
+                (
+                    parse("app", row.get::<&str, _>(0))?,
+                    json("scope", row.get::<&str, _>(1))?,
+                ),
+                parse("version", row.get::<&str, _>(2))?,
+            );
+        }
+        for row in sqlx::query("SELECT scope FROM holds")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snapshot.holds.insert(json("scope", row.get::<&str, _>(0))?);
+        }
+        for row in sqlx::query("SELECT release FROM releases")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snapshot
+                .releases
+                .push(json("release", row.get::<&str, _>(0))?);
+        }
+        let manifests = sqlx::query(
+            "SELECT host, serial, envelope, content_hash, issued_at, expires_at FROM manifests",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in manifests {
+            snapshot.manifests.push(StoredManifest {
+                host: parse("host id", row.get::<&str, _>(0))?,
+                serial: u64::try_from(row.get::<i64, _>(1))
+                    .map_err(|error| corrupt("serial")(error.to_string()))?,
+                envelope: row.get(2),
+                content_hash: row.get(3),
+                issued_at: Timestamp::from_unix(row.get(4)),
+                expires_at: Timestamp::from_unix(row.get(5)),
+            });
+        }
+        for row in sqlx::query("SELECT report, received_at FROM reports")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snapshot.reports.push((
+                json("report", row.get::<&str, _>(0))?,
+                Timestamp::from_unix(row.get(1)),
+            ));
+        }
+        Ok(snapshot)
+    }
+
+    /// Stores a new enrollment token by its hash.
+    pub async fn insert_token(
+        &self,
+        hash: &str,
+        labels: &Labels,
+        replace: bool,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO tokens (hash, labels, replace, expires_at, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(hash)
+            .bind(to_json(labels))
+            .bind(replace)
+            .bind(unix(expires_at))
+            .bind(unix(now))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Looks a token up without using it.
+    pub async fn check_token(
+        &self,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<Result<TokenRecord, TokenProblem>, StoreError> {
+        let row =
+            sqlx::query("SELECT labels, replace, expires_at, used_at FROM tokens WHERE hash = ?")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else {
+            return Ok(Err(TokenProblem::Unknown));
+        };
+        if row.get::<Option<i64>, _>(3).is_some() {
+            return Ok(Err(TokenProblem::Used));
+        }
+        if row.get::<i64, _>(2) <= unix(now) {
+            return Ok(Err(TokenProblem::Expired));
+        }
+        Ok(Ok(TokenRecord {
+            labels: json("labels", row.get::<&str, _>(0))?,
+            replace: row.get(1),
+        }))
+    }
+
+    /// Enrolls a host in one transaction: uses the token (only if still unused and
+    /// unexpired), stores the host with its certificate fingerprint, and stores its
+    /// first manifest. Returns the token problem if another join won the race.
+    pub async fn join_host(
+        &self,
+        token_hash: &str,
+        host: &HostRecord,
+        manifest: &StoredManifest,
+        now: Timestamp,
+    ) -> Result<Result<(), TokenProblem>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let used = sqlx::query("UPDATE tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?")
+            .bind(unix(now))
+            .bind(host.id.as_str())
+            .bind(token_hash)
+            .bind(unix(now))
+            .execute(&mut *transaction)
+            .await?;
+        if used.rows_affected() != 1 {
+            return Ok(Err(TokenProblem::Used));
+        }
+        sqlx::query(
+            "INSERT INTO hosts (id, labels, cert_sha256, joined_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, cert_sha256 = excluded.cert_sha256, joined_at = excluded.joined_at",
+        )
+        .bind(host.id.as_str())
+        .bind(to_json(&host.labels))
+        .bind(host.cert_sha256.as_deref())
+        .bind(unix(host.joined_at))
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query("DELETE FROM reports WHERE host = ?")
+            .bind(host.id.as_str())
+            .execute(&mut *transaction)
+            .await?;
+        save_manifest(&mut transaction, manifest).await?;
+        transaction.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Marks a host removed: its certificate stops working; its serial is kept so a
+    /// re-joined host with the same id continues above it.
+    pub async fn remove_host(&self, host: &HostId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET cert_sha256 = NULL WHERE id = ?")
+            .bind(host.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces a host's labels.
+    pub async fn set_labels(&self, host: &HostId, labels: &Labels) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET labels = ? WHERE id = ?")
+            .bind(to_json(labels))
+            .bind(host.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates or replaces a group.
+    pub async fn put_group(&self, name: &str, selector: &Labels) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO groups (name, selector) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET selector = excluded.selector")
+            .bind(name)
+            .bind(to_json(selector))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a group.
+    pub async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM groups WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a release; it must not exist yet (releases are immutable).
+    pub async fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO releases (app, version, release, created_at) VALUES (?, ?, ?, ?)")
+            .bind(release.app.as_str())
+            .bind(release.version.as_str())
+            .bind(to_json(release))
+            .bind(unix(release.created_at))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets or clears a pin (`version: None` clears) and stores the manifests it changed,
+    /// in one transaction.
+    pub async fn change_pin(
+        &self,
+        app: &AppName,
+        scope: &Scope,
+        version: Option<&Version>,
+        manifests: &[StoredManifest],
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        match version {
+            Some(version) => {
+                sqlx::query(
+                    "INSERT INTO pins (app, scope, version) VALUES (?, ?, ?) ON CONFLICT (app, scope) DO UPDATE SET version = excluded.version",
+                )
+                .bind(app.as_str())
+                .bind(to_json(scope))
+                .bind(version.as_str())
+                .execute(&mut *transaction)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM pins WHERE app = ? AND scope = ?")
+                    .bind(app.as_str())
+                    .bind(to_json(scope))
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+        }
+        for manifest in manifests {
+            save_manifest(&mut transaction, manifest).await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Sets or clears a hold and stores the manifests it changed, in one transaction.
+    pub async fn change_hold(
+        &self,
+        scope: &Scope,
+        held: bool,
+        manifests: &[StoredManifest],
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let statement = if held {
+            "INSERT INTO holds (scope) VALUES (?) ON CONFLICT (scope) DO NOTHING"
+        } else {
+            "DELETE FROM holds WHERE scope = ?"
+        };
+        sqlx::query(statement)
+            .bind(to_json(scope))
+            .execute(&mut *transaction)
+            .await?;
+        for manifest in manifests {
+            save_manifest(&mut transaction, manifest).await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Stores re-signed manifests (labels, groups or expiry refresh changed them).
+    pub async fn save_manifests(&self, manifests: &[StoredManifest]) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        for manifest in manifests {
+            save_manifest(&mut transaction, manifest).await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a batch of reports (latest per host) and their events, trimming each
+    /// host's history to [`EVENTS_PER_HOST`].
+    pub async fn save_reports(
+        &self,
+        reports: &[(HostReport, Timestamp)],
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        for (report, received_at) in reports {
+            sqlx::query(
+                "INSERT INTO reports (host, report, received_at) VALUES (?, ?, ?)
+                 ON CONFLICT (host) DO UPDATE SET report = excluded.report, received_at = excluded.received_at",
+            )
+            .bind(report.host.as_str())
+            .bind(to_json(report))
+            .bind(unix(*received_at))
+            .execute(&mut *transaction)
+            .await?;
+            for event in &report.events {
+                sqlx::query("INSERT INTO events (host, at, app, message) VALUES (?, ?, ?, ?)")
+                    .bind(report.host.as_str())
+                    .bind(unix(event.at))
+                    .bind(event.app.as_ref().map(AppName::as_str))
+                    .bind(&event.message)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            if !report.events.is_empty() {
+                sqlx::query(
+                    "DELETE FROM events WHERE host = ?1 AND id <= (SELECT id FROM events WHERE host = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                )
+                .bind(report.host.as_str())
+                .bind(EVENTS_PER_HOST)
+                .execute(&mut *transaction)
+                .await?;
+            }
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// A host's recent events, oldest first.
+    pub async fn events(
+        &self,
+        host: &HostId,
+    ) -> Result<Vec<drover_protocol::report::ReportEvent>, StoreError> {
+        let rows = sqlx::query("SELECT at, app, message FROM events WHERE host = ? ORDER BY id")
+            .bind(host.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(drover_protocol::report::ReportEvent {
+                    at: Timestamp::from_unix(row.get(0)),
+                    app: row
+                        .get::<Option<&str>, _>(1)
+                        .map(|app| parse("app", app))
+                        .transpose()?,
+                    message: row.get(2),
+                })
+            })
+            .collect()
+    }
+}
+
+async fn save_manifest(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    manifest: &StoredManifest,
+) -> Result<(), StoreError> {
+    // The WHERE clause makes a lower serial a no-op: the stored serial never goes down.
+    sqlx::query(
+        "INSERT INTO manifests (host, serial, envelope, content_hash, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (host) DO UPDATE SET serial = excluded.serial, envelope = excluded.envelope,
+           content_hash = excluded.content_hash, issued_at = excluded.issued_at, expires_at = excluded.expires_at
+         WHERE excluded.serial > manifests.serial",
+    )
+    .bind(manifest.host.as_str())
+    .bind(i64::try_from(manifest.serial).unwrap_or(i64::MAX))
+    .bind(&manifest.envelope)
+    .bind(&manifest.content_hash)
+    .bind(unix(manifest.issued_at))
+    .bind(unix(manifest.expires_at))
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! The HTTP APIs' request and response bodies: enrollment and the agent endpoints
+//! (mTLS), and the operator's admin API (bearer token). Signed documents travel as
+//! their own envelopes; everything here is plain JSON over TLS.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{AppName, Digest, HostId, Version};
+use crate::report::{AgentFacts, AppState, ReportEvent};
+use crate::spec::AppSpec;
+use crate::time::{Duration, Timestamp};
+
+/// Largest body of any JSON request (reports have their own, smaller limit).
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
+/// Longest `?wait=` a manifest long-poll may ask for, in seconds.
+pub const MAX_WAIT_SECONDS: u64 = 300;
+
+/// The error body of every 4xx and 5xx answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code, e.g. `token_expired`.
+    pub code: String,
+    /// What was wrong and what to do, for people.
+    pub error: String,
+}
+
+/// Host labels: `env=prod`, `region=eu`.
+pub type Labels = BTreeMap<String, String>;
+
+/// `POST /v1/join`: a host enrolls with a one-time token and a CSR for a key it made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The enrollment token from `drover token create`.
+    pub token: String,
+    /// The host id the agent asks for; the CSR's common name must be the same.
+    pub host_id: HostId,
+    /// PEM certificate signing request for the agent's own key.
+    pub csr_pem: String,
+    /// Facts about the host.
+    pub facts: AgentFacts,
+}
+
+/// The answer to a successful join.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    /// The host id the certificate is bound to.
+    pub host_id: HostId,
+    /// The host's client certificate (PEM), for mTLS from now on.
+    pub certificate_pem: String,
+    /// The coordinator's CA certificate (PEM).
+    pub ca_pem: String,
+    /// The trust document envelope (JSON text) the host pins.
+    pub trust: String,
+    /// Labels the host was given (from the token).
+    pub labels: Labels,
+}
+
+/// `POST /v1/admin/tokens`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Labels given to the host that joins with this token.
+    #[serde(default)]
+    pub labels: Labels,
+    /// How long the token is valid.
+    pub ttl: Duration,
+    /// Allow the token to take over an existing host id (a reinstalled machine).
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// A new enrollment token; the secret is shown once and stored only hashed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The secret.
+    pub token: String,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+    /// The one-line join command for the host.
+    pub join_command: String,
+}
+
+/// Where a pin or hold applies.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum Scope {
+    /// Every host.
+    Fleet,
+    /// The hosts a group's selector matches.
+    Group(String),
+    /// One host.
+    Host(HostId),
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Fleet => f.write_str("fleet"),
+            Scope::Group(name) => write!(f, "group {name}"),
+            Scope::Host(id) => write!(f, "host {id}"),
+        }
+    }
+}
+
+/// One host as the coordinator sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSummary {
+    /// Its id.
+    pub id: HostId,
+    /// Its labels.
+    pub labels: Labels,
+    /// When it joined.
+    pub joined_at: Timestamp,
+    /// When it was last heard from (any request).
+    pub last_seen: Option<Timestamp>,
+    /// The serial of its current manifest.
+    pub manifest_serial: u64,
+    /// The serial it last reported acting on.
+    pub reported_serial: Option<u64>,
+    /// Whether its manifest holds it.
+    pub held: bool,
+    /// Per app: what it runs and in which state.
+    pub apps: BTreeMap<AppName, HostApp>,
+    /// Facts the agent reported.
+    pub facts: Option<AgentFacts>,
+}
+
+/// One app on one host, as reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostApp {
+    /// What the manifest asks for.
+    pub desired: Option<Version>,
+    /// What the host runs.
+    pub current: Option<Version>,
+    /// The reported state.
+    pub state: Option<AppState>,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// `GET /v1/admin/hosts/{id}`: a host with its recent events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDetail {
+    /// The summary.
+    #[serde(flatten)]
+    pub summary: HostSummary,
+    /// Why its last manifest was rejected, if it was.
+    pub manifest_rejection: Option<String>,
+    /// Recent events, oldest first.
+    pub events: Vec<ReportEvent>,
+}
+
+/// `PUT /v1/admin/hosts/{id}/labels`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRequest {
+    /// Labels to set (added or overwritten).
+    #[serde(default)]
+    pub set: Labels,
+    /// Label keys to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A group: a named label selector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// Its name.
+    pub name: String,
+    /// Every label here must match.
+    pub selector: Labels,
+}
+
+/// A stored artifact blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobInfo {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The artifact of a new release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ReleaseArtifact {
+    /// A tarball already uploaded to the coordinator's store.
+    StoredTarball {
+        /// Its digest.
+        digest: Digest,
+    },
+    /// A tarball on another HTTP(S) server.
+    RemoteTarball {
+        /// Where.
+        url: crate::manifest::HttpUrl,
+        /// Its digest.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+}
+
+/// `POST /v1/admin/releases`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The app.
+    pub app: AppName,
+    /// The version.
+    pub version: Version,
+    /// How it runs.
+    pub spec: AppSpec,
+    /// What to deploy.
+    pub artifact: ReleaseArtifact,
+}
+
+/// A release as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The app.
+    pub app: AppName,
+    /// The version.
+    pub version: Version,
+    /// The artifact as manifests carry it.
+    pub artifact: crate::manifest::Artifact,
+    /// How it runs.
+    pub spec: AppSpec,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// `PUT /v1/admin/pins`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    /// The app.
+    pub app: AppName,
+    /// The version it should run.
+    pub version: Version,
+    /// Where.
+    pub scope: Scope,
+}
+
+/// `DELETE /v1/admin/pins`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnpinRequest {
+    /// The app.
+    pub app: AppName,
+    /// Where.
+    pub scope: Scope,
+}
+
+/// `PUT` / `DELETE /v1/admin/holds`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    /// Where.
+    pub scope: Scope,
+}
+
+/// A pin as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The app.
+    pub app: AppName,
+    /// The version.
+    pub version: Version,
+    /// Where.
+    pub scope: Scope,
+}
+
+/// What changed after a desired-state change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeResult {
+    /// How many hosts got a new manifest.
+    pub hosts_changed: usize,
+}
+
+/// `GET /v1/admin/status`: the fleet per app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// Enrolled hosts.
+    pub hosts: usize,
+    /// Hosts whose manifest holds them.
+    pub held: usize,
+    /// Per app.
+    pub apps: BTreeMap<AppName, AppStatus>,
+}
+
+/// One app across the fleet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppStatus {
+    /// Hosts whose manifest lists the app.
+    pub desired_hosts: usize,
+    /// Hosts per running version.
+    pub versions: BTreeMap<String, usize>,
+    /// Hosts per reported state.
+    pub states: BTreeMap<String, usize>,
+}
