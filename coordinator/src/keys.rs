@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use drover_protocol::keyfile::{read_signing_key, write_atomic, write_new_key_file};
 use drover_protocol::trust::{RoleKeys, TRUST_SCHEMA};
 use drover_protocol::{
-    Envelope, KeyError, MANIFEST_PAYLOAD_TYPE, SigningKey, TRUST_PAYLOAD_TYPE, Timestamp, Trust,
-    TrustDocument,
+    Duration, Envelope, KeyError, MANIFEST_PAYLOAD_TYPE, SigningKey, TRUST_PAYLOAD_TYPE, Timestamp,
+    Trust, TrustDocument,
 };
 use serde_json::json;
 
@@ -38,65 +38,13 @@ fn root_key_file(index: u32) -> String {
 
 /// `drover keys init`.
 pub fn init(args: &InitArgs, now: Timestamp, out: &mut dyn Write) -> Result<(), Error> {
-    if args.root_threshold > args.root_keys {
-        return Err(Error::Input(format!(
-            "--root-threshold {} is more than --root-keys {}: no set of keys could ever sign a new trust document",
-            args.root_threshold, args.root_keys
-        )));
-    }
-    refuse_existing_keys(&args.dir)?;
-    // Build in a sibling directory and rename it into place, so an interrupted init
-    // leaves no half-made key directory under the requested name.
-    let building = !args.dir.exists();
-    let target = if building {
-        sibling(&args.dir, ".init-tmp")
-    } else {
-        args.dir.clone()
-    };
-    if building {
-        let _ = fs::remove_dir_all(&target);
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&target)
-            .map_err(io("creating directory", &target))?;
-    }
-
-    let rng = ring::rand::SystemRandom::new();
-    let generate = || SigningKey::generate(&rng).ok_or(Error::Key(KeyError::Generate));
-    let mut roots = Vec::new();
-    for index in 1..=args.root_keys {
-        let (key, pem) = generate()?;
-        write_new_key_file(&target.join(root_key_file(index)), &pem)?;
-        roots.push(key);
-    }
-    let (manifest_key, pem) = generate()?;
-    write_new_key_file(&target.join(MANIFEST_KEY_FILE), &pem)?;
-
-    let document = TrustDocument {
-        schema: TRUST_SCHEMA,
-        version: 1,
-        expires_at: now.plus(args.expires_in),
-        root: RoleKeys::of(
-            &roots.iter().map(SigningKey::public_key).collect::<Vec<_>>(),
-            args.root_threshold,
-        ),
-        manifest: RoleKeys::of(&[manifest_key.public_key()], 1),
-    };
-    let envelope = document.sign(&roots.iter().collect::<Vec<_>>());
-    write_atomic(&target.join(TRUST_FILE), &envelope, 0o644)?;
-    if building {
-        fs::rename(&target, &args.dir)
-            .map_err(io("renaming key directory into place", &args.dir))?;
-        let parent = args
-            .dir
-            .parent()
-            .filter(|parent| !parent.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        fs::File::open(parent)
-            .and_then(|directory| directory.sync_all())
-            .map_err(io("syncing directory", parent))?;
-    }
+    let document = create_key_dir(
+        &args.dir,
+        args.root_keys,
+        args.root_threshold,
+        args.expires_in,
+        now,
+    )?;
 
     match args.output {
         Output::Json => print_json(out, &summary_json(&args.dir, &document))?,
@@ -119,6 +67,74 @@ pub fn init(args: &InitArgs, now: Timestamp, out: &mut dyn Write) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// Creates root keys, a manifest key and a signed trust.json in `dir` (which must hold
+/// no keys yet); returns the trust document.
+pub fn create_key_dir(
+    dir: &Path,
+    root_keys: u32,
+    root_threshold: u32,
+    expires_in: Duration,
+    now: Timestamp,
+) -> Result<TrustDocument, Error> {
+    if root_threshold > root_keys {
+        return Err(Error::Input(format!(
+            "--root-threshold {root_threshold} is more than --root-keys {root_keys}: no set of keys could ever sign a new trust document"
+        )));
+    }
+    refuse_existing_keys(dir)?;
+    // Build in a sibling directory and rename it into place, so an interrupted init
+    // leaves no half-made key directory under the requested name.
+    let building = !dir.exists();
+    let target = if building {
+        sibling(dir, ".init-tmp")
+    } else {
+        dir.to_path_buf()
+    };
+    if building {
+        let _ = fs::remove_dir_all(&target);
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&target)
+            .map_err(io("creating directory", &target))?;
+    }
+
+    let rng = ring::rand::SystemRandom::new();
+    let generate = || SigningKey::generate(&rng).ok_or(Error::Key(KeyError::Generate));
+    let mut roots = Vec::new();
+    for index in 1..=root_keys {
+        let (key, pem) = generate()?;
+        write_new_key_file(&target.join(root_key_file(index)), &pem)?;
+        roots.push(key);
+    }
+    let (manifest_key, pem) = generate()?;
+    write_new_key_file(&target.join(MANIFEST_KEY_FILE), &pem)?;
+
+    let document = TrustDocument {
+        schema: TRUST_SCHEMA,
+        version: 1,
+        expires_at: now.plus(expires_in),
+        root: RoleKeys::of(
+            &roots.iter().map(SigningKey::public_key).collect::<Vec<_>>(),
+            root_threshold,
+        ),
+        manifest: RoleKeys::of(&[manifest_key.public_key()], 1),
+    };
+    let envelope = document.sign(&roots.iter().collect::<Vec<_>>());
+    write_atomic(&target.join(TRUST_FILE), &envelope, 0o644)?;
+    if building {
+        fs::rename(&target, dir).map_err(io("renaming key directory into place", dir))?;
+        let parent = dir
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::File::open(parent)
+            .and_then(|directory| directory.sync_all())
+            .map_err(io("syncing directory", parent))?;
+    }
+    Ok(document)
 }
 
 fn refuse_existing_keys(dir: &Path) -> Result<(), Error> {

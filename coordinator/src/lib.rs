@@ -3,11 +3,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod blobs;
 pub mod cli;
+pub mod datadir;
 pub mod error;
 pub mod fleet;
 pub mod keys;
+pub mod metrics;
 pub mod pki;
+pub mod service;
 pub mod store;
 
 use std::io::{Read, Write};

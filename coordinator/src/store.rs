@@ -350,23 +350,43 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces a host's labels.
-    pub async fn set_labels(&self, host: &HostId, labels: &Labels) -> Result<(), StoreError> {
+    /// Replaces a host's labels and stores the manifests that changed, in one transaction.
+    pub async fn set_labels(
+        &self,
+        host: &HostId,
+        labels: &Labels,
+        manifests: &[StoredManifest],
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
         sqlx::query("UPDATE hosts SET labels = ? WHERE id = ?")
             .bind(to_json(labels))
             .bind(host.as_str())
-            .execute(&self.pool)
+            .execute(&mut *transaction)
             .await?;
+        for manifest in manifests {
+            save_manifest(&mut transaction, manifest).await?;
+        }
+        transaction.commit().await?;
         Ok(())
     }
 
-    /// Creates or replaces a group.
-    pub async fn put_group(&self, name: &str, selector: &Labels) -> Result<(), StoreError> {
+    /// Creates or replaces a group and stores the manifests that changed, in one transaction.
+    pub async fn put_group(
+        &self,
+        name: &str,
+        selector: &Labels,
+        manifests: &[StoredManifest],
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
         sqlx::query("INSERT INTO groups (name, selector) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET selector = excluded.selector")
             .bind(name)
             .bind(to_json(selector))
-            .execute(&self.pool)
+            .execute(&mut *transaction)
             .await?;
+        for manifest in manifests {
+            save_manifest(&mut transaction, manifest).await?;
+        }
+        transaction.commit().await?;
         Ok(())
     }
 

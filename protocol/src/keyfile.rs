@@ -21,9 +21,10 @@ fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Ke
     }
 }
 
-/// Reads a private key file, refusing it when its mode lets group or others read it.
-pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
-    let file = File::open(path).map_err(io("opening key file", path))?;
+/// Reads a private file (a key or a secret token), refusing it when it is not a regular
+/// file or its mode lets group or others read it.
+pub fn read_private_file(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let file = File::open(path).map_err(io("opening", path))?;
     let metadata = file.metadata().map_err(io("reading metadata of", path))?;
     if !metadata.is_file() {
         return Err(KeyError::NotAFile {
@@ -40,7 +41,13 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     let mut bytes = Vec::new();
     file.take(MAX_KEY_FILE_BYTES)
         .read_to_end(&mut bytes)
-        .map_err(io("reading key file", path))?;
+        .map_err(io("reading", path))?;
+    Ok(bytes)
+}
+
+/// Reads a private signing key file (see [`read_private_file`] for the checks).
+pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
+    let bytes = read_private_file(path)?;
     SigningKey::from_pkcs8(&bytes).map_err(|error| KeyError::Parse {
         path: path.to_path_buf(),
         detail: error.0,

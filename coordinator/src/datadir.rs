@@ -1,0 +1,185 @@
+//! The coordinator's data directory: what `drover serve` creates on first start and
+//! reuses afterwards, and where the CLI on the same machine finds its credentials.
+//!
+//! ```text
+//! <data-dir>/              0700
+//!   coordinator.db         SQLite (WAL)
+//!   ca.pem  ca.key         the CA (key 0600)
+//!   admin.token            the operator's bearer token (0600)
+//!   address                the URL the CLI uses to reach this coordinator
+//!   keys/                  manifest.key (0600), trust.json; root-1.key when created here
+//!   blobs/sha256/<hex>     uploaded artifacts, content-addressed
+//! ```
+
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use drover_protocol::keyfile::{read_signing_key, write_atomic, write_new_key_file};
+use drover_protocol::{Duration, SigningKey, Timestamp, Trust};
+
+use crate::error::Error;
+use crate::keys::{MANIFEST_KEY_FILE, TRUST_FILE};
+use crate::pki::Ca;
+
+/// The default data directory of a packaged coordinator.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/drover-coordinator";
+
+/// Paths inside a data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// The data directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// The SQLite database.
+    pub fn database(&self) -> PathBuf {
+        self.root.join("coordinator.db")
+    }
+    /// The CA certificate (PEM).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+    /// The CA key (PEM, 0600).
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca.key")
+    }
+    /// The admin bearer token (0600).
+    pub fn admin_token(&self) -> PathBuf {
+        self.root.join("admin.token")
+    }
+    /// The URL the local CLI should use.
+    pub fn address(&self) -> PathBuf {
+        self.root.join("address")
+    }
+    /// The default key directory.
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    /// The artifact store.
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+}
+
+/// Everything the server needs from the data directory.
+#[derive(Debug)]
+pub struct Credentials {
+    /// The CA.
+    pub ca: Ca,
+    /// The key that signs manifests.
+    pub manifest_key: SigningKey,
+    /// The trust document hosts pin.
+    pub trust: Trust,
+    /// The admin bearer token.
+    pub admin_token: String,
+}
+
+fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io {
+        operation,
+        path,
+        source,
+    }
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("system random source");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Creates what is missing (on first start) and loads everything. `keys_dir` overrides
+/// `<data-dir>/keys` with a directory made by `drover keys init` elsewhere (only its
+/// manifest.key and trust.json are needed; root keys can stay offline).
+pub fn prepare(
+    data: &DataDir,
+    keys_dir: Option<&Path>,
+    now: Timestamp,
+) -> Result<Credentials, Error> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data.root())
+        .map_err(io("creating", data.root()))?;
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data.blobs())
+        .map_err(io("creating", &data.blobs()))?;
+
+    let ca = if data.ca_key().exists() {
+        let cert = fs::read_to_string(data.ca_cert()).map_err(io("reading", &data.ca_cert()))?;
+        // The key file goes through the same mode check as every other private key.
+        let key = read_private_file(&data.ca_key())?;
+        Ca::load(&cert, &key)
+            .map_err(|error| Error::Input(format!("{}: {error}", data.ca_key().display())))?
+    } else {
+        let (ca, key_pem) = Ca::create(now).map_err(|error| Error::Input(error.to_string()))?;
+        write_atomic(&data.ca_cert(), ca.cert_pem().as_bytes(), 0o644)?;
+        write_new_key_file(&data.ca_key(), &key_pem)?;
+        ca
+    };
+
+    let keys = keys_dir.map_or_else(|| data.keys(), Path::to_path_buf);
+    if keys_dir.is_none() && !keys.join(MANIFEST_KEY_FILE).exists() {
+        crate::keys::create_key_dir(&keys, 1, 1, Duration::from_secs(5 * 365 * 86_400), now)?;
+        tracing::warn!(
+            dir = %keys.display(),
+            "created a root key on this machine; for production, move root-1.key offline or start with --keys from `drover keys init`"
+        );
+    }
+    let manifest_key = read_signing_key(&keys.join(MANIFEST_KEY_FILE))?;
+    let trust_path = keys.join(TRUST_FILE);
+    let trust_bytes = fs::read(&trust_path).map_err(io("reading", &trust_path))?;
+    let trust = Trust::bootstrap(&trust_bytes, now).map_err(|rejection| Error::Trust {
+        path: trust_path.clone(),
+        rejection,
+    })?;
+    if !trust.is_manifest_key(manifest_key.key_id()) {
+        return Err(Error::Input(format!(
+            "{}: key {} is not a manifest key of {}; hosts would refuse every manifest",
+            keys.join(MANIFEST_KEY_FILE).display(),
+            manifest_key.key_id(),
+            trust_path.display()
+        )));
+    }
+
+    let admin_token = if data.admin_token().exists() {
+        read_private_file(&data.admin_token())?.trim().to_owned()
+    } else {
+        let token = random_token();
+        write_new_key_file(&data.admin_token(), &format!("{token}\n"))?;
+        token
+    };
+    Ok(Credentials {
+        ca,
+        manifest_key,
+        trust,
+        admin_token,
+    })
+}
+
+/// Reads a secret text file (0600 enforced).
+pub fn read_private_file(path: &Path) -> Result<String, Error> {
+    let bytes = drover_protocol::keyfile::read_private_file(path)?;
+    String::from_utf8(bytes)
+        .map_err(|_| Error::Input(format!("{}: not UTF-8 text", path.display())))
+}
+
+/// A fresh random secret (enrollment tokens).
+pub fn new_secret() -> String {
+    random_token()
+}

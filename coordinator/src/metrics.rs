@@ -1,0 +1,99 @@
+//! Counters for `/metrics`, in the Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `amount`.
+    pub fn add(&self, amount: usize) {
+        self.0
+            .fetch_add(u64::try_from(amount).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Every counter the coordinator exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// HTTP requests answered.
+    pub requests: Counter,
+    /// HTTP requests answered with a 4xx or 5xx status.
+    pub request_errors: Counter,
+    /// Manifest polls.
+    pub polls: Counter,
+    /// Polls answered 304 Not Modified.
+    pub polls_not_modified: Counter,
+    /// Reports accepted.
+    pub reports: Counter,
+    /// Manifests signed.
+    pub manifests_signed: Counter,
+    /// Hosts enrolled.
+    pub joins: Counter,
+    /// Artifact bytes served.
+    pub artifact_bytes_served: Counter,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition, with `hosts` as a gauge.
+    pub fn render(&self, hosts: usize) -> String {
+        let counters = [
+            (
+                "drover_http_requests_total",
+                "HTTP requests answered.",
+                &self.requests,
+            ),
+            (
+                "drover_http_request_errors_total",
+                "HTTP requests answered with 4xx or 5xx.",
+                &self.request_errors,
+            ),
+            (
+                "drover_manifest_polls_total",
+                "Manifest polls.",
+                &self.polls,
+            ),
+            (
+                "drover_manifest_polls_not_modified_total",
+                "Manifest polls answered 304.",
+                &self.polls_not_modified,
+            ),
+            (
+                "drover_reports_total",
+                "Host reports accepted.",
+                &self.reports,
+            ),
+            (
+                "drover_manifests_signed_total",
+                "Manifests signed.",
+                &self.manifests_signed,
+            ),
+            ("drover_joins_total", "Hosts enrolled.", &self.joins),
+            (
+                "drover_artifact_bytes_served_total",
+                "Artifact bytes served.",
+                &self.artifact_bytes_served,
+            ),
+        ];
+        let mut text = String::new();
+        for (name, help, counter) in counters {
+            let _ = writeln!(
+                text,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.get()
+            );
+        }
+        let _ = writeln!(
+            text,
+            "# HELP drover_hosts Enrolled hosts.\n# TYPE drover_hosts gauge\ndrover_hosts {hosts}"
+        );
+        text
+    }
+}

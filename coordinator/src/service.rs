@@ -1,0 +1,1163 @@
+//! The coordinator's operations, independent of HTTP: enrollment, desired-state changes
+//! that re-sign exactly the affected hosts' manifests, manifest publication with
+//! long-poll wake-ups, reports, releases and the fleet status.
+//!
+//! Consistency: every desired-state change runs under one async mutex (`model`), commits
+//! to the store first, then updates memory and publishes the new manifests. Readers
+//! (polls) never take that mutex: each host has a `watch` channel holding its current
+//! signed manifest, so a poll is a map lookup and a pointer clone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use drover_protocol::api::{
+    AppStatus, ChangeResult, FleetStatus, Group, HostApp, HostDetail, HostSummary, JoinRequest,
+    JoinResponse, Labels, Pin, Release, ReleaseArtifact, ReleaseRequest, Scope, TokenRequest,
+    TokenResponse,
+};
+use drover_protocol::manifest::HttpUrl;
+use drover_protocol::report::MAX_REPORT_EVENTS;
+use drover_protocol::{
+    AppName, Artifact, Duration, HostId, HostReport, SigningKey, Timestamp, Version,
+};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::datadir::{Credentials, DataDir};
+use crate::fleet::{Desired, Fleet, sign_manifest};
+use crate::metrics::Metrics;
+use crate::pki::{PeerIdentity, sha256_hex};
+use crate::store::{HostRecord, Store, StoreError, StoredManifest, TokenProblem};
+
+/// Settings of a running coordinator.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The URL hosts and the CLI use to reach this coordinator, e.g. `https://10.0.0.5:8443`.
+    pub public_url: String,
+    /// How long a signed manifest is valid.
+    pub manifest_ttl: Duration,
+    /// How often the refresher looks for manifests to re-sign before they expire.
+    pub refresh_interval: Duration,
+}
+
+/// Why an operation failed; the HTTP layer maps each to a status in one `match`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is malformed or invalid.
+    #[error("{1}")]
+    BadRequest(&'static str, String),
+    /// Missing or wrong credentials.
+    #[error("{1}")]
+    Unauthorized(&'static str, String),
+    /// Authenticated, but not allowed to touch this resource.
+    #[error("{1}")]
+    Forbidden(&'static str, String),
+    /// Something named does not exist.
+    #[error("{1}")]
+    NotFound(&'static str, String),
+    /// Conflicts with existing state.
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    /// A token that was valid once but is not any more.
+    #[error("{1}")]
+    Gone(&'static str, String),
+    /// A body over its limit.
+    #[error("{1}")]
+    TooLarge(&'static str, String),
+    /// A Range past the end of an artifact.
+    #[error("{message}")]
+    RangeNotSatisfiable { message: String, size: u64 },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Local I/O failed (artifact store).
+    #[error("{operation}: {source}")]
+    Io {
+        operation: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A host's current signed manifest as served to polls.
+#[derive(Debug)]
+pub struct Published {
+    /// Its serial.
+    pub serial: u64,
+    /// The ETag (quoted).
+    pub etag: String,
+    /// The envelope bytes.
+    pub envelope: axum::body::Bytes,
+    /// Whether it holds the host.
+    pub held: bool,
+    /// The version of each app it asks for.
+    pub versions: BTreeMap<AppName, Version>,
+}
+
+impl Published {
+    fn of(manifest: &StoredManifest, desired: &Desired) -> Published {
+        Published {
+            serial: manifest.serial,
+            etag: format!("\"{}\"", manifest.serial),
+            envelope: axum::body::Bytes::from(manifest.envelope.clone()),
+            held: desired.hold,
+            versions: desired
+                .apps
+                .iter()
+                .map(|(app, release)| (app.clone(), release.version.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// One enrolled host's live entry.
+#[derive(Debug)]
+pub struct HostSlot {
+    cert_sha256: String,
+    manifest: watch::Sender<Arc<Published>>,
+    last_seen: AtomicI64,
+}
+
+impl HostSlot {
+    /// A receiver of this host's manifest changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
+        self.manifest.subscribe()
+    }
+}
+
+/// Which hosts [`Coordinator::render`] re-signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RenderMode {
+    /// Those whose desired state changed.
+    Changed,
+    /// Those that changed or expire within half their lifetime.
+    Refresh,
+    /// All given hosts (a join: the host gets a fresh serial whatever it ran before).
+    Force,
+}
+
+/// What the rendering remembers per host: enough to tell a change from a no-op.
+#[derive(Clone, Debug)]
+struct Rendered {
+    serial: u64,
+    content_hash: String,
+    expires_at: Timestamp,
+}
+
+/// The desired state and the rendering state, changed together under one lock.
+#[derive(Debug, Default)]
+struct Model {
+    fleet: Fleet,
+    rendered: HashMap<HostId, Rendered>,
+}
+
+/// The running coordinator.
+#[derive(Debug)]
+pub struct Coordinator {
+    config: Config,
+    store: Store,
+    data: DataDir,
+    credentials: Credentials,
+    admin_token_sha256: String,
+    model: Mutex<Model>,
+    slots: RwLock<HashMap<HostId, Arc<HostSlot>>>,
+    reports: std::sync::Mutex<HashMap<HostId, (HostReport, Timestamp)>>,
+    report_queue: mpsc::Sender<(HostReport, Timestamp)>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+}
+
+/// The background work a coordinator needs: the report writer and the refresher.
+#[derive(Debug)]
+pub struct Background {
+    report_receiver: mpsc::Receiver<(HostReport, Timestamp)>,
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_system(std::time::SystemTime::now())
+}
+
+fn hash_secret(secret: &str) -> String {
+    sha256_hex(secret.as_bytes())
+}
+
+impl Coordinator {
+    /// Loads the store, renders any host whose manifest is missing, and publishes every
+    /// enrolled host's manifest.
+    pub async fn start(
+        config: Config,
+        store: Store,
+        data: DataDir,
+        credentials: Credentials,
+    ) -> Result<(Arc<Coordinator>, Background), ServiceError> {
+        let snapshot = store.load().await?;
+        let mut model = Model {
+            fleet: Fleet::from_snapshot(&snapshot),
+            rendered: HashMap::new(),
+        };
+        let stored: HashMap<HostId, StoredManifest> = snapshot
+            .manifests
+            .into_iter()
+            .map(|manifest| (manifest.host.clone(), manifest))
+            .collect();
+        for manifest in stored.values() {
+            model.rendered.insert(
+                manifest.host.clone(),
+                Rendered {
+                    serial: manifest.serial,
+                    content_hash: manifest.content_hash.clone(),
+                    expires_at: manifest.expires_at,
+                },
+            );
+        }
+        let (report_queue, report_receiver) = mpsc::channel(16_384);
+        let coordinator = Coordinator {
+            admin_token_sha256: hash_secret(&credentials.admin_token),
+            config,
+            store,
+            data,
+            credentials,
+            model: Mutex::new(Model::default()),
+            slots: RwLock::new(HashMap::new()),
+            reports: std::sync::Mutex::new(
+                snapshot
+                    .reports
+                    .into_iter()
+                    .map(|(report, at)| (report.host.clone(), (report, at)))
+                    .collect(),
+            ),
+            report_queue,
+            metrics: Metrics::default(),
+        };
+        // Publish what was stored; re-render hosts whose desired state no longer matches
+        // (e.g. the database was restored) so the published state is always current.
+        let hosts: Vec<HostRecord> = model.fleet.active_hosts().cloned().collect();
+        let changed = coordinator.render(&model, &hosts, now(), RenderMode::Changed);
+        coordinator.store.save_manifests(&changed).await?;
+        for manifest in &changed {
+            model.rendered.insert(
+                manifest.host.clone(),
+                Rendered {
+                    serial: manifest.serial,
+                    content_hash: manifest.content_hash.clone(),
+                    expires_at: manifest.expires_at,
+                },
+            );
+        }
+        {
+            let mut slots = coordinator.slots.write().expect("slots lock");
+            for host in &hosts {
+                let desired = model.fleet.desired(host);
+                let manifest = changed
+                    .iter()
+                    .find(|manifest| manifest.host == host.id)
+                    .or_else(|| stored.get(&host.id))
+                    .expect("every active host has a manifest after rendering");
+                let (sender, _) = watch::channel(Arc::new(Published::of(manifest, &desired)));
+                slots.insert(
+                    host.id.clone(),
+                    Arc::new(HostSlot {
+                        cert_sha256: host.cert_sha256.clone().unwrap_or_default(),
+                        manifest: sender,
+                        last_seen: AtomicI64::new(0),
+                    }),
+                );
+            }
+        }
+        *coordinator.model.lock().await = model;
+        Ok((Arc::new(coordinator), Background { report_receiver }))
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// The CA, for the TLS setup.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Checks an admin bearer token.
+    pub fn check_admin(&self, token: Option<&str>) -> Result<(), ServiceError> {
+        let Some(token) = token else {
+            return Err(ServiceError::Unauthorized(
+                "admin_token_missing",
+                "this endpoint needs the admin token: Authorization: Bearer <token> (the CLI reads it from the data directory or DROVER_TOKEN)".into(),
+            ));
+        };
+        // Comparing digests keeps the comparison's timing independent of the secret.
+        if hash_secret(token) != self.admin_token_sha256 {
+            return Err(ServiceError::Unauthorized(
+                "admin_token_invalid",
+                "the admin token is wrong".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The live slot of the host a client certificate names, refusing removed hosts and
+    /// certificates that are no longer the host's (replaced by a re-join).
+    pub fn host_slot(
+        &self,
+        identity: Option<&PeerIdentity>,
+    ) -> Result<Arc<HostSlot>, ServiceError> {
+        let Some(identity) = identity else {
+            return Err(ServiceError::Unauthorized(
+                "client_certificate_required",
+                "agent endpoints need the host's client certificate (join first)".into(),
+            ));
+        };
+        let slot = self
+            .slots
+            .read()
+            .expect("slots lock")
+            .get(&identity.host)
+            .cloned();
+        match slot {
+            Some(slot) if slot.cert_sha256 == identity.fingerprint => {
+                slot.last_seen.store(now().unix(), Ordering::Relaxed);
+                Ok(slot)
+            }
+            Some(_) => Err(ServiceError::Forbidden(
+                "certificate_replaced",
+                format!(
+                    "host {} re-joined with a new certificate; this one is no longer valid",
+                    identity.host
+                ),
+            )),
+            None => Err(ServiceError::Forbidden(
+                "host_removed",
+                format!(
+                    "host {} is not enrolled (removed); join again with a new token",
+                    identity.host
+                ),
+            )),
+        }
+    }
+
+    /// Renders `hosts` and returns the manifests that must be re-signed (see
+    /// [`RenderMode`]), each with the host's serial + 1. Nothing is changed: the caller
+    /// commits them to the store, then calls [`Coordinator::applied`].
+    fn render(
+        &self,
+        model: &Model,
+        hosts: &[HostRecord],
+        now: Timestamp,
+        mode: RenderMode,
+    ) -> Vec<StoredManifest> {
+        let key: &SigningKey = &self.credentials.manifest_key;
+        let ttl = self.config.manifest_ttl;
+        let refresh_before = now.plus(Duration::from_millis(ttl.as_millis() / 2));
+        let work: Vec<(&HostRecord, u64, Desired)> = hosts
+            .iter()
+            .filter_map(|host| {
+                let desired = model.fleet.desired(host);
+                let previous = model.rendered.get(&host.id);
+                let unchanged = previous.is_some_and(|previous| match mode {
+                    RenderMode::Changed => previous.content_hash == desired.content_hash(),
+                    RenderMode::Refresh => {
+                        previous.content_hash == desired.content_hash()
+                            && previous.expires_at > refresh_before
+                    }
+                    RenderMode::Force => false,
+                });
+                (!unchanged).then(|| {
+                    (
+                        host,
+                        previous.map_or(0, |previous| previous.serial) + 1,
+                        desired,
+                    )
+                })
+            })
+            .collect();
+        // Signing is CPU-bound: spread it over the cores, off the async workers.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(8);
+        let chunk = work.len().div_ceil(threads).max(1);
+        let signed: Vec<StoredManifest> = tokio::task::block_in_place(|| {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = work
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter()
+                                .map(|(host, serial, desired)| {
+                                    sign_manifest(&host.id, *serial, desired, now, ttl, key)
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|handle| handle.join().expect("signing thread"))
+                    .collect()
+            })
+        });
+        self.metrics.manifests_signed.add(signed.len());
+        signed
+    }
+
+    /// Records committed manifests as rendered and publishes them: long-polls of those
+    /// hosts wake now.
+    fn applied(&self, model: &mut Model, manifests: &[StoredManifest]) -> ChangeResult {
+        for manifest in manifests {
+            model.rendered.insert(
+                manifest.host.clone(),
+                Rendered {
+                    serial: manifest.serial,
+                    content_hash: manifest.content_hash.clone(),
+                    expires_at: manifest.expires_at,
+                },
+            );
+        }
+        self.publish(model, manifests);
+        ChangeResult {
+            hosts_changed: manifests.len(),
+        }
+    }
+
+    fn publish(&self, model: &Model, manifests: &[StoredManifest]) {
+        let slots = self.slots.read().expect("slots lock");
+        for manifest in manifests {
+            let (Some(slot), Some(host)) = (
+                slots.get(&manifest.host),
+                model.fleet.hosts.get(&manifest.host),
+            ) else {
+                continue;
+            };
+            let desired = model.fleet.desired(host);
+            slot.manifest
+                .send_replace(Arc::new(Published::of(manifest, &desired)));
+        }
+    }
+
+    /// Re-renders the active hosts a scope covers after a change already applied to the
+    /// model; returns the manifests to commit.
+    fn render_scope(&self, model: &Model, scopes: &[Scope], now: Timestamp) -> Vec<StoredManifest> {
+        let mut ids: Vec<HostId> = scopes
+            .iter()
+            .flat_map(|scope| model.fleet.hosts_in(scope))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let hosts: Vec<HostRecord> = ids
+            .iter()
+            .filter_map(|id| model.fleet.hosts.get(id).cloned())
+            .collect();
+        self.render(model, &hosts, now, RenderMode::Changed)
+    }
+
+    // --- Enrollment -------------------------------------------------------------------
+
+    /// `drover token create`.
+    pub async fn create_token(&self, request: TokenRequest) -> Result<TokenResponse, ServiceError> {
+        if request.ttl.as_millis() == 0 || request.ttl > Duration::from_secs(30 * 86_400) {
+            return Err(ServiceError::BadRequest(
+                "bad_ttl",
+                "--ttl must be between 1s and 30d".into(),
+            ));
+        }
+        check_labels(&request.labels)?;
+        let now = now();
+        let token = crate::datadir::new_secret();
+        let expires_at = now.plus(request.ttl);
+        self.store
+            .insert_token(
+                &hash_secret(&token),
+                &request.labels,
+                request.replace,
+                expires_at,
+                now,
+            )
+            .await?;
+        let join_command = format!(
+            "drover-agent join {} --token {token} --ca-sha256 {}",
+            self.config.public_url,
+            self.credentials.ca.sha256()
+        );
+        Ok(TokenResponse {
+            token,
+            expires_at,
+            join_command,
+        })
+    }
+
+    /// `POST /v1/join`.
+    pub async fn join(&self, request: JoinRequest) -> Result<JoinResponse, ServiceError> {
+        let now = now();
+        let token_hash = hash_secret(&request.token);
+        let token = self
+            .store
+            .check_token(&token_hash, now)
+            .await?
+            .map_err(token_error)?;
+        let certificate_pem = self
+            .credentials
+            .ca
+            .issue_host(&request.host_id, &request.csr_pem, now)
+            .map_err(|error| ServiceError::BadRequest("bad_csr", error.to_string()))?;
+        let certificate_der = pem_body(&certificate_pem);
+
+        let mut model = self.model.lock().await;
+        let taken = model
+            .fleet
+            .hosts
+            .get(&request.host_id)
+            .is_some_and(|host| host.cert_sha256.is_some());
+        if taken && !token.replace {
+            return Err(ServiceError::Conflict(
+                "host_exists",
+                format!(
+                    "host id {} is already enrolled; to re-enroll it, create a token with --replace",
+                    request.host_id
+                ),
+            ));
+        }
+        let record = HostRecord {
+            id: request.host_id.clone(),
+            labels: token.labels.clone(),
+            cert_sha256: Some(sha256_hex(&certificate_der)),
+            joined_at: now,
+        };
+        let previous = model.fleet.hosts.insert(record.id.clone(), record.clone());
+        // A re-join gets a new serial even when nothing changed (Force).
+        let manifests = self.render(
+            &model,
+            std::slice::from_ref(&record),
+            now,
+            RenderMode::Force,
+        );
+        let manifest = manifests
+            .first()
+            .expect("a joining host is always rendered")
+            .clone();
+        let stored = self
+            .store
+            .join_host(&token_hash, &record, &manifest, now)
+            .await;
+        if !matches!(stored, Ok(Ok(()))) {
+            // Nothing was committed (another join used the token first, or the store
+            // failed): put the model back as it was.
+            match previous {
+                Some(previous) => model.fleet.hosts.insert(record.id.clone(), previous),
+                None => model.fleet.hosts.remove(&record.id),
+            };
+            return Err(match stored {
+                Ok(Err(problem)) => token_error(problem),
+                Err(error) => error.into(),
+                Ok(Ok(())) => unreachable!("matched above"),
+            });
+        }
+        model.rendered.insert(
+            record.id.clone(),
+            Rendered {
+                serial: manifest.serial,
+                content_hash: manifest.content_hash.clone(),
+                expires_at: manifest.expires_at,
+            },
+        );
+        let desired = model.fleet.desired(&record);
+        let (sender, _) = watch::channel(Arc::new(Published::of(&manifest, &desired)));
+        let slot = HostSlot {
+            cert_sha256: record.cert_sha256.clone().unwrap_or_default(),
+            manifest: sender,
+            last_seen: AtomicI64::new(now.unix()),
+        };
+        // Replacing the slot drops the old sender: long-polls on the old certificate end.
+        self.slots
+            .write()
+            .expect("slots lock")
+            .insert(record.id.clone(), Arc::new(slot));
+        self.reports
+            .lock()
+            .expect("reports lock")
+            .remove(&record.id);
+        self.metrics.joins.add(1);
+        Ok(JoinResponse {
+            host_id: record.id,
+            certificate_pem,
+            ca_pem: self.credentials.ca.cert_pem().to_owned(),
+            trust: String::from_utf8_lossy(self.credentials.trust.envelope_bytes()).into_owned(),
+            labels: record.labels,
+        })
+    }
+
+    // --- Reports ----------------------------------------------------------------------
+
+    /// `POST /v1/agent/report`: keeps the latest in memory and queues it for the store.
+    pub fn report(&self, slot_host: &HostId, report: HostReport) -> Result<(), ServiceError> {
+        if &report.host != slot_host {
+            return Err(ServiceError::Forbidden(
+                "wrong_host",
+                format!("host {slot_host} cannot report for host {}", report.host),
+            ));
+        }
+        report
+            .check()
+            .map_err(|detail| ServiceError::BadRequest("bad_report", detail))?;
+        let received_at = now();
+        self.metrics.reports.add(1);
+        self.reports
+            .lock()
+            .expect("reports lock")
+            .insert(report.host.clone(), (report.clone(), received_at));
+        self.report_queue
+            .try_send((report, received_at))
+            .map_err(|_| {
+                ServiceError::TooLarge(
+                    "report_queue_full",
+                    "the coordinator is behind on storing reports; retry".into(),
+                )
+            })
+    }
+
+    // --- Hosts, labels, groups --------------------------------------------------------
+
+    fn summary(&self, model: &Model, host: &HostRecord) -> HostSummary {
+        let slot = self
+            .slots
+            .read()
+            .expect("slots lock")
+            .get(&host.id)
+            .cloned();
+        let published = slot.as_ref().map(|slot| slot.manifest.borrow().clone());
+        let reports = self.reports.lock().expect("reports lock");
+        let report = reports.get(&host.id).map(|(report, _)| report);
+        let mut apps: BTreeMap<AppName, HostApp> = BTreeMap::new();
+        if let Some(published) = &published {
+            for (app, version) in &published.versions {
+                apps.entry(app.clone()).or_insert_with(empty_app).desired = Some(version.clone());
+            }
+        }
+        if let Some(report) = report {
+            for (app, state) in &report.apps {
+                let entry = apps.entry(app.clone()).or_insert_with(empty_app);
+                entry.current = state.current.clone();
+                entry.state = Some(state.state);
+                entry.last_error = state.last_error.clone();
+            }
+        }
+        let last_seen = slot
+            .map(|slot| slot.last_seen.load(Ordering::Relaxed))
+            .filter(|seen| *seen > 0);
+        HostSummary {
+            id: host.id.clone(),
+            labels: host.labels.clone(),
+            joined_at: host.joined_at,
+            last_seen: last_seen.map(Timestamp::from_unix),
+            manifest_serial: model
+                .rendered
+                .get(&host.id)
+                .map_or(0, |rendered| rendered.serial),
+            reported_serial: report.and_then(|report| report.manifest_serial),
+            held: published.is_some_and(|published| published.held),
+            apps,
+            facts: report.map(|report| report.facts.clone()),
+        }
+    }
+
+    /// `drover hosts list`.
+    pub async fn hosts(&self) -> Vec<HostSummary> {
+        let model = self.model.lock().await;
+        model
+            .fleet
+            .active_hosts()
+            .map(|host| self.summary(&model, host))
+            .collect()
+    }
+
+    /// `drover hosts show`.
+    pub async fn host(&self, id: &HostId) -> Result<HostDetail, ServiceError> {
+        let summary = {
+            let model = self.model.lock().await;
+            let host = active_host(&model.fleet, id)?;
+            self.summary(&model, host)
+        };
+        let manifest_rejection = self
+            .reports
+            .lock()
+            .expect("reports lock")
+            .get(id)
+            .and_then(|(report, _)| report.manifest_rejection.clone());
+        let events = self.store.events(id).await?;
+        Ok(HostDetail {
+            summary,
+            manifest_rejection,
+            events,
+        })
+    }
+
+    /// `drover hosts label`.
+    pub async fn label_host(
+        &self,
+        id: &HostId,
+        set: Labels,
+        remove: Vec<String>,
+    ) -> Result<ChangeResult, ServiceError> {
+        check_labels(&set)?;
+        let mut model = self.model.lock().await;
+        let mut record = active_host(&model.fleet, id)?.clone();
+        for key in &remove {
+            record.labels.remove(key);
+        }
+        record.labels.extend(set);
+        let previous = model.fleet.hosts.insert(id.clone(), record.clone());
+        let manifests = self.render(&model, &[record.clone()], now(), RenderMode::Changed);
+        if let Err(error) = self.store.set_labels(id, &record.labels, &manifests).await {
+            if let Some(previous) = previous {
+                model.fleet.hosts.insert(id.clone(), previous);
+            }
+            return Err(error.into());
+        }
+        Ok(self.applied(&mut model, &manifests))
+    }
+
+    /// `drover hosts remove`: the host's certificate stops working at once.
+    pub async fn remove_host(&self, id: &HostId) -> Result<(), ServiceError> {
+        let mut model = self.model.lock().await;
+        active_host(&model.fleet, id)?;
+        self.store.remove_host(id).await?;
+        if let Some(record) = model.fleet.hosts.get_mut(id) {
+            record.cert_sha256 = None;
+        }
+        self.slots.write().expect("slots lock").remove(id);
+        self.reports.lock().expect("reports lock").remove(id);
+        Ok(())
+    }
+
+    /// `drover groups list`.
+    pub async fn groups(&self) -> Vec<Group> {
+        let model = self.model.lock().await;
+        model
+            .fleet
+            .groups
+            .iter()
+            .map(|(name, selector)| Group {
+                name: name.clone(),
+                selector: selector.clone(),
+            })
+            .collect()
+    }
+
+    /// `drover groups create`: re-renders hosts the old or new selector matched.
+    pub async fn put_group(&self, group: Group) -> Result<ChangeResult, ServiceError> {
+        check_group_name(&group.name)?;
+        check_labels(&group.selector)?;
+        if group.selector.is_empty() {
+            return Err(ServiceError::BadRequest(
+                "empty_selector",
+                "a group needs at least one label in its selector (use the fleet scope for every host)".into(),
+            ));
+        }
+        let mut model = self.model.lock().await;
+        let scope = Scope::Group(group.name.clone());
+        let before = model.fleet.hosts_in(&scope);
+        let previous = model
+            .fleet
+            .groups
+            .insert(group.name.clone(), group.selector.clone());
+        let mut scopes: Vec<Scope> = before.into_iter().map(Scope::Host).collect();
+        scopes.push(scope);
+        let manifests = self.render_scope(&model, &scopes, now());
+        if let Err(error) = self
+            .store
+            .put_group(&group.name, &group.selector, &manifests)
+            .await
+        {
+            match previous {
+                Some(previous) => model.fleet.groups.insert(group.name.clone(), previous),
+                None => model.fleet.groups.remove(&group.name),
+            };
+            return Err(error.into());
+        }
+        Ok(self.applied(&mut model, &manifests))
+    }
+
+    /// `drover groups delete`: refused while pins or holds use the group.
+    pub async fn delete_group(&self, name: &str) -> Result<(), ServiceError> {
+        let mut model = self.model.lock().await;
+        if !model.fleet.groups.contains_key(name) {
+            return Err(ServiceError::NotFound(
+                "group_not_found",
+                format!("no group named {name}"),
+            ));
+        }
+        let scope = Scope::Group(name.to_owned());
+        let pinned = model
+            .fleet
+            .pins
+            .keys()
+            .any(|(_, pin_scope)| pin_scope == &scope);
+        if pinned || model.fleet.holds.contains(&scope) {
+            return Err(ServiceError::Conflict(
+                "group_in_use",
+                format!("group {name} has pins or holds; unpin and unhold it first"),
+            ));
+        }
+        self.store.delete_group(name).await?;
+        model.fleet.groups.remove(name);
+        Ok(())
+    }
+
+    // --- Releases ---------------------------------------------------------------------
+
+    /// `drover release create`. Releases are immutable: the same version with other
+    /// content is refused; the identical request again is accepted (idempotent).
+    pub async fn create_release(&self, request: ReleaseRequest) -> Result<Release, ServiceError> {
+        let artifact = match request.artifact {
+            ReleaseArtifact::StoredTarball { digest } => {
+                let size = crate::blobs::size_of(&self.data.blobs(), &digest)?.ok_or_else(|| {
+                    ServiceError::NotFound(
+                        "artifact_not_found",
+                        format!("no uploaded artifact {digest}; upload it first (drover release create --artifact FILE does)"),
+                    )
+                })?;
+                let url =
+                    HttpUrl::try_from(format!("{}/v1/artifacts/{digest}", self.config.public_url))
+                        .map_err(|error| {
+                            ServiceError::BadRequest("bad_public_url", error.to_string())
+                        })?;
+                Artifact::Tarball { url, digest, size }
+            }
+            ReleaseArtifact::RemoteTarball { url, digest, size } => {
+                Artifact::Tarball { url, digest, size }
+            }
+        };
+        let release = Release {
+            app: request.app,
+            version: request.version,
+            artifact,
+            spec: request.spec,
+            created_at: now(),
+        };
+        let mut model = self.model.lock().await;
+        let key = (release.app.clone(), release.version.clone());
+        if let Some(existing) = model.fleet.releases.get(&key) {
+            if existing.artifact == release.artifact && existing.spec == release.spec {
+                return Ok(existing.clone());
+            }
+            return Err(ServiceError::Conflict(
+                "release_exists",
+                format!(
+                    "release {} {} already exists with another artifact or spec (digest {}); releases are immutable: use a new version",
+                    release.app,
+                    release.version,
+                    existing.artifact.digest()
+                ),
+            ));
+        }
+        self.store.insert_release(&release).await?;
+        model.fleet.releases.insert(key, release.clone());
+        Ok(release)
+    }
+
+    /// `drover release list APP`, newest first.
+    pub async fn releases(&self, app: &AppName) -> Vec<Release> {
+        let model = self.model.lock().await;
+        let mut releases: Vec<Release> = model
+            .fleet
+            .releases
+            .values()
+            .filter(|release| &release.app == app)
+            .cloned()
+            .collect();
+        releases.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| b.version.cmp(&a.version))
+        });
+        releases
+    }
+
+    // --- Pins and holds ---------------------------------------------------------------
+
+    fn check_scope(fleet: &Fleet, scope: &Scope) -> Result<(), ServiceError> {
+        match scope {
+            Scope::Fleet => Ok(()),
+            Scope::Group(name) if fleet.groups.contains_key(name) => Ok(()),
+            Scope::Group(name) => Err(ServiceError::NotFound(
+                "group_not_found",
+                format!("no group named {name}; create it with drover groups create"),
+            )),
+            Scope::Host(id) => active_host(fleet, id).map(|_| ()),
+        }
+    }
+
+    /// `drover pin`.
+    pub async fn pin(&self, pin: Pin) -> Result<ChangeResult, ServiceError> {
+        let mut model = self.model.lock().await;
+        Self::check_scope(&model.fleet, &pin.scope)?;
+        if !model
+            .fleet
+            .releases
+            .contains_key(&(pin.app.clone(), pin.version.clone()))
+        {
+            return Err(ServiceError::NotFound(
+                "release_not_found",
+                format!(
+                    "no release {} {}; create it with drover release create",
+                    pin.app, pin.version
+                ),
+            ));
+        }
+        let key = (pin.app.clone(), pin.scope.clone());
+        let previous = model.fleet.pins.insert(key.clone(), pin.version.clone());
+        let manifests = self.render_scope(&model, std::slice::from_ref(&pin.scope), now());
+        if let Err(error) = self
+            .store
+            .change_pin(&pin.app, &pin.scope, Some(&pin.version), &manifests)
+            .await
+        {
+            restore_pin(&mut model.fleet, key, previous);
+            return Err(error.into());
+        }
+        Ok(self.applied(&mut model, &manifests))
+    }
+
+    /// `drover unpin`.
+    pub async fn unpin(&self, app: AppName, scope: Scope) -> Result<ChangeResult, ServiceError> {
+        let mut model = self.model.lock().await;
+        let key = (app.clone(), scope.clone());
+        let Some(previous) = model.fleet.pins.remove(&key) else {
+            return Err(ServiceError::NotFound(
+                "pin_not_found",
+                format!("{app} is not pinned for the {scope}"),
+            ));
+        };
+        let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now());
+        if let Err(error) = self.store.change_pin(&app, &scope, None, &manifests).await {
+            restore_pin(&mut model.fleet, key, Some(previous));
+            return Err(error.into());
+        }
+        Ok(self.applied(&mut model, &manifests))
+    }
+
+    /// `drover hold` / `drover unhold`.
+    pub async fn hold(&self, scope: Scope, held: bool) -> Result<ChangeResult, ServiceError> {
+        let mut model = self.model.lock().await;
+        Self::check_scope(&model.fleet, &scope)?;
+        let changed = if held {
+            model.fleet.holds.insert(scope.clone())
+        } else {
+            model.fleet.holds.remove(&scope)
+        };
+        if !changed {
+            return Ok(ChangeResult { hosts_changed: 0 });
+        }
+        let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now());
+        if let Err(error) = self.store.change_hold(&scope, held, &manifests).await {
+            if held {
+                model.fleet.holds.remove(&scope);
+            } else {
+                model.fleet.holds.insert(scope);
+            }
+            return Err(error.into());
+        }
+        Ok(self.applied(&mut model, &manifests))
+    }
+
+    /// Re-signs manifests that expire within half their lifetime.
+    pub async fn refresh(&self) -> Result<usize, ServiceError> {
+        let mut model = self.model.lock().await;
+        let hosts: Vec<HostRecord> = model.fleet.active_hosts().cloned().collect();
+        let manifests = self.render(&model, &hosts, now(), RenderMode::Refresh);
+        self.store.save_manifests(&manifests).await?;
+        Ok(self.applied(&mut model, &manifests).hosts_changed)
+    }
+
+    // --- Status -----------------------------------------------------------------------
+
+    /// `drover status`.
+    pub async fn status(&self) -> FleetStatus {
+        let model = self.model.lock().await;
+        let slots = self.slots.read().expect("slots lock");
+        let reports = self.reports.lock().expect("reports lock");
+        let mut status = FleetStatus {
+            hosts: 0,
+            held: 0,
+            apps: BTreeMap::new(),
+        };
+        for host in model.fleet.active_hosts() {
+            status.hosts += 1;
+            if let Some(slot) = slots.get(&host.id) {
+                let published = slot.manifest.borrow();
+                status.held += usize::from(published.held);
+                for app in published.versions.keys() {
+                    status.apps.entry(app.clone()).or_default().desired_hosts += 1;
+                }
+            }
+            if let Some((report, _)) = reports.get(&host.id) {
+                for (app, state) in &report.apps {
+                    let entry = status.apps.entry(app.clone()).or_default();
+                    let version = state
+                        .current
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), ToString::to_string);
+                    *entry.versions.entry(version).or_default() += 1;
+                    let state_name = serde_json::to_value(state.state)
+                        .ok()
+                        .and_then(|value| value.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    *entry.states.entry(state_name).or_default() += 1;
+                }
+            }
+        }
+        status
+    }
+
+    /// The number of enrolled hosts (for `/metrics`).
+    pub fn host_count(&self) -> usize {
+        self.slots.read().expect("slots lock").len()
+    }
+}
+
+impl Background {
+    /// Runs the report writer and the manifest refresher until `shutdown` fires, then
+    /// flushes the reports still queued.
+    pub async fn run(mut self, coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bool>) {
+        let mut refresh = tokio::time::interval(coordinator.config.refresh_interval.to_std());
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                received = self.report_receiver.recv_many(&mut batch, 2048) => {
+                    if received == 0 {
+                        break;
+                    }
+                    // Keep only the newest report per host; every event is kept.
+                    store_reports(&coordinator, std::mem::take(&mut batch)).await;
+                }
+                _ = refresh.tick() => {
+                    match coordinator.refresh().await {
+                        Ok(0) => {}
+                        Ok(count) => tracing::info!(count, "re-signed manifests before they expire"),
+                        Err(error) => tracing::error!(%error, "manifest refresh failed; will retry"),
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.report_receiver.close();
+        while self.report_receiver.recv_many(&mut batch, 2048).await > 0 {
+            store_reports(&coordinator, std::mem::take(&mut batch)).await;
+        }
+    }
+}
+
+async fn store_reports(coordinator: &Coordinator, batch: Vec<(HostReport, Timestamp)>) {
+    let mut latest: HashMap<HostId, (HostReport, Timestamp)> = HashMap::new();
+    let mut events: HashMap<HostId, Vec<drover_protocol::report::ReportEvent>> = HashMap::new();
+    for (report, at) in batch {
+        events
+            .entry(report.host.clone())
+            .or_default()
+            .extend(report.events.iter().cloned());
+        latest.insert(report.host.clone(), (report, at));
+    }
+    let merged: Vec<(HostReport, Timestamp)> = latest
+        .into_values()
+        .map(|(mut report, at)| {
+            let mut host_events = events.remove(&report.host).unwrap_or_default();
+            let keep_from = host_events.len().saturating_sub(MAX_REPORT_EVENTS * 4);
+            report.events = host_events.split_off(keep_from);
+            (report, at)
+        })
+        .collect();
+    if let Err(error) = coordinator.store.save_reports(&merged).await {
+        tracing::error!(%error, count = merged.len(), "storing reports failed; the latest reports stay in memory");
+    }
+}
+
+fn restore_pin(fleet: &mut Fleet, key: (AppName, Scope), previous: Option<Version>) {
+    match previous {
+        Some(version) => fleet.pins.insert(key, version),
+        None => fleet.pins.remove(&key),
+    };
+}
+
+fn empty_app() -> HostApp {
+    HostApp {
+        desired: None,
+        current: None,
+        state: None,
+        last_error: None,
+    }
+}
+
+fn active_host<'a>(fleet: &'a Fleet, id: &HostId) -> Result<&'a HostRecord, ServiceError> {
+    fleet
+        .hosts
+        .get(id)
+        .filter(|host| host.cert_sha256.is_some())
+        .ok_or_else(|| ServiceError::NotFound("host_not_found", format!("no enrolled host {id}")))
+}
+
+fn token_error(problem: TokenProblem) -> ServiceError {
+    match problem {
+        TokenProblem::Unknown => {
+            ServiceError::Unauthorized("token_unknown", "the join token is not valid".into())
+        }
+        TokenProblem::Used => ServiceError::Gone(
+            "token_used",
+            "the join token was already used; create a new one with drover token create".into(),
+        ),
+        TokenProblem::Expired => ServiceError::Gone(
+            "token_expired",
+            "the join token expired; create a new one with drover token create".into(),
+        ),
+    }
+}
+
+fn check_labels(labels: &Labels) -> Result<(), ServiceError> {
+    let valid = |text: &str| {
+        (1..=63).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+    };
+    if labels.len() > 64 {
+        return Err(ServiceError::BadRequest(
+            "bad_labels",
+            "at most 64 labels".into(),
+        ));
+    }
+    for (key, value) in labels {
+        if !valid(key) || !valid(value) {
+            return Err(ServiceError::BadRequest(
+                "bad_labels",
+                format!(
+                    "invalid label {:?}={:?}: keys and values are 1 to 63 characters of letters, digits, '-', '_', '.', '/'",
+                    key.chars().take(70).collect::<String>(),
+                    value.chars().take(70).collect::<String>()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_group_name(name: &str) -> Result<(), ServiceError> {
+    name.parse::<AppName>().map(|_| ()).map_err(|_| {
+        ServiceError::BadRequest(
+            "bad_group_name",
+            format!("invalid group name {name:?}: use a-z, 0-9 and '-'"),
+        )
+    })
+}
+
+fn pem_body(pem: &str) -> Vec<u8> {
+    let body: String = pem
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body.trim())
+        .unwrap_or_default()
+}
