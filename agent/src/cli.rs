@@ -7,12 +7,7 @@ use drover_protocol::{HostId, Timestamp};
 
 /// drover-agent: runs on every host, acts only on manifests its trust document vouches for.
 #[derive(Debug, Parser)]
-#[command(
-    name = "drover-agent",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "drover-agent", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

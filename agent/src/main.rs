@@ -10,13 +10,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let now = Timestamp::from_system(std::time::SystemTime::now());
     let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-    match run(
-        cli,
-        now,
-        &mut stdin.lock(),
-        &mut stdout.lock(),
-        &mut stderr.lock(),
-    ) {
+    match run(cli, now, &mut stdin.lock(), &mut stdout.lock(), &mut stderr.lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("drover-agent: {error}");

@@ -79,17 +79,13 @@ pub fn verify_trust(
         .collect::<Result<Vec<_>, _>>()?;
     let chain: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
     let last = args.files.last().expect("clap requires at least one file");
-    let rotated = current
-        .rotate_chain(&chain, now)
-        .map_err(|rejection| Error::Trust {
-            path: last.clone(),
-            rejection,
-        })?;
-    let mut document =
-        serde_json::to_vec_pretty(rotated.document()).expect("a trust document serializes");
+    let rotated = current.rotate_chain(&chain, now).map_err(|rejection| Error::Trust {
+        path: last.clone(),
+        rejection,
+    })?;
+    let mut document = serde_json::to_vec_pretty(rotated.document()).expect("a trust document serializes");
     document.push(b'\n');
-    out.write_all(&document)
-        .map_err(io("writing", Path::new("stdout")))?;
+    out.write_all(&document).map_err(io("writing", Path::new("stdout")))?;
     let summary = format!(
         "accepted: trust document version {} replaces version {} ({} rotation(s)), expires {}\n",
         rotated.version(),
@@ -137,10 +133,7 @@ pub fn verify(
         serde_json::to_vec_pretty(manifest).expect("a manifest serializes")
     };
     payload.push(b'\n');
-    let write = |out: &mut dyn Write, bytes: &[u8]| {
-        out.write_all(bytes)
-            .map_err(io("writing", Path::new("stdout")))
-    };
+    let write = |out: &mut dyn Write, bytes: &[u8]| out.write_all(bytes).map_err(io("writing", Path::new("stdout")));
     write(out, &payload)?;
     let summary = format!(
         "accepted: manifest serial {} for host {}, {} app(s){}, issued {}, expires {}, trust version {}\n",

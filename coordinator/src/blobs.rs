@@ -34,21 +34,18 @@ pub fn size_of(root: &Path, digest: &Digest) -> Result<Option<u64>, ServiceError
 }
 
 /// Streams `body` into the store. `expected`, when given, must match.
-pub async fn put<S, E>(
-    root: &Path,
-    mut body: S,
-    expected: Option<&Digest>,
-) -> Result<BlobInfo, ServiceError>
+pub async fn put<S, E>(root: &Path, mut body: S, expected: Option<&Digest>) -> Result<BlobInfo, ServiceError>
 where
     S: Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     let mut random = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-        .expect("system random source");
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).expect("system random source");
     let temporary = root.join(format!(".upload-{}", drover_protocol::hex::encode(&random)));
     let result = async {
-        let mut file = tokio::fs::File::create(&temporary).await.map_err(io("creating upload file"))?;
+        let mut file = tokio::fs::File::create(&temporary)
+            .await
+            .map_err(io("creating upload file"))?;
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let mut size: u64 = 0;
         while let Some(chunk) = body.next().await {
@@ -75,8 +72,15 @@ where
                 format!("the upload's digest is {digest}, not the expected {expected}: truncated or wrong file"),
             ));
         }
-        tokio::fs::rename(&temporary, path_of(root, &digest)).await.map_err(io("storing artifact"))?;
-        tokio::fs::File::open(root).await.map_err(io("opening artifact store"))?.sync_all().await.map_err(io("syncing artifact store"))?;
+        tokio::fs::rename(&temporary, path_of(root, &digest))
+            .await
+            .map_err(io("storing artifact"))?;
+        tokio::fs::File::open(root)
+            .await
+            .map_err(io("opening artifact store"))?
+            .sync_all()
+            .await
+            .map_err(io("syncing artifact store"))?;
         Ok(BlobInfo { digest, size })
     }
     .await;

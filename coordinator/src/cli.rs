@@ -11,12 +11,7 @@ use drover_protocol::Duration;
 /// their pinned trust document and converge. This binary runs the coordinator
 /// (`drover serve`, coming with the coordinator issue) and is the operator's CLI.
 #[derive(Debug, Parser)]
-#[command(
-    name = "drover",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "drover", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -26,9 +21,42 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the coordinator: HTTPS API for agents and operators.
+    ///
+    /// On first start it creates, in the data directory: the CA, the manifest-signing key
+    /// and trust document (or uses --keys), the admin token and the SQLite database, all
+    /// private files 0600. Later starts reuse them. SIGTERM drains and exits.
+    ///
+    /// Example: drover serve --listen 0.0.0.0:8443 --public-url https://deploy.example.com:8443
+    Serve(ServeArgs),
     /// Create, inspect and use signing keys and trust documents.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+/// Arguments of `drover serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// Data directory (database, CA, keys, admin token, artifacts).
+    #[arg(long, env = "DROVER_DATA_DIR", default_value = crate::datadir::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// The URL hosts use to reach this coordinator; it goes into join commands and
+    /// artifact URLs (default: https://<listen address>, 127.0.0.1 for 0.0.0.0).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// A key directory made by `drover keys init` (needs manifest.key and trust.json;
+    /// root keys can stay offline). Default: <data-dir>/keys, created on first start.
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
+    /// How long each signed manifest is valid; manifests are re-signed at half of it.
+    #[arg(long, default_value = "24h")]
+    pub manifest_ttl: Duration,
+    /// Extra DNS names or IP addresses for the server certificate (repeatable).
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
 }
 
 /// `drover keys ...`

@@ -96,19 +96,14 @@ fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Er
 
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .expect("system random source");
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("system random source");
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Creates what is missing (on first start) and loads everything. `keys_dir` overrides
 /// `<data-dir>/keys` with a directory made by `drover keys init` elsewhere (only its
 /// manifest.key and trust.json are needed; root keys can stay offline).
-pub fn prepare(
-    data: &DataDir,
-    keys_dir: Option<&Path>,
-    now: Timestamp,
-) -> Result<Credentials, Error> {
+pub fn prepare(data: &DataDir, keys_dir: Option<&Path>, now: Timestamp) -> Result<Credentials, Error> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -124,8 +119,7 @@ pub fn prepare(
         let cert = fs::read_to_string(data.ca_cert()).map_err(io("reading", &data.ca_cert()))?;
         // The key file goes through the same mode check as every other private key.
         let key = read_private_file(&data.ca_key())?;
-        Ca::load(&cert, &key)
-            .map_err(|error| Error::Input(format!("{}: {error}", data.ca_key().display())))?
+        Ca::load(&cert, &key).map_err(|error| Error::Input(format!("{}: {error}", data.ca_key().display())))?
     } else {
         let (ca, key_pem) = Ca::create(now).map_err(|error| Error::Input(error.to_string()))?;
         write_atomic(&data.ca_cert(), ca.cert_pem().as_bytes(), 0o644)?;
@@ -175,8 +169,7 @@ pub fn prepare(
 /// Reads a secret text file (0600 enforced).
 pub fn read_private_file(path: &Path) -> Result<String, Error> {
     let bytes = drover_protocol::keyfile::read_private_file(path)?;
-    String::from_utf8(bytes)
-        .map_err(|_| Error::Input(format!("{}: not UTF-8 text", path.display())))
+    String::from_utf8(bytes).map_err(|_| Error::Input(format!("{}: not UTF-8 text", path.display())))
 }
 
 /// A fresh random secret (enrollment tokens).

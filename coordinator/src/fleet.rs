@@ -9,9 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use drover_protocol::api::{Labels, Release, Scope};
 use drover_protocol::manifest::MANIFEST_SCHEMA;
-use drover_protocol::{
-    AppName, AppRelease, Duration, HostId, Manifest, SigningKey, Timestamp, Version,
-};
+use drover_protocol::{AppName, AppRelease, Duration, HostId, Manifest, SigningKey, Timestamp, Version};
 
 use crate::store::{HostRecord, Snapshot, StoredManifest};
 
@@ -48,9 +46,7 @@ pub struct Fleet {
 
 /// True when every label of `selector` is on the host with the same value.
 pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
-    selector
-        .iter()
-        .all(|(key, value)| labels.get(key) == Some(value))
+    selector.iter().all(|(key, value)| labels.get(key) == Some(value))
 }
 
 impl Fleet {
@@ -68,21 +64,14 @@ impl Fleet {
             releases: snapshot
                 .releases
                 .iter()
-                .map(|release| {
-                    (
-                        (release.app.clone(), release.version.clone()),
-                        release.clone(),
-                    )
-                })
+                .map(|release| ((release.app.clone(), release.version.clone()), release.clone()))
                 .collect(),
         }
     }
 
     /// Hosts that are enrolled now (not removed).
     pub fn active_hosts(&self) -> impl Iterator<Item = &HostRecord> {
-        self.hosts
-            .values()
-            .filter(|host| host.cert_sha256.is_some())
+        self.hosts.values().filter(|host| host.cert_sha256.is_some())
     }
 
     /// The groups whose selector matches `labels`, by name.
@@ -201,10 +190,7 @@ mod tests {
             app: app.parse().expect("app"),
             version: version.parse().expect("version"),
             artifact: drover_protocol::Artifact::Tarball {
-                url: drover_protocol::manifest::HttpUrl::try_from(format!(
-                    "https://c/{app}/{version}"
-                ))
-                .expect("url"),
+                url: drover_protocol::manifest::HttpUrl::try_from(format!("https://c/{app}/{version}")).expect("url"),
                 digest: drover_protocol::Digest::of(version.as_bytes()),
                 size: 1,
             },
@@ -224,18 +210,16 @@ mod tests {
         fleet
             .groups
             .insert("eu".into(), [("region".to_owned(), "eu".to_owned())].into());
-        fleet.groups.insert(
-            "prod".into(),
-            [("env".to_owned(), "prod".to_owned())].into(),
-        );
+        fleet
+            .groups
+            .insert("prod".into(), [("env".to_owned(), "prod".to_owned())].into());
         fleet
     }
 
     fn pin(fleet: &mut Fleet, scope: Scope, version: &str) {
-        fleet.pins.insert(
-            ("web".parse().expect("app"), scope),
-            version.parse().expect("version"),
-        );
+        fleet
+            .pins
+            .insert(("web".parse().expect("app"), scope), version.parse().expect("version"));
     }
 
     fn version_of(fleet: &Fleet, host: &HostRecord) -> Option<String> {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use drover_protocol::keyfile::{read_signing_key, write_atomic, write_new_key_file};
 use drover_protocol::trust::{RoleKeys, TRUST_SCHEMA};
 use drover_protocol::{
-    Duration, Envelope, KeyError, MANIFEST_PAYLOAD_TYPE, SigningKey, TRUST_PAYLOAD_TYPE, Timestamp,
-    Trust, TrustDocument,
+    Duration, Envelope, KeyError, MANIFEST_PAYLOAD_TYPE, SigningKey, TRUST_PAYLOAD_TYPE, Timestamp, Trust,
+    TrustDocument,
 };
 use serde_json::json;
 
@@ -38,13 +38,7 @@ fn root_key_file(index: u32) -> String {
 
 /// `drover keys init`.
 pub fn init(args: &InitArgs, now: Timestamp, out: &mut dyn Write) -> Result<(), Error> {
-    let document = create_key_dir(
-        &args.dir,
-        args.root_keys,
-        args.root_threshold,
-        args.expires_in,
-        now,
-    )?;
+    let document = create_key_dir(&args.dir, args.root_keys, args.root_threshold, args.expires_in, now)?;
 
     match args.output {
         Output::Json => print_json(out, &summary_json(&args.dir, &document))?,
@@ -182,8 +176,7 @@ fn key_rows(dir: &Path, document: Option<&TrustDocument>) -> Result<Vec<KeyRow>,
         .iter()
         .map(|path| {
             let key = read_signing_key(path)?;
-            let listed =
-                |role: &RoleKeys| role.keys.iter().any(|listed| &listed.keyid == key.key_id());
+            let listed = |role: &RoleKeys| role.keys.iter().any(|listed| &listed.keyid == key.key_id());
             let mut roles = Vec::new();
             if let Some(document) = document {
                 if listed(&document.root) {
@@ -194,11 +187,7 @@ fn key_rows(dir: &Path, document: Option<&TrustDocument>) -> Result<Vec<KeyRow>,
                 }
             }
             Ok(KeyRow {
-                file: path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
+                file: path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
                 key_id: key.key_id().to_string(),
                 roles,
             })
@@ -237,16 +226,10 @@ pub fn show(args: &ShowArgs, now: Timestamp, out: &mut dyn Write) -> Result<(), 
                 .as_ref()
                 .map_or_else(|| json!({ "trust": null }), |d| summary_json(&args.dir, d));
             value["keys"] = rows_json(&rows);
-            value["trust_expired"] =
-                json!(document.as_ref().map(|document| document.expires_at <= now));
+            value["trust_expired"] = json!(document.as_ref().map(|document| document.expires_at <= now));
             print_json(out, &value)
         }
-        Output::Table => show_table(
-            out,
-            &args.dir,
-            &rows,
-            document.as_ref().map(|document| (document, now)),
-        ),
+        Output::Table => show_table(out, &args.dir, &rows, document.as_ref().map(|document| (document, now))),
     }
 }
 
@@ -280,19 +263,12 @@ fn show_table(
         } else {
             row.roles.join(",")
         };
-        text.push_str(&format!(
-            "{:width$}  {:64}  {roles}\n",
-            row.file, row.key_id
-        ));
+        text.push_str(&format!("{:width$}  {:64}  {roles}\n", row.file, row.key_id));
     }
     match trust {
         None => text.push_str(&format!("\n{}: no {TRUST_FILE}\n", dir.display())),
         Some((document, now)) => {
-            let state = if document.expires_at <= now {
-                "EXPIRED"
-            } else {
-                "valid"
-            };
+            let state = if document.expires_at <= now { "EXPIRED" } else { "valid" };
             text.push_str(&format!(
                 "\n{TRUST_FILE}: version {}, expires {} ({state})\n  root keys:     {} of {} must sign a new trust document\n  manifest keys: {} of {} must sign a manifest\n",
                 document.version,
@@ -334,9 +310,8 @@ pub fn sign(args: &SignArgs, input: &mut dyn Read, out: &mut dyn Write) -> Resul
         )));
     }
     let envelope = if args.append {
-        let mut envelope: Envelope = serde_json::from_slice(&bytes).map_err(|error| {
-            Error::Input(format!("--append: stdin is not a DSSE envelope: {error}"))
-        })?;
+        let mut envelope: Envelope = serde_json::from_slice(&bytes)
+            .map_err(|error| Error::Input(format!("--append: stdin is not a DSSE envelope: {error}")))?;
         if let Some(wanted) = args.payload_type.as_deref().map(payload_type)
             && wanted != envelope.payload_type
         {
@@ -346,18 +321,15 @@ pub fn sign(args: &SignArgs, input: &mut dyn Read, out: &mut dyn Write) -> Resul
             )));
         }
         for key in &keys {
-            envelope.add_signature(key).map_err(|error| {
-                Error::Input(format!(
-                    "--append: the envelope's payload is not base64: {error}"
-                ))
-            })?;
+            envelope
+                .add_signature(key)
+                .map_err(|error| Error::Input(format!("--append: the envelope's payload is not base64: {error}")))?;
         }
         envelope
     } else {
         let Some(wanted) = args.payload_type.as_deref() else {
             return Err(Error::Input(
-                "--type is required when signing a payload (manifest, trust, or a media type)"
-                    .into(),
+                "--type is required when signing a payload (manifest, trust, or a media type)".into(),
             ));
         };
         let key_refs: Vec<&SigningKey> = keys.iter().collect();

@@ -1,4 +1,5 @@
-//! The `drover` binary: parse the command line, run it, map the outcome to an exit code.
+//! The `drover` binary: install the TLS crypto provider, set up logging, parse the
+//! command line, run it, map the outcome to an exit code.
 
 use std::process::ExitCode;
 
@@ -7,15 +8,28 @@ use drover_coordinator::{cli::Cli, run};
 use drover_protocol::Timestamp;
 
 fn main() -> ExitCode {
+    if rustls::crypto::ring::default_provider().install_default().is_err() {
+        eprintln!("drover: a TLS crypto provider was already installed");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("drover: starting the async runtime failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    match run(
-        cli,
-        Timestamp::from_system(std::time::SystemTime::now()),
-        &mut stdin.lock(),
-        &mut stdout.lock(),
-    ) {
+    let now = Timestamp::from_system(std::time::SystemTime::now());
+    let outcome = runtime.block_on(run(cli, now, &mut stdin.lock(), &mut stdout.lock()));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("drover: {error}");

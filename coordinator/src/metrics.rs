@@ -45,31 +45,19 @@ impl Metrics {
     /// The Prometheus text exposition, with `hosts` as a gauge.
     pub fn render(&self, hosts: usize) -> String {
         let counters = [
-            (
-                "drover_http_requests_total",
-                "HTTP requests answered.",
-                &self.requests,
-            ),
+            ("drover_http_requests_total", "HTTP requests answered.", &self.requests),
             (
                 "drover_http_request_errors_total",
                 "HTTP requests answered with 4xx or 5xx.",
                 &self.request_errors,
             ),
-            (
-                "drover_manifest_polls_total",
-                "Manifest polls.",
-                &self.polls,
-            ),
+            ("drover_manifest_polls_total", "Manifest polls.", &self.polls),
             (
                 "drover_manifest_polls_not_modified_total",
                 "Manifest polls answered 304.",
                 &self.polls_not_modified,
             ),
-            (
-                "drover_reports_total",
-                "Host reports accepted.",
-                &self.reports,
-            ),
+            ("drover_reports_total", "Host reports accepted.", &self.reports),
             (
                 "drover_manifests_signed_total",
                 "Manifests signed.",

@@ -9,9 +9,8 @@ use std::net::IpAddr;
 
 use drover_protocol::{Duration, HostId, Timestamp};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use x509_parser::prelude::FromDer as _;
 
@@ -43,9 +42,7 @@ pub struct Ca {
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca")
-            .field("sha256", &self.sha256())
-            .finish()
+        f.debug_struct("Ca").field("sha256", &self.sha256()).finish()
     }
 }
 
@@ -61,17 +58,13 @@ fn validity(params: &mut CertificateParams, now: Timestamp, length: Duration) {
 
 fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .expect("system random source");
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("system random source");
     bytes[0] &= 0x7f; // positive
     SerialNumber::from_slice(&bytes)
 }
 
 fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    let body: String = pem
-        .lines()
-        .filter(|line| !line.starts_with("-----"))
-        .collect();
+    let body: String = pem.lines().filter(|line| !line.starts_with("-----")).collect();
     base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body.trim()).ok()
 }
 
@@ -105,8 +98,7 @@ impl Ca {
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        let cert_der = pem_to_der(cert_pem)
-            .ok_or(PkiError::Generate(rcgen::Error::CouldNotParseCertificate))?;
+        let cert_der = pem_to_der(cert_pem).ok_or(PkiError::Generate(rcgen::Error::CouldNotParseCertificate))?;
         Ok(Ca {
             issuer,
             cert_pem: cert_pem.to_owned(),
@@ -130,11 +122,7 @@ impl Ca {
     }
 
     /// Issues the server certificate for these names and addresses; returns (cert PEM, key PEM).
-    pub fn issue_server(
-        &self,
-        names: &[String],
-        now: Timestamp,
-    ) -> Result<(String, String), PkiError> {
+    pub fn issue_server(&self, names: &[String], now: Timestamp) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
@@ -157,14 +145,9 @@ impl Ca {
 
     /// Issues a host's client certificate from its CSR. The CSR must be validly
     /// self-signed and its common name must be `host`; nothing else from it is used.
-    pub fn issue_host(
-        &self,
-        host: &HostId,
-        csr_pem: &str,
-        now: Timestamp,
-    ) -> Result<String, PkiError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|error| PkiError::BadCsr(error.to_string()))?;
+    pub fn issue_host(&self, host: &HostId, csr_pem: &str, now: Timestamp) -> Result<String, PkiError> {
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|error| PkiError::BadCsr(error.to_string()))?;
         let common_name = csr
             .params
             .distinguished_name
@@ -219,12 +202,7 @@ impl PeerIdentity {
     /// against the CA; `None` when its common name is not a valid host id.
     pub fn from_certificate(der: &[u8]) -> Option<PeerIdentity> {
         let (_, certificate) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
-        let common_name = certificate
-            .subject()
-            .iter_common_name()
-            .next()?
-            .as_str()
-            .ok()?;
+        let common_name = certificate.subject().iter_common_name().next()?.as_str().ok()?;
         Some(PeerIdentity {
             host: common_name.parse().ok()?,
             fingerprint: sha256_hex(der),
@@ -259,8 +237,7 @@ mod tests {
         let host: HostId = "web-01".parse().expect("host");
         let (csr, _) = make_host_csr(&host).expect("csr");
         let pem = reloaded.issue_host(&host, &csr, now()).expect("issue");
-        let identity =
-            PeerIdentity::from_certificate(&pem_to_der(&pem).expect("der")).expect("identity");
+        let identity = PeerIdentity::from_certificate(&pem_to_der(&pem).expect("der")).expect("identity");
         assert_eq!(identity.host, host);
 
         let other: HostId = "web-02".parse().expect("host");

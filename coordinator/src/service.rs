@@ -12,15 +12,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use drover_protocol::api::{
-    AppStatus, ChangeResult, FleetStatus, Group, HostApp, HostDetail, HostSummary, JoinRequest,
-    JoinResponse, Labels, Pin, Release, ReleaseArtifact, ReleaseRequest, Scope, TokenRequest,
-    TokenResponse,
+    ChangeResult, FleetStatus, Group, HostApp, HostDetail, HostSummary, JoinRequest, JoinResponse, Labels, Pin,
+    Release, ReleaseArtifact, ReleaseRequest, Scope, TokenRequest, TokenResponse,
 };
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::report::MAX_REPORT_EVENTS;
-use drover_protocol::{
-    AppName, Artifact, Duration, HostId, HostReport, SigningKey, Timestamp, Version,
-};
+use drover_protocol::{AppName, Artifact, Duration, HostId, HostReport, SigningKey, Timestamp, Version};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::datadir::{Credentials, DataDir};
@@ -303,22 +300,14 @@ impl Coordinator {
 
     /// The live slot of the host a client certificate names, refusing removed hosts and
     /// certificates that are no longer the host's (replaced by a re-join).
-    pub fn host_slot(
-        &self,
-        identity: Option<&PeerIdentity>,
-    ) -> Result<Arc<HostSlot>, ServiceError> {
+    pub fn host_slot(&self, identity: Option<&PeerIdentity>) -> Result<Arc<HostSlot>, ServiceError> {
         let Some(identity) = identity else {
             return Err(ServiceError::Unauthorized(
                 "client_certificate_required",
                 "agent endpoints need the host's client certificate (join first)".into(),
             ));
         };
-        let slot = self
-            .slots
-            .read()
-            .expect("slots lock")
-            .get(&identity.host)
-            .cloned();
+        let slot = self.slots.read().expect("slots lock").get(&identity.host).cloned();
         match slot {
             Some(slot) if slot.cert_sha256 == identity.fingerprint => {
                 slot.last_seen.store(now().unix(), Ordering::Relaxed);
@@ -344,13 +333,7 @@ impl Coordinator {
     /// Renders `hosts` and returns the manifests that must be re-signed (see
     /// [`RenderMode`]), each with the host's serial + 1. Nothing is changed: the caller
     /// commits them to the store, then calls [`Coordinator::applied`].
-    fn render(
-        &self,
-        model: &Model,
-        hosts: &[HostRecord],
-        now: Timestamp,
-        mode: RenderMode,
-    ) -> Vec<StoredManifest> {
+    fn render(&self, model: &Model, hosts: &[HostRecord], now: Timestamp, mode: RenderMode) -> Vec<StoredManifest> {
         let key: &SigningKey = &self.credentials.manifest_key;
         let ttl = self.config.manifest_ttl;
         let refresh_before = now.plus(Duration::from_millis(ttl.as_millis() / 2));
@@ -362,18 +345,11 @@ impl Coordinator {
                 let unchanged = previous.is_some_and(|previous| match mode {
                     RenderMode::Changed => previous.content_hash == desired.content_hash(),
                     RenderMode::Refresh => {
-                        previous.content_hash == desired.content_hash()
-                            && previous.expires_at > refresh_before
+                        previous.content_hash == desired.content_hash() && previous.expires_at > refresh_before
                     }
                     RenderMode::Force => false,
                 });
-                (!unchanged).then(|| {
-                    (
-                        host,
-                        previous.map_or(0, |previous| previous.serial) + 1,
-                        desired,
-                    )
-                })
+                (!unchanged).then(|| (host, previous.map_or(0, |previous| previous.serial) + 1, desired))
             })
             .collect();
         // Signing is CPU-bound: spread it over the cores, off the async workers.
@@ -388,9 +364,7 @@ impl Coordinator {
                     .map(|part| {
                         scope.spawn(move || {
                             part.iter()
-                                .map(|(host, serial, desired)| {
-                                    sign_manifest(&host.id, *serial, desired, now, ttl, key)
-                                })
+                                .map(|(host, serial, desired)| sign_manifest(&host.id, *serial, desired, now, ttl, key))
                                 .collect::<Vec<_>>()
                         })
                     })
@@ -427,31 +401,21 @@ impl Coordinator {
     fn publish(&self, model: &Model, manifests: &[StoredManifest]) {
         let slots = self.slots.read().expect("slots lock");
         for manifest in manifests {
-            let (Some(slot), Some(host)) = (
-                slots.get(&manifest.host),
-                model.fleet.hosts.get(&manifest.host),
-            ) else {
+            let (Some(slot), Some(host)) = (slots.get(&manifest.host), model.fleet.hosts.get(&manifest.host)) else {
                 continue;
             };
             let desired = model.fleet.desired(host);
-            slot.manifest
-                .send_replace(Arc::new(Published::of(manifest, &desired)));
+            slot.manifest.send_replace(Arc::new(Published::of(manifest, &desired)));
         }
     }
 
     /// Re-renders the active hosts a scope covers after a change already applied to the
     /// model; returns the manifests to commit.
     fn render_scope(&self, model: &Model, scopes: &[Scope], now: Timestamp) -> Vec<StoredManifest> {
-        let mut ids: Vec<HostId> = scopes
-            .iter()
-            .flat_map(|scope| model.fleet.hosts_in(scope))
-            .collect();
+        let mut ids: Vec<HostId> = scopes.iter().flat_map(|scope| model.fleet.hosts_in(scope)).collect();
         ids.sort();
         ids.dedup();
-        let hosts: Vec<HostRecord> = ids
-            .iter()
-            .filter_map(|id| model.fleet.hosts.get(id).cloned())
-            .collect();
+        let hosts: Vec<HostRecord> = ids.iter().filter_map(|id| model.fleet.hosts.get(id).cloned()).collect();
         self.render(model, &hosts, now, RenderMode::Changed)
     }
 
@@ -470,13 +434,7 @@ impl Coordinator {
         let token = crate::datadir::new_secret();
         let expires_at = now.plus(request.ttl);
         self.store
-            .insert_token(
-                &hash_secret(&token),
-                &request.labels,
-                request.replace,
-                expires_at,
-                now,
-            )
+            .insert_token(&hash_secret(&token), &request.labels, request.replace, expires_at, now)
             .await?;
         let join_command = format!(
             "drover-agent join {} --token {token} --ca-sha256 {}",
@@ -494,11 +452,7 @@ impl Coordinator {
     pub async fn join(&self, request: JoinRequest) -> Result<JoinResponse, ServiceError> {
         let now = now();
         let token_hash = hash_secret(&request.token);
-        let token = self
-            .store
-            .check_token(&token_hash, now)
-            .await?
-            .map_err(token_error)?;
+        let token = self.store.check_token(&token_hash, now).await?.map_err(token_error)?;
         let certificate_pem = self
             .credentials
             .ca
@@ -529,20 +483,9 @@ impl Coordinator {
         };
         let previous = model.fleet.hosts.insert(record.id.clone(), record.clone());
         // A re-join gets a new serial even when nothing changed (Force).
-        let manifests = self.render(
-            &model,
-            std::slice::from_ref(&record),
-            now,
-            RenderMode::Force,
-        );
-        let manifest = manifests
-            .first()
-            .expect("a joining host is always rendered")
-            .clone();
-        let stored = self
-            .store
-            .join_host(&token_hash, &record, &manifest, now)
-            .await;
+        let manifests = self.render(&model, std::slice::from_ref(&record), now, RenderMode::Force);
+        let manifest = manifests.first().expect("a joining host is always rendered").clone();
+        let stored = self.store.join_host(&token_hash, &record, &manifest, now).await;
         if !matches!(stored, Ok(Ok(()))) {
             // Nothing was committed (another join used the token first, or the store
             // failed): put the model back as it was.
@@ -576,10 +519,7 @@ impl Coordinator {
             .write()
             .expect("slots lock")
             .insert(record.id.clone(), Arc::new(slot));
-        self.reports
-            .lock()
-            .expect("reports lock")
-            .remove(&record.id);
+        self.reports.lock().expect("reports lock").remove(&record.id);
         self.metrics.joins.add(1);
         Ok(JoinResponse {
             host_id: record.id,
@@ -609,25 +549,18 @@ impl Coordinator {
             .lock()
             .expect("reports lock")
             .insert(report.host.clone(), (report.clone(), received_at));
-        self.report_queue
-            .try_send((report, received_at))
-            .map_err(|_| {
-                ServiceError::TooLarge(
-                    "report_queue_full",
-                    "the coordinator is behind on storing reports; retry".into(),
-                )
-            })
+        self.report_queue.try_send((report, received_at)).map_err(|_| {
+            ServiceError::TooLarge(
+                "report_queue_full",
+                "the coordinator is behind on storing reports; retry".into(),
+            )
+        })
     }
 
     // --- Hosts, labels, groups --------------------------------------------------------
 
     fn summary(&self, model: &Model, host: &HostRecord) -> HostSummary {
-        let slot = self
-            .slots
-            .read()
-            .expect("slots lock")
-            .get(&host.id)
-            .cloned();
+        let slot = self.slots.read().expect("slots lock").get(&host.id).cloned();
         let published = slot.as_ref().map(|slot| slot.manifest.borrow().clone());
         let reports = self.reports.lock().expect("reports lock");
         let report = reports.get(&host.id).map(|(report, _)| report);
@@ -653,10 +586,7 @@ impl Coordinator {
             labels: host.labels.clone(),
             joined_at: host.joined_at,
             last_seen: last_seen.map(Timestamp::from_unix),
-            manifest_serial: model
-                .rendered
-                .get(&host.id)
-                .map_or(0, |rendered| rendered.serial),
+            manifest_serial: model.rendered.get(&host.id).map_or(0, |rendered| rendered.serial),
             reported_serial: report.and_then(|report| report.manifest_serial),
             held: published.is_some_and(|published| published.held),
             apps,
@@ -760,18 +690,11 @@ impl Coordinator {
         let mut model = self.model.lock().await;
         let scope = Scope::Group(group.name.clone());
         let before = model.fleet.hosts_in(&scope);
-        let previous = model
-            .fleet
-            .groups
-            .insert(group.name.clone(), group.selector.clone());
+        let previous = model.fleet.groups.insert(group.name.clone(), group.selector.clone());
         let mut scopes: Vec<Scope> = before.into_iter().map(Scope::Host).collect();
         scopes.push(scope);
         let manifests = self.render_scope(&model, &scopes, now());
-        if let Err(error) = self
-            .store
-            .put_group(&group.name, &group.selector, &manifests)
-            .await
-        {
+        if let Err(error) = self.store.put_group(&group.name, &group.selector, &manifests).await {
             match previous {
                 Some(previous) => model.fleet.groups.insert(group.name.clone(), previous),
                 None => model.fleet.groups.remove(&group.name),
@@ -791,11 +714,7 @@ impl Coordinator {
             ));
         }
         let scope = Scope::Group(name.to_owned());
-        let pinned = model
-            .fleet
-            .pins
-            .keys()
-            .any(|(_, pin_scope)| pin_scope == &scope);
+        let pinned = model.fleet.pins.keys().any(|(_, pin_scope)| pin_scope == &scope);
         if pinned || model.fleet.holds.contains(&scope) {
             return Err(ServiceError::Conflict(
                 "group_in_use",
@@ -820,16 +739,11 @@ impl Coordinator {
                         format!("no uploaded artifact {digest}; upload it first (drover release create --artifact FILE does)"),
                     )
                 })?;
-                let url =
-                    HttpUrl::try_from(format!("{}/v1/artifacts/{digest}", self.config.public_url))
-                        .map_err(|error| {
-                            ServiceError::BadRequest("bad_public_url", error.to_string())
-                        })?;
+                let url = HttpUrl::try_from(format!("{}/v1/artifacts/{digest}", self.config.public_url))
+                    .map_err(|error| ServiceError::BadRequest("bad_public_url", error.to_string()))?;
                 Artifact::Tarball { url, digest, size }
             }
-            ReleaseArtifact::RemoteTarball { url, digest, size } => {
-                Artifact::Tarball { url, digest, size }
-            }
+            ReleaseArtifact::RemoteTarball { url, digest, size } => Artifact::Tarball { url, digest, size },
         };
         let release = Release {
             app: request.app,
@@ -869,11 +783,7 @@ impl Coordinator {
             .filter(|release| &release.app == app)
             .cloned()
             .collect();
-        releases.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| b.version.cmp(&a.version))
-        });
+        releases.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.version.cmp(&a.version)));
         releases
     }
 
@@ -1102,9 +1012,7 @@ fn active_host<'a>(fleet: &'a Fleet, id: &HostId) -> Result<&'a HostRecord, Serv
 
 fn token_error(problem: TokenProblem) -> ServiceError {
     match problem {
-        TokenProblem::Unknown => {
-            ServiceError::Unauthorized("token_unknown", "the join token is not valid".into())
-        }
+        TokenProblem::Unknown => ServiceError::Unauthorized("token_unknown", "the join token is not valid".into()),
         TokenProblem::Used => ServiceError::Gone(
             "token_used",
             "the join token was already used; create a new one with drover token create".into(),
@@ -1124,10 +1032,7 @@ fn check_labels(labels: &Labels) -> Result<(), ServiceError> {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
     };
     if labels.len() > 64 {
-        return Err(ServiceError::BadRequest(
-            "bad_labels",
-            "at most 64 labels".into(),
-        ));
+        return Err(ServiceError::BadRequest("bad_labels", "at most 64 labels".into()));
     }
     for (key, value) in labels {
         if !valid(key) || !valid(value) {
@@ -1154,10 +1059,6 @@ fn check_group_name(name: &str) -> Result<(), ServiceError> {
 }
 
 fn pem_body(pem: &str) -> Vec<u8> {
-    let body: String = pem
-        .lines()
-        .filter(|line| !line.starts_with("-----"))
-        .collect();
-    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body.trim())
-        .unwrap_or_default()
+    let body: String = pem.lines().filter(|line| !line.starts_with("-----")).collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body.trim()).unwrap_or_default()
 }

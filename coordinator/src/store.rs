@@ -15,9 +15,7 @@ use std::str::FromStr;
 use drover_protocol::api::{Labels, Release, Scope};
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
 use sqlx::Row as _;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
@@ -48,8 +46,7 @@ fn parse<T: FromStr>(what: &'static str, text: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
-    text.parse()
-        .map_err(|error: T::Err| corrupt(what)(error.to_string()))
+    text.parse().map_err(|error: T::Err| corrupt(what)(error.to_string()))
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
@@ -158,10 +155,9 @@ impl Store {
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             .execute(&self.pool)
             .await?;
-        let current: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-                .fetch_one(&self.pool)
-                .await?;
+        let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            .fetch_one(&self.pool)
+            .await?;
         for (index, migration) in MIGRATIONS.iter().enumerate() {
             let version = i64::try_from(index + 1).expect("few migrations");
             if version <= current {
@@ -212,30 +208,23 @@ impl Store {
                 parse("version", row.get::<&str, _>(2))?,
             );
         }
-        for row in sqlx::query("SELECT scope FROM holds")
-            .fetch_all(&self.pool)
-            .await?
-        {
+        for row in sqlx::query("SELECT scope FROM holds").fetch_all(&self.pool).await? {
             snapshot.holds.insert(json("scope", row.get::<&str, _>(0))?);
         }
         for row in sqlx::query("SELECT release FROM releases")
             .fetch_all(&self.pool)
             .await?
         {
-            snapshot
-                .releases
-                .push(json("release", row.get::<&str, _>(0))?);
+            snapshot.releases.push(json("release", row.get::<&str, _>(0))?);
         }
-        let manifests = sqlx::query(
-            "SELECT host, serial, envelope, content_hash, issued_at, expires_at FROM manifests",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let manifests =
+            sqlx::query("SELECT host, serial, envelope, content_hash, issued_at, expires_at FROM manifests")
+                .fetch_all(&self.pool)
+                .await?;
         for row in manifests {
             snapshot.manifests.push(StoredManifest {
                 host: parse("host id", row.get::<&str, _>(0))?,
-                serial: u64::try_from(row.get::<i64, _>(1))
-                    .map_err(|error| corrupt("serial")(error.to_string()))?,
+                serial: u64::try_from(row.get::<i64, _>(1)).map_err(|error| corrupt("serial")(error.to_string()))?,
                 envelope: row.get(2),
                 content_hash: row.get(3),
                 issued_at: Timestamp::from_unix(row.get(4)),
@@ -246,10 +235,9 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
         {
-            snapshot.reports.push((
-                json("report", row.get::<&str, _>(0))?,
-                Timestamp::from_unix(row.get(1)),
-            ));
+            snapshot
+                .reports
+                .push((json("report", row.get::<&str, _>(0))?, Timestamp::from_unix(row.get(1))));
         }
         Ok(snapshot)
     }
@@ -280,11 +268,10 @@ impl Store {
         hash: &str,
         now: Timestamp,
     ) -> Result<Result<TokenRecord, TokenProblem>, StoreError> {
-        let row =
-            sqlx::query("SELECT labels, replace, expires_at, used_at FROM tokens WHERE hash = ?")
-                .bind(hash)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT labels, replace, expires_at, used_at FROM tokens WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(row) = row else {
             return Ok(Err(TokenProblem::Unknown));
         };
@@ -311,13 +298,15 @@ impl Store {
         now: Timestamp,
     ) -> Result<Result<(), TokenProblem>, StoreError> {
         let mut transaction = self.pool.begin().await?;
-        let used = sqlx::query("UPDATE tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?")
-            .bind(unix(now))
-            .bind(host.id.as_str())
-            .bind(token_hash)
-            .bind(unix(now))
-            .execute(&mut *transaction)
-            .await?;
+        let used = sqlx::query(
+            "UPDATE tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?",
+        )
+        .bind(unix(now))
+        .bind(host.id.as_str())
+        .bind(token_hash)
+        .bind(unix(now))
+        .execute(&mut *transaction)
+        .await?;
         if used.rows_affected() != 1 {
             return Ok(Err(TokenProblem::Used));
         }
@@ -448,12 +437,7 @@ impl Store {
     }
 
     /// Sets or clears a hold and stores the manifests it changed, in one transaction.
-    pub async fn change_hold(
-        &self,
-        scope: &Scope,
-        held: bool,
-        manifests: &[StoredManifest],
-    ) -> Result<(), StoreError> {
+    pub async fn change_hold(&self, scope: &Scope, held: bool, manifests: &[StoredManifest]) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         let statement = if held {
             "INSERT INTO holds (scope) VALUES (?) ON CONFLICT (scope) DO NOTHING"
@@ -483,10 +467,7 @@ impl Store {
 
     /// Stores a batch of reports (latest per host) and their events, trimming each
     /// host's history to [`EVENTS_PER_HOST`].
-    pub async fn save_reports(
-        &self,
-        reports: &[(HostReport, Timestamp)],
-    ) -> Result<(), StoreError> {
+    pub async fn save_reports(&self, reports: &[(HostReport, Timestamp)]) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         for (report, received_at) in reports {
             sqlx::query(
@@ -522,10 +503,7 @@ impl Store {
     }
 
     /// A host's recent events, oldest first.
-    pub async fn events(
-        &self,
-        host: &HostId,
-    ) -> Result<Vec<drover_protocol::report::ReportEvent>, StoreError> {
+    pub async fn events(&self, host: &HostId) -> Result<Vec<drover_protocol::report::ReportEvent>, StoreError> {
         let rows = sqlx::query("SELECT at, app, message FROM events WHERE host = ? ORDER BY id")
             .bind(host.as_str())
             .fetch_all(&self.pool)
@@ -534,10 +512,7 @@ impl Store {
             .map(|row| {
                 Ok(drover_protocol::report::ReportEvent {
                     at: Timestamp::from_unix(row.get(0)),
-                    app: row
-                        .get::<Option<&str>, _>(1)
-                        .map(|app| parse("app", app))
-                        .transpose()?,
+                    app: row.get::<Option<&str>, _>(1).map(|app| parse("app", app)).transpose()?,
                     message: row.get(2),
                 })
             })

@@ -112,8 +112,7 @@ pub fn accept(
             known: MANIFEST_SCHEMA,
         });
     }
-    let manifest: Manifest =
-        serde_json::from_slice(&payload).map_err(|error| Rejection::bad_payload(KIND, error))?;
+    let manifest: Manifest = serde_json::from_slice(&payload).map_err(|error| Rejection::bad_payload(KIND, error))?;
     manifest
         .check()
         .map_err(|detail| Rejection::bad_payload(KIND, detail))?;
@@ -149,9 +148,7 @@ pub fn accept(
 
     let last_accepted = LastAccepted {
         serial: manifest.serial,
-        issued_at: last.map_or(manifest.issued_at, |last| {
-            last.issued_at.max(manifest.issued_at)
-        }),
+        issued_at: last.map_or(manifest.issued_at, |last| last.issued_at.max(manifest.issued_at)),
     };
     Ok(VerifiedManifest {
         manifest,

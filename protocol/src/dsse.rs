@@ -47,12 +47,7 @@ pub struct EnvelopeSignature {
 /// The DSSE v1 pre-authentication encoding:
 /// `"DSSEv1" SP LEN(type) SP type SP LEN(body) SP body`, lengths in ASCII decimal.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let header = format!(
-        "DSSEv1 {} {} {} ",
-        payload_type.len(),
-        payload_type,
-        payload.len()
-    );
+    let header = format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len());
     let mut message = Vec::with_capacity(header.len() + payload.len());
     message.extend_from_slice(header.as_bytes());
     message.extend_from_slice(payload);
@@ -106,9 +101,9 @@ impl Envelope {
 
     /// The decoded payload bytes.
     pub fn payload_bytes(&self, kind: DocumentKind) -> Result<Vec<u8>, Rejection> {
-        BASE64.decode(&self.payload).map_err(|error| {
-            Rejection::bad_encoding(kind, format!("payload is not standard base64: {error}"))
-        })
+        BASE64
+            .decode(&self.payload)
+            .map_err(|error| Rejection::bad_encoding(kind, format!("payload is not standard base64: {error}")))
     }
 }
 
@@ -130,15 +125,8 @@ pub struct Role {
 impl Role {
     /// A role; the caller has checked `1 <= threshold <= keys.len()` and distinct ids.
     pub(crate) fn new(name: &'static str, keys: Vec<PublicKey>, threshold: usize) -> Role {
-        let keys = keys
-            .into_iter()
-            .map(|key| (key.key_id().clone(), key))
-            .collect();
-        Role {
-            name,
-            keys,
-            threshold,
-        }
+        let keys = keys.into_iter().map(|key| (key.key_id().clone(), key)).collect();
+        Role { name, keys, threshold }
     }
 
     /// The role's name ("root" or "manifest").
@@ -160,12 +148,7 @@ impl Role {
     /// `PAE(envelope.payloadType, payload)`. A key's repeated signature counts once;
     /// signatures from other keys are ignored unless nothing else verified, in which
     /// case the rejection names them.
-    pub fn verify(
-        &self,
-        envelope: &Envelope,
-        payload: &[u8],
-        kind: DocumentKind,
-    ) -> Result<(), Rejection> {
+    pub fn verify(&self, envelope: &Envelope, payload: &[u8], kind: DocumentKind) -> Result<(), Rejection> {
         if envelope.signatures.len() > MAX_SIGNATURES {
             return Err(Rejection::TooManySignatures {
                 kind,

@@ -22,11 +22,7 @@ pub struct NameError {
 impl NameError {
     pub(crate) fn new(what: &'static str, value: &str, expected: &'static str) -> NameError {
         let value = value.chars().take(80).collect();
-        NameError {
-            what,
-            value,
-            expected,
-        }
+        NameError { what, value, expected }
     }
 }
 
@@ -85,18 +81,14 @@ pub enum Rejection {
         keyid: String,
     },
     /// A signature claims an authorised key but does not verify: forged or altered.
-    #[error(
-        "{kind} rejected: the signature of {role} key {keyid} does not verify (forged or altered document)"
-    )]
+    #[error("{kind} rejected: the signature of {role} key {keyid} does not verify (forged or altered document)")]
     InvalidSignature {
         kind: DocumentKind,
         role: &'static str,
         keyid: KeyId,
     },
     /// Fewer distinct authorised keys signed than the threshold requires.
-    #[error(
-        "{kind} rejected: {valid} valid {role} signature(s) from distinct keys, {threshold} required"
-    )]
+    #[error("{kind} rejected: {valid} valid {role} signature(s) from distinct keys, {threshold} required")]
     BelowThreshold {
         kind: DocumentKind,
         role: &'static str,
@@ -104,9 +96,7 @@ pub enum Rejection {
         threshold: usize,
     },
     /// The payload declares a schema version this build does not know.
-    #[error(
-        "{kind} rejected: unknown schema version {schema} (this build knows {known}); upgrade the agent"
-    )]
+    #[error("{kind} rejected: unknown schema version {schema} (this build knows {known}); upgrade the agent")]
     UnknownSchema {
         kind: DocumentKind,
         schema: u64,
@@ -132,23 +122,17 @@ pub enum Rejection {
         effective_now: Timestamp,
     },
     /// The manifest was issued further in the future than the allowed clock skew.
-    #[error(
-        "manifest rejected: issued at {issued_at}, more than {skew} after now ({now}); check the clocks"
-    )]
+    #[error("manifest rejected: issued at {issued_at}, more than {skew} after now ({now}); check the clocks")]
     IssuedInFuture {
         issued_at: Timestamp,
         now: Timestamp,
         skew: Duration,
     },
     /// A new trust document does not have a higher version than the current one.
-    #[error(
-        "trust document rejected: version {proposed} is not higher than the current version {current}"
-    )]
+    #[error("trust document rejected: version {proposed} is not higher than the current version {current}")]
     TrustVersionNotIncreasing { current: u64, proposed: u64 },
     /// A chain of trust rotations is longer than the bound.
-    #[error(
-        "trust document rejected: rotation chain of {length} documents is over the limit of {limit}"
-    )]
+    #[error("trust document rejected: rotation chain of {length} documents is over the limit of {limit}")]
     RotationChainTooLong { length: usize, limit: usize },
 }
 
@@ -203,9 +187,7 @@ pub enum KeyError {
     #[error("{path}: not an ed25519 PKCS#8 private key: {detail}")]
     Parse { path: PathBuf, detail: String },
     /// The key file can be read by group or others.
-    #[error(
-        "{path}: mode {mode:04o} lets group or others read this private key; run `chmod 600 {path}`"
-    )]
+    #[error("{path}: mode {mode:04o} lets group or others read this private key; run `chmod 600 {path}`")]
     TooOpen { path: PathBuf, mode: u32 },
     /// The key file is not a regular file.
     #[error("{path}: not a regular file")]

@@ -69,11 +69,9 @@ pub fn write_new_key_file(path: &Path, pem: &str) -> Result<(), KeyError> {
     let _ = fs::remove_file(&temporary);
     match linked {
         Ok(()) => sync_parent(path),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            Err(KeyError::AlreadyExists {
-                path: path.to_path_buf(),
-            })
-        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Err(KeyError::AlreadyExists {
+            path: path.to_path_buf(),
+        }),
         Err(error) => Err(io("linking key file", path)(error)),
     }
 }
@@ -124,8 +122,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     fn scratch(name: &str) -> PathBuf {
-        let directory =
-            std::env::temp_dir().join(format!("drover-keyfile-{name}-{}", std::process::id()));
+        let directory = std::env::temp_dir().join(format!("drover-keyfile-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&directory);
         fs::create_dir_all(&directory).expect("scratch directory");
         directory
@@ -139,10 +136,7 @@ mod tests {
         write_new_key_file(&path, &pem).expect("first write");
         let mode = fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(
-            read_signing_key(&path).expect("reads back").key_id(),
-            key.key_id()
-        );
+        assert_eq!(read_signing_key(&path).expect("reads back").key_id(), key.key_id());
         assert!(matches!(
             write_new_key_file(&path, &pem),
             Err(KeyError::AlreadyExists { .. })

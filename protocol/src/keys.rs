@@ -25,9 +25,7 @@ pub struct SigningKey {
 impl std::fmt::Debug for SigningKey {
     /// Shows the key id only, never key material.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("key_id", &self.key_id)
-            .finish()
+        f.debug_struct("SigningKey").field("key_id", &self.key_id).finish()
     }
 }
 
@@ -46,9 +44,7 @@ impl SigningKey {
     /// Reads a PKCS#8 private key, PEM or DER.
     pub fn from_pkcs8(bytes: &[u8]) -> Result<SigningKey, KeyParseError> {
         match std::str::from_utf8(bytes) {
-            Ok(text) if text.trim_start().starts_with(PEM_BEGIN) => {
-                SigningKey::from_pkcs8_der(&pem_decode(text)?)
-            }
+            Ok(text) if text.trim_start().starts_with(PEM_BEGIN) => SigningKey::from_pkcs8_der(&pem_decode(text)?),
             _ => SigningKey::from_pkcs8_der(bytes),
         }
     }
@@ -56,8 +52,7 @@ impl SigningKey {
     fn from_pkcs8_der(der: &[u8]) -> Result<SigningKey, KeyParseError> {
         // `maybe_unchecked` also takes PKCS#8 v1 files (no embedded public key), which is
         // what `openssl genpkey -algorithm ed25519` writes.
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
-            .map_err(|error| KeyParseError(error.to_string()))?;
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|error| KeyParseError(error.to_string()))?;
         let key_id = KeyId::of_public_key(pair.public_key().as_ref());
         Ok(SigningKey { pair, key_id })
     }
@@ -69,8 +64,7 @@ impl SigningKey {
 
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
-        PublicKey::from_raw(self.pair.public_key().as_ref())
-            .expect("ring's ed25519 public keys are 32 bytes")
+        PublicKey::from_raw(self.pair.public_key().as_ref()).expect("ring's ed25519 public keys are 32 bytes")
     }
 
     /// Signs `message` (for envelopes: the DSSE pre-authentication encoding).
@@ -167,8 +161,7 @@ mod tests {
     #[test]
     fn key_id_is_sha256_of_the_raw_public_key() {
         let public = PublicKey::from_raw(&[7u8; 32]).expect("32 bytes");
-        let expected =
-            crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, &[7u8; 32]).as_ref());
+        let expected = crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, &[7u8; 32]).as_ref());
         assert_eq!(public.key_id().as_str(), expected);
         assert!(PublicKey::from_raw(&[7u8; 31]).is_none());
     }
@@ -176,9 +169,7 @@ mod tests {
     #[test]
     fn garbage_is_not_a_key() {
         assert!(SigningKey::from_pkcs8(b"not a key").is_err());
-        assert!(
-            SigningKey::from_pkcs8(format!("{PEM_BEGIN}\n!!!!\n{PEM_END}\n").as_bytes()).is_err()
-        );
+        assert!(SigningKey::from_pkcs8(format!("{PEM_BEGIN}\n!!!!\n{PEM_END}\n").as_bytes()).is_err());
         assert!(SigningKey::from_pkcs8(&[0x30, 0x03, 0x02, 0x01, 0x00]).is_err());
     }
 }

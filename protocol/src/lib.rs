@@ -41,7 +41,5 @@ pub(crate) fn peek_schema(payload: &[u8], kind: DocumentKind) -> Result<u64, Rej
     }
     serde_json::from_slice::<Peek>(payload)
         .map(|peek| peek.schema)
-        .map_err(|error| {
-            Rejection::bad_payload(kind, format!("no readable schema version: {error}"))
-        })
+        .map_err(|error| Rejection::bad_payload(kind, format!("no readable schema version: {error}")))
 }

@@ -102,9 +102,7 @@ impl HttpUrl {
 impl TryFrom<String> for HttpUrl {
     type Error = NameError;
     fn try_from(text: String) -> Result<HttpUrl, NameError> {
-        let rest = text
-            .strip_prefix("https://")
-            .or_else(|| text.strip_prefix("http://"));
+        let rest = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://"));
         let ok = rest.is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
             && text.len() <= 2048
             && !text.chars().any(|c| c.is_whitespace() || c.is_control());
@@ -199,10 +197,7 @@ impl Manifest {
             ));
         }
         if self.apps.len() > MAX_APPS {
-            return Err(format!(
-                "{} apps is over the limit of {MAX_APPS}",
-                self.apps.len()
-            ));
+            return Err(format!("{} apps is over the limit of {MAX_APPS}", self.apps.len()));
         }
         for (app, release) in &self.apps {
             if let Artifact::Oci { reference, digest } = &release.artifact
@@ -230,21 +225,14 @@ where
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a map of app names to releases")
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut access: A,
-        ) -> Result<Self::Value, A::Error> {
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
             let mut map = BTreeMap::new();
             while let Some((app, release)) = access.next_entry::<AppName, AppRelease>()? {
                 if map.len() >= MAX_APPS {
-                    return Err(serde::de::Error::custom(format!(
-                        "more than {MAX_APPS} apps"
-                    )));
+                    return Err(serde::de::Error::custom(format!("more than {MAX_APPS} apps")));
                 }
                 if map.contains_key(&app) {
-                    return Err(serde::de::Error::custom(format!(
-                        "app {app} is listed twice"
-                    )));
+                    return Err(serde::de::Error::custom(format!("app {app} is listed twice")));
                 }
                 map.insert(app, release);
             }

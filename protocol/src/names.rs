@@ -171,10 +171,7 @@ fn check_host_id(text: &str) -> Result<(), NameError> {
 
 fn check_version(text: &str) -> Result<(), NameError> {
     let ok = (1..=128).contains(&text.len())
-        && text
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && text.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'));
@@ -190,10 +187,7 @@ fn check_version(text: &str) -> Result<(), NameError> {
 }
 
 fn is_lower_hex(text: &str, len: usize) -> bool {
-    text.len() == len
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    text.len() == len && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn check_digest(text: &str) -> Result<(), NameError> {
@@ -228,16 +222,7 @@ mod tests {
         for good in ["web", "a", "web-2", "0", &"a".repeat(63)] {
             assert!(good.parse::<AppName>().is_ok(), "{good}");
         }
-        for bad in [
-            "",
-            "Web",
-            "-web",
-            "we b",
-            "web_1",
-            "web/x",
-            "..",
-            &"a".repeat(64),
-        ] {
+        for bad in ["", "Web", "-web", "we b", "web_1", "web/x", "..", &"a".repeat(64)] {
             assert!(bad.parse::<AppName>().is_err(), "{bad}");
         }
     }
@@ -247,18 +232,7 @@ mod tests {
         for good in ["web-01", "a", "h1.eu.example", &"a".repeat(64)] {
             assert!(good.parse::<HostId>().is_ok(), "{good}");
         }
-        for bad in [
-            "",
-            "Web",
-            "-a",
-            "a-",
-            ".a",
-            "a.",
-            "a..b",
-            "a/b",
-            "a b",
-            &"a".repeat(65),
-        ] {
+        for bad in ["", "Web", "-a", "a-", ".a", "a.", "a..b", "a/b", "a b", &"a".repeat(65)] {
             assert!(bad.parse::<HostId>().is_err(), "{bad}");
         }
     }
@@ -268,17 +242,7 @@ mod tests {
         for good in ["1.2.3", "v2", "1.0.0-rc.1+build.5", "2026_11_27"] {
             assert!(good.parse::<Version>().is_ok(), "{good}");
         }
-        for bad in [
-            "",
-            ".",
-            "..",
-            ".hidden",
-            "-1",
-            "1/2",
-            "1 2",
-            "1\n",
-            &"1".repeat(129),
-        ] {
+        for bad in ["", ".", "..", ".hidden", "-1", "1/2", "1 2", "1\n", &"1".repeat(129)] {
             assert!(bad.parse::<Version>().is_err(), "{bad}");
         }
     }

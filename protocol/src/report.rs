@@ -152,8 +152,7 @@ mod tests {
             "facts":{"agent_version":"0.1.0","os":"debian 12","arch":"x86_64","future_fact":1},
             "apps":{"web":{"current":"1.0","desired":"1.0","state":"healthy","from_the_future":true}},
             "something_new":[1,2,3]}"#;
-        let report: HostReport =
-            serde_json::from_str(json).expect("newer agents' reports are taken");
+        let report: HostReport = serde_json::from_str(json).expect("newer agents' reports are taken");
         assert_eq!(report.apps.len(), 1);
         assert!(report.check().is_ok());
     }

@@ -317,10 +317,7 @@ validated_string!(
 
 fn check_unix_name(text: &str) -> Result<(), NameError> {
     let ok = (1..=32).contains(&text.len())
-        && text
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && text.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
         && text
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
@@ -377,9 +374,7 @@ impl TryFrom<Vec<String>> for Command {
     fn try_from(argv: Vec<String>) -> Result<Command, NameError> {
         let ok = argv.first().is_some_and(|program| !program.is_empty())
             && argv.len() <= 256
-            && argv
-                .iter()
-                .all(|arg| arg.len() <= 4096 && !arg.contains('\0'));
+            && argv.iter().all(|arg| arg.len() <= 4096 && !arg.contains('\0'));
         if ok {
             Ok(Command(argv))
         } else {
@@ -433,10 +428,7 @@ impl FromStr for ByteSize {
             return Err(error());
         }
         let amount: u64 = digits.parse().map_err(|_| error())?;
-        amount
-            .checked_mul(1u64 << shift)
-            .map(ByteSize)
-            .ok_or_else(error)
+        amount.checked_mul(1u64 << shift).map(ByteSize).ok_or_else(error)
     }
 }
 
@@ -568,13 +560,8 @@ mod tests {
             "keep_releases": 5
         }"#;
         let spec = parse(json).expect("full spec");
-        assert_eq!(
-            spec.resources.memory_max.map(ByteSize::bytes),
-            Some(256 << 20)
-        );
-        let again: AppSpec =
-            serde_json::from_slice(&serde_json::to_vec(&spec).expect("serializes"))
-                .expect("parses");
+        assert_eq!(spec.resources.memory_max.map(ByteSize::bytes), Some(256 << 20));
+        let again: AppSpec = serde_json::from_slice(&serde_json::to_vec(&spec).expect("serializes")).expect("parses");
         assert_eq!(again, spec);
     }
 
@@ -603,10 +590,7 @@ mod tests {
                 r#"{"service":{"command":["x"]},"config_files":[{"path":"a","content":"","mode":"4755"}]}"#,
                 "setuid mode",
             ),
-            (
-                r#"{"service":{"command":["x"],"user":"root;rm"}}"#,
-                "bad user",
-            ),
+            (r#"{"service":{"command":["x"],"user":"root;rm"}}"#, "bad user"),
             (
                 r#"{"service":{"command":["x"],"environment":{"A=B":"c"}}}"#,
                 "bad env name",

@@ -33,9 +33,7 @@ impl Timestamp {
     pub fn from_system(time: std::time::SystemTime) -> Timestamp {
         let seconds = time
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| {
-                i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-            });
+            .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX));
         Timestamp::from_unix(seconds)
     }
 
@@ -84,8 +82,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
@@ -134,23 +131,18 @@ impl FromStr for Timestamp {
             return Err(error());
         }
         let number = |range: std::ops::Range<usize>| -> i64 {
-            bytes[range]
-                .iter()
-                .fold(0, |acc, &b| acc * 10 + i64::from(b - b'0'))
+            bytes[range].iter().fold(0, |acc, &b| acc * 10 + i64::from(b - b'0'))
         };
         let (year, month, day) = (number(0..4), number(5..7), number(8..10));
         let (hour, minute, second) = (number(11..13), number(14..16), number(17..19));
-        if year < 1970 || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month)
-        {
+        if year < 1970 || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
             return Err(error());
         }
         if hour > 23 || minute > 59 || second > 59 {
             return Err(error());
         }
         let days = days_from_civil(year, month, day);
-        Ok(Timestamp(
-            days * 86_400 + hour * 3600 + minute * 60 + second,
-        ))
+        Ok(Timestamp(days * 86_400 + hour * 3600 + minute * 60 + second))
     }
 }
 
@@ -241,12 +233,7 @@ impl FromStr for Duration {
 impl fmt::Display for Duration {
     /// The largest unit that divides the value exactly, so `90s` stays `90s` and `120s` is `2m`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let units = [
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1000, "s"),
-        ];
+        let units = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")];
         for (size, suffix) in units {
             if self.0 != 0 && self.0.is_multiple_of(size) {
                 return write!(f, "{}{suffix}", self.0 / size);
@@ -331,17 +318,7 @@ mod tests {
             assert_eq!(parsed.as_millis(), millis);
             assert_eq!(parsed.to_string(), canonical);
         }
-        for bad in [
-            "",
-            "s",
-            "30",
-            "30 s",
-            "-1s",
-            "1.5s",
-            "30sec",
-            "1w",
-            "9999999999999d",
-        ] {
+        for bad in ["", "s", "30", "30 s", "-1s", "1.5s", "30sec", "1w", "9999999999999d"] {
             assert!(bad.parse::<Duration>().is_err(), "{bad}");
         }
     }

@@ -204,9 +204,7 @@ impl Trust {
             .root
             .verify(&envelope, &payload, KIND)
             .map_err(|rejection| match rejection {
-                Rejection::BelowThreshold {
-                    valid, threshold, ..
-                } => Rejection::BelowThreshold {
+                Rejection::BelowThreshold { valid, threshold, .. } => Rejection::BelowThreshold {
                     kind: KIND,
                     role: "new root",
                     valid,

@@ -52,11 +52,7 @@ fn report(name: &str, sorted: &[Duration], target: Option<Duration>, quick: bool
 fn main() {
     // `cargo test --benches` runs bench targets with `--bench` absent; stay quick then.
     let quick = !std::env::args().any(|argument| argument == "--bench");
-    let (samples, batch, sign_rounds, fleet_size) = if quick {
-        (3, 10, 1, 100)
-    } else {
-        (31, 500, 7, 10_000)
-    };
+    let (samples, batch, sign_rounds, fleet_size) = if quick { (3, 10, 1, 100) } else { (31, 500, 7, 10_000) };
 
     let keys = Keys::simple();
     let trust = keys.trust();
@@ -73,8 +69,7 @@ fn main() {
     );
 
     let verify = measure(samples, batch, || {
-        let verified = accept(black_box(&envelope), &trust, &host_id, last, now())
-            .expect("fixture manifest is valid");
+        let verified = accept(black_box(&envelope), &trust, &host_id, last, now()).expect("fixture manifest is valid");
         black_box(verified);
     });
     report(
@@ -85,12 +80,8 @@ fn main() {
     );
 
     // The share of that spent in the one ed25519 verification, for context.
-    let parsed = drover_protocol::Envelope::parse(
-        &envelope,
-        drover_protocol::DocumentKind::Manifest,
-        usize::MAX,
-    )
-    .expect("fixture envelope parses");
+    let parsed = drover_protocol::Envelope::parse(&envelope, drover_protocol::DocumentKind::Manifest, usize::MAX)
+        .expect("fixture envelope parses");
     let payload = parsed
         .payload_bytes(drover_protocol::DocumentKind::Manifest)
         .expect("base64");
@@ -104,12 +95,7 @@ fn main() {
             )
             .expect("valid signature");
     });
-    report(
-        "  of which: ed25519 threshold check",
-        &signature_only,
-        None,
-        quick,
-    );
+    report("  of which: ed25519 threshold check", &signature_only, None, quick);
 
     // The coordinator re-signs every host's manifest on a fleet-wide change: 10,000
     // distinct manifests (different host and serial), serialized and signed.

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::trust::{RoleKeys, TRUST_SCHEMA};
 use drover_protocol::{
-    AppName, AppRelease, AppSpec, Artifact, Digest, Duration, HostId, MANIFEST_SCHEMA, Manifest,
-    Rejection, SigningKey, Timestamp, Trust, TrustDocument, Version,
+    AppName, AppRelease, AppSpec, Artifact, Digest, Duration, HostId, MANIFEST_SCHEMA, Manifest, Rejection, SigningKey,
+    Timestamp, Trust, TrustDocument, Version,
 };
 
 /// The fixed clock of every pure test: 2026-11-27T12:00:00Z.
@@ -42,12 +42,7 @@ pub struct Keys {
 impl Keys {
     /// `roots` root keys with `root_threshold`, `manifests` manifest keys with `manifest_threshold`,
     /// trust version 1 valid for a year from [`now`].
-    pub fn new(
-        roots: usize,
-        root_threshold: u32,
-        manifests: usize,
-        manifest_threshold: u32,
-    ) -> Keys {
+    pub fn new(roots: usize, root_threshold: u32, manifests: usize, manifest_threshold: u32) -> Keys {
         let roots: Vec<SigningKey> = (0..roots).map(|_| key()).collect();
         let manifest_keys: Vec<SigningKey> = (0..manifests).map(|_| key()).collect();
         let document = TrustDocument {
@@ -59,10 +54,7 @@ impl Keys {
                 root_threshold,
             ),
             manifest: RoleKeys::of(
-                &manifest_keys
-                    .iter()
-                    .map(SigningKey::public_key)
-                    .collect::<Vec<_>>(),
+                &manifest_keys.iter().map(SigningKey::public_key).collect::<Vec<_>>(),
                 manifest_threshold,
             ),
         };
@@ -110,10 +102,8 @@ pub fn manifest(host_id: &str, serial: u64, apps: usize) -> Manifest {
         .map(|index| {
             let name: AppName = format!("app-{index}").parse().expect("valid app name");
             let digest = Digest::of(format!("artifact {index}").as_bytes());
-            let url = HttpUrl::try_from(format!(
-                "https://coordinator.example:8443/v1/artifacts/{digest}"
-            ))
-            .expect("valid url");
+            let url = HttpUrl::try_from(format!("https://coordinator.example:8443/v1/artifacts/{digest}"))
+                .expect("valid url");
             let release = AppRelease {
                 version: "1.4.2".parse::<Version>().expect("valid version"),
                 artifact: Artifact::Tarball {
@@ -144,17 +134,13 @@ pub fn base64_encode(bytes: &[u8]) -> String {
 
 /// Decodes standard base64 that the test itself produced.
 pub fn base64_decode(text: &str) -> Vec<u8> {
-    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text)
-        .expect("test input is valid base64")
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text).expect("test input is valid base64")
 }
 
 /// Unwraps a rejection and checks that its message names every fragment (so an operator
 /// reading only the message learns what was wrong) and is one line without control
 /// characters.
-pub fn expect_rejection<T: std::fmt::Debug>(
-    result: Result<T, Rejection>,
-    fragments: &[&str],
-) -> Rejection {
+pub fn expect_rejection<T: std::fmt::Debug>(result: Result<T, Rejection>, fragments: &[&str]) -> Rejection {
     let rejection = result.expect_err("the document must be rejected");
     let message = rejection.to_string();
     for fragment in fragments {

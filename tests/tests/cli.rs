@@ -12,9 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use drover_protocol::keyfile::read_signing_key;
-use drover_protocol::{
-    Duration, Envelope, MANIFEST_PAYLOAD_TYPE, Manifest, TRUST_PAYLOAD_TYPE, Timestamp,
-};
+use drover_protocol::{Duration, Envelope, MANIFEST_PAYLOAD_TYPE, Manifest, TRUST_PAYLOAD_TYPE, Timestamp};
 use drover_tests::{Keys, binary};
 
 fn run(program: &str, args: &[&str], stdin: &[u8]) -> Output {
@@ -52,15 +50,8 @@ impl KeyDir {
         let mut args = vec!["keys", "init", "--dir", dir_text];
         args.extend_from_slice(extra);
         let output = run("drover", &args, b"");
-        assert!(
-            output.status.success(),
-            "keys init failed: {}",
-            stderr(&output)
-        );
-        KeyDir {
-            _scratch: scratch,
-            dir,
-        }
+        assert!(output.status.success(), "keys init failed: {}", stderr(&output));
+        KeyDir { _scratch: scratch, dir }
     }
 
     fn path(&self, name: &str) -> String {
@@ -77,21 +68,10 @@ impl KeyDir {
     fn sign(&self, key: &str, payload_type: &str, payload: &[u8]) -> Vec<u8> {
         let output = run(
             "drover",
-            &[
-                "keys",
-                "sign",
-                "--key",
-                &self.path(key),
-                "--type",
-                payload_type,
-            ],
+            &["keys", "sign", "--key", &self.path(key), "--type", payload_type],
             payload,
         );
-        assert!(
-            output.status.success(),
-            "keys sign failed: {}",
-            stderr(&output)
-        );
+        assert!(output.status.success(), "keys sign failed: {}", stderr(&output));
         output.stdout
     }
 
@@ -121,24 +101,10 @@ fn payload_json(manifest: &Manifest) -> serde_json::Value {
 /// Asserts that verify refused with exit 1 and a reason containing `reason`.
 fn assert_rejected(output: &Output, reason: &str) {
     let message = stderr(output);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "expected exit 1, stderr: {message}"
-    );
-    assert!(
-        message.contains(reason),
-        "expected {reason:?} in: {message}"
-    );
-    assert_eq!(
-        message.lines().count(),
-        1,
-        "one-line reason expected: {message}"
-    );
-    assert!(
-        output.stdout.is_empty(),
-        "nothing printed on stdout for a rejection"
-    );
+    assert_eq!(output.status.code(), Some(1), "expected exit 1, stderr: {message}");
+    assert!(message.contains(reason), "expected {reason:?} in: {message}");
+    assert_eq!(message.lines().count(), 1, "one-line reason expected: {message}");
+    assert!(output.stdout.is_empty(), "nothing printed on stdout for a rejection");
 }
 
 #[test]
@@ -147,13 +113,8 @@ fn init_sign_verify_accepts_a_valid_manifest() {
     let manifest = live_manifest(7);
     let envelope = keys.sign("manifest.key", "manifest", &manifest.to_payload());
     let output = keys.verify(&envelope, "web-01", &["--last-serial", "6"]);
-    assert!(
-        output.status.success(),
-        "verify failed: {}",
-        stderr(&output)
-    );
-    let printed: Manifest =
-        serde_json::from_slice(&output.stdout).expect("verify prints the payload");
+    assert!(output.status.success(), "verify failed: {}", stderr(&output));
+    let printed: Manifest = serde_json::from_slice(&output.stdout).expect("verify prints the payload");
     assert_eq!(printed, manifest);
     assert!(stderr(&output).starts_with("accepted: manifest serial 7 for host web-01"));
 
@@ -169,11 +130,7 @@ fn init_sign_verify_accepts_a_valid_manifest() {
 fn key_files_are_0600_and_trust_is_public() {
     let keys = KeyDir::init(&["--root-keys", "3", "--root-threshold", "2"]);
     for name in ["root-1.key", "root-2.key", "root-3.key", "manifest.key"] {
-        let mode = fs::metadata(keys.dir.join(name))
-            .expect(name)
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(keys.dir.join(name)).expect(name).permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{name}");
     }
     let mode = fs::metadata(keys.dir.join("trust.json"))
@@ -218,12 +175,7 @@ fn init_refuses_to_overwrite_existing_keys() {
     let keys = KeyDir::init(&[]);
     let before = fs::read(keys.dir.join("manifest.key")).expect("key");
     let output = run("drover", &["keys", "init", "--dir", &keys.path("")], b"");
-    assert_eq!(
-        output.status.code(),
-        Some(4),
-        "refused by state: {}",
-        stderr(&output)
-    );
+    assert_eq!(output.status.code(), Some(4), "refused by state: {}", stderr(&output));
     assert!(stderr(&output).contains("refusing to overwrite"));
     assert_eq!(
         fs::read(keys.dir.join("manifest.key")).expect("key"),
@@ -262,16 +214,9 @@ fn show_prints_key_ids_roles_and_the_trust_document() {
         .key_id()
         .to_string();
     assert!(text.contains(&manifest_id), "{text}");
-    assert!(
-        text.contains("2 of 2 must sign a new trust document"),
-        "{text}"
-    );
+    assert!(text.contains("2 of 2 must sign a new trust document"), "{text}");
 
-    let json = run(
-        "drover",
-        &["keys", "show", "--dir", &keys.path(""), "-o", "json"],
-        b"",
-    );
+    let json = run("drover", &["keys", "show", "--dir", &keys.path(""), "-o", "json"], b"");
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json output");
     assert_eq!(value["trust"]["version"], 1);
     assert_eq!(value["trust_expired"], false);
@@ -283,11 +228,7 @@ fn show_prints_key_ids_roles_and_the_trust_document() {
         .collect();
     assert_eq!(roles, ["manifest", "root", "root"]);
 
-    let missing = run(
-        "drover",
-        &["keys", "show", "--dir", "/nonexistent/drover-keys"],
-        b"",
-    );
+    let missing = run("drover", &["keys", "show", "--dir", "/nonexistent/drover-keys"], b"");
     assert_eq!(missing.status.code(), Some(3));
 }
 
@@ -374,11 +315,7 @@ fn rejects_expired_and_frozen_manifests() {
     let envelope = keys.sign("manifest.key", "manifest", &fresh.to_payload());
     let later = real_now().plus(Duration::from_secs(2 * 86_400)).to_string();
     assert_rejected(
-        &keys.verify(
-            &envelope,
-            "web-01",
-            &["--last-serial", "1", "--last-issued-at", &later],
-        ),
+        &keys.verify(&envelope, "web-01", &["--last-serial", "1", "--last-issued-at", &later]),
         "expired at",
     );
 }
@@ -397,10 +334,7 @@ fn rejects_manifest_issued_in_the_future() {
 fn rejects_manifest_signed_by_a_root_key() {
     let keys = KeyDir::init(&[]);
     let envelope = keys.sign("root-1.key", "manifest", &live_manifest(1).to_payload());
-    assert_rejected(
-        &keys.verify(&envelope, "web-01", &[]),
-        "not an authorised manifest key",
-    );
+    assert_rejected(&keys.verify(&envelope, "web-01", &[]), "not an authorised manifest key");
 }
 
 #[test]
@@ -408,10 +342,7 @@ fn rejects_manifest_signed_by_an_unknown_key() {
     let keys = KeyDir::init(&[]);
     let stranger = KeyDir::init(&[]);
     let envelope = stranger.sign("manifest.key", "manifest", &live_manifest(1).to_payload());
-    assert_rejected(
-        &keys.verify(&envelope, "web-01", &[]),
-        "not an authorised manifest key",
-    );
+    assert_rejected(&keys.verify(&envelope, "web-01", &[]), "not an authorised manifest key");
 }
 
 #[test]
@@ -419,38 +350,20 @@ fn rejects_unknown_schema_and_unknown_fields() {
     let keys = KeyDir::init(&[]);
     let mut value = payload_json(&live_manifest(1));
     value["schema"] = 2.into();
-    let envelope = keys.sign(
-        "manifest.key",
-        "manifest",
-        &serde_json::to_vec(&value).expect("json"),
-    );
-    assert_rejected(
-        &keys.verify(&envelope, "web-01", &[]),
-        "unknown schema version 2",
-    );
+    let envelope = keys.sign("manifest.key", "manifest", &serde_json::to_vec(&value).expect("json"));
+    assert_rejected(&keys.verify(&envelope, "web-01", &[]), "unknown schema version 2");
 
     let mut value = payload_json(&live_manifest(1));
     value["run_as_root"] = true.into();
-    let envelope = keys.sign(
-        "manifest.key",
-        "manifest",
-        &serde_json::to_vec(&value).expect("json"),
-    );
-    assert_rejected(
-        &keys.verify(&envelope, "web-01", &[]),
-        "unknown field `run_as_root`",
-    );
+    let envelope = keys.sign("manifest.key", "manifest", &serde_json::to_vec(&value).expect("json"));
+    assert_rejected(&keys.verify(&envelope, "web-01", &[]), "unknown field `run_as_root`");
 }
 
 #[test]
 fn rejects_a_valid_signature_over_another_payload_type() {
     let keys = KeyDir::init(&[]);
     let payload = live_manifest(1).to_payload();
-    let envelope = keys.sign(
-        "manifest.key",
-        "application/vnd.example.other+json",
-        &payload,
-    );
+    let envelope = keys.sign("manifest.key", "application/vnd.example.other+json", &payload);
     assert_rejected(
         &keys.verify(&envelope, "web-01", &[]),
         "payload type \"application/vnd.example.other+json\"",
@@ -459,10 +372,7 @@ fn rejects_a_valid_signature_over_another_payload_type() {
     // Relabelling the type breaks the signature: PAE covers the payload type.
     let text = String::from_utf8(envelope).expect("utf-8");
     let relabelled = text.replace("application/vnd.example.other+json", MANIFEST_PAYLOAD_TYPE);
-    assert_rejected(
-        &keys.verify(relabelled.as_bytes(), "web-01", &[]),
-        "does not verify",
-    );
+    assert_rejected(&keys.verify(relabelled.as_bytes(), "web-01", &[]), "does not verify");
 }
 
 #[test]
@@ -484,22 +394,10 @@ fn rejects_tampered_truncated_and_malformed_envelopes() {
     );
 
     let cut = &envelope[..envelope.len() / 2];
-    assert_rejected(
-        &keys.verify(cut, "web-01", &[]),
-        "not a valid signed envelope",
-    );
-    assert_rejected(
-        &keys.verify(b"", "web-01", &[]),
-        "not a valid signed envelope",
-    );
-    assert_rejected(
-        &keys.verify(b"\xff\xfe{\"payload\"", "web-01", &[]),
-        "not UTF-8",
-    );
-    assert_rejected(
-        &keys.verify(b"[1,2,3]", "web-01", &[]),
-        "not a valid signed envelope",
-    );
+    assert_rejected(&keys.verify(cut, "web-01", &[]), "not a valid signed envelope");
+    assert_rejected(&keys.verify(b"", "web-01", &[]), "not a valid signed envelope");
+    assert_rejected(&keys.verify(b"\xff\xfe{\"payload\"", "web-01", &[]), "not UTF-8");
+    assert_rejected(&keys.verify(b"[1,2,3]", "web-01", &[]), "not a valid signed envelope");
 }
 
 #[test]
@@ -520,11 +418,7 @@ fn rejects_signatures_below_the_manifest_threshold() {
     let trust = scratch.path().join("trust.json");
     let mut trust_document = fixture.document.clone();
     trust_document.expires_at = real_now().plus(Duration::from_secs(86_400));
-    fs::write(
-        &trust,
-        trust_document.sign(&fixture.roots.iter().collect::<Vec<_>>()),
-    )
-    .expect("trust");
+    fs::write(&trust, trust_document.sign(&fixture.roots.iter().collect::<Vec<_>>())).expect("trust");
     let manifest = live_manifest(1);
     let one = Envelope::sign(
         MANIFEST_PAYLOAD_TYPE,
@@ -571,11 +465,7 @@ fn rejects_everything_when_the_trust_document_expired() {
     document.expires_at = real_now().minus(Duration::from_secs(60));
     let scratch = tempfile::tempdir().expect("scratch");
     let trust = scratch.path().join("trust.json");
-    fs::write(
-        &trust,
-        document.sign(&fixture.roots.iter().collect::<Vec<_>>()),
-    )
-    .expect("trust");
+    fs::write(&trust, document.sign(&fixture.roots.iter().collect::<Vec<_>>())).expect("trust");
     let file = scratch.path().join("m.dsse");
     fs::write(&file, fixture.sign(&live_manifest(1))).expect("manifest");
     let output = run(
@@ -595,17 +485,9 @@ fn rejects_everything_when_the_trust_document_expired() {
 
 #[test]
 fn bad_arguments_exit_2_and_help_teaches() {
-    let output = run(
-        "drover-agent",
-        &["verify", "--host", "Not_A_Host", "x"],
-        b"",
-    );
+    let output = run("drover-agent", &["verify", "--host", "Not_A_Host", "x"], b"");
     assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("invalid host id"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("invalid host id"), "{}", stderr(&output));
 
     let help = run("drover", &["keys", "--help"], b"");
     let text = String::from_utf8(help.stdout).expect("utf-8");
@@ -632,8 +514,7 @@ fn verify_reads_stdin() {
 /// The payload of `dir`'s trust.json as JSON, to edit into a rotation.
 fn trust_payload(keys: &KeyDir) -> serde_json::Value {
     let envelope: Envelope =
-        serde_json::from_slice(&fs::read(keys.dir.join("trust.json")).expect("trust"))
-            .expect("envelope");
+        serde_json::from_slice(&fs::read(keys.dir.join("trust.json")).expect("trust")).expect("envelope");
     let payload = envelope
         .payload_bytes(drover_protocol::DocumentKind::Trust)
         .expect("payload");
@@ -655,12 +536,7 @@ fn verify_trust(current: &KeyDir, candidate: &[u8]) -> Output {
     let file = current.write("candidate-trust.json", candidate);
     run(
         "drover-agent",
-        &[
-            "verify-trust",
-            "--trust",
-            &current.path("trust.json"),
-            &file,
-        ],
+        &["verify-trust", "--trust", &current.path("trust.json"), &file],
         b"",
     )
 }
@@ -688,14 +564,7 @@ fn verify_trust_accepts_a_rotation_signed_by_old_and_new_roots() {
         let file = new.write("m.dsse", envelope);
         run(
             "drover-agent",
-            &[
-                "verify",
-                "--trust",
-                &rotated_trust,
-                "--host",
-                "web-01",
-                &file,
-            ],
+            &["verify", "--trust", &rotated_trust, "--host", "web-01", &file],
             b"",
         )
     };
@@ -710,10 +579,7 @@ fn verify_trust_rejects_a_rotation_signed_by_the_new_roots_only() {
     let mut payload = trust_payload(&new);
     payload["version"] = 2.into();
     let rotation = sign_trust(&payload, &[new.path("root-1.key")]);
-    assert_rejected(
-        &verify_trust(&old, &rotation),
-        "which is not an authorised root key",
-    );
+    assert_rejected(&verify_trust(&old, &rotation), "which is not an authorised root key");
 }
 
 #[test]
@@ -722,10 +588,7 @@ fn verify_trust_rejects_a_trust_document_signed_by_a_manifest_key() {
     let mut payload = trust_payload(&old);
     payload["version"] = 2.into();
     let rotation = sign_trust(&payload, &[old.path("manifest.key")]);
-    assert_rejected(
-        &verify_trust(&old, &rotation),
-        "which is not an authorised root key",
-    );
+    assert_rejected(&verify_trust(&old, &rotation), "which is not an authorised root key");
 }
 
 #[test]
@@ -750,8 +613,5 @@ fn verify_trust_rejects_an_expired_trust_document() {
     payload["version"] = 2.into();
     payload["expires_at"] = real_now().minus(Duration::from_secs(60)).to_string().into();
     let rotation = sign_trust(&payload, &[old.path("root-1.key")]);
-    assert_rejected(
-        &verify_trust(&old, &rotation),
-        "trust document rejected: expired at",
-    );
+    assert_rejected(&verify_trust(&old, &rotation), "trust document rejected: expired at");
 }

@@ -4,8 +4,8 @@
 use drover_protocol::dsse::MAX_SIGNATURES;
 use drover_protocol::manifest::{MAX_APPS, MAX_MANIFEST_BYTES, OciReference};
 use drover_protocol::{
-    Artifact, Digest, DocumentKind, Duration, Envelope, EnvelopeSignature, LastAccepted,
-    MANIFEST_PAYLOAD_TYPE, MAX_CLOCK_SKEW, Rejection, TRUST_PAYLOAD_TYPE, accept,
+    Artifact, Digest, DocumentKind, Duration, Envelope, EnvelopeSignature, LastAccepted, MANIFEST_PAYLOAD_TYPE,
+    MAX_CLOCK_SKEW, Rejection, TRUST_PAYLOAD_TYPE, accept,
 };
 use drover_tests::{Keys, host, key, manifest, now};
 use serde_json::{Value, json};
@@ -16,8 +16,7 @@ use support::{HOST, accept_now, manifest_value, sign_json, sign_payload};
 /// Helpers local to this suite (the shared fixture library is `drover_tests`).
 mod support {
     use drover_protocol::{
-        Envelope, MANIFEST_PAYLOAD_TYPE, Manifest, Rejection, SigningKey, Trust, VerifiedManifest,
-        accept,
+        Envelope, MANIFEST_PAYLOAD_TYPE, Manifest, Rejection, SigningKey, Trust, VerifiedManifest, accept,
     };
     use drover_tests::{host, now};
     use serde_json::Value;
@@ -42,10 +41,7 @@ mod support {
 
     /// Signs a JSON value as a manifest envelope.
     pub fn sign_json(payload: &Value, keys: &[&SigningKey]) -> Vec<u8> {
-        sign_payload(
-            &serde_json::to_vec(payload).expect("a JSON value serializes"),
-            keys,
-        )
+        sign_payload(&serde_json::to_vec(payload).expect("a JSON value serializes"), keys)
     }
 }
 
@@ -90,14 +86,8 @@ fn accepted_manifest_keeps_the_newest_issued_at_in_last_accepted() {
         issued_at: now(),
     };
 
-    let verified = accept(
-        &keys.sign(&manifest),
-        &keys.trust(),
-        &host(HOST),
-        Some(last),
-        now(),
-    )
-    .expect("an older issued-at with a higher serial is still accepted");
+    let verified = accept(&keys.sign(&manifest), &keys.trust(), &host(HOST), Some(last), now())
+        .expect("an older issued-at with a higher serial is still accepted");
 
     assert_eq!(
         verified.last_accepted(),
@@ -181,8 +171,7 @@ fn accepts_a_valid_manifest_of_exactly_the_size_limit_and_rejects_one_byte_more(
     let unpadded = manifest_value(&manifest(HOST, 1, 1));
     let payload = |padding: usize| {
         let mut value = unpadded.clone();
-        value["apps"]["app-0"]["spec"]["service"]["environment"]["PADDING"] =
-            Value::String("x".repeat(padding));
+        value["apps"]["app-0"]["spec"]["service"]["environment"]["PADDING"] = Value::String("x".repeat(padding));
         serde_json::to_vec(&value).expect("a JSON value serializes")
     };
     let signed = |padding: usize| sign_payload(&payload(padding), &[&keys.manifest_keys[0]]);
@@ -209,17 +198,13 @@ fn accepts_a_valid_manifest_of_exactly_the_size_limit_and_rejects_one_byte_more(
 
     let at_limit = with_extra_signature(&base, keyid_length);
     assert_eq!(at_limit.len(), MAX_MANIFEST_BYTES);
-    let verified =
-        accept_now(&at_limit, &keys.trust()).expect("an envelope of exactly the limit is accepted");
+    let verified = accept_now(&at_limit, &keys.trust()).expect("an envelope of exactly the limit is accepted");
     assert_eq!(verified.manifest().serial, 1);
 
     let over_limit = with_extra_signature(&base, keyid_length + 1);
     assert_eq!(over_limit.len(), MAX_MANIFEST_BYTES + 1);
     let rejection = expect_rejection(accept_now(&over_limit, &keys.trust()), &["over the limit"]);
-    assert!(
-        matches!(rejection, Rejection::TooLarge { .. }),
-        "{rejection:?}"
-    );
+    assert!(matches!(rejection, Rejection::TooLarge { .. }), "{rejection:?}");
 }
 
 #[test]
@@ -227,10 +212,7 @@ fn rejects_more_apps_than_the_limit() {
     let keys = Keys::simple();
     let envelope = keys.sign(&manifest(HOST, 1, MAX_APPS + 1));
 
-    let rejection = expect_rejection(
-        accept_now(&envelope, &keys.trust()),
-        &["invalid payload", "256"],
-    );
+    let rejection = expect_rejection(accept_now(&envelope, &keys.trust()), &["invalid payload", "256"]);
 
     assert!(
         matches!(
@@ -242,8 +224,7 @@ fn rejects_more_apps_than_the_limit() {
         ),
         "{rejection:?}"
     );
-    accept_now(&keys.sign(&manifest(HOST, 1, MAX_APPS)), &keys.trust())
-        .expect("exactly the limit of apps is accepted");
+    accept_now(&keys.sign(&manifest(HOST, 1, MAX_APPS)), &keys.trust()).expect("exactly the limit of apps is accepted");
 }
 
 // --- Encoding -----------------------------------------------------------------------
@@ -264,13 +245,7 @@ fn assert_bad_encoding(rejection: &Rejection) {
 #[test]
 fn rejects_input_that_is_not_json() {
     let keys = Keys::simple();
-    for input in [
-        &b"not json at all"[..],
-        b"<manifest/>",
-        b"[]",
-        b"null",
-        b"\"a string\"",
-    ] {
+    for input in [&b"not json at all"[..], b"<manifest/>", b"[]", b"null", b"\"a string\""] {
         let rejection = expect_rejection(
             accept_now(input, &keys.trust()),
             &["manifest rejected", "not a valid signed envelope"],
@@ -283,10 +258,7 @@ fn rejects_input_that_is_not_json() {
 fn rejects_empty_input() {
     let keys = Keys::simple();
 
-    let rejection = expect_rejection(
-        accept_now(b"", &keys.trust()),
-        &["not a valid signed envelope"],
-    );
+    let rejection = expect_rejection(accept_now(b"", &keys.trust()), &["not a valid signed envelope"]);
 
     assert_bad_encoding(&rejection);
 }
@@ -345,10 +317,7 @@ fn rejects_truncated_envelope_at_every_cut_point() {
     let envelope = keys.sign(&manifest(HOST, 1, 1));
 
     for cut in 0..envelope.len() {
-        let rejection = expect_rejection(
-            accept_now(&envelope[..cut], &trust),
-            &["not a valid signed envelope"],
-        );
+        let rejection = expect_rejection(accept_now(&envelope[..cut], &trust), &["not a valid signed envelope"]);
         assert_bad_encoding(&rejection);
     }
     accept_now(&envelope, &trust).expect("the whole envelope is accepted");
@@ -357,8 +326,7 @@ fn rejects_truncated_envelope_at_every_cut_point() {
 #[test]
 fn rejects_unknown_field_in_envelope() {
     let keys = Keys::simple();
-    let mut envelope: Value =
-        serde_json::from_slice(&keys.sign(&manifest(HOST, 1, 1))).expect("envelope is JSON");
+    let mut envelope: Value = serde_json::from_slice(&keys.sign(&manifest(HOST, 1, 1))).expect("envelope is JSON");
     envelope["comment"] = json!("ignore me");
 
     let rejection = expect_rejection(
@@ -372,8 +340,7 @@ fn rejects_unknown_field_in_envelope() {
 #[test]
 fn rejects_unknown_field_in_envelope_signature() {
     let keys = Keys::simple();
-    let mut envelope: Value =
-        serde_json::from_slice(&keys.sign(&manifest(HOST, 1, 1))).expect("envelope is JSON");
+    let mut envelope: Value = serde_json::from_slice(&keys.sign(&manifest(HOST, 1, 1))).expect("envelope is JSON");
     envelope["signatures"][0]["cert"] = json!("");
 
     let rejection = expect_rejection(
@@ -441,10 +408,7 @@ fn rejects_manifest_payload_signed_under_another_payload_type() {
         &[&keys.manifest_keys[0]],
     );
 
-    let rejection = expect_rejection(
-        accept_now(&envelope.to_json(), &keys.trust()),
-        &["payload type"],
-    );
+    let rejection = expect_rejection(accept_now(&envelope.to_json(), &keys.trust()), &["payload type"]);
 
     assert!(
         matches!(rejection, Rejection::UnknownPayloadType { .. }),
@@ -526,10 +490,7 @@ fn rejects_payload_without_a_schema_version() {
         &["invalid payload", "schema"],
     );
 
-    assert!(
-        matches!(rejection, Rejection::BadPayload { .. }),
-        "{rejection:?}"
-    );
+    assert!(matches!(rejection, Rejection::BadPayload { .. }), "{rejection:?}");
 }
 
 // --- Signatures ---------------------------------------------------------------------
@@ -565,10 +526,7 @@ fn rejects_signatures_below_threshold() {
 
     let rejection = expect_rejection(
         accept_now(&envelope, &keys.trust()),
-        &[
-            "1 valid manifest signature(s) from distinct keys",
-            "2 required",
-        ],
+        &["1 valid manifest signature(s) from distinct keys", "2 required"],
     );
 
     assert!(
@@ -583,8 +541,7 @@ fn rejects_signatures_below_threshold() {
         ),
         "{rejection:?}"
     );
-    accept_now(&keys.sign(&manifest(HOST, 1, 1)), &keys.trust())
-        .expect("both keys together meet the threshold");
+    accept_now(&keys.sign(&manifest(HOST, 1, 1)), &keys.trust()).expect("both keys together meet the threshold");
 }
 
 #[test]
@@ -704,15 +661,9 @@ fn rejects_signature_that_is_not_base64_or_not_64_bytes() {
         let mut envelope = valid.clone();
         envelope.signatures[0].sig = sig;
 
-        let rejection = expect_rejection(
-            accept_now(&envelope.to_json(), &keys.trust()),
-            &["does not verify"],
-        );
+        let rejection = expect_rejection(accept_now(&envelope.to_json(), &keys.trust()), &["does not verify"]);
 
-        assert!(
-            matches!(rejection, Rejection::InvalidSignature { .. }),
-            "{rejection:?}"
-        );
+        assert!(matches!(rejection, Rejection::InvalidSignature { .. }), "{rejection:?}");
     }
 }
 
@@ -758,10 +709,7 @@ fn rejects_bit_flip_in_payload_base64() {
         accept_now(&envelope.to_json(), &trust),
         &["does not verify", "forged or altered"],
     );
-    assert!(
-        matches!(rejection, Rejection::InvalidSignature { .. }),
-        "{rejection:?}"
-    );
+    assert!(matches!(rejection, Rejection::InvalidSignature { .. }), "{rejection:?}");
 }
 
 #[test]
@@ -771,10 +719,7 @@ fn rejects_too_many_signatures() {
     let signers = vec![signer; MAX_SIGNATURES + 1];
     let envelope = manifest(HOST, 1, 1).sign(&signers);
 
-    let rejection = expect_rejection(
-        accept_now(&envelope, &keys.trust()),
-        &["33 signatures", "limit of 32"],
-    );
+    let rejection = expect_rejection(accept_now(&envelope, &keys.trust()), &["33 signatures", "limit of 32"]);
 
     assert!(
         matches!(
@@ -817,8 +762,7 @@ fn rejects_replayed_manifest() {
     let keys = Keys::simple();
     let trust = keys.trust();
     let envelope = keys.sign(&manifest(HOST, 7, 1));
-    let first = accept(&envelope, &trust, &host(HOST), None, now())
-        .expect("the first delivery is accepted");
+    let first = accept(&envelope, &trust, &host(HOST), None, now()).expect("the first delivery is accepted");
 
     let rejection = expect_rejection(
         accept(
@@ -923,13 +867,7 @@ fn rejects_frozen_feed_past_manifest_expiry() {
     let clock = now().minus(Duration::from_secs(3 * 86_400 / 2));
 
     let rejection = expect_rejection(
-        accept(
-            &keys.sign(&stale),
-            &keys.trust(),
-            &host(HOST),
-            Some(last),
-            clock,
-        ),
+        accept(&keys.sign(&stale), &keys.trust(), &host(HOST), Some(last), clock),
         &[
             &format!("expired at {}", stale.expires_at),
             &format!("now is {}", now()),
@@ -957,11 +895,7 @@ fn rejects_manifest_issued_too_far_in_the_future() {
 
     let rejection = expect_rejection(
         accept_now(&keys.sign(&manifest), &keys.trust()),
-        &[
-            &format!("issued at {}", manifest.issued_at),
-            "5m",
-            "check the clocks",
-        ],
+        &[&format!("issued at {}", manifest.issued_at), "5m", "check the clocks"],
     );
 
     assert!(
@@ -983,8 +917,8 @@ fn accepts_manifest_issued_just_within_clock_skew() {
     let mut manifest = manifest(HOST, 1, 1);
     manifest.issued_at = now().plus(MAX_CLOCK_SKEW);
 
-    let verified = accept_now(&keys.sign(&manifest), &keys.trust())
-        .expect("issued exactly the allowed skew ahead is accepted");
+    let verified =
+        accept_now(&keys.sign(&manifest), &keys.trust()).expect("issued exactly the allowed skew ahead is accepted");
 
     assert_eq!(verified.last_accepted().issued_at, manifest.issued_at);
 }
@@ -998,17 +932,8 @@ fn rejects_manifest_while_the_trust_document_is_expired() {
     manifest.expires_at = trust.expires_at().plus(hour());
 
     let rejection = expect_rejection(
-        accept(
-            &keys.sign(&manifest),
-            &trust,
-            &host(HOST),
-            None,
-            trust.expires_at(),
-        ),
-        &[
-            "trust document rejected",
-            &format!("expired at {}", trust.expires_at()),
-        ],
+        accept(&keys.sign(&manifest), &trust, &host(HOST), None, trust.expires_at()),
+        &["trust document rejected", &format!("expired at {}", trust.expires_at())],
     );
 
     assert!(
@@ -1111,10 +1036,7 @@ fn rejects_unknown_field_in_signed_payload() {
         (spec, "sandbox"),
     ] {
         let rejection = expect_rejection(
-            accept_now(
-                &sign_json(&payload, &[&keys.manifest_keys[0]]),
-                &keys.trust(),
-            ),
+            accept_now(&sign_json(&payload, &[&keys.manifest_keys[0]]), &keys.trust()),
             &["invalid payload", "unknown field", field],
         );
 
@@ -1185,14 +1107,9 @@ fn rejects_oci_reference_not_pinned_to_its_digest() {
     let other = Digest::of(b"another image manifest");
     let oci = |digest: Digest| {
         let mut manifest = manifest(HOST, 1, 1);
-        let release = manifest
-            .apps
-            .values_mut()
-            .next()
-            .expect("the manifest has an app");
+        let release = manifest.apps.values_mut().next().expect("the manifest has an app");
         release.artifact = Artifact::Oci {
-            reference: OciReference::try_from(format!("registry.example/team/app@{pinned}"))
-                .expect("valid reference"),
+            reference: OciReference::try_from(format!("registry.example/team/app@{pinned}")).expect("valid reference"),
             digest,
         };
         manifest
@@ -1200,17 +1117,11 @@ fn rejects_oci_reference_not_pinned_to_its_digest() {
 
     let rejection = expect_rejection(
         accept_now(&keys.sign(&oci(other.clone())), &keys.trust()),
-        &[
-            "invalid payload",
-            "app-0",
-            "not pinned to digest",
-            other.as_str(),
-        ],
+        &["invalid payload", "app-0", "not pinned to digest", other.as_str()],
     );
 
     assert_bad_payload(&rejection);
-    accept_now(&keys.sign(&oci(pinned.clone())), &keys.trust())
-        .expect("a reference pinned to its digest is accepted");
+    accept_now(&keys.sign(&oci(pinned.clone())), &keys.trust()).expect("a reference pinned to its digest is accepted");
 }
 
 #[test]
@@ -1288,17 +1199,13 @@ fn rejection_message_stays_on_one_line_for_a_hostile_key_id() {
         &["not an authorised manifest key"],
     );
 
-    assert!(
-        matches!(rejection, Rejection::UnknownKey { .. }),
-        "{rejection:?}"
-    );
+    assert!(matches!(rejection, Rejection::UnknownKey { .. }), "{rejection:?}");
 }
 
 #[test]
 fn rejection_message_stays_on_one_line_for_a_hostile_field_name() {
     let keys = Keys::simple();
-    let mut envelope: Value =
-        serde_json::from_slice(&keys.sign(&manifest(HOST, 1, 1))).expect("envelope is JSON");
+    let mut envelope: Value = serde_json::from_slice(&keys.sign(&manifest(HOST, 1, 1))).expect("envelope is JSON");
     envelope[INJECTED] = json!(1);
     let mut payload = manifest_value(&manifest(HOST, 1, 1));
     payload[INJECTED] = json!(1);
@@ -1309,10 +1216,7 @@ fn rejection_message_stays_on_one_line_for_a_hostile_field_name() {
     );
     assert_bad_encoding(&rejection);
     let rejection = expect_rejection(
-        accept_now(
-            &sign_json(&payload, &[&keys.manifest_keys[0]]),
-            &keys.trust(),
-        ),
+        accept_now(&sign_json(&payload, &[&keys.manifest_keys[0]]), &keys.trust()),
         &["unknown field"],
     );
     assert_bad_payload(&rejection);
@@ -1338,12 +1242,10 @@ fn rejected_manifest_changes_nothing() {
         b"{".to_vec(),
     ];
     let next = keys.sign(&manifest(HOST, 5, 1));
-    let before =
-        accept(&next, &trust, &host(HOST), Some(last), now()).expect("the next manifest is valid");
+    let before = accept(&next, &trust, &host(HOST), Some(last), now()).expect("the next manifest is valid");
 
     for envelope in &hostile {
-        accept(envelope, &trust, &host(HOST), Some(last), now())
-            .expect_err("each hostile manifest is rejected");
+        accept(envelope, &trust, &host(HOST), Some(last), now()).expect_err("each hostile manifest is rejected");
     }
     let after = accept(&next, &trust, &host(HOST), Some(last), now())
         .expect("the next manifest is still accepted after the rejections");

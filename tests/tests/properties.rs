@@ -3,8 +3,7 @@
 
 use drover_protocol::manifest::MAX_MANIFEST_BYTES;
 use drover_protocol::{
-    DocumentKind, Duration, Envelope, LastAccepted, MANIFEST_PAYLOAD_TYPE, MAX_CLOCK_SKEW,
-    Rejection, Timestamp, accept,
+    DocumentKind, Duration, Envelope, LastAccepted, MANIFEST_PAYLOAD_TYPE, MAX_CLOCK_SKEW, Rejection, Timestamp, accept,
 };
 use drover_tests::{Keys, host, manifest, now};
 use proptest::collection::vec;
@@ -297,8 +296,7 @@ fn envelopes_over_the_limit_are_refused_whatever_their_content() {
 fn the_manifest_payload_type_is_what_manifests_are_signed_as() {
     // A guard for the properties above: the fixture signs with the real payload type.
     let keys = Keys::simple();
-    let envelope: Envelope =
-        serde_json::from_slice(&keys.sign(&manifest(HOST, 1, 1))).expect("envelope is JSON");
+    let envelope: Envelope = serde_json::from_slice(&keys.sign(&manifest(HOST, 1, 1))).expect("envelope is JSON");
 
     assert_eq!(envelope.payload_type, MANIFEST_PAYLOAD_TYPE);
 }

@@ -3,8 +3,7 @@
 
 use drover_protocol::trust::{MAX_KEYS_PER_ROLE, MAX_ROTATION_CHAIN, MAX_TRUST_BYTES};
 use drover_protocol::{
-    DocumentKind, Duration, Envelope, MANIFEST_PAYLOAD_TYPE, Rejection, SigningKey,
-    TRUST_PAYLOAD_TYPE, Trust, accept,
+    DocumentKind, Duration, Envelope, MANIFEST_PAYLOAD_TYPE, Rejection, SigningKey, TRUST_PAYLOAD_TYPE, Trust, accept,
 };
 use drover_tests::{Keys, host, key, manifest, now};
 use serde_json::{Value, json};
@@ -32,8 +31,7 @@ mod support {
         manifest_keys: &[&SigningKey],
         manifest_threshold: u32,
     ) -> TrustDocument {
-        let publics =
-            |keys: &[&SigningKey]| keys.iter().map(|key| key.public_key()).collect::<Vec<_>>();
+        let publics = |keys: &[&SigningKey]| keys.iter().map(|key| key.public_key()).collect::<Vec<_>>();
         TrustDocument {
             schema: TRUST_SCHEMA,
             version,
@@ -107,10 +105,7 @@ fn bootstrap_refuses_a_document_signed_by_its_manifest_key() {
     let manifest_key = &keys.manifest_keys[0];
     let envelope = keys.document.sign(&[manifest_key]);
 
-    let rejection = expect_rejection(
-        Trust::bootstrap(&envelope, now()),
-        &["not an authorised root key"],
-    );
+    let rejection = expect_rejection(Trust::bootstrap(&envelope, now()), &["not an authorised root key"]);
 
     assert!(
         matches!(
@@ -126,10 +121,7 @@ fn bootstrap_refuses_an_unsigned_document() {
     let keys = Keys::simple();
     let envelope = keys.document.sign(&[]);
 
-    let rejection = expect_rejection(
-        Trust::bootstrap(&envelope, now()),
-        &["0 valid root signature(s)"],
-    );
+    let rejection = expect_rejection(Trust::bootstrap(&envelope, now()), &["0 valid root signature(s)"]);
 
     assert!(
         matches!(
@@ -217,17 +209,10 @@ fn bootstrap_refuses_a_document_over_the_size_limit_before_parsing() {
 #[test]
 fn bootstrap_refuses_a_document_signed_for_another_payload_type() {
     let keys = Keys::simple();
-    let mut envelope = Envelope::sign(
-        MANIFEST_PAYLOAD_TYPE,
-        &keys.document.to_payload(),
-        &[&keys.roots[0]],
-    );
+    let mut envelope = Envelope::sign(MANIFEST_PAYLOAD_TYPE, &keys.document.to_payload(), &[&keys.roots[0]]);
     envelope.payload_type = TRUST_PAYLOAD_TYPE.to_owned();
 
-    let rejection = expect_rejection(
-        Trust::bootstrap(&envelope.to_json(), now()),
-        &["does not verify"],
-    );
+    let rejection = expect_rejection(Trust::bootstrap(&envelope.to_json(), now()), &["does not verify"]);
 
     assert!(
         matches!(
@@ -402,10 +387,7 @@ fn refuses_trust_document_with_a_public_key_of_the_wrong_length() {
             bootstrap_edited(&keys, |value| {
                 value["root"]["keys"][0]["public"] = json!(bad_public);
             }),
-            &[
-                "invalid payload",
-                "public key is not 32 bytes of lowercase hex",
-            ],
+            &["invalid payload", "public key is not 32 bytes of lowercase hex"],
         );
 
         assert_bad_trust_payload(&rejection);
@@ -568,8 +550,7 @@ fn rotation_below_the_new_root_threshold_is_refused() {
     let next = document(2, &[&first, &second], 2, &[&keys.manifest_keys[0]], 1);
 
     let rejection = expect_rejection(
-        keys.trust()
-            .rotate(&next.sign(&[&keys.roots[0], &first]), now()),
+        keys.trust().rotate(&next.sign(&[&keys.roots[0], &first]), now()),
         &["1 valid new root signature(s)", "2 required"],
     );
 
@@ -592,14 +573,9 @@ fn rotation_with_a_forged_new_root_signature_is_refused() {
     let keys = Keys::simple();
     let new_root = key();
     let next = document(2, &[&new_root], 1, &[&keys.manifest_keys[0]], 1);
-    let mut envelope = Envelope::sign(
-        TRUST_PAYLOAD_TYPE,
-        &next.to_payload(),
-        &[&keys.roots[0], &new_root],
-    );
+    let mut envelope = Envelope::sign(TRUST_PAYLOAD_TYPE, &next.to_payload(), &[&keys.roots[0], &new_root]);
     // A signature of other bytes, claimed for the new root.
-    envelope.signatures[1].sig = Envelope::sign(TRUST_PAYLOAD_TYPE, b"other", &[&new_root])
-        .signatures[0]
+    envelope.signatures[1].sig = Envelope::sign(TRUST_PAYLOAD_TYPE, b"other", &[&new_root]).signatures[0]
         .sig
         .clone();
 
@@ -625,10 +601,7 @@ fn refuses_trust_document_sharing_a_key_between_root_and_manifest_roles() {
     let both = document(1, &[&shared], 1, &[&shared], 1);
     let rejection = expect_rejection(
         Trust::bootstrap(&both.sign(&[&shared]), now()),
-        &[
-            shared.key_id().as_str(),
-            "both a root key and a manifest key",
-        ],
+        &[shared.key_id().as_str(), "both a root key and a manifest key"],
     );
     assert!(
         matches!(
@@ -653,9 +626,7 @@ fn rotation_with_the_same_or_a_lower_version_is_refused() {
 
         let rejection = expect_rejection(
             trust.rotate(&next.sign(&[&keys.roots[0]]), now()),
-            &[&format!(
-                "version {version} is not higher than the current version 1"
-            )],
+            &[&format!("version {version} is not higher than the current version 1")],
         );
 
         assert!(
@@ -683,10 +654,7 @@ fn rotation_refuses_replaying_the_previous_document() {
         let rejection = expect_rejection(rotated.rotate(&replayed, now()), &["not higher"]);
 
         assert!(
-            matches!(
-                rejection,
-                Rejection::TrustVersionNotIncreasing { current: 2, .. }
-            ),
+            matches!(rejection, Rejection::TrustVersionNotIncreasing { current: 2, .. }),
             "{rejection:?}"
         );
     }
@@ -806,14 +774,8 @@ fn rotation_chain_out_of_order_is_refused() {
     let [second, third, fourth] = chain_of_three(&keys);
     let trust = keys.trust();
 
-    for chain in [
-        [&third[..], &second, &fourth],
-        [&second[..], &fourth, &third],
-    ] {
-        let rejection = expect_rejection(
-            trust.rotate_chain(&chain, now()),
-            &["not an authorised root key"],
-        );
+    for chain in [[&third[..], &second, &fourth], [&second[..], &fourth, &third]] {
+        let rejection = expect_rejection(trust.rotate_chain(&chain, now()), &["not an authorised root key"]);
 
         assert!(
             matches!(rejection, Rejection::UnknownKey { role: "root", .. }),
@@ -928,13 +890,10 @@ fn after_rotation_only_the_new_manifest_key_is_accepted() {
         "{rejection:?}"
     );
     assert!(
-        rejection
-            .to_string()
-            .contains("not an authorised manifest key"),
+        rejection.to_string().contains("not an authorised manifest key"),
         "{rejection}"
     );
-    accept(&from_new_key, &new_trust, &host("web-01"), None, now())
-        .expect("the new manifest key is trusted");
+    accept(&from_new_key, &new_trust, &host("web-01"), None, now()).expect("the new manifest key is trusted");
     accept(&from_new_key, &old_trust, &host("web-01"), None, now())
         .expect_err("the old trust never knew the new manifest key");
 }
@@ -955,10 +914,9 @@ fn rotation_to_a_later_expiry_keeps_manifests_acceptable_past_the_old_expiry() {
     manifest.expires_at = later.plus(Duration::from_secs(86_400));
     let envelope = keys.sign(&manifest);
 
-    accept(&envelope, &rotated, &host("web-01"), None, later)
-        .expect("the rotated trust is still valid");
-    let rejection = accept(&envelope, &keys.trust(), &host("web-01"), None, later)
-        .expect_err("the original trust has expired");
+    accept(&envelope, &rotated, &host("web-01"), None, later).expect("the rotated trust is still valid");
+    let rejection =
+        accept(&envelope, &keys.trust(), &host("web-01"), None, later).expect_err("the original trust has expired");
     assert!(
         matches!(
             rejection,
