@@ -206,23 +206,37 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// How much of an oversized body is read and discarded before answering 413, so that
+/// ordinary clients, which send the whole body before reading the answer, see the 413
+/// instead of a broken pipe. Beyond this the connection is simply closed.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Reads a JSON body of at most `limit` bytes: 413 over it, 400 when malformed.
 async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ServiceError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let too_large =
-            std::error::Error::source(&error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ServiceError::TooLarge(
-                "body_too_large",
-                format!("the request body is over the limit of {limit} bytes"),
-            )
-        } else {
+    use futures_util::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
             ServiceError::BadRequest(
                 "body_unreadable",
                 format!("the request body could not be read: {error}"),
             )
+        })?;
+        total += chunk.len();
+        if total <= limit {
+            bytes.extend_from_slice(&chunk);
+        } else if total > DRAIN_LIMIT {
+            break;
         }
-    })?;
+    }
+    if total > limit {
+        return Err(ServiceError::TooLarge(
+            "body_too_large",
+            format!("the request body is over the limit of {limit} bytes"),
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|error| {
         let detail: String = error
             .to_string()

@@ -2,6 +2,8 @@
 //! fresh by each test, so no private key is ever committed), and the paths of the built
 //! `drover` and `drover-agent` binaries for CLI tests.
 
+pub mod fleet;
+
 use std::path::PathBuf;
 
 use drover_protocol::manifest::HttpUrl;
@@ -14,6 +16,11 @@ use drover_protocol::{
 /// The fixed clock of every pure test: 2026-11-27T12:00:00Z.
 pub fn now() -> Timestamp {
     "2026-11-27T12:00:00Z".parse().expect("valid timestamp")
+}
+
+/// The real clock, for tests against servers that read it themselves.
+pub fn now_real() -> Timestamp {
+    Timestamp::from_system(std::time::SystemTime::now())
 }
 
 /// A fresh ed25519 key.
