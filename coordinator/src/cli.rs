@@ -3,13 +3,22 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use drover_protocol::Duration;
+use drover_protocol::api::{Labels, Scope};
+use drover_protocol::{AppName, Digest, Duration, HostId, Version};
 
 /// drover: pull-based deployments for fleets of Linux hosts.
 ///
 /// The coordinator signs a desired-state manifest per host; agents verify it against
 /// their pinned trust document and converge. This binary runs the coordinator
-/// (`drover serve`, coming with the coordinator issue) and is the operator's CLI.
+/// (`drover serve`) and is the operator's CLI.
+///
+/// The operator commands (token, hosts, groups, release, pin, hold, status) talk to the
+/// coordinator's admin API. On the coordinator's machine they find its address, admin
+/// token and CA in its data directory (--data-dir, default /var/lib/drover-coordinator);
+/// from elsewhere, set DROVER_ADDR, DROVER_TOKEN and DROVER_CA.
+///
+/// Exit codes: 0 ok, 1 failure, 2 usage (bad arguments or spec), 3 not found, 4 refused
+/// because of existing state.
 #[derive(Debug, Parser)]
 #[command(name = "drover", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -32,6 +41,420 @@ pub enum Command {
     /// Create, inspect and use signing keys and trust documents.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Create enrollment tokens: the one-line command that joins a new host.
+    ///
+    /// Example: drover token create --labels env=prod,region=eu --ttl 1h
+    Token(TokenArgs),
+    /// List, inspect, label and remove enrolled hosts.
+    ///
+    /// Example: drover hosts label web-01 env=prod tier-
+    Hosts(HostsArgs),
+    /// Name sets of hosts by label selector, to pin or hold them together.
+    ///
+    /// Example: drover groups create prod-eu --selector env=prod,region=eu
+    Groups(GroupsArgs),
+    /// Create and list releases: an app version with its spec and artifact.
+    ///
+    /// Example: drover release create web 1.4.2 --spec drover.toml --artifact web-1.4.2.tar.gz
+    Release(ReleaseArgs),
+    /// Set the release an app runs for the fleet, a group or one host.
+    ///
+    /// The most specific pin wins: a host pin over a group pin over the fleet pin. Only the
+    /// hosts whose desired state changes get a new signed manifest; they pick it up within
+    /// about a second. Pinning again replaces the scope's pin.
+    ///
+    /// Example: drover pin web 1.4.2 --group canary
+    Pin(PinArgs),
+    /// Remove a pin of an app for the fleet, a group or one host.
+    ///
+    /// The hosts it covered fall back to the next less specific pin, or stop running the app
+    /// when no pin covers them any more.
+    ///
+    /// Example: drover unpin web --host web-01
+    Unpin(UnpinArgs),
+    /// Freeze the fleet, a group or one host: its agents apply no changes.
+    ///
+    /// Held hosts keep running what they run until `drover unhold` on the same scope. Pins
+    /// can still be changed meanwhile; they apply on unhold.
+    ///
+    /// Example: drover hold --group prod-eu
+    Hold(HoldArgs),
+    /// Lift a hold set with `drover hold` on the same scope.
+    ///
+    /// Example: drover unhold --group prod-eu
+    Unhold(HoldArgs),
+    /// Fleet summary per app: desired hosts, running versions and states.
+    ///
+    /// DESIRED counts the hosts whose manifest lists the app; VERSIONS and STATES (healthy,
+    /// unhealthy, failed, rolled_back, ...) count hosts as they last reported, so a host that
+    /// has not reported yet is not in them. The first line counts enrolled and held hosts.
+    ///
+    /// Example: drover status -o json
+    Status(StatusArgs),
+}
+
+/// Where the operator commands find the coordinator.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// The coordinator's data directory, where the CLI reads `address`, `admin.token` and
+    /// `ca.pem` (admin.token is readable only by the coordinator's user). DROVER_ADDR,
+    /// DROVER_TOKEN and DROVER_CA (a PEM file) override each one, e.g. on a laptop.
+    #[arg(
+        long,
+        global = true,
+        env = "DROVER_DATA_DIR",
+        default_value = crate::datadir::DEFAULT_DATA_DIR,
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+}
+
+/// `drover token ...`
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+/// `drover token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a single-use enrollment token and print the join command for the new host.
+    ///
+    /// Run the printed command as root on the host: its agent makes its own key, gets a
+    /// client certificate and pins the coordinator's CA by the sha256 in the command. The
+    /// token works once and expires after --ttl; the host gets --labels.
+    ///
+    /// Example: drover token create --labels env=prod,region=eu --ttl 1h
+    Create(TokenCreateArgs),
+}
+
+/// Arguments of `drover token create`.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// Labels the joining host gets, e.g. env=prod,region=eu.
+    #[arg(long, value_parser = parse_labels, value_name = "K=V,...")]
+    pub labels: Option<Labels>,
+    /// How long the token is valid (1s to 30d).
+    #[arg(long, default_value = "1h")]
+    pub ttl: Duration,
+    /// Let the token re-enroll a host id that is already enrolled (a reinstalled
+    /// machine); the old certificate stops working when the new one joins.
+    #[arg(long)]
+    pub replace: bool,
+    /// Output format: the join command alone, or the whole token as JSON.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `drover hosts ...`
+#[derive(Debug, Args)]
+pub struct HostsArgs {
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: HostsCommand,
+}
+
+/// `drover hosts ...`
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// List enrolled hosts: labels, last contact, manifest serials, held, apps.
+    ///
+    /// SERIAL is the host's current manifest; REPORTED is the one its agent last said it
+    /// acted on (behind while it converges or when it is offline).
+    ///
+    /// Example: drover hosts list -o json
+    List(OutputArgs),
+    /// Show one host: labels, facts, each app's desired and running release and state,
+    /// the last manifest rejection, and recent events.
+    ///
+    /// Example: drover hosts show web-01
+    Show(HostShowArgs),
+    /// Set or remove labels of a host: k=v sets, k- removes.
+    ///
+    /// Labels decide which groups a host is in, so its pins and holds may change with them;
+    /// the command prints whether the host got a new manifest.
+    ///
+    /// Example: drover hosts label web-01 env=prod region=eu canary-
+    Label(HostLabelArgs),
+    /// Remove a host: its certificate stops working at once. To bring it back, create a
+    /// token and join it again.
+    ///
+    /// Example: drover hosts remove web-01
+    Remove(HostIdArgs),
+}
+
+/// Just the output format.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Arguments of `drover hosts show`.
+#[derive(Debug, Args)]
+pub struct HostShowArgs {
+    /// The host id.
+    pub id: HostId,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Arguments of `drover hosts label`.
+#[derive(Debug, Args)]
+pub struct HostLabelArgs {
+    /// The host id.
+    pub id: HostId,
+    /// Changes: `key=value` sets a label, `key-` removes one.
+    #[arg(required = true, value_parser = parse_label_change, value_name = "K=V|K-")]
+    pub changes: Vec<LabelChange>,
+}
+
+/// Arguments naming one host.
+#[derive(Debug, Args)]
+pub struct HostIdArgs {
+    /// The host id.
+    pub id: HostId,
+}
+
+/// One label change of `drover hosts label`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabelChange {
+    /// `key=value`
+    Set(String, String),
+    /// `key-`
+    Remove(String),
+}
+
+/// `drover groups ...`
+#[derive(Debug, Args)]
+pub struct GroupsArgs {
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: GroupsCommand,
+}
+
+/// `drover groups ...`
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// List groups with their selectors and how many hosts each matches now.
+    ///
+    /// Example: drover groups list
+    List(OutputArgs),
+    /// Create a group, or change the selector of an existing one.
+    ///
+    /// A host is in the group when it has every label of the selector. Hosts that enter
+    /// or leave the group get new manifests when the group has pins or holds.
+    ///
+    /// Example: drover groups create prod-eu --selector env=prod,region=eu
+    Create(GroupCreateArgs),
+    /// Delete a group. Refused (exit 4) while pins or holds use it: unpin and unhold first.
+    ///
+    /// Example: drover groups delete prod-eu
+    Delete(GroupNameArgs),
+}
+
+/// Arguments of `drover groups create`.
+#[derive(Debug, Args)]
+pub struct GroupCreateArgs {
+    /// The group's name: a-z, 0-9 and '-'.
+    pub name: String,
+    /// Labels a host must all have to be in the group, e.g. env=prod,region=eu.
+    #[arg(long, required = true, value_parser = parse_labels, value_name = "K=V,...")]
+    pub selector: Labels,
+}
+
+/// Arguments naming one group.
+#[derive(Debug, Args)]
+pub struct GroupNameArgs {
+    /// The group's name.
+    pub name: String,
+}
+
+/// `drover release ...`
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ReleaseCommand,
+}
+
+/// `drover release ...`
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Create a release: the app spec (drover.toml) and a tar.gz artifact, pinned by
+    /// sha256. Releases are immutable.
+    ///
+    /// --artifact FILE: the file is hashed, then uploaded to the coordinator's store
+    /// (streamed, with progress on stderr); hosts download it from the coordinator.
+    /// --artifact URL (http:// or https://): hosts download it from there. Give --digest and
+    /// --size to skip all network access here; with --digest alone the size comes from a
+    /// HEAD request; without --digest the file is downloaded once to compute both (it is
+    /// not stored). The spec is checked before anything is uploaded.
+    ///
+    /// Creating the same version again with the same content succeeds; with another
+    /// artifact or spec it is refused (exit 4): use a new version.
+    ///
+    /// Example: drover release create web 1.4.2 --spec drover.toml --artifact web-1.4.2.tar.gz
+    Create(ReleaseCreateArgs),
+    /// List an app's releases, newest first.
+    ///
+    /// Example: drover release list web -o json
+    List(ReleaseListArgs),
+}
+
+/// Arguments of `drover release create`.
+#[derive(Debug, Args)]
+pub struct ReleaseCreateArgs {
+    /// The app: a-z, 0-9 and '-', e.g. web.
+    pub app: AppName,
+    /// The version, e.g. 1.4.2 (becomes a directory name on hosts).
+    #[arg(id = "release_version", value_name = "VERSION")]
+    pub version: Version,
+    /// The app spec: how the app runs (service, health checks, sandbox, ...).
+    #[arg(long, value_name = "drover.toml")]
+    pub spec: PathBuf,
+    /// The tar.gz: a local file to upload, or an http(s):// URL hosts download from.
+    #[arg(long, value_name = "FILE|URL")]
+    pub artifact: String,
+    /// The artifact's sha256 (`sha256:<64 hex>`); checked against a local FILE.
+    #[arg(long)]
+    pub digest: Option<Digest>,
+    /// The artifact's size in bytes (with --digest, for a URL: no network access here).
+    #[arg(long, value_name = "BYTES")]
+    pub size: Option<u64>,
+}
+
+/// Arguments of `drover release list`.
+#[derive(Debug, Args)]
+pub struct ReleaseListArgs {
+    /// The app.
+    pub app: AppName,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Where a pin or hold applies: the fleet (no flag), a group, or one host.
+#[derive(Debug, Clone, Args)]
+pub struct ScopeArgs {
+    /// Only the hosts of this group.
+    #[arg(long, value_name = "GROUP", conflicts_with = "host")]
+    pub group: Option<String>,
+    /// Only this host.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<HostId>,
+}
+
+impl ScopeArgs {
+    /// The scope the flags name.
+    pub fn scope(&self) -> Scope {
+        match (&self.group, &self.host) {
+            (Some(group), _) => Scope::Group(group.clone()),
+            (None, Some(host)) => Scope::Host(host.clone()),
+            (None, None) => Scope::Fleet,
+        }
+    }
+}
+
+/// Arguments of `drover pin`.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// The app.
+    pub app: AppName,
+    /// The release version it should run (made with `drover release create`).
+    #[arg(id = "release_version", value_name = "VERSION")]
+    pub version: Version,
+    /// Where (default: the whole fleet).
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// Arguments of `drover unpin`.
+#[derive(Debug, Args)]
+pub struct UnpinArgs {
+    /// The app.
+    pub app: AppName,
+    /// Which pin (default: the fleet pin).
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// Arguments of `drover hold` and `drover unhold`.
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    /// Where (default: the whole fleet).
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// Arguments of `drover status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// Parses `k=v,k2=v2` (empty text: no labels). Keys and values are checked by the
+/// coordinator; here only the shape.
+pub fn parse_labels(text: &str) -> Result<Labels, String> {
+    let mut labels = Labels::new();
+    for pair in text.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(format!(
+                "{pair:?} is not key=value (labels look like env=prod,region=eu)"
+            ));
+        };
+        if key.is_empty() || value.is_empty() {
+            return Err(format!("{pair:?}: a label needs a key and a value"));
+        }
+        if labels.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(format!("label {key:?} is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
+/// Parses one change of `drover hosts label`: `key=value` or `key-`.
+pub fn parse_label_change(text: &str) -> Result<LabelChange, String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => {
+            Ok(LabelChange::Set(key.to_owned(), value.to_owned()))
+        }
+        Some(_) => Err(format!("{text:?}: a label needs a key and a value")),
+        None => match text.strip_suffix('-') {
+            Some(key) if !key.is_empty() => Ok(LabelChange::Remove(key.to_owned())),
+            _ => Err(format!("{text:?} is neither key=value (set) nor key- (remove)")),
+        },
+    }
 }
 
 /// Arguments of `drover serve`.
@@ -136,4 +559,51 @@ pub enum Output {
     Table,
     /// JSON for scripts.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn labels_and_label_changes() {
+        let labels = parse_labels("env=prod, region=eu").expect("labels");
+        assert_eq!(labels.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(labels.len(), 2);
+        assert!(parse_labels("").expect("empty").is_empty());
+        for bad in ["env", "=prod", "env=", "env=a,env=b"] {
+            assert!(parse_labels(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_label_change("env=prod"),
+            Ok(LabelChange::Set("env".into(), "prod".into()))
+        );
+        assert_eq!(parse_label_change("canary-"), Ok(LabelChange::Remove("canary".into())));
+        for bad in ["env", "-", "=x", "env="] {
+            assert!(parse_label_change(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scopes() {
+        let scope = |group: Option<&str>, host: Option<&str>| {
+            ScopeArgs {
+                group: group.map(str::to_owned),
+                host: host.map(|host| host.parse().expect("host")),
+            }
+            .scope()
+        };
+        assert_eq!(scope(None, None), Scope::Fleet);
+        assert_eq!(scope(Some("eu"), None), Scope::Group("eu".into()));
+        assert_eq!(
+            scope(None, Some("web-01")),
+            Scope::Host("web-01".parse().expect("host"))
+        );
+    }
 }

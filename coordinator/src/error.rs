@@ -47,16 +47,126 @@ pub enum Error {
     /// Input that is not what the command needs.
     #[error("{0}")]
     Input(String),
+    /// An app spec file (`drover.toml`) that does not parse; `detail` names the line.
+    #[error("{path}: {detail}")]
+    Spec { path: PathBuf, detail: String },
+    /// The CLI could not find or use the address, admin token or CA of the coordinator.
+    #[error("{origin}: {problem}. {hint}")]
+    Credentials {
+        origin: String,
+        problem: String,
+        hint: String,
+    },
+    /// No connection to the coordinator (refused, unreachable, DNS).
+    #[error(
+        "cannot connect to the coordinator at {address} (from {origin}): {detail}. Is `drover serve` running there? Set DROVER_ADDR=https://HOST:PORT for another coordinator, or --data-dir to the data directory of the local one"
+    )]
+    Connect {
+        address: String,
+        origin: String,
+        detail: String,
+    },
+    /// The TLS handshake with the coordinator failed (usually: a CA that did not sign its
+    /// certificate).
+    #[error(
+        "TLS with the coordinator at {address} failed: {detail}. The CLI trusts only the CA in {ca}; set DROVER_CA to the coordinator's ca.pem"
+    )]
+    Tls {
+        address: String,
+        ca: String,
+        detail: String,
+    },
+    /// The coordinator answered with an error (its JSON `ErrorBody`, or the status when
+    /// the body is not one).
+    #[error("{message}")]
+    Api {
+        status: u16,
+        kind: ApiFailure,
+        code: String,
+        message: String,
+    },
+    /// An HTTP exchange failed after connecting (timeout, broken connection, an answer
+    /// that is not what the API promises), or a download from another server failed.
+    #[error("{operation} {url}: {detail}")]
+    Http {
+        operation: &'static str,
+        url: String,
+        detail: String,
+    },
+    /// The release exists with another artifact; refused before uploading anything.
+    #[error(
+        "release {app} {version} already exists with artifact {existing}, not {wanted}; releases are immutable: use a new version"
+    )]
+    ReleaseExists {
+        app: String,
+        version: String,
+        existing: String,
+        wanted: String,
+    },
+}
+
+/// What an HTTP error status of the admin API means for the operator, one class per
+/// exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiFailure {
+    /// 400, 413, 416, 422: the request was wrong (bad arguments, bad spec, too large).
+    Invalid,
+    /// 401, 403: missing or wrong credentials.
+    Denied,
+    /// 404: something named does not exist.
+    NotFound,
+    /// 409, 410: refused because of existing state.
+    Refused,
+    /// Everything else (5xx, unexpected statuses): the operation failed.
+    Failed,
+}
+
+impl ApiFailure {
+    /// The class of an HTTP status code.
+    pub fn of(status: u16) -> ApiFailure {
+        match status {
+            400 | 413 | 416 | 422 => ApiFailure::Invalid,
+            401 | 403 => ApiFailure::Denied,
+            404 => ApiFailure::NotFound,
+            409 | 410 => ApiFailure::Refused,
+            0..=399 | 402 | 405..=408 | 411 | 412 | 414 | 415 | 417..=421 | 423..=u16::MAX => ApiFailure::Failed,
+        }
+    }
 }
 
 impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Key(KeyError::AlreadyExists { .. }) | Error::KeysExist { .. } => exit::REFUSED,
-            Error::NotFound { .. } => exit::NOT_FOUND,
-            Error::Input(_) => exit::USAGE,
-            Error::Key(_) | Error::Trust { .. } | Error::Io { .. } => exit::FAILURE,
+            Error::Key(KeyError::AlreadyExists { .. })
+            | Error::KeysExist { .. }
+            | Error::ReleaseExists { .. }
+            | Error::Api {
+                kind: ApiFailure::Refused,
+                ..
+            } => exit::REFUSED,
+            Error::NotFound { .. }
+            | Error::Api {
+                kind: ApiFailure::NotFound,
+                ..
+            } => exit::NOT_FOUND,
+            Error::Input(_)
+            | Error::Spec { .. }
+            | Error::Api {
+                kind: ApiFailure::Invalid,
+                ..
+            } => exit::USAGE,
+            Error::Key(_)
+            | Error::Trust { .. }
+            | Error::Io { .. }
+            | Error::Credentials { .. }
+            | Error::Connect { .. }
+            | Error::Tls { .. }
+            | Error::Http { .. }
+            | Error::Api {
+                kind: ApiFailure::Denied | ApiFailure::Failed,
+                ..
+            } => exit::FAILURE,
         }
     }
 }

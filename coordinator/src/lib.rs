@@ -1,15 +1,17 @@
-//! drover's coordinator as a library: the operator CLI's commands (and, with the
-//! coordinator issue, `drover serve`). The `drover` binary only parses and dispatches.
+//! drover's coordinator as a library: `drover serve` and the operator CLI's commands.
+//! The `drover` binary only parses and dispatches.
 
 #![forbid(unsafe_code)]
 
 pub mod blobs;
 pub mod cli;
+pub mod client;
 pub mod datadir;
 pub mod error;
 pub mod fleet;
 pub mod keys;
 pub mod metrics;
+pub mod ops;
 pub mod pki;
 pub mod serve;
 pub mod server;
@@ -20,12 +22,14 @@ use std::io::{Read, Write};
 
 use drover_protocol::Timestamp;
 
+use crate::cli::{Command, GroupsCommand, HostsCommand, KeysCommand, ReleaseCommand, TokenCommand};
+use crate::client::AdminClient;
 pub use error::Error;
 
 /// Runs one `drover` command with the given clock and streams.
 pub async fn run(cli: cli::Cli, now: Timestamp, input: &mut dyn Read, out: &mut dyn Write) -> Result<(), Error> {
     match cli.command {
-        cli::Command::Serve(args) => {
+        Command::Serve(args) => {
             let running = serve::start(serve::ServeOptions {
                 listen: args.listen,
                 data_dir: args.data_dir,
@@ -38,9 +42,50 @@ pub async fn run(cli: cli::Cli, now: Timestamp, input: &mut dyn Read, out: &mut 
             running.wait(Box::pin(termination())).await;
             Ok(())
         }
-        cli::Command::Keys(cli::KeysCommand::Init(args)) => keys::init(&args, now, out),
-        cli::Command::Keys(cli::KeysCommand::Show(args)) => keys::show(&args, now, out),
-        cli::Command::Keys(cli::KeysCommand::Sign(args)) => keys::sign(&args, input, out),
+        Command::Keys(KeysCommand::Init(args)) => keys::init(&args, now, out),
+        Command::Keys(KeysCommand::Show(args)) => keys::show(&args, now, out),
+        Command::Keys(KeysCommand::Sign(args)) => keys::sign(&args, input, out),
+        Command::Token(args) => {
+            let client = AdminClient::from_env(&args.connection.data_dir)?;
+            match &args.command {
+                TokenCommand::Create(create) => ops::token_create(&client, create, out).await,
+            }
+        }
+        Command::Hosts(args) => {
+            let client = AdminClient::from_env(&args.connection.data_dir)?;
+            match &args.command {
+                HostsCommand::List(list) => ops::hosts_list(&client, list, now, out).await,
+                HostsCommand::Show(show) => ops::hosts_show(&client, show, now, out).await,
+                HostsCommand::Label(label) => ops::hosts_label(&client, label, out).await,
+                HostsCommand::Remove(remove) => ops::hosts_remove(&client, remove, out).await,
+            }
+        }
+        Command::Groups(args) => {
+            let client = AdminClient::from_env(&args.connection.data_dir)?;
+            match &args.command {
+                GroupsCommand::List(list) => ops::groups_list(&client, list, out).await,
+                GroupsCommand::Create(create) => ops::groups_create(&client, create, out).await,
+                GroupsCommand::Delete(delete) => ops::groups_delete(&client, delete, out).await,
+            }
+        }
+        Command::Release(args) => {
+            let client = AdminClient::from_env(&args.connection.data_dir)?;
+            match &args.command {
+                ReleaseCommand::Create(create) => ops::release_create(&client, create, out).await,
+                ReleaseCommand::List(list) => ops::release_list(&client, list, out).await,
+            }
+        }
+        Command::Pin(args) => ops::pin(&AdminClient::from_env(&args.connection.data_dir)?, &args, out).await,
+        Command::Unpin(args) => ops::unpin(&AdminClient::from_env(&args.connection.data_dir)?, &args, out).await,
+        Command::Hold(args) => {
+            let client = AdminClient::from_env(&args.connection.data_dir)?;
+            ops::hold(&client, &args, ops::HoldChange::Hold, out).await
+        }
+        Command::Unhold(args) => {
+            let client = AdminClient::from_env(&args.connection.data_dir)?;
+            ops::hold(&client, &args, ops::HoldChange::Unhold, out).await
+        }
+        Command::Status(args) => ops::status(&AdminClient::from_env(&args.connection.data_dir)?, &args, out).await,
     }
 }
 

@@ -183,6 +183,7 @@ impl IntoResponse for ApiError {
             ServiceError::Conflict(code, _) => (StatusCode::CONFLICT, *code),
             ServiceError::Gone(code, _) => (StatusCode::GONE, *code),
             ServiceError::TooLarge(code, _) => (StatusCode::PAYLOAD_TOO_LARGE, *code),
+            ServiceError::Unavailable(code, _) => (StatusCode::SERVICE_UNAVAILABLE, *code),
             ServiceError::RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
             ServiceError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_failed"),
             ServiceError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_failed"),
@@ -380,8 +381,16 @@ async fn artifact(
     Path(digest): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    state.coordinator.host_slot(connection.identity.as_ref())?;
+    let slot = state.coordinator.host_slot(connection.identity.as_ref())?;
     let digest: Digest = parse_path(&digest, "bad_digest")?;
+    if !slot.may_download(&digest) {
+        // Artifacts may hold secrets of other apps: a host gets only what its manifest lists.
+        return Err(ServiceError::Forbidden(
+            "artifact_not_in_manifest",
+            format!("artifact {digest} is not in this host's manifest"),
+        )
+        .into());
+    }
     let path = crate::blobs::path_of(&state.coordinator.data().blobs(), &digest);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,

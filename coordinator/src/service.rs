@@ -7,7 +7,7 @@
 //! (polls) never take that mutex: each host has a `watch` channel holding its current
 //! signed manifest, so a poll is a map lookup and a pointer clone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -17,7 +17,7 @@ use drover_protocol::api::{
 };
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::report::MAX_REPORT_EVENTS;
-use drover_protocol::{AppName, Artifact, Duration, HostId, HostReport, SigningKey, Timestamp, Version};
+use drover_protocol::{AppName, Artifact, Digest, Duration, HostId, HostReport, SigningKey, Timestamp, Version};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::datadir::{Credentials, DataDir};
@@ -61,6 +61,9 @@ pub enum ServiceError {
     /// A body over its limit.
     #[error("{1}")]
     TooLarge(&'static str, String),
+    /// Temporarily overloaded; the client should retry later.
+    #[error("{1}")]
+    Unavailable(&'static str, String),
     /// A Range past the end of an artifact.
     #[error("{message}")]
     RangeNotSatisfiable { message: String, size: u64 },
@@ -89,6 +92,8 @@ pub struct Published {
     pub held: bool,
     /// The version of each app it asks for.
     pub versions: BTreeMap<AppName, Version>,
+    /// The artifacts it references: the only ones this host may download.
+    pub digests: BTreeSet<Digest>,
 }
 
 impl Published {
@@ -103,6 +108,11 @@ impl Published {
                 .iter()
                 .map(|(app, release)| (app.clone(), release.version.clone()))
                 .collect(),
+            digests: desired
+                .apps
+                .values()
+                .map(|release| release.artifact.digest().clone())
+                .collect(),
         }
     }
 }
@@ -116,6 +126,11 @@ pub struct HostSlot {
 }
 
 impl HostSlot {
+    /// Whether this host's current manifest references `digest`.
+    pub fn may_download(&self, digest: &Digest) -> bool {
+        self.manifest.borrow().digests.contains(digest)
+    }
+
     /// A receiver of this host's manifest changes.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
         self.manifest.subscribe()
@@ -550,7 +565,7 @@ impl Coordinator {
             .expect("reports lock")
             .insert(report.host.clone(), (report.clone(), received_at));
         self.report_queue.try_send((report, received_at)).map_err(|_| {
-            ServiceError::TooLarge(
+            ServiceError::Unavailable(
                 "report_queue_full",
                 "the coordinator is behind on storing reports; retry".into(),
             )

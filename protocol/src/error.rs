@@ -187,7 +187,7 @@ pub enum KeyError {
     #[error("{path}: not an ed25519 PKCS#8 private key: {detail}")]
     Parse { path: PathBuf, detail: String },
     /// The key file can be read by group or others.
-    #[error("{path}: mode {mode:04o} lets group or others read this private key; run `chmod 600 {path}`")]
+    #[error("{path}: mode {mode:04o} lets group or others read this private file; run `chmod 600 {path}`")]
     TooOpen { path: PathBuf, mode: u32 },
     /// The key file is not a regular file.
     #[error("{path}: not a regular file")]

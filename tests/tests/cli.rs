@@ -163,7 +163,7 @@ fn group_readable_key_is_refused_with_a_clear_message() {
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
     assert!(
-        message.contains("mode 0640 lets group or others read this private key"),
+        message.contains("mode 0640 lets group or others read this private file"),
         "{message}"
     );
     assert!(message.contains("chmod 600"), "{message}");

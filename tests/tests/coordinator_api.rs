@@ -526,8 +526,26 @@ async fn artifacts_stream_with_ranges_and_bad_uploads_leave_nothing() {
     let url = coordinator.url();
     let agent = coordinator.enroll("web-01", &[]).await;
     let content: Vec<u8> = (0..100_000u32).map(|index| (index % 251) as u8).collect();
-    let digest = admin.upload(content.clone()).await;
+    let digest = admin.release("web", "1.0.0", content.clone()).await;
     assert_eq!(digest, drover_protocol::Digest::of(&content).to_string());
+    let other = coordinator.enroll("web-02", &[]).await;
+    let pin = json!({"app": "web", "version": "1.0.0", "scope": {"kind": "host", "name": "web-01"}});
+    admin.ok(Method::PUT, "/v1/admin/pins", Some(pin)).await;
+
+    // A host may download only what its manifest lists.
+    let response = other
+        .http
+        .get(format!("{url}/v1/artifacts/{digest}"))
+        .send()
+        .await
+        .expect("get");
+    let status = response.status();
+    assert_error(
+        status,
+        &response.text().await.expect("body"),
+        StatusCode::FORBIDDEN,
+        "artifact_not_in_manifest",
+    );
 
     let full = agent
         .http
@@ -564,15 +582,15 @@ async fn artifacts_stream_with_ranges_and_bad_uploads_leave_nothing() {
         StatusCode::RANGE_NOT_SATISFIABLE,
         "range_not_satisfiable",
     );
-    // Unknown digest and a malformed one.
+    // A digest not in the manifest, and a malformed one.
     let missing = format!("{url}/v1/artifacts/{}", drover_protocol::Digest::of(b"nothing"));
     let response = agent.http.get(missing).send().await.expect("get");
     let status = response.status();
     assert_error(
         status,
         &response.text().await.expect("body"),
-        StatusCode::NOT_FOUND,
-        "artifact_not_found",
+        StatusCode::FORBIDDEN,
+        "artifact_not_in_manifest",
     );
     let response = agent
         .http
@@ -640,4 +658,52 @@ async fn artifacts_stream_with_ranges_and_bad_uploads_leave_nothing() {
     }
     assert_eq!(count(), before, "a truncated upload leaves nothing behind");
     coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresher_re_signs_manifests_before_they_expire() {
+    // A 2 s manifest lifetime: after 1 s a manifest is within half its lifetime of
+    // expiring and the refresher must re-sign it with a higher serial, same content.
+    // (The service reads the real clock; this is the one test that waits for it.)
+    let scratch = tempfile::tempdir().expect("scratch");
+    let running = drover_coordinator::serve::start(drover_coordinator::serve::ServeOptions {
+        listen: ([127, 0, 0, 1], 0).into(),
+        data_dir: scratch.path().join("data"),
+        public_url: None,
+        keys: None,
+        manifest_ttl: drover_protocol::Duration::from_secs(2),
+        server_names: Vec::new(),
+    })
+    .await
+    .expect("coordinator starts");
+    let admin = drover_tests::fleet::Admin::from_data_dir(&scratch.path().join("data"), &running.public_url);
+    let token = admin.token(&[], false).await;
+    let agent = Agent::join(&running.public_url, &admin.ca_pem, &token.token, "web-01")
+        .await
+        .expect("join");
+    let (serial, etag, apps) = verified(&agent, agent.poll(None, 0).await, None);
+
+    assert_eq!(
+        running.coordinator.refresh().await.expect("refresh"),
+        0,
+        "a fresh manifest is left alone"
+    );
+    tokio::time::sleep(StdDuration::from_millis(2100)).await;
+    assert_eq!(
+        running.coordinator.refresh().await.expect("refresh"),
+        1,
+        "an aging manifest is re-signed"
+    );
+    let (new_serial, new_etag, new_apps) = verified(
+        &agent,
+        agent.poll(Some(&etag), 0).await,
+        Some(LastAccepted {
+            serial,
+            issued_at: now_real(),
+        }),
+    );
+    assert!(new_serial > serial);
+    assert_ne!(new_etag, etag);
+    assert_eq!(new_apps, apps);
+    running.stop().await;
 }
