@@ -17,6 +17,19 @@ pub struct Cli {
 /// Agent commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Enroll this host with a coordinator, using the line `drover token create` printed.
+    ///
+    /// Makes the host's own key (it never leaves the host), pins the coordinator's CA by
+    /// the given sha256, and stores the client certificate, the CA and the trust
+    /// document under the state directory; writes the coordinator URL and host id to the
+    /// config file.
+    ///
+    /// Example: drover-agent join https://deploy.example.com:8443 --token 3q2+... --ca-sha256 9f86d0...
+    Join(JoinArgs),
+    /// Validate the configuration and the pinned trust document; exit 64 on bad config.
+    ///
+    /// Example: drover-agent check --config /etc/drover/agent.toml
+    Check(CheckArgs),
     /// Verify a signed manifest exactly as the agent would before acting on it.
     ///
     /// Prints the payload on stdout and exits 0 when the manifest would be accepted;
@@ -33,6 +46,47 @@ pub enum Command {
     ///
     /// Example: drover-agent verify-trust --trust /var/lib/drover/trust.json trust-v2.json
     VerifyTrust(VerifyTrustArgs),
+}
+
+/// Where the configuration comes from, shared by the commands that need it.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The config file.
+    #[arg(long, env = "DROVER_AGENT_CONFIG", default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Override the host id (default: from the config, else the hostname).
+    #[arg(long)]
+    pub host_id: Option<String>,
+    /// Override the state directory.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Arguments of `drover-agent join`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The coordinator URL.
+    pub url: String,
+    /// The one-time enrollment token.
+    #[arg(long)]
+    pub token: String,
+    /// The sha256 of the coordinator's CA certificate, as printed by `drover token create`.
+    #[arg(long)]
+    pub ca_sha256: String,
+    /// Replace an identity this host already has.
+    #[arg(long)]
+    pub force: bool,
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `drover-agent check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// Arguments of `drover-agent verify-trust`.

@@ -26,6 +26,20 @@ pub enum Error {
     /// The manifest was rejected.
     #[error("{0}")]
     Manifest(Rejection),
+    /// The configuration is invalid (every problem listed).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigErrors),
+    /// Enrollment failed.
+    #[error("join failed: {0}")]
+    Join(String),
+    /// A key or state file could not be read or written.
+    #[error(transparent)]
+    Key(#[from] drover_protocol::KeyError),
+    /// The host has not joined yet.
+    #[error(
+        "this host has not joined a coordinator yet ({0} has no identity); run the `drover-agent join ...` line printed by `drover token create`"
+    )]
+    NotJoined(PathBuf),
     /// Reading a file failed.
     #[error("{operation} {path}: {source}")]
     Io {
@@ -40,7 +54,29 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Trust { .. } | Error::Manifest(_) | Error::Io { .. } => exit::FAILURE,
+            Error::Config(_) => exit::CONFIG,
+            Error::Trust { .. }
+            | Error::Manifest(_)
+            | Error::Io { .. }
+            | Error::Join(_)
+            | Error::Key(_)
+            | Error::NotJoined(_) => exit::FAILURE,
         }
     }
+}
+
+/// An error with its sources, "outer: inner: innermost" (reqwest hides the cause, e.g.
+/// the TLS failure, one or two levels down).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -1,20 +1,40 @@
-//! drover's host agent as a library. Today: `verify` and `verify-trust`, which run the
-//! exact checks the agent applies to manifests and trust rotations before acting. The install loop comes with the agent issue.
+//! drover's host agent as a library: enrollment (`join`), configuration and state
+//! (`check`), and `verify` / `verify-trust`, which run the exact checks the agent applies
+//! to manifests and trust rotations before acting. The install loop comes with issue 4.
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
 pub mod error;
+pub mod join;
+pub mod state;
+pub mod tls;
 pub mod verify;
 
 use std::io::{Read, Write};
 
-use drover_protocol::Timestamp;
+use drover_protocol::{Timestamp, Trust};
 
 pub use error::Error;
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn load_config(args: &cli::ConfigArgs, required: bool) -> Result<config::AgentConfig, Error> {
+    let overrides = config::Overrides {
+        host_id: args.host_id.clone(),
+        state_dir: args.state_dir.clone(),
+        ..config::Overrides::default()
+    };
+    Ok(config::load(&args.config, required, &overrides, &hostname())?)
+}
+
 /// Runs one `drover-agent` command with the given clock and streams.
-pub fn run(
+pub async fn run(
     cli: cli::Cli,
     now: Timestamp,
     stdin: &mut dyn Read,
@@ -22,7 +42,60 @@ pub fn run(
     err: &mut dyn Write,
 ) -> Result<(), Error> {
     match cli.command {
+        cli::Command::Join(args) => {
+            let config = load_config(&args.config, false)?;
+            let options = join::JoinOptions {
+                url: args.url,
+                token: args.token,
+                ca_sha256: args.ca_sha256,
+                force: args.force,
+                config_path: args.config.config.clone(),
+            };
+            join::join(&options, &config, now, out).await
+        }
+        cli::Command::Check(args) => check(&load_config(&args.config, true)?, now, out),
         cli::Command::Verify(args) => verify::verify(&args, now, stdin, out, err),
         cli::Command::VerifyTrust(args) => verify::verify_trust(&args, now, out, err),
     }
+}
+
+/// `drover-agent check`: the config is valid (else exit 64), the host has joined, its
+/// key is private, and the pinned trust document verifies and has not expired.
+fn check(config: &config::AgentConfig, now: Timestamp, out: &mut dyn Write) -> Result<(), Error> {
+    let state = state::StateDir::new(&config.state_dir);
+    if !state.joined() {
+        return Err(Error::NotJoined(state.root().to_path_buf()));
+    }
+    state.load_identity()?;
+    let bytes = std::fs::read(state.trust()).map_err(|source| Error::Io {
+        operation: "reading",
+        path: state.trust(),
+        source,
+    })?;
+    let trust = Trust::bootstrap(&bytes, now).map_err(|rejection| Error::Trust {
+        path: state.trust(),
+        rejection,
+    })?;
+    let last = state.last_accepted().map_err(|detail| Error::Io {
+        operation: "reading",
+        path: state.accepted(),
+        source: std::io::Error::other(detail),
+    })?;
+    let coordinator = config.coordinator.as_deref().unwrap_or("(none: run drover-agent join)");
+    writeln!(
+        out,
+        "ok: host {} -> {coordinator}; trust version {} valid until {}; last accepted manifest: {}",
+        config.host_id,
+        trust.version(),
+        trust.expires_at(),
+        last.map_or_else(
+            || "none yet".to_owned(),
+            |last| format!("serial {} issued {}", last.serial, last.issued_at)
+        ),
+    )
+    .map_err(|source| Error::Io {
+        operation: "writing",
+        path: "stdout".into(),
+        source,
+    })
 }

@@ -108,7 +108,9 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         .ca
         .issue_server(&names, now())
         .map_err(|error| Error::Input(format!("server certificate: {error}")))?;
-    let tls = crate::server::tls_config(credentials.ca.cert_der(), &cert_pem, &key_pem).map_err(Error::Input)?;
+    // The chain carries the CA too: a joining agent pins the CA by its sha256.
+    let chain_pem = format!("{cert_pem}{}", credentials.ca.cert_pem());
+    let tls = crate::server::tls_config(credentials.ca.cert_der(), &chain_pem, &key_pem).map_err(Error::Input)?;
 
     let store = Store::open(&data.database())
         .await
