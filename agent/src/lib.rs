@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod join;
 pub mod state;
 pub mod tls;
+pub mod unpack;
 pub mod verify;
 
 use std::io::{Read, Write};
