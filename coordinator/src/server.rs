@@ -188,7 +188,9 @@ impl IntoResponse for ApiError {
             ServiceError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_failed"),
             ServiceError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_failed"),
         };
-        if status.is_server_error() {
+        // 503 is expected back-pressure (counted in /metrics); logging each one would turn
+        // an overload into a log storm.
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self.0, "request failed");
         }
         let body = ErrorBody {
