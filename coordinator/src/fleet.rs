@@ -9,24 +9,35 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use drover_protocol::api::{Labels, Release, Scope};
 use drover_protocol::manifest::MANIFEST_SCHEMA;
-use drover_protocol::{AppName, AppRelease, Duration, HostId, Manifest, SigningKey, Timestamp, Version};
+use drover_protocol::{AppName, AppRelease, Digest, Duration, HostId, Manifest, SigningKey, Timestamp, Version};
 
 use crate::store::{HostRecord, Snapshot, StoredManifest};
 
-/// What one host should run.
+/// What one host should run, by name: the hold flag and the version of each app.
+/// Releases are immutable, so (app, version) fixes the artifact and spec; this small
+/// value is what rendering compares, and the full [`Desired`] is built only to sign.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Resolved {
+    /// Whether the host is held (applies no changes).
+    pub hold: bool,
+    /// The version of each app.
+    pub versions: BTreeMap<AppName, Version>,
+}
+
+impl Resolved {
+    /// A stable hash of the content, to tell a real change from a refresh.
+    pub fn content_hash(&self) -> String {
+        crate::pki::sha256_hex(&serde_json::to_vec(self).expect("resolved state serializes"))
+    }
+}
+
+/// What one host should run, in full: what its manifest carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
     /// Whether the host is held (applies no changes).
     pub hold: bool,
     /// The release of each app.
     pub apps: BTreeMap<AppName, AppRelease>,
-}
-
-impl Desired {
-    /// A stable hash of the content, to tell a real change from a refresh.
-    pub fn content_hash(&self) -> String {
-        crate::pki::sha256_hex(&serde_json::to_vec(self).expect("desired state serializes"))
-    }
 }
 
 /// The fleet's desired state.
@@ -104,6 +115,42 @@ impl Fleet {
     /// What `host` should run. For each app: its host pin, else the pin of the first
     /// matching group by name, else the fleet pin. Held when any covering scope is held.
     pub fn desired(&self, host: &HostRecord) -> Desired {
+        self.expand(&self.resolve(host))
+    }
+
+    /// The full releases of a resolved state.
+    pub fn expand(&self, resolved: &Resolved) -> Desired {
+        let apps = resolved
+            .versions
+            .iter()
+            .filter_map(|(app, version)| {
+                let release = self.releases.get(&(app.clone(), version.clone()))?;
+                let release = AppRelease {
+                    version: version.clone(),
+                    artifact: release.artifact.clone(),
+                    spec: release.spec.clone(),
+                };
+                Some((app.clone(), release))
+            })
+            .collect();
+        Desired {
+            hold: resolved.hold,
+            apps,
+        }
+    }
+
+    /// The artifact digests of a resolved state (what the host may download).
+    pub fn digests(&self, resolved: &Resolved) -> BTreeSet<Digest> {
+        resolved
+            .versions
+            .iter()
+            .filter_map(|(app, version)| self.releases.get(&(app.clone(), version.clone())))
+            .map(|release| release.artifact.digest().clone())
+            .collect()
+    }
+
+    /// What `host` should run, by name (see [`Fleet::desired`] for the rules).
+    pub fn resolve(&self, host: &HostRecord) -> Resolved {
         let groups: Vec<&str> = self.groups_of(&host.labels).collect();
         let hold = self.holds.iter().any(|scope| self.covers(scope, host));
         let mut chosen: BTreeMap<&AppName, (u8, &Version)> = BTreeMap::new();
@@ -123,29 +170,22 @@ impl Fleet {
                 *entry = (rank, version);
             }
         }
-        let apps = chosen
+        let versions = chosen
             .into_iter()
-            .filter_map(|(app, (_, version))| {
-                let release = self.releases.get(&(app.clone(), version.clone()))?;
-                Some((
-                    app.clone(),
-                    AppRelease {
-                        version: version.clone(),
-                        artifact: release.artifact.clone(),
-                        spec: release.spec.clone(),
-                    },
-                ))
-            })
+            .filter(|(app, (_, version))| self.releases.contains_key(&((*app).clone(), (*version).clone())))
+            .map(|(app, (_, version))| (app.clone(), version.clone()))
             .collect();
-        Desired { hold, apps }
+        Resolved { hold, versions }
     }
 }
 
-/// Signs `desired` as `host`'s manifest with `serial`.
+/// Signs `resolved` (expanded from `fleet`) as `host`'s manifest with `serial`. The full
+/// manifest exists only for the signing; the envelope is kept at its exact size.
 pub fn sign_manifest(
+    fleet: &Fleet,
     host: &HostId,
     serial: u64,
-    desired: &Desired,
+    resolved: &Resolved,
     now: Timestamp,
     ttl: Duration,
     key: &SigningKey,
@@ -156,14 +196,16 @@ pub fn sign_manifest(
         serial,
         issued_at: now,
         expires_at: now.plus(ttl),
-        hold: desired.hold,
-        apps: desired.apps.clone(),
+        hold: resolved.hold,
+        apps: fleet.expand(resolved).apps,
     };
+    let mut envelope = manifest.sign(&[key]);
+    envelope.shrink_to_fit();
     StoredManifest {
         host: host.clone(),
         serial,
-        envelope: manifest.sign(&[key]),
-        content_hash: desired.content_hash(),
+        envelope: envelope.into(),
+        content_hash: resolved.content_hash(),
         issued_at: manifest.issued_at,
         expires_at: manifest.expires_at,
     }
@@ -191,7 +233,7 @@ mod tests {
             version: version.parse().expect("version"),
             artifact: drover_protocol::Artifact::Tarball {
                 url: drover_protocol::manifest::HttpUrl::try_from(format!("https://c/{app}/{version}")).expect("url"),
-                digest: drover_protocol::Digest::of(version.as_bytes()),
+                digest: Digest::of(version.as_bytes()),
                 size: 1,
             },
             spec: serde_json::from_str(r#"{"service":{"command":["x"]}}"#).expect("spec"),
@@ -267,11 +309,11 @@ mod tests {
     fn content_hash_ignores_nothing_that_matters() {
         let mut fleet = fleet();
         let a = host("a", &[]);
-        let before = fleet.desired(&a).content_hash();
+        let before = fleet.resolve(&a).content_hash();
         pin(&mut fleet, Scope::Fleet, "1");
-        let pinned = fleet.desired(&a).content_hash();
+        let pinned = fleet.resolve(&a).content_hash();
         assert_ne!(before, pinned);
         fleet.holds.insert(Scope::Fleet);
-        assert_ne!(pinned, fleet.desired(&a).content_hash());
+        assert_ne!(pinned, fleet.resolve(&a).content_hash());
     }
 }

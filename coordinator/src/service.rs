@@ -21,7 +21,7 @@ use drover_protocol::{AppName, Artifact, Digest, Duration, HostId, HostReport, S
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::datadir::{Credentials, DataDir};
-use crate::fleet::{Desired, Fleet, sign_manifest};
+use crate::fleet::{Fleet, Resolved, sign_manifest};
 use crate::metrics::Metrics;
 use crate::pki::{PeerIdentity, sha256_hex};
 use crate::store::{HostRecord, Store, StoreError, StoredManifest, TokenProblem};
@@ -97,22 +97,14 @@ pub struct Published {
 }
 
 impl Published {
-    fn of(manifest: &StoredManifest, desired: &Desired) -> Published {
+    fn of(manifest: &StoredManifest, resolved: &Resolved, fleet: &Fleet) -> Published {
         Published {
             serial: manifest.serial,
             etag: format!("\"{}\"", manifest.serial),
-            envelope: axum::body::Bytes::from(manifest.envelope.clone()),
-            held: desired.hold,
-            versions: desired
-                .apps
-                .iter()
-                .map(|(app, release)| (app.clone(), release.version.clone()))
-                .collect(),
-            digests: desired
-                .apps
-                .values()
-                .map(|release| release.artifact.digest().clone())
-                .collect(),
+            envelope: manifest.envelope.clone(),
+            held: resolved.hold,
+            versions: resolved.versions.clone(),
+            digests: fleet.digests(resolved),
         }
     }
 }
@@ -259,13 +251,13 @@ impl Coordinator {
         {
             let mut slots = coordinator.slots.write().expect("slots lock");
             for host in &hosts {
-                let desired = model.fleet.desired(host);
+                let resolved = model.fleet.resolve(host);
                 let manifest = changed
                     .iter()
                     .find(|manifest| manifest.host == host.id)
                     .or_else(|| stored.get(&host.id))
                     .expect("every active host has a manifest after rendering");
-                let (sender, _) = watch::channel(Arc::new(Published::of(manifest, &desired)));
+                let (sender, _) = watch::channel(Arc::new(Published::of(manifest, &resolved, &model.fleet)));
                 slots.insert(
                     host.id.clone(),
                     Arc::new(HostSlot {
@@ -352,37 +344,43 @@ impl Coordinator {
         let key: &SigningKey = &self.credentials.manifest_key;
         let ttl = self.config.manifest_ttl;
         let refresh_before = now.plus(Duration::from_millis(ttl.as_millis() / 2));
-        let work: Vec<(&HostRecord, u64, Desired)> = hosts
+        let work: Vec<(&HostRecord, u64, Resolved)> = hosts
             .iter()
             .filter_map(|host| {
-                let desired = model.fleet.desired(host);
+                let resolved = model.fleet.resolve(host);
                 let previous = model.rendered.get(&host.id);
                 let unchanged = previous.is_some_and(|previous| match mode {
-                    RenderMode::Changed => previous.content_hash == desired.content_hash(),
+                    RenderMode::Changed => previous.content_hash == resolved.content_hash(),
                     RenderMode::Refresh => {
-                        previous.content_hash == desired.content_hash() && previous.expires_at > refresh_before
+                        previous.content_hash == resolved.content_hash() && previous.expires_at > refresh_before
                     }
                     RenderMode::Force => false,
                 });
-                (!unchanged).then(|| (host, previous.map_or(0, |previous| previous.serial) + 1, desired))
+                (!unchanged).then(|| (host, previous.map_or(0, |previous| previous.serial) + 1, resolved))
             })
             .collect();
-        // Signing is CPU-bound: spread it over the cores, off the async workers.
+        // Signing is CPU-bound: off the async workers, and spread over the cores when
+        // there is enough of it to be worth the threads. The full manifest of each host is
+        // built inside the signing loop and dropped there, so a fleet-wide change never
+        // holds 10,000 expanded manifests at once.
+        let fleet = &model.fleet;
+        let sign = |(host, serial, resolved): &(&HostRecord, u64, Resolved)| {
+            sign_manifest(fleet, &host.id, *serial, resolved, now, ttl, key)
+        };
+        if work.len() < 512 {
+            let signed: Vec<StoredManifest> = work.iter().map(sign).collect();
+            self.metrics.manifests_signed.add(signed.len());
+            return signed;
+        }
         let threads = std::thread::available_parallelism()
             .map_or(1, std::num::NonZero::get)
-            .min(8);
+            .min(4);
         let chunk = work.len().div_ceil(threads).max(1);
         let signed: Vec<StoredManifest> = tokio::task::block_in_place(|| {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = work
                     .chunks(chunk)
-                    .map(|part| {
-                        scope.spawn(move || {
-                            part.iter()
-                                .map(|(host, serial, desired)| sign_manifest(&host.id, *serial, desired, now, ttl, key))
-                                .collect::<Vec<_>>()
-                        })
-                    })
+                    .map(|part| scope.spawn(move || part.iter().map(sign).collect::<Vec<_>>()))
                     .collect();
                 handles
                     .into_iter()
@@ -419,8 +417,9 @@ impl Coordinator {
             let (Some(slot), Some(host)) = (slots.get(&manifest.host), model.fleet.hosts.get(&manifest.host)) else {
                 continue;
             };
-            let desired = model.fleet.desired(host);
-            slot.manifest.send_replace(Arc::new(Published::of(manifest, &desired)));
+            let resolved = model.fleet.resolve(host);
+            slot.manifest
+                .send_replace(Arc::new(Published::of(manifest, &resolved, &model.fleet)));
         }
     }
 
@@ -522,8 +521,8 @@ impl Coordinator {
                 expires_at: manifest.expires_at,
             },
         );
-        let desired = model.fleet.desired(&record);
-        let (sender, _) = watch::channel(Arc::new(Published::of(&manifest, &desired)));
+        let resolved = model.fleet.resolve(&record);
+        let (sender, _) = watch::channel(Arc::new(Published::of(&manifest, &resolved, &model.fleet)));
         let slot = HostSlot {
             cert_sha256: record.cert_sha256.clone().unwrap_or_default(),
             manifest: sender,
@@ -559,17 +558,20 @@ impl Coordinator {
             .check()
             .map_err(|detail| ServiceError::BadRequest("bad_report", detail))?;
         let received_at = now();
+        // Queue first: a report the store will not see must not show in status either.
+        let permit = self.report_queue.try_reserve().map_err(|_| {
+            ServiceError::Unavailable(
+                "report_queue_full",
+                "the coordinator is behind on storing reports; retry".into(),
+            )
+        })?;
         self.metrics.reports.add(1);
         self.reports
             .lock()
             .expect("reports lock")
             .insert(report.host.clone(), (report.clone(), received_at));
-        self.report_queue.try_send((report, received_at)).map_err(|_| {
-            ServiceError::Unavailable(
-                "report_queue_full",
-                "the coordinator is behind on storing reports; retry".into(),
-            )
-        })
+        permit.send((report, received_at));
+        Ok(())
     }
 
     // --- Hosts, labels, groups --------------------------------------------------------

@@ -77,8 +77,8 @@ pub struct StoredManifest {
     pub host: HostId,
     /// Its serial (never goes down for a host id, across removals and re-joins).
     pub serial: u64,
-    /// The envelope bytes.
-    pub envelope: Vec<u8>,
+    /// The envelope bytes (shared with what polls are answered from).
+    pub envelope: axum::body::Bytes,
     /// A hash of what was rendered (hold + apps), to tell a change from a refresh.
     pub content_hash: String,
     /// When it was issued.
@@ -225,7 +225,7 @@ impl Store {
             snapshot.manifests.push(StoredManifest {
                 host: parse("host id", row.get::<&str, _>(0))?,
                 serial: u64::try_from(row.get::<i64, _>(1)).map_err(|error| corrupt("serial")(error.to_string()))?,
-                envelope: row.get(2),
+                envelope: row.get::<Vec<u8>, _>(2).into(),
                 content_hash: row.get(3),
                 issued_at: Timestamp::from_unix(row.get(4)),
                 expires_at: Timestamp::from_unix(row.get(5)),
@@ -533,7 +533,7 @@ async fn save_manifest(
     )
     .bind(manifest.host.as_str())
     .bind(i64::try_from(manifest.serial).unwrap_or(i64::MAX))
-    .bind(&manifest.envelope)
+    .bind(manifest.envelope.as_ref())
     .bind(&manifest.content_hash)
     .bind(unix(manifest.issued_at))
     .bind(unix(manifest.expires_at))
