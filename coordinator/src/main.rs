@@ -3,6 +3,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc malloc: glibc keeps freed memory in per-thread arenas and
+/// rarely returns it, so a coordinator that had served a burst (a fleet-wide re-sign,
+/// a thousand report connections) stayed at its peak RSS; mimalloc gives it back.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser as _;
 use drover_coordinator::{cli::Cli, run};
 use drover_protocol::Timestamp;
