@@ -130,7 +130,11 @@ pub async fn join(
             joined.host_id, config.host_id
         )));
     }
-    let ca_der = pem_body(&joined.ca_pem);
+    let ca_der = {
+        use rustls::pki_types::pem::PemObject as _;
+        rustls::pki_types::CertificateDer::from_pem_slice(joined.ca_pem.as_bytes())
+            .map_err(|error| Error::Join(format!("the CA in the join answer is not a PEM certificate: {error}")))?
+    };
     if sha256_hex(&ca_der) != pinned {
         return Err(Error::Join(
             "the CA in the join answer does not have the pinned sha256".into(),
@@ -189,9 +193,4 @@ pub async fn join(
         path: PathBuf::from("stdout"),
         source,
     })
-}
-
-fn pem_body(pem: &str) -> Vec<u8> {
-    let body: String = pem.lines().filter(|line| !line.starts_with("-----")).collect();
-    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body.trim()).unwrap_or_default()
 }

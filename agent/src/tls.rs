@@ -13,7 +13,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// Lowercase hex sha256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    drover_protocol::hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    drover_protocol::hex::sha256(bytes)
 }
 
 fn provider() -> Arc<CryptoProvider> {

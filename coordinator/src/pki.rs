@@ -63,9 +63,12 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    let body: String = pem.lines().filter(|line| !line.starts_with("-----")).collect();
-    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body.trim()).ok()
+/// The DER of the first certificate in `pem`.
+pub fn certificate_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|der| der.to_vec())
 }
 
 impl Ca {
@@ -98,7 +101,7 @@ impl Ca {
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        let cert_der = pem_to_der(cert_pem).ok_or(PkiError::Generate(rcgen::Error::CouldNotParseCertificate))?;
+        let cert_der = certificate_der(cert_pem).ok_or(PkiError::Generate(rcgen::Error::CouldNotParseCertificate))?;
         Ok(Ca {
             issuer,
             cert_pem: cert_pem.to_owned(),
@@ -184,7 +187,7 @@ fn dn_text(value: &DnValue) -> String {
 
 /// Lowercase hex sha256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    drover_protocol::hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    drover_protocol::hex::sha256(bytes)
 }
 
 /// The identity a verified client certificate proves: the host id in its common name
@@ -237,7 +240,7 @@ mod tests {
         let host: HostId = "web-01".parse().expect("host");
         let (csr, _) = make_host_csr(&host).expect("csr");
         let pem = reloaded.issue_host(&host, &csr, now()).expect("issue");
-        let identity = PeerIdentity::from_certificate(&pem_to_der(&pem).expect("der")).expect("identity");
+        let identity = PeerIdentity::from_certificate(&certificate_der(&pem).expect("der")).expect("identity");
         assert_eq!(identity.host, host);
 
         let other: HostId = "web-02".parse().expect("host");

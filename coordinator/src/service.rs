@@ -472,7 +472,7 @@ impl Coordinator {
             .ca
             .issue_host(&request.host_id, &request.csr_pem, now)
             .map_err(|error| ServiceError::BadRequest("bad_csr", error.to_string()))?;
-        let certificate_der = pem_body(&certificate_pem);
+        let certificate_der = crate::pki::certificate_der(&certificate_pem).unwrap_or_default();
 
         let mut model = self.model.lock().await;
         let taken = model
@@ -1073,9 +1073,4 @@ fn check_group_name(name: &str) -> Result<(), ServiceError> {
             format!("invalid group name {name:?}: use a-z, 0-9 and '-'"),
         )
     })
-}
-
-fn pem_body(pem: &str) -> Vec<u8> {
-    let body: String = pem.lines().filter(|line| !line.starts_with("-----")).collect();
-    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body.trim()).unwrap_or_default()
 }

@@ -1,5 +1,10 @@
 //! Lowercase hex encoding and strict decoding (key ids, digests, public keys).
 
+/// The lowercase hex sha256 of `bytes` (certificate fingerprints, token hashes).
+pub fn sha256(bytes: &[u8]) -> String {
+    encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
 /// Encodes bytes as lowercase hex.
 pub fn encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
