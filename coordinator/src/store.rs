@@ -352,11 +352,7 @@ impl Store {
             .bind(host.as_str())
             .execute(&mut *transaction)
             .await?;
-        for manifest in manifests {
-            save_manifest(&mut transaction, manifest).await?;
-        }
-        transaction.commit().await?;
-        Ok(())
+        commit_with_manifests(transaction, manifests).await
     }
 
     /// Creates or replaces a group and stores the manifests that changed, in one transaction.
@@ -372,11 +368,7 @@ impl Store {
             .bind(to_json(selector))
             .execute(&mut *transaction)
             .await?;
-        for manifest in manifests {
-            save_manifest(&mut transaction, manifest).await?;
-        }
-        transaction.commit().await?;
-        Ok(())
+        commit_with_manifests(transaction, manifests).await
     }
 
     /// Deletes a group.
@@ -429,11 +421,7 @@ impl Store {
                     .await?;
             }
         }
-        for manifest in manifests {
-            save_manifest(&mut transaction, manifest).await?;
-        }
-        transaction.commit().await?;
-        Ok(())
+        commit_with_manifests(transaction, manifests).await
     }
 
     /// Sets or clears a hold and stores the manifests it changed, in one transaction.
@@ -448,21 +436,13 @@ impl Store {
             .bind(to_json(scope))
             .execute(&mut *transaction)
             .await?;
-        for manifest in manifests {
-            save_manifest(&mut transaction, manifest).await?;
-        }
-        transaction.commit().await?;
-        Ok(())
+        commit_with_manifests(transaction, manifests).await
     }
 
     /// Stores re-signed manifests (labels, groups or expiry refresh changed them).
     pub async fn save_manifests(&self, manifests: &[StoredManifest]) -> Result<(), StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        for manifest in manifests {
-            save_manifest(&mut transaction, manifest).await?;
-        }
-        transaction.commit().await?;
-        Ok(())
+        let transaction = self.pool.begin().await?;
+        commit_with_manifests(transaction, manifests).await
     }
 
     /// Stores a batch of reports (latest per host) and their events, trimming each
@@ -518,6 +498,19 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Stores `manifests` in the same transaction as the change that produced them, and
+/// commits: a change and its manifests are durable together or not at all.
+async fn commit_with_manifests(
+    mut transaction: sqlx::Transaction<'_, sqlx::Sqlite>,
+    manifests: &[StoredManifest],
+) -> Result<(), StoreError> {
+    for manifest in manifests {
+        save_manifest(&mut transaction, manifest).await?;
+    }
+    transaction.commit().await?;
+    Ok(())
 }
 
 async fn save_manifest(
