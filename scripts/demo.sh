@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The demo. Today it shows the promise everything in drover rests on: a host acts only on
-# a manifest that a threshold of trusted keys signed, recently, for that host. It makes
-# keys, signs a manifest, verifies it as an agent would, and shows hostile variants being
-# refused. (The fleet demo with real systemd hosts arrives with the packaging issue.)
+# The demo. Part 1 shows the promise everything in drover rests on: a host acts only on a
+# manifest that a threshold of trusted keys signed, recently, for that host (keys, a signed
+# manifest verified as an agent would, hostile variants refused). Part 2 runs a coordinator
+# with its embedded defaults, enrolls three hosts with the real agent, and creates a
+# release, a group, a pin and a hold. (The fleet demo with real systemd hosts installing
+# the app arrives with the agent's install loop and the packages.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,5 +53,48 @@ chmod 640 keys/manifest.key
 step "chmod 640 keys/manifest.key; drover keys sign --key keys/manifest.key --type manifest < manifest.json"
 drover keys sign --key keys/manifest.key --type manifest < manifest.json >/dev/null || echo "(exit $?)"
 chmod 600 keys/manifest.key
+
+echo; echo "Part 2: a coordinator with its embedded defaults, three hosts enrolled by the real agent,"
+echo "a release, pins and a hold. (Agents do not install yet: that is issue 4's install loop.)"
+export DROVER_DATA_DIR="$work/coordinator"
+step "drover serve --listen 127.0.0.1:0 --data-dir $DROVER_DATA_DIR &"
+drover serve --listen 127.0.0.1:0 --data-dir "$DROVER_DATA_DIR" 2>"$work/serve.log" &
+serve_pid=$!
+trap 'kill "$serve_pid" 2>/dev/null; wait "$serve_pid" 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 1 100); do [ -s "$DROVER_DATA_DIR/address" ] && break; sleep 0.1; done
+[ -s "$DROVER_DATA_DIR/address" ] || { cat "$work/serve.log"; echo "the coordinator did not start" >&2; exit 1; }
+echo "(listening on $(cat "$DROVER_DATA_DIR/address"); CA, keys, admin token and SQLite created in $DROVER_DATA_DIR)"
+
+for n in 1 2 3; do
+  region=$([ "$n" = 3 ] && echo us || echo eu)
+  step "drover token create --labels env=demo,region=$region"
+  join=$(drover token create --labels "env=demo,region=$region" 2>/dev/null)
+  echo "$join"
+  step "${join%% --token*} --token ... --host-id demo-$n --config $work/demo-$n/agent.toml --state-dir $work/demo-$n/state"
+  # shellcheck disable=SC2086
+  ${join} --host-id "demo-$n" --config "$work/demo-$n/agent.toml" --state-dir "$work/demo-$n/state"
+done
+run drover hosts list
+
+mkdir -p "$work/web/bin"
+printf '#!/bin/sh\nexec python3 -m http.server 8080\n' > "$work/web/bin/web"; chmod +x "$work/web/bin/web"
+tar -czf "$work/web-1.0.0.tar.gz" -C "$work/web" .
+cat > "$work/drover.toml" <<'TOML'
+[service]
+command = ["bin/web"]
+
+[health]
+grace_period = "20s"
+[[health.checks]]
+kind = "http"
+url = "http://127.0.0.1:8080/"
+TOML
+run drover release create web 1.0.0 --spec "$work/drover.toml" --artifact "$work/web-1.0.0.tar.gz"
+run drover groups create eu --selector region=eu
+run drover pin web 1.0.0 --group eu
+run drover hold --host demo-2
+run drover status
+run drover hosts show demo-1
+refused drover pin web 9.9.9
 
 echo; echo "Done. Next: read ARCHITECTURE.md for how the pieces fit."
