@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fetch;
+pub mod install;
 pub mod join;
 pub mod state;
 pub mod tls;

@@ -181,3 +181,91 @@ async fn fetch_detects_a_corrupt_partial_and_recovers_on_the_next_try() {
     assert_eq!(std::fs::read(artifact.path()).expect("read"), content);
     coordinator.stop().await;
 }
+
+/// A tar.gz of a tiny release made with the system's tar: `bin/app` and `etc/app.conf`.
+fn release_tarball(dir: &std::path::Path) -> Vec<u8> {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("bin");
+    std::fs::create_dir_all(tree.join("etc")).expect("etc");
+    std::fs::write(tree.join("bin/app"), "#!/bin/sh\necho hello\n").expect("app");
+    std::fs::write(tree.join("etc/app.conf"), "port = 8080\n").expect("conf");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(tree.join("bin/app"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let archive = dir.join("release.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(status.success());
+    std::fs::read(archive).expect("tarball")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetched_artifact_is_staged_beside_the_running_release() {
+    let scratch = tempfile::tempdir().expect("scratch");
+    let tarball = release_tarball(scratch.path());
+    let (coordinator, agent, url, digest) = setup(&tarball).await;
+    let state = scratch.path().join("state");
+    let cache = Cache::new(state.join("cache"));
+    let artifact = cache
+        .fetch(&agent.http, &url, &digest, tarball.len() as u64)
+        .await
+        .expect("fetch");
+    let app: drover_protocol::AppName = "web".parse().expect("app");
+    let version: drover_protocol::Version = "1.0.0".parse().expect("version");
+    let limits = drover_agent::unpack::UnpackLimits::default();
+    let staged = drover_agent::install::stage(&artifact, &state, &app, &version, &limits).expect("stage");
+    assert_eq!(staged.path(), state.join("apps/web/releases/1.0.0"));
+    assert_eq!(
+        std::fs::read_to_string(staged.path().join("etc/app.conf")).expect("conf"),
+        "port = 8080\n"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(staged.path().join("bin/app"))
+        .expect("app")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o755);
+    let releases = listing(&state.join("apps/web/releases"));
+    assert_eq!(releases, ["1.0.0"], "no staging directory is left behind");
+    // Staging again reuses the complete release.
+    assert_eq!(
+        drover_agent::install::stage(&artifact, &state, &app, &version, &limits).expect("again"),
+        staged
+    );
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_archive_is_refused_and_leaves_no_release() {
+    // Valid as an artifact (its digest matches), but not a tar.gz.
+    let garbage = b"this is not a gzip stream at all".to_vec();
+    let (coordinator, agent, url, digest) = setup(&garbage).await;
+    let scratch = tempfile::tempdir().expect("scratch");
+    let state = scratch.path().join("state");
+    let artifact = Cache::new(state.join("cache"))
+        .fetch(&agent.http, &url, &digest, garbage.len() as u64)
+        .await
+        .expect("fetch");
+    let app: drover_protocol::AppName = "web".parse().expect("app");
+    let version: drover_protocol::Version = "1.0.0".parse().expect("version");
+    let error = drover_agent::install::stage(
+        &artifact,
+        &state,
+        &app,
+        &version,
+        &drover_agent::unpack::UnpackLimits::default(),
+    )
+    .expect_err("refused");
+    assert!(error.to_string().contains("unpacking web 1.0.0"), "{error}");
+    assert!(
+        listing(&state.join("apps/web/releases")).is_empty(),
+        "neither a release nor a staging directory"
+    );
+    coordinator.stop().await;
+}
