@@ -10,6 +10,7 @@ pub mod error;
 pub mod fetch;
 pub mod install;
 pub mod join;
+pub mod plan;
 pub mod state;
 pub mod tls;
 pub mod unpack;
