@@ -148,6 +148,16 @@ struct Rendered {
     expires_at: Timestamp,
 }
 
+impl Rendered {
+    fn of(manifest: &StoredManifest) -> Rendered {
+        Rendered {
+            serial: manifest.serial,
+            content_hash: manifest.content_hash.clone(),
+            expires_at: manifest.expires_at,
+        }
+    }
+}
+
 /// The desired state and the rendering state, changed together under one lock.
 #[derive(Debug, Default)]
 struct Model {
@@ -205,14 +215,7 @@ impl Coordinator {
             .map(|manifest| (manifest.host.clone(), manifest))
             .collect();
         for manifest in stored.values() {
-            model.rendered.insert(
-                manifest.host.clone(),
-                Rendered {
-                    serial: manifest.serial,
-                    content_hash: manifest.content_hash.clone(),
-                    expires_at: manifest.expires_at,
-                },
-            );
+            model.rendered.insert(manifest.host.clone(), Rendered::of(manifest));
         }
         let (report_queue, report_receiver) = mpsc::channel(16_384);
         let coordinator = Coordinator {
@@ -239,14 +242,7 @@ impl Coordinator {
         let changed = coordinator.render(&model, &hosts, now(), RenderMode::Changed);
         coordinator.store.save_manifests(&changed).await?;
         for manifest in &changed {
-            model.rendered.insert(
-                manifest.host.clone(),
-                Rendered {
-                    serial: manifest.serial,
-                    content_hash: manifest.content_hash.clone(),
-                    expires_at: manifest.expires_at,
-                },
-            );
+            model.rendered.insert(manifest.host.clone(), Rendered::of(manifest));
         }
         {
             let mut slots = coordinator.slots.write().expect("slots lock");
@@ -396,14 +392,7 @@ impl Coordinator {
     /// hosts wake now.
     fn applied(&self, model: &mut Model, manifests: &[StoredManifest]) -> ChangeResult {
         for manifest in manifests {
-            model.rendered.insert(
-                manifest.host.clone(),
-                Rendered {
-                    serial: manifest.serial,
-                    content_hash: manifest.content_hash.clone(),
-                    expires_at: manifest.expires_at,
-                },
-            );
+            model.rendered.insert(manifest.host.clone(), Rendered::of(manifest));
         }
         self.publish(model, manifests);
         ChangeResult {
@@ -513,14 +502,7 @@ impl Coordinator {
                 Ok(Ok(())) => unreachable!("matched above"),
             });
         }
-        model.rendered.insert(
-            record.id.clone(),
-            Rendered {
-                serial: manifest.serial,
-                content_hash: manifest.content_hash.clone(),
-                expires_at: manifest.expires_at,
-            },
-        );
+        model.rendered.insert(record.id.clone(), Rendered::of(&manifest));
         let resolved = model.fleet.resolve(&record);
         let (sender, _) = watch::channel(Arc::new(Published::of(&manifest, &resolved, &model.fleet)));
         let slot = HostSlot {

@@ -56,6 +56,13 @@ fn verified(agent: &Agent, poll: Poll, last: Option<LastAccepted>) -> (u64, Stri
     (verified.manifest().serial, etag, apps)
 }
 
+/// Asserts an error answer read from a response: the status and the JSON error code.
+async fn assert_response_error(response: reqwest::Response, expected_status: StatusCode, expected_code: &str) {
+    let status = response.status();
+    let body = response.text().await.expect("body");
+    assert_error(status, &body, expected_status, expected_code);
+}
+
 /// Asserts an error answer: the status and the JSON error code.
 fn assert_error(status: StatusCode, body: &str, expected_status: StatusCode, expected_code: &str) {
     assert_eq!(status, expected_status, "{body}");
@@ -243,13 +250,7 @@ async fn hostile_admin_requests_get_precise_4xx_and_change_nothing() {
 
     // Malformed JSON, unknown fields, invalid names and versions.
     let response = raw(Method::POST, "/v1/admin/tokens", b"{not json").await.expect("send");
-    let status = response.status();
-    assert_error(
-        status,
-        &response.text().await.expect("body"),
-        StatusCode::BAD_REQUEST,
-        "bad_json",
-    );
+    assert_response_error(response, StatusCode::BAD_REQUEST, "bad_json").await;
     let (status, body) = admin
         .call(
             Method::POST,
@@ -297,25 +298,13 @@ async fn hostile_admin_requests_get_precise_4xx_and_change_nothing() {
         .send()
         .await
         .expect("send");
-    let status = response.status();
-    assert_error(
-        status,
-        &response.text().await.expect("body"),
-        StatusCode::UNAUTHORIZED,
-        "admin_token_invalid",
-    );
+    assert_response_error(response, StatusCode::UNAUTHORIZED, "admin_token_invalid").await;
     let response = anonymous
         .get(format!("{}/v1/admin/hosts", coordinator.url()))
         .send()
         .await
         .expect("send");
-    let status = response.status();
-    assert_error(
-        status,
-        &response.text().await.expect("body"),
-        StatusCode::UNAUTHORIZED,
-        "admin_token_missing",
-    );
+    assert_response_error(response, StatusCode::UNAUTHORIZED, "admin_token_missing").await;
 
     // Releases are immutable: same version, other artifact -> 409; identical -> accepted.
     admin.release("web", "1.0.0", b"v1".to_vec()).await;
@@ -386,13 +375,7 @@ async fn hostile_enrollment_is_refused_and_changes_nothing() {
         .send()
         .await
         .expect("send");
-    let status = response.status();
-    assert_error(
-        status,
-        &response.text().await.expect("body"),
-        StatusCode::BAD_REQUEST,
-        "bad_csr",
-    );
+    assert_response_error(response, StatusCode::BAD_REQUEST, "bad_csr").await;
     // ...and the token was not used up by the failed attempt.
     Agent::join(&url, &admin.ca_pem, &token.token, "web-05")
         .await
@@ -424,13 +407,7 @@ async fn hostile_agent_requests_are_refused() {
         .send()
         .await
         .expect("send");
-    let status = response.status();
-    assert_error(
-        status,
-        &response.text().await.expect("body"),
-        StatusCode::UNAUTHORIZED,
-        "client_certificate_required",
-    );
+    assert_response_error(response, StatusCode::UNAUTHORIZED, "client_certificate_required").await;
 
     // Reporting for another host.
     let (status, body) = web1
@@ -446,13 +423,7 @@ async fn hostile_agent_requests_are_refused() {
         .send()
         .await
         .expect("send");
-    let status = response.status();
-    assert_error(
-        status,
-        &response.text().await.expect("body"),
-        StatusCode::BAD_REQUEST,
-        "bad_json",
-    );
+    assert_response_error(response, StatusCode::BAD_REQUEST, "bad_json").await;
     let mut huge = report_for(&web1, 1, "web", "1.0.0", AppState::Failed);
     huge.manifest_rejection = Some("x".repeat(300 * 1024));
     let (status, body) = web1.report(&huge).await;
@@ -469,13 +440,7 @@ async fn hostile_agent_requests_are_refused() {
         .send()
         .await
         .expect("send");
-    let status = response.status();
-    assert_error(
-        status,
-        &response.text().await.expect("body"),
-        StatusCode::BAD_REQUEST,
-        "bad_wait",
-    );
+    assert_response_error(response, StatusCode::BAD_REQUEST, "bad_wait").await;
 
     // A client certificate from another CA does not even complete the TLS handshake.
     let other = TestCoordinator::start().await;
@@ -539,13 +504,7 @@ async fn artifacts_stream_with_ranges_and_bad_uploads_leave_nothing() {
         .send()
         .await
         .expect("get");
-    let status = response.status();
-    assert_error(
-        status,
-        &response.text().await.expect("body"),
-        StatusCode::FORBIDDEN,
-        "artifact_not_in_manifest",
-    );
+    assert_response_error(response, StatusCode::FORBIDDEN, "artifact_not_in_manifest").await;
 
     let full = agent
         .http
@@ -585,26 +544,14 @@ async fn artifacts_stream_with_ranges_and_bad_uploads_leave_nothing() {
     // A digest not in the manifest, and a malformed one.
     let missing = format!("{url}/v1/artifacts/{}", drover_protocol::Digest::of(b"nothing"));
     let response = agent.http.get(missing).send().await.expect("get");
-    let status = response.status();
-    assert_error(
-        status,
-        &response.text().await.expect("body"),
-        StatusCode::FORBIDDEN,
-        "artifact_not_in_manifest",
-    );
+    assert_response_error(response, StatusCode::FORBIDDEN, "artifact_not_in_manifest").await;
     let response = agent
         .http
         .get(format!("{url}/v1/artifacts/sha256:xyz"))
         .send()
         .await
         .expect("get");
-    let status = response.status();
-    assert_error(
-        status,
-        &response.text().await.expect("body"),
-        StatusCode::BAD_REQUEST,
-        "bad_digest",
-    );
+    assert_response_error(response, StatusCode::BAD_REQUEST, "bad_digest").await;
 
     let blobs = coordinator.data_dir.join("blobs").join("sha256");
     let count = || std::fs::read_dir(&blobs).expect("blobs").count();
@@ -623,13 +570,7 @@ async fn artifacts_stream_with_ranges_and_bad_uploads_leave_nothing() {
         .send()
         .await
         .expect("upload");
-    let status = response.status();
-    assert_error(
-        status,
-        &response.text().await.expect("body"),
-        StatusCode::BAD_REQUEST,
-        "digest_mismatch",
-    );
+    assert_response_error(response, StatusCode::BAD_REQUEST, "digest_mismatch").await;
     assert_eq!(count(), before, "nothing stored, no temporary file left");
 
     // A truncated upload: the body stream fails half way.
