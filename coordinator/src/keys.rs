@@ -40,15 +40,11 @@ fn root_key_file(index: u32) -> String {
 pub fn init(args: &InitArgs, now: Timestamp, out: &mut dyn Write) -> Result<(), Error> {
     let document = create_key_dir(&args.dir, args.root_keys, args.root_threshold, args.expires_in, now)?;
 
+    let rows = key_rows(&args.dir, Some(&document))?;
     match args.output {
-        Output::Json => print_json(out, &summary_json(&args.dir, &document))?,
+        Output::Json => print_json(out, &summary_json(&args.dir, &rows, &document))?,
         Output::Table => {
-            show_table(
-                out,
-                &args.dir,
-                &key_rows(&args.dir, Some(&document))?,
-                Some((&document, now)),
-            )?;
+            show_table(out, &args.dir, &rows, Some((&document, now)))?;
             writeln!(out).map_err(stdout_error)?;
             writeln!(
                 out,
@@ -222,10 +218,10 @@ pub fn show(args: &ShowArgs, now: Timestamp, out: &mut dyn Write) -> Result<(), 
     let rows = key_rows(&args.dir, document.as_ref())?;
     match args.output {
         Output::Json => {
-            let mut value = document
-                .as_ref()
-                .map_or_else(|| json!({ "trust": null }), |d| summary_json(&args.dir, d));
-            value["keys"] = rows_json(&rows);
+            let mut value = document.as_ref().map_or_else(
+                || json!({ "trust": null, "keys": rows_json(&rows) }),
+                |d| summary_json(&args.dir, &rows, d),
+            );
             value["trust_expired"] = json!(document.as_ref().map(|document| document.expires_at <= now));
             print_json(out, &value)
         }
@@ -239,9 +235,8 @@ fn rows_json(rows: &[KeyRow]) -> serde_json::Value {
         .collect()
 }
 
-fn summary_json(dir: &Path, document: &TrustDocument) -> serde_json::Value {
-    let rows = key_rows(dir, Some(document)).unwrap_or_default();
-    json!({ "dir": dir, "keys": rows_json(&rows), "trust": document })
+fn summary_json(dir: &Path, rows: &[KeyRow], document: &TrustDocument) -> serde_json::Value {
+    json!({ "dir": dir, "keys": rows_json(rows), "trust": document })
 }
 
 fn show_table(
