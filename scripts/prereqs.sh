@@ -24,3 +24,8 @@ if ! have_cargo; then
   echo "cargo not found and Debian's cargo-web could not be installed; install Rust 1.90+ and rerun" >&2
   exit 1
 fi
+
+# Real systemd hosts for the end-to-end suites (SPEC.md §7): systemd-nspawn and the
+# debootstrap that builds their cached rootfs.
+command -v systemd-nspawn >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
+  || apt_install systemd-container debootstrap

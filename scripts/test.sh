@@ -17,6 +17,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "building the binaries the CLI tests run"
 cargo build --workspace --bins --locked
 
+log "the cached rootfs of the real systemd test hosts (built once, then reused)"
+bash scripts/rootfs.sh >/dev/null
+
 log "benchmarks, smoke run (debug build, tiny sizes: proves they work, measures nothing)"
 cargo test --workspace --benches --locked
 

@@ -26,6 +26,20 @@ pub enum Command {
     ///
     /// Example: drover-agent join https://deploy.example.com:8443 --token 3q2+... --ca-sha256 9f86d0...
     Join(JoinArgs),
+    /// Run the agent: poll the coordinator, install what it signed, report.
+    ///
+    /// Long-polls the host's manifest, accepts it only if the pinned trust vouches for
+    /// it, installs each app's release beside the running one, switches, restarts its
+    /// unit through systemd, checks health and rolls back on its own. Runs until
+    /// SIGTERM; the apps keep running when it stops. Normally started by
+    /// drover-agent.service.
+    ///
+    /// Example: drover-agent run --config /etc/drover/agent.toml
+    Run(RunArgs),
+    /// Show what this host runs, as the agent sees it (no network needed).
+    ///
+    /// Example: drover-agent status -o json
+    Status(StatusArgs),
     /// Validate the configuration and the pinned trust document; exit 64 on bad config.
     ///
     /// Example: drover-agent check --config /etc/drover/agent.toml
@@ -76,6 +90,31 @@ pub struct JoinArgs {
     /// Replace an identity this host already has.
     #[arg(long)]
     pub force: bool,
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `drover-agent run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Override the coordinator URL.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// Override the heartbeat / poll interval (e.g. 30s).
+    #[arg(long)]
+    pub poll_interval: Option<String>,
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `drover-agent status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: crate::status::Output,
     /// Configuration.
     #[command(flatten)]
     pub config: ConfigArgs,

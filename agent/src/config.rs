@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use drover_protocol::spec::ByteSize;
 use drover_protocol::{Duration, HostId};
 use serde::Deserialize;
 
@@ -37,6 +38,8 @@ pub struct ConfigFile {
     pub poll_interval: Option<String>,
     /// How long a long-poll may wait at the coordinator.
     pub long_poll: Option<String>,
+    /// The most one release may unpack to (e.g. `2G`): a gzip bomb stops here.
+    pub max_release_size: Option<String>,
     /// Extra labels (informational).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -68,6 +71,8 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// Long-poll wait.
     pub long_poll: Duration,
+    /// The most one release may unpack to, in bytes.
+    pub max_release_size: u64,
     /// Extra labels.
     pub labels: BTreeMap<String, String>,
 }
@@ -154,6 +159,18 @@ pub fn validate(file: ConfigFile, overrides: &Overrides, hostname: &str) -> Resu
         (1, 3600),
     );
     let long_poll = duration("long_poll", file.long_poll, Duration::from_secs(60), (0, 300));
+    let max_release_size = match file.max_release_size.as_deref().map(str::parse::<ByteSize>) {
+        None => crate::unpack::DEFAULT_MAX_TOTAL_BYTES,
+        Some(Ok(size)) if size.bytes() >= 1 << 20 => size.bytes(),
+        Some(Ok(_)) => {
+            problems.push("max_release_size must be at least 1M".to_owned());
+            crate::unpack::DEFAULT_MAX_TOTAL_BYTES
+        }
+        Some(Err(error)) => {
+            problems.push(format!("max_release_size: {error}"));
+            crate::unpack::DEFAULT_MAX_TOTAL_BYTES
+        }
+    };
     for (key, value) in &file.labels {
         if key.is_empty() || value.is_empty() || key.len() > 63 || value.len() > 63 {
             problems.push(format!(
@@ -168,6 +185,7 @@ pub fn validate(file: ConfigFile, overrides: &Overrides, hostname: &str) -> Resu
             state_dir,
             poll_interval,
             long_poll,
+            max_release_size,
             labels: file.labels,
         }),
         _ => Err(problems),

@@ -40,6 +40,9 @@ pub enum Error {
         "this host has not joined a coordinator yet ({0} has no identity); run the `drover-agent join ...` line printed by `drover token create`"
     )]
     NotJoined(PathBuf),
+    /// The agent's own state cannot be used (unreadable record, unusable identity, no systemd).
+    #[error("{0}")]
+    State(String),
     /// Reading a file failed.
     #[error("{operation} {path}: {source}")]
     Io {
@@ -60,7 +63,8 @@ impl Error {
             | Error::Io { .. }
             | Error::Join(_)
             | Error::Key(_)
-            | Error::NotJoined(_) => exit::FAILURE,
+            | Error::NotJoined(_)
+            | Error::State(_) => exit::FAILURE,
         }
     }
 }

@@ -179,7 +179,12 @@ impl Cache {
                 let _ = tokio::fs::remove_file(&partial).await;
                 return Err(io("writing", &partial)(error));
             }
+            let before = received;
             received += chunk.len() as u64;
+            if before < size / 2 && received >= size / 2 {
+                file.sync_all().await.map_err(io("syncing", &partial))?;
+                crate::faults::pause_point("mid-download", self.root.parent().unwrap_or(&self.root));
+            }
         }
         file.sync_all().await.map_err(io("syncing", &partial))?;
         drop(file);

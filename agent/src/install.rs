@@ -99,6 +99,12 @@ pub fn stage(
     std::fs::create_dir(&staging).map_err(io("creating", &staging))?;
     let result = (|| {
         let archive = std::fs::File::open(artifact.path()).map_err(io("opening", artifact.path()))?;
+        let archive = PauseHalfway {
+            inner: archive,
+            read: 0,
+            halfway: artifact.size() / 2,
+            state_dir: state_dir.to_path_buf(),
+        };
         unpack(std::io::BufReader::with_capacity(256 * 1024, archive), &staging, limits).map_err(|source| {
             StageError::Unpack {
                 app: app.clone(),
@@ -114,6 +120,76 @@ pub fn stage(
         let _ = std::fs::remove_dir_all(&staging);
     }
     result.map(|()| staged)
+}
+
+/// A reader that stops at the `mid-unpack` fault point halfway through the archive.
+struct PauseHalfway<R> {
+    inner: R,
+    read: u64,
+    halfway: u64,
+    state_dir: PathBuf,
+}
+
+impl<R: std::io::Read> std::io::Read for PauseHalfway<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let count = self.inner.read(buffer)?;
+        let before = self.read;
+        self.read += count as u64;
+        if before < self.halfway && self.read >= self.halfway {
+            crate::faults::pause_point("mid-unpack", &self.state_dir);
+        }
+        Ok(count)
+    }
+}
+
+/// The versions complete on disk for `app` (`releases/<version>` directories; staging
+/// leftovers are not releases).
+pub fn staged_versions(state_dir: &Path, app: &AppName) -> std::collections::BTreeSet<Version> {
+    let Ok(entries) = std::fs::read_dir(releases_dir(state_dir, app)) else {
+        return std::collections::BTreeSet::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Deletes `app`'s releases beyond the newest `keep` (by when they were staged), never
+/// one in `protected`; returns what it removed. Staging leftovers go too.
+pub fn prune(
+    state_dir: &Path,
+    app: &AppName,
+    keep: usize,
+    protected: &std::collections::BTreeSet<Version>,
+) -> std::io::Result<Vec<Version>> {
+    clean_staging(state_dir, app)?;
+    let releases = releases_dir(state_dir, app);
+    let mut dated: Vec<(std::time::SystemTime, Version)> = Vec::new();
+    for version in staged_versions(state_dir, app) {
+        let modified = std::fs::symlink_metadata(releases.join(version.as_str()))?.modified()?;
+        dated.push((modified, version));
+    }
+    // Newest first; the protected ones count towards `keep`.
+    dated.sort_by(|a, b| b.cmp(a));
+    let mut kept = protected.len();
+    let mut removed = Vec::new();
+    for (_, version) in dated {
+        if protected.contains(&version) {
+            continue;
+        }
+        if kept < keep {
+            kept += 1;
+            continue;
+        }
+        let path = releases.join(version.as_str());
+        // Rename first so a crash never leaves a half-deleted directory under a release name.
+        let doomed = releases.join(format!(".staging-removing-{version}"));
+        std::fs::rename(&path, &doomed)?;
+        std::fs::remove_dir_all(&doomed)?;
+        removed.push(version);
+    }
+    Ok(removed)
 }
 
 /// Removes staging directories an interrupted install left behind.

@@ -1,18 +1,31 @@
-//! drover's host agent as a library: enrollment (`join`), configuration and state
-//! (`check`), and `verify` / `verify-trust`, which run the exact checks the agent applies
-//! to manifests and trust rotations before acting. The install loop comes with issue 4.
+//! drover's host agent as a library: enrollment (`join`), the agent itself (`run`: poll,
+//! verify, fetch, stage, switch, restart, check health, roll back, report), its local
+//! view (`status`), configuration and state (`check`), and `verify` / `verify-trust`,
+//! which run the exact checks the agent applies to manifests and trust rotations.
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod executor;
+pub mod faults;
 pub mod fetch;
+pub mod health;
+pub mod hooks;
 pub mod install;
 pub mod join;
+pub mod local;
+pub mod notify;
 pub mod plan;
+pub mod reporting;
+pub mod run;
 pub mod state;
+pub mod status;
+pub mod systemd;
 pub mod tls;
+pub mod unit;
 pub mod unpack;
 pub mod verify;
 
@@ -29,23 +42,43 @@ fn hostname() -> String {
 }
 
 fn load_config(args: &cli::ConfigArgs, required: bool) -> Result<config::AgentConfig, Error> {
+    load_config_with(args, required, config::Overrides::default())
+}
+
+fn load_config_with(
+    args: &cli::ConfigArgs,
+    required: bool,
+    overrides: config::Overrides,
+) -> Result<config::AgentConfig, Error> {
     let overrides = config::Overrides {
         host_id: args.host_id.clone(),
         state_dir: args.state_dir.clone(),
-        ..config::Overrides::default()
+        ..overrides
     };
     Ok(config::load(&args.config, required, &overrides, &hostname())?)
 }
 
-/// Runs one `drover-agent` command with the given clock and streams.
+/// Runs one `drover-agent` command with the given clock and streams; `shutdown`
+/// completes on SIGTERM (only `run` waits for it).
 pub async fn run(
     cli: cli::Cli,
     now: Timestamp,
     stdin: &mut dyn Read,
     out: &mut dyn Write,
     err: &mut dyn Write,
+    shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     match cli.command {
+        cli::Command::Run(args) => {
+            let overrides = config::Overrides {
+                coordinator: args.coordinator.clone(),
+                poll_interval: args.poll_interval.clone(),
+                ..config::Overrides::default()
+            };
+            let config = load_config_with(&args.config, true, overrides)?;
+            run::run(&config, shutdown).await
+        }
+        cli::Command::Status(args) => status::status(&load_config(&args.config, false)?, args.output, out),
         cli::Command::Join(args) => {
             let config = load_config(&args.config, false)?;
             let options = join::JoinOptions {

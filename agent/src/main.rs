@@ -1,5 +1,6 @@
-//! The `drover-agent` binary: install the TLS crypto provider, parse the command line,
-//! run it, map the outcome to an exit code (64 for bad configuration).
+//! The `drover-agent` binary: install the TLS crypto provider, set up logging, parse the
+//! command line, run it with SIGTERM/SIGINT as the shutdown signal, and map the outcome
+//! to an exit code (64 for bad configuration).
 
 use std::process::ExitCode;
 
@@ -7,13 +8,48 @@ use clap::Parser as _;
 use drover_agent::{cli::Cli, run};
 use drover_protocol::Timestamp;
 
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut terminate), Ok(mut interrupt)) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
 fn main() -> ExitCode {
     if rustls::crypto::ring::default_provider().install_default().is_err() {
         eprintln!("drover-agent: a TLS crypto provider was already installed");
         return ExitCode::FAILURE;
     }
+    // Under systemd stderr goes to the journal, which stamps time and unit itself.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // DROVER_LOG=debug|info|warn|error (a level, not a filter: no regex engine in the agent).
+    let level = std::env::var("DROVER_LOG")
+        .ok()
+        .and_then(|text| text.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    let logging = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false);
+    if journald {
+        logging.without_time().init();
+    } else {
+        logging.init();
+    }
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("drover-agent: starting the async runtime failed: {error}");
@@ -21,8 +57,16 @@ fn main() -> ExitCode {
         }
     };
     let now = Timestamp::from_system(std::time::SystemTime::now());
-    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-    let outcome = runtime.block_on(run(cli, now, &mut stdin.lock(), &mut stdout.lock(), &mut stderr.lock()));
+    // Unlocked handles: holding stderr's lock here would block every log line written
+    // from another thread (the unpacker runs on the blocking pool) for good.
+    let outcome = runtime.block_on(run(
+        cli,
+        now,
+        &mut std::io::stdin(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+        shutdown_signal(),
+    ));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

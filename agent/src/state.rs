@@ -3,7 +3,8 @@
 //! atomically (write, fsync, rename); private files are 0600.
 //!
 //! ```text
-//! <state-dir>/                 0700
+//! <state-dir>/                 0755 (apps reach their releases through it)
+//!   identity/                  0700
 //!   identity/host.key          the host's private key (0600)
 //!   identity/host.pem          its client certificate
 //!   identity/ca.pem            the coordinator's CA (pinned by hash at join)
@@ -83,12 +84,16 @@ impl StateDir {
         self.root.join("manifest.dsse")
     }
 
-    /// Creates the directory tree (0700).
+    /// Creates the directory tree: the root 0755 (apps running as other users, or as a
+    /// systemd `DynamicUser`, must reach their releases under it), `identity/` 0700.
     pub fn create(&self) -> std::io::Result<()> {
+        DirBuilder::new().recursive(true).mode(0o755).create(&self.root)?;
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(self.identity_dir())
+            .create(self.identity_dir())?;
+        // An existing identity directory keeps the mode it was made with; make sure.
+        std::fs::set_permissions(self.identity_dir(), std::os::unix::fs::PermissionsExt::from_mode(0o700))
     }
 
     /// Whether the host has joined (an identity exists).

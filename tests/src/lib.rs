@@ -2,7 +2,9 @@
 //! fresh by each test, so no private key is ever committed), and the paths of the built
 //! `drover` and `drover-agent` binaries for CLI tests.
 
+pub mod e2e;
 pub mod fleet;
+pub mod hosts;
 
 use std::path::PathBuf;
 

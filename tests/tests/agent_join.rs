@@ -83,7 +83,8 @@ async fn join_pins_the_ca_stores_a_private_identity_and_check_passes() {
     let state = dir.join("state");
     let mode = |path: &Path| std::fs::metadata(path).expect("exists").permissions().mode() & 0o777;
     assert_eq!(mode(&state.join("identity/host.key")), 0o600);
-    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("identity")), 0o700, "the identity is private");
+    assert_eq!(mode(&state), 0o755, "apps running as other users reach their releases");
     assert!(state.join("trust.json").is_file());
     let config = std::fs::read_to_string(dir.join("agent.toml")).expect("config written");
     assert!(

@@ -1,0 +1,55 @@
+//! Jittered exponential backoff for talking to a coordinator that is down: 1 s, 2 s, 4 s
+//! ... up to a cap, each delay drawn at random from its upper half so a fleet that lost
+//! its coordinator at the same moment does not come back at the same moment (no
+//! thundering herd on recovery). The caller resets the failure count on success.
+
+use std::time::Duration;
+
+/// The first delay.
+const BASE: Duration = Duration::from_secs(1);
+
+/// The delay after `failures` consecutive failures (1 = the first), capped at `cap`,
+/// with `random` choosing where in `[delay/2, delay]` it falls. Pure.
+pub fn delay_with(failures: u32, cap: Duration, random: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(20);
+    let full = BASE
+        .saturating_mul(1 << exponent)
+        .min(cap)
+        .max(Duration::from_millis(2));
+    let half = full / 2;
+    let span = u64::try_from((full - half).as_millis()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_millis(u64::from(random) % span)
+}
+
+/// [`delay_with`] with a random draw from the system's generator.
+pub fn delay(failures: u32, cap: Duration) -> Duration {
+    let mut bytes = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    delay_with(failures, cap, u32::from_le_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn delays_double_up_to_the_cap() {
+        let cap = Duration::from_secs(60);
+        let top = |failures| delay_with(failures, cap, u32::MAX - 1);
+        assert!(top(1) <= Duration::from_secs(1));
+        assert!(top(2) <= Duration::from_secs(2) && top(2) > Duration::from_secs(1));
+        assert!(top(7) <= cap && top(7) >= cap / 2);
+        assert!(top(1000) <= cap, "no overflow after many failures");
+    }
+
+    proptest! {
+        #[test]
+        fn every_delay_is_within_half_and_all_of_its_step(failures in 1u32..64, random in any::<u32>(), cap_s in 1u64..600) {
+            let cap = Duration::from_secs(cap_s);
+            let delay = delay_with(failures, cap, random);
+            let full = BASE.saturating_mul(1 << failures.saturating_sub(1).min(20)).min(cap);
+            prop_assert!(delay >= full / 2 && delay <= full, "{delay:?} outside [{:?}, {full:?}]", full / 2);
+        }
+    }
+}

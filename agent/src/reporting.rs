@@ -1,0 +1,277 @@
+//! What the agent tells the coordinator, and how: the install loop updates a shared
+//! [`Status`] (a short lock, never held across I/O) and the reporter, a task of its own,
+//! sends it on every change and as a heartbeat. So a stuck download or a hanging hook
+//! can delay nothing but itself: the coordinator keeps hearing from the host.
+//!
+//! Events are sent until the coordinator has taken them (a failed report keeps them for
+//! the next one, bounded by the protocol's limit, oldest dropped first). Every report
+//! built is also written to `<state>/status.json` for `drover-agent status`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use drover_protocol::report::{
+    AgentFacts, AppReport, AppState, HostReport, MAX_REPORT_EVENTS, MAX_TEXT, REPORT_SCHEMA,
+};
+use drover_protocol::{AppName, HostId, Timestamp, Version};
+use tokio::sync::{Notify, watch};
+
+/// The host as the agent sees it, shared by the install loop and the reporter.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// The serial of the manifest being acted on.
+    pub manifest_serial: Option<u64>,
+    /// Whether that manifest holds the host.
+    pub held: bool,
+    /// Why the last manifest was refused, until one is accepted.
+    pub manifest_rejection: Option<String>,
+    /// Per app.
+    pub apps: BTreeMap<AppName, AppReport>,
+    /// Events not yet taken by the coordinator, each with its sequence number.
+    events: VecDeque<(u64, drover_protocol::report::ReportEvent)>,
+    next_event: u64,
+}
+
+/// Shortens text to what a report may carry, on a character boundary.
+pub fn bounded(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_TEXT - 3;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// A handle on the shared status that wakes the reporter on every change.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    status: Arc<Mutex<Status>>,
+    changed: Arc<Notify>,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared::new()
+    }
+}
+
+impl Shared {
+    /// An empty status.
+    pub fn new() -> Shared {
+        Shared {
+            status: Arc::new(Mutex::new(Status::default())),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Changes the status and wakes the reporter.
+    pub fn update(&self, change: impl FnOnce(&mut Status)) {
+        {
+            let mut status = self.status.lock().expect("status lock");
+            change(&mut status);
+        }
+        self.changed.notify_one();
+    }
+
+    /// Records an event (also logged).
+    pub fn event(&self, at: Timestamp, app: Option<&AppName>, message: impl Into<String>) {
+        let message = bounded(&message.into());
+        match app {
+            Some(app) => tracing::info!(%app, "{message}"),
+            None => tracing::info!("{message}"),
+        }
+        self.update(|status| {
+            if status.events.len() == MAX_REPORT_EVENTS {
+                status.events.pop_front();
+            }
+            let sequence = status.next_event;
+            status.next_event += 1;
+            status.events.push_back((
+                sequence,
+                drover_protocol::report::ReportEvent {
+                    at,
+                    app: app.cloned(),
+                    message,
+                },
+            ));
+        });
+    }
+
+    /// Sets one app's state (and clears or sets its last error).
+    pub fn app_state(
+        &self,
+        app: &AppName,
+        current: Option<&Version>,
+        desired: Option<&Version>,
+        state: AppState,
+        error: Option<String>,
+    ) {
+        self.update(|status| {
+            let entry = status.apps.entry(app.clone()).or_insert_with(|| AppReport {
+                current: None,
+                desired: None,
+                state,
+                health: None,
+                last_error: None,
+                bad_versions: Vec::new(),
+            });
+            entry.current = current.cloned();
+            entry.desired = desired.cloned();
+            entry.state = state;
+            entry.last_error = error.as_deref().map(bounded);
+        });
+    }
+
+    /// Changes one app's report in place, if it is known.
+    pub fn with_app(&self, app: &AppName, change: impl FnOnce(&mut AppReport)) {
+        self.update(|status| {
+            if let Some(entry) = status.apps.get_mut(app) {
+                change(entry);
+            }
+        });
+    }
+
+    /// The report as it stands, and a mark to pass to [`Shared::sent`] once the
+    /// coordinator has taken it.
+    pub fn report(&self, host: &HostId, facts: &AgentFacts, now: Timestamp) -> (HostReport, u64) {
+        let status = self.status.lock().expect("status lock");
+        let events: Vec<_> = status.events.iter().map(|(_, event)| event.clone()).collect();
+        let count = status.next_event;
+        (
+            HostReport {
+                schema: REPORT_SCHEMA,
+                host: host.clone(),
+                sent_at: now,
+                manifest_serial: status.manifest_serial,
+                held: status.held,
+                manifest_rejection: status.manifest_rejection.clone(),
+                facts: facts.clone(),
+                apps: status.apps.clone(),
+                events,
+            },
+            count,
+        )
+    }
+
+    /// Drops the events a report carried (those before `mark`): the coordinator has them.
+    /// Events recorded since stay, even when the queue was full and rotated meanwhile.
+    pub fn sent(&self, mark: u64) {
+        let mut status = self.status.lock().expect("status lock");
+        status.events.retain(|(sequence, _)| *sequence >= mark);
+    }
+
+    /// Waits for the next change.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// Where and how the reporter sends.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    /// `https://coordinator/v1/agent/report`.
+    pub url: String,
+    /// The mTLS client.
+    pub client: reqwest::Client,
+    /// This host.
+    pub host: HostId,
+    /// Its facts.
+    pub facts: AgentFacts,
+    /// Heartbeat interval.
+    pub heartbeat: StdDuration,
+    /// Where the last report is written for `drover-agent status`.
+    pub status_file: PathBuf,
+}
+
+impl Reporter {
+    /// Sends a report on every change (coalesced over a short window) and every
+    /// heartbeat, until `shutdown`; then one last report.
+    pub async fn run(self, shared: Shared, mut shutdown: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        loop {
+            self.send(&shared, &mut failures).await;
+            let wait = if failures == 0 {
+                self.heartbeat
+            } else {
+                crate::backoff::delay(failures, self.heartbeat)
+            };
+            tokio::select! {
+                () = shared.changed() => {
+                    // Let a burst of changes (state + event) go out as one report.
+                    tokio::time::sleep(StdDuration::from_millis(100)).await;
+                }
+                () = tokio::time::sleep(wait) => {}
+                () = crate::run::stopped(&mut shutdown) => break,
+            }
+        }
+        self.send(&shared, &mut failures).await;
+    }
+
+    async fn send(&self, shared: &Shared, failures: &mut u32) {
+        let now = Timestamp::from_system(std::time::SystemTime::now());
+        let (report, count) = shared.report(&self.host, &self.facts, now);
+        let body = serde_json::to_vec(&report).expect("reports serialize");
+        if let Err(error) = drover_protocol::keyfile::write_atomic(&self.status_file, &body, 0o644) {
+            tracing::warn!("writing {}: {error}", self.status_file.display());
+        }
+        let outcome = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .timeout(StdDuration::from_secs(20))
+            .send()
+            .await;
+        match outcome {
+            Ok(response) if response.status().is_success() => {
+                shared.sent(count);
+                *failures = 0;
+            }
+            Ok(response) => {
+                *failures += 1;
+                tracing::warn!("the coordinator refused a report: HTTP {}", response.status());
+            }
+            Err(error) => {
+                *failures += 1;
+                tracing::warn!("sending a report failed: {}", crate::error::chain(&error));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_bounded_and_dropped_once_sent() {
+        let shared = Shared::new();
+        let app: AppName = "web".parse().expect("app");
+        for index in 0..(MAX_REPORT_EVENTS + 5) {
+            shared.event(Timestamp::EPOCH, Some(&app), format!("event {index}"));
+        }
+        let host: HostId = "web-01".parse().expect("host");
+        let facts = crate::join::facts();
+        let (report, count) = shared.report(&host, &facts, Timestamp::EPOCH);
+        assert_eq!(report.events.len(), MAX_REPORT_EVENTS);
+        assert_eq!(report.events[0].message, "event 5", "the oldest are dropped first");
+        assert!(report.check().is_ok());
+        shared.event(Timestamp::EPOCH, None, "after the report was built");
+        shared.sent(count);
+        let (report, _) = shared.report(&host, &facts, Timestamp::EPOCH);
+        assert_eq!(report.events.len(), 1, "only what came after the sent report remains");
+        assert_eq!(report.events[0].message, "after the report was built");
+    }
+
+    #[test]
+    fn long_texts_are_bounded_on_a_character_boundary() {
+        let text = "é".repeat(MAX_TEXT);
+        let short = bounded(&text);
+        assert!(short.len() <= MAX_TEXT);
+        assert!(short.ends_with("..."));
+    }
+}

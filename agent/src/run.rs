@@ -1,0 +1,316 @@
+//! `drover-agent run`: the agent's life. Three tasks share one small runtime:
+//!
+//! - the **poller** (this function's own loop) long-polls the host's manifest with its
+//!   ETag, accepts a new one only through [`drover_protocol::accept`], persists the
+//!   accepted serial and issued-at *before* handing it on, and backs off with jitter
+//!   while the coordinator is unreachable (the host keeps running what it runs);
+//! - the **reconciler** finishes any interrupted switch (the journal), then brings the
+//!   host to the latest accepted manifest, retrying failed steps later;
+//! - the **reporter** ([`crate::reporting`]) reports every change and a heartbeat.
+//!
+//! SIGTERM (the `shutdown` future) stops polling, lets the reconciler finish its step
+//! for up to [`DRAIN`], sends a last report and returns. Apps are their own units: the
+//! agent stopping or restarting never stops them.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use drover_protocol::api::MAX_WAIT_SECONDS;
+use drover_protocol::manifest::MAX_MANIFEST_BYTES;
+use drover_protocol::{Manifest, Timestamp, Trust, accept};
+use tokio::sync::watch;
+
+use crate::config::AgentConfig;
+use crate::error::Error;
+use crate::executor::{Executor, UNIT_DIR};
+use crate::fetch::Cache;
+use crate::notify::Notifier;
+use crate::reporting::{Reporter, Shared};
+use crate::state::StateDir;
+
+/// How long SIGTERM waits for the install step in progress (below the unit's
+/// `TimeoutStopSec=30`).
+pub const DRAIN: StdDuration = StdDuration::from_secs(20);
+
+/// The longest wait between attempts while the coordinator is down.
+const BACKOFF_CAP: StdDuration = StdDuration::from_secs(60);
+
+fn now() -> Timestamp {
+    Timestamp::from_system(std::time::SystemTime::now())
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let state = StateDir::new(&config.state_dir);
+    if !state.joined() {
+        return Err(Error::NotJoined(state.root().to_path_buf()));
+    }
+    let Some(coordinator) = config.coordinator.clone() else {
+        return Err(Error::NotJoined(state.root().to_path_buf()));
+    };
+    let coordinator = coordinator.trim_end_matches('/').to_owned();
+    let identity = state.load_identity()?;
+    let trust_bytes = std::fs::read(state.trust()).map_err(|source| Error::Io {
+        operation: "reading",
+        path: state.trust(),
+        source,
+    })?;
+    let trust = Trust::bootstrap(&trust_bytes, now()).map_err(|rejection| Error::Trust {
+        path: state.trust(),
+        rejection,
+    })?;
+    let tls = crate::tls::host_config(&identity.ca_pem, &identity.certificate_pem, &identity.key_pem)
+        .map_err(|detail| Error::State(format!("the stored identity is unusable: {detail}")))?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(StdDuration::from_secs(10))
+        .pool_max_idle_per_host(2)
+        .build()
+        .map_err(|error| Error::State(format!("HTTP client: {error}")))?;
+    let records = crate::local::load_all(&config.state_dir).map_err(Error::State)?;
+    let systemd = crate::systemd::Systemd::connect()
+        .await
+        .map_err(|error| Error::State(format!("cannot talk to systemd: {error}")))?;
+
+    let status = Shared::new();
+    for (app, record) in &records {
+        let current = record.current.as_ref().map(|release| &release.version);
+        // Until the reconciler has looked: an interrupted switch is still starting.
+        let state = if record.activation.is_some() {
+            drover_protocol::report::AppState::Starting
+        } else {
+            drover_protocol::report::AppState::Healthy
+        };
+        status.app_state(app, current, current, state, None);
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reporter = Reporter {
+        url: format!("{coordinator}/v1/agent/report"),
+        client: client.clone(),
+        host: config.host_id.clone(),
+        facts: crate::join::facts(),
+        heartbeat: config.poll_interval.to_std().max(StdDuration::from_secs(1)),
+        status_file: config.state_dir.join("status.json"),
+    };
+    let reporter_task = tokio::spawn(reporter.run(status.clone(), stop_rx.clone()));
+
+    // The last accepted manifest, checked again (the file could have been tampered with);
+    // its own issued-at is the clock, so an old but once-accepted manifest still counts.
+    let mut last = state.last_accepted().map_err(Error::State)?;
+    let stored = match (last, std::fs::read(state.manifest())) {
+        (Some(accepted), Ok(bytes)) => match accept(&bytes, &trust, &config.host_id, None, accepted.issued_at) {
+            Ok(verified) => Some(Arc::new(verified.manifest().clone())),
+            Err(rejection) => {
+                tracing::warn!("the stored manifest no longer verifies ({rejection}); waiting for a new one");
+                None
+            }
+        },
+        _ => None,
+    };
+    let (desired_tx, desired_rx) = watch::channel::<Option<Arc<Manifest>>>(stored);
+
+    let executor = Executor {
+        state_dir: config.state_dir.clone(),
+        unit_dir: UNIT_DIR.into(),
+        cache: Cache::new(config.state_dir.join("cache")),
+        client: client.clone(),
+        systemd,
+        limits: crate::unpack::UnpackLimits {
+            max_total_bytes: config.max_release_size,
+            ..crate::unpack::UnpackLimits::default()
+        },
+        status: status.clone(),
+        records,
+    };
+    let mut reconciler = tokio::spawn(reconcile_loop(
+        executor,
+        desired_rx,
+        stop_rx.clone(),
+        config.poll_interval.to_std(),
+    ));
+
+    let notifier = Notifier::from_env();
+    notifier.notify("READY=1");
+    tracing::info!(
+        "drover-agent {} polling {coordinator} as {}",
+        env!("CARGO_PKG_VERSION"),
+        config.host_id
+    );
+    let poller = Poller {
+        url: format!("{coordinator}/v1/agent/manifest"),
+        client,
+        wait: config.long_poll.to_std().as_secs().min(MAX_WAIT_SECONDS),
+        interval: config.poll_interval.to_std(),
+        etag: last.map(|accepted| format!("\"{}\"", accepted.serial)),
+    };
+    let watchdog = Notifier::watchdog_interval();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut failures = 0u32;
+    let mut poller = poller;
+    loop {
+        let pause = tokio::select! {
+            outcome = poller.poll() => match outcome {
+                PollOutcome::NotModified => {
+                    failures = 0;
+                    if poller.wait == 0 { poller.interval } else { StdDuration::ZERO }
+                }
+                PollOutcome::Manifest { bytes, etag } => {
+                    failures = 0;
+                    poller.etag = etag;
+                    let stored = std::fs::read(state.manifest()).ok();
+                    if stored.as_deref() != Some(bytes.as_slice()) {
+                        match accept(&bytes, &trust, &config.host_id, last, now()) {
+                            Ok(verified) => {
+                                // Persist before acting: a crash from here on never lets a
+                                // lower serial back in.
+                                state.save_accepted(verified.last_accepted(), verified.envelope())?;
+                                last = Some(verified.last_accepted());
+                                let manifest = verified.manifest().clone();
+                                status.update(|status| status.manifest_rejection = None);
+                                status.event(now(), None, format!("accepted manifest serial {}", manifest.serial));
+                                desired_tx.send_replace(Some(Arc::new(manifest)));
+                            }
+                            Err(rejection) => {
+                                let reason = rejection.to_string();
+                                status.update(|status| status.manifest_rejection = Some(crate::reporting::bounded(&reason)));
+                                status.event(now(), None, format!("rejected a manifest: {reason}"));
+                            }
+                        }
+                    }
+                    StdDuration::ZERO
+                }
+                PollOutcome::Failed(reason) => {
+                    failures += 1;
+                    let delay = crate::backoff::delay(failures, BACKOFF_CAP);
+                    tracing::warn!("polling failed ({reason}); retrying in {:.1}s", delay.as_secs_f64());
+                    if failures == 1 {
+                        status.event(now(), None, format!("the coordinator is unreachable: {reason}"));
+                    }
+                    delay
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if watchdog.is_some() {
+            notifier.notify("WATCHDOG=1");
+        }
+        if !pause.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = &mut shutdown => break,
+            }
+        }
+    }
+    notifier.notify("STOPPING=1");
+    tracing::info!("draining: waiting up to {}s for the step in progress", DRAIN.as_secs());
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN, &mut reconciler).await.is_err() {
+        // The journal makes this as safe as a crash: the next start finishes the step.
+        reconciler.abort();
+        tracing::warn!("the install step did not finish in time; it resumes at the next start");
+    }
+    let _ = tokio::time::timeout(StdDuration::from_secs(5), reporter_task).await;
+    Ok(())
+}
+
+async fn reconcile_loop(
+    mut executor: Executor,
+    mut desired: watch::Receiver<Option<Arc<Manifest>>>,
+    mut stop: watch::Receiver<bool>,
+    retry: StdDuration,
+) {
+    executor.recover().await;
+    let mut failures = 0u32;
+    loop {
+        let manifest = desired.borrow_and_update().clone();
+        let complete = match &manifest {
+            Some(manifest) => executor.reconcile(manifest).await,
+            None => true,
+        };
+        failures = if complete { 0 } else { failures + 1 };
+        let again = (!complete).then(|| crate::backoff::delay(failures, retry.max(StdDuration::from_secs(5))));
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() { break },
+            () = async {
+                match again {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            () = stopped(&mut stop) => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+}
+
+#[derive(Debug)]
+enum PollOutcome {
+    NotModified,
+    Manifest { bytes: Vec<u8>, etag: Option<String> },
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct Poller {
+    url: String,
+    client: reqwest::Client,
+    wait: u64,
+    interval: StdDuration,
+    etag: Option<String>,
+}
+
+impl Poller {
+    async fn poll(&self) -> PollOutcome {
+        let mut request = self
+            .client
+            .get(format!("{}?wait={}", self.url, self.wait))
+            .timeout(StdDuration::from_secs(self.wait + 30));
+        if let Some(etag) = &self.etag {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return PollOutcome::Failed(crate::error::chain(&error)),
+        };
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED {
+            return PollOutcome::NotModified;
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<drover_protocol::api::ErrorBody>(&body)
+                .map(|error| error.error)
+                .unwrap_or_default();
+            return PollOutcome::Failed(format!("HTTP {status} {message}").trim().to_owned());
+        }
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let mut bytes = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    bytes.extend_from_slice(&chunk);
+                    if bytes.len() > MAX_MANIFEST_BYTES {
+                        // Enough to be refused as too large by the acceptance check.
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => return PollOutcome::Failed(crate::error::chain(&error)),
+            }
+        }
+        PollOutcome::Manifest { bytes, etag }
+    }
+}
+
+/// Completes once `stop` says so (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}

@@ -1,0 +1,398 @@
+//! The end-to-end fleet: a real `drover serve` process on 127.0.0.1 and real systemd
+//! hosts ([`crate::hosts`]) running the real `drover-agent` under its unit
+//! (`systemd/drover-agent.service`), joined with a token from the real `drover` CLI.
+//! The sample app (`drover-sample-app`) is packed into release tarballs here.
+//!
+//! Everything is torn down on drop, also when a test panics: hosts power off, the
+//! coordinator process is killed by its PID.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::binary;
+use crate::hosts::{Host, HostOptions};
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the caller).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A `drover serve` process with its own data directory.
+#[derive(Debug)]
+pub struct CoordinatorProcess {
+    child: Option<Child>,
+    /// The data directory (kept across restarts).
+    pub data_dir: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    log: PathBuf,
+    _scratch: tempfile::TempDir,
+}
+
+impl CoordinatorProcess {
+    /// Starts a coordinator on a free port with a fresh data directory.
+    pub fn start() -> anyhow::Result<CoordinatorProcess> {
+        let scratch = tempfile::Builder::new()
+            .prefix("drover-e2e-coordinator-")
+            .tempdir()
+            .context("scratch directory")?;
+        let mut coordinator = CoordinatorProcess {
+            child: None,
+            data_dir: scratch.path().join("data"),
+            port: free_port(),
+            log: scratch.path().join("serve.log"),
+            _scratch: scratch,
+        };
+        coordinator.resume()?;
+        Ok(coordinator)
+    }
+
+    /// The URL hosts use.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the process again on the same port and data directory (after [`stop`]).
+    ///
+    /// [`stop`]: CoordinatorProcess::stop
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .context("coordinator log")?;
+        let child = Command::new(binary("drover"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("log handle")?)
+            .stderr(log)
+            .spawn()
+            .context("starting drover serve")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.data_dir.join("address").exists()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("drover serve did not listen within 30 s; log:\n{}", self.log_text())
+    }
+
+    /// Stops the process (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the `drover` CLI against this coordinator.
+    pub fn drover(&self, args: &[&str]) -> Output {
+        Command::new(binary("drover"))
+            .args(args)
+            .env("DROVER_DATA_DIR", &self.data_dir)
+            .env_remove("DROVER_ADDR")
+            .env_remove("DROVER_TOKEN")
+            .env_remove("DROVER_CA")
+            .output()
+            .expect("running drover")
+    }
+
+    /// Runs the `drover` CLI and returns stdout; an error carries stderr.
+    pub fn drover_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = self.drover(args);
+        if !output.status.success() {
+            bail!(
+                "drover {} failed ({}): {}{}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `drover hosts show HOST -o json`.
+    pub fn host_json(&self, host: &str) -> anyhow::Result<serde_json::Value> {
+        let text = self.drover_ok(&["hosts", "show", host, "-o", "json"])?;
+        serde_json::from_str(&text).context("hosts show -o json")
+    }
+}
+
+impl Drop for CoordinatorProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- coordinator log (tail) ----\n{}", tail(&self.log_text(), 60));
+        }
+        self.stop();
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// How a sample-app release behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Serves its version and a healthy `/healthz`.
+    Good,
+    /// `/healthz` answers 500.
+    FailsHealth,
+    /// Exits 1 right after start (systemd restarts it in a loop).
+    Crashes,
+}
+
+/// A place for release files.
+#[derive(Debug)]
+pub struct Releases {
+    dir: tempfile::TempDir,
+}
+
+impl Releases {
+    /// A fresh directory.
+    pub fn new() -> anyhow::Result<Releases> {
+        Ok(Releases {
+            dir: tempfile::Builder::new()
+                .prefix("drover-e2e-releases-")
+                .tempdir()
+                .context("releases directory")?,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `sample-<version>.tar.gz`: `bin/drover-sample-app`, `VERSION`, and `padding`
+    /// random bytes in `data/padding` (to make downloads take a while).
+    pub fn tarball(&self, version: &str, padding: usize) -> anyhow::Result<PathBuf> {
+        let tree = self.dir.path().join(format!("tree-{version}"));
+        std::fs::create_dir_all(tree.join("bin"))?;
+        std::fs::create_dir_all(tree.join("data"))?;
+        std::fs::copy(binary("drover-sample-app"), tree.join("bin/drover-sample-app"))?;
+        std::fs::write(tree.join("VERSION"), version)?;
+        let mut random = vec![0u8; padding];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).expect("random");
+        std::fs::write(tree.join("data/padding"), random)?;
+        let tarball = self.dir.path().join(format!("sample-{version}.tar.gz"));
+        run_ok(
+            Command::new("tar")
+                .arg("-czf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&tree)
+                .arg("."),
+        )?;
+        Ok(tarball)
+    }
+
+    /// A spec (`drover.toml`) for the sample app on `port`.
+    pub fn spec(&self, name: &str, port: u16, behaviour: Behaviour) -> anyhow::Result<PathBuf> {
+        let fail = match behaviour {
+            Behaviour::Good => "",
+            Behaviour::FailsHealth => "FAIL = \"health\"\n",
+            Behaviour::Crashes => "FAIL = \"crash\"\n",
+        };
+        let text = format!(
+            r#"keep_releases = 3
+
+[service]
+command = ["bin/drover-sample-app", "--listen", "127.0.0.1:{port}"]
+restart = "on-failure"
+
+[service.environment]
+{fail}
+[health]
+grace_period = "8s"
+interval = "500ms"
+successes = 2
+
+[[health.checks]]
+kind = "http"
+url = "http://127.0.0.1:{port}/healthz"
+timeout = "1s"
+"#
+        );
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+/// Runs a command; an error carries its output.
+pub fn run_ok(command: &mut Command) -> anyhow::Result<String> {
+    let output = command.output().with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The agent's unit name.
+pub const AGENT_UNIT: &str = "drover-agent.service";
+
+/// A booted host with the agent installed, joined and running.
+#[derive(Debug)]
+pub struct AgentHost {
+    /// The host (powered off on drop).
+    pub host: Host,
+    /// Its host id.
+    pub id: String,
+}
+
+impl AgentHost {
+    /// Boots a host, installs `drover-agent` and its unit, joins `coordinator` with a
+    /// fresh token, and starts the agent (which waits for its READY notification).
+    pub fn start(name: &str, coordinator: &CoordinatorProcess, options: &HostOptions) -> anyhow::Result<AgentHost> {
+        AgentHost::start_with(name, coordinator, options, "")
+    }
+
+    /// [`AgentHost::start`] with extra lines for `/etc/drover/agent.toml`.
+    pub fn start_with(
+        name: &str,
+        coordinator: &CoordinatorProcess,
+        options: &HostOptions,
+        extra_config: &str,
+    ) -> anyhow::Result<AgentHost> {
+        let host = Host::boot(name, options)?;
+        host.copy_in(&binary("drover-agent"), "/usr/bin/drover-agent", 0o755)?;
+        host.copy_in(
+            &repo_root().join("systemd/drover-agent.service"),
+            "/etc/systemd/system/drover-agent.service",
+            0o644,
+        )?;
+        let id = host.name().to_owned();
+        let join = coordinator.drover_ok(&["token", "create"])?;
+        let words: Vec<&str> = join.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|word| *word == "join")
+            .with_context(|| format!("no join line in {join:?}"))?;
+        let mut argv = vec!["drover-agent"];
+        argv.extend(&words[at..]);
+        argv.extend(["--host-id", &id]);
+        host.check(&argv)?;
+        // Short intervals so tests see changes quickly; the long-poll makes pins immediate.
+        let config = String::from_utf8(host.read_file("/etc/drover/agent.toml")?).context("agent.toml")?;
+        let config = format!("{config}poll_interval = \"5s\"\nlong_poll = \"30s\"\n{extra_config}");
+        host.write_file("/etc/drover/agent.toml", config.as_bytes(), 0o644)?;
+        host.check(&["systemctl", "daemon-reload"])?;
+        host.check(&["systemctl", "start", AGENT_UNIT])?;
+        Ok(AgentHost { host, id })
+    }
+
+    /// `drover-agent status -o json` inside the host.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let text = self.host.check(&["drover-agent", "status", "-o", "json"])?;
+        serde_json::from_str(&text).context("drover-agent status -o json")
+    }
+
+    /// The status of one app in `drover-agent status`.
+    pub fn app_status(&self, app: &str) -> Option<serde_json::Value> {
+        let status = self.status().ok()?;
+        status["apps"]
+            .as_array()?
+            .iter()
+            .find(|entry| entry["app"] == app)
+            .cloned()
+    }
+
+    /// What the app on `port` answers at `/` (from the machine: hosts share loopback).
+    pub fn get(port: u16, path: &str) -> Option<String> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.").then(|| body.trim().to_owned())
+    }
+
+    /// Waits until the app on `port` answers `drover-sample-app VERSION`.
+    pub fn wait_serving(&self, port: u16, version: &str, timeout: Duration) -> anyhow::Result<()> {
+        let expected = format!("drover-sample-app {version}");
+        self.host.wait_until(
+            &format!("the app on port {port} to serve {version}"),
+            timeout,
+            Duration::from_millis(100),
+            || AgentHost::get(port, "/").as_deref() == Some(expected.as_str()),
+        )
+    }
+
+    /// Waits until `drover-agent status` shows `app` in `state`.
+    pub fn wait_state(&self, app: &str, state: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        self.wait_status(app, &format!("{app} to be {state}"), timeout, |entry| {
+            entry["state"] == state
+        })
+    }
+
+    /// Waits until `drover-agent status` shows `app` healthy on `version`, no switch pending.
+    pub fn wait_healthy(&self, app: &str, version: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        self.wait_status(app, &format!("{app} {version} to be healthy"), timeout, |entry| {
+            entry["state"] == "healthy" && entry["current"] == version && entry["interrupted"].is_null()
+        })
+    }
+
+    /// Waits until `drover-agent status` shows `app` meeting `condition`.
+    pub fn wait_status(
+        &self,
+        app: &str,
+        description: &str,
+        timeout: Duration,
+        condition: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut last = None;
+        self.host.wait_until(
+            &format!("{description} in drover-agent status"),
+            timeout,
+            Duration::from_millis(200),
+            || {
+                last = self.app_status(app);
+                last.as_ref().is_some_and(&condition)
+            },
+        )?;
+        Ok(last.unwrap_or_default())
+    }
+
+    /// The agent's main PID inside the host.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.host.pid_of_unit(AGENT_UNIT)
+    }
+}
