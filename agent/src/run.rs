@@ -145,7 +145,18 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         interval: config.poll_interval.to_std(),
         etag: last.map(|accepted| format!("\"{}\"", accepted.serial)),
     };
-    let watchdog = Notifier::watchdog_interval();
+    // The watchdog proves the runtime turns: the agent is one thread, so a step that
+    // blocked it would stop these pings and systemd would restart the agent.
+    let notifier = Arc::new(notifier);
+    if let Some(interval) = Notifier::watchdog_interval() {
+        let notifier = Arc::clone(&notifier);
+        tokio::spawn(async move {
+            loop {
+                notifier.notify("WATCHDOG=1");
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
     let mut shutdown = std::pin::pin!(shutdown);
     let mut failures = 0u32;
     let mut poller = poller;
@@ -193,9 +204,6 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
             },
             () = &mut shutdown => break,
         };
-        if watchdog.is_some() {
-            notifier.notify("WATCHDOG=1");
-        }
         if !pause.is_zero() {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}

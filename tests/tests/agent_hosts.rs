@@ -88,6 +88,25 @@ fn deploys_upgrades_and_rolls_back_a_failing_release_on_a_real_host() {
         unit.contains("/var/lib/drover/apps/web/current/bin/drover-sample-app"),
         "{unit}"
     );
+    let verified = host.host.exec(&[
+        "systemd-analyze",
+        "verify",
+        "/etc/systemd/system/drover-agent.service",
+        "/etc/systemd/system/drover-web.service",
+    ]);
+    assert!(
+        verified.status.success() && verified.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert_eq!(
+        host.host
+            .check(&["systemctl", "is-enabled", "drover-web.service"])
+            .expect("is-enabled")
+            .trim(),
+        "enabled",
+        "the app comes back after a reboot without the agent"
+    );
 
     pin(&coordinator, "2");
     host.wait_serving(port, "2", CONVERGE).expect("v2 serves");
