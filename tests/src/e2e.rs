@@ -396,3 +396,159 @@ impl AgentHost {
         self.host.pid_of_unit(AGENT_UNIT)
     }
 }
+
+/// A hostile coordinator: it holds the real coordinator's CA key (so the agent's TLS
+/// checks pass, as they would against a compromised network position with a stolen
+/// server key) and serves whatever manifest bytes the test sets, recording the reports
+/// the agent sends. What stands between it and the host is the manifest check alone.
+#[derive(Debug)]
+pub struct Impostor {
+    state: std::sync::Arc<std::sync::Mutex<ImpostorState>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct ImpostorState {
+    manifest: Vec<u8>,
+    generation: u64,
+    reports: Vec<serde_json::Value>,
+    files: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl Impostor {
+    /// Serves on 127.0.0.1:`port` with a server certificate issued by the CA in `data_dir`.
+    pub fn start(data_dir: &Path, port: u16) -> anyhow::Result<Impostor> {
+        let ca_pem = std::fs::read_to_string(data_dir.join("ca.pem")).context("ca.pem")?;
+        let ca_key = std::fs::read_to_string(data_dir.join("ca.key")).context("ca.key")?;
+        let ca = drover_coordinator::pki::Ca::load(&ca_pem, &ca_key).context("loading the CA")?;
+        let now = drover_protocol::Timestamp::from_system(std::time::SystemTime::now());
+        let (cert, key) = ca
+            .issue_server(&["127.0.0.1".to_owned()], now)
+            .context("issuing a server certificate")?;
+        let tls = drover_coordinator::server::tls_config(ca.cert_der(), &format!("{cert}{ca_pem}"), &key)
+            .map_err(anyhow::Error::msg)?;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).context("binding the impostor")?;
+        listener.set_nonblocking(true)?;
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ImpostorState::default()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shared = std::sync::Arc::clone(&state);
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("impostor runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                let mut stopped = stopped;
+                loop {
+                    let (stream, _) = tokio::select! {
+                        accepted = listener.accept() => match accepted { Ok(pair) => pair, Err(_) => continue },
+                        _ = &mut stopped => break,
+                    };
+                    let acceptor = acceptor.clone();
+                    let shared = std::sync::Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(stream).await else { return };
+                        let service = hyper::service::service_fn(move |request| {
+                            let shared = std::sync::Arc::clone(&shared);
+                            async move { Ok::<_, std::convert::Infallible>(impostor_answer(request, &shared).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        Ok(Impostor {
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Serves `bytes` as the manifest from now on (a new ETag).
+    pub fn serve(&self, bytes: Vec<u8>) {
+        let mut state = self.state.lock().expect("impostor state");
+        state.manifest = bytes;
+        state.generation += 1;
+    }
+
+    /// Serves `bytes` at `path` (e.g. an artifact's `/v1/artifacts/sha256:...`).
+    pub fn serve_file(&self, path: &str, bytes: Vec<u8>) {
+        self.state
+            .lock()
+            .expect("impostor state")
+            .files
+            .insert(path.to_owned(), bytes);
+    }
+
+    /// The reports received so far.
+    pub fn reports(&self) -> Vec<serde_json::Value> {
+        self.state.lock().expect("impostor state").reports.clone()
+    }
+}
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn impostor_answer(
+    request: hyper::Request<hyper::body::Incoming>,
+    shared: &std::sync::Mutex<ImpostorState>,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    use http_body_util::BodyExt as _;
+    let respond = |status: u16, etag: Option<String>, body: Vec<u8>| {
+        let mut response = hyper::Response::builder().status(status);
+        if let Some(etag) = etag {
+            response = response.header("etag", etag);
+        }
+        response
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+            .expect("response")
+    };
+    let path = request.uri().path().to_owned();
+    if path == "/v1/agent/report" {
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|body| body.to_bytes())
+            .unwrap_or_default();
+        if let Ok(report) = serde_json::from_slice(&body) {
+            shared.lock().expect("impostor state").reports.push(report);
+        }
+        return respond(204, None, Vec::new());
+    }
+    if path == "/v1/agent/manifest" {
+        let known = request
+            .headers()
+            .get("if-none-match")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let (etag, manifest) = {
+            let state = shared.lock().expect("impostor state");
+            (format!("\"impostor-{}\"", state.generation), state.manifest.clone())
+        };
+        if known.as_deref() == Some(etag.as_str()) || manifest.is_empty() {
+            // A short long-poll: the test changes the manifest at any time.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return respond(304, Some(etag), Vec::new());
+        }
+        return respond(200, Some(etag), manifest);
+    }
+    let file = shared.lock().expect("impostor state").files.get(&path).cloned();
+    match file {
+        Some(bytes) => respond(200, None, bytes),
+        None => respond(404, None, b"{\"error\":\"not here\"}".to_vec()),
+    }
+}

@@ -163,6 +163,25 @@ fn deploys_upgrades_and_rolls_back_a_failing_release_on_a_real_host() {
         serde_json::from_str(&coordinator.drover_ok(&["status", "-o", "json"]).expect("drover status")).expect("json");
     assert_eq!(fleet["apps"]["web"]["versions"]["2"], 1, "{fleet:#}");
     assert_eq!(host.app_status("web").expect("web")["current"], "2");
+
+    // The agent stopping (SIGTERM: drain) and starting again never touches the app.
+    let app_pid = host.host.pid_of_unit("drover-web.service").expect("app pid");
+    host.host
+        .check(&["systemctl", "stop", "drover-agent.service"])
+        .expect("stop agent");
+    assert_eq!(AgentHost::get(port, "/").as_deref(), Some("drover-sample-app 2"));
+    host.host
+        .check(&["systemctl", "start", "drover-agent.service"])
+        .expect("start agent");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        host.host.pid_of_unit("drover-web.service"),
+        Some(app_pid),
+        "the app was not restarted"
+    );
+    assert_eq!(AgentHost::get(port, "/").as_deref(), Some("drover-sample-app 2"));
+    let journal = host.host.journal_lines(Some("drover-agent.service"), 200);
+    assert!(journal.contains("draining"), "SIGTERM drains: {journal}");
 }
 
 /// One raw tar entry: (path, type flag, mode, link target, data).
@@ -500,7 +519,8 @@ fn coordinator_outage_is_survived_with_backoff_on_a_real_host() {
 
     coordinator.stop();
     let outage = std::time::Instant::now();
-    while outage.elapsed() < Duration::from_secs(40) {
+    // Minutes, as an operator's coordinator maintenance would be.
+    while outage.elapsed() < Duration::from_secs(125) {
         assert_eq!(
             AgentHost::get(port, "/").as_deref(),
             Some("drover-sample-app 1"),
@@ -515,11 +535,12 @@ fn coordinator_outage_is_survived_with_backoff_on_a_real_host() {
         .filter_map(|rest| rest.trim_end_matches('s').trim_end().trim_end_matches('s').parse().ok())
         .collect();
     assert!(delays.len() >= 3, "retries are logged: {journal}");
-    assert!(delays.len() <= 12, "backoff, not a tight loop: {delays:?}");
+    // 1, 2, 4, 8, 16, 32, 60, 60 s ... at most, jittered into [d/2, d]: about 8 to 12 tries in 125 s.
+    assert!(delays.len() <= 16, "backoff, not a tight loop: {delays:?}");
     let largest = delays.iter().copied().fold(0.0, f64::max);
     assert!(
-        (4.0..=60.0).contains(&largest),
-        "delays grow and stay capped: {delays:?}"
+        (30.0..=60.0).contains(&largest),
+        "delays grow to the cap and stay under it: {delays:?}"
     );
 
     coordinator.resume().expect("coordinator back");
@@ -557,5 +578,147 @@ fn disk_full_during_download_keeps_the_old_release_on_a_real_host() {
     assert!(
         !cache.contains(".partial"),
         "a failed download does not keep the disk full: {cache}"
+    );
+}
+
+#[test]
+fn hostile_manifests_are_reported_and_change_nothing_on_a_real_host() {
+    use drover_protocol::Manifest;
+    use drover_protocol::dsse::Envelope;
+    use drover_protocol::manifest::MANIFEST_PAYLOAD_TYPE;
+    use drover_tests::e2e::Impostor;
+
+    let mut coordinator = CoordinatorProcess::start().expect("coordinator");
+    let releases = Releases::new().expect("releases");
+    let port = free_port();
+    release(&coordinator, &releases, "1", port, Behaviour::Good, 0);
+    let v2_tarball = release(&coordinator, &releases, "2", port, Behaviour::Good, 0);
+    let host = AgentHost::start("e2e-forged", &coordinator, &HostOptions::default()).expect("agent host");
+    pin(&coordinator, "1");
+    host.wait_serving(port, "1", CONVERGE).expect("v1 serves");
+    host.wait_healthy("web", "1", CONVERGE).expect("v1 healthy");
+
+    // What the host accepted last, and a desired state that would move it to v2.
+    let accepted = host
+        .host
+        .read_file("/var/lib/drover/manifest.dsse")
+        .expect("accepted manifest");
+    let envelope: serde_json::Value = serde_json::from_slice(&accepted).expect("envelope");
+    let payload = drover_tests::base64_decode(envelope["payload"].as_str().expect("payload"));
+    let current: Manifest = serde_json::from_slice(&payload).expect("manifest");
+    let mut upgrade = current.clone();
+    let v2 = serde_json::from_str::<serde_json::Value>(
+        &coordinator
+            .drover_ok(&["release", "list", "web", "-o", "json"])
+            .expect("release list"),
+    )
+    .expect("json");
+    let v2 = v2
+        .as_array()
+        .and_then(|list| list.iter().find(|release| release["version"] == "2"))
+        .expect("release 2")
+        .clone();
+    let web: drover_protocol::AppName = "web".parse().expect("app");
+    let release_v2 = upgrade.apps.get_mut(&web).expect("web");
+    release_v2.version = "2".parse().expect("version");
+    release_v2.artifact = serde_json::from_value(v2["artifact"].clone()).expect("artifact");
+    upgrade.serial = current.serial + 1;
+    let key = drover_protocol::keyfile::read_signing_key(&coordinator.data_dir.join("keys/manifest.key")).expect("key");
+
+    // The network is hostile from here on: the impostor holds the CA key, not the trust.
+    coordinator.stop();
+    let impostor = Impostor::start(&coordinator.data_dir, coordinator.port).expect("impostor");
+    let (stranger, _) =
+        drover_protocol::SigningKey::generate(&ring::rand::SystemRandom::new()).expect("a key the trust lacks");
+    let sign = |manifest: &Manifest, key: &drover_protocol::SigningKey| manifest.sign(&[key]);
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+    let mut replayed = upgrade.clone();
+    replayed.serial = current.serial;
+    cases.push((
+        "replayed serial",
+        sign(&replayed, &key),
+        "not greater than the last accepted",
+    ));
+    let mut other_host = upgrade.clone();
+    other_host.host = "someone-else".parse().expect("host");
+    cases.push(("another host's manifest", sign(&other_host, &key), "for host"));
+    let mut expired = upgrade.clone();
+    expired.issued_at = drover_protocol::Timestamp::from_unix(1_700_000_000);
+    expired.expires_at = drover_protocol::Timestamp::from_unix(1_700_003_600);
+    cases.push(("expired", sign(&expired, &key), "expired"));
+    cases.push((
+        "signed by an unknown key",
+        sign(&upgrade, &stranger),
+        "not an authorised",
+    ));
+    let mut tampered: serde_json::Value = serde_json::from_slice(&sign(&current, &key)).expect("envelope");
+    tampered["payload"] = drover_tests::base64_encode(&upgrade.to_payload()).into();
+    cases.push((
+        "altered payload",
+        serde_json::to_vec(&tampered).expect("json"),
+        "does not verify",
+    ));
+    cases.push((
+        "wrong payload type",
+        Envelope::sign("application/vnd.other+json", &upgrade.to_payload(), &[&key]).to_json(),
+        "payload type",
+    ));
+    let mut future = upgrade.clone();
+    future.schema = 99;
+    cases.push(("unknown schema", sign(&future, &key), "schema"));
+    cases.push((
+        "not an envelope",
+        b"{\"hello\":\"world\"}".to_vec(),
+        "not a valid signed envelope",
+    ));
+    cases.push(("oversized", vec![b' '; (1 << 20) + 10], "over the limit"));
+    assert_eq!(envelope["payloadType"], MANIFEST_PAYLOAD_TYPE);
+
+    for (name, bytes, fragment) in cases {
+        impostor.serve(bytes);
+        let mut last = serde_json::Value::Null;
+        host.host
+            .wait_until(
+                &format!("the rejection of the {name} manifest in a report"),
+                CONVERGE,
+                Duration::from_millis(200),
+                || {
+                    last = impostor.reports().last().cloned().unwrap_or_default();
+                    last["manifest_rejection"]
+                        .as_str()
+                        .is_some_and(|reason| reason.contains(fragment))
+                },
+            )
+            .unwrap_or_else(|error| panic!("{name}: {error}\nlast report: {last:#}"));
+        assert_eq!(
+            AgentHost::get(port, "/").as_deref(),
+            Some("drover-sample-app 1"),
+            "{name}: the host keeps running what it accepted"
+        );
+        let status = host.status().expect("status");
+        assert_eq!(
+            status["manifest_serial"], current.serial,
+            "{name}: nothing accepted: {status:#}"
+        );
+        assert_eq!(
+            host.host
+                .read_file("/var/lib/drover/manifest.dsse")
+                .expect("accepted manifest"),
+            accepted,
+            "{name}: the stored manifest is untouched"
+        );
+    }
+
+    // The genuine upgrade, through the same hostile channel, is taken: the signature is
+    // what counts, not the server.
+    let url = v2["artifact"]["url"].as_str().expect("artifact url");
+    let path = &url[url.find("/v1/").expect("artifact path")..];
+    impostor.serve_file(path, std::fs::read(&v2_tarball).expect("v2 tarball"));
+    impostor.serve(sign(&upgrade, &key));
+    host.wait_serving(port, "2", CONVERGE)
+        .expect("a genuine manifest still works");
+    assert_eq!(
+        host.status().expect("status")["manifest_rejection"],
+        serde_json::Value::Null
     );
 }
