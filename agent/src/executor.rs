@@ -262,6 +262,12 @@ impl Executor {
                 failed.insert(app);
             }
         }
+        // Also after a switch that a restart finished (recover): prune is idempotent.
+        for (app, release) in &desired.apps {
+            if !failed.contains(app) {
+                self.prune(app, release.spec.keep_releases.get());
+            }
+        }
         let keep: Vec<Digest> = desired
             .apps
             .values()

@@ -205,6 +205,12 @@ impl Releases {
         let mut random = vec![0u8; padding];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).expect("random");
         std::fs::write(tree.join("data/padding"), random)?;
+        // A setuid bit the agent must strip (the spec does not allow it).
+        std::fs::write(tree.join("bin/helper"), "#!/bin/sh\n")?;
+        std::fs::set_permissions(
+            tree.join("bin/helper"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+        )?;
         let tarball = self.dir.path().join(format!("sample-{version}.tar.gz"));
         run_ok(
             Command::new("tar")
@@ -232,6 +238,7 @@ command = ["bin/drover-sample-app", "--listen", "127.0.0.1:{port}"]
 restart = "on-failure"
 
 [service.environment]
+APP_STAGE = "staged"
 {fail}
 [health]
 grace_period = "8s"
@@ -242,6 +249,13 @@ successes = 2
 kind = "http"
 url = "http://127.0.0.1:{port}/healthz"
 timeout = "1s"
+
+[hooks.pre_start]
+command = ["sh", "-c", "echo \"$APP_STAGE\" > pre-start-ran"]
+timeout = "10s"
+
+[hooks.post_start]
+command = ["sh", "-c", "echo ok > post-start-ran"]
 "#
         );
         let path = self.dir.path().join(format!("{name}.toml"));

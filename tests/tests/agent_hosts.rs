@@ -88,6 +88,23 @@ fn deploys_upgrades_and_rolls_back_a_failing_release_on_a_real_host() {
         unit.contains("/var/lib/drover/apps/web/current/bin/drover-sample-app"),
         "{unit}"
     );
+    // Hooks ran from the release with the app's environment; setuid bits were stripped.
+    let release_dir = "/var/lib/drover/apps/web/releases/1";
+    assert_eq!(
+        host.host
+            .read_file(&format!("{release_dir}/pre-start-ran"))
+            .expect("pre_start ran"),
+        b"staged\n"
+    );
+    assert!(
+        host.host.path(&format!("{release_dir}/post-start-ran")).exists(),
+        "post_start ran"
+    );
+    let mode = host
+        .host
+        .check(&["stat", "-c", "%a", &format!("{release_dir}/bin/helper")])
+        .expect("stat");
+    assert_eq!(mode.trim(), "755", "setuid stripped");
     let verified = host.host.exec(&[
         "systemd-analyze",
         "verify",
@@ -504,6 +521,22 @@ fn agent_killed_at_each_install_step_converges_on_a_real_host() {
         assert_eq!(served, version, "{point}: the release directory is complete");
         previous = version;
     }
+    // keep_releases = 3: the three newest stay (current and previous among them), the
+    // cache holds only what the manifest names.
+    host.host
+        .wait_until(
+            "old releases to be pruned",
+            CONVERGE,
+            Duration::from_millis(200),
+            || {
+                host.host
+                    .check_sh("ls /var/lib/drover/apps/web/releases")
+                    .is_ok_and(|list| list.split_whitespace().collect::<Vec<_>>() == ["3", "4", "5"])
+            },
+        )
+        .expect("pruned");
+    let cache = host.host.check_sh("ls /var/lib/drover/cache").expect("ls cache");
+    assert_eq!(cache.split_whitespace().count(), 1, "cache garbage-collected: {cache}");
 }
 
 #[test]
