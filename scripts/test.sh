@@ -20,6 +20,12 @@ cargo build --workspace --bins --locked
 log "the cached rootfs of the real systemd test hosts (built once, then reused)"
 bash scripts/rootfs.sh >/dev/null
 
+log "packages: .deb and .rpm from release builds, then lintian (errors fail the run)"
+bash packaging/build.sh
+command -v lintian >/dev/null 2>&1 || apt_install lintian
+runuser -u nobody -- env HOME=/tmp lintian --fail-on error --pedantic dist/*.deb
+rpm -qp --qf '%{NAME} %{VERSION}-%{RELEASE} %{ARCH}\n' dist/*.rpm
+
 log "benchmarks, smoke run (debug build, tiny sizes: proves they work, measures nothing)"
 cargo test --workspace --benches --locked
 
