@@ -132,21 +132,30 @@ impl std::borrow::Borrow<str> for KeyId {
     }
 }
 
+/// App names whose unit, `drover-<app>.service`, would be one of drover's own.
+pub const RESERVED_APP_NAMES: [&str; 2] = ["agent", "coordinator"];
+
 fn check_app_name(text: &str) -> Result<(), NameError> {
     let ok = (1..=63).contains(&text.len())
         && text
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !text.starts_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(NameError::new(
+    if !ok {
+        return Err(NameError::new(
             "app name",
             text,
             "1 to 63 characters of a-z, 0-9 and '-', not starting with '-'",
-        ))
+        ));
     }
+    if RESERVED_APP_NAMES.contains(&text) {
+        return Err(NameError::new(
+            "app name",
+            text,
+            "a name other than agent or coordinator (drover-agent.service and drover-coordinator.service are drover's own units)",
+        ));
+    }
+    Ok(())
 }
 
 fn check_host_id(text: &str) -> Result<(), NameError> {
@@ -225,6 +234,15 @@ mod tests {
         for bad in ["", "Web", "-web", "we b", "web_1", "web/x", "..", &"a".repeat(64)] {
             assert!(bad.parse::<AppName>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn app_names_that_would_replace_drovers_own_units_are_refused() {
+        for reserved in RESERVED_APP_NAMES {
+            let error = reserved.parse::<AppName>().expect_err(reserved);
+            assert!(error.to_string().contains("drover-agent.service"), "{error}");
+        }
+        assert!("agents".parse::<AppName>().is_ok());
     }
 
     #[test]
