@@ -161,3 +161,26 @@ pub struct VerifyArgs {
     /// The manifest envelope to verify, or `-` for stdin.
     pub file: PathBuf,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_token_starting_with_a_dash_parses_in_the_printed_form() {
+        // Tokens are base64url: about one in 64 starts with '-'.
+        let cli = Cli::try_parse_from([
+            "drover-agent",
+            "join",
+            "https://c:8443",
+            "--token=-evfvSS3XpNaGwGnMZ4SxJ",
+            "--ca-sha256",
+            "ab",
+        ])
+        .expect("parses");
+        let Command::Join(args) = cli.command else {
+            panic!("a join");
+        };
+        assert_eq!(args.token, "-evfvSS3XpNaGwGnMZ4SxJ");
+    }
+}

@@ -440,7 +440,7 @@ impl Coordinator {
             .insert_token(&hash_secret(&token), &request.labels, request.replace, expires_at, now)
             .await?;
         let join_command = format!(
-            "drover-agent join {} --token {token} --ca-sha256 {}",
+            "drover-agent join {} --token={token} --ca-sha256 {}",
             self.config.public_url,
             self.credentials.ca.sha256()
         );

@@ -76,11 +76,11 @@ async fn token_join_manifest_304_pin_long_poll_report_status() {
     let coordinator = TestCoordinator::start().await;
     let admin = &coordinator.admin;
     let token = admin.token(&[("env", "prod")], false).await;
-    assert!(
-        token
-            .join_command
-            .starts_with(&format!("drover-agent join {} --token ", coordinator.url()))
-    );
+    assert!(token.join_command.starts_with(&format!(
+        "drover-agent join {} --token={} ",
+        coordinator.url(),
+        token.token
+    )));
     assert!(token.join_command.contains("--ca-sha256 "));
 
     let agent = Agent::join(&coordinator.url(), &admin.ca_pem, &token.token, "web-01")

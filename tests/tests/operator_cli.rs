@@ -399,9 +399,13 @@ fn token_create_prints_the_join_command_or_json() {
     assert_eq!(line.lines().count(), 1, "one line: {line}");
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&words[..3], ["drover-agent", "join", coordinator.address.as_str()]);
-    assert_eq!(words[3], "--token");
-    assert_eq!(words[5], "--ca-sha256");
-    assert_eq!(words[6].len(), 64, "{line}");
+    // `--token=T`: a token may start with '-', which a separate argument would turn into a flag.
+    assert!(
+        words[3].starts_with("--token=") && words[3].len() > "--token=".len(),
+        "{line}"
+    );
+    assert_eq!(words[4], "--ca-sha256");
+    assert_eq!(words[5].len(), 64, "{line}");
 
     let token: TokenResponse = read_json!(coordinator, &["token", "create", "-o", "json"]);
     assert!(token.join_command.contains(&token.token));
