@@ -24,7 +24,7 @@ log "packages: .deb and .rpm from release builds, then lintian (errors fail the 
 bash packaging/build.sh
 command -v lintian >/dev/null 2>&1 || apt_install lintian
 runuser -u nobody -- env HOME=/tmp lintian --fail-on error --pedantic dist/*.deb
-rpm -qp --qf '%{NAME} %{VERSION}-%{RELEASE} %{ARCH}\n' dist/*.rpm
+bash packaging/check-rpm.sh
 
 log "benchmarks, smoke run (debug build, tiny sizes: proves they work, measures nothing)"
 cargo test --workspace --benches --locked

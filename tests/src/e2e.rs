@@ -278,10 +278,42 @@ pub fn run_ok(command: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// A package built into `dist/` by `packaging/build.sh` (which the test command runs
+/// first): the end-to-end suites install the agent as users do, from its .deb.
+pub fn package(prefix: &str, suffix: &str) -> anyhow::Result<PathBuf> {
+    let dist = repo_root().join("dist");
+    let entries =
+        std::fs::read_dir(&dist).with_context(|| format!("{}: run `bash packaging/build.sh` first", dist.display()))?;
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+            name.starts_with(prefix) && name.ends_with(suffix)
+        })
+        .with_context(|| {
+            format!(
+                "no {prefix}*{suffix} in {}; run `bash packaging/build.sh`",
+                dist.display()
+            )
+        })
+}
+
+/// `dpkg -i` of a package file inside `host`; returns dpkg's output.
+pub fn install_package(host: &Host, package: &Path) -> anyhow::Result<String> {
+    let name = package
+        .file_name()
+        .and_then(|name| name.to_str())
+        .context("package file name")?;
+    let inside = format!("/tmp/{name}");
+    host.copy_in(package, &inside, 0o644)?;
+    host.check(&["dpkg", "-i", &inside])
+}
+
 /// The agent's unit name.
 pub const AGENT_UNIT: &str = "drover-agent.service";
 
-/// A booted host with the agent installed, joined and running.
+/// A booted host with the agent installed from its .deb, joined and running.
 #[derive(Debug)]
 pub struct AgentHost {
     /// The host (powered off on drop).
@@ -291,8 +323,8 @@ pub struct AgentHost {
 }
 
 impl AgentHost {
-    /// Boots a host, installs `drover-agent` and its unit, joins `coordinator` with a
-    /// fresh token, and starts the agent (which waits for its READY notification).
+    /// Boots a host, installs `drover-agent` from `dist/`'s .deb, joins `coordinator`
+    /// with a fresh token, and starts the agent (which waits for its READY notification).
     pub fn start(name: &str, coordinator: &CoordinatorProcess, options: &HostOptions) -> anyhow::Result<AgentHost> {
         AgentHost::start_with(name, coordinator, options, "")
     }
@@ -305,12 +337,7 @@ impl AgentHost {
         extra_config: &str,
     ) -> anyhow::Result<AgentHost> {
         let host = Host::boot(name, options)?;
-        host.copy_in(&binary("drover-agent"), "/usr/bin/drover-agent", 0o755)?;
-        host.copy_in(
-            &repo_root().join("systemd/drover-agent.service"),
-            "/etc/systemd/system/drover-agent.service",
-            0o644,
-        )?;
+        install_package(&host, &package("drover-agent_", "_amd64.deb")?)?;
         let id = host.name().to_owned();
         let join = coordinator.drover_ok(&["token", "create"])?;
         let words: Vec<&str> = join.split_whitespace().collect();

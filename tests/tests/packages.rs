@@ -4,31 +4,15 @@
 //! coordinator, the package purged. The test command builds `dist/` first
 //! (`packaging/build.sh`); a missing package fails the test loudly.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use drover_tests::e2e::{AgentHost, Behaviour, CoordinatorProcess, Releases, free_port, repo_root};
+use drover_tests::e2e::{AgentHost, Behaviour, CoordinatorProcess, Releases, free_port, install_package, package};
 use drover_tests::hosts::{Host, HostOptions};
 
 const CONVERGE: Duration = Duration::from_secs(90);
 
-fn package(prefix: &str, suffix: &str) -> PathBuf {
-    let dist = repo_root().join("dist");
-    std::fs::read_dir(&dist)
-        .unwrap_or_else(|error| panic!("{}: {error}; run `bash packaging/build.sh` first", dist.display()))
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .find(|path| {
-            let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
-            name.starts_with(prefix) && name.ends_with(suffix)
-        })
-        .unwrap_or_else(|| panic!("no {prefix}*{suffix} in {}; run `bash packaging/build.sh`", dist.display()))
-}
-
 fn install_deb(host: &Host, deb: &std::path::Path) -> String {
-    let inside = format!("/tmp/{}", deb.file_name().and_then(|name| name.to_str()).expect("name"));
-    host.copy_in(deb, &inside, 0o644).expect("copy the package in");
-    host.check(&["dpkg", "-i", &inside]).expect("dpkg -i")
+    install_package(host, deb).expect("dpkg -i")
 }
 
 #[test]
@@ -36,8 +20,12 @@ fn the_agent_package_installs_joins_deploys_upgrades_and_purges_cleanly() {
     let coordinator = CoordinatorProcess::start().expect("coordinator");
     let releases = Releases::new().expect("releases");
     let port = free_port();
-    let deb = package("drover-agent_", "_amd64.deb");
-    for (version, behaviour) in [("1", Behaviour::Good), ("2", Behaviour::Good), ("3", Behaviour::FailsHealth)] {
+    let deb = package("drover-agent_", "_amd64.deb").expect("the agent package");
+    for (version, behaviour) in [
+        ("1", Behaviour::Good),
+        ("2", Behaviour::Good),
+        ("3", Behaviour::FailsHealth),
+    ] {
         let tarball = releases.tarball(version, 0).expect("tarball");
         let spec = releases.spec(&format!("web-{version}"), port, behaviour).expect("spec");
         coordinator
@@ -57,7 +45,9 @@ fn the_agent_package_installs_joins_deploys_upgrades_and_purges_cleanly() {
     let host = Host::boot("pkg-agent", &HostOptions::default()).expect("host");
     install_deb(&host, &deb);
     assert_eq!(
-        host.check(&["systemctl", "is-enabled", "drover-agent.service"]).expect("is-enabled").trim(),
+        host.check(&["systemctl", "is-enabled", "drover-agent.service"])
+            .expect("is-enabled")
+            .trim(),
         "enabled"
     );
     assert_ne!(
@@ -71,8 +61,10 @@ fn the_agent_package_installs_joins_deploys_upgrades_and_purges_cleanly() {
     let mut argv = vec!["drover-agent"];
     argv.extend(&words[at..]);
     host.check(&argv).expect("join");
-    host.check_sh("printf 'poll_interval = \"5s\"\\n' >> /etc/drover/agent.toml").expect("config");
-    host.check(&["systemctl", "start", "drover-agent.service"]).expect("start");
+    host.check_sh("printf 'poll_interval = \"5s\"\\n' >> /etc/drover/agent.toml")
+        .expect("config");
+    host.check(&["systemctl", "start", "drover-agent.service"])
+        .expect("start");
     let agent = AgentHost {
         id: host.name().to_owned(),
         host,
@@ -84,7 +76,9 @@ fn the_agent_package_installs_joins_deploys_upgrades_and_purges_cleanly() {
     agent.wait_serving(port, "2", CONVERGE).expect("v2");
     agent.wait_healthy("web", "2", CONVERGE).expect("v2 healthy");
     coordinator.drover_ok(&["pin", "web", "3"]).expect("pin 3");
-    let status = agent.wait_state("web", "rolled_back", CONVERGE).expect("v3 rolled back");
+    let status = agent
+        .wait_state("web", "rolled_back", CONVERGE)
+        .expect("v3 rolled back");
     assert_eq!(status["current"], "2", "{status:#}");
     assert_eq!(AgentHost::get(port, "/").as_deref(), Some("drover-sample-app 2"));
 
@@ -94,25 +88,41 @@ fn the_agent_package_installs_joins_deploys_upgrades_and_purges_cleanly() {
     install_deb(&agent.host, &deb);
     agent
         .host
-        .wait_until("the agent to be restarted", CONVERGE, Duration::from_millis(200), || {
-            agent.agent_pid().is_some_and(|pid| pid != agent_pid)
-                && agent.host.unit_state("drover-agent.service") == "active"
-        })
+        .wait_until(
+            "the agent to be restarted",
+            CONVERGE,
+            Duration::from_millis(200),
+            || {
+                agent.agent_pid().is_some_and(|pid| pid != agent_pid)
+                    && agent.host.unit_state("drover-agent.service") == "active"
+            },
+        )
         .expect("agent restarted by the upgrade");
-    assert_eq!(agent.host.pid_of_unit("drover-web.service"), Some(app_pid), "the app kept running");
+    assert_eq!(
+        agent.host.pid_of_unit("drover-web.service"),
+        Some(app_pid),
+        "the app kept running"
+    );
     assert_eq!(AgentHost::get(port, "/").as_deref(), Some("drover-sample-app 2"));
     assert!(
-        agent.host.read_file("/etc/drover/agent.toml").is_ok_and(|text| String::from_utf8_lossy(&text)
-            .contains("poll_interval = \"5s\"")),
+        agent
+            .host
+            .read_file("/etc/drover/agent.toml")
+            .is_ok_and(|text| String::from_utf8_lossy(&text).contains("poll_interval = \"5s\"")),
         "the edited config survived the upgrade"
     );
 
     // Removed from the coordinator: refused at once; the app keeps serving.
-    coordinator.drover_ok(&["hosts", "remove", &agent.id]).expect("hosts remove");
+    coordinator
+        .drover_ok(&["hosts", "remove", &agent.id])
+        .expect("hosts remove");
     agent
         .host
         .wait_until("the agent to be refused", CONVERGE, Duration::from_millis(300), || {
-            agent.host.journal_lines(Some("drover-agent.service"), 50).contains("HTTP 403")
+            agent
+                .host
+                .journal_lines(Some("drover-agent.service"), 50)
+                .contains("HTTP 403")
         })
         .expect("refused");
     assert_eq!(AgentHost::get(port, "/").as_deref(), Some("drover-sample-app 2"));
