@@ -141,3 +141,82 @@ fn the_agent_package_installs_joins_deploys_upgrades_and_purges_cleanly() {
         assert!(!agent.host.path(gone).exists(), "{gone} left after purge");
     }
 }
+
+#[test]
+fn a_malformed_agent_config_fails_the_service_once_with_the_error_in_systemctl_status() {
+    let coordinator = CoordinatorProcess::start().expect("coordinator");
+    let agent = AgentHost::start("pkg-badconf", &coordinator, &HostOptions::default()).expect("agent host");
+    assert_eq!(agent.host.unit_state("drover-agent.service"), "active");
+    agent
+        .host
+        .check_sh("printf 'poll_interval = [broken\\n' >> /etc/drover/agent.toml")
+        .expect("break the config");
+    let _ = agent.host.exec(&["systemctl", "restart", "drover-agent.service"]);
+    // RestartSec=5: long enough to see a restart loop if there were one.
+    std::thread::sleep(Duration::from_secs(8));
+    let show = agent
+        .host
+        .check(&[
+            "systemctl",
+            "show",
+            "-p",
+            "ActiveState,NRestarts,ExecMainStatus",
+            "drover-agent.service",
+        ])
+        .expect("show");
+    assert!(show.contains("ActiveState=failed"), "{show}");
+    assert!(show.contains("NRestarts=0"), "no restart loop: {show}");
+    assert!(show.contains("ExecMainStatus=64"), "exit 64 for bad config: {show}");
+    let status =
+        String::from_utf8_lossy(&agent.host.exec(&["systemctl", "status", "drover-agent.service"]).stdout).into_owned();
+    assert!(
+        status.contains("invalid configuration"),
+        "the reason is in systemctl status: {status}"
+    );
+    assert!(
+        agent
+            .host
+            .journal_lines(Some("drover-agent.service"), 50)
+            .contains("poll_interval"),
+        "and in the journal"
+    );
+}
+
+#[test]
+fn the_coordinator_package_runs_sandboxed_as_its_own_user_and_purges_its_data() {
+    let deb = package("drover-coordinator_", "_amd64.deb").expect("the coordinator package");
+    // Its own network namespace: the packaged default listens on port 8443.
+    let host = Host::boot("pkg-coord", &HostOptions::default().arg("--private-network")).expect("host");
+    install_package(&host, &deb).expect("dpkg -i");
+    host.wait_until(
+        "the coordinator to answer",
+        CONVERGE,
+        Duration::from_millis(200),
+        || host.check(&["curl", "-sfk", "https://127.0.0.1:8443/healthz"]).is_ok(),
+    )
+    .expect("healthz");
+    let user = host.check(&["ps", "-o", "user=", "-C", "drover"]).expect("ps");
+    assert_eq!(user.trim(), "drover-coordinator", "runs as its own user");
+    let owner = host
+        .check(&["stat", "-c", "%U %a", "/var/lib/drover-coordinator"])
+        .expect("stat");
+    assert_eq!(owner.trim(), "drover-coordinator 700");
+    // The operator CLI on the coordinator host finds everything in the data directory.
+    let status = host.check(&["drover", "status"]).expect("drover status as root");
+    assert!(status.contains("hosts: 0 enrolled"), "{status}");
+    let exposure = host
+        .check_sh("systemd-analyze security drover-coordinator.service | tail -1")
+        .expect("security");
+    let score: f64 = exposure
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in {exposure:?}"));
+    assert!(score <= 2.5, "exposure {score} over 2.5: {exposure}");
+
+    host.check(&["dpkg", "-P", "drover-coordinator"]).expect("purge");
+    assert_ne!(host.unit_state("drover-coordinator.service"), "active");
+    assert!(
+        !host.path("/var/lib/drover-coordinator").exists(),
+        "data removed on purge"
+    );
+}
