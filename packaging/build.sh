@@ -41,7 +41,8 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/n
 
 if [[ -z ${DROVER_SKIP_CARGO:-} ]]; then
     log "cargo build --release (drover-agent, drover, drover-sample-app)"
-    cargo build --release --locked -p drover-agent -p drover-coordinator -p drover-tests --bin drover-sample-app
+    # --bin selects across the workspace (with -p, --bin would narrow every package to that one binary).
+    cargo build --release --locked --bin drover-agent --bin drover --bin drover-sample-app
 fi
 work=target/packaging
 dist=dist

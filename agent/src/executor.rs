@@ -223,6 +223,20 @@ impl Executor {
         if desired.hold {
             return true;
         }
+        // Apps the manifest no longer lists (unpinned everywhere for this host) stop.
+        let retired: Vec<AppName> = self
+            .records
+            .keys()
+            .filter(|app| !desired.apps.contains_key(*app))
+            .cloned()
+            .collect();
+        let mut complete = true;
+        for app in retired {
+            if let Err(error) = self.retire(&app).await {
+                self.failed(&app, None, &error);
+                complete = false;
+            }
+        }
 
         let steps = plan(desired, &self.observe(desired));
         let mut failed: BTreeSet<AppName> = BTreeSet::new();
@@ -276,7 +290,38 @@ impl Executor {
         if let Err(error) = self.cache.collect_garbage(&keep) {
             tracing::warn!("cleaning the artifact cache: {error}");
         }
-        failed.is_empty()
+        failed.is_empty() && complete
+    }
+
+    /// Stops and removes an app the manifest no longer lists: its unit (stopped,
+    /// disabled, deleted), then its releases and record. The unit goes first, so a crash
+    /// in between leaves a record that the next reconcile retires again.
+    async fn retire(&mut self, app: &AppName) -> Result<(), StepError> {
+        let unit = crate::unit::unit_name(app);
+        let unit_path = self.unit_dir.join(&unit);
+        self.systemd.stop(&unit, JOB_TIMEOUT).await?;
+        if unit_path.exists() {
+            self.systemd.disable(&unit).await?;
+            std::fs::remove_file(&unit_path).map_err(io_error("removing", &unit_path))?;
+            self.systemd.daemon_reload().await?;
+        }
+        let directory = local::app_dir(&self.state_dir, app);
+        let doomed = directory.with_file_name(format!(".removing-{app}"));
+        match std::fs::rename(&directory, &doomed) {
+            Ok(()) => std::fs::remove_dir_all(&doomed).map_err(io_error("removing", &doomed))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error("removing", &directory)(error)),
+        }
+        self.records.remove(app);
+        self.status.update(|status| {
+            status.apps.remove(app);
+        });
+        self.status.event(
+            now(),
+            Some(app),
+            format!("removed: no longer in this host's manifest ({unit} stopped)"),
+        );
+        Ok(())
     }
 
     fn failed(&self, app: &AppName, desired: Option<&Version>, error: &StepError) {

@@ -199,6 +199,18 @@ fn deploys_upgrades_and_rolls_back_a_failing_release_on_a_real_host() {
     assert_eq!(AgentHost::get(port, "/").as_deref(), Some("drover-sample-app 2"));
     let journal = host.host.journal_lines(Some("drover-agent.service"), 200);
     assert!(journal.contains("draining"), "SIGTERM drains: {journal}");
+
+    // Unpinned: the host stops running the app and removes what it installed for it.
+    coordinator.drover_ok(&["unpin", "web"]).expect("unpin");
+    host.host
+        .wait_until("the app to be removed", CONVERGE, Duration::from_millis(200), || {
+            !host.host.path("/etc/systemd/system/drover-web.service").exists()
+                && !host.host.path("/var/lib/drover/apps/web").exists()
+        })
+        .expect("removed");
+    assert_ne!(host.host.unit_state("drover-web.service"), "active");
+    assert_eq!(AgentHost::get(port, "/"), None, "nothing listens any more");
+    assert!(host.app_status("web").is_none(), "gone from drover-agent status");
 }
 
 /// One raw tar entry: (path, type flag, mode, link target, data).
