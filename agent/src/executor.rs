@@ -531,37 +531,26 @@ impl Executor {
         record.activation = None;
         record.current = Some(from.clone());
         self.save(app)?;
-        match verdict {
-            Verdict::Healthy => {
-                let detail = format!("rolled back from {bad} to {}: {reason}", from.version);
-                self.status.app_state(
-                    app,
-                    Some(&from.version),
-                    Some(&bad),
-                    AppState::RolledBack,
-                    Some(detail.clone()),
-                );
-                self.status.event(now(), Some(app), detail);
-            }
-            Verdict::Unhealthy(_) | Verdict::Pending => {
-                let again = match verdict {
-                    Verdict::Unhealthy(again) => again,
-                    _ => "health undecided".to_owned(),
-                };
-                let detail = format!(
+        let (state, detail) = match verdict {
+            Verdict::Healthy => (
+                AppState::RolledBack,
+                format!("rolled back from {bad} to {}: {reason}", from.version),
+            ),
+            Verdict::Unhealthy(again) => (
+                AppState::Unhealthy,
+                format!(
                     "rolled back from {bad} to {}, which is not healthy either: {again}",
                     from.version
-                );
-                self.status.app_state(
-                    app,
-                    Some(&from.version),
-                    Some(&bad),
-                    AppState::Unhealthy,
-                    Some(detail.clone()),
-                );
-                self.status.event(now(), Some(app), detail);
-            }
-        }
+                ),
+            ),
+            Verdict::Pending => (
+                AppState::Unhealthy,
+                format!("rolled back from {bad} to {}, whose health is undecided", from.version),
+            ),
+        };
+        self.status
+            .app_state(app, Some(&from.version), Some(&bad), state, Some(detail.clone()));
+        self.status.event(now(), Some(app), detail);
         Ok(())
     }
 

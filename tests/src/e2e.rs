@@ -140,6 +140,41 @@ impl CoordinatorProcess {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// `drover release create web VERSION --spec SPEC --artifact FILE`.
+    pub fn release_from(&self, version: &str, spec: &Path, artifact: &Path) -> anyhow::Result<()> {
+        let (spec, artifact) = (
+            spec.to_str().context("spec path")?,
+            artifact.to_str().context("artifact path")?,
+        );
+        self.drover_ok(&[
+            "release",
+            "create",
+            "web",
+            version,
+            "--spec",
+            spec,
+            "--artifact",
+            artifact,
+        ])
+        .map(drop)
+    }
+
+    /// Release `web VERSION` of the sample app listening on `port`, behaving as told, with
+    /// `padding` random bytes in the tarball; returns the tarball.
+    pub fn sample_release(
+        &self,
+        releases: &Releases,
+        version: &str,
+        port: u16,
+        behaviour: Behaviour,
+        padding: usize,
+    ) -> anyhow::Result<PathBuf> {
+        let tarball = releases.tarball(version, padding)?;
+        let spec = releases.spec(&format!("web-{version}"), port, behaviour)?;
+        self.release_from(version, &spec, &tarball)?;
+        Ok(tarball)
+    }
+
     /// `drover hosts show HOST -o json`.
     pub fn host_json(&self, host: &str) -> anyhow::Result<serde_json::Value> {
         let text = self.drover_ok(&["hosts", "show", host, "-o", "json"])?;
@@ -338,7 +373,17 @@ impl AgentHost {
     ) -> anyhow::Result<AgentHost> {
         let host = Host::boot(name, options)?;
         install_package(&host, &package("drover-agent_", "_amd64.deb")?)?;
-        let id = host.name().to_owned();
+        let agent = AgentHost {
+            id: host.name().to_owned(),
+            host,
+        };
+        agent.join_and_start(coordinator, extra_config)?;
+        Ok(agent)
+    }
+
+    /// Joins the installed agent with the line `drover token create` prints, adds
+    /// `extra_config` and short test intervals to its config, and starts it.
+    pub fn join_and_start(&self, coordinator: &CoordinatorProcess, extra_config: &str) -> anyhow::Result<()> {
         let join = coordinator.drover_ok(&["token", "create"])?;
         let words: Vec<&str> = join.split_whitespace().collect();
         let at = words
@@ -347,15 +392,15 @@ impl AgentHost {
             .with_context(|| format!("no join line in {join:?}"))?;
         let mut argv = vec!["drover-agent"];
         argv.extend(&words[at..]);
-        argv.extend(["--host-id", &id]);
-        host.check(&argv)?;
+        argv.extend(["--host-id", &self.id]);
+        self.host.check(&argv)?;
         // Short intervals so tests see changes quickly; the long-poll makes pins immediate.
-        let config = String::from_utf8(host.read_file("/etc/drover/agent.toml")?).context("agent.toml")?;
+        let config = String::from_utf8(self.host.read_file("/etc/drover/agent.toml")?).context("agent.toml")?;
         let config = format!("{config}poll_interval = \"5s\"\nlong_poll = \"30s\"\n{extra_config}");
-        host.write_file("/etc/drover/agent.toml", config.as_bytes(), 0o644)?;
-        host.check(&["systemctl", "daemon-reload"])?;
-        host.check(&["systemctl", "start", AGENT_UNIT])?;
-        Ok(AgentHost { host, id })
+        self.host
+            .write_file("/etc/drover/agent.toml", config.as_bytes(), 0o644)?;
+        self.host.check(&["systemctl", "start", AGENT_UNIT])?;
+        Ok(())
     }
 
     /// `drover-agent status -o json` inside the host.

@@ -21,24 +21,14 @@ fn release(
     behaviour: Behaviour,
     padding: usize,
 ) -> std::path::PathBuf {
-    let tarball = releases.tarball(version, padding).expect("tarball");
-    let spec = releases.spec(&format!("web-{version}"), port, behaviour).expect("spec");
-    release_from(coordinator, version, &spec, &tarball);
-    tarball
+    coordinator
+        .sample_release(releases, version, port, behaviour, padding)
+        .expect("release create")
 }
 
 fn release_from(coordinator: &CoordinatorProcess, version: &str, spec: &std::path::Path, artifact: &std::path::Path) {
     coordinator
-        .drover_ok(&[
-            "release",
-            "create",
-            "web",
-            version,
-            "--spec",
-            spec.to_str().expect("utf-8"),
-            "--artifact",
-            artifact.to_str().expect("utf-8"),
-        ])
+        .release_from(version, spec, artifact)
         .expect("release create");
 }
 

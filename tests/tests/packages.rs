@@ -26,19 +26,8 @@ fn the_agent_package_installs_joins_deploys_upgrades_and_purges_cleanly() {
         ("2", Behaviour::Good),
         ("3", Behaviour::FailsHealth),
     ] {
-        let tarball = releases.tarball(version, 0).expect("tarball");
-        let spec = releases.spec(&format!("web-{version}"), port, behaviour).expect("spec");
         coordinator
-            .drover_ok(&[
-                "release",
-                "create",
-                "web",
-                version,
-                "--spec",
-                spec.to_str().expect("utf-8"),
-                "--artifact",
-                tarball.to_str().expect("utf-8"),
-            ])
+            .sample_release(&releases, version, port, behaviour, 0)
             .expect("release");
     }
 
@@ -55,20 +44,11 @@ fn the_agent_package_installs_joins_deploys_upgrades_and_purges_cleanly() {
         "active",
         "not started before the host has joined"
     );
-    let join = coordinator.drover_ok(&["token", "create"]).expect("token");
-    let words: Vec<&str> = join.split_whitespace().collect();
-    let at = words.iter().position(|word| *word == "join").expect("join line");
-    let mut argv = vec!["drover-agent"];
-    argv.extend(&words[at..]);
-    host.check(&argv).expect("join");
-    host.check_sh("printf 'poll_interval = \"5s\"\\n' >> /etc/drover/agent.toml")
-        .expect("config");
-    host.check(&["systemctl", "start", "drover-agent.service"])
-        .expect("start");
     let agent = AgentHost {
         id: host.name().to_owned(),
         host,
     };
+    agent.join_and_start(&coordinator, "").expect("join and start");
 
     coordinator.drover_ok(&["pin", "web", "1"]).expect("pin 1");
     agent.wait_serving(port, "1", CONVERGE).expect("v1");
