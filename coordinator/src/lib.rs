@@ -13,6 +13,7 @@ pub mod keys;
 pub mod metrics;
 pub mod ops;
 pub mod pki;
+pub mod rollout;
 pub mod serve;
 pub mod server;
 pub mod service;
