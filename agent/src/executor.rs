@@ -108,8 +108,12 @@ pub struct Executor {
     pub unit_dir: PathBuf,
     /// The artifact cache.
     pub cache: Cache,
-    /// The mTLS client (artifacts from the coordinator's store; plain URLs too).
+    /// The mTLS client, for artifacts in the coordinator's store.
     pub client: reqwest::Client,
+    /// The coordinator's URL: artifacts under it go through `client`.
+    pub coordinator: String,
+    /// System roots, no client certificate: artifacts anywhere else.
+    pub public: reqwest::Client,
     /// systemd, over D-Bus.
     pub systemd: Systemd,
     /// Unpack limits.
@@ -393,7 +397,12 @@ impl Executor {
             .map(|release| &release.version);
         self.status
             .app_state(app, current, Some(&release.version), AppState::Fetching, None);
-        let artifact = self.cache.fetch(&self.client, url, digest, size).await?;
+        let client = if same_origin(url.as_str(), &self.coordinator) {
+            &self.client
+        } else {
+            &self.public
+        };
+        let artifact = self.cache.fetch(client, url, digest, size).await?;
         Ok(artifact)
     }
 
@@ -674,6 +683,14 @@ impl Executor {
     }
 }
 
+/// Whether `url` is on the coordinator (same scheme, host and port), so the host's
+/// certificate goes only there.
+fn same_origin(url: &str, coordinator: &str) -> bool {
+    let coordinator = coordinator.trim_end_matches('/');
+    url.strip_prefix(coordinator)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// One line on a health round for the report: what failed, or that all passed.
 fn health_summary(probe: &Probe) -> String {
     let failures: Vec<String> = probe
@@ -697,5 +714,22 @@ fn health_summary(probe: &Probe) -> String {
         format!("{unit}; {} checks pass", probe.checks.len())
     } else {
         format!("{unit}; {}", failures.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin;
+
+    #[test]
+    fn the_host_certificate_goes_only_to_the_coordinator() {
+        let coordinator = "https://deploy.example.com:8443";
+        assert!(same_origin(
+            "https://deploy.example.com:8443/v1/artifacts/sha256:ab",
+            coordinator
+        ));
+        assert!(!same_origin("https://deploy.example.com:8443.evil.net/x", coordinator));
+        assert!(!same_origin("https://deploy.example.com/x", coordinator));
+        assert!(!same_origin("https://artifacts.example.com/web.tar.gz", coordinator));
     }
 }

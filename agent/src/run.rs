@@ -69,6 +69,14 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         .pool_max_idle_per_host(2)
         .build()
         .map_err(|error| Error::State(format!("HTTP client: {error}")))?;
+    let public_tls = crate::tls::public_config(&identity.ca_pem, &crate::tls::SYSTEM_CA_BUNDLES)
+        .map_err(|detail| Error::State(format!("the stored CA is unusable: {detail}")))?;
+    let public = reqwest::Client::builder()
+        .tls_backend_preconfigured(public_tls)
+        .connect_timeout(StdDuration::from_secs(10))
+        .pool_max_idle_per_host(1)
+        .build()
+        .map_err(|error| Error::State(format!("HTTP client: {error}")))?;
     let records = crate::local::load_all(&config.state_dir).map_err(Error::State)?;
     let systemd = crate::systemd::Systemd::connect()
         .await
@@ -116,6 +124,8 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         unit_dir: UNIT_DIR.into(),
         cache: Cache::new(config.state_dir.join("cache")),
         client: client.clone(),
+        coordinator: coordinator.clone(),
+        public,
         systemd,
         limits: crate::unpack::UnpackLimits {
             max_total_bytes: config.max_release_size,

@@ -1,6 +1,9 @@
 //! TLS for the agent: at join, trust the coordinator only if its CA certificate has the
 //! sha256 from the join command (the way kubeadm pins its CA); afterwards, trust exactly
-//! the stored CA and present the host's client certificate. ring is the only provider.
+//! the stored CA and present the host's client certificate. Artifacts on other HTTPS
+//! servers (a release made with `--artifact URL`) are fetched with the system's CA bundle
+//! and no client certificate: their bytes are trusted by digest, the TLS only protects
+//! the download. ring is the only provider.
 
 use std::sync::Arc;
 
@@ -124,4 +127,56 @@ pub fn host_config(ca_pem: &str, certificate_pem: &str, key_pem: &str) -> Result
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(|error| format!("host certificate: {error}"))
+}
+
+/// Where Debian and RHEL keep the system CA bundle (ca-certificates).
+pub const SYSTEM_CA_BUNDLES: [&str; 2] = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"];
+
+/// Every certificate of the first readable bundle in `bundles`; unreadable or malformed
+/// entries are skipped (one bad certificate must not cut a host off from every server).
+pub fn system_roots(bundles: &[&str]) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for bundle in bundles {
+        let Ok(bytes) = std::fs::read(bundle) else {
+            continue;
+        };
+        for certificate in CertificateDer::pem_slice_iter(&bytes).flatten() {
+            let _ = roots.add(certificate);
+        }
+        break;
+    }
+    roots
+}
+
+/// The client configuration for artifacts outside the coordinator: system roots plus the
+/// coordinator's CA, no client certificate.
+pub fn public_config(ca_pem: &str, bundles: &[&str]) -> Result<rustls::ClientConfig, String> {
+    let mut roots = system_roots(bundles);
+    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(certificate.map_err(|error| format!("CA: {error}"))?)
+            .map_err(|error| format!("CA: {error}"))?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_roots_come_from_the_first_readable_bundle() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let bundle = directory.path().join("bundle.pem");
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.example".into()]).expect("certificate");
+        std::fs::write(&bundle, format!("{}garbage\n", ca.cert.pem())).expect("write");
+        let missing = directory.path().join("missing.pem");
+        let roots = system_roots(&[missing.to_str().expect("utf-8"), bundle.to_str().expect("utf-8")]);
+        assert_eq!(roots.len(), 1);
+        assert!(public_config(&ca.cert.pem(), &[]).is_ok());
+    }
 }
