@@ -83,6 +83,24 @@ pub enum Command {
     ///
     /// Example: drover unhold --group prod-eu
     Unhold(HoldArgs),
+    /// Move an app to a new release in stages that stop themselves on failures.
+    ///
+    /// Hosts are assigned to stages deterministically from the rollout's id, so `plan` shows
+    /// exactly which hosts each stage will touch and `start` (run next, with the same
+    /// options, on an unchanged fleet) does just that. A stage passes when each of its hosts
+    /// is healthy on the target (or failed within --max-failures) and --bake has passed;
+    /// a failed canary always pauses. When the last stage passes, the target becomes the
+    /// app's fleet pin. One active rollout per app; commands the rollout's state does not
+    /// allow exit 4.
+    ///
+    /// Examples:
+    ///   drover rollout plan web 1.5.0 --stages canary,10%,50%,100% --bake 2m
+    ///   drover rollout start web 1.5.0 --stages canary,10%,50%,100% --bake 2m --reason "fixes #812"
+    ///   drover rollout status web
+    ///   drover rollout watch web
+    ///   drover rollout abort web --rollback --reason "error rate up"
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Fleet summary per app: desired hosts, running versions and states.
     ///
     /// DESIRED counts the hosts whose manifest lists the app; VERSIONS and STATES (healthy,
@@ -421,6 +439,158 @@ pub struct StatusArgs {
     /// Where the coordinator is.
     #[command(flatten)]
     pub connection: ConnectionArgs,
+}
+
+/// `drover rollout ...`
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show which hosts each stage would touch, changing nothing.
+    ///
+    /// Example: drover rollout plan web 1.5.0 --stages canary,10%,50%,100%
+    Plan(RolloutSpecArgs),
+    /// Start a rollout (refused, exit 4, while the app has an active one).
+    ///
+    /// Example: drover rollout start web 1.5.0 --max-in-flight 5 --bake 2m --reason "fixes #812"
+    Start(RolloutSpecArgs),
+    /// Per stage: hosts done / in flight / failed / waiting, bake countdown, ETA.
+    ///
+    /// Example: drover rollout status web -o json
+    Status(RolloutAppArgs),
+    /// Print the status every second until the rollout finishes: exit 0 when completed, 1
+    /// when paused by the failure breaker, aborted or rolled back.
+    ///
+    /// Example: drover rollout watch web
+    Watch(RolloutAppArgs),
+    /// Pin no more hosts; hosts already changing finish. Resume with `resume`.
+    ///
+    /// Example: drover rollout pause web --reason "investigating latency"
+    Pause(RolloutCommandArgs),
+    /// Continue a rollout paused by an operator or by the failure breaker (accepting the
+    /// risk: the next failure pauses it again).
+    ///
+    /// Example: drover rollout resume web --reason "latency was the load balancer"
+    Resume(RolloutCommandArgs),
+    /// Start the next stage of a rollout made with --approve-each-stage.
+    ///
+    /// Example: drover rollout approve web
+    Approve(RolloutCommandArgs),
+    /// Stop the rollout: every host it pinned returns to the pin it had before (group or
+    /// fleet), so it reinstalls its previous release. --rollback records that intent.
+    ///
+    /// Example: drover rollout abort web --rollback --reason "error rate up"
+    Abort(RolloutAbortArgs),
+    /// Who did what when and why: rollouts and their steps, pauses, aborts, pins and holds.
+    ///
+    /// Example: drover rollout history web -o json
+    History(RolloutAppArgs),
+}
+
+/// The rollout options of `plan` and `start`; defaults are the coordinator's.
+#[derive(Debug, Args)]
+pub struct RolloutSpecArgs {
+    /// The app.
+    pub app: AppName,
+    /// The target release (made with `drover release create`).
+    #[arg(id = "release_version", value_name = "VERSION")]
+    pub version: String,
+    /// Stages in order: `canary` (one host) first if wanted, then growing percentages
+    /// ending at 100%. Default: canary,50%,100%.
+    #[arg(long, value_name = "canary,10%,50%,100%", conflicts_with = "groups")]
+    pub stages: Option<String>,
+    /// Stages by group, in order (`canary,a,b` allowed); hosts in no listed group form a
+    /// last `rest` stage.
+    #[arg(long, value_name = "a,b,c")]
+    pub groups: Option<String>,
+    /// Most hosts changing at once: a count or a percentage of the rollout's hosts.
+    /// Default: 10% (at least one).
+    #[arg(long, value_name = "N|P%")]
+    pub max_in_flight: Option<String>,
+    /// How long each stage must stay healthy before the next starts. Default: 0s.
+    #[arg(long, value_name = "DURATION")]
+    pub bake: Option<String>,
+    /// Failures tolerated before the breaker trips (a failed canary always trips it).
+    /// Default: 0.
+    #[arg(long, value_name = "N|P%")]
+    pub max_failures: Option<String>,
+    /// What the breaker does: pause (wait for an operator) or rollback (return every
+    /// touched host to its previous release). Default: pause.
+    #[arg(long, value_name = "pause|rollback")]
+    pub on_failure: Option<String>,
+    /// Wait for `drover rollout approve` before each stage after the first.
+    #[arg(long)]
+    pub approve_each_stage: bool,
+    /// How long a pinned host has to become healthy on the target before it counts as
+    /// failed. Default: 10m.
+    #[arg(long, value_name = "DURATION")]
+    pub host_deadline: Option<String>,
+    /// Why, for the history.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// Arguments naming an app's rollout.
+#[derive(Debug, Args)]
+pub struct RolloutAppArgs {
+    /// The app.
+    pub app: AppName,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// Arguments of `pause`, `resume` and `approve`.
+#[derive(Debug, Args)]
+pub struct RolloutCommandArgs {
+    /// The app.
+    pub app: AppName,
+    /// Why, for the history.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// Arguments of `abort`.
+#[derive(Debug, Args)]
+pub struct RolloutAbortArgs {
+    /// The app.
+    pub app: AppName,
+    /// Record the abort as a rollback (the same actions: touched hosts return to their
+    /// previous release).
+    #[arg(long)]
+    pub rollback: bool,
+    /// Why, for the history.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+impl RolloutCommand {
+    /// Where the coordinator is.
+    pub fn connection(&self) -> &ConnectionArgs {
+        match self {
+            RolloutCommand::Plan(args) | RolloutCommand::Start(args) => &args.connection,
+            RolloutCommand::Status(args) | RolloutCommand::Watch(args) | RolloutCommand::History(args) => {
+                &args.connection
+            }
+            RolloutCommand::Pause(args) | RolloutCommand::Resume(args) | RolloutCommand::Approve(args) => {
+                &args.connection
+            }
+            RolloutCommand::Abort(args) => &args.connection,
+        }
+    }
 }
 
 /// Parses `k=v,k2=v2` (empty text: no labels). Keys and values are checked by the

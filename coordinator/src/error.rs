@@ -93,6 +93,13 @@ pub enum Error {
         url: String,
         detail: String,
     },
+    /// `drover rollout watch` saw the rollout end other than completed.
+    #[error("rollout {rollout} of {app} ended {outcome}")]
+    RolloutOutcome {
+        app: String,
+        rollout: String,
+        outcome: String,
+    },
     /// The release exists with another artifact; refused before uploading anything.
     #[error(
         "release {app} {version} already exists with artifact {existing}, not {wanted}; releases are immutable: use a new version"
@@ -163,6 +170,7 @@ impl Error {
             | Error::Connect { .. }
             | Error::Tls { .. }
             | Error::Http { .. }
+            | Error::RolloutOutcome { .. }
             | Error::Api {
                 kind: ApiFailure::Denied | ApiFailure::Failed,
                 ..

@@ -86,6 +86,10 @@ pub async fn run(cli: cli::Cli, now: Timestamp, input: &mut dyn Read, out: &mut 
             let client = AdminClient::from_env(&args.connection.data_dir)?;
             ops::hold(&client, &args, ops::HoldChange::Unhold, out).await
         }
+        Command::Rollout(command) => {
+            let client = AdminClient::from_env(&command.connection().data_dir)?;
+            ops::rollout(&client, &command, now, out).await
+        }
         Command::Status(args) => ops::status(&AdminClient::from_env(&args.connection.data_dir)?, &args, out).await,
     }
 }

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub joins: Counter,
     /// Artifact bytes served.
     pub artifact_bytes_served: Counter,
+    /// Rollout steps committed.
+    pub rollout_steps: Counter,
 }
 
 impl Metrics {
@@ -68,6 +70,11 @@ impl Metrics {
                 "drover_artifact_bytes_served_total",
                 "Artifact bytes served.",
                 &self.artifact_bytes_served,
+            ),
+            (
+                "drover_rollout_steps_total",
+                "Rollout steps committed.",
+                &self.rollout_steps,
             ),
         ];
         let mut text = String::new();

@@ -17,7 +17,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use drover_protocol::api::{
     ErrorBody, Group, HoldRequest, JoinRequest, LabelRequest, MAX_JSON_BODY, MAX_WAIT_SECONDS, Pin, PinRequest,
-    ReleaseRequest, TokenRequest, UnpinRequest,
+    ReleaseRequest, RolloutAbortRequest, RolloutCommandRequest, RolloutRequest, TokenRequest, UnpinRequest,
 };
 use drover_protocol::report::MAX_REPORT_BYTES;
 use drover_protocol::{AppName, Digest, HostId, HostReport};
@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::pki::PeerIdentity;
-use crate::service::{Coordinator, ServiceError};
+use crate::service::{ADMIN, Coordinator, RolloutCommand, ServiceError};
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: StdDuration = StdDuration::from_secs(10);
@@ -148,6 +148,11 @@ fn routes(state: AppState) -> Router {
         .route("/v1/admin/pins", put(pin).delete(unpin))
         .route("/v1/admin/holds", put(hold).delete(unhold))
         .route("/v1/admin/status", get(status))
+        .route("/v1/admin/rollouts", post(start_rollout))
+        .route("/v1/admin/rollouts/plan", post(plan_rollout))
+        .route("/v1/admin/rollouts/{app}", get(rollout_status))
+        .route("/v1/admin/rollouts/{app}/history", get(rollout_history))
+        .route("/v1/admin/rollouts/{app}/{command}", post(rollout_command))
         .fallback(|| async { ApiError(ServiceError::NotFound("no_such_route", "no such endpoint".into())) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -214,8 +219,21 @@ type ApiResult<T> = Result<T, ApiError>;
 /// instead of a broken pipe. Beyond this the connection is simply closed.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
+/// Reads an optional JSON body: an empty body is the type's default.
+async fn read_optional_json<T: DeserializeOwned + Default>(body: Body, limit: usize) -> Result<T, ServiceError> {
+    let bytes = read_body(body, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_json(&bytes)
+}
+
 /// Reads a JSON body of at most `limit` bytes: 413 over it, 400 when malformed.
 async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ServiceError> {
+    parse_json(&read_body(body, limit).await?)
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ServiceError> {
     use futures_util::StreamExt as _;
     let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();
@@ -240,7 +258,11 @@ async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, S
             format!("the request body is over the limit of {limit} bytes"),
         ));
     }
-    serde_json::from_slice(&bytes).map_err(|error| {
+    Ok(bytes)
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ServiceError> {
+    serde_json::from_slice(bytes).map_err(|error| {
         let detail: String = error
             .to_string()
             .chars()
@@ -583,4 +605,86 @@ async fn unhold(State(state): State<AppState>, headers: HeaderMap, body: Body) -
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     admin(&state, &headers)?;
     Ok(Json(state.coordinator.status().await).into_response())
+}
+
+async fn plan_rollout(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    admin(&state, &headers)?;
+    let request: RolloutRequest = read_json(body, MAX_JSON_BODY).await?;
+    Ok(Json(state.coordinator.plan_rollout(&request).await?).into_response())
+}
+
+async fn start_rollout(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    admin(&state, &headers)?;
+    let request: RolloutRequest = read_json(body, MAX_JSON_BODY).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(state.coordinator.start_rollout(&request, ADMIN).await?),
+    )
+        .into_response())
+}
+
+async fn rollout_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Response> {
+    admin(&state, &headers)?;
+    let app: AppName = parse_path(&app, "bad_app_name")?;
+    Ok(Json(state.coordinator.rollout_status(&app).await?).into_response())
+}
+
+async fn rollout_history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Response> {
+    admin(&state, &headers)?;
+    let app: AppName = parse_path(&app, "bad_app_name")?;
+    Ok(Json(state.coordinator.rollout_history(&app).await?).into_response())
+}
+
+/// `POST /v1/admin/rollouts/{app}/pause|resume|approve|abort`; the body (optional) has
+/// the reason, and for abort `rollback`.
+async fn rollout_command(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, command)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<Response> {
+    admin(&state, &headers)?;
+    let app: AppName = parse_path(&app, "bad_app_name")?;
+    let (command, reason) = match command.as_str() {
+        "abort" => {
+            let request: RolloutAbortRequest = read_optional_json(body, MAX_JSON_BODY).await?;
+            (
+                RolloutCommand::Abort {
+                    rollback: request.rollback,
+                },
+                request.reason,
+            )
+        }
+        "pause" | "resume" | "approve" => {
+            let request: RolloutCommandRequest = read_optional_json(body, MAX_JSON_BODY).await?;
+            let command = match command.as_str() {
+                "pause" => RolloutCommand::Pause,
+                "resume" => RolloutCommand::Resume,
+                _ => RolloutCommand::Approve,
+            };
+            (command, request.reason)
+        }
+        _ => {
+            return Err(ServiceError::NotFound(
+                "no_such_route",
+                "rollout commands are pause, resume, approve and abort".into(),
+            )
+            .into());
+        }
+    };
+    Ok(Json(
+        state
+            .coordinator
+            .rollout_command(&app, command, ADMIN, reason.as_deref())
+            .await?,
+    )
+    .into_response())
 }

@@ -12,19 +12,25 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use drover_protocol::api::{
-    ChangeResult, FleetStatus, Group, HostApp, HostDetail, HostSummary, JoinRequest, JoinResponse, Labels, Pin,
-    Release, ReleaseArtifact, ReleaseRequest, Scope, TokenRequest, TokenResponse,
+    ChangeResult, FleetStatus, Group, HistoryEntry, HostApp, HostDetail, HostSummary, JoinRequest, JoinResponse,
+    Labels, Pin, Release, ReleaseArtifact, ReleaseRequest, RolloutPhase, RolloutPlan, RolloutPlanHost,
+    RolloutPlanStage, RolloutRequest, RolloutStageStatus, RolloutStatus, Scope, TokenRequest, TokenResponse,
 };
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::report::MAX_REPORT_EVENTS;
 use drover_protocol::{AppName, Artifact, Digest, Duration, HostId, HostReport, SigningKey, Timestamp, Version};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
 
 use crate::datadir::{Credentials, DataDir};
 use crate::fleet::{Fleet, Resolved, sign_manifest};
 use crate::metrics::Metrics;
 use crate::pki::{PeerIdentity, sha256_hex};
-use crate::store::{HostRecord, Store, StoreError, StoredManifest, TokenProblem};
+use crate::rollout::{
+    Action, Event, PauseReason, Phase, Plan, PlanError, PlanHost, Rollout, RolloutSpec, SpecText, StageStatus,
+};
+use crate::store::{
+    HistoryRecord, HostRecord, RolloutCommit, Store, StoreError, StoredManifest, StoredRollout, TokenProblem,
+};
 
 /// Settings of a running coordinator.
 #[derive(Clone, Debug)]
@@ -158,11 +164,21 @@ impl Rendered {
     }
 }
 
-/// The desired state and the rendering state, changed together under one lock.
+/// The desired state, the rendering state and the active rollouts (which change pins),
+/// changed together under one lock.
 #[derive(Debug, Default)]
 struct Model {
     fleet: Fleet,
     rendered: HashMap<HostId, Rendered>,
+    rollouts: BTreeMap<AppName, ActiveRollout>,
+}
+
+/// A rollout that has not finished, with who started it.
+#[derive(Debug)]
+struct ActiveRollout {
+    rollout: Rollout,
+    created_by: String,
+    created_at: Timestamp,
 }
 
 /// The running coordinator.
@@ -177,6 +193,10 @@ pub struct Coordinator {
     slots: RwLock<HashMap<HostId, Arc<HostSlot>>>,
     reports: std::sync::Mutex<HashMap<HostId, (HostReport, Timestamp)>>,
     report_queue: mpsc::Sender<(HostReport, Timestamp)>,
+    /// Hosts whose reported app states changed since the rollout driver last looked.
+    rollout_dirty: std::sync::Mutex<BTreeSet<HostId>>,
+    /// Wakes the rollout driver (a report changed, or a step moved the next timer).
+    rollout_signal: Notify,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
 }
@@ -208,7 +228,21 @@ impl Coordinator {
         let mut model = Model {
             fleet: Fleet::from_snapshot(&snapshot),
             rendered: HashMap::new(),
+            rollouts: BTreeMap::new(),
         };
+        for stored in store.active_rollouts().await? {
+            model.rollouts.insert(
+                stored.rollout.spec().app.clone(),
+                ActiveRollout {
+                    rollout: stored.rollout,
+                    created_by: stored.created_by,
+                    created_at: stored.created_at,
+                },
+            );
+        }
+        // Reports that arrived just before a stop may not have reached the rollouts yet:
+        // feeding every last report again is harmless (the controller counts a host once).
+        let dirty: BTreeSet<HostId> = snapshot.reports.iter().map(|(report, _)| report.host.clone()).collect();
         let stored: HashMap<HostId, StoredManifest> = snapshot
             .manifests
             .into_iter()
@@ -234,6 +268,8 @@ impl Coordinator {
                     .collect(),
             ),
             report_queue,
+            rollout_dirty: std::sync::Mutex::new(dirty),
+            rollout_signal: Notify::new(),
             metrics: Metrics::default(),
         };
         // Publish what was stored; re-render hosts whose desired state no longer matches
@@ -548,10 +584,20 @@ impl Coordinator {
             )
         })?;
         self.metrics.reports.add(1);
-        self.reports
+        let previous = self
+            .reports
             .lock()
             .expect("reports lock")
             .insert(report.host.clone(), (report.clone(), received_at));
+        // Rollouts advance on changes of an app's current/desired/state, not on every
+        // periodic report.
+        if previous.is_none_or(|(old, _)| !same_app_states(&old, &report)) {
+            self.rollout_dirty
+                .lock()
+                .expect("rollout dirty lock")
+                .insert(report.host.clone());
+            self.rollout_signal.notify_one();
+        }
         permit.send((report, received_at));
         Ok(())
     }
@@ -659,6 +705,23 @@ impl Coordinator {
         }
         self.slots.write().expect("slots lock").remove(id);
         self.reports.lock().expect("reports lock").remove(id);
+        let now = now();
+        let apps: Vec<AppName> = model
+            .rollouts
+            .iter()
+            .filter(|(_, active)| active.rollout.host_status(id).is_some())
+            .map(|(app, _)| app.clone())
+            .collect();
+        for app in apps {
+            let event = Event::HostRemoved { host: id.clone() };
+            let actor = Actor::admin(None);
+            if let Err(error) = self
+                .step_rollout(&mut model, &app, vec![event], now, &actor, false)
+                .await
+            {
+                tracing::error!(%error, %app, host = %id, "the rollout could not take the host's removal; it will count as missing its deadline");
+            }
+        }
         Ok(())
     }
 
@@ -820,9 +883,13 @@ impl Coordinator {
         let key = (pin.app.clone(), pin.scope.clone());
         let previous = model.fleet.pins.insert(key.clone(), pin.version.clone());
         let manifests = self.render_scope(&model, std::slice::from_ref(&pin.scope), now());
+        let history = [manual_history(
+            Some(&pin.app),
+            format!("pinned {} {} for the {}", pin.app, pin.version, pin.scope),
+        )];
         if let Err(error) = self
             .store
-            .change_pin(&pin.app, &pin.scope, Some(&pin.version), &manifests)
+            .change_pin(&pin.app, &pin.scope, Some(&pin.version), &history, &manifests)
             .await
         {
             restore_pin(&mut model.fleet, key, previous);
@@ -842,7 +909,8 @@ impl Coordinator {
             ));
         };
         let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now());
-        if let Err(error) = self.store.change_pin(&app, &scope, None, &manifests).await {
+        let history = [manual_history(Some(&app), format!("unpinned {app} for the {scope}"))];
+        if let Err(error) = self.store.change_pin(&app, &scope, None, &history, &manifests).await {
             restore_pin(&mut model.fleet, key, Some(previous));
             return Err(error.into());
         }
@@ -862,7 +930,9 @@ impl Coordinator {
             return Ok(ChangeResult { hosts_changed: 0 });
         }
         let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now());
-        if let Err(error) = self.store.change_hold(&scope, held, &manifests).await {
+        let verb = if held { "held" } else { "released the hold on" };
+        let history = [manual_history(None, format!("{verb} the {scope}"))];
+        if let Err(error) = self.store.change_hold(&scope, held, &history, &manifests).await {
             if held {
                 model.fleet.holds.remove(&scope);
             } else {
@@ -880,6 +950,329 @@ impl Coordinator {
         let manifests = self.render(&model, &hosts, now(), RenderMode::Refresh);
         self.store.save_manifests(&manifests).await?;
         Ok(self.applied(&mut model, &manifests).hosts_changed)
+    }
+
+    // --- Rollouts ---------------------------------------------------------------------
+
+    /// Validates a rollout request (every bad field at once) and plans it over the hosts
+    /// enrolled now, with the id the app's next rollout gets, so `plan` shows what `start`
+    /// will do as long as the fleet does not change in between.
+    async fn plan_rollout_in(
+        &self,
+        model: &Model,
+        request: &RolloutRequest,
+    ) -> Result<(RolloutSpec, Plan), ServiceError> {
+        let spec = rollout_spec(request)?;
+        if !model
+            .fleet
+            .releases
+            .contains_key(&(spec.app.clone(), spec.target.clone()))
+        {
+            return Err(ServiceError::NotFound(
+                "release_not_found",
+                format!(
+                    "no release {} {}; create it with drover release create",
+                    spec.app, spec.target
+                ),
+            ));
+        }
+        let sequence = self.store.rollout_count(&spec.app).await? + 1;
+        let rollout_id = format!("{}-{}-{sequence}", spec.app, spec.target);
+        let hosts = {
+            let reports = self.reports.lock().expect("reports lock");
+            model
+                .fleet
+                .active_hosts()
+                .map(|host| PlanHost {
+                    id: host.id.clone(),
+                    groups: model.fleet.groups_of(&host.labels).map(str::to_owned).collect(),
+                    current: reports
+                        .get(&host.id)
+                        .and_then(|(report, _)| report.apps.get(&spec.app))
+                        .and_then(|app| app.current.clone()),
+                })
+                .collect::<Vec<_>>()
+        };
+        let plan = crate::rollout::plan(&spec, &rollout_id, &hosts).map_err(|error| match error {
+            PlanError::NoHosts { .. } => ServiceError::Conflict("no_hosts", error.to_string()),
+            PlanError::EmptyGroup { .. } => ServiceError::BadRequest("empty_group", error.to_string()),
+            PlanError::DuplicateHost { .. } => ServiceError::BadRequest("duplicate_host", error.to_string()),
+        })?;
+        Ok((spec, plan))
+    }
+
+    /// `drover rollout plan`: which host is in which stage, without changing anything.
+    pub async fn plan_rollout(&self, request: &RolloutRequest) -> Result<RolloutPlan, ServiceError> {
+        let model = self.model.lock().await;
+        let (spec, plan) = self.plan_rollout_in(&model, request).await?;
+        let preview = Rollout::new(spec, plan);
+        Ok(plan_view(&preview))
+    }
+
+    /// `drover rollout start`: plans, stores the rollout and takes its first step, in one
+    /// transaction with the pins and manifests of that step. One active rollout per app.
+    pub async fn start_rollout(&self, request: &RolloutRequest, who: &str) -> Result<RolloutStatus, ServiceError> {
+        let reason = check_reason(request.reason.as_deref())?;
+        let mut guard = self.model.lock().await;
+        let model = &mut *guard;
+        let (spec, plan) = self.plan_rollout_in(model, request).await?;
+        let app = spec.app.clone();
+        if let Some(active) = model.rollouts.get(&app) {
+            return Err(ServiceError::Conflict(
+                "rollout_active",
+                format!(
+                    "{app} already has an active rollout {} ({}); see drover rollout status {app}, or abort it first",
+                    active.rollout.id(),
+                    active.rollout.phase()
+                ),
+            ));
+        }
+        let now = now();
+        model.rollouts.insert(
+            app.clone(),
+            ActiveRollout {
+                rollout: Rollout::new(spec, plan),
+                created_by: who.to_owned(),
+                created_at: now,
+            },
+        );
+        let actor = Actor {
+            who: who.to_owned(),
+            reason,
+        };
+        if let Err(error) = self
+            .step_rollout(model, &app, vec![Event::Start], now, &actor, true)
+            .await
+        {
+            model.rollouts.remove(&app);
+            return Err(error);
+        }
+        drop(guard);
+        self.rollout_status(&app).await
+    }
+
+    /// `drover rollout pause|resume|approve|abort`: refused (409) when the rollout's
+    /// phase does not allow it, changing nothing.
+    pub async fn rollout_command(
+        &self,
+        app: &AppName,
+        command: RolloutCommand,
+        who: &str,
+        reason: Option<&str>,
+    ) -> Result<RolloutStatus, ServiceError> {
+        let reason = check_reason(reason)?;
+        let mut guard = self.model.lock().await;
+        if !guard.rollouts.contains_key(app) {
+            drop(guard);
+            return Err(match self.store.latest_rollout(app).await? {
+                Some(stored) => ServiceError::Conflict(
+                    "rollout_finished",
+                    format!(
+                        "the last rollout of {app}, {}, is already {}; start a new one with drover rollout start",
+                        stored.rollout.id(),
+                        stored.rollout.phase()
+                    ),
+                ),
+                None => no_rollout(app),
+            });
+        }
+        let event = match command {
+            RolloutCommand::Pause => Event::Pause { by: who.to_owned() },
+            RolloutCommand::Resume => Event::Resume,
+            RolloutCommand::Approve => Event::Approve,
+            RolloutCommand::Abort { rollback } => Event::Abort { rollback },
+        };
+        let actor = Actor {
+            who: who.to_owned(),
+            reason,
+        };
+        self.step_rollout(&mut guard, app, vec![event], now(), &actor, false)
+            .await?;
+        drop(guard);
+        self.rollout_status(app).await
+    }
+
+    /// `drover rollout status`: the app's active rollout, else its last one.
+    pub async fn rollout_status(&self, app: &AppName) -> Result<RolloutStatus, ServiceError> {
+        let now = now();
+        {
+            let model = self.model.lock().await;
+            if let Some(active) = model.rollouts.get(app) {
+                return Ok(status_view(
+                    &active.rollout,
+                    &active.created_by,
+                    active.created_at,
+                    None,
+                    now,
+                ));
+            }
+        }
+        let stored: StoredRollout = self.store.latest_rollout(app).await?.ok_or_else(|| no_rollout(app))?;
+        Ok(status_view(
+            &stored.rollout,
+            &stored.created_by,
+            stored.created_at,
+            stored.finished_at,
+            now,
+        ))
+    }
+
+    /// `drover rollout history`: rollouts, commands, pins and holds, oldest first.
+    pub async fn rollout_history(&self, app: &AppName) -> Result<Vec<HistoryEntry>, ServiceError> {
+        Ok(self.store.history(app, 10_000).await?)
+    }
+
+    /// Feeds `events` to `app`'s active rollout and carries out its actions: the new
+    /// state, the pin changes (in the order the controller gave them, so completion's
+    /// fleet pin comes before the host pins are removed), the history lines and the
+    /// manifests they render are committed in one transaction, then published. If the
+    /// commit fails, the rollout and the pins in memory are put back as they were (the
+    /// stored state, since memory equals the store between steps).
+    async fn step_rollout(
+        &self,
+        model: &mut Model,
+        app: &AppName,
+        events: Vec<Event>,
+        now: Timestamp,
+        actor: &Actor,
+        created: bool,
+    ) -> Result<(), ServiceError> {
+        let Some(active) = model.rollouts.get_mut(app) else {
+            return Err(no_rollout(app));
+        };
+        let before = active.rollout.clone();
+        let mut actions = Vec::new();
+        for event in events {
+            match active.rollout.step(event, now) {
+                Ok(more) => actions.extend(more),
+                Err(error) => {
+                    active.rollout = before;
+                    return Err(ServiceError::Conflict(error.code(), error.to_string()));
+                }
+            }
+        }
+        let rollout_id = active.rollout.id().to_owned();
+        let finished = active.rollout.phase().is_finished();
+        let mut pins: Vec<(Scope, Option<Version>)> = Vec::new();
+        let mut history = Vec::new();
+        for action in actions {
+            match action {
+                Action::PinHosts { hosts, version } => {
+                    pins.extend(hosts.into_iter().map(|host| (Scope::Host(host), Some(version.clone()))));
+                }
+                Action::UnpinHosts { hosts } => pins.extend(hosts.into_iter().map(|host| (Scope::Host(host), None))),
+                Action::PinApp { version } => pins.push((Scope::Fleet, Some(version))),
+                // The driver re-reads `next_wake` after every step.
+                Action::WakeAt { .. } => {}
+                Action::Record { what } => history.push(HistoryRecord {
+                    app: Some(app.clone()),
+                    rollout: Some(rollout_id.clone()),
+                    at: now,
+                    who: actor.who.clone(),
+                    what,
+                    reason: actor.reason.clone(),
+                }),
+            }
+        }
+        let mut undo = Vec::with_capacity(pins.len());
+        for (scope, version) in &pins {
+            let key = (app.clone(), scope.clone());
+            let previous = match version {
+                Some(version) => model.fleet.pins.insert(key.clone(), version.clone()),
+                None => model.fleet.pins.remove(&key),
+            };
+            undo.push((key, previous));
+        }
+        let scopes: Vec<Scope> = if pins.iter().any(|(scope, _)| scope == &Scope::Fleet) {
+            vec![Scope::Fleet]
+        } else {
+            pins.iter().map(|(scope, _)| scope.clone()).collect()
+        };
+        let manifests = if scopes.is_empty() {
+            Vec::new()
+        } else {
+            self.render_scope(model, &scopes, now)
+        };
+        let active = model.rollouts.get(app).expect("looked up above");
+        let commit = RolloutCommit {
+            rollout: &active.rollout,
+            created: created.then_some((active.created_by.as_str(), active.created_at)),
+            finished_at: finished.then_some(now),
+            pins: &pins,
+            history: &history,
+            manifests: &manifests,
+        };
+        if let Err(error) = self.store.commit_rollout(&commit).await {
+            for (key, previous) in undo.into_iter().rev() {
+                restore_pin(&mut model.fleet, key, previous);
+            }
+            if let Some(active) = model.rollouts.get_mut(app) {
+                active.rollout = before;
+            }
+            return Err(error.into());
+        }
+        self.applied(model, &manifests);
+        if finished {
+            model.rollouts.remove(app);
+        }
+        self.metrics.rollout_steps.add(1);
+        self.rollout_signal.notify_one();
+        Ok(())
+    }
+
+    /// One pass of the rollout driver: feeds changed reports and due timers to the active
+    /// rollouts; returns when it should run again at the latest.
+    async fn drive_rollouts(&self) -> Option<Timestamp> {
+        let dirty = std::mem::take(&mut *self.rollout_dirty.lock().expect("rollout dirty lock"));
+        let mut guard = self.model.lock().await;
+        let model = &mut *guard;
+        let now = now();
+        let mut retry = None;
+        let apps: Vec<AppName> = model.rollouts.keys().cloned().collect();
+        for app in apps {
+            let mut events = Vec::new();
+            {
+                let rollout = &model.rollouts[&app].rollout;
+                let reports = self.reports.lock().expect("reports lock");
+                for host in &dirty {
+                    if rollout.host_status(host).is_none() {
+                        continue;
+                    }
+                    if let Some(state) = reports.get(host).and_then(|(report, _)| report.apps.get(&app)) {
+                        events.push(Event::Report {
+                            host: host.clone(),
+                            current: state.current.clone(),
+                            desired: state.desired.clone(),
+                            state: state.state,
+                        });
+                    }
+                }
+                if events.is_empty() && rollout.next_wake().is_some_and(|at| at <= now) {
+                    events.push(Event::Tick);
+                }
+            }
+            if events.is_empty() {
+                continue;
+            }
+            let actor = Actor {
+                who: CONTROLLER.to_owned(),
+                reason: None,
+            };
+            if let Err(error) = self.step_rollout(model, &app, events, now, &actor, false).await {
+                tracing::error!(%error, %app, "rollout step failed; retrying in a second");
+                self.rollout_dirty
+                    .lock()
+                    .expect("rollout dirty lock")
+                    .extend(dirty.iter().cloned());
+                retry = Some(now.plus(Duration::from_secs(1)));
+            }
+        }
+        model
+            .rollouts
+            .values()
+            .filter_map(|active| active.rollout.next_wake())
+            .chain(retry)
+            .min()
     }
 
     // --- Status -----------------------------------------------------------------------
@@ -929,9 +1322,10 @@ impl Coordinator {
 }
 
 impl Background {
-    /// Runs the report writer and the manifest refresher until `shutdown` fires, then
-    /// flushes the reports still queued.
+    /// Runs the report writer, the manifest refresher and the rollout driver until
+    /// `shutdown` fires, then flushes the reports still queued.
     pub async fn run(mut self, coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bool>) {
+        let driver = tokio::spawn(drive_rollouts(coordinator.clone(), shutdown.clone()));
         let mut refresh = tokio::time::interval(coordinator.config.refresh_interval.to_std());
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
@@ -958,6 +1352,231 @@ impl Background {
         while self.report_receiver.recv_many(&mut batch, 2048).await > 0 {
             store_reports(&coordinator, std::mem::take(&mut batch)).await;
         }
+        let _ = driver.await;
+    }
+}
+
+/// The rollout driver: runs a pass whenever a report changed or a step was taken, and at
+/// the earliest timer of any active rollout (after a restart too, from the stored state).
+async fn drive_rollouts(coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let wake = coordinator.drive_rollouts().await;
+        let sleep = wake.map_or(std::time::Duration::from_secs(3600), until);
+        tokio::select! {
+            () = coordinator.rollout_signal.notified() => {}
+            () = tokio::time::sleep(sleep) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// How long until `at` (whole seconds), plus a little so that `now()` has reached it.
+fn until(at: Timestamp) -> std::time::Duration {
+    let now_millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis());
+    let at_millis = u128::try_from(at.unix()).unwrap_or(0) * 1000;
+    let millis = u64::try_from(at_millis.saturating_sub(now_millis)).unwrap_or(u64::MAX);
+    std::time::Duration::from_millis(millis.saturating_add(20))
+}
+
+/// Who took a rollout step and why, for the history.
+#[derive(Debug)]
+struct Actor {
+    who: String,
+    reason: Option<String>,
+}
+
+impl Actor {
+    fn admin(reason: Option<String>) -> Actor {
+        Actor {
+            who: ADMIN.to_owned(),
+            reason,
+        }
+    }
+}
+
+/// The name history gives the admin token (there is one admin token, and it has no other name).
+pub const ADMIN: &str = "admin";
+/// The name history gives steps the controller took by itself (reports, timers).
+pub const CONTROLLER: &str = "controller";
+
+/// Defaults of `drover rollout plan|start`, documented in its `--help`.
+pub mod rollout_defaults {
+    /// A canary, then half the fleet, then all of it.
+    pub const STAGES: &str = "canary,50%,100%";
+    /// A tenth of the hosts at once (at least one).
+    pub const MAX_IN_FLIGHT: &str = "10%";
+    /// No bake: a stage passes once all its hosts settled.
+    pub const BAKE: &str = "0s";
+    /// No failure tolerated: the first one pauses (the canary's always does).
+    pub const MAX_FAILURES: &str = "0";
+    /// Pause and wait for the operator.
+    pub const ON_FAILURE: &str = "pause";
+    /// Time a pinned host has to become healthy on the target.
+    pub const HOST_DEADLINE: &str = "10m";
+}
+
+/// A command on a running rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutCommand {
+    /// Pin nothing new.
+    Pause,
+    /// Continue after a pause (by the operator or the breaker).
+    Resume,
+    /// Start the next stage (with `approve_each_stage`).
+    Approve,
+    /// Unpin every touched host.
+    Abort { rollback: bool },
+}
+
+fn rollout_spec(request: &RolloutRequest) -> Result<RolloutSpec, ServiceError> {
+    use rollout_defaults as default;
+    let text = SpecText {
+        app: &request.app,
+        target: &request.version,
+        stages: request.stages.as_deref().unwrap_or(default::STAGES),
+        max_in_flight: request.max_in_flight.as_deref().unwrap_or(default::MAX_IN_FLIGHT),
+        bake: request.bake.as_deref().unwrap_or(default::BAKE),
+        max_failures: request.max_failures.as_deref().unwrap_or(default::MAX_FAILURES),
+        on_failure: request.on_failure.as_deref().unwrap_or(default::ON_FAILURE),
+        approve_each_stage: request.approve_each_stage,
+        host_deadline: request.host_deadline.as_deref().unwrap_or(default::HOST_DEADLINE),
+    };
+    RolloutSpec::parse(&text).map_err(|errors| ServiceError::BadRequest("bad_rollout_spec", errors.to_string()))
+}
+
+fn check_reason(reason: Option<&str>) -> Result<Option<String>, ServiceError> {
+    match reason.map(str::trim).filter(|reason| !reason.is_empty()) {
+        Some(reason) if reason.chars().count() > 500 => Err(ServiceError::BadRequest(
+            "bad_reason",
+            "--reason is limited to 500 characters".into(),
+        )),
+        other => Ok(other.map(str::to_owned)),
+    }
+}
+
+fn no_rollout(app: &AppName) -> ServiceError {
+    ServiceError::NotFound(
+        "rollout_not_found",
+        format!("{app} has no rollout; plan one with drover rollout plan {app} VERSION"),
+    )
+}
+
+fn manual_history(app: Option<&AppName>, what: String) -> HistoryRecord {
+    HistoryRecord {
+        app: app.cloned(),
+        rollout: None,
+        at: now(),
+        who: ADMIN.to_owned(),
+        what,
+        reason: None,
+    }
+}
+
+/// Whether two reports say the same about every app's current, desired and state.
+fn same_app_states(old: &HostReport, new: &HostReport) -> bool {
+    let states = |report: &HostReport| {
+        report
+            .apps
+            .iter()
+            .map(|(app, state)| (app.clone(), state.current.clone(), state.desired.clone(), state.state))
+            .collect::<Vec<_>>()
+    };
+    states(old) == states(new)
+}
+
+fn plan_view(rollout: &Rollout) -> RolloutPlan {
+    RolloutPlan {
+        rollout: rollout.id().to_owned(),
+        app: rollout.spec().app.clone(),
+        version: rollout.spec().target.clone(),
+        stages: rollout
+            .plan()
+            .stages
+            .iter()
+            .map(|stage| RolloutPlanStage {
+                label: stage.label.to_string(),
+                hosts: stage
+                    .hosts
+                    .iter()
+                    .map(|host| RolloutPlanHost {
+                        id: host.id.clone(),
+                        current: host.current.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        max_in_flight: rollout.max_in_flight(),
+        failure_budget: rollout.failure_budget(),
+    }
+}
+
+fn status_view(
+    rollout: &Rollout,
+    created_by: &str,
+    created_at: Timestamp,
+    finished_at: Option<Timestamp>,
+    now: Timestamp,
+) -> RolloutStatus {
+    let progress = rollout.progress(now);
+    let phase = match &progress.phase {
+        Phase::Pending => RolloutPhase::Pending,
+        Phase::Running => RolloutPhase::Running,
+        Phase::Paused {
+            reason: PauseReason::Operator { .. },
+        } => RolloutPhase::PausedByOperator,
+        Phase::Paused {
+            reason: PauseReason::FailureBudget,
+        } => RolloutPhase::PausedByBreaker,
+        Phase::Paused {
+            reason: PauseReason::AwaitingApproval,
+        } => RolloutPhase::AwaitingApproval,
+        Phase::Completed { .. } => RolloutPhase::Completed,
+        Phase::Aborted { .. } => RolloutPhase::Aborted,
+        Phase::RolledBack { .. } => RolloutPhase::RolledBack,
+    };
+    RolloutStatus {
+        rollout: progress.rollout,
+        app: progress.app,
+        version: progress.target,
+        phase,
+        phase_text: progress.phase.to_string(),
+        stage: progress.stage,
+        stages: progress
+            .stages
+            .into_iter()
+            .map(|stage| {
+                let (status, bake_remaining) = match stage.status {
+                    StageStatus::NotStarted => ("not_started", None),
+                    StageStatus::Active => ("active", None),
+                    StageStatus::Baking { remaining } => ("baking", Some(remaining)),
+                    StageStatus::Passed => ("passed", None),
+                };
+                RolloutStageStatus {
+                    label: stage.label.to_string(),
+                    status: status.to_owned(),
+                    bake_remaining,
+                    total: stage.total,
+                    waiting: stage.waiting,
+                    in_flight: stage.in_flight,
+                    done: stage.done,
+                    failed: stage.failed,
+                    removed: stage.removed,
+                }
+            })
+            .collect(),
+        failures: progress.failures,
+        failure_budget: progress.failure_budget,
+        in_flight: progress.in_flight,
+        max_in_flight: progress.max_in_flight,
+        eta: progress.eta,
+        created_by: created_by.to_owned(),
+        created_at,
+        finished_at,
     }
 }
 

@@ -12,13 +12,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;
 
-use drover_protocol::api::{Labels, Release, Scope};
+use drover_protocol::api::{HistoryEntry, Labels, Release, Scope};
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
 use sqlx::Row as _;
+
+use crate::rollout::Rollout;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_rollouts.sql"),
+];
 
 /// Events kept per host; older ones are deleted as new ones arrive.
 pub const EVENTS_PER_HOST: i64 = 200;
@@ -124,6 +129,54 @@ pub struct Snapshot {
     pub manifests: Vec<StoredManifest>,
     /// The latest report of every host.
     pub reports: Vec<(HostReport, Timestamp)>,
+}
+
+/// A rollout as stored: the controller's state and who started it when.
+#[derive(Clone, Debug)]
+pub struct StoredRollout {
+    /// The controller's whole state.
+    pub rollout: Rollout,
+    /// The token name that started it.
+    pub created_by: String,
+    /// When.
+    pub created_at: Timestamp,
+    /// When it finished, if it did.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// A line for the history table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRecord {
+    /// The app it concerns (`None`: every app, e.g. a hold).
+    pub app: Option<AppName>,
+    /// The rollout it belongs to, if any.
+    pub rollout: Option<String>,
+    /// When.
+    pub at: Timestamp,
+    /// Who.
+    pub who: String,
+    /// What.
+    pub what: String,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// One rollout step to commit: the rollout's new state, the pins its actions changed (in
+/// order), its history lines and the manifests they render, all in one transaction.
+#[derive(Debug)]
+pub struct RolloutCommit<'a> {
+    /// The rollout after the step.
+    pub rollout: &'a Rollout,
+    /// `Some((created_by, created_at))` when the rollout row is new.
+    pub created: Option<(&'a str, Timestamp)>,
+    /// When it finished, if this step finished it.
+    pub finished_at: Option<Timestamp>,
+    /// Pin changes of the rollout's app, applied in order (`None` removes the pin).
+    pub pins: &'a [(Scope, Option<Version>)],
+    /// History lines.
+    pub history: &'a [HistoryRecord],
+    /// The manifests the pin changes render.
+    pub manifests: &'a [StoredManifest],
 }
 
 /// The SQLite store.
@@ -399,34 +452,25 @@ impl Store {
         app: &AppName,
         scope: &Scope,
         version: Option<&Version>,
+        history: &[HistoryRecord],
         manifests: &[StoredManifest],
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
-        match version {
-            Some(version) => {
-                sqlx::query(
-                    "INSERT INTO pins (app, scope, version) VALUES (?, ?, ?) ON CONFLICT (app, scope) DO UPDATE SET version = excluded.version",
-                )
-                .bind(app.as_str())
-                .bind(to_json(scope))
-                .bind(version.as_str())
-                .execute(&mut *transaction)
-                .await?;
-            }
-            None => {
-                sqlx::query("DELETE FROM pins WHERE app = ? AND scope = ?")
-                    .bind(app.as_str())
-                    .bind(to_json(scope))
-                    .execute(&mut *transaction)
-                    .await?;
-            }
-        }
+        insert_history(&mut transaction, history).await?;
+        write_pin(&mut transaction, app, scope, version).await?;
         commit_with_manifests(transaction, manifests).await
     }
 
     /// Sets or clears a hold and stores the manifests it changed, in one transaction.
-    pub async fn change_hold(&self, scope: &Scope, held: bool, manifests: &[StoredManifest]) -> Result<(), StoreError> {
+    pub async fn change_hold(
+        &self,
+        scope: &Scope,
+        held: bool,
+        history: &[HistoryRecord],
+        manifests: &[StoredManifest],
+    ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
+        insert_history(&mut transaction, history).await?;
         let statement = if held {
             "INSERT INTO holds (scope) VALUES (?) ON CONFLICT (scope) DO NOTHING"
         } else {
@@ -498,6 +542,153 @@ impl Store {
             })
             .collect()
     }
+}
+
+impl Store {
+    /// The rollouts that have not finished, to resume at start.
+    pub async fn active_rollouts(&self) -> Result<Vec<StoredRollout>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT state, created_by, created_at, finished_at FROM rollouts WHERE finished_at IS NULL ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_rollout).collect()
+    }
+
+    /// The newest rollout of `app`, finished or not.
+    pub async fn latest_rollout(&self, app: &AppName) -> Result<Option<StoredRollout>, StoreError> {
+        let row = sqlx::query(
+            "SELECT state, created_by, created_at, finished_at FROM rollouts WHERE app = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+        )
+        .bind(app.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(stored_rollout).transpose()
+    }
+
+    /// How many rollouts `app` has had (the next one's sequence number is this + 1).
+    pub async fn rollout_count(&self, app: &AppName) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rollouts WHERE app = ?")
+            .bind(app.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Commits one rollout step (see [`RolloutCommit`]).
+    pub async fn commit_rollout(&self, commit: &RolloutCommit<'_>) -> Result<(), StoreError> {
+        let app = &commit.rollout.spec().app;
+        let mut transaction = self.pool.begin().await?;
+        let state = to_json(commit.rollout);
+        match commit.created {
+            Some((created_by, created_at)) => {
+                sqlx::query(
+                    "INSERT INTO rollouts (id, app, state, created_by, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(commit.rollout.id())
+                .bind(app.as_str())
+                .bind(&state)
+                .bind(created_by)
+                .bind(unix(created_at))
+                .bind(commit.finished_at.map(unix))
+                .execute(&mut *transaction)
+                .await?;
+            }
+            None => {
+                sqlx::query("UPDATE rollouts SET state = ?, finished_at = ? WHERE id = ?")
+                    .bind(&state)
+                    .bind(commit.finished_at.map(unix))
+                    .bind(commit.rollout.id())
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+        }
+        for (scope, version) in commit.pins {
+            write_pin(&mut transaction, app, scope, version.as_ref()).await?;
+        }
+        insert_history(&mut transaction, commit.history).await?;
+        commit_with_manifests(transaction, commit.manifests).await
+    }
+
+    /// The history of `app` (including holds, which cover every app), oldest first, at
+    /// most the newest `limit` lines.
+    pub async fn history(&self, app: &AppName, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, who, rollout, what, reason FROM (
+               SELECT id, at, who, rollout, what, reason FROM rollout_history
+               WHERE app = ? OR app IS NULL ORDER BY id DESC LIMIT ?
+             ) ORDER BY id",
+        )
+        .bind(app.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| HistoryEntry {
+                at: Timestamp::from_unix(row.get(0)),
+                who: row.get(1),
+                rollout: row.get(2),
+                what: row.get(3),
+                reason: row.get(4),
+            })
+            .collect())
+    }
+}
+
+fn stored_rollout(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRollout, StoreError> {
+    Ok(StoredRollout {
+        rollout: json("rollout", row.get::<&str, _>(0))?,
+        created_by: row.get(1),
+        created_at: Timestamp::from_unix(row.get(2)),
+        finished_at: row.get::<Option<i64>, _>(3).map(Timestamp::from_unix),
+    })
+}
+
+async fn write_pin(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    app: &AppName,
+    scope: &Scope,
+    version: Option<&Version>,
+) -> Result<(), StoreError> {
+    match version {
+        Some(version) => {
+            sqlx::query(
+                "INSERT INTO pins (app, scope, version) VALUES (?, ?, ?) ON CONFLICT (app, scope) DO UPDATE SET version = excluded.version",
+            )
+            .bind(app.as_str())
+            .bind(to_json(scope))
+            .bind(version.as_str())
+            .execute(&mut **transaction)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM pins WHERE app = ? AND scope = ?")
+                .bind(app.as_str())
+                .bind(to_json(scope))
+                .execute(&mut **transaction)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn insert_history(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    history: &[HistoryRecord],
+) -> Result<(), StoreError> {
+    for line in history {
+        sqlx::query("INSERT INTO rollout_history (app, rollout, at, who, what, reason) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(line.app.as_ref().map(AppName::as_str))
+            .bind(line.rollout.as_deref())
+            .bind(unix(line.at))
+            .bind(&line.who)
+            .bind(&line.what)
+            .bind(line.reason.as_deref())
+            .execute(&mut **transaction)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Stores `manifests` in the same transaction as the change that produced them, and

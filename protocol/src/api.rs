@@ -301,3 +301,191 @@ pub struct AppStatus {
     /// Hosts per reported state.
     pub states: BTreeMap<String, usize>,
 }
+
+/// `POST /v1/admin/rollouts/plan` and `POST /v1/admin/rollouts` (start): a rollout as the
+/// operator typed it. Every field but `app` and `version` is text checked by the
+/// coordinator (all bad fields reported at once) and has a default there when absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    /// The app.
+    pub app: String,
+    /// The target release.
+    pub version: String,
+    /// `canary,10%,50%,100%` or group names `a,b,c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<String>,
+    /// `N` hosts or `P%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<String>,
+    /// A duration, e.g. `2m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake: Option<String>,
+    /// `N` hosts or `P%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<String>,
+    /// `pause` or `rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+    /// Whether each stage after the first waits for an approval.
+    #[serde(default)]
+    pub approve_each_stage: bool,
+    /// A duration, e.g. `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_deadline: Option<String>,
+    /// Why, for the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/admin/rollouts/{app}/pause|resume|approve`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutCommandRequest {
+    /// Why, for the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/admin/rollouts/{app}/abort`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutAbortRequest {
+    /// Record the abort as a rollback (the actions are the same: every touched host
+    /// returns to the release it had before).
+    #[serde(default)]
+    pub rollback: bool,
+    /// Why, for the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One host of a planned stage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutPlanHost {
+    /// The host.
+    pub id: HostId,
+    /// What it ran at planning time.
+    pub current: Option<Version>,
+}
+
+/// One planned stage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutPlanStage {
+    /// `canary`, `10%`, `group NAME` or `rest`.
+    pub label: String,
+    /// Its hosts in the order they are pinned.
+    pub hosts: Vec<RolloutPlanHost>,
+}
+
+/// The answer to `POST /v1/admin/rollouts/plan`: exactly what `start` would do now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutPlan {
+    /// The id the next rollout of this app will have (the order derives from it).
+    pub rollout: String,
+    /// The app.
+    pub app: AppName,
+    /// The target release.
+    pub version: Version,
+    /// The stages.
+    pub stages: Vec<RolloutPlanStage>,
+    /// Most hosts changing at once.
+    pub max_in_flight: usize,
+    /// Failures tolerated; one more trips the breaker.
+    pub failure_budget: usize,
+}
+
+/// Where a rollout is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutPhase {
+    /// Planned, not started.
+    Pending,
+    /// Pinning and watching the current stage.
+    Running,
+    /// Paused by an operator.
+    PausedByOperator,
+    /// Paused by the failure breaker.
+    PausedByBreaker,
+    /// A stage passed and the next waits for `drover rollout approve`.
+    AwaitingApproval,
+    /// Every stage passed; the target is the app's fleet pin.
+    Completed,
+    /// Stopped by an operator; touched hosts returned to their previous release.
+    Aborted,
+    /// The breaker rolled every touched host back.
+    RolledBack,
+}
+
+/// One stage of a rollout at a glance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStageStatus {
+    /// `canary`, `10%`, `group NAME` or `rest`.
+    pub label: String,
+    /// `not_started`, `active`, `baking` or `passed`.
+    pub status: String,
+    /// Time left of the bake, while baking.
+    pub bake_remaining: Option<Duration>,
+    /// Hosts in the stage.
+    pub total: usize,
+    /// Not pinned yet.
+    pub waiting: usize,
+    /// Pinned, neither healthy nor failed.
+    pub in_flight: usize,
+    /// Healthy on the target.
+    pub done: usize,
+    /// Counted as failed.
+    pub failed: usize,
+    /// Removed from the fleet.
+    pub removed: usize,
+}
+
+/// `GET /v1/admin/rollouts/{app}`: the app's active rollout, else its last one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    /// The rollout's id.
+    pub rollout: String,
+    /// The app.
+    pub app: AppName,
+    /// The target release.
+    pub version: Version,
+    /// Where it is.
+    pub phase: RolloutPhase,
+    /// The phase for people, e.g. `paused by the failure breaker`.
+    pub phase_text: String,
+    /// The index of the last stage started.
+    pub stage: Option<usize>,
+    /// Per stage.
+    pub stages: Vec<RolloutStageStatus>,
+    /// Failures so far.
+    pub failures: usize,
+    /// Failures tolerated.
+    pub failure_budget: usize,
+    /// Hosts changing now.
+    pub in_flight: usize,
+    /// Most hosts changing at once.
+    pub max_in_flight: usize,
+    /// Rough completion time, while running.
+    pub eta: Option<Timestamp>,
+    /// Who started it.
+    pub created_by: String,
+    /// When.
+    pub created_at: Timestamp,
+    /// When it finished, if it did.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// One line of `GET /v1/admin/rollouts/{app}/history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When.
+    pub at: Timestamp,
+    /// Who: the admin token's name, or `controller` for what the rollout did by itself.
+    pub who: String,
+    /// The rollout it belongs to, if any (pins and holds made by hand have none).
+    pub rollout: Option<String>,
+    /// What happened.
+    pub what: String,
+    /// Why, as given with `--reason`.
+    pub reason: Option<String>,
+}

@@ -8,6 +8,7 @@
 mod desired;
 mod hosts;
 mod release;
+mod rollout;
 
 use std::io::{IsTerminal as _, Write};
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ pub use hosts::{
     groups_create, groups_delete, groups_list, hosts_label, hosts_list, hosts_remove, hosts_show, token_create,
 };
 pub use release::{read_spec, release_create, release_list};
+pub use rollout::rollout;
 
 use crate::client::printable;
 use crate::error::Error;

@@ -1,0 +1,239 @@
+//! `drover rollout plan|start|status|watch|pause|resume|approve|abort|history`.
+
+use std::io::Write;
+
+use drover_protocol::Timestamp;
+use drover_protocol::api::{
+    HistoryEntry, RolloutAbortRequest, RolloutCommandRequest, RolloutPhase, RolloutPlan, RolloutRequest, RolloutStatus,
+};
+use reqwest::Method;
+
+use super::{Table, emit, print_json};
+use crate::cli::{Output, RolloutCommand, RolloutSpecArgs};
+use crate::client::{AdminClient, printable};
+use crate::error::Error;
+
+/// Runs one `drover rollout` command.
+pub async fn rollout(
+    client: &AdminClient,
+    command: &RolloutCommand,
+    now: Timestamp,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    match command {
+        RolloutCommand::Plan(args) => {
+            let plan: RolloutPlan = client
+                .send_json(Method::POST, "/v1/admin/rollouts/plan", &request(args))
+                .await?;
+            match args.output {
+                Output::Json => print_json(out, &plan),
+                Output::Table => emit(out, &plan_text(&plan)),
+            }
+        }
+        RolloutCommand::Start(args) => {
+            let status: RolloutStatus = client
+                .send_json(Method::POST, "/v1/admin/rollouts", &request(args))
+                .await?;
+            show(out, &status, args.output, now)
+        }
+        RolloutCommand::Status(args) => {
+            let status: RolloutStatus = client.get(&status_path(args.app.as_str())).await?;
+            show(out, &status, args.output, now)
+        }
+        RolloutCommand::Watch(args) => watch(client, args.app.as_str(), args.output, out).await,
+        RolloutCommand::Pause(args) | RolloutCommand::Resume(args) | RolloutCommand::Approve(args) => {
+            let verb = match command {
+                RolloutCommand::Pause(_) => "pause",
+                RolloutCommand::Resume(_) => "resume",
+                _ => "approve",
+            };
+            let body = RolloutCommandRequest {
+                reason: args.reason.clone(),
+            };
+            let path = format!("{}/{verb}", status_path(args.app.as_str()));
+            let status: RolloutStatus = client.send_json(Method::POST, &path, &body).await?;
+            show(
+                out,
+                &status,
+                Output::Table,
+                Timestamp::from_system(std::time::SystemTime::now()),
+            )
+        }
+        RolloutCommand::Abort(args) => {
+            let body = RolloutAbortRequest {
+                rollback: args.rollback,
+                reason: args.reason.clone(),
+            };
+            let path = format!("{}/abort", status_path(args.app.as_str()));
+            let status: RolloutStatus = client.send_json(Method::POST, &path, &body).await?;
+            show(out, &status, Output::Table, now)
+        }
+        RolloutCommand::History(args) => {
+            let lines: Vec<HistoryEntry> = client
+                .get(&format!("{}/history", status_path(args.app.as_str())))
+                .await?;
+            if args.output == Output::Json {
+                return print_json(out, &lines);
+            }
+            let mut table = Table::new(&["AT", "WHO", "ROLLOUT", "WHAT", "REASON"]);
+            for line in lines {
+                table.row(vec![
+                    line.at.to_string(),
+                    line.who,
+                    line.rollout.unwrap_or_else(|| "-".into()),
+                    line.what,
+                    line.reason.unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            emit(out, &table.render())
+        }
+    }
+}
+
+fn status_path(app: &str) -> String {
+    format!("/v1/admin/rollouts/{}", super::path_segment(app))
+}
+
+fn request(args: &RolloutSpecArgs) -> RolloutRequest {
+    RolloutRequest {
+        app: args.app.to_string(),
+        version: args.version.clone(),
+        stages: args.stages.clone().or_else(|| args.groups.clone()),
+        max_in_flight: args.max_in_flight.clone(),
+        bake: args.bake.clone(),
+        max_failures: args.max_failures.clone(),
+        on_failure: args.on_failure.clone(),
+        approve_each_stage: args.approve_each_stage,
+        host_deadline: args.host_deadline.clone(),
+        reason: args.reason.clone(),
+    }
+}
+
+/// The plan as people read it: a summary line, then one row per host in pinning order.
+pub(crate) fn plan_text(plan: &RolloutPlan) -> String {
+    let hosts: usize = plan.stages.iter().map(|stage| stage.hosts.len()).sum();
+    let mut text = format!(
+        "rollout {} of {} to {}: {hosts} hosts in {} stages, at most {} in flight, {} failures tolerated\n\n",
+        printable(&plan.rollout),
+        plan.app,
+        plan.version,
+        plan.stages.len(),
+        plan.max_in_flight,
+        plan.failure_budget
+    );
+    let mut table = Table::new(&["STAGE", "LABEL", "HOST", "CURRENT"]);
+    for (index, stage) in plan.stages.iter().enumerate() {
+        if stage.hosts.is_empty() {
+            table.row(vec![
+                (index + 1).to_string(),
+                stage.label.clone(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for host in &stage.hosts {
+            table.row(vec![
+                (index + 1).to_string(),
+                stage.label.clone(),
+                host.id.to_string(),
+                host.current.as_ref().map_or_else(|| "-".into(), ToString::to_string),
+            ]);
+        }
+    }
+    text.push_str(&table.render());
+    text
+}
+
+fn show(out: &mut dyn Write, status: &RolloutStatus, output: Output, now: Timestamp) -> Result<(), Error> {
+    match output {
+        Output::Json => print_json(out, status),
+        Output::Table => emit(out, &status_text(status, now)),
+    }
+}
+
+/// Per stage: done / in flight / failed / waiting, the bake countdown; ETA on top.
+pub(crate) fn status_text(status: &RolloutStatus, now: Timestamp) -> String {
+    let stage = status.stage.map_or_else(
+        || "not started".to_owned(),
+        |stage| format!("stage {} of {}", stage + 1, status.stages.len()),
+    );
+    let eta = status.eta.map_or_else(
+        || "-".to_owned(),
+        |eta| format!("{eta} (in {}s)", (eta.unix() - now.unix()).max(0)),
+    );
+    let mut text = format!(
+        "rollout {} of {} to {}: {}, {stage}\nfailures {} of {} tolerated, {} of {} in flight, ETA {eta}\n\n",
+        printable(&status.rollout),
+        status.app,
+        status.version,
+        printable(&status.phase_text),
+        status.failures,
+        status.failure_budget,
+        status.in_flight,
+        status.max_in_flight
+    );
+    let mut table = Table::new(&[
+        "STAGE",
+        "LABEL",
+        "STATUS",
+        "DONE",
+        "IN FLIGHT",
+        "FAILED",
+        "WAITING",
+        "TOTAL",
+    ]);
+    for (index, stage) in status.stages.iter().enumerate() {
+        let state = match &stage.bake_remaining {
+            Some(remaining) => format!("baking, {remaining} left"),
+            None => stage.status.replace('_', " "),
+        };
+        table.row(vec![
+            (index + 1).to_string(),
+            stage.label.clone(),
+            state,
+            stage.done.to_string(),
+            stage.in_flight.to_string(),
+            stage.failed.to_string(),
+            stage.waiting.to_string(),
+            stage.total.to_string(),
+        ]);
+    }
+    text.push_str(&table.render());
+    text
+}
+
+/// Polls the status every second until the rollout finishes or the breaker pauses it.
+async fn watch(client: &AdminClient, app: &str, output: Output, out: &mut dyn Write) -> Result<(), Error> {
+    let mut last = None;
+    loop {
+        let status: RolloutStatus = client.get(&status_path(app)).await?;
+        let now = Timestamp::from_system(std::time::SystemTime::now());
+        let text = match output {
+            Output::Json => serde_json::to_string(&status).expect("API types serialize") + "\n",
+            Output::Table => status_text(&status, now) + "\n",
+        };
+        if last.as_ref() != Some(&text) {
+            emit(out, &text)?;
+            let _ = out.flush();
+            last = Some(text);
+        }
+        let outcome = match status.phase {
+            RolloutPhase::Completed => return Ok(()),
+            RolloutPhase::PausedByBreaker => "paused by the failure breaker",
+            RolloutPhase::Aborted => "aborted",
+            RolloutPhase::RolledBack => "rolled back",
+            RolloutPhase::Pending
+            | RolloutPhase::Running
+            | RolloutPhase::PausedByOperator
+            | RolloutPhase::AwaitingApproval => {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        return Err(Error::RolloutOutcome {
+            app: app.to_owned(),
+            rollout: status.rollout,
+            outcome: outcome.to_owned(),
+        });
+    }
+}
