@@ -108,6 +108,14 @@ impl CoordinatorProcess {
         }
     }
 
+    /// Kills the process with SIGKILL (a crash: nothing is flushed or drained).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

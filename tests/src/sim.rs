@@ -29,7 +29,7 @@ use reqwest::StatusCode;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::fleet::{Agent, TestCoordinator, facts};
+use crate::fleet::{Admin, Agent, TestCoordinator, facts};
 use crate::now_real;
 
 /// How a simulated host treats a change of its desired release.
@@ -160,8 +160,14 @@ impl Simulator {
     /// `config.join_concurrency` at once), then starts every host's task. All hosts start
     /// [`Behaviour::Good`].
     pub async fn enroll(coordinator: &TestCoordinator, config: SimConfig) -> Simulator {
-        let url = coordinator.url();
-        let admin = coordinator.admin.clone();
+        Simulator::enroll_at(&coordinator.url(), &coordinator.admin, config).await
+    }
+
+    /// [`Simulator::enroll`] against any coordinator: its URL and an admin client (e.g.
+    /// a `drover serve` process, which a test can kill -9).
+    pub async fn enroll_at(url: &str, admin: &Admin, config: SimConfig) -> Simulator {
+        let url = url.to_owned();
+        let admin = admin.clone();
         let names: Vec<String> = (0..config.hosts)
             .map(|index| format!("{}{index:05}", config.prefix))
             .collect();
@@ -210,6 +216,7 @@ impl Simulator {
                 shutdown: receiver.clone(),
                 config: config.clone(),
                 random: splitmix(config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                last_report: None,
             };
             tasks.spawn(host.run());
         }
@@ -426,6 +433,10 @@ struct SimHost {
     shutdown: watch::Receiver<bool>,
     config: SimConfig,
     random: u64,
+    /// The last report sent, re-sent as a heartbeat after each quiet long-poll as the real
+    /// agent does every poll interval (a coordinator that crashed before storing a report
+    /// it had acknowledged hears it again).
+    last_report: Option<(u64, Option<Version>, Option<Version>, AppState)>,
 }
 
 impl SimHost {
@@ -484,6 +495,9 @@ impl SimHost {
                 Polled::Changed(envelope, new_etag) => (envelope, new_etag),
                 Polled::NotModified => {
                     failures = 0;
+                    if !silenced && let Some((serial, current, desired, state)) = self.last_report.clone() {
+                        self.report(serial, current, desired, state).await;
+                    }
                     continue;
                 }
                 Polled::Retry | Polled::Refused => {
@@ -614,6 +628,7 @@ impl SimHost {
 
     /// Records the state and sends the report, retrying connection errors and 5xx.
     async fn report(&mut self, serial: u64, current: Option<Version>, desired: Option<Version>, state: AppState) {
+        self.last_report = Some((serial, current.clone(), desired.clone(), state));
         let bad_versions = match state {
             AppState::Failed | AppState::RolledBack => desired.iter().cloned().collect(),
             _ => Vec::new(),

@@ -15,7 +15,8 @@ use std::time::{Duration as StdDuration, Instant};
 use drover_protocol::api::{HistoryEntry, RolloutPhase, RolloutPlan, RolloutStatus};
 use drover_protocol::report::AppState;
 use drover_protocol::{HostId, Version};
-use drover_tests::fleet::TestCoordinator;
+use drover_tests::e2e::CoordinatorProcess;
+use drover_tests::fleet::{Admin, TestCoordinator};
 use drover_tests::sim::{Behaviour, SimConfig, Simulator};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -49,19 +50,24 @@ fn version(text: &str) -> Version {
 /// A coordinator with web 1.0 (the fleet pin) and 2.0, and [`HOSTS`] simulated hosts
 /// healthy on 1.0.
 async fn fleet() -> (TestCoordinator, Simulator) {
-    let started = Instant::now();
     let coordinator = TestCoordinator::start().await;
-    coordinator.admin.release("web", "1.0", b"web 1.0".to_vec()).await;
-    coordinator.admin.release("web", "2.0", b"web 2.0".to_vec()).await;
-    coordinator
-        .admin
+    let sim = populate(&coordinator.url(), &coordinator.admin).await;
+    (coordinator, sim)
+}
+
+/// Releases web 1.0 and 2.0, pins 1.0 for the fleet and enrolls [`HOSTS`] simulated hosts.
+async fn populate(url: &str, admin: &Admin) -> Simulator {
+    let started = Instant::now();
+    admin.release("web", "1.0", b"web 1.0".to_vec()).await;
+    admin.release("web", "2.0", b"web 2.0".to_vec()).await;
+    admin
         .ok(
             Method::PUT,
             "/v1/admin/pins",
             Some(json!({"app": "web", "version": "1.0", "scope": {"kind": "fleet"}})),
         )
         .await;
-    let sim = Simulator::enroll(&coordinator, SimConfig::new(HOSTS, "web", "2.0")).await;
+    let sim = Simulator::enroll_at(url, admin, SimConfig::new(HOSTS, "web", "2.0")).await;
     let enrolled = started.elapsed();
     sim.wait_ready(StdDuration::from_secs(60)).await;
     assert_eq!(sim.healthy_on(&version("1.0")), HOSTS);
@@ -70,7 +76,7 @@ async fn fleet() -> (TestCoordinator, Simulator) {
         enrolled.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    (coordinator, sim)
+    sim
 }
 
 fn body(extra: Value) -> Value {
@@ -84,50 +90,43 @@ fn body(extra: Value) -> Value {
     body
 }
 
-async fn plan(coordinator: &TestCoordinator, extra: Value) -> RolloutPlan {
-    let value = coordinator
-        .admin
+async fn plan(admin: &Admin, extra: Value) -> RolloutPlan {
+    let value = admin
         .ok(Method::POST, "/v1/admin/rollouts/plan", Some(body(extra)))
         .await;
     serde_json::from_value(value).expect("plan")
 }
 
 /// The plan's canary (the first stage's only host).
-async fn canary(coordinator: &TestCoordinator, extra: Value) -> (RolloutPlan, HostId) {
-    let plan = plan(coordinator, extra).await;
+async fn canary(admin: &Admin, extra: Value) -> (RolloutPlan, HostId) {
+    let plan = plan(admin, extra).await;
     assert_eq!(plan.stages[0].label, "canary");
     assert_eq!(plan.stages[0].hosts.len(), 1);
     let canary = plan.stages[0].hosts[0].id.clone();
     (plan, canary)
 }
 
-async fn start(coordinator: &TestCoordinator, extra: Value) -> RolloutStatus {
-    let (status, text) = coordinator
-        .admin
-        .call(Method::POST, "/v1/admin/rollouts", Some(body(extra)))
-        .await;
+async fn start(admin: &Admin, extra: Value) -> RolloutStatus {
+    let (status, text) = admin.call(Method::POST, "/v1/admin/rollouts", Some(body(extra))).await;
     assert_eq!(status, StatusCode::CREATED, "{text}");
     serde_json::from_str(&text).expect("status")
 }
 
-async fn status(coordinator: &TestCoordinator) -> RolloutStatus {
-    let value = coordinator.admin.ok(Method::GET, "/v1/admin/rollouts/web", None).await;
+async fn status(admin: &Admin) -> RolloutStatus {
+    let value = admin.ok(Method::GET, "/v1/admin/rollouts/web", None).await;
     serde_json::from_value(value).expect("status")
 }
 
-async fn history(coordinator: &TestCoordinator) -> Vec<HistoryEntry> {
-    let value = coordinator
-        .admin
-        .ok(Method::GET, "/v1/admin/rollouts/web/history", None)
-        .await;
+async fn history(admin: &Admin) -> Vec<HistoryEntry> {
+    let value = admin.ok(Method::GET, "/v1/admin/rollouts/web/history", None).await;
     serde_json::from_value(value).expect("history")
 }
 
 /// Polls the status until the rollout leaves `running`.
-async fn settled(coordinator: &TestCoordinator, timeout: StdDuration) -> RolloutStatus {
+async fn settled(admin: &Admin, timeout: StdDuration) -> RolloutStatus {
     let deadline = Instant::now() + timeout;
     loop {
-        let current = status(coordinator).await;
+        let current = status(admin).await;
         if current.phase != RolloutPhase::Running {
             return current;
         }
@@ -187,13 +186,13 @@ fn a_good_release_completes_every_stage_at_1000_hosts() {
     run("good release", async {
         let (coordinator, sim) = fleet().await;
         let started = Instant::now();
-        let first = start(&coordinator, json!({})).await;
+        let first = start(&coordinator.admin, json!({})).await;
         assert_eq!(first.phase, RolloutPhase::Running);
         assert_eq!(
             first.stages.iter().map(|stage| stage.total).collect::<Vec<_>>(),
             [1, 99, 400, 500]
         );
-        let finished = settled(&coordinator, StdDuration::from_secs(180)).await;
+        let finished = settled(&coordinator.admin, StdDuration::from_secs(180)).await;
         eprintln!(
             "rollout of {HOSTS}: completed in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -210,7 +209,7 @@ fn a_good_release_completes_every_stage_at_1000_hosts() {
         })
         .await;
         assert_eq!(sim.offered(&version("2.0")).len(), HOSTS);
-        assert_each_stage_once(&history(&coordinator).await, 4);
+        assert_each_stage_once(&history(&coordinator.admin).await, 4);
         assert_clean_protocol(&sim);
         sim.shutdown().await;
         coordinator.stop().await;
@@ -221,15 +220,15 @@ fn a_good_release_completes_every_stage_at_1000_hosts() {
 fn a_release_failing_everywhere_stops_at_the_canary_at_1000_hosts() {
     run("failing everywhere", async {
         let (coordinator, sim) = fleet().await;
-        let (_, canary) = canary(&coordinator, json!({"max_failures": "5%"})).await;
+        let (_, canary) = canary(&coordinator.admin, json!({"max_failures": "5%"})).await;
         sim.assign(
             7,
             HOSTS,
             Behaviour::FailsOnTarget(AppState::RolledBack),
             &BTreeSet::new(),
         );
-        start(&coordinator, json!({"max_failures": "5%"})).await;
-        let stopped = settled(&coordinator, StdDuration::from_secs(60)).await;
+        start(&coordinator.admin, json!({"max_failures": "5%"})).await;
+        let stopped = settled(&coordinator.admin, StdDuration::from_secs(60)).await;
         assert_eq!(stopped.phase, RolloutPhase::PausedByBreaker, "{stopped:?}");
         assert_eq!(stopped.failures, 1);
         assert_eq!(stopped.stages[0].failed, 1);
@@ -242,7 +241,7 @@ fn a_release_failing_everywhere_stops_at_the_canary_at_1000_hosts() {
         let view = sim.view(&canary).expect("canary");
         assert_eq!(view.current, Some(version("1.0")));
         assert_eq!(view.state, Some(AppState::RolledBack));
-        assert_eq!(status(&coordinator).await.phase, RolloutPhase::PausedByBreaker);
+        assert_eq!(status(&coordinator.admin).await.phase, RolloutPhase::PausedByBreaker);
         assert_eq!(sim.healthy_on(&version("1.0")), HOSTS - 1);
         assert_clean_protocol(&sim);
         sim.shutdown().await;
@@ -255,7 +254,7 @@ fn three_percent_failures_within_a_five_percent_budget_complete() {
     run("3 % failures", async {
         let (coordinator, sim) = fleet().await;
         let extra = json!({"max_failures": "5%"});
-        let (plan, canary) = canary(&coordinator, extra.clone()).await;
+        let (plan, canary) = canary(&coordinator.admin, extra.clone()).await;
         assert_eq!(plan.failure_budget, 50);
         // The canary has no budget (one failure there always stops): it is a good host.
         let failing = sim.assign(
@@ -264,8 +263,8 @@ fn three_percent_failures_within_a_five_percent_budget_complete() {
             Behaviour::FailsOnTarget(AppState::Failed),
             &BTreeSet::from([canary]),
         );
-        start(&coordinator, extra).await;
-        let finished = settled(&coordinator, StdDuration::from_secs(180)).await;
+        start(&coordinator.admin, extra).await;
+        let finished = settled(&coordinator.admin, StdDuration::from_secs(180)).await;
         assert_eq!(finished.phase, RolloutPhase::Completed, "{finished:?}");
         assert_eq!(finished.failures, 30);
         assert_eq!(finished.stages.iter().map(|stage| stage.failed).sum::<usize>(), 30);
@@ -279,7 +278,7 @@ fn three_percent_failures_within_a_five_percent_budget_complete() {
             assert_eq!(view.current, Some(version("1.0")), "{host}");
             assert_eq!(view.state, Some(AppState::Failed), "{host}");
         }
-        assert_each_stage_once(&history(&coordinator).await, 4);
+        assert_each_stage_once(&history(&coordinator.admin).await, 4);
         assert_clean_protocol(&sim);
         sim.shutdown().await;
         coordinator.stop().await;
@@ -291,15 +290,15 @@ fn ten_percent_failures_pause_the_rollout() {
     run("10 % failures", async {
         let (coordinator, sim) = fleet().await;
         let extra = json!({"max_failures": "5%"});
-        let (plan, canary) = canary(&coordinator, extra.clone()).await;
+        let (plan, canary) = canary(&coordinator.admin, extra.clone()).await;
         sim.assign(
             10,
             HOSTS / 10,
             Behaviour::FailsOnTarget(AppState::RolledBack),
             &BTreeSet::from([canary]),
         );
-        start(&coordinator, extra).await;
-        let paused = settled(&coordinator, StdDuration::from_secs(180)).await;
+        start(&coordinator.admin, extra).await;
+        let paused = settled(&coordinator.admin, StdDuration::from_secs(180)).await;
         assert_eq!(paused.phase, RolloutPhase::PausedByBreaker, "{paused:?}");
         assert!(
             paused.failures > paused.failure_budget,
@@ -309,7 +308,7 @@ fn ten_percent_failures_pause_the_rollout() {
         );
         // Hosts in flight when the breaker tripped may still fail, never more than those.
         tokio::time::sleep(StdDuration::from_secs(1)).await;
-        let later = status(&coordinator).await;
+        let later = status(&coordinator.admin).await;
         assert_eq!(later.phase, RolloutPhase::PausedByBreaker);
         assert!(
             later.failures <= later.failure_budget + later.max_in_flight,
@@ -354,15 +353,15 @@ fn on_failure_rollback_returns_every_touched_host_to_the_previous_release() {
     run("rollback", async {
         let (coordinator, sim) = fleet().await;
         let extra = json!({"max_failures": "5%", "on_failure": "rollback"});
-        let (_, canary) = canary(&coordinator, extra.clone()).await;
+        let (_, canary) = canary(&coordinator.admin, extra.clone()).await;
         sim.assign(
             11,
             HOSTS / 10,
             Behaviour::FailsOnTarget(AppState::RolledBack),
             &BTreeSet::from([canary]),
         );
-        start(&coordinator, extra).await;
-        let rolled_back = settled(&coordinator, StdDuration::from_secs(180)).await;
+        start(&coordinator.admin, extra).await;
+        let rolled_back = settled(&coordinator.admin, StdDuration::from_secs(180)).await;
         assert_eq!(rolled_back.phase, RolloutPhase::RolledBack, "{rolled_back:?}");
         let touched = sim.offered(&version("2.0"));
         assert!(
@@ -393,11 +392,11 @@ fn on_failure_rollback_returns_every_touched_host_to_the_previous_release() {
 fn a_coordinator_restart_mid_rollout_resumes_exactly() {
     run("restart", async {
         let (mut coordinator, sim) = fleet().await;
-        start(&coordinator, json!({})).await;
+        start(&coordinator.admin, json!({})).await;
         // Restart while the 50 % stage (the third) is in flight, a quarter or more done.
         let deadline = Instant::now() + StdDuration::from_secs(120);
         let before = loop {
-            let current = status(&coordinator).await;
+            let current = status(&coordinator.admin).await;
             let third = &current.stages[2];
             if current.stage == Some(2) && current.in_flight > 0 && third.done >= third.total / 4 {
                 break current;
@@ -410,7 +409,7 @@ fn a_coordinator_restart_mid_rollout_resumes_exactly() {
         let restarting = Instant::now();
         coordinator.restart().await;
         let restart_time = restarting.elapsed();
-        let after = status(&coordinator).await;
+        let after = status(&coordinator.admin).await;
         assert_eq!(after.rollout, before.rollout);
         assert_eq!(after.stage, Some(2), "before {before:?}, after {after:?}");
         for (old, new) in before.stages.iter().zip(&after.stages) {
@@ -420,7 +419,7 @@ fn a_coordinator_restart_mid_rollout_resumes_exactly() {
             }
         }
         assert_eq!(after.stages[3].status, "not_started", "{after:?}");
-        let finished = settled(&coordinator, StdDuration::from_secs(180)).await;
+        let finished = settled(&coordinator.admin, StdDuration::from_secs(180)).await;
         assert_eq!(finished.phase, RolloutPhase::Completed, "{finished:?}");
         assert_eq!(finished.failures, 0);
         for stage in &finished.stages {
@@ -430,7 +429,7 @@ fn a_coordinator_restart_mid_rollout_resumes_exactly() {
             view.current == Some(version("2.0")) && view.state == Some(AppState::Healthy) && view.reported
         })
         .await;
-        let lines = history(&coordinator).await;
+        let lines = history(&coordinator.admin).await;
         assert_each_stage_once(&lines, 4);
         assert_eq!(lines_like(&lines, |what| what.starts_with("completed: ")).len(), 1);
         eprintln!(
@@ -447,17 +446,63 @@ fn a_coordinator_restart_mid_rollout_resumes_exactly() {
 }
 
 #[test]
+fn a_coordinator_killed_mid_rollout_resumes_exactly() {
+    run("kill -9", async {
+        // A real `drover serve` process, so the crash is a real SIGKILL.
+        let mut process = tokio::task::block_in_place(CoordinatorProcess::start).expect("drover serve");
+        let admin = Admin::from_data_dir(&process.data_dir, &process.url());
+        let sim = populate(&process.url(), &admin).await;
+        start(&admin, json!({})).await;
+        let deadline = Instant::now() + StdDuration::from_secs(120);
+        let before = loop {
+            let current = status(&admin).await;
+            let third = &current.stages[2];
+            if current.stage == Some(2) && current.in_flight > 0 && third.done >= third.total / 4 {
+                break current;
+            }
+            assert_eq!(current.phase, RolloutPhase::Running, "{current:?}");
+            assert!(Instant::now() < deadline, "never reached stage 3: {current:?}");
+            tokio::time::sleep(StdDuration::from_millis(20)).await;
+        };
+        process.kill9();
+        tokio::task::block_in_place(|| process.resume()).expect("drover serve again");
+        let after = status(&admin).await;
+        assert_eq!(after.rollout, before.rollout);
+        for (old, new) in before.stages.iter().zip(&after.stages) {
+            if old.status == "passed" {
+                assert_eq!(new.status, "passed", "a passed stage stays passed: {old:?} -> {new:?}");
+            }
+        }
+        let finished = settled(&admin, StdDuration::from_secs(180)).await;
+        assert_eq!(finished.phase, RolloutPhase::Completed, "{finished:?}");
+        assert_eq!(finished.failures, 0);
+        for stage in &finished.stages {
+            assert_eq!(stage.done, stage.total, "{stage:?}");
+        }
+        sim.wait_all("on 2.0", StdDuration::from_secs(30), |view| {
+            view.current == Some(version("2.0")) && view.state == Some(AppState::Healthy) && view.reported
+        })
+        .await;
+        let lines = history(&admin).await;
+        assert_each_stage_once(&lines, 4);
+        assert_eq!(lines_like(&lines, |what| what.starts_with("completed: ")).len(), 1);
+        sim.shutdown().await;
+        process.stop();
+    });
+}
+
+#[test]
 fn silent_hosts_fail_by_the_host_deadline_at_1000_hosts() {
     run("silent hosts", async {
         let (coordinator, sim) = fleet().await;
         let extra = json!({"max_failures": "5%", "host_deadline": "2s"});
-        let (_, canary) = canary(&coordinator, extra.clone()).await;
+        let (_, canary) = canary(&coordinator.admin, extra.clone()).await;
         let silent = sim.assign(13, 20, Behaviour::Silent, &BTreeSet::from([canary]));
-        start(&coordinator, extra).await;
-        let finished = settled(&coordinator, StdDuration::from_secs(180)).await;
+        start(&coordinator.admin, extra).await;
+        let finished = settled(&coordinator.admin, StdDuration::from_secs(180)).await;
         assert_eq!(finished.phase, RolloutPhase::Completed, "{finished:?}");
         assert_eq!(finished.failures, 20);
-        let lines = history(&coordinator).await;
+        let lines = history(&coordinator.admin).await;
         let missed = lines_like(&lines, |what| {
             what.contains("failed on 2.0") && what.contains("deadline")
         });
