@@ -166,6 +166,7 @@ impl Executor {
                     activation.started_at
                 ),
             );
+            let keep = activation.to.spec.keep_releases.get();
             let outcome = match activation.phase {
                 Phase::Activating => self.activate_journaled(&app, activation).await,
                 Phase::RollingBack => {
@@ -176,8 +177,10 @@ impl Executor {
                     self.roll_back(&app, activation, reason).await
                 }
             };
-            if let Err(error) = outcome {
-                self.failed(&app, None, &error);
+            match outcome {
+                // The plan's prune step belonged to the interrupted run: do it here.
+                Ok(()) => self.prune(&app, keep),
+                Err(error) => self.failed(&app, None, &error),
             }
         }
     }
@@ -280,12 +283,6 @@ impl Executor {
                 failed.insert(app);
             }
         }
-        // Also after a switch that a restart finished (recover): prune is idempotent.
-        for (app, release) in &desired.apps {
-            if !failed.contains(app) {
-                self.prune(app, release.spec.keep_releases.get());
-            }
-        }
         let keep: Vec<Digest> = desired
             .apps
             .values()
@@ -328,13 +325,16 @@ impl Executor {
         Ok(())
     }
 
+    /// The version the app's record says runs.
+    fn current_version(&self, app: &AppName) -> Option<&Version> {
+        self.records
+            .get(app)
+            .and_then(|record| version_of(record.current.as_ref()))
+    }
+
     fn failed(&self, app: &AppName, desired: Option<&Version>, error: &StepError) {
         let message = error.to_string();
-        let current = self
-            .records
-            .get(app)
-            .and_then(|record| record.current.as_ref())
-            .map(|release| &release.version);
+        let current = self.current_version(app);
         self.status.event(now(), Some(app), format!("failed: {message}"));
         self.status.update(|status| {
             let entry = status
@@ -390,11 +390,7 @@ impl Executor {
                 });
             }
         };
-        let current = self
-            .records
-            .get(app)
-            .and_then(|record| record.current.as_ref())
-            .map(|release| &release.version);
+        let current = self.current_version(app);
         self.status
             .app_state(app, current, Some(&release.version), AppState::Fetching, None);
         let client = if same_origin(url.as_str(), &self.coordinator) {
@@ -412,11 +408,7 @@ impl Executor {
         release: &AppRelease,
         artifact: VerifiedArtifact,
     ) -> Result<StagedRelease, StepError> {
-        let current = self
-            .records
-            .get(app)
-            .and_then(|record| record.current.as_ref())
-            .map(|release| &release.version);
+        let current = self.current_version(app);
         self.status
             .app_state(app, current, Some(&release.version), AppState::Installing, None);
         let state_dir = self.state_dir.clone();

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use drover_coordinator::serve::{Running, ServeOptions, start};
 use drover_protocol::api::{JoinRequest, JoinResponse, TokenRequest, TokenResponse};
-use drover_protocol::report::AgentFacts;
-use drover_protocol::{Duration, HostId, HostReport, Trust};
+use drover_protocol::report::{AgentFacts, AppReport, REPORT_SCHEMA};
+use drover_protocol::{AppName, Duration, HostId, HostReport, Trust};
 use reqwest::StatusCode;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -311,6 +311,21 @@ impl Agent {
             }
             StatusCode::NOT_MODIFIED => Poll::NotModified,
             status => Poll::Refused(status, response.text().await.unwrap_or_default()),
+        }
+    }
+
+    /// A report about one app, as the agent builds it (no events).
+    pub fn app_report(&self, serial: Option<u64>, app: &AppName, app_report: AppReport) -> HostReport {
+        HostReport {
+            schema: REPORT_SCHEMA,
+            host: self.host.clone(),
+            sent_at: crate::now_real(),
+            manifest_serial: serial,
+            held: false,
+            manifest_rejection: None,
+            facts: facts(),
+            apps: [(app.clone(), app_report)].into(),
+            events: Vec::new(),
         }
     }
 

@@ -22,14 +22,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration as StdDuration, Instant};
 
-use drover_protocol::report::{AppReport, AppState, HostReport, REPORT_SCHEMA};
+use drover_protocol::report::{AppReport, AppState};
 use drover_protocol::{AppName, HostId, LastAccepted, Trust, Version, accept};
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::fleet::{Admin, Agent, TestCoordinator, facts};
+use crate::fleet::{Admin, Agent, TestCoordinator};
 use crate::now_real;
 
 /// How a simulated host treats a change of its desired release.
@@ -638,28 +638,15 @@ impl SimHost {
             view.state = Some(state);
             view.reported = false;
         }
-        let report = HostReport {
-            schema: REPORT_SCHEMA,
-            host: self.agent.host.clone(),
-            sent_at: now_real(),
-            manifest_serial: Some(serial),
-            held: false,
-            manifest_rejection: None,
-            facts: facts(),
-            apps: [(
-                self.config.app.clone(),
-                AppReport {
-                    current,
-                    desired,
-                    state,
-                    health: None,
-                    last_error: None,
-                    bad_versions,
-                },
-            )]
-            .into(),
-            events: Vec::new(),
+        let app_report = AppReport {
+            current,
+            desired,
+            state,
+            health: None,
+            last_error: None,
+            bad_versions,
         };
+        let report = self.agent.app_report(Some(serial), &self.config.app, app_report);
         let deadline = Instant::now() + self.config.lifetime;
         for attempt in 0..REPORT_ATTEMPTS {
             if *self.shutdown.borrow() {

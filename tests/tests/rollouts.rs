@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration as StdDuration, Instant};
 
-use drover_protocol::report::{AppReport, AppState, HostReport, REPORT_SCHEMA};
+use drover_protocol::report::{AppReport, AppState, HostReport};
 use drover_protocol::{Version, accept};
-use drover_tests::fleet::{Agent, Poll, TestCoordinator, facts};
+use drover_tests::fleet::{Agent, Poll, TestCoordinator};
 use drover_tests::now_real;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -54,28 +54,15 @@ async fn fleet(count: usize) -> (TestCoordinator, Vec<Agent>) {
 }
 
 fn report(agent: &Agent, current: Option<Version>, desired: Option<Version>, state: AppState) -> HostReport {
-    HostReport {
-        schema: REPORT_SCHEMA,
-        host: agent.host.clone(),
-        sent_at: now_real(),
-        manifest_serial: None,
-        held: false,
-        manifest_rejection: None,
-        facts: facts(),
-        apps: [(
-            "web".parse().expect("app"),
-            AppReport {
-                current,
-                desired,
-                state,
-                health: None,
-                last_error: None,
-                bad_versions: Vec::new(),
-            },
-        )]
-        .into(),
-        events: Vec::new(),
-    }
+    let app_report = AppReport {
+        current,
+        desired,
+        state,
+        health: None,
+        last_error: None,
+        bad_versions: Vec::new(),
+    };
+    agent.app_report(None, &"web".parse().expect("app"), app_report)
 }
 
 /// The web release the host's current manifest asks for, verified as the agent would.
