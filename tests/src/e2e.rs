@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 
 use crate::binary;
 use crate::hosts::{Host, HostOptions};
+use crate::net::Bridge;
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the caller).
 pub fn free_port() -> u16 {
@@ -34,15 +35,25 @@ pub struct CoordinatorProcess {
     child: Option<Child>,
     /// The data directory (kept across restarts).
     pub data_dir: PathBuf,
-    /// Its port on 127.0.0.1.
+    /// The address it listens on (127.0.0.1 unless started with [`start_on`]).
+    ///
+    /// [`start_on`]: CoordinatorProcess::start_on
+    pub ip: std::net::Ipv4Addr,
+    /// Its port.
     pub port: u16,
     log: PathBuf,
     _scratch: tempfile::TempDir,
 }
 
 impl CoordinatorProcess {
-    /// Starts a coordinator on a free port with a fresh data directory.
+    /// Starts a coordinator on 127.0.0.1, a free port, with a fresh data directory.
     pub fn start() -> anyhow::Result<CoordinatorProcess> {
+        CoordinatorProcess::start_on(std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// Starts a coordinator listening on `ip` (e.g. a [`crate::net::Bridge`]'s address,
+    /// which is also the URL hosts use and a name in its server certificate).
+    pub fn start_on(ip: std::net::Ipv4Addr) -> anyhow::Result<CoordinatorProcess> {
         let scratch = tempfile::Builder::new()
             .prefix("drover-e2e-coordinator-")
             .tempdir()
@@ -50,6 +61,7 @@ impl CoordinatorProcess {
         let mut coordinator = CoordinatorProcess {
             child: None,
             data_dir: scratch.path().join("data"),
+            ip,
             port: free_port(),
             log: scratch.path().join("serve.log"),
             _scratch: scratch,
@@ -60,7 +72,7 @@ impl CoordinatorProcess {
 
     /// The URL hosts use.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.ip, self.port)
     }
 
     /// Starts the process again on the same port and data directory (after [`stop`]).
@@ -73,7 +85,7 @@ impl CoordinatorProcess {
             .open(&self.log)
             .context("coordinator log")?;
         let child = Command::new(binary("drover"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
+            .args(["serve", "--listen", &format!("{}:{}", self.ip, self.port), "--data-dir"])
             .arg(&self.data_dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("log handle")?)
@@ -83,8 +95,7 @@ impl CoordinatorProcess {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.data_dir.join("address").exists()
-            {
+            if std::net::TcpStream::connect((self.ip, self.port)).is_ok() && self.data_dir.join("address").exists() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -387,6 +398,42 @@ impl AgentHost {
         };
         agent.join_and_start(coordinator, extra_config)?;
         Ok(agent)
+    }
+
+    /// [`AgentHost::start`] for a host of its own network on `bridge` (address number
+    /// `n`), joined to a coordinator listening on the bridge
+    /// ([`CoordinatorProcess::start_on`] with [`Bridge::gateway`]).
+    pub fn start_on_bridge(
+        name: &str,
+        coordinator: &CoordinatorProcess,
+        bridge: &Bridge,
+        n: u8,
+    ) -> anyhow::Result<AgentHost> {
+        let host = Host::boot(name, &bridge.host_options())?;
+        bridge.configure(&host, n, &format!("{}/healthz", coordinator.url()))?;
+        install_package(&host, &package("drover-agent_", "_amd64.deb")?)?;
+        let agent = AgentHost {
+            id: host.name().to_owned(),
+            host,
+        };
+        agent.join_and_start(coordinator, "")?;
+        Ok(agent)
+    }
+
+    /// What the app on `port` answers at `path` inside the host (for hosts with a
+    /// network of their own; see [`AgentHost::get`] for hosts sharing the machine's).
+    pub fn get_inside(&self, port: u16, path: &str) -> Option<String> {
+        let output = self.host.exec(&[
+            "curl",
+            "-sf",
+            "--max-time",
+            "2",
+            &format!("http://127.0.0.1:{port}{path}"),
+        ]);
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
     /// Joins the installed agent with the line `drover token create` prints, adds

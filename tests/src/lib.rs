@@ -5,6 +5,7 @@
 pub mod e2e;
 pub mod fleet;
 pub mod hosts;
+pub mod net;
 pub mod sim;
 
 use std::path::PathBuf;
