@@ -29,3 +29,13 @@ fi
 # debootstrap that builds their cached rootfs.
 command -v systemd-nspawn >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
   || apt_install systemd-container debootstrap
+
+# OCI images for the container suites: a real registry (Debian's docker-registry, with
+# htpasswd from apache2-utils for basic auth), images built with umoci and pushed with
+# skopeo.
+missing_oci=()
+command -v docker-registry >/dev/null 2>&1 || missing_oci+=(docker-registry)
+command -v htpasswd >/dev/null 2>&1 || missing_oci+=(apache2-utils)
+command -v umoci >/dev/null 2>&1 || missing_oci+=(umoci)
+command -v skopeo >/dev/null 2>&1 || missing_oci+=(skopeo)
+if [ "${#missing_oci[@]}" -gt 0 ]; then apt_install "${missing_oci[@]}"; fi

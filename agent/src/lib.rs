@@ -18,6 +18,7 @@ pub mod install;
 pub mod join;
 pub mod local;
 pub mod notify;
+pub mod oci;
 pub mod plan;
 pub mod reporting;
 pub mod run;

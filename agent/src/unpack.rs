@@ -36,18 +36,18 @@ pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 /// Most archive metadata (headers, GNU long names, pax records, padding, data of entries
 /// that have none, such as a directory's) read between two entries. The tar crate holds long
 /// names and pax records in memory, so this bounds what a hostile header can make it allocate.
-const MAX_METADATA_BETWEEN_ENTRIES: u64 = 1 << 20;
+pub(crate) const MAX_METADATA_BETWEEN_ENTRIES: u64 = 1 << 20;
 /// Metadata allowed per entry on top of one `MAX_METADATA_BETWEEN_ENTRIES`, so the
 /// decompression work spent on metadata grows with the entries and not beyond.
-const METADATA_PER_ENTRY: u64 = 16 << 10;
+pub(crate) const METADATA_PER_ENTRY: u64 = 16 << 10;
 /// A tar block; a complete archive ends with two zero blocks.
-const BLOCK: u64 = 512;
+pub(crate) const BLOCK: u64 = 512;
 /// Modification times after 9999-12-31T23:59:59Z are not kept (not every filesystem can store them).
-const LATEST_MTIME: u64 = 253_402_300_799;
+pub(crate) const LATEST_MTIME: u64 = 253_402_300_799;
 /// Longest piece of archive-chosen text quoted in an error.
 const MAX_QUOTED: usize = 256;
 /// Read size when copying file data.
-const COPY_BUFFER: usize = 64 << 10;
+pub(crate) const COPY_BUFFER: usize = 64 << 10;
 
 /// What happens to setuid, setgid and sticky bits found in the archive. The spec's
 /// `sandbox.allow_setuid` decides; stripping is the default.
@@ -73,7 +73,7 @@ impl SpecialBits {
     /// The permission bits to give an entry whose header says `mode`. The archive's own
     /// bits are used as they are (no group or other bit is ever added), so the umask has no
     /// say; file type bits some archivers put into the field are dropped.
-    fn apply(self, mode: u32) -> u32 {
+    pub(crate) fn apply(self, mode: u32) -> u32 {
         match self {
             SpecialBits::Strip => mode & 0o777,
             SpecialBits::Keep => mode & 0o7777,
@@ -795,7 +795,7 @@ fn io_error(operation: &'static str, path: &Path, source: io::Error) -> UnpackEr
 }
 
 /// A name for an entry type this unpacker refuses.
-fn describe(entry_type: EntryType) -> String {
+pub(crate) fn describe(entry_type: EntryType) -> String {
     match entry_type {
         EntryType::Char => "character device".into(),
         EntryType::Block => "block device".into(),
@@ -806,7 +806,7 @@ fn describe(entry_type: EntryType) -> String {
 
 /// Archive-chosen text made safe for a one-line message: not UTF-8 shown lossily, control
 /// characters escaped, shortened to `MAX_QUOTED` characters.
-fn quote(bytes: &[u8]) -> String {
+pub(crate) fn quote(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut out = String::with_capacity(text.len().min(MAX_QUOTED));
     for (count, character) in text.chars().enumerate() {

@@ -6,6 +6,7 @@ pub mod e2e;
 pub mod fleet;
 pub mod hosts;
 pub mod net;
+pub mod registry;
 pub mod sim;
 
 use std::path::PathBuf;
