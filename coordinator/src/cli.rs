@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use drover_protocol::api::{Labels, Scope};
+use drover_protocol::api::{Labels, Scope, TokenName};
 use drover_protocol::{AppName, Digest, Duration, HostId, Version};
 
 /// drover: pull-based deployments for fleets of Linux hosts.
@@ -12,10 +12,12 @@ use drover_protocol::{AppName, Digest, Duration, HostId, Version};
 /// their pinned trust document and converge. This binary runs the coordinator
 /// (`drover serve`) and is the operator's CLI.
 ///
-/// The operator commands (token, hosts, groups, release, pin, hold, status) talk to the
-/// coordinator's admin API. On the coordinator's machine they find its address, admin
-/// token and CA in its data directory (--data-dir, default /var/lib/drover-coordinator);
-/// from elsewhere, set DROVER_ADDR, DROVER_TOKEN and DROVER_CA.
+/// The operator commands (token, admin-token, hosts, groups, release, pin, hold, rollout,
+/// status) talk to the coordinator's admin API. On the coordinator's machine they find
+/// its address, admin token and CA in its data directory (--data-dir, default
+/// /var/lib/drover-coordinator); from elsewhere, set DROVER_ADDR, DROVER_TOKEN (a named
+/// token from `drover admin-token create`) and DROVER_CA. Every change is recorded with
+/// the token's name, and --reason where given: see `drover rollout history`.
 ///
 /// Exit codes: 0 ok, 1 failure, 2 usage (bad arguments or spec), 3 not found, 4 refused
 /// because of existing state.
@@ -45,6 +47,23 @@ pub enum Command {
     ///
     /// Example: drover token create --labels env=prod,region=eu --ttl 1h
     Token(TokenArgs),
+    /// Named admin tokens for operators and pipelines: who did what, in the history.
+    ///
+    /// Every admin token can do everything; its name is what the history records as WHO
+    /// for each change made with it. The coordinator's own admin.token is named `admin`.
+    ///
+    /// Examples:
+    ///   drover admin-token create alice
+    ///   drover admin-token create ci-deploy --ttl 90d
+    ///   drover admin-token list
+    ///   drover admin-token revoke alice
+    // Verbatim keeps one example per line; `about` is then given so that command lists
+    // show the summary without its full stop, like the others.
+    #[command(
+        verbatim_doc_comment,
+        about = "Named admin tokens for operators and pipelines: who did what, in the history"
+    )]
+    AdminToken(AdminTokenArgs),
     /// List, inspect, label and remove enrolled hosts.
     ///
     /// Example: drover hosts label web-01 env=prod tier-
@@ -61,27 +80,29 @@ pub enum Command {
     ///
     /// The most specific pin wins: a host pin over a group pin over the fleet pin. Only the
     /// hosts whose desired state changes get a new signed manifest; they pick it up within
-    /// about a second. Pinning again replaces the scope's pin.
+    /// about a second. Pinning again replaces the scope's pin. Recorded in the app's
+    /// history with the token's name and --reason.
     ///
-    /// Example: drover pin web 1.4.2 --group canary
+    /// Example: drover pin web 1.4.1 --host web-07 --reason "1.4.2 leaks memory there"
     Pin(PinArgs),
     /// Remove a pin of an app for the fleet, a group or one host.
     ///
     /// The hosts it covered fall back to the next less specific pin, or stop running the app
-    /// when no pin covers them any more.
+    /// when no pin covers them any more. Recorded in the app's history.
     ///
-    /// Example: drover unpin web --host web-01
+    /// Example: drover unpin web --host web-01 --reason "fixed in 1.4.3"
     Unpin(UnpinArgs),
     /// Freeze the fleet, a group or one host: its agents apply no changes.
     ///
     /// Held hosts keep running what they run until `drover unhold` on the same scope. Pins
-    /// can still be changed meanwhile; they apply on unhold.
+    /// can still be changed meanwhile; they apply on unhold. A hold stops every app, so it
+    /// is recorded in every app's history.
     ///
-    /// Example: drover hold --group prod-eu
+    /// Example: drover hold --group prod-eu --reason "incident 4711"
     Hold(HoldArgs),
     /// Lift a hold set with `drover hold` on the same scope.
     ///
-    /// Example: drover unhold --group prod-eu
+    /// Example: drover unhold --group prod-eu --reason "incident 4711 resolved"
     Unhold(HoldArgs),
     /// Move an app to a new release in stages that stop themselves on failures.
     ///
@@ -99,7 +120,12 @@ pub enum Command {
     ///   drover rollout status web
     ///   drover rollout watch web
     ///   drover rollout abort web --rollback --reason "error rate up"
-    #[command(subcommand)]
+    ///   drover rollout history web
+    #[command(
+        subcommand,
+        verbatim_doc_comment,
+        about = "Move an app to a new release in stages that stop themselves on failures"
+    )]
     Rollout(RolloutCommand),
     /// Fleet summary per app: desired hosts, running versions and states.
     ///
@@ -167,6 +193,69 @@ pub struct TokenCreateArgs {
     /// Output format: the join command alone, or the whole token as JSON.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+/// `drover admin-token ...`
+#[derive(Debug, Args)]
+pub struct AdminTokenArgs {
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminTokenCommand,
+}
+
+/// `drover admin-token ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminTokenCommand {
+    /// Create a named admin token and print its secret (shown once, stored only hashed).
+    ///
+    /// Give it to the person or pipeline as DROVER_TOKEN, with DROVER_ADDR and DROVER_CA.
+    /// Names are unique among tokens not revoked; an expired token's name can be reused.
+    ///
+    /// Examples:
+    ///   drover admin-token create alice
+    ///   drover admin-token create ci-deploy --ttl 90d -o json
+    #[command(
+        verbatim_doc_comment,
+        about = "Create a named admin token and print its secret (shown once, stored only hashed)"
+    )]
+    Create(AdminTokenCreateArgs),
+    /// List admin tokens (never their secrets): state, created, expires, last used.
+    /// Revoked tokens stay listed, so every name in the history can be traced.
+    ///
+    /// Example: drover admin-token list -o json
+    List(OutputArgs),
+    /// Revoke an admin token: requests with it are refused at once (HTTP 401).
+    ///
+    /// The last valid token cannot be revoked (exit 4): create another first. The
+    /// data directory's `admin` can be revoked like any other once another exists; it
+    /// stays revoked across restarts. Locked out? Delete admin.token in the data directory
+    /// and restart `drover serve`: it makes a new `admin` token.
+    ///
+    /// Example: drover admin-token revoke alice
+    Revoke(AdminTokenNameArgs),
+}
+
+/// Arguments of `drover admin-token create`.
+#[derive(Debug, Args)]
+pub struct AdminTokenCreateArgs {
+    /// Its name: 1 to 32 characters of a-z, 0-9 and '-'; the history's WHO.
+    pub name: TokenName,
+    /// How long it is valid (1s to 3650d). Default: until revoked.
+    #[arg(long)]
+    pub ttl: Option<Duration>,
+    /// Output format: the secret with how to use it, or JSON.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Arguments naming one admin token.
+#[derive(Debug, Args)]
+pub struct AdminTokenNameArgs {
+    /// The token's name.
+    pub name: TokenName,
 }
 
 /// `drover hosts ...`
@@ -401,6 +490,9 @@ pub struct PinArgs {
     /// Where (default: the whole fleet).
     #[command(flatten)]
     pub scope: ScopeArgs,
+    /// Why, for the history (`drover rollout history APP`).
+    #[arg(long)]
+    pub reason: Option<String>,
     /// Where the coordinator is.
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -414,6 +506,9 @@ pub struct UnpinArgs {
     /// Which pin (default: the fleet pin).
     #[command(flatten)]
     pub scope: ScopeArgs,
+    /// Why, for the history (`drover rollout history APP`).
+    #[arg(long)]
+    pub reason: Option<String>,
     /// Where the coordinator is.
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -425,6 +520,9 @@ pub struct HoldArgs {
     /// Where (default: the whole fleet).
     #[command(flatten)]
     pub scope: ScopeArgs,
+    /// Why, for the history (`drover rollout history APP`).
+    #[arg(long)]
+    pub reason: Option<String>,
     /// Where the coordinator is.
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -456,10 +554,22 @@ pub enum RolloutCommand {
     ///
     /// Example: drover rollout status web -o json
     Status(RolloutAppArgs),
-    /// Print the status every second until the rollout finishes: exit 0 when completed, 1
-    /// when paused by the failure breaker, aborted or rolled back.
+    /// Follow a rollout until it ends: a progress bar per stage (done / in flight / failed,
+    /// bake countdown), the phase and why it is paused, and the ETA.
     ///
-    /// Example: drover rollout watch web
+    /// On a terminal the display is redrawn in place every second; otherwise (CI logs) the
+    /// same lines are appended whenever something other than a countdown changed. With -o
+    /// json, one status object per line (NDJSON) on every such change. Exits 0 when the
+    /// rollout completed, 1 when the failure breaker paused it, or it was aborted or rolled
+    /// back; a pause by an operator or a wait for approval keeps watching.
+    ///
+    /// Examples:
+    ///   drover rollout watch web
+    ///   drover rollout watch web -o json | jq -c '{phase, stage}'
+    #[command(
+        verbatim_doc_comment,
+        about = "Follow a rollout until it ends: a progress bar per stage (done / in flight / failed, bake countdown), the phase and why it is paused, and the ETA"
+    )]
     Watch(RolloutAppArgs),
     /// Pin no more hosts; hosts already changing finish. Resume with `resume`.
     ///
@@ -480,6 +590,10 @@ pub enum RolloutCommand {
     /// Example: drover rollout abort web --rollback --reason "error rate up"
     Abort(RolloutAbortArgs),
     /// Who did what when and why: rollouts and their steps, pauses, aborts, pins and holds.
+    ///
+    /// WHO is the name of the admin token used (`controller` for what the rollout did by
+    /// itself); REASON is the --reason given. Holds stop every app on their hosts, so they
+    /// are in every app's history (their app is null in JSON).
     ///
     /// Example: drover rollout history web -o json
     History(RolloutAppArgs),

@@ -353,8 +353,15 @@ impl AdminClient {
             ),
         };
         if status == StatusCode::UNAUTHORIZED {
+            let hint = match code.as_str() {
+                // A token that was valid once: the server's message says what to do.
+                "admin_token_revoked" | "admin_token_expired" => String::new(),
+                _ => format!(
+                    "; use the coordinator's admin.token (via --data-dir) or a token from drover admin-token create, as {TOKEN_ENV}"
+                ),
+            };
             message.push_str(&format!(
-                " (the token came from {}; use the coordinator's admin.token, via --data-dir or {TOKEN_ENV})",
+                " (the token came from {}{hint})",
                 self.credentials.token_origin
             ));
         }

@@ -5,7 +5,7 @@
 //! <data-dir>/              0700
 //!   coordinator.db         SQLite (WAL)
 //!   ca.pem  ca.key         the CA (key 0600)
-//!   admin.token            the operator's bearer token (0600)
+//!   admin.token            the bootstrap admin token, named `admin` (0600)
 //!   address                the URL the CLI uses to reach this coordinator
 //!   keys/                  manifest.key (0600), trust.json; root-1.key when created here
 //!   blobs/sha256/<hex>     uploaded artifacts, content-addressed

@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 
 use drover_protocol::Timestamp;
 
-use crate::cli::{Command, GroupsCommand, HostsCommand, KeysCommand, ReleaseCommand, TokenCommand};
+use crate::cli::{AdminTokenCommand, Command, GroupsCommand, HostsCommand, KeysCommand, ReleaseCommand, TokenCommand};
 use crate::client::AdminClient;
 pub use error::Error;
 
@@ -50,6 +50,14 @@ pub async fn run(cli: cli::Cli, now: Timestamp, input: &mut dyn Read, out: &mut 
             let client = AdminClient::from_env(&args.connection.data_dir)?;
             match &args.command {
                 TokenCommand::Create(create) => ops::token_create(&client, create, out).await,
+            }
+        }
+        Command::AdminToken(args) => {
+            let client = AdminClient::from_env(&args.connection.data_dir)?;
+            match &args.command {
+                AdminTokenCommand::Create(create) => ops::admin_token_create(&client, create, out).await,
+                AdminTokenCommand::List(list) => ops::admin_token_list(&client, list, now, out).await,
+                AdminTokenCommand::Revoke(revoke) => ops::admin_token_revoke(&client, revoke, out).await,
             }
         }
         Command::Hosts(args) => {

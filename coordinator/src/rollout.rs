@@ -689,7 +689,7 @@ impl fmt::Display for Phase {
             Phase::Pending => f.write_str("pending"),
             Phase::Running => f.write_str("running"),
             Phase::Paused {
-                reason: PauseReason::Operator { by },
+                reason: PauseReason::Operator { by, .. },
             } => write!(f, "paused by {by}"),
             Phase::Paused {
                 reason: PauseReason::FailureBudget,
@@ -708,8 +708,13 @@ impl fmt::Display for Phase {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PauseReason {
-    /// `drover rollout pause`, by this token name.
-    Operator { by: String },
+    /// `drover rollout pause`, by this token name, with its `--reason`.
+    Operator {
+        by: String,
+        /// Absent from states stored before reasons were kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// The failure breaker tripped (budget exceeded, or the canary failed).
     FailureBudget,
     /// A stage passed and `approve_each_stage` asks for `drover rollout approve`.
@@ -791,8 +796,8 @@ pub enum Event {
     },
     /// A timer fired (see [`Action::WakeAt`]); any event also checks timers.
     Tick,
-    /// `drover rollout pause`, by this token name.
-    Pause { by: String },
+    /// `drover rollout pause`, by this token name, with its `--reason`.
+    Pause { by: String, reason: Option<String> },
     /// `drover rollout resume`.
     Resume,
     /// `drover rollout approve`.
@@ -990,10 +995,10 @@ impl Rollout {
                     phase,
                 });
             }
-            (Event::Pause { by }, Phase::Running) => {
+            (Event::Pause { by, reason }, Phase::Running) => {
                 actions.push(record(format!("paused by {by}")));
                 self.phase = Phase::Paused {
-                    reason: PauseReason::Operator { by },
+                    reason: PauseReason::Operator { by, reason },
                 };
             }
             (Event::Pause { .. }, phase) => {
@@ -2079,7 +2084,15 @@ mod tests {
     #[test]
     fn a_paused_rollout_pins_nothing_until_resumed() {
         let (mut rollout, actions) = started(spec("100%"), 6);
-        rollout.step(Event::Pause { by: "alice".into() }, at(1)).expect("pause");
+        rollout
+            .step(
+                Event::Pause {
+                    by: "alice".into(),
+                    reason: Some("lunch".into()),
+                },
+                at(1),
+            )
+            .expect("pause");
         assert_eq!(rollout.phase().to_string(), "paused by alice");
         for host in pinned(&actions) {
             assert!(pinned(&rollout.step(healthy(&host), at(2)).expect("report")).is_empty());
@@ -2087,6 +2100,31 @@ mod tests {
         assert_eq!(rollout.in_flight(), 0);
         let actions = rollout.step(Event::Resume, at(3)).expect("resume");
         assert_eq!(pinned(&actions).len(), 2);
+    }
+
+    /// An operator's pause without a reason.
+    fn pause(by: &str) -> Event {
+        Event::Pause {
+            by: by.into(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_pause_stored_before_reasons_were_kept_still_loads() {
+        let old: Phase = serde_json::from_str(r#"{"phase": "paused", "reason": {"operator": {"by": "alice"}}}"#)
+            .expect("old paused phase");
+        assert_eq!(
+            old,
+            Phase::Paused {
+                reason: PauseReason::Operator {
+                    by: "alice".into(),
+                    reason: None
+                }
+            }
+        );
+        let text = serde_json::to_string(&old).expect("serialize");
+        assert!(!text.contains("null"), "{text}");
     }
 
     #[test]
@@ -2128,19 +2166,19 @@ mod tests {
         completed.step(Event::Tick, at(200)).expect("tick");
         assert!(matches!(completed.phase(), Phase::Completed { .. }));
         let mut paused = running.clone();
-        paused.step(Event::Pause { by: "bob".into() }, at(1)).expect("pause");
+        paused.step(pause("bob"), at(1)).expect("pause");
         let cases = [
-            (&pending, Event::Pause { by: "x".into() }, "rollout_not_running"),
+            (&pending, pause("x"), "rollout_not_running"),
             (&pending, Event::Resume, "rollout_not_paused"),
             (&pending, Event::Approve, "rollout_not_awaiting_approval"),
             (&running, Event::Start, "rollout_already_started"),
             (&running, Event::Resume, "rollout_not_paused"),
             (&running, Event::Approve, "rollout_not_awaiting_approval"),
-            (&paused, Event::Pause { by: "x".into() }, "rollout_not_running"),
+            (&paused, pause("x"), "rollout_not_running"),
             (&paused, Event::Approve, "rollout_not_awaiting_approval"),
             (&completed, Event::Start, "rollout_already_started"),
             (&completed, Event::Resume, "rollout_not_paused"),
-            (&completed, Event::Pause { by: "x".into() }, "rollout_not_running"),
+            (&completed, pause("x"), "rollout_not_running"),
             (&completed, Event::Abort { rollback: true }, "rollout_finished"),
         ];
         for (state, event, code) in cases {
@@ -2528,7 +2566,7 @@ mod tests {
                 }
                 match ops.get(iteration) {
                     Some((kind, which)) => match kind % 16 {
-                        0 => self.apply(Event::Pause { by: "op".into() })?,
+                        0 => self.apply(pause("op"))?,
                         1 if matches!(
                             self.rollout.phase(),
                             Phase::Paused {

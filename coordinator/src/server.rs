@@ -16,8 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use drover_protocol::api::{
-    ErrorBody, Group, HoldRequest, JoinRequest, LabelRequest, MAX_JSON_BODY, MAX_WAIT_SECONDS, Pin, PinRequest,
-    ReleaseRequest, RolloutAbortRequest, RolloutCommandRequest, RolloutRequest, TokenRequest, UnpinRequest,
+    AdminTokenRequest, ErrorBody, Group, HoldRequest, JoinRequest, LabelRequest, MAX_JSON_BODY, MAX_WAIT_SECONDS, Pin,
+    PinRequest, ReleaseRequest, RolloutAbortRequest, RolloutCommandRequest, RolloutRequest, TokenName, TokenRequest,
+    UnpinRequest,
 };
 use drover_protocol::report::MAX_REPORT_BYTES;
 use drover_protocol::{AppName, Digest, HostId, HostReport};
@@ -35,7 +36,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::pki::PeerIdentity;
-use crate::service::{ADMIN, Coordinator, RolloutCommand, ServiceError};
+use crate::service::{Coordinator, Operator, RolloutCommand, ServiceError};
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: StdDuration = StdDuration::from_secs(10);
@@ -137,6 +138,14 @@ fn routes(state: AppState) -> Router {
         .route("/v1/agent/report", post(report))
         .route("/v1/artifacts/{digest}", get(artifact))
         .route("/v1/admin/tokens", post(create_token))
+        .route(
+            "/v1/admin/admin-tokens",
+            get(list_admin_tokens).post(create_admin_token),
+        )
+        .route(
+            "/v1/admin/admin-tokens/{name}",
+            axum::routing::delete(revoke_admin_token),
+        )
         .route("/v1/admin/hosts", get(list_hosts))
         .route("/v1/admin/hosts/{id}", get(show_host).delete(remove_host))
         .route("/v1/admin/hosts/{id}/labels", put(label_host))
@@ -282,8 +291,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ServiceError> {
-    state.coordinator.check_admin(bearer(headers))
+/// Checks the request's admin token; returns whose it is, the `who` of what it changes.
+async fn admin(state: &AppState, headers: &HeaderMap) -> Result<Operator, ServiceError> {
+    state.coordinator.check_admin(bearer(headers)).await
 }
 
 fn parse_path<T: std::str::FromStr>(text: &str, what: &'static str) -> Result<T, ServiceError>
@@ -472,8 +482,33 @@ async fn artifact(
     Ok(response)
 }
 
+async fn create_admin_token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let operator = admin(&state, &headers).await?;
+    let request: AdminTokenRequest = read_json(body, MAX_JSON_BODY).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(state.coordinator.create_admin_token(request, &operator).await?),
+    )
+        .into_response())
+}
+
+async fn list_admin_tokens(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    admin(&state, &headers).await?;
+    Ok(Json(state.coordinator.admin_tokens()).into_response())
+}
+
+async fn revoke_admin_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let operator = admin(&state, &headers).await?;
+    let name: TokenName = parse_path(&name, "bad_token_name")?;
+    Ok(Json(state.coordinator.revoke_admin_token(&name, &operator).await?).into_response())
+}
+
 async fn create_token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let request: TokenRequest = read_json(body, MAX_JSON_BODY).await?;
     Ok((
         StatusCode::CREATED,
@@ -483,12 +518,12 @@ async fn create_token(State(state): State<AppState>, headers: HeaderMap, body: B
 }
 
 async fn list_hosts(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     Ok(Json(state.coordinator.hosts().await).into_response())
 }
 
 async fn show_host(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let id: HostId = parse_path(&id, "bad_host_id")?;
     Ok(Json(state.coordinator.host(&id).await?).into_response())
 }
@@ -498,9 +533,9 @@ async fn remove_host(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    admin(&state, &headers)?;
+    let operator = admin(&state, &headers).await?;
     let id: HostId = parse_path(&id, "bad_host_id")?;
-    state.coordinator.remove_host(&id).await?;
+    state.coordinator.remove_host(&id, &operator).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -510,19 +545,19 @@ async fn label_host(
     Path(id): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let id: HostId = parse_path(&id, "bad_host_id")?;
     let request: LabelRequest = read_json(body, MAX_JSON_BODY).await?;
     Ok(Json(state.coordinator.label_host(&id, request.set, request.remove).await?).into_response())
 }
 
 async fn list_groups(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     Ok(Json(state.coordinator.groups().await).into_response())
 }
 
 async fn put_group(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let group: Group = read_json(body, MAX_JSON_BODY).await?;
     Ok(Json(state.coordinator.put_group(group).await?).into_response())
 }
@@ -532,7 +567,7 @@ async fn delete_group(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     state.coordinator.delete_group(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -540,7 +575,7 @@ async fn delete_group(
 /// `POST /v1/admin/artifacts`: the body is the artifact, streamed to disk. The optional
 /// `X-Drover-Digest` header names the digest the client expects.
 async fn upload_artifact(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let expected = match headers.get("x-drover-digest").map(HeaderValue::to_str) {
         None => None,
         Some(Ok(text)) => Some(parse_path::<Digest>(text, "bad_digest")?),
@@ -554,7 +589,7 @@ async fn upload_artifact(State(state): State<AppState>, headers: HeaderMap, body
 }
 
 async fn create_release(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let request: ReleaseRequest = read_json(body, MAX_JSON_BODY).await?;
     Ok((
         StatusCode::CREATED,
@@ -568,57 +603,67 @@ async fn list_releases(
     headers: HeaderMap,
     Path(app): Path<String>,
 ) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let app: AppName = parse_path(&app, "bad_app_name")?;
     Ok(Json(state.coordinator.releases(&app).await).into_response())
 }
 
 async fn pin(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    let operator = admin(&state, &headers).await?;
     let request: PinRequest = read_json(body, MAX_JSON_BODY).await?;
     let pin = Pin {
         app: request.app,
         version: request.version,
         scope: request.scope,
     };
-    Ok(Json(state.coordinator.pin(pin).await?).into_response())
+    let reason = request.reason.as_deref();
+    Ok(Json(state.coordinator.pin(pin, &operator, reason).await?).into_response())
 }
 
 async fn unpin(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    let operator = admin(&state, &headers).await?;
     let request: UnpinRequest = read_json(body, MAX_JSON_BODY).await?;
-    Ok(Json(state.coordinator.unpin(request.app, request.scope).await?).into_response())
+    let reason = request.reason.as_deref();
+    Ok(Json(
+        state
+            .coordinator
+            .unpin(request.app, request.scope, &operator, reason)
+            .await?,
+    )
+    .into_response())
 }
 
 async fn hold(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    let operator = admin(&state, &headers).await?;
     let request: HoldRequest = read_json(body, MAX_JSON_BODY).await?;
-    Ok(Json(state.coordinator.hold(request.scope, true).await?).into_response())
+    let reason = request.reason.as_deref();
+    Ok(Json(state.coordinator.hold(request.scope, true, &operator, reason).await?).into_response())
 }
 
 async fn unhold(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    let operator = admin(&state, &headers).await?;
     let request: HoldRequest = read_json(body, MAX_JSON_BODY).await?;
-    Ok(Json(state.coordinator.hold(request.scope, false).await?).into_response())
+    let reason = request.reason.as_deref();
+    Ok(Json(state.coordinator.hold(request.scope, false, &operator, reason).await?).into_response())
 }
 
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     Ok(Json(state.coordinator.status().await).into_response())
 }
 
 async fn plan_rollout(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let request: RolloutRequest = read_json(body, MAX_JSON_BODY).await?;
     Ok(Json(state.coordinator.plan_rollout(&request).await?).into_response())
 }
 
 async fn start_rollout(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    let operator = admin(&state, &headers).await?;
     let request: RolloutRequest = read_json(body, MAX_JSON_BODY).await?;
     Ok((
         StatusCode::CREATED,
-        Json(state.coordinator.start_rollout(&request, ADMIN).await?),
+        Json(state.coordinator.start_rollout(&request, &operator).await?),
     )
         .into_response())
 }
@@ -628,7 +673,7 @@ async fn rollout_status(
     headers: HeaderMap,
     Path(app): Path<String>,
 ) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let app: AppName = parse_path(&app, "bad_app_name")?;
     Ok(Json(state.coordinator.rollout_status(&app).await?).into_response())
 }
@@ -638,7 +683,7 @@ async fn rollout_history(
     headers: HeaderMap,
     Path(app): Path<String>,
 ) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let app: AppName = parse_path(&app, "bad_app_name")?;
     Ok(Json(state.coordinator.rollout_history(&app).await?).into_response())
 }
@@ -651,7 +696,7 @@ async fn rollout_command(
     Path((app, command)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult<Response> {
-    admin(&state, &headers)?;
+    let operator = admin(&state, &headers).await?;
     let app: AppName = parse_path(&app, "bad_app_name")?;
     let (command, reason) = match command.as_str() {
         "abort" => {
@@ -683,7 +728,7 @@ async fn rollout_command(
     Ok(Json(
         state
             .coordinator
-            .rollout_command(&app, command, ADMIN, reason.as_deref())
+            .rollout_command(&app, command, &operator, reason.as_deref())
             .await?,
     )
     .into_response())

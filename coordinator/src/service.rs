@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use drover_protocol::api::{
+    AdminTokenCreated, AdminTokenInfo, AdminTokenRequest, AdminTokenState, BOOTSTRAP_TOKEN_NAME, CONTROLLER_NAME,
     ChangeResult, FleetStatus, Group, HistoryEntry, HostApp, HostDetail, HostSummary, JoinRequest, JoinResponse,
     Labels, Pin, Release, ReleaseArtifact, ReleaseRequest, RolloutPhase, RolloutPlan, RolloutPlanHost,
-    RolloutPlanStage, RolloutRequest, RolloutStageStatus, RolloutStatus, Scope, TokenRequest, TokenResponse,
+    RolloutPlanStage, RolloutRequest, RolloutStageStatus, RolloutStatus, Scope, TokenName, TokenRequest, TokenResponse,
 };
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::report::MAX_REPORT_EVENTS;
@@ -29,7 +30,8 @@ use crate::rollout::{
     Action, Event, PauseReason, Phase, Plan, PlanError, PlanHost, Rollout, RolloutSpec, SpecText, StageStatus,
 };
 use crate::store::{
-    HistoryRecord, HostRecord, RolloutCommit, Store, StoreError, StoredManifest, StoredRollout, TokenProblem,
+    AdminTokenRecord, HistoryRecord, HostRecord, RolloutCommit, Store, StoreError, StoredManifest, StoredRollout,
+    TokenProblem,
 };
 
 /// Settings of a running coordinator.
@@ -188,7 +190,11 @@ pub struct Coordinator {
     store: Store,
     data: DataDir,
     credentials: Credentials,
-    admin_token_sha256: String,
+    /// Every admin token, revoked ones too (to say so), in the order they were made. A
+    /// handful: looked up by the sha256 of the secret.
+    admin_tokens: RwLock<Vec<AdminTokenRecord>>,
+    /// Serializes admin token changes (the last valid token must stay).
+    admin_token_changes: Mutex<()>,
     model: Mutex<Model>,
     slots: RwLock<HashMap<HostId, Arc<HostSlot>>>,
     reports: std::sync::Mutex<HashMap<HostId, (HostReport, Timestamp)>>,
@@ -225,6 +231,10 @@ impl Coordinator {
         credentials: Credentials,
     ) -> Result<(Arc<Coordinator>, Background), ServiceError> {
         let snapshot = store.load().await?;
+        store
+            .bootstrap_admin_token(&hash_secret(&credentials.admin_token), now())
+            .await?;
+        let admin_tokens = store.admin_tokens().await?;
         let mut model = Model {
             fleet: Fleet::from_snapshot(&snapshot),
             rendered: HashMap::new(),
@@ -253,7 +263,8 @@ impl Coordinator {
         }
         let (report_queue, report_receiver) = mpsc::channel(16_384);
         let coordinator = Coordinator {
-            admin_token_sha256: hash_secret(&credentials.admin_token),
+            admin_tokens: RwLock::new(admin_tokens),
+            admin_token_changes: Mutex::new(()),
             config,
             store,
             data,
@@ -319,22 +330,65 @@ impl Coordinator {
         &self.credentials
     }
 
-    /// Checks an admin bearer token.
-    pub fn check_admin(&self, token: Option<&str>) -> Result<(), ServiceError> {
+    /// Checks an admin bearer token and returns whose it is: the name every change the
+    /// request makes is recorded under. Revoked and expired tokens are refused at once.
+    pub async fn check_admin(&self, token: Option<&str>) -> Result<Operator, ServiceError> {
         let Some(token) = token else {
             return Err(ServiceError::Unauthorized(
                 "admin_token_missing",
-                "this endpoint needs the admin token: Authorization: Bearer <token> (the CLI reads it from the data directory or DROVER_TOKEN)".into(),
+                "this endpoint needs an admin token: Authorization: Bearer <token> (the CLI reads it from the data directory or DROVER_TOKEN)".into(),
             ));
         };
-        // Comparing digests keeps the comparison's timing independent of the secret.
-        if hash_secret(token) != self.admin_token_sha256 {
-            return Err(ServiceError::Unauthorized(
-                "admin_token_invalid",
-                "the admin token is wrong".into(),
-            ));
+        // Looking the secret up by its digest keeps the timing independent of the secret.
+        let hash = hash_secret(token);
+        let now = now();
+        let (name, touch) = {
+            let tokens = self.admin_tokens.read().expect("admin tokens lock");
+            let Some(record) = tokens.iter().find(|token| token.hash == hash) else {
+                return Err(ServiceError::Unauthorized(
+                    "admin_token_invalid",
+                    "the admin token is wrong".into(),
+                ));
+            };
+            if let Some(revoked_at) = record.revoked_at {
+                return Err(ServiceError::Unauthorized(
+                    "admin_token_revoked",
+                    format!(
+                        "the admin token {} was revoked at {revoked_at}; ask an operator for a new one (drover admin-token create NAME)",
+                        record.name
+                    ),
+                ));
+            }
+            if let Some(expires_at) = record.expires_at.filter(|_| record.expired(now)) {
+                return Err(ServiceError::Unauthorized(
+                    "admin_token_expired",
+                    format!(
+                        "the admin token {} expired at {expires_at}; ask an operator for a new one (drover admin-token create NAME)",
+                        record.name
+                    ),
+                ));
+            }
+            let stale = record
+                .last_used_at
+                .is_none_or(|last| now.unix() - last.unix() >= LAST_USED_PRECISION_SECONDS);
+            (record.name.clone(), stale)
+        };
+        if touch {
+            if let Some(record) = self
+                .admin_tokens
+                .write()
+                .expect("admin tokens lock")
+                .iter_mut()
+                .find(|token| token.hash == hash)
+            {
+                record.last_used_at = Some(now);
+            }
+            // Informational only: a failed write must not refuse the request.
+            if let Err(error) = self.store.touch_admin_token(&hash, now).await {
+                tracing::warn!(%error, token = %name, "noting when the admin token was last used failed");
+            }
         }
-        Ok(())
+        Ok(Operator(name))
     }
 
     /// The live slot of the host a client certificate names, refusing removed hosts and
@@ -456,6 +510,146 @@ impl Coordinator {
         ids.dedup();
         let hosts: Vec<HostRecord> = ids.iter().filter_map(|id| model.fleet.hosts.get(id).cloned()).collect();
         self.render(model, &hosts, now, RenderMode::Changed)
+    }
+
+    // --- Admin tokens -----------------------------------------------------------------
+
+    /// `drover admin-token create`: a named admin token; the secret is returned once and
+    /// stored only hashed. A name is unique among the tokens not revoked; an expired token
+    /// of the same name is revoked in the same transaction.
+    pub async fn create_admin_token(
+        &self,
+        request: AdminTokenRequest,
+        operator: &Operator,
+    ) -> Result<AdminTokenCreated, ServiceError> {
+        if request.name.as_str() == BOOTSTRAP_TOKEN_NAME {
+            return Err(ServiceError::BadRequest(
+                "reserved_token_name",
+                format!(
+                    "{BOOTSTRAP_TOKEN_NAME} is the name of the token in the coordinator's admin.token; choose another name"
+                ),
+            ));
+        }
+        if let Some(ttl) = request.ttl
+            && (ttl.as_millis() < 1000 || ttl > Duration::from_secs(MAX_ADMIN_TOKEN_TTL_DAYS * 86_400))
+        {
+            return Err(ServiceError::BadRequest(
+                "bad_ttl",
+                format!("--ttl must be between 1s and {MAX_ADMIN_TOKEN_TTL_DAYS}d (or absent: valid until revoked)"),
+            ));
+        }
+        let _changing = self.admin_token_changes.lock().await;
+        let now = now();
+        let existing = self
+            .admin_tokens
+            .read()
+            .expect("admin tokens lock")
+            .iter()
+            .find(|token| token.name == request.name && token.revoked_at.is_none())
+            .cloned();
+        if let Some(existing) = existing.as_ref().filter(|token| !token.expired(now)) {
+            return Err(ServiceError::Conflict(
+                "admin_token_exists",
+                format!(
+                    "an admin token named {} exists (created {} by {}); revoke it first or choose another name",
+                    existing.name, existing.created_at, existing.created_by
+                ),
+            ));
+        }
+        let secret = crate::datadir::new_secret();
+        let record = AdminTokenRecord {
+            name: request.name,
+            hash: hash_secret(&secret),
+            created_at: now,
+            created_by: operator.name().to_owned(),
+            expires_at: request.ttl.map(|ttl| now.plus(ttl)),
+            revoked_at: None,
+            revoked_by: None,
+            last_used_at: None,
+        };
+        self.store.insert_admin_token(&record).await?;
+        let mut tokens = self.admin_tokens.write().expect("admin tokens lock");
+        if let Some(expired) = existing.and_then(|expired| tokens.iter_mut().find(|token| token.hash == expired.hash)) {
+            expired.revoked_at = Some(now);
+            expired.revoked_by = Some(record.created_by.clone());
+        }
+        tokens.push(record.clone());
+        Ok(AdminTokenCreated {
+            name: record.name,
+            token: secret,
+            created_at: now,
+            expires_at: record.expires_at,
+        })
+    }
+
+    /// `drover admin-token list`: every admin token, revoked ones too, oldest first.
+    pub fn admin_tokens(&self) -> Vec<AdminTokenInfo> {
+        let now = now();
+        self.admin_tokens
+            .read()
+            .expect("admin tokens lock")
+            .iter()
+            .map(|token| admin_token_info(token, now))
+            .collect()
+    }
+
+    /// `drover admin-token revoke`: requests with the token are refused from now on.
+    /// Refused (409) for the last valid token, which would lock every operator out.
+    pub async fn revoke_admin_token(
+        &self,
+        name: &TokenName,
+        operator: &Operator,
+    ) -> Result<AdminTokenInfo, ServiceError> {
+        let _changing = self.admin_token_changes.lock().await;
+        let now = now();
+        let (target, others_valid, ever) = {
+            let tokens = self.admin_tokens.read().expect("admin tokens lock");
+            let target = tokens
+                .iter()
+                .find(|token| &token.name == name && token.revoked_at.is_none())
+                .cloned();
+            let others_valid = tokens
+                .iter()
+                .filter(|token| &token.name != name && token.valid(now))
+                .count();
+            let ever = tokens.iter().any(|token| &token.name == name);
+            (target, others_valid, ever)
+        };
+        let Some(target) = target else {
+            return Err(if ever {
+                ServiceError::Conflict(
+                    "admin_token_revoked",
+                    format!("the admin token {name} is already revoked"),
+                )
+            } else {
+                ServiceError::NotFound(
+                    "admin_token_not_found",
+                    format!("no admin token named {name}; see drover admin-token list"),
+                )
+            });
+        };
+        if target.valid(now) && others_valid == 0 {
+            return Err(ServiceError::Conflict(
+                "last_admin_token",
+                format!(
+                    "{name} is the last valid admin token; create another first (drover admin-token create NAME), or nobody could use the admin API"
+                ),
+            ));
+        }
+        if !self.store.revoke_admin_token(name, now, operator.name()).await? {
+            return Err(ServiceError::Conflict(
+                "admin_token_revoked",
+                format!("the admin token {name} is already revoked"),
+            ));
+        }
+        let mut tokens = self.admin_tokens.write().expect("admin tokens lock");
+        let record = tokens
+            .iter_mut()
+            .find(|token| token.hash == target.hash)
+            .expect("looked up above");
+        record.revoked_at = Some(now);
+        record.revoked_by = Some(operator.name().to_owned());
+        Ok(admin_token_info(record, now))
     }
 
     // --- Enrollment -------------------------------------------------------------------
@@ -696,7 +890,7 @@ impl Coordinator {
     }
 
     /// `drover hosts remove`: the host's certificate stops working at once.
-    pub async fn remove_host(&self, id: &HostId) -> Result<(), ServiceError> {
+    pub async fn remove_host(&self, id: &HostId, operator: &Operator) -> Result<(), ServiceError> {
         let mut model = self.model.lock().await;
         active_host(&model.fleet, id)?;
         self.store.remove_host(id).await?;
@@ -714,7 +908,7 @@ impl Coordinator {
             .collect();
         for app in apps {
             let event = Event::HostRemoved { host: id.clone() };
-            let actor = Actor::admin(None);
+            let actor = Actor::of(operator, None);
             if let Err(error) = self
                 .step_rollout(&mut model, &app, vec![event], now, &actor, false)
                 .await
@@ -864,7 +1058,8 @@ impl Coordinator {
     }
 
     /// `drover pin`.
-    pub async fn pin(&self, pin: Pin) -> Result<ChangeResult, ServiceError> {
+    pub async fn pin(&self, pin: Pin, operator: &Operator, reason: Option<&str>) -> Result<ChangeResult, ServiceError> {
+        let actor = Actor::of(operator, check_reason(reason)?);
         let mut model = self.model.lock().await;
         Self::check_scope(&model.fleet, &pin.scope)?;
         if !model
@@ -886,6 +1081,7 @@ impl Coordinator {
         let history = [manual_history(
             Some(&pin.app),
             format!("pinned {} {} for the {}", pin.app, pin.version, pin.scope),
+            &actor,
         )];
         if let Err(error) = self
             .store
@@ -899,7 +1095,14 @@ impl Coordinator {
     }
 
     /// `drover unpin`.
-    pub async fn unpin(&self, app: AppName, scope: Scope) -> Result<ChangeResult, ServiceError> {
+    pub async fn unpin(
+        &self,
+        app: AppName,
+        scope: Scope,
+        operator: &Operator,
+        reason: Option<&str>,
+    ) -> Result<ChangeResult, ServiceError> {
+        let actor = Actor::of(operator, check_reason(reason)?);
         let mut model = self.model.lock().await;
         let key = (app.clone(), scope.clone());
         let Some(previous) = model.fleet.pins.remove(&key) else {
@@ -909,7 +1112,11 @@ impl Coordinator {
             ));
         };
         let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now());
-        let history = [manual_history(Some(&app), format!("unpinned {app} for the {scope}"))];
+        let history = [manual_history(
+            Some(&app),
+            format!("unpinned {app} for the {scope}"),
+            &actor,
+        )];
         if let Err(error) = self.store.change_pin(&app, &scope, None, &history, &manifests).await {
             restore_pin(&mut model.fleet, key, Some(previous));
             return Err(error.into());
@@ -917,8 +1124,17 @@ impl Coordinator {
         Ok(self.applied(&mut model, &manifests))
     }
 
-    /// `drover hold` / `drover unhold`.
-    pub async fn hold(&self, scope: Scope, held: bool) -> Result<ChangeResult, ServiceError> {
+    /// `drover hold` / `drover unhold`. A hold stops every app on its hosts, so its
+    /// history line belongs to no app and shows in every app's history. Holding what is
+    /// held already (or lifting no hold) changes nothing and records nothing.
+    pub async fn hold(
+        &self,
+        scope: Scope,
+        held: bool,
+        operator: &Operator,
+        reason: Option<&str>,
+    ) -> Result<ChangeResult, ServiceError> {
+        let actor = Actor::of(operator, check_reason(reason)?);
         let mut model = self.model.lock().await;
         Self::check_scope(&model.fleet, &scope)?;
         let changed = if held {
@@ -931,7 +1147,7 @@ impl Coordinator {
         }
         let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now());
         let verb = if held { "held" } else { "released the hold on" };
-        let history = [manual_history(None, format!("{verb} the {scope}"))];
+        let history = [manual_history(None, format!("{verb} the {scope}"), &actor)];
         if let Err(error) = self.store.change_hold(&scope, held, &history, &manifests).await {
             if held {
                 model.fleet.holds.remove(&scope);
@@ -1011,7 +1227,11 @@ impl Coordinator {
 
     /// `drover rollout start`: plans, stores the rollout and takes its first step, in one
     /// transaction with the pins and manifests of that step. One active rollout per app.
-    pub async fn start_rollout(&self, request: &RolloutRequest, who: &str) -> Result<RolloutStatus, ServiceError> {
+    pub async fn start_rollout(
+        &self,
+        request: &RolloutRequest,
+        operator: &Operator,
+    ) -> Result<RolloutStatus, ServiceError> {
         let reason = check_reason(request.reason.as_deref())?;
         let mut guard = self.model.lock().await;
         let model = &mut *guard;
@@ -1032,14 +1252,11 @@ impl Coordinator {
             app.clone(),
             ActiveRollout {
                 rollout: Rollout::new(spec, plan),
-                created_by: who.to_owned(),
+                created_by: operator.name().to_owned(),
                 created_at: now,
             },
         );
-        let actor = Actor {
-            who: who.to_owned(),
-            reason,
-        };
+        let actor = Actor::of(operator, reason);
         if let Err(error) = self
             .step_rollout(model, &app, vec![Event::Start], now, &actor, true)
             .await
@@ -1057,7 +1274,7 @@ impl Coordinator {
         &self,
         app: &AppName,
         command: RolloutCommand,
-        who: &str,
+        operator: &Operator,
         reason: Option<&str>,
     ) -> Result<RolloutStatus, ServiceError> {
         let reason = check_reason(reason)?;
@@ -1077,15 +1294,15 @@ impl Coordinator {
             });
         }
         let event = match command {
-            RolloutCommand::Pause => Event::Pause { by: who.to_owned() },
+            RolloutCommand::Pause => Event::Pause {
+                by: operator.name().to_owned(),
+                reason: reason.clone(),
+            },
             RolloutCommand::Resume => Event::Resume,
             RolloutCommand::Approve => Event::Approve,
             RolloutCommand::Abort { rollback } => Event::Abort { rollback },
         };
-        let actor = Actor {
-            who: who.to_owned(),
-            reason,
-        };
+        let actor = Actor::of(operator, reason);
         self.step_rollout(&mut guard, app, vec![event], now(), &actor, false)
             .await?;
         drop(guard);
@@ -1255,7 +1472,7 @@ impl Coordinator {
                 continue;
             }
             let actor = Actor {
-                who: CONTROLLER.to_owned(),
+                who: CONTROLLER_NAME.to_owned(),
                 reason: None,
             };
             if let Err(error) = self.step_rollout(model, &app, events, now, &actor, false).await {
@@ -1383,7 +1600,25 @@ fn until(at: Timestamp) -> std::time::Duration {
     std::time::Duration::from_millis(millis.saturating_add(20))
 }
 
-/// Who took a rollout step and why, for the history.
+/// Who made a request: the name of the admin token it came with, made only by
+/// [`Coordinator::check_admin`] (and [`Operator::new`] for in-process callers). It is the
+/// `who` of everything the request records in the history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operator(TokenName);
+
+impl Operator {
+    /// An operator by token name, for callers inside the coordinator's process.
+    pub fn new(name: TokenName) -> Operator {
+        Operator(name)
+    }
+
+    /// The token's name.
+    pub fn name(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// Who took a step and why, for the history: an operator, or the controller by itself.
 #[derive(Debug)]
 struct Actor {
     who: String,
@@ -1391,18 +1626,39 @@ struct Actor {
 }
 
 impl Actor {
-    fn admin(reason: Option<String>) -> Actor {
+    fn of(operator: &Operator, reason: Option<String>) -> Actor {
         Actor {
-            who: ADMIN.to_owned(),
+            who: operator.name().to_owned(),
             reason,
         }
     }
 }
 
-/// The name history gives the admin token (there is one admin token, and it has no other name).
-pub const ADMIN: &str = "admin";
-/// The name history gives steps the controller took by itself (reports, timers).
-pub const CONTROLLER: &str = "controller";
+/// How precisely "last used" of an admin token is kept: at most one write per token per
+/// this many seconds, so admin requests do not each cost a database write.
+const LAST_USED_PRECISION_SECONDS: i64 = 60;
+/// The longest `--ttl` of an admin token (no `--ttl`: valid until revoked).
+const MAX_ADMIN_TOKEN_TTL_DAYS: u64 = 3650;
+
+fn admin_token_info(token: &AdminTokenRecord, now: Timestamp) -> AdminTokenInfo {
+    let state = if token.revoked_at.is_some() {
+        AdminTokenState::Revoked
+    } else if token.expired(now) {
+        AdminTokenState::Expired
+    } else {
+        AdminTokenState::Active
+    };
+    AdminTokenInfo {
+        name: token.name.clone(),
+        state,
+        created_at: token.created_at,
+        created_by: token.created_by.clone(),
+        expires_at: token.expires_at,
+        last_used_at: token.last_used_at,
+        revoked_at: token.revoked_at,
+        revoked_by: token.revoked_by.clone(),
+    }
+}
 
 /// Defaults of `drover rollout plan|start`, documented in its `--help`.
 pub mod rollout_defaults {
@@ -1466,14 +1722,14 @@ fn no_rollout(app: &AppName) -> ServiceError {
     )
 }
 
-fn manual_history(app: Option<&AppName>, what: String) -> HistoryRecord {
+fn manual_history(app: Option<&AppName>, what: String, actor: &Actor) -> HistoryRecord {
     HistoryRecord {
         app: app.cloned(),
         rollout: None,
         at: now(),
-        who: ADMIN.to_owned(),
+        who: actor.who.clone(),
         what,
-        reason: None,
+        reason: actor.reason.clone(),
     }
 }
 
@@ -1539,12 +1795,19 @@ fn status_view(
         Phase::Aborted { .. } => RolloutPhase::Aborted,
         Phase::RolledBack { .. } => RolloutPhase::RolledBack,
     };
+    let pause_reason = match &progress.phase {
+        Phase::Paused {
+            reason: PauseReason::Operator { reason, .. },
+        } => reason.clone(),
+        _ => None,
+    };
     RolloutStatus {
         rollout: progress.rollout,
         app: progress.app,
         version: progress.target,
         phase,
         phase_text: progress.phase.to_string(),
+        pause_reason,
         stage: progress.stage,
         stages: progress
             .stages

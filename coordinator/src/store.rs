@@ -2,8 +2,9 @@
 //! HTTP handlers never see SQL and a PostgreSQL backend can be added beside it.
 //!
 //! Everything the coordinator must not forget lives here: hosts and their certificate
-//! fingerprints, enrollment tokens (hashed), releases, groups, pins, holds, the last
-//! signed manifest and serial of every host, reports and a bounded event history.
+//! fingerprints, enrollment and admin tokens (hashed), releases, groups, pins, holds, the
+//! last signed manifest and serial of every host, reports, a bounded event history,
+//! rollouts and who changed what.
 //! Writes that belong together are one transaction. The database runs in WAL mode with
 //! `synchronous=FULL`, so a committed manifest serial survives power loss and is never
 //! handed out twice.
@@ -12,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;
 
-use drover_protocol::api::{HistoryEntry, Labels, Release, Scope};
+use drover_protocol::api::{BOOTSTRAP_TOKEN_NAME, HistoryEntry, Labels, Release, Scope, TokenName};
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
 use sqlx::Row as _;
 
@@ -23,6 +24,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_rollouts.sql"),
+    include_str!("../migrations/0003_admin_tokens.sql"),
 ];
 
 /// Events kept per host; older ones are deleted as new ones arrive.
@@ -111,6 +113,42 @@ pub enum TokenProblem {
     /// It expired.
     Expired,
 }
+
+/// An admin token as stored: its secret only as sha256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminTokenRecord {
+    /// Its name (unique among the tokens not revoked).
+    pub name: TokenName,
+    /// The hex sha256 of its secret.
+    pub hash: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// The token that made it, or [`BOOTSTRAP_CREATOR`].
+    pub created_by: String,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Timestamp>,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+    /// The token that revoked it, or [`BOOTSTRAP_CREATOR`] (a replaced `admin.token`).
+    pub revoked_by: Option<String>,
+    /// When a request last came with it (kept to the minute).
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl AdminTokenRecord {
+    /// Whether it expired by `now`.
+    pub fn expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|expires_at| expires_at <= now)
+    }
+
+    /// Whether requests with it are accepted at `now`.
+    pub fn valid(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && !self.expired(now)
+    }
+}
+
+/// Who creates (and, when `admin.token` was replaced, revokes) the bootstrap admin token.
+pub const BOOTSTRAP_CREATOR: &str = "drover serve";
 
 /// Everything loaded at start-up.
 #[derive(Debug, Default)]
@@ -545,6 +583,112 @@ impl Store {
 }
 
 impl Store {
+    /// Records the data directory's admin token as `admin`, unless this secret is known
+    /// already (then nothing changes, so a revoked `admin` stays revoked across restarts).
+    /// A new secret (the file was deleted and made again) revokes the earlier `admin`:
+    /// whoever can write the data directory holds the CA and the manifest key anyway, and
+    /// this is the way back in when every named token was lost.
+    pub async fn bootstrap_admin_token(&self, hash: &str, now: Timestamp) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let known: Option<i64> = sqlx::query_scalar("SELECT id FROM admin_tokens WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&mut *transaction)
+            .await?;
+        if known.is_some() {
+            return Ok(());
+        }
+        sqlx::query("UPDATE admin_tokens SET revoked_at = ?, revoked_by = ? WHERE name = ? AND revoked_at IS NULL")
+            .bind(unix(now))
+            .bind(BOOTSTRAP_CREATOR)
+            .bind(BOOTSTRAP_TOKEN_NAME)
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query("INSERT INTO admin_tokens (name, hash, created_at, created_by) VALUES (?, ?, ?, ?)")
+            .bind(BOOTSTRAP_TOKEN_NAME)
+            .bind(hash)
+            .bind(unix(now))
+            .bind(BOOTSTRAP_CREATOR)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Every admin token, revoked ones included, oldest first.
+    pub async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, hash, created_at, created_by, expires_at, revoked_at, revoked_by, last_used_at
+             FROM admin_tokens ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let at = |index: usize| row.get::<Option<i64>, _>(index).map(Timestamp::from_unix);
+                Ok(AdminTokenRecord {
+                    name: parse("admin token name", row.get::<&str, _>(0))?,
+                    hash: row.get(1),
+                    created_at: Timestamp::from_unix(row.get(2)),
+                    created_by: row.get(3),
+                    expires_at: at(4),
+                    revoked_at: at(5),
+                    revoked_by: row.get(6),
+                    last_used_at: at(7),
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a new admin token; an expired one of the same name is revoked by the same
+    /// transaction (its creator is the revoker), so the name can be used again.
+    pub async fn insert_admin_token(&self, token: &AdminTokenRecord) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE admin_tokens SET revoked_at = ?, revoked_by = ?
+             WHERE name = ? AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?",
+        )
+        .bind(unix(token.created_at))
+        .bind(&token.created_by)
+        .bind(token.name.as_str())
+        .bind(unix(token.created_at))
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query("INSERT INTO admin_tokens (name, hash, created_at, created_by, expires_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(token.name.as_str())
+            .bind(&token.hash)
+            .bind(unix(token.created_at))
+            .bind(&token.created_by)
+            .bind(token.expires_at.map(unix))
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Revokes the admin token `name` that is not revoked yet; false when there is none.
+    pub async fn revoke_admin_token(&self, name: &TokenName, at: Timestamp, by: &str) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE admin_tokens SET revoked_at = ?, revoked_by = ? WHERE name = ? AND revoked_at IS NULL")
+                .bind(unix(at))
+                .bind(by)
+                .bind(name.as_str())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Notes when the admin token with this hash was last used.
+    pub async fn touch_admin_token(&self, hash: &str, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE admin_tokens SET last_used_at = ? WHERE hash = ?")
+            .bind(unix(at))
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Store {
     /// The rollouts that have not finished, to resume at start.
     pub async fn active_rollouts(&self) -> Result<Vec<StoredRollout>, StoreError> {
         let rows = sqlx::query(
@@ -614,8 +758,8 @@ impl Store {
     /// most the newest `limit` lines.
     pub async fn history(&self, app: &AppName, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT at, who, rollout, what, reason FROM (
-               SELECT id, at, who, rollout, what, reason FROM rollout_history
+            "SELECT at, who, rollout, what, reason, app FROM (
+               SELECT id, at, who, rollout, what, reason, app FROM rollout_history
                WHERE app = ? OR app IS NULL ORDER BY id DESC LIMIT ?
              ) ORDER BY id",
         )
@@ -623,16 +767,18 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| HistoryEntry {
-                at: Timestamp::from_unix(row.get(0)),
-                who: row.get(1),
-                rollout: row.get(2),
-                what: row.get(3),
-                reason: row.get(4),
+        rows.into_iter()
+            .map(|row| {
+                Ok(HistoryEntry {
+                    at: Timestamp::from_unix(row.get(0)),
+                    app: row.get::<Option<&str>, _>(5).map(|app| parse("app", app)).transpose()?,
+                    who: row.get(1),
+                    rollout: row.get(2),
+                    what: row.get(3),
+                    reason: row.get(4),
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -724,4 +870,100 @@ async fn save_manifest(
     .execute(&mut **transaction)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_unix(1_800_000_000 + seconds)
+    }
+
+    /// A fresh database in its own directory, removed by the caller.
+    async fn scratch(name: &str) -> (Store, std::path::PathBuf) {
+        let directory = std::env::temp_dir().join(format!("drover-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        std::fs::create_dir_all(&directory).expect("scratch directory");
+        let store = Store::open(&directory.join("coordinator.db")).await.expect("open");
+        (store, directory)
+    }
+
+    fn state(tokens: &[AdminTokenRecord]) -> Vec<(String, String, bool)> {
+        tokens
+            .iter()
+            .map(|token| (token.name.to_string(), token.hash.clone(), token.revoked_at.is_some()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_revoked_bootstrap_token_stays_revoked_and_a_new_admin_token_file_replaces_it() {
+        let (store, directory) = scratch("bootstrap").await;
+        store.bootstrap_admin_token("first", at(0)).await.expect("bootstrap");
+        store.bootstrap_admin_token("first", at(1)).await.expect("again");
+        let tokens = store.admin_tokens().await.expect("tokens");
+        assert_eq!(state(&tokens), [("admin".into(), "first".into(), false)]);
+        assert_eq!(tokens[0].created_by, BOOTSTRAP_CREATOR);
+
+        let admin: TokenName = "admin".parse().expect("name");
+        assert!(store.revoke_admin_token(&admin, at(2), "alice").await.expect("revoke"));
+        assert!(!store.revoke_admin_token(&admin, at(3), "alice").await.expect("twice"));
+        // The next start with the same admin.token: still revoked, nothing new.
+        store.bootstrap_admin_token("first", at(4)).await.expect("restart");
+        assert_eq!(
+            state(&store.admin_tokens().await.expect("tokens")),
+            [("admin".into(), "first".into(), true)]
+        );
+        // A new admin.token (the old one deleted): a new `admin`.
+        store.bootstrap_admin_token("second", at(5)).await.expect("new file");
+        // And another: the second `admin` is revoked by the start that replaced it.
+        store.bootstrap_admin_token("third", at(6)).await.expect("newer file");
+        let tokens = store.admin_tokens().await.expect("tokens");
+        assert_eq!(
+            state(&tokens),
+            [
+                ("admin".into(), "first".into(), true),
+                ("admin".into(), "second".into(), true),
+                ("admin".into(), "third".into(), false),
+            ]
+        );
+        assert_eq!(tokens[1].revoked_by.as_deref(), Some(BOOTSTRAP_CREATOR));
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+
+    #[tokio::test]
+    async fn a_name_is_unique_among_tokens_not_revoked_and_an_expired_one_is_replaced() {
+        let (store, directory) = scratch("names").await;
+        let token = |hash: &str, created: i64, ttl: Option<i64>| AdminTokenRecord {
+            name: "ci".parse().expect("name"),
+            hash: hash.into(),
+            created_at: at(created),
+            created_by: "admin".into(),
+            expires_at: ttl.map(|ttl| at(created + ttl)),
+            revoked_at: None,
+            revoked_by: None,
+            last_used_at: None,
+        };
+        store
+            .insert_admin_token(&token("one", 0, Some(60)))
+            .await
+            .expect("insert");
+        // While valid, a second `ci` is refused by the unique index (the service says so first).
+        assert!(store.insert_admin_token(&token("two", 10, None)).await.is_err());
+        // Once expired, creating `ci` again revokes the old one in the same transaction.
+        store
+            .insert_admin_token(&token("three", 120, None))
+            .await
+            .expect("replace");
+        store.touch_admin_token("three", at(130)).await.expect("touch");
+        let tokens = store.admin_tokens().await.expect("tokens");
+        assert_eq!(
+            state(&tokens),
+            [("ci".into(), "one".into(), true), ("ci".into(), "three".into(), false)]
+        );
+        assert_eq!(tokens[0].revoked_by.as_deref(), Some("admin"));
+        assert_eq!(tokens[1].last_used_at, Some(at(130)));
+        assert!(tokens[0].expired(at(61)) && !tokens[1].expired(at(1_000_000)));
+        let _ = std::fs::remove_dir_all(&directory);
+    }
 }

@@ -3,10 +3,13 @@
 //! their own envelopes; everything here is plain JSON over TLS.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::names::{AppName, Digest, HostId, Version};
+use crate::error::NameError;
+use crate::names::{AppName, Digest, HostId, Version, validated_string};
 use crate::report::{AgentFacts, AppState, ReportEvent};
 use crate::spec::AppSpec;
 use crate::time::{Duration, Timestamp};
@@ -82,6 +85,104 @@ pub struct TokenResponse {
     pub join_command: String,
 }
 
+/// The name `drover serve` gives the admin token it creates in its data directory
+/// (`admin.token`) on first start.
+pub const BOOTSTRAP_TOKEN_NAME: &str = "admin";
+/// The `who` of history lines the rollout controller records by itself (reports,
+/// timers); no admin token can have this name.
+pub const CONTROLLER_NAME: &str = "controller";
+
+validated_string!(
+    /// The name of an admin token: 1 to 32 characters of `[a-z0-9-]`, starting with a
+    /// letter or digit. It is the `who` of everything the token's requests record, so it
+    /// can be neither `controller` (see [`CONTROLLER_NAME`]) nor hold spaces or control
+    /// characters that would forge a history line.
+    TokenName,
+    check_token_name
+);
+
+fn check_token_name(text: &str) -> Result<(), NameError> {
+    let ok = (1..=32).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-');
+    if !ok {
+        return Err(NameError::new(
+            "admin token name",
+            text,
+            "1 to 32 characters of a-z, 0-9 and '-', not starting with '-'",
+        ));
+    }
+    if text == CONTROLLER_NAME {
+        return Err(NameError::new(
+            "admin token name",
+            text,
+            "a name other than controller (the history's name for what rollouts do by themselves)",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /v1/admin/admin-tokens`: a named admin token for an operator or a pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenRequest {
+    /// Its name: the `who` of everything done with it.
+    pub name: TokenName,
+    /// How long it is valid; none: until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+}
+
+/// A new admin token; the secret is shown once and stored only hashed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminTokenCreated {
+    /// Its name.
+    pub name: TokenName,
+    /// The secret, for `Authorization: Bearer` (the CLI reads it from `DROVER_TOKEN`).
+    pub token: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Whether an admin token works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminTokenState {
+    /// It works.
+    Active,
+    /// Its `--ttl` ran out.
+    Expired,
+    /// `drover admin-token revoke` (or a replaced `admin.token`) ended it.
+    Revoked,
+}
+
+/// One admin token of `GET /v1/admin/admin-tokens` and the answer of `DELETE
+/// /v1/admin/admin-tokens/{name}`; never its secret. Revoked tokens stay listed, so the
+/// names in the history can always be traced to when they were valid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminTokenInfo {
+    /// Its name.
+    pub name: TokenName,
+    /// Whether it works now.
+    pub state: AdminTokenState,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// The token that made it (`drover serve` for the data directory's `admin`).
+    pub created_by: String,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Timestamp>,
+    /// When a request last came with it (updated at most once a minute).
+    pub last_used_at: Option<Timestamp>,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+    /// The token that revoked it.
+    pub revoked_by: Option<String>,
+}
+
 /// Where a pin or hold applies.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "name", rename_all = "lowercase")]
@@ -94,8 +195,8 @@ pub enum Scope {
     Host(HostId),
 }
 
-impl std::fmt::Display for Scope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Scope::Fleet => f.write_str("fleet"),
             Scope::Group(name) => write!(f, "group {name}"),
@@ -242,6 +343,9 @@ pub struct PinRequest {
     pub version: Version,
     /// Where.
     pub scope: Scope,
+    /// Why, for the history (absent from older clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `DELETE /v1/admin/pins`.
@@ -252,6 +356,9 @@ pub struct UnpinRequest {
     pub app: AppName,
     /// Where.
     pub scope: Scope,
+    /// Why, for the history (absent from older clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `PUT` / `DELETE /v1/admin/holds`.
@@ -260,6 +367,9 @@ pub struct UnpinRequest {
 pub struct HoldRequest {
     /// Where.
     pub scope: Scope,
+    /// Why, for the history (absent from older clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A pin as stored.
@@ -453,6 +563,9 @@ pub struct RolloutStatus {
     pub phase: RolloutPhase,
     /// The phase for people, e.g. `paused by the failure breaker`.
     pub phase_text: String,
+    /// The `--reason` of an operator's pause, while paused by one.
+    #[serde(default)]
+    pub pause_reason: Option<String>,
     /// The index of the last stage started.
     pub stage: Option<usize>,
     /// Per stage.
@@ -480,6 +593,10 @@ pub struct RolloutStatus {
 pub struct HistoryEntry {
     /// When.
     pub at: Timestamp,
+    /// The app it concerns; none for holds, which stop every app and so are in every
+    /// app's history.
+    #[serde(default)]
+    pub app: Option<AppName>,
     /// Who: the admin token's name, or `controller` for what the rollout did by itself.
     pub who: String,
     /// The rollout it belongs to, if any (pins and holds made by hand have none).
@@ -488,4 +605,42 @@ pub struct HistoryEntry {
     pub what: String,
     /// Why, as given with `--reason`.
     pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_names_are_short_lowercase_and_never_the_controller() {
+        for good in ["admin", "ci", "alice-2", "0", &"a".repeat(32)] {
+            assert!(good.parse::<TokenName>().is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "-ci",
+            "Alice",
+            "ci bot",
+            "ci\n",
+            "a_b",
+            "controller",
+            &"a".repeat(33),
+        ] {
+            assert!(bad.parse::<TokenName>().is_err(), "{bad:?}");
+        }
+        let refused = serde_json::from_str::<AdminTokenRequest>(r#"{"name": "controller"}"#);
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn requests_of_older_clients_still_parse() {
+        let pin: PinRequest =
+            serde_json::from_str(r#"{"app": "web", "version": "1.0", "scope": {"kind": "fleet"}}"#).expect("pin");
+        assert_eq!(pin.reason, None);
+        let hold: HoldRequest = serde_json::from_str(r#"{"scope": {"kind": "group", "name": "eu"}}"#).expect("hold");
+        assert_eq!(hold.reason, None);
+        let unpin: UnpinRequest =
+            serde_json::from_str(r#"{"app": "web", "scope": {"kind": "fleet"}, "reason": "x"}"#).expect("unpin");
+        assert_eq!(unpin.reason.as_deref(), Some("x"));
+    }
 }

@@ -2,14 +2,16 @@
 //! simulated agents that poll their signed manifest, verify it as an agent does, and
 //! report `apps.web {current, desired, state}`: a good release reaches every stage and
 //! becomes the fleet pin, a bad one stops at the canary, commands are refused by state,
-//! abort restores the previous desired state, and a restart resumes exactly.
+//! abort restores the previous desired state, and a restart resumes exactly. Every change
+//! is in the history under the name of the admin token that made it, with its reason; a
+//! revoked token changes nothing. `drover rollout watch` follows a rollout to its end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration as StdDuration, Instant};
 
 use drover_protocol::report::{AppReport, AppState, HostReport};
 use drover_protocol::{Version, accept};
-use drover_tests::fleet::{Agent, Poll, TestCoordinator};
+use drover_tests::fleet::{Admin, Agent, Poll, TestCoordinator};
 use drover_tests::now_real;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -446,22 +448,36 @@ async fn start_does_what_plan_showed() {
     coordinator.stop().await;
 }
 
-/// Runs the real `drover` binary against the in-process coordinator.
-fn drover(coordinator: &TestCoordinator, args: &[&str]) -> (Option<i32>, String, String) {
-    let output = std::process::Command::new(drover_tests::binary("drover"))
+/// The real `drover` binary against the in-process coordinator, with the data
+/// directory's `admin` token, or `token` as DROVER_TOKEN.
+fn drover_command(coordinator: &TestCoordinator, token: Option<&str>, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(drover_tests::binary("drover"));
+    command
         .args(args)
         .env("DROVER_DATA_DIR", &coordinator.data_dir)
         .env("DROVER_ADDR", coordinator.url())
         .env_remove("DROVER_TOKEN")
         .env_remove("DROVER_CA")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run drover");
+        .stdin(std::process::Stdio::null());
+    if let Some(token) = token {
+        command.env("DROVER_TOKEN", token);
+    }
+    command
+}
+
+/// Runs `drover args` with `token` (or the data directory's); exit code, stdout, stderr.
+fn drover_as(coordinator: &TestCoordinator, token: Option<&str>, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = drover_command(coordinator, token, args).output().expect("run drover");
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Runs the real `drover` binary against the in-process coordinator.
+fn drover(coordinator: &TestCoordinator, args: &[&str]) -> (Option<i32>, String, String) {
+    drover_as(coordinator, None, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,5 +556,507 @@ async fn the_cli_plan_shows_what_start_does() {
     );
     let help = tokio::task::block_in_place(|| drover(&coordinator, &["rollout", "start", "--help"]));
     assert!(help.1.contains("Default: canary,50%,100%"), "{}", help.1);
+    coordinator.stop().await;
+}
+
+/// Creates the admin token `name` with the bootstrap `admin`; returns a client using it.
+async fn named_admin(coordinator: &TestCoordinator, name: &str) -> Admin {
+    let (status, text) = coordinator
+        .admin
+        .call(Method::POST, "/v1/admin/admin-tokens", Some(json!({"name": name})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let created: Value = serde_json::from_str(&text).expect("created token");
+    assert_eq!(created["name"], name);
+    assert!(created["expires_at"].is_null(), "{created}");
+    let mut admin = coordinator.admin.clone();
+    admin.token = created["token"].as_str().expect("secret").to_owned();
+    assert_ne!(admin.token, coordinator.admin.token);
+    admin
+}
+
+/// The history line whose `what` is exactly `what`.
+fn line<'a>(lines: &'a [Value], what: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|line| line["what"] == what)
+        .unwrap_or_else(|| panic!("no history line {what:?}: {lines:#?}"))
+}
+
+fn assert_error(status: StatusCode, text: &str, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{text}");
+    let body: Value = serde_json::from_str(text).expect("error body");
+    assert_eq!(body["code"], code, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_recorded_with_the_token_name_and_reason() {
+    let (coordinator, agents) = fleet(20).await;
+    let ci = named_admin(&coordinator, "ci").await;
+    let alice = named_admin(&coordinator, "alice").await;
+    coordinator
+        .admin
+        .ok(
+            Method::POST,
+            "/v1/admin/groups",
+            Some(json!({"name": "eu", "selector": {"env": "prod"}})),
+        )
+        .await;
+
+    // ci starts; alice pauses, resumes and aborts, each with a reason.
+    let (status_code, text) = ci
+        .call(
+            Method::POST,
+            "/v1/admin/rollouts",
+            Some(start_body(json!({"stages": "canary,100%", "reason": "ship 2.0"}))),
+        )
+        .await;
+    assert_eq!(status_code, StatusCode::CREATED, "{text}");
+    let started: Value = serde_json::from_str(&text).expect("status");
+    assert_eq!(started["created_by"], "ci");
+    let paused = alice
+        .ok(
+            Method::POST,
+            "/v1/admin/rollouts/web/pause",
+            Some(json!({"reason": "latency up"})),
+        )
+        .await;
+    assert_eq!(paused["phase"], "paused_by_operator");
+    assert_eq!(paused["phase_text"], "paused by alice");
+    assert_eq!(paused["pause_reason"], "latency up");
+    alice
+        .ok(
+            Method::POST,
+            "/v1/admin/rollouts/web/resume",
+            Some(json!({"reason": "it was the load balancer"})),
+        )
+        .await;
+    round(&agents, &|_| Behaviour::Good).await;
+    let aborted = alice
+        .ok(
+            Method::POST,
+            "/v1/admin/rollouts/web/abort",
+            Some(json!({"rollback": true, "reason": "error rate up"})),
+        )
+        .await;
+    assert_eq!(aborted["phase"], "aborted");
+
+    // Pins and holds by hand, with reasons.
+    let host = |index: usize| json!({"kind": "host", "name": agents[index].host.as_str()});
+    alice
+        .ok(
+            Method::PUT,
+            "/v1/admin/pins",
+            Some(json!({"app": "web", "version": "2.0", "scope": host(3), "reason": "debug 2.0 on h03"})),
+        )
+        .await;
+    assert_eq!(desired_web(&agents[3]).await, Some(version("2.0")));
+    alice
+        .ok(
+            Method::DELETE,
+            "/v1/admin/pins",
+            Some(json!({"app": "web", "scope": host(3), "reason": "debugged"})),
+        )
+        .await;
+    let eu = json!({"kind": "group", "name": "eu"});
+    let held = ci
+        .ok(
+            Method::PUT,
+            "/v1/admin/holds",
+            Some(json!({"scope": eu, "reason": "incident 4711"})),
+        )
+        .await;
+    assert_eq!(held["hosts_changed"], 20);
+    ci.ok(
+        Method::DELETE,
+        "/v1/admin/holds",
+        Some(json!({"scope": eu, "reason": "incident 4711 resolved"})),
+    )
+    .await;
+
+    // `drover rollout history web -o json`, with ci's token from the environment.
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| {
+        drover_as(
+            &coordinator,
+            Some(&ci.token),
+            &["rollout", "history", "web", "-o", "json"],
+        )
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<Value> = serde_json::from_str(&stdout).expect("history JSON");
+    let expect = |what: &str, who: &str, reason: &str| {
+        let found = line(&lines, what);
+        assert_eq!(found["who"], who, "{found}");
+        assert_eq!(found["reason"], reason, "{found}");
+        assert!(found["at"].is_string(), "{found}");
+    };
+    let start_line = lines
+        .iter()
+        .find(|line| {
+            line["what"]
+                .as_str()
+                .is_some_and(|what| what.contains("started: 20 hosts"))
+        })
+        .expect("start recorded");
+    assert_eq!(start_line["who"], "ci");
+    assert_eq!(start_line["reason"], "ship 2.0");
+    assert_eq!(start_line["app"], "web");
+    assert_eq!(start_line["rollout"], started["rollout"]);
+    expect("paused by alice", "alice", "latency up");
+    let resumed = lines
+        .iter()
+        .find(|line| line["what"].as_str().is_some_and(|what| what.starts_with("resumed")))
+        .expect("resume recorded");
+    assert_eq!(resumed["who"], "alice");
+    assert_eq!(resumed["reason"], "it was the load balancer");
+    let abort_line = lines
+        .iter()
+        .find(|line| line["what"].as_str().is_some_and(|what| what.starts_with("aborted")))
+        .expect("abort recorded");
+    assert_eq!(abort_line["who"], "alice");
+    assert_eq!(abort_line["reason"], "error rate up");
+    expect("pinned web 2.0 for the host h03", "alice", "debug 2.0 on h03");
+    expect("unpinned web for the host h03", "alice", "debugged");
+    expect("held the group eu", "ci", "incident 4711");
+    expect("released the hold on the group eu", "ci", "incident 4711 resolved");
+    // A hold stops every app: it belongs to none and is in each app's history.
+    assert!(line(&lines, "held the group eu")["app"].is_null());
+    // What the rollout did by itself is the controller's.
+    assert!(lines.iter().any(|line| line["who"] == "controller"), "{lines:#?}");
+
+    // The table shows the same, and `admin-token list` that both tokens were used.
+    let (code, table, _) = tokio::task::block_in_place(|| drover(&coordinator, &["rollout", "history", "web"]));
+    assert_eq!(code, Some(0));
+    let hold_row = table
+        .lines()
+        .find(|row| row.contains("held the group eu"))
+        .expect("hold row");
+    assert!(
+        hold_row.contains(" ci ") && hold_row.ends_with("incident 4711"),
+        "{table}"
+    );
+    let tokens = coordinator.admin.ok(Method::GET, "/v1/admin/admin-tokens", None).await;
+    let names: Vec<&str> = tokens
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|token| token["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["admin", "ci", "alice"]);
+    for token in tokens.as_array().expect("tokens") {
+        assert_eq!(token["state"], "active", "{token}");
+        assert!(token["last_used_at"].is_string(), "{token}");
+        assert!(token.get("token").is_none() && token.get("hash").is_none(), "{token}");
+    }
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_at_once_and_changes_nothing() {
+    let (mut coordinator, agents) = fleet(3).await;
+    let alice = named_admin(&coordinator, "alice").await;
+    alice
+        .ok(
+            Method::PUT,
+            "/v1/admin/holds",
+            Some(json!({"scope": {"kind": "host", "name": "h01"}, "reason": "look at it"})),
+        )
+        .await;
+    let revoked = coordinator
+        .admin
+        .ok(Method::DELETE, "/v1/admin/admin-tokens/alice", None)
+        .await;
+    assert_eq!(revoked["state"], "revoked");
+    assert_eq!(revoked["revoked_by"], "admin");
+    let before = history(&coordinator).await;
+
+    // Every request with it is refused, and nothing changes.
+    let (status, text) = alice
+        .call(
+            Method::PUT,
+            "/v1/admin/pins",
+            Some(json!({"app": "web", "version": "2.0", "scope": {"kind": "fleet"}, "reason": "sneaky"})),
+        )
+        .await;
+    assert_error(status, &text, StatusCode::UNAUTHORIZED, "admin_token_revoked");
+    assert!(text.contains("alice was revoked at"), "{text}");
+    let (status, text) = alice
+        .call(Method::POST, "/v1/admin/rollouts", Some(start_body(json!({}))))
+        .await;
+    assert_error(status, &text, StatusCode::UNAUTHORIZED, "admin_token_revoked");
+    let (status, text) = alice.call(Method::GET, "/v1/admin/rollouts/web/history", None).await;
+    assert_error(status, &text, StatusCode::UNAUTHORIZED, "admin_token_revoked");
+    assert_eq!(history(&coordinator).await, before);
+    for agent in &agents {
+        assert_eq!(desired_web(agent).await, Some(version("1.0")), "{}", agent.host);
+    }
+    let (status, _) = coordinator
+        .admin
+        .call(Method::GET, "/v1/admin/rollouts/web", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no rollout was started");
+    // The CLI says so, and exits 1.
+    let (code, _, stderr) = tokio::task::block_in_place(|| drover_as(&coordinator, Some(&alice.token), &["status"]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("admin token alice was revoked"), "{stderr}");
+
+    // Names: checked, `admin` reserved, unique while valid; revoking twice is refused.
+    for (body, expected, code) in [
+        (json!({"name": "controller"}), StatusCode::BAD_REQUEST, "bad_json"),
+        (json!({"name": "Bad Name"}), StatusCode::BAD_REQUEST, "bad_json"),
+        (json!({"name": "admin"}), StatusCode::BAD_REQUEST, "reserved_token_name"),
+        (
+            json!({"name": "ci", "ttl": "500ms"}),
+            StatusCode::BAD_REQUEST,
+            "bad_ttl",
+        ),
+    ] {
+        let (status, text) = coordinator
+            .admin
+            .call(Method::POST, "/v1/admin/admin-tokens", Some(body))
+            .await;
+        assert_error(status, &text, expected, code);
+    }
+    let (status, text) = coordinator
+        .admin
+        .call(Method::DELETE, "/v1/admin/admin-tokens/alice", None)
+        .await;
+    assert_error(status, &text, StatusCode::CONFLICT, "admin_token_revoked");
+    let (status, text) = coordinator
+        .admin
+        .call(Method::DELETE, "/v1/admin/admin-tokens/nobody", None)
+        .await;
+    assert_error(status, &text, StatusCode::NOT_FOUND, "admin_token_not_found");
+
+    // The data directory's `admin` can be revoked once another token exists, not the last one.
+    let ci = named_admin(&coordinator, "ci").await;
+    let (status, text) = coordinator
+        .admin
+        .call(Method::POST, "/v1/admin/admin-tokens", Some(json!({"name": "ci"})))
+        .await;
+    assert_error(status, &text, StatusCode::CONFLICT, "admin_token_exists");
+    ci.ok(Method::DELETE, "/v1/admin/admin-tokens/admin", None).await;
+    let (status, text) = coordinator.admin.call(Method::GET, "/v1/admin/hosts", None).await;
+    assert_error(status, &text, StatusCode::UNAUTHORIZED, "admin_token_revoked");
+    let (status, text) = ci.call(Method::DELETE, "/v1/admin/admin-tokens/ci", None).await;
+    assert_error(status, &text, StatusCode::CONFLICT, "last_admin_token");
+    // A restart with the same admin.token keeps it revoked; ci still works.
+    coordinator.restart().await;
+    let (status, text) = coordinator.admin.call(Method::GET, "/v1/admin/hosts", None).await;
+    assert_error(status, &text, StatusCode::UNAUTHORIZED, "admin_token_revoked");
+    let mut ci = ci;
+    ci.url = coordinator.url();
+    let tokens = ci.ok(Method::GET, "/v1/admin/admin-tokens", None).await;
+    let states: Vec<(&str, &str)> = tokens
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|token| {
+            (
+                token["name"].as_str().expect("name"),
+                token["state"].as_str().expect("state"),
+            )
+        })
+        .collect();
+    assert_eq!(states, [("admin", "revoked"), ("alice", "revoked"), ("ci", "active")]);
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_and_holds_without_a_reason_still_work() {
+    let (coordinator, agents) = fleet(3).await;
+    // Bodies as clients before reasons sent them.
+    let host = json!({"kind": "host", "name": "h02"});
+    coordinator
+        .admin
+        .ok(
+            Method::PUT,
+            "/v1/admin/pins",
+            Some(json!({"app": "web", "version": "2.0", "scope": host})),
+        )
+        .await;
+    assert_eq!(desired_web(&agents[2]).await, Some(version("2.0")));
+    coordinator
+        .admin
+        .ok(Method::PUT, "/v1/admin/holds", Some(json!({"scope": host})))
+        .await;
+    coordinator
+        .admin
+        .ok(Method::DELETE, "/v1/admin/holds", Some(json!({"scope": host})))
+        .await;
+    coordinator
+        .admin
+        .ok(
+            Method::DELETE,
+            "/v1/admin/pins",
+            Some(json!({"app": "web", "scope": host})),
+        )
+        .await;
+    assert_eq!(desired_web(&agents[2]).await, Some(version("1.0")));
+    // The CLI without --reason, and with one.
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| drover(&coordinator, &["hold", "--host", "h01"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("held host h01"), "{stdout}");
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| drover(&coordinator, &["unhold", "--host", "h01", "--reason", "checked"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines = history(&coordinator).await;
+    for what in [
+        "pinned web 2.0 for the host h02",
+        "held the host h02",
+        "released the hold on the host h02",
+        "unpinned web for the host h02",
+        "held the host h01",
+    ] {
+        let found = line(&lines, what);
+        assert_eq!(found["who"], "admin", "{found}");
+        assert!(found["reason"].is_null(), "{found}");
+    }
+    assert_eq!(line(&lines, "released the hold on the host h01")["reason"], "checked");
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_makes_lists_and_revokes_admin_tokens() {
+    let (coordinator, _agents) = fleet(1).await;
+    let (code, secret, stderr) =
+        tokio::task::block_in_place(|| drover(&coordinator, &["admin-token", "create", "ci-deploy", "--ttl", "90d"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let secret = secret.trim().to_owned();
+    assert!(secret.len() >= 40 && !secret.contains(' '), "{secret}");
+    assert!(
+        stderr.contains("ci-deploy expires at") && stderr.contains("DROVER_TOKEN"),
+        "{stderr}"
+    );
+    // The new token works from the environment, and its changes are its own.
+    let (code, _, stderr) = tokio::task::block_in_place(|| {
+        drover_as(
+            &coordinator,
+            Some(&secret),
+            &["pin", "web", "2.0", "--host", "h00", "--reason", "from ci"],
+        )
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    let pinned = line(&history(&coordinator).await, "pinned web 2.0 for the host h00").clone();
+    assert_eq!(pinned["who"], "ci-deploy");
+    assert_eq!(pinned["reason"], "from ci");
+
+    let (code, table, _) = tokio::task::block_in_place(|| drover(&coordinator, &["admin-token", "list"]));
+    assert_eq!(code, Some(0));
+    let row = table
+        .lines()
+        .find(|row| row.starts_with("ci-deploy"))
+        .expect("ci-deploy row");
+    assert!(
+        row.contains("active") && row.contains(" admin ") && row.contains("ago"),
+        "{table}"
+    );
+    assert!(!table.contains(&secret), "secrets are never listed");
+    // Bad names are usage errors; a taken name is refused by state.
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| drover(&coordinator, &["admin-token", "create", "Not_A_Name"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| drover(&coordinator, &["admin-token", "create", "ci-deploy"]));
+    assert_eq!(code, Some(4), "{stderr}");
+    let (code, stdout, stderr) =
+        tokio::task::block_in_place(|| drover(&coordinator, &["admin-token", "revoke", "ci-deploy"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("revoked admin token ci-deploy"), "{stdout}");
+    let (code, _, stderr) = tokio::task::block_in_place(|| drover_as(&coordinator, Some(&secret), &["status"]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("revoked"), "{stderr}");
+    let (code, json_list, _) =
+        tokio::task::block_in_place(|| drover(&coordinator, &["admin-token", "list", "-o", "json"]));
+    assert_eq!(code, Some(0));
+    let tokens: Vec<Value> = serde_json::from_str(&json_list).expect("JSON list");
+    assert_eq!(tokens[1]["name"], "ci-deploy");
+    assert_eq!(tokens[1]["state"], "revoked");
+    assert!(tokens[1]["expires_at"].is_string());
+    // The last valid token stays (exit 4).
+    let (code, _, stderr) = tokio::task::block_in_place(|| drover(&coordinator, &["admin-token", "revoke", "admin"]));
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("last valid admin token"), "{stderr}");
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_a_rollout_to_its_end_and_exits_with_its_outcome() {
+    let (coordinator, agents) = fleet(10).await;
+    start(&coordinator, json!({"stages": "canary,50%,100%"})).await;
+    // Two watchers from the start, as a CI job would run them: bars and NDJSON. Each has
+    // shown the running rollout before the agents move it.
+    let watcher = |args: &[&str]| {
+        let mut child = drover_command(&coordinator, None, args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn drover rollout watch");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut first).expect("first line of watch");
+        assert!(first.contains("running"), "{first}");
+        (child, stdout, first)
+    };
+    let (mut bars, mut bars_out, mut text) = tokio::task::block_in_place(|| watcher(&["rollout", "watch", "web"]));
+    let (mut json_watch, mut json_out, mut json_text) =
+        tokio::task::block_in_place(|| watcher(&["rollout", "watch", "web", "-o", "json"]));
+    let (finished, _) = drive(&coordinator, &agents, &|_| Behaviour::Good).await;
+    assert_eq!(finished["phase"], "completed", "{finished}");
+    tokio::task::block_in_place(|| {
+        use std::io::Read as _;
+        bars_out.read_to_string(&mut text).expect("rest of watch");
+        json_out.read_to_string(&mut json_text).expect("rest of watch");
+    });
+    let bars_exit = tokio::task::block_in_place(|| bars.wait()).expect("watch ends");
+    let json_exit = tokio::task::block_in_place(|| json_watch.wait()).expect("watch ends");
+    assert_eq!(bars_exit.code(), Some(0), "{text}");
+    assert_eq!(json_exit.code(), Some(0), "{json_text}");
+
+    // Not a terminal: plain blocks appended, no escape sequences, the last one complete.
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    let last = text.trim_end().rsplit("\n\n").next().expect("a block");
+    let last_lines: Vec<&str> = last.lines().collect();
+    assert_eq!(last_lines.len(), 5, "{last}");
+    assert!(
+        last_lines[0].starts_with("rollout web-2.0-1 of web to 2.0: completed"),
+        "{last}"
+    );
+    assert!(
+        last_lines[1].starts_with("canary  [##########] 1/1 done  0 in flight  0 failed  passed"),
+        "{last}"
+    );
+    assert!(last_lines[2].starts_with("50%     [##########] 4/4 done"), "{last}");
+    assert!(last_lines[3].starts_with("100%    [##########] 5/5 done"), "{last}");
+    assert_eq!(
+        last_lines[4],
+        "10 of 10 hosts done, 0 failed (0 tolerated), 0 of 2 in flight"
+    );
+
+    // NDJSON: one status per change, each a whole object; it ends completed.
+    let statuses: Vec<Value> = json_text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON status per line"))
+        .collect();
+    assert!(statuses.len() >= 2, "{statuses:#?}");
+    assert_eq!(statuses.last().expect("last")["phase"], "completed");
+    assert!(statuses.windows(2).all(|pair| pair[0] != pair[1]), "only changes");
+
+    // A rollout the breaker stops: watch exits 1 and says why.
+    let (coordinator, agents) = {
+        coordinator.stop().await;
+        fleet(4).await
+    };
+    start(&coordinator, json!({})).await;
+    let (stopped, _) = drive(&coordinator, &agents, &|_| Behaviour::FailsOnTarget).await;
+    assert_eq!(stopped["phase"], "paused_by_breaker");
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| drover(&coordinator, &["rollout", "watch", "web"]));
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("paused by the failure breaker (1 failed, 0 tolerated")
+            && stdout.contains("canary  [xxxxxxxxxx] 0/1 done  0 in flight  1 failed  settled"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("ended paused by the failure breaker"), "{stderr}");
     coordinator.stop().await;
 }

@@ -35,6 +35,7 @@ pub async fn pin(client: &AdminClient, args: &PinArgs, out: &mut dyn Write) -> R
         app: args.app.clone(),
         version: args.version.clone(),
         scope: args.scope.scope(),
+        reason: args.reason.clone(),
     };
     let changed: ChangeResult = client.send_json(Method::PUT, "/v1/admin/pins", &request).await?;
     emit(
@@ -54,6 +55,7 @@ pub async fn unpin(client: &AdminClient, args: &UnpinArgs, out: &mut dyn Write) 
     let request = UnpinRequest {
         app: args.app.clone(),
         scope: args.scope.scope(),
+        reason: args.reason.clone(),
     };
     let changed: ChangeResult = client.send_json(Method::DELETE, "/v1/admin/pins", &request).await?;
     emit(
@@ -71,6 +73,7 @@ pub async fn unpin(client: &AdminClient, args: &UnpinArgs, out: &mut dyn Write) 
 pub async fn hold(client: &AdminClient, args: &HoldArgs, change: HoldChange, out: &mut dyn Write) -> Result<(), Error> {
     let request = HoldRequest {
         scope: args.scope.scope(),
+        reason: args.reason.clone(),
     };
     let (method, verb) = match change {
         HoldChange::Hold => (Method::PUT, "held"),

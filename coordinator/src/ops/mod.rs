@@ -5,10 +5,12 @@
 //! [`crate::client::printable`] before it reaches a terminal: a hostile host must not be
 //! able to forge lines or repaint the operator's screen.
 
+mod admin_tokens;
 mod desired;
 mod hosts;
 mod release;
 mod rollout;
+mod watch;
 
 use std::io::{IsTerminal as _, Write};
 use std::path::PathBuf;
@@ -17,6 +19,7 @@ use drover_protocol::Timestamp;
 use drover_protocol::api::Labels;
 use serde::Serialize;
 
+pub use admin_tokens::{admin_token_create, admin_token_list, admin_token_revoke};
 pub use desired::{HoldChange, hold, pin, status, unpin};
 pub use hosts::{
     groups_create, groups_delete, groups_list, hosts_label, hosts_list, hosts_remove, hosts_show, token_create,

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use drover_protocol::Timestamp;
 use drover_protocol::api::{
-    HistoryEntry, RolloutAbortRequest, RolloutCommandRequest, RolloutPhase, RolloutPlan, RolloutRequest, RolloutStatus,
+    HistoryEntry, RolloutAbortRequest, RolloutCommandRequest, RolloutPlan, RolloutRequest, RolloutStatus,
 };
 use reqwest::Method;
 
@@ -40,7 +40,10 @@ pub async fn rollout(
             let status: RolloutStatus = client.get(&status_path(args.app.as_str())).await?;
             show(out, &status, args.output, now)
         }
-        RolloutCommand::Watch(args) => watch(client, args.app.as_str(), args.output, out).await,
+        RolloutCommand::Watch(args) => {
+            let display = super::watch::Display::for_stdout(args.output);
+            super::watch::watch(client, &status_path(args.app.as_str()), display, out).await
+        }
         RolloutCommand::Pause(args) | RolloutCommand::Resume(args) | RolloutCommand::Approve(args) => {
             let verb = match command {
                 RolloutCommand::Pause(_) => "pause",
@@ -166,7 +169,7 @@ pub(crate) fn status_text(status: &RolloutStatus, now: Timestamp) -> String {
         printable(&status.rollout),
         status.app,
         status.version,
-        printable(&status.phase_text),
+        super::watch::phase_text(status),
         status.failures,
         status.failure_budget,
         status.in_flight,
@@ -200,40 +203,4 @@ pub(crate) fn status_text(status: &RolloutStatus, now: Timestamp) -> String {
     }
     text.push_str(&table.render());
     text
-}
-
-/// Polls the status every second until the rollout finishes or the breaker pauses it.
-async fn watch(client: &AdminClient, app: &str, output: Output, out: &mut dyn Write) -> Result<(), Error> {
-    let mut last = None;
-    loop {
-        let status: RolloutStatus = client.get(&status_path(app)).await?;
-        let now = Timestamp::from_system(std::time::SystemTime::now());
-        let text = match output {
-            Output::Json => serde_json::to_string(&status).expect("API types serialize") + "\n",
-            Output::Table => status_text(&status, now) + "\n",
-        };
-        if last.as_ref() != Some(&text) {
-            emit(out, &text)?;
-            let _ = out.flush();
-            last = Some(text);
-        }
-        let outcome = match status.phase {
-            RolloutPhase::Completed => return Ok(()),
-            RolloutPhase::PausedByBreaker => "paused by the failure breaker",
-            RolloutPhase::Aborted => "aborted",
-            RolloutPhase::RolledBack => "rolled back",
-            RolloutPhase::Pending
-            | RolloutPhase::Running
-            | RolloutPhase::PausedByOperator
-            | RolloutPhase::AwaitingApproval => {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        return Err(Error::RolloutOutcome {
-            app: app.to_owned(),
-            rollout: status.rollout,
-            outcome: outcome.to_owned(),
-        });
-    }
 }
