@@ -6,7 +6,8 @@
 //! A good release goes canary → 50 % → 100 %, stage after stage (checked by when each
 //! host's service process started); a bad release stops after the canary, whose agent
 //! rolls itself back, and the other four hosts never change (same service process, never
-//! offered the release).
+//! offered the release). A held host (the kill switch) takes the hold within one poll
+//! and is left alone by the next rollout.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -265,4 +266,52 @@ fn rollout_on_five_real_hosts_goes_stage_by_stage_and_a_bad_release_stops_at_the
     for host in &fleet {
         host.wait_healthy("web", "2.0.0", CONVERGE).expect("2.0.0 after abort");
     }
+
+    // The kill switch: a held host takes its held manifest within one poll (the
+    // long-poll brings it at once; the poll interval is 5 s) and then changes nothing
+    // while a rollout goes past it; it misses its deadline, which the failure budget
+    // absorbs. Released, it follows the pin the finished rollout left.
+    coordinator
+        .sample_release(&releases, "4.0.0", PORT, Behaviour::Good, 0)
+        .expect("release create");
+    let plan = plan_stages(&json(
+        &coordinator,
+        &[&["rollout", "plan", "web", "4.0.0"][..], &stages, &["-o", "json"]].concat(),
+    ));
+    let held_id = plan[1].1[0].clone();
+    let held = host(&fleet, &held_id);
+    let held_before = service_start(held);
+    let clock = Instant::now();
+    coordinator.drover_ok(&["hold", "--host", &held_id]).expect("hold");
+    held.host
+        .wait_until(
+            "the held manifest on the host",
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || held.status().is_ok_and(|status| status["held"] == true),
+        )
+        .expect("held within one poll interval");
+    eprintln!("hold reached {held_id} in {:.2} s", clock.elapsed().as_secs_f64());
+    coordinator
+        .drover_ok(
+            &[
+                &["rollout", "start", "web", "4.0.0"][..],
+                &stages,
+                &["--max-failures", "1", "--host-deadline", "15s"],
+            ]
+            .concat(),
+        )
+        .expect("rollout start");
+    let (code, text) = watch(&coordinator, CONVERGE);
+    assert_eq!(code, Some(0), "the held host's failure fits the budget:\n{text}");
+    let status = json(&coordinator, &["rollout", "status", "web", "-o", "json"]);
+    assert_eq!(status["failures"], 1, "{status:#}");
+    assert_eq!(service_start(held), held_before, "the held host was not touched");
+    assert_eq!(held.get_inside(PORT, "/").as_deref(), Some("drover-sample-app 2.0.0"));
+    for host in fleet.iter().filter(|host| host.id != held_id) {
+        host.wait_healthy("web", "4.0.0", CONVERGE).expect("4.0.0 healthy");
+    }
+    coordinator.drover_ok(&["unhold", "--host", &held_id]).expect("unhold");
+    held.wait_healthy("web", "4.0.0", CONVERGE)
+        .expect("released, the held host follows the fleet pin");
 }
