@@ -1061,6 +1061,7 @@ impl Coordinator {
     pub async fn pin(&self, pin: Pin, operator: &Operator, reason: Option<&str>) -> Result<ChangeResult, ServiceError> {
         let actor = Actor::of(operator, check_reason(reason)?);
         let mut model = self.model.lock().await;
+        refuse_during_rollout(&model, &pin.app, "pin")?;
         Self::check_scope(&model.fleet, &pin.scope)?;
         if !model
             .fleet
@@ -1104,6 +1105,7 @@ impl Coordinator {
     ) -> Result<ChangeResult, ServiceError> {
         let actor = Actor::of(operator, check_reason(reason)?);
         let mut model = self.model.lock().await;
+        refuse_during_rollout(&model, &app, "unpin")?;
         let key = (app.clone(), scope.clone());
         let Some(previous) = model.fleet.pins.remove(&key) else {
             return Err(ServiceError::NotFound(
@@ -1209,6 +1211,11 @@ impl Coordinator {
                 })
                 .collect::<Vec<_>>()
         };
+        // During a rollout its own host pins are in place; `start` refuses with
+        // `rollout_active` then, and a plan previews the next one.
+        if !model.rollouts.contains_key(&spec.app) {
+            refuse_pins_in_the_way(&model.fleet, &spec.app, &hosts)?;
+        }
         let plan = crate::rollout::plan(&spec, &rollout_id, &hosts).map_err(|error| match error {
             PlanError::NoHosts { .. } => ServiceError::Conflict("no_hosts", error.to_string()),
             PlanError::EmptyGroup { .. } => ServiceError::BadRequest("empty_group", error.to_string()),
@@ -1865,6 +1872,66 @@ async fn store_reports(coordinator: &Coordinator, batch: Vec<(HostReport, Timest
     if let Err(error) = coordinator.store.save_reports(&merged).await {
         tracing::error!(%error, count = merged.len(), "storing reports failed; the latest reports stay in memory");
     }
+}
+
+/// Pins of an app are the rollout controller's while the app has an active rollout (it
+/// moves hosts with host pins and gives them back on abort): a manual pin or unpin then
+/// is refused (409), pointing at the rollout commands. Holds stay allowed: they are the
+/// kill switch.
+fn refuse_during_rollout(model: &Model, app: &AppName, verb: &str) -> Result<(), ServiceError> {
+    match model.rollouts.get(app) {
+        Some(active) => Err(ServiceError::Conflict(
+            "rollout_active",
+            format!(
+                "cannot {verb} {app} while rollout {} is {}; use drover rollout pause|abort {app} (or drover hold to stop hosts at once)",
+                active.rollout.id(),
+                active.rollout.phase()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A rollout moves hosts with host pins and ends in the app's fleet pin, so a host pin of
+/// the app on a host it would touch (which the rollout would overwrite and could not give
+/// back on abort) or a group pin of the app over such a host (which outranks the fleet pin,
+/// so the group would go back to its version once the rollout completed) is refused up
+/// front, naming the pins and how to clear them.
+fn refuse_pins_in_the_way(fleet: &Fleet, app: &AppName, hosts: &[PlanHost]) -> Result<(), ServiceError> {
+    let mut in_the_way: BTreeSet<(String, String)> = BTreeSet::new();
+    for host in hosts {
+        if let Some(version) = fleet.pins.get(&(app.clone(), Scope::Host(host.id.clone()))) {
+            in_the_way.insert((format!("--host {}", host.id), version.to_string()));
+        }
+        for group in &host.groups {
+            if let Some(version) = fleet.pins.get(&(app.clone(), Scope::Group(group.clone()))) {
+                in_the_way.insert((format!("--group {group}"), version.to_string()));
+            }
+        }
+    }
+    if in_the_way.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = in_the_way
+        .iter()
+        .take(5)
+        .map(|(scope, version)| format!("{scope} (pinned to {version})"))
+        .collect();
+    let more = in_the_way.len().saturating_sub(shown.len());
+    let first = &in_the_way.first().expect("not empty").0;
+    Err(ServiceError::Conflict(
+        "pins_in_the_way",
+        format!(
+            "{app} has {} group or host pin(s) over hosts this rollout would move: {}{}; a rollout ends in the app's fleet pin, which they would outrank; remove them first (drover unpin {app} {first})",
+            in_the_way.len(),
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            },
+        ),
+    ))
 }
 
 fn restore_pin(fleet: &mut Fleet, key: (AppName, Scope), previous: Option<Version>) {

@@ -1060,3 +1060,83 @@ async fn watch_follows_a_rollout_to_its_end_and_exits_with_its_outcome() {
     assert!(stderr.contains("ended paused by the failure breaker"), "{stderr}");
     coordinator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_that_would_undo_a_rollout_are_refused_and_manual_pins_wait_for_it() {
+    let (coordinator, agents) = fleet(6).await;
+    let admin = &coordinator.admin;
+    let pin = |scope: Value| json!({"app": "web", "version": "1.0", "scope": scope});
+    // A host pin of the app: the rollout would overwrite it and could not give it back.
+    let host = agents[2].host.to_string();
+    admin
+        .ok(
+            Method::PUT,
+            "/v1/admin/pins",
+            Some(pin(json!({"kind": "host", "name": host}))),
+        )
+        .await;
+    for path in ["/v1/admin/rollouts/plan", "/v1/admin/rollouts"] {
+        let (status_code, text) = admin.call(Method::POST, path, Some(start_body(json!({})))).await;
+        assert_error(status_code, &text, StatusCode::CONFLICT, "pins_in_the_way");
+        assert!(text.contains(&format!("--host {host}")), "{text}");
+    }
+    admin
+        .ok(
+            Method::DELETE,
+            "/v1/admin/pins",
+            Some(json!({"app": "web", "scope": {"kind": "host", "name": host}})),
+        )
+        .await;
+    // A group pin over the fleet outranks the fleet pin a finished rollout leaves.
+    admin
+        .ok(
+            Method::POST,
+            "/v1/admin/groups",
+            Some(json!({"name": "prod", "selector": {"env": "prod"}})),
+        )
+        .await;
+    admin
+        .ok(
+            Method::PUT,
+            "/v1/admin/pins",
+            Some(pin(json!({"kind": "group", "name": "prod"}))),
+        )
+        .await;
+    let (status_code, text) = admin
+        .call(Method::POST, "/v1/admin/rollouts", Some(start_body(json!({}))))
+        .await;
+    assert_error(status_code, &text, StatusCode::CONFLICT, "pins_in_the_way");
+    assert!(text.contains("--group prod"), "{text}");
+    assert_eq!(status_of(admin).await, StatusCode::NOT_FOUND, "nothing started");
+    admin
+        .ok(
+            Method::DELETE,
+            "/v1/admin/pins",
+            Some(json!({"app": "web", "scope": {"kind": "group", "name": "prod"}})),
+        )
+        .await;
+    // While the rollout runs, its pins are the controller's: manual pins are refused.
+    start(&coordinator, json!({"stages": "canary,100%"})).await;
+    for (method, body) in [
+        (
+            Method::PUT,
+            pin(json!({"kind": "host", "name": agents[0].host.to_string()})),
+        ),
+        (Method::PUT, pin(json!({"kind": "fleet"}))),
+        (Method::DELETE, json!({"app": "web", "scope": {"kind": "fleet"}})),
+    ] {
+        let (status_code, text) = admin.call(method, "/v1/admin/pins", Some(body)).await;
+        assert_error(status_code, &text, StatusCode::CONFLICT, "rollout_active");
+    }
+    let (finished, _) = drive(&coordinator, &agents, &|_| Behaviour::Good).await;
+    assert_eq!(finished["phase"], "completed", "{finished}");
+    // Finished, pins are the operator's again.
+    admin
+        .ok(Method::PUT, "/v1/admin/pins", Some(pin(json!({"kind": "fleet"}))))
+        .await;
+    coordinator.stop().await;
+}
+
+async fn status_of(admin: &drover_tests::fleet::Admin) -> StatusCode {
+    admin.call(Method::GET, "/v1/admin/rollouts/web", None).await.0
+}
