@@ -1137,6 +1137,6 @@ async fn pins_that_would_undo_a_rollout_are_refused_and_manual_pins_wait_for_it(
     coordinator.stop().await;
 }
 
-async fn status_of(admin: &drover_tests::fleet::Admin) -> StatusCode {
+async fn status_of(admin: &Admin) -> StatusCode {
     admin.call(Method::GET, "/v1/admin/rollouts/web", None).await.0
 }
