@@ -10,7 +10,17 @@
 //! long_poll = "60s"                                  # how long the coordinator may hold a poll
 //! [labels]                                           # informational; labels come from the token
 //! rack = "r12"
+//! [registries."registry.example.com"]                # per OCI registry, never in manifests
+//! username = "deploy"                                # basic auth: username + password_file
+//! password_file = "/etc/drover/registry.password"    # 0600, read at each pull, never logged
+//! ca_file = "/etc/drover/registry-ca.pem"            # an extra root for this registry only
+//! [registries."127.0.0.1:5000"]
+//! insecure = true                                    # plain HTTP: only where this says so
 //! ```
+//!
+//! A registry without a section is pulled from anonymously over HTTPS with the system's
+//! roots. `token_file` instead of `username` + `password_file` sends a bearer token.
+//! Credentials are never sent over plain HTTP: an `insecure` registry takes none.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +53,76 @@ pub struct ConfigFile {
     /// Extra labels (informational).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Per OCI registry (`HOST[:PORT]`): transport, extra CA and credentials.
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistryFile>,
+}
+
+/// One `[registries."HOST[:PORT]"]` section as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    /// Plain HTTP instead of HTTPS.
+    #[serde(default)]
+    pub insecure: bool,
+    /// A PEM file of extra root certificates for this registry.
+    pub ca_file: Option<PathBuf>,
+    /// Basic auth user name (with `password_file`).
+    pub username: Option<String>,
+    /// The file holding the basic auth password.
+    pub password_file: Option<PathBuf>,
+    /// The file holding a bearer token.
+    pub token_file: Option<PathBuf>,
+}
+
+/// How the agent talks to a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryTransport {
+    /// HTTPS with the system roots plus the registry's `ca_file` (the default).
+    Https,
+    /// Plain HTTP (`insecure = true`): no credentials are ever sent.
+    PlainHttp,
+}
+
+/// Which credentials the agent presents to a registry. The secrets stay in their files
+/// until a pull reads them, so they are in no config value, `Debug` output or log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryCredentials {
+    /// None (also what bearer-token registries hand out anonymous tokens for).
+    Anonymous,
+    /// HTTP basic auth, or the password grant of a bearer-token registry.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The file with the password (mode 0600 or tighter).
+        password_file: PathBuf,
+    },
+    /// A bearer token sent as it is.
+    Bearer {
+        /// The file with the token (mode 0600 or tighter).
+        token_file: PathBuf,
+    },
+}
+
+/// A validated registry section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// HTTPS or plain HTTP.
+    pub transport: RegistryTransport,
+    /// Extra roots.
+    pub ca_file: Option<PathBuf>,
+    /// What to authenticate with.
+    pub credentials: RegistryCredentials,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> RegistryConfig {
+        RegistryConfig {
+            transport: RegistryTransport::Https,
+            ca_file: None,
+            credentials: RegistryCredentials::Anonymous,
+        }
+    }
 }
 
 /// Flags that override the file (each `None` when not given).
@@ -75,6 +155,8 @@ pub struct AgentConfig {
     pub max_release_size: u64,
     /// Extra labels.
     pub labels: BTreeMap<String, String>,
+    /// OCI registries by `HOST[:PORT]`; any other registry gets [`RegistryConfig::default`].
+    pub registries: BTreeMap<String, RegistryConfig>,
 }
 
 /// Every problem found in a configuration, one per line.
@@ -178,6 +260,12 @@ pub fn validate(file: ConfigFile, overrides: &Overrides, hostname: &str) -> Resu
             ));
         }
     }
+    let mut registries = BTreeMap::new();
+    for (host, section) in file.registries {
+        if let Some(registry) = validate_registry(&host, section, &mut problems) {
+            registries.insert(host, registry);
+        }
+    }
     match (problems.is_empty(), host_id) {
         (true, Some(host_id)) => Ok(AgentConfig {
             coordinator,
@@ -187,9 +275,145 @@ pub fn validate(file: ConfigFile, overrides: &Overrides, hostname: &str) -> Resu
             long_poll,
             max_release_size,
             labels: file.labels,
+            registries,
         }),
         _ => Err(problems),
     }
+}
+
+/// Checks one `[registries."HOST[:PORT]"]` section, adding what is wrong to `problems`.
+fn validate_registry(host: &str, section: RegistryFile, problems: &mut Vec<String>) -> Option<RegistryConfig> {
+    let before = problems.len();
+    let name = format!("registries.{host:?}");
+    if !registry_host_ok(host) {
+        problems.push(format!(
+            "{name}: the key must be a registry as image references spell it: HOST or HOST:PORT in lower case"
+        ));
+    }
+    let transport = if section.insecure {
+        RegistryTransport::PlainHttp
+    } else {
+        RegistryTransport::Https
+    };
+    let mut secret_file = |field: &str, path: &Path| {
+        if let Err(problem) = check_secret_file(path) {
+            problems.push(format!("{name}.{field} {}: {problem}", path.display()));
+        }
+    };
+    let credentials = match (section.username, section.password_file, section.token_file) {
+        (None, None, None) => RegistryCredentials::Anonymous,
+        (Some(username), Some(password_file), None) => {
+            secret_file("password_file", &password_file);
+            RegistryCredentials::Basic {
+                username,
+                password_file,
+            }
+        }
+        (None, None, Some(token_file)) => {
+            secret_file("token_file", &token_file);
+            RegistryCredentials::Bearer { token_file }
+        }
+        (Some(_), None, None) | (None, Some(_), None) => {
+            problems.push(format!("{name}: basic auth needs both username and password_file"));
+            RegistryCredentials::Anonymous
+        }
+        (_, _, Some(_)) => {
+            problems.push(format!(
+                "{name}: token_file (bearer) and username/password_file (basic) exclude each other"
+            ));
+            RegistryCredentials::Anonymous
+        }
+    };
+    if let RegistryCredentials::Basic { username, .. } = &credentials
+        && (username.is_empty() || username.contains(':') || username.chars().any(char::is_control))
+    {
+        problems.push(format!(
+            "{name}.username must be non-empty, without ':' or control characters"
+        ));
+    }
+    if let Some(ca_file) = &section.ca_file {
+        if !ca_file.is_absolute() {
+            problems.push(format!("{name}.ca_file {} must be an absolute path", ca_file.display()));
+        } else if let Err(error) = std::fs::metadata(ca_file) {
+            problems.push(format!("{name}.ca_file {}: {error}", ca_file.display()));
+        }
+    }
+    if transport == RegistryTransport::PlainHttp {
+        if section.ca_file.is_some() {
+            problems.push(format!(
+                "{name}: ca_file is for HTTPS; an insecure registry uses plain HTTP"
+            ));
+        }
+        if credentials != RegistryCredentials::Anonymous {
+            problems.push(format!(
+                "{name}: credentials are never sent over plain HTTP; serve the registry over HTTPS (ca_file) or drop insecure"
+            ));
+        }
+    }
+    (problems.len() == before).then_some(RegistryConfig {
+        transport,
+        ca_file: section.ca_file,
+        credentials,
+    })
+}
+
+/// `HOST` or `HOST:PORT` as an image reference names a registry: lower-case letters,
+/// digits, `.` and `-` (or a bracketed IPv6 address), and a port of 1 to 65535.
+fn registry_host_ok(text: &str) -> bool {
+    let (host_ok, port) = if let Some(rest) = text.strip_prefix('[') {
+        let Some((address, tail)) = rest.split_once(']') else {
+            return false;
+        };
+        let address_ok = !address.is_empty()
+            && address
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b':');
+        let port = match tail.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if tail.is_empty() => None,
+            None => return false,
+        };
+        (address_ok, port)
+    } else {
+        let (host, port) = match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        };
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && !host.starts_with(['.', '-'])
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        (host_ok, port)
+    };
+    let port_ok = |port: &str| {
+        (1..=5).contains(&port.len())
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|port| port > 0)
+    };
+    host_ok && port.is_none_or(port_ok)
+}
+
+/// A secret file must be an absolute path to a regular file that group and others cannot
+/// read (as the agent's own key): checked at load, read at each pull.
+fn check_secret_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !path.is_absolute() {
+        return Err("must be an absolute path".to_owned());
+    }
+    let metadata = std::fs::metadata(path).map_err(|error| error.to_string())?;
+    if !metadata.is_file() {
+        return Err("is not a regular file".to_owned());
+    }
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:04o} lets others read the secret; run chmod 600 {}",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Writes the agent config after a join: the coordinator URL and host id, keeping other
@@ -263,6 +487,102 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         assert!(parse("coordinatr = \"https://x\"").is_err());
+    }
+
+    fn secret(directory: &Path, name: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = directory.join(name);
+        std::fs::write(&path, "s3cret\n").expect("write secret");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path
+    }
+
+    #[test]
+    fn registries_take_transport_ca_and_credentials() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let password = secret(directory.path(), "password", 0o600);
+        let token = secret(directory.path(), "token", 0o400);
+        let ca = directory.path().join("ca.pem");
+        std::fs::write(&ca, "").expect("write ca");
+        let config = parse(&format!(
+            r#"[registries."registry.example.com"]
+               username = "deploy"
+               password_file = {password:?}
+               ca_file = {ca:?}
+               [registries."ghcr.io"]
+               token_file = {token:?}
+               [registries."127.0.0.1:5000"]
+               insecure = true
+               [registries."[::1]:5001"]
+               insecure = false"#
+        ))
+        .expect("valid registries");
+        assert_eq!(
+            config.registries["registry.example.com"],
+            RegistryConfig {
+                transport: RegistryTransport::Https,
+                ca_file: Some(ca.clone()),
+                credentials: RegistryCredentials::Basic {
+                    username: "deploy".into(),
+                    password_file: password.clone(),
+                },
+            }
+        );
+        assert_eq!(
+            config.registries["ghcr.io"].credentials,
+            RegistryCredentials::Bearer { token_file: token }
+        );
+        assert_eq!(
+            config.registries["127.0.0.1:5000"].transport,
+            RegistryTransport::PlainHttp
+        );
+        assert_eq!(config.registries["[::1]:5001"], RegistryConfig::default());
+        assert!(parse("").expect("empty").registries.is_empty());
+        // The secret is not in the configuration, so it cannot reach a log line.
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_registry_sections_are_all_reported() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let open = secret(directory.path(), "open", 0o644);
+        let fine = secret(directory.path(), "fine", 0o600);
+        let problems = parse(&format!(
+            r#"[registries."Registry.Example.com"]
+               [registries."a.example"]
+               username = "deploy"
+               [registries."b.example"]
+               username = "deploy"
+               password_file = {open:?}
+               [registries."c.example"]
+               username = "deploy"
+               password_file = {fine:?}
+               token_file = {fine:?}
+               [registries."d.example:99999"]
+               [registries."e.example"]
+               token_file = "relative/token"
+               [registries."f.example"]
+               insecure = true
+               token_file = {fine:?}
+               [registries."g.example"]
+               ca_file = "/nonexistent/ca.pem""#
+        ))
+        .expect_err("invalid");
+        assert_eq!(problems.len(), 8, "{problems:#?}");
+        assert!(
+            problems.iter().any(|problem| problem.contains("chmod 600")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|problem| problem.contains("never sent over plain HTTP")),
+            "{problems:#?}"
+        );
+        assert!(
+            parse("[registries.\"x.example\"]\npassword = \"inline\"").is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

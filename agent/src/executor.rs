@@ -15,6 +15,18 @@
 //!
 //! A kill -9 anywhere leaves the journal saying which step to redo; [`Executor::recover`]
 //! redoes it on the next start, so the host ends on a healthy release, never between two.
+//!
+//! OCI releases take the same path: fetching is [`crate::oci::pull::pull`] (manifest,
+//! config and layers into the shared cache), staging is [`crate::oci::stage::stage_image`],
+//! and activation differs only in the unit ([`crate::unit::render_oci`]) and in where config
+//! files go (`files/` beside the rootfs, bound into it). Before an image that runs as a
+//! fixed uid/gid is activated, the host's user database must know both ids, because systemd
+//! resolves `User=` and `Group=` there even for numbers (all but root and nobody): a
+//! missing one is created as a system account `drover-u<uid>` / `drover-g<gid>`
+//! (`Executor::ensure_host_ids`); if that fails the step fails, before anything changed,
+//! saying what to do. Hooks and command
+//! health checks run on the host from the release directory, as for tarballs. The cache
+//! keeps every blob an image still on disk came from, so prune drops unreferenced layers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,6 +39,9 @@ use crate::fetch::{Cache, FetchError, VerifiedArtifact};
 use crate::health::{Gate, Probe, UnitState, Verdict};
 use crate::install::{StageError, StagedRelease};
 use crate::local::{self, Activation, AppRecord, Phase};
+use crate::oci::image::RunAs;
+use crate::oci::pull::{PullError, PulledImage};
+use crate::oci::registry::Registries;
 use crate::plan::{Observed, ObservedApp, Step, plan};
 use crate::reporting::Shared;
 use crate::systemd::{JobOutcome, Systemd};
@@ -41,12 +56,20 @@ pub enum StepError {
     /// Unpacking it.
     #[error(transparent)]
     Stage(#[from] StageError),
-    /// An artifact kind this agent does not install yet.
-    #[error("{app} {version}: {kind} artifacts are not supported by this agent")]
-    Unsupported {
+    /// Pulling an OCI image.
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    /// A tarball release without a service command.
+    #[error(
+        "{app} {version}: the spec has no service command; a tarball release needs one (only an OCI image brings its own Entrypoint and Cmd)"
+    )]
+    NoCommand { app: AppName, version: Version },
+    /// An image runs as ids the host's user database does not know, which systemd refuses.
+    #[error("{app} {version}: {detail}")]
+    HostUser {
         app: AppName,
         version: Version,
-        kind: &'static str,
+        detail: String,
     },
     /// systemd refused or failed (boxed: zbus errors are large).
     #[error(transparent)]
@@ -114,6 +137,8 @@ pub struct Executor {
     pub coordinator: String,
     /// System roots, no client certificate: artifacts anywhere else.
     pub public: reqwest::Client,
+    /// OCI registries and their clients.
+    pub registries: Registries,
     /// systemd, over D-Bus.
     pub systemd: Systemd,
     /// Unpack limits.
@@ -130,6 +155,15 @@ fn now() -> Timestamp {
 
 fn version_of(release: Option<&AppRelease>) -> Option<&Version> {
     release.map(|release| &release.version)
+}
+
+/// A release's bits, verified in the cache: what staging takes.
+#[derive(Debug)]
+pub enum Fetched {
+    /// A tarball.
+    Tarball(VerifiedArtifact),
+    /// An image's manifest, config and layers.
+    Image(Box<PulledImage>),
 }
 
 impl Executor {
@@ -247,7 +281,7 @@ impl Executor {
 
         let steps = plan(desired, &self.observe(desired));
         let mut failed: BTreeSet<AppName> = BTreeSet::new();
-        let mut artifacts: BTreeMap<AppName, VerifiedArtifact> = BTreeMap::new();
+        let mut artifacts: BTreeMap<AppName, Fetched> = BTreeMap::new();
         for step in steps {
             let app = match &step {
                 Step::Fetch { app, .. }
@@ -283,12 +317,10 @@ impl Executor {
                 failed.insert(app);
             }
         }
-        let keep: Vec<Digest> = desired
-            .apps
-            .values()
-            .map(|release| release.artifact.digest().clone())
-            .collect();
-        if let Err(error) = self.cache.collect_garbage(&keep) {
+        if let Err(error) = self
+            .cache
+            .collect_garbage(&blobs_in_use(&self.cache, &self.state_dir, desired))
+        {
             tracing::warn!("cleaning the artifact cache: {error}");
         }
         failed.is_empty() && complete
@@ -372,42 +404,68 @@ impl Executor {
             );
         }
         for release in desired.apps.values() {
-            if self.cache.path_of(release.artifact.digest()).is_file() {
+            let cached = match &release.artifact {
+                Artifact::Tarball { digest, .. } => self.cache.path_of(digest).is_file(),
+                // Only the whole image: manifest, config and every layer.
+                Artifact::Oci { digest, .. } => crate::oci::pull::is_cached(&self.cache, digest),
+            };
+            if cached {
                 observed.cached.insert(release.artifact.digest().clone());
             }
         }
         observed
     }
 
-    async fn fetch(&self, app: &AppName, release: &AppRelease) -> Result<VerifiedArtifact, StepError> {
-        let (url, digest, size) = match &release.artifact {
-            Artifact::Tarball { url, digest, size } => (url, digest, *size),
-            Artifact::Oci { .. } => {
-                return Err(StepError::Unsupported {
-                    app: app.clone(),
-                    version: release.version.clone(),
-                    kind: "oci",
-                });
-            }
-        };
+    async fn fetch(&self, app: &AppName, release: &AppRelease) -> Result<Fetched, StepError> {
         let current = self.current_version(app);
-        self.status
-            .app_state(app, current, Some(&release.version), AppState::Fetching, None);
-        let client = if same_origin(url.as_str(), &self.coordinator) {
-            &self.client
-        } else {
-            &self.public
-        };
-        let artifact = self.cache.fetch(client, url, digest, size).await?;
-        Ok(artifact)
+        match &release.artifact {
+            Artifact::Tarball { url, digest, size } => {
+                // Checked before downloading what could never run.
+                if release.spec.service.command.is_none() {
+                    return Err(StepError::NoCommand {
+                        app: app.clone(),
+                        version: release.version.clone(),
+                    });
+                }
+                self.status
+                    .app_state(app, current, Some(&release.version), AppState::Fetching, None);
+                let client = if same_origin(url.as_str(), &self.coordinator) {
+                    &self.client
+                } else {
+                    &self.public
+                };
+                let artifact = self.cache.fetch(client, url, digest, *size).await?;
+                Ok(Fetched::Tarball(artifact))
+            }
+            Artifact::Oci { reference, digest } => {
+                self.status
+                    .app_state(app, current, Some(&release.version), AppState::Fetching, None);
+                let image = crate::oci::pull::pull(
+                    &self.registries,
+                    &self.cache,
+                    reference,
+                    digest,
+                    self.limits.max_total_bytes,
+                )
+                .await?;
+                if image.downloaded() > 0 {
+                    self.status.event(
+                        now(),
+                        Some(app),
+                        format!(
+                            "pulled {} ({} layers): {} bytes downloaded",
+                            reference.as_str(),
+                            image.layers().len(),
+                            image.downloaded()
+                        ),
+                    );
+                }
+                Ok(Fetched::Image(Box::new(image)))
+            }
+        }
     }
 
-    async fn stage(
-        &self,
-        app: &AppName,
-        release: &AppRelease,
-        artifact: VerifiedArtifact,
-    ) -> Result<StagedRelease, StepError> {
+    async fn stage(&self, app: &AppName, release: &AppRelease, fetched: Fetched) -> Result<StagedRelease, StepError> {
         let current = self.current_version(app);
         self.status
             .app_state(app, current, Some(&release.version), AppState::Installing, None);
@@ -417,8 +475,17 @@ impl Executor {
         if release.spec.sandbox.allow_setuid {
             limits.special_bits = crate::unpack::SpecialBits::Keep;
         }
-        let staged = tokio::task::spawn_blocking(move || {
-            crate::install::stage(&artifact, &state_dir, &app_owned, &version, &limits)
+        let spec = release.spec.clone();
+        let staged = tokio::task::spawn_blocking(move || match fetched {
+            Fetched::Tarball(artifact) => crate::install::stage(&artifact, &state_dir, &app_owned, &version, &limits),
+            Fetched::Image(image) => {
+                let limits = crate::oci::LayerLimits {
+                    max_total_bytes: limits.max_total_bytes,
+                    max_entries: limits.max_entries,
+                    special_bits: limits.special_bits,
+                };
+                crate::oci::stage::stage_image(&image, &spec, &state_dir, &app_owned, &version, &limits)
+            }
         })
         .await
         .map_err(|error| StepError::Io {
@@ -435,6 +502,9 @@ impl Executor {
     }
 
     async fn activate(&mut self, app: &AppName, release: AppRelease) -> Result<(), StepError> {
+        if matches!(release.artifact, Artifact::Oci { .. }) {
+            self.ensure_host_ids(app, &release).await?;
+        }
         let from = self.records.get(app).and_then(|record| record.current.clone());
         let activation = Activation {
             to: release,
@@ -566,13 +636,97 @@ impl Executor {
         }
     }
 
+    /// Makes sure the host's user database knows the uid and gid an image runs as, because
+    /// systemd looks `User=` and `Group=` up there even as numbers (an unknown one fails the
+    /// start with 217/USER or 216/GROUP). A missing one is created as a system account
+    /// without home or shell, `drover-u<uid>` / `drover-g<gid>`: that also reserves the id,
+    /// so no person's account created later on this host owns the image's files. When
+    /// that is not possible the step fails, before anything changed, saying what to do.
+    async fn ensure_host_ids(&self, app: &AppName, release: &AppRelease) -> Result<(), StepError> {
+        let release_dir = crate::install::releases_dir(&self.state_dir, app).join(release.version.as_str());
+        let record = crate::oci::stage::read_record(&release_dir).map_err(|detail| StepError::Io {
+            operation: "reading the image record of",
+            path: release_dir.clone(),
+            detail,
+        })?;
+        let RunAs::Ids { uid, gid, .. } = record.run.user else {
+            return Ok(());
+        };
+        let failed = |what: String| StepError::HostUser {
+            app: app.clone(),
+            version: release.version.clone(),
+            detail: format!(
+                "the image runs as uid {uid} gid {gid}, which systemd looks up in this host's user database even as numbers, and {what}; create them (`groupadd --system --gid {gid} drover-g{gid}`, `useradd --system --no-create-home --uid {uid} --gid {gid} drover-u{uid}`) or set `user` in the spec"
+            ),
+        };
+        if !host_knows("group", gid).await {
+            let name = format!("drover-g{gid}");
+            let gid_text = gid.to_string();
+            run_account_tool("groupadd", &["--system", "--gid", &gid_text, &name])
+                .await
+                .map_err(|error| failed(format!("creating group {name} failed: {error}")))?;
+            self.status.event(
+                now(),
+                Some(app),
+                format!("created host group {name} (gid {gid}) for the image's group"),
+            );
+        }
+        if !host_knows("passwd", uid).await {
+            let name = format!("drover-u{uid}");
+            let (uid_text, gid_text) = (uid.to_string(), gid.to_string());
+            let comment = format!("drover: uid {uid} of OCI images");
+            let arguments = [
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--no-user-group",
+                "--uid",
+                &uid_text,
+                "--gid",
+                &gid_text,
+                "--comment",
+                &comment,
+                &name,
+            ];
+            run_account_tool("useradd", &arguments)
+                .await
+                .map_err(|error| failed(format!("creating user {name} failed: {error}")))?;
+            self.status.event(
+                now(),
+                Some(app),
+                format!("created host user {name} (uid {uid}) for the image's user"),
+            );
+        }
+        Ok(())
+    }
+
     /// Steps 2-4: config files, pre_start, unit, switch, reload, restart, health.
     async fn switch_and_check(&mut self, app: &AppName, release: &AppRelease) -> Result<Verdict, StepError> {
         self.ensure_staged(app, &release.version)?;
         let release_dir = crate::install::releases_dir(&self.state_dir, app).join(release.version.as_str());
         let spec = &release.spec;
+        let image = match &release.artifact {
+            Artifact::Tarball { .. } => None,
+            Artifact::Oci { .. } => {
+                Some(
+                    crate::oci::stage::read_record(&release_dir).map_err(|detail| StepError::Io {
+                        operation: "reading the image record of",
+                        path: release_dir.clone(),
+                        detail,
+                    })?,
+                )
+            }
+        };
+        // An image's config files are bound into it from beside the rootfs.
+        let files_dir = match image {
+            Some(_) => release_dir.join(crate::unit::OCI_CONFIG_FILES_DIR),
+            None => release_dir.clone(),
+        };
         for file in &spec.config_files {
-            let path = release_dir.join(file.path.as_str());
+            let path = files_dir.join(file.path.as_str());
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(io_error("creating", parent))?;
             }
@@ -585,7 +739,10 @@ impl Executor {
         let unit = crate::unit::unit_name(app);
         let unit_path = self.unit_dir.join(&unit);
         let current = local::current_link(&self.state_dir, app);
-        let text = crate::unit::render(app, &release.version, spec, &current)?;
+        let text = match &image {
+            Some(record) => crate::unit::render_oci(app, &release.version, spec, &current, &record.run)?,
+            None => crate::unit::render(app, &release.version, spec, &current)?,
+        };
         drover_protocol::keyfile::write_atomic(&unit_path, text.as_bytes(), 0o644)
             .map_err(key_error("writing", &unit_path))?;
         local::switch_current(&self.state_dir, app, &release.version).map_err(io_error("switching", &current))?;
@@ -675,6 +832,76 @@ impl Executor {
     }
 }
 
+/// The cache blobs to keep: the desired releases' artifacts (an image's config and layers
+/// too, as far as its cached manifest names them, partial downloads included), and every
+/// blob an OCI release still on disk came from (its `image.json`). Tarballs are not kept
+/// for releases on disk: staging never needs them again.
+fn blobs_in_use(cache: &Cache, state_dir: &Path, desired: &Manifest) -> Vec<Digest> {
+    let mut keep: BTreeSet<Digest> = BTreeSet::new();
+    for release in desired.apps.values() {
+        match &release.artifact {
+            Artifact::Tarball { digest, .. } => {
+                keep.insert(digest.clone());
+            }
+            Artifact::Oci { digest, .. } => keep.extend(crate::oci::pull::cached_blobs(cache, digest)),
+        }
+    }
+    if let Ok(apps) = std::fs::read_dir(state_dir.join("apps")) {
+        for app in apps.filter_map(Result::ok) {
+            let Ok(releases) = std::fs::read_dir(app.path().join("releases")) else {
+                continue;
+            };
+            for release in releases.filter_map(Result::ok) {
+                keep.extend(crate::oci::pull::release_blobs(&release.path()));
+            }
+        }
+    }
+    keep.into_iter().collect()
+}
+
+/// Whether the host's user database (through NSS, as systemd asks it) has `id` in
+/// `database` (`passwd` or `group`). root and nobody are always there for systemd. When
+/// `getent` cannot say (missing, failing), the answer is yes: systemd will tell.
+async fn host_knows(database: &str, id: u32) -> bool {
+    if id == 0 || id == 65534 {
+        return true;
+    }
+    let status = tokio::process::Command::new("getent")
+        .arg(database)
+        .arg(id.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    // getent exits 2 when the key is not found.
+    !matches!(status.map(|status| status.code()), Ok(Some(2)))
+}
+
+/// Runs `useradd` or `groupadd` with `arguments`; the error has its output.
+async fn run_account_tool(tool: &str, arguments: &[&str]) -> Result<(), String> {
+    let output = tokio::time::timeout(
+        StdDuration::from_secs(60),
+        tokio::process::Command::new(tool)
+            .args(arguments)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| format!("{tool} did not finish within 60 s"))?
+    .map_err(|error| format!("{tool} could not be started: {error}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{tool} {}: {}",
+            output.status,
+            crate::reporting::bounded(String::from_utf8_lossy(&output.stderr).trim())
+        ))
+    }
+}
+
 /// Whether `url` is on the coordinator (same scheme, host and port), so the host's
 /// certificate goes only there.
 fn same_origin(url: &str, coordinator: &str) -> bool {
@@ -711,7 +938,103 @@ fn health_summary(probe: &Probe) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::same_origin;
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::{RegistryConfig, RegistryTransport};
+    use crate::oci::testing::{Entry, TestImage, TestRegistry, crypto, layer};
+
+    #[tokio::test]
+    async fn cache_gc_keeps_the_blobs_of_images_on_disk_and_drops_the_rest() {
+        crypto();
+        let registry = TestRegistry::start().await;
+        let base = layer(&[Entry::File("bin/app", b"#!/bin/sh\n", 0o755)]);
+        let config = r#"{"config":{"Cmd":["/bin/app"]}}"#;
+        let one = TestImage::new(config, vec![base.clone(), layer(&[Entry::File("v", b"1", 0o644)])]);
+        let two = TestImage::new(config, vec![base.clone(), layer(&[Entry::File("v", b"2", 0o644)])]);
+        let three = TestImage::new(config, vec![base.clone(), layer(&[Entry::File("v", b"3", 0o644)])]);
+        for image in [&one, &two, &three] {
+            registry.push(image);
+        }
+        let registries = Registries::new(
+            BTreeMap::from([(
+                registry.address.clone(),
+                RegistryConfig {
+                    transport: RegistryTransport::PlainHttp,
+                    ..RegistryConfig::default()
+                },
+            )]),
+            &[],
+        );
+        let directory = tempfile::tempdir().expect("tempdir");
+        let state_dir = directory.path().join("state");
+        let cache = Cache::new(state_dir.join("cache"));
+        let app: AppName = "web".parse().expect("app");
+        let spec: drover_protocol::AppSpec = serde_json::from_str(r#"{"service":{}}"#).expect("spec");
+        let mut releases = Vec::new();
+        for (version, image) in [("1", &one), ("2", &two), ("3", &three)] {
+            let reference = registry.reference("web", &image.digest);
+            let pulled = crate::oci::pull::pull(&registries, &cache, &reference, &image.digest, 1 << 30)
+                .await
+                .expect("pulled");
+            let version: Version = version.parse().expect("version");
+            if version.as_str() != "3" {
+                crate::oci::stage::stage_image(
+                    &pulled,
+                    &spec,
+                    &state_dir,
+                    &app,
+                    &version,
+                    &crate::oci::LayerLimits::default(),
+                )
+                .expect("staged");
+            }
+            releases.push(AppRelease {
+                version,
+                artifact: Artifact::Oci {
+                    reference,
+                    digest: image.digest.clone(),
+                },
+                spec: spec.clone(),
+            });
+        }
+        // 1 was pruned; 2 is on disk; 3 is desired and pulled but not staged yet.
+        crate::install::prune(&state_dir, &app, 1, &BTreeSet::from([releases[1].version.clone()])).expect("pruned");
+        let desired = Manifest {
+            schema: drover_protocol::manifest::MANIFEST_SCHEMA,
+            host: "web-01".parse().expect("host"),
+            serial: 1,
+            issued_at: Timestamp::EPOCH,
+            expires_at: Timestamp::from_unix(1),
+            hold: false,
+            apps: BTreeMap::from([(app.clone(), releases[2].clone())]),
+        };
+        cache
+            .collect_garbage(&blobs_in_use(&cache, &state_dir, &desired))
+            .expect("collected");
+        let cached = |bytes: &[u8]| cache.path_of(&Digest::of(bytes)).is_file();
+        assert!(cached(&base), "shared by everything");
+        assert!(
+            !cached(&one.layers[1]) && !cached(&one.manifest),
+            "release 1 is gone, so are its own blobs"
+        );
+        assert!(cached(&two.layers[1]) && cached(&two.manifest), "release 2 is on disk");
+        assert!(
+            crate::oci::pull::is_cached(&cache, &three.digest),
+            "release 3 is desired"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_host_user_database_is_asked_through_getent() {
+        assert!(host_knows("passwd", 0).await, "root is always there for systemd");
+        assert!(host_knows("group", 65534).await, "so is nobody");
+        assert!(
+            !host_knows("passwd", 4_000_000_000).await,
+            "getent (libc-bin) must be installed"
+        );
+        assert!(!host_knows("group", 4_000_000_000).await);
+    }
 
     #[test]
     fn the_host_certificate_goes_only_to_the_coordinator() {

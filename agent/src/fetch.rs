@@ -7,6 +7,11 @@
 //! thing the installer accepts, can only be made here. An interrupted download keeps its
 //! partial file and resumes with a `Range` request (the bytes already on disk are hashed
 //! again first, so nothing unverified is ever trusted).
+//!
+//! [`Cache::fetch`] does this for a URL; [`Cache::begin`] and [`Download::receive`] are the
+//! same steps for any stream of bytes, which is how OCI blobs from a registry client come
+//! into the same cache ([`crate::oci::pull`]), and [`Cache::store`] for small blobs already
+//! in memory (image manifests).
 
 use std::path::{Path, PathBuf};
 
@@ -107,7 +112,40 @@ impl Cache {
         digest: &Digest,
         size: u64,
     ) -> Result<VerifiedArtifact, FetchError> {
-        let url_text = url.as_str().to_owned();
+        let download = match self.begin(url.as_str(), digest, size).await? {
+            Begun::Cached(artifact) => return Ok(artifact),
+            Begun::Download(download) => download,
+        };
+        let mut request = client.get(url.as_str());
+        if download.offset() > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={}-", download.offset()));
+        }
+        let response = request.send().await.map_err(|error| FetchError::Request {
+            url: url.as_str().to_owned(),
+            detail: crate::error::chain(&error),
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                url: url.as_str().to_owned(),
+                status: status.as_u16(),
+            });
+        }
+        // A server that ignored the Range answers 200 with the whole blob: start over.
+        let from = if status == reqwest::StatusCode::PARTIAL_CONTENT {
+            BodyStart::Offset
+        } else {
+            BodyStart::Beginning
+        };
+        let received = download.receive(response.bytes_stream(), from).await?;
+        Ok(received.artifact)
+    }
+
+    /// Starts getting the blob `digest` of exactly `size` bytes into the cache: the
+    /// verified blob when the cache has it, else a [`Download`] to feed with the bytes from
+    /// [`Download::offset`] on (the part an interrupted download left, hashed again, is
+    /// kept). `name` says where the bytes come from in errors (a URL, a registry blob).
+    pub async fn begin(&self, name: &str, digest: &Digest, size: u64) -> Result<Begun, FetchError> {
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(io("creating", &self.root))?;
@@ -115,109 +153,38 @@ impl Cache {
         if let Ok(metadata) = tokio::fs::metadata(&done).await
             && metadata.len() == size
         {
-            return Ok(VerifiedArtifact {
+            return Ok(Begun::Cached(VerifiedArtifact {
                 path: done,
                 digest: digest.clone(),
                 size,
-            });
+            }));
         }
         let partial = self.partial_of(digest);
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut received = hash_existing(&partial, size, &mut hasher).await?;
-
-        let mut request = client.get(url.as_str());
-        if received > 0 {
-            request = request.header(reqwest::header::RANGE, format!("bytes={received}-"));
-        }
-        let mut response = request.send().await.map_err(|error| FetchError::Request {
-            url: url_text.clone(),
-            detail: crate::error::chain(&error),
-        })?;
-        let status = response.status();
-        let mut file = if received > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT {
-            tokio::fs::OpenOptions::new()
-                .append(true)
-                .open(&partial)
-                .await
-                .map_err(io("opening", &partial))?
-        } else if status.is_success() {
-            // A fresh download, or a server that ignored the Range: start over.
-            received = 0;
-            hasher = ring::digest::Context::new(&ring::digest::SHA256);
-            tokio::fs::File::create(&partial)
-                .await
-                .map_err(io("creating", &partial))?
-        } else {
-            return Err(FetchError::Status {
-                url: url_text,
-                status: status.as_u16(),
-            });
-        };
-
-        loop {
-            let chunk = match response.chunk().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(_) => {
-                    file.sync_all().await.map_err(io("syncing", &partial))?;
-                    return Err(FetchError::Truncated {
-                        url: url_text,
-                        received,
-                        size,
-                    });
-                }
-            };
-            if received + chunk.len() as u64 > size {
-                drop(file);
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(FetchError::TooLarge { url: url_text, size });
-            }
-            hasher.update(&chunk);
-            if let Err(error) = file.write_all(&chunk).await {
-                drop(file);
-                // A full disk must not stay full because of us.
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(io("writing", &partial)(error));
-            }
-            let before = received;
-            received += chunk.len() as u64;
-            if before < size / 2 && received >= size / 2 {
-                file.sync_all().await.map_err(io("syncing", &partial))?;
-                crate::faults::pause_point("mid-download", self.root.parent().unwrap_or(&self.root));
-            }
-        }
-        file.sync_all().await.map_err(io("syncing", &partial))?;
-        drop(file);
-        if received < size {
-            return Err(FetchError::Truncated {
-                url: url_text,
-                received,
-                size,
-            });
-        }
-        let actual = Digest::from_sha256(hasher.finish().as_ref());
-        if &actual != digest {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(FetchError::DigestMismatch {
-                url: url_text,
-                expected: digest.clone(),
-                actual,
-            });
-        }
-        tokio::fs::rename(&partial, &done)
-            .await
-            .map_err(io("renaming into place", &done))?;
-        tokio::fs::File::open(&self.root)
-            .await
-            .map_err(io("opening", &self.root))?
-            .sync_all()
-            .await
-            .map_err(io("syncing", &self.root))?;
-        Ok(VerifiedArtifact {
-            path: done,
+        let offset = hash_existing(&partial, size, &mut hasher).await?;
+        Ok(Begun::Download(Box::new(Download {
+            name: name.to_owned(),
+            root: self.root.clone(),
             digest: digest.clone(),
             size,
-        })
+            partial,
+            done,
+            hasher,
+            offset,
+        })))
+    }
+
+    /// Puts `bytes` (a small blob already in memory, such as an image manifest) into the
+    /// cache under `digest` after checking that they hash to it: written under the partial
+    /// name, synced, renamed.
+    pub async fn store(&self, name: &str, digest: &Digest, bytes: &[u8]) -> Result<VerifiedArtifact, FetchError> {
+        match self.begin(name, digest, bytes.len() as u64).await? {
+            Begun::Cached(artifact) => Ok(artifact),
+            Begun::Download(download) => {
+                let body = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
+                Ok(download.receive(body, BodyStart::Beginning).await?.artifact)
+            }
+        }
     }
 
     /// Deletes cached blobs and partial downloads not in `keep`.
@@ -239,6 +206,165 @@ impl Cache {
             }
         }
         Ok(removed)
+    }
+}
+
+/// What [`Cache::begin`] found.
+#[derive(Debug)]
+pub enum Begun {
+    /// The cache has the blob, verified.
+    Cached(VerifiedArtifact),
+    /// The blob is to be downloaded, from [`Download::offset`] on.
+    Download(Box<Download>),
+}
+
+/// Where a body given to [`Download::receive`] starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyStart {
+    /// At the blob's first byte (a server that ignored a Range request): the partial file
+    /// is truncated and the download starts over.
+    Beginning,
+    /// At [`Download::offset`] (HTTP 206 to a Range request): appended to the partial file.
+    Offset,
+}
+
+/// A blob on its way into the cache: its partial file and the hash of what it holds.
+pub struct Download {
+    name: String,
+    root: PathBuf,
+    digest: Digest,
+    size: u64,
+    partial: PathBuf,
+    done: PathBuf,
+    hasher: ring::digest::Context,
+    offset: u64,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("size", &self.size)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A download that completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The verified blob in the cache.
+    pub artifact: VerifiedArtifact,
+    /// Bytes that came over the network this time (a resumed download counts only the rest).
+    pub downloaded: u64,
+}
+
+impl Download {
+    /// How many bytes of the blob the partial file already holds (verified to hash on from).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Writes `body` into the partial file while hashing it, with the blob's size as a hard
+    /// cap, and renames the file to the digest once every byte arrived and the sha256
+    /// matched. A body that breaks off keeps the synced partial file for a resume
+    /// ([`FetchError::Truncated`]); too many bytes, a wrong digest or a failed write delete it.
+    pub async fn receive<S, C, E>(self: Box<Self>, mut body: S, start: BodyStart) -> Result<Received, FetchError>
+    where
+        S: futures_util::Stream<Item = Result<C, E>> + Unpin,
+        C: AsRef<[u8]>,
+    {
+        use futures_util::StreamExt as _;
+        let mut download = *self;
+        let (partial, name, size) = (download.partial.clone(), download.name.clone(), download.size);
+        let mut file = if start == BodyStart::Offset && download.offset > 0 {
+            tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(&partial)
+                .await
+                .map_err(io("opening", &partial))?
+        } else {
+            download.offset = 0;
+            download.hasher = ring::digest::Context::new(&ring::digest::SHA256);
+            tokio::fs::File::create(&partial)
+                .await
+                .map_err(io("creating", &partial))?
+        };
+        let mut received = download.offset;
+        let mut downloaded = 0u64;
+        loop {
+            let chunk = match body.next().await {
+                Some(Ok(chunk)) => chunk,
+                None => break,
+                // A body that fails once every byte is here (a client checking a digest of
+                // its own, say) is judged by the digest below, not as a broken transfer.
+                Some(Err(_)) if received >= size => break,
+                Some(Err(_)) => {
+                    file.sync_all().await.map_err(io("syncing", &partial))?;
+                    return Err(FetchError::Truncated {
+                        url: name,
+                        received,
+                        size,
+                    });
+                }
+            };
+            let chunk = chunk.as_ref();
+            if received + chunk.len() as u64 > size {
+                drop(file);
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(FetchError::TooLarge { url: name, size });
+            }
+            download.hasher.update(chunk);
+            if let Err(error) = file.write_all(chunk).await {
+                drop(file);
+                // A full disk must not stay full because of us.
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(io("writing", &partial)(error));
+            }
+            let before = received;
+            received += chunk.len() as u64;
+            downloaded += chunk.len() as u64;
+            if before < size / 2 && received >= size / 2 {
+                file.sync_all().await.map_err(io("syncing", &partial))?;
+                crate::faults::pause_point("mid-download", download.root.parent().unwrap_or(&download.root));
+            }
+        }
+        file.sync_all().await.map_err(io("syncing", &partial))?;
+        drop(file);
+        if received < size {
+            return Err(FetchError::Truncated {
+                url: name,
+                received,
+                size,
+            });
+        }
+        let actual = Digest::from_sha256(download.hasher.finish().as_ref());
+        if actual != download.digest {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(FetchError::DigestMismatch {
+                url: name,
+                expected: download.digest,
+                actual,
+            });
+        }
+        tokio::fs::rename(&partial, &download.done)
+            .await
+            .map_err(io("renaming into place", &download.done))?;
+        tokio::fs::File::open(&download.root)
+            .await
+            .map_err(io("opening", &download.root))?
+            .sync_all()
+            .await
+            .map_err(io("syncing", &download.root))?;
+        Ok(Received {
+            artifact: VerifiedArtifact {
+                path: download.done,
+                digest: download.digest,
+                size,
+            },
+            downloaded,
+        })
     }
 }
 
@@ -267,4 +393,85 @@ async fn hash_existing(partial: &Path, size: u64, hasher: &mut ring::digest::Con
         total += read as u64;
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Chunk = Result<&'static [u8], &'static str>;
+
+    async fn receive(cache: &Cache, content: &[u8], body: Vec<Chunk>) -> Result<Received, FetchError> {
+        let digest = Digest::of(content);
+        match cache.begin("test blob", &digest, content.len() as u64).await? {
+            Begun::Cached(artifact) => Ok(Received {
+                artifact,
+                downloaded: 0,
+            }),
+            Begun::Download(download) => {
+                let start = if download.offset() > 0 {
+                    BodyStart::Offset
+                } else {
+                    BodyStart::Beginning
+                };
+                download.receive(futures_util::stream::iter(body), start).await
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_verified_resumed_and_cached() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(directory.path());
+        let content: &'static [u8] = b"hello, layered world";
+        let error = receive(&cache, content, vec![Ok(&content[..5]), Err("connection reset")])
+            .await
+            .expect_err("broke off");
+        assert!(matches!(error, FetchError::Truncated { received: 5, .. }), "{error}");
+        let received = receive(&cache, content, vec![Ok(&content[5..])])
+            .await
+            .expect("resumed");
+        assert_eq!(received.downloaded, content.len() as u64 - 5);
+        assert_eq!(std::fs::read(received.artifact.path()).expect("read"), content);
+        let again = receive(&cache, content, vec![]).await.expect("cached");
+        assert_eq!(again.downloaded, 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_failing_after_its_last_byte_is_judged_by_the_digest() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(directory.path());
+        let content: &'static [u8] = b"complete";
+        let received = receive(&cache, content, vec![Ok(content), Err("client-side digest check")])
+            .await
+            .expect("all bytes arrived and match");
+        assert_eq!(received.downloaded, content.len() as u64);
+        let other: &'static [u8] = b"tampered";
+        let directory = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(directory.path());
+        let error = receive(&cache, content, vec![Ok(other), Err("late error")])
+            .await
+            .expect_err("wrong bytes");
+        assert!(matches!(error, FetchError::DigestMismatch { .. }), "{error}");
+        assert_eq!(
+            std::fs::read_dir(directory.path()).expect("read").count(),
+            0,
+            "nothing kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn store_refuses_bytes_that_do_not_hash_to_the_digest() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(directory.path());
+        let digest = Digest::of(b"manifest");
+        let error = cache.store("manifest", &digest, b"other").await.expect_err("mismatch");
+        assert!(
+            matches!(error, FetchError::DigestMismatch { .. } | FetchError::TooLarge { .. }),
+            "{error}"
+        );
+        assert!(!cache.path_of(&digest).exists());
+        let stored = cache.store("manifest", &digest, b"manifest").await.expect("stored");
+        assert_eq!(std::fs::read(stored.path()).expect("read"), b"manifest");
+    }
 }

@@ -25,6 +25,24 @@ pub enum StageError {
         #[source]
         source: UnpackError,
     },
+    /// An image layer broke a rule of [`crate::oci::layer`] or is corrupt.
+    #[error("unpacking {app} {version}: layer {index} ({digest}): {source}")]
+    Layer {
+        app: AppName,
+        version: Version,
+        /// 1 for the bottom layer.
+        index: usize,
+        digest: drover_protocol::Digest,
+        #[source]
+        source: Box<crate::oci::LayerError>,
+    },
+    /// The image cannot be run as the spec says (no program, unknown user, ...).
+    #[error("staging {app} {version}: {problem}")]
+    Image {
+        app: AppName,
+        version: Version,
+        problem: String,
+    },
     /// Local I/O failed.
     #[error("{operation} {path}: {source}")]
     Io {
@@ -82,6 +100,34 @@ pub fn stage(
     version: &Version,
     limits: &UnpackLimits,
 ) -> Result<StagedRelease, StageError> {
+    stage_with(state_dir, app, version, |staging| {
+        let archive = std::fs::File::open(artifact.path()).map_err(io("opening", artifact.path()))?;
+        let archive = PauseHalfway {
+            inner: archive,
+            read: 0,
+            halfway: artifact.size() / 2,
+            state_dir: state_dir.to_path_buf(),
+        };
+        unpack(std::io::BufReader::with_capacity(256 * 1024, archive), staging, limits)
+            .map(|_| ())
+            .map_err(|source| StageError::Unpack {
+                app: app.clone(),
+                version: version.clone(),
+                source,
+            })
+    })
+}
+
+/// Makes the release directory of `app` `version` with `fill`, which writes the release
+/// into the empty staging directory it is given; then syncs the tree and renames it into
+/// place. A release directory that already exists is complete and is reused; on error
+/// the staging directory is deleted. Blocking I/O.
+pub fn stage_with(
+    state_dir: &Path,
+    app: &AppName,
+    version: &Version,
+    fill: impl FnOnce(&Path) -> Result<(), StageError>,
+) -> Result<StagedRelease, StageError> {
     let releases = releases_dir(state_dir, app);
     let target = releases.join(version.as_str());
     let staged = StagedRelease {
@@ -98,20 +144,7 @@ pub fn stage(
     let staging = releases.join(format!(".staging-{version}-{}", drover_protocol::hex::encode(&random)));
     std::fs::create_dir(&staging).map_err(io("creating", &staging))?;
     let result = (|| {
-        let archive = std::fs::File::open(artifact.path()).map_err(io("opening", artifact.path()))?;
-        let archive = PauseHalfway {
-            inner: archive,
-            read: 0,
-            halfway: artifact.size() / 2,
-            state_dir: state_dir.to_path_buf(),
-        };
-        unpack(std::io::BufReader::with_capacity(256 * 1024, archive), &staging, limits).map_err(|source| {
-            StageError::Unpack {
-                app: app.clone(),
-                version: version.clone(),
-                source,
-            }
-        })?;
+        fill(&staging)?;
         sync_tree(&staging)?;
         std::fs::rename(&staging, &target).map_err(io("renaming into place", &target))?;
         sync_dir(&releases)

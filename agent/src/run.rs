@@ -126,6 +126,7 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         client: client.clone(),
         coordinator: coordinator.clone(),
         public,
+        registries: crate::oci::registry::Registries::new(config.registries.clone(), &crate::tls::SYSTEM_CA_BUNDLES),
         systemd,
         limits: crate::unpack::UnpackLimits {
             max_total_bytes: config.max_release_size,

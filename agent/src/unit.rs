@@ -1,5 +1,7 @@
 //! Renders the systemd unit `drover-<app>.service` that runs an app's current release, as
-//! pure text: no I/O, so every escaping rule is tested here and not on a host.
+//! pure text: no I/O, so every escaping rule is tested here and not on a host. A tarball
+//! release runs from its directory ([`render`]); an OCI image runs in its rootfs with
+//! `RootDirectory=` ([`render_oci`], with what staging resolved inside the image).
 //!
 //! The unit never names a release directory. It runs everything through the `current`
 //! link (`/var/lib/drover/apps/<app>/current`), which the agent switches atomically, so a
@@ -30,8 +32,9 @@
 //!   options (`PrivateDevices=`, `ProtectKernel*=`, `ProtectClock=`, ...) or
 //!   `DynamicUser=` are in effect, so setuid programs work only at the `basic` and `none`
 //!   levels with an explicit user.
-//! - `ReadWritePaths=` entries must exist: a missing one fails the start (status
-//!   226/NAMESPACE) rather than silently running with less than the operator asked for.
+//! - `ReadWritePaths=` entries and the sources of `BindPaths=` / `BindReadOnlyPaths=`
+//!   must exist: a missing one fails the start (status 226/NAMESPACE) rather than silently
+//!   running with less than the operator asked for.
 //!
 //! Escaping: systemd expands `%` specifiers in every setting written here, expands `$VAR`
 //! in `ExecStart=` arguments, splits `ExecStart=`, `Environment=` and `ReadWritePaths=` into
@@ -44,9 +47,11 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use drover_protocol::spec::{RestartMode, SandboxLevel};
+use drover_protocol::spec::{BindPath, RestartMode, SandboxLevel};
 use drover_protocol::{AppName, AppSpec, Version};
 use thiserror::Error;
+
+use crate::oci::image::{ImageRun, RunAs};
 
 /// The longest logical line systemd's unit file parser reads (`LONG_LINE_MAX`).
 const MAX_LINE: usize = 1 << 20;
@@ -67,6 +72,18 @@ pub enum UnitError {
     /// A limit of zero, which systemd rejects for `MemoryMax=`, `CPUQuota=` and `TasksMax=`.
     #[error("rendering {unit}: {setting}=0 is not a limit systemd accepts; leave it out for no limit")]
     ZeroLimit { unit: String, setting: &'static str },
+    /// A tarball release whose spec has no command (only an OCI image brings its own).
+    #[error(
+        "rendering {unit}: the spec has no service command, which a tarball release needs (only an OCI image brings its own Entrypoint and Cmd)"
+    )]
+    NoCommand { unit: String },
+    /// A config file of an OCI release whose bind mount systemd could not read back.
+    #[error("rendering {unit}: config file {path} cannot be bind-mounted into the image: {problem}")]
+    ConfigFileBind {
+        unit: String,
+        path: String,
+        problem: &'static str,
+    },
     /// A line longer than systemd reads.
     #[error("rendering {unit}: the {setting}= line would be {length} bytes, more than the {MAX_LINE} systemd reads")]
     LineTooLong {
@@ -82,8 +99,46 @@ pub fn unit_name(app: &AppName) -> String {
     format!("drover-{app}.service")
 }
 
-/// The unit file text for `app` at `version`, run through the `current` link.
+/// The unit file text for `app` at `version` from a tarball release, run through the
+/// `current` link.
 pub fn render(app: &AppName, version: &Version, spec: &AppSpec, current: &Path) -> Result<String, UnitError> {
+    render_unit(app, version, spec, current, None)
+}
+
+/// The unit file text for `app` at `version` from an OCI image staged as
+/// `current/rootfs` (see [`crate::oci::stage`]), with what staging resolved in `image`.
+///
+/// On top of what [`render`] writes: `RootDirectory=` through the `current` link (so the
+/// atomic switch works as for tarballs), `MountAPIVFS=yes` (the rootfs has the mount
+/// points), the host's `/etc/resolv.conf` bound read-only (host networking, the host's
+/// resolver), `PrivateTmp=yes`, `NoNewPrivileges=yes` unless `allow_setuid`; the program
+/// and working directory of `image` (staging applied the spec's `command` and
+/// `working_directory`), its environment with the spec's on top; numeric
+/// `User=` and `Group=` (names were resolved inside the rootfs, where they belong) or
+/// `DynamicUser=yes`, and `HOME` from the image's `/etc/passwd` unless an environment
+/// sets it. Paths in `read_write_paths` and bind targets are inside the image. Config
+/// files are written beside `rootfs/` in `files/` and bound read-only at their path, so
+/// the agent never writes into a rootfs after staging it.
+pub fn render_oci(
+    app: &AppName,
+    version: &Version,
+    spec: &AppSpec,
+    current: &Path,
+    image: &ImageRun,
+) -> Result<String, UnitError> {
+    render_unit(app, version, spec, current, Some(image))
+}
+
+/// The directory of an OCI release that holds its config files (bound into the image).
+pub const OCI_CONFIG_FILES_DIR: &str = "files";
+
+fn render_unit(
+    app: &AppName,
+    version: &Version,
+    spec: &AppSpec,
+    current: &Path,
+    image: Option<&ImageRun>,
+) -> Result<String, UnitError> {
     let unit = unit_name(app);
     let service = &spec.service;
     let current = current
@@ -96,40 +151,91 @@ pub fn render(app: &AppName, version: &Version, spec: &AppSpec, current: &Path) 
             path: current.to_path_buf(),
         })?;
 
-    let mut settings: Vec<(&'static str, String)> = vec![("Type", "exec".to_owned())];
-    settings.push(("ExecStart", exec_start(&unit, service.command.argv(), current)?));
-    settings.push((
-        "WorkingDirectory",
-        working_directory(current, service.working_directory.as_ref().map(|dir| dir.as_str())),
-    ));
-    match &service.user {
-        Some(user) => settings.push(("User", user.to_string())),
-        None => settings.push(("DynamicUser", "yes".to_owned())),
-    }
-    if let Some(group) = &service.group {
-        settings.push(("Group", group.to_string()));
-    }
-    for (name, value) in &service.environment {
-        if !environment_value_ok(value) {
-            return Err(UnitError::Environment {
-                unit,
-                name: name.to_string(),
-            });
+    let mut settings = Settings::default();
+    settings.push("Type", "exec".to_owned());
+    let dynamic_user;
+    match image {
+        None => {
+            let command = service
+                .command
+                .as_ref()
+                .ok_or_else(|| UnitError::NoCommand { unit: unit.clone() })?;
+            settings.push("ExecStart", exec_start(&unit, command.argv(), current)?);
+            settings.push(
+                "WorkingDirectory",
+                working_directory(current, service.working_directory.as_ref().map(|dir| dir.as_str())),
+            );
+            match &service.user {
+                Some(user) => settings.push("User", user.to_string()),
+                None => settings.push("DynamicUser", "yes".to_owned()),
+            }
+            if let Some(group) = &service.group {
+                settings.push("Group", group.to_string());
+            }
+            dynamic_user = service.user.is_none();
+            for (name, value) in &service.environment {
+                settings.push("Environment", environment(&unit, name.as_str(), value)?);
+            }
         }
-        settings.push(("Environment", quote_word(&format!("{name}={value}"), Dollar::Literal)));
+        Some(image) => {
+            settings.push("RootDirectory", verbatim_path(&format!("{current}/rootfs")));
+            settings.push("MountAPIVFS", "yes".to_owned());
+            settings.push("BindReadOnlyPaths", "/etc/resolv.conf".to_owned());
+            if !image.exec.first().is_some_and(|program| program.starts_with('/')) {
+                return Err(UnitError::Program {
+                    unit,
+                    program: image.exec.first().cloned().unwrap_or_default(),
+                });
+            }
+            settings.push("ExecStart", exec_start(&unit, &image.exec, current)?);
+            // Staging applied the spec's `working_directory` (and created the directory).
+            settings.push("WorkingDirectory", verbatim_path(&image.working_directory));
+            let mut environment_lines: Vec<(&str, &str)> = image
+                .environment
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .collect();
+            for (name, value) in &service.environment {
+                match environment_lines
+                    .iter_mut()
+                    .find(|(existing, _)| *existing == name.as_str())
+                {
+                    Some(entry) => entry.1 = value,
+                    None => environment_lines.push((name.as_str(), value)),
+                }
+            }
+            match &image.user {
+                RunAs::Dynamic => {
+                    settings.push("DynamicUser", "yes".to_owned());
+                    dynamic_user = true;
+                }
+                RunAs::Ids { uid, gid, home } => {
+                    settings.push("User", uid.to_string());
+                    settings.push("Group", gid.to_string());
+                    dynamic_user = false;
+                    // systemd would set the host's idea of the user's home.
+                    if !environment_lines.iter().any(|(name, _)| *name == "HOME") {
+                        environment_lines.push(("HOME", home));
+                    }
+                }
+            }
+            for (name, value) in environment_lines {
+                settings.push("Environment", environment(&unit, name, value)?);
+            }
+        }
     }
     let restart = match service.restart {
         RestartMode::Always => "always",
         RestartMode::OnFailure => "on-failure",
         RestartMode::No => "no",
     };
-    settings.push(("Restart", restart.to_owned()));
-    settings.push(("RestartSec", "1".to_owned()));
+    settings.push("Restart", restart.to_owned());
+    settings.push("RestartSec", "1".to_owned());
     // systemd reads `TimeoutStopSec=0` as "wait forever", the opposite of a zero timeout.
-    settings.push((
+    settings.push(
         "TimeoutStopSec",
         format!("{}ms", service.stop_timeout.as_millis().max(1)),
-    ));
+    );
 
     let resources = &spec.resources;
     let zero = |setting| UnitError::ZeroLimit {
@@ -140,61 +246,86 @@ pub fn render(app: &AppName, version: &Version, spec: &AppSpec, current: &Path) 
         if memory.bytes() == 0 {
             return Err(zero("MemoryMax"));
         }
-        settings.push(("MemoryMax", memory.bytes().to_string()));
+        settings.push("MemoryMax", memory.bytes().to_string());
     }
     if let Some(percent) = resources.cpu_quota_percent {
         if percent == 0 {
             return Err(zero("CPUQuota"));
         }
-        settings.push(("CPUQuota", format!("{percent}%")));
+        settings.push("CPUQuota", format!("{percent}%"));
     }
     if let Some(tasks) = resources.tasks_max {
         if tasks == 0 {
             return Err(zero("TasksMax"));
         }
-        settings.push(("TasksMax", tasks.to_string()));
+        settings.push("TasksMax", tasks.to_string());
     }
 
     let sandbox = &spec.sandbox;
     let no_new_privileges = !sandbox.allow_setuid;
-    let yes = |setting: &'static str| (setting, "yes".to_owned());
+    if image.is_some() {
+        // An image runs confined whatever the level: its own /tmp, no privilege gain.
+        settings.push_once("PrivateTmp", "yes");
+        if no_new_privileges {
+            settings.push_once("NoNewPrivileges", "yes");
+        }
+    }
     match sandbox.level {
         SandboxLevel::Strict => {
-            settings.push(("ProtectSystem", "strict".to_owned()));
-            settings.extend(
-                [
-                    "ProtectHome",
-                    "PrivateTmp",
-                    "PrivateDevices",
-                    "ProtectKernelTunables",
-                    "ProtectKernelModules",
-                    "ProtectKernelLogs",
-                    "ProtectControlGroups",
-                    "ProtectClock",
-                    "ProtectHostname",
-                    "LockPersonality",
-                    "RestrictRealtime",
-                ]
-                .map(yes),
-            );
+            settings.push("ProtectSystem", "strict".to_owned());
+            for setting in [
+                "ProtectHome",
+                "PrivateTmp",
+                "PrivateDevices",
+                "ProtectKernelTunables",
+                "ProtectKernelModules",
+                "ProtectKernelLogs",
+                "ProtectControlGroups",
+                "ProtectClock",
+                "ProtectHostname",
+                "LockPersonality",
+                "RestrictRealtime",
+            ] {
+                settings.push_once(setting, "yes");
+            }
             if no_new_privileges {
-                settings.extend(["NoNewPrivileges", "RestrictSUIDSGID"].map(yes));
+                settings.push_once("NoNewPrivileges", "yes");
+                settings.push_once("RestrictSUIDSGID", "yes");
             }
         }
         SandboxLevel::Basic => {
-            settings.push(("ProtectSystem", "full".to_owned()));
-            settings.push(yes("PrivateTmp"));
+            settings.push("ProtectSystem", "full".to_owned());
+            settings.push_once("PrivateTmp", "yes");
             if no_new_privileges {
-                settings.push(yes("NoNewPrivileges"));
+                settings.push_once("NoNewPrivileges", "yes");
             }
         }
         SandboxLevel::None => {}
     }
     // At level `none` nothing is read-only unless `DynamicUser=` made it so; the setting
     // would only give a service that manages the host a mount namespace of its own.
-    if sandbox.level != SandboxLevel::None || service.user.is_none() {
+    if sandbox.level != SandboxLevel::None || dynamic_user {
         for path in &sandbox.read_write_paths {
-            settings.push(("ReadWritePaths", quote_word(path.as_str(), Dollar::Literal)));
+            settings.push("ReadWritePaths", quote_word(path.as_str(), Dollar::Literal));
+        }
+    }
+    // Bind paths are validated to need no quoting and hold no `%` (see `BindPath`).
+    for bind in &sandbox.bind_paths {
+        settings.push("BindPaths", bind.to_string());
+    }
+    for bind in &sandbox.bind_read_only_paths {
+        settings.push("BindReadOnlyPaths", bind.to_string());
+    }
+    if image.is_some() {
+        for file in &spec.config_files {
+            let path = file.path.as_str();
+            let bind = format!("{current}/{OCI_CONFIG_FILES_DIR}/{path}:/{path}");
+            let bind: BindPath = bind.parse().map_err(|_| UnitError::ConfigFileBind {
+                unit: unit.clone(),
+                path: path.to_owned(),
+                problem: "its path and the state directory's must be normalized and hold no spaces, quotes, '\\', '%' or ':'",
+            })?;
+            settings.push("BindReadOnlyPaths", bind.to_string());
         }
     }
 
@@ -212,7 +343,7 @@ pub fn render(app: &AppName, version: &Version, spec: &AppSpec, current: &Path) 
          \n\
          [Service]\n"
     );
-    for (setting, value) in settings {
+    for (setting, value) in settings.0 {
         let length = setting.len() + 1 + value.len();
         if length > MAX_LINE {
             return Err(UnitError::LineTooLong { unit, setting, length });
@@ -221,6 +352,34 @@ pub fn render(app: &AppName, version: &Version, spec: &AppSpec, current: &Path) 
     }
     text.push_str("\n[Install]\nWantedBy=multi-user.target\n");
     Ok(text)
+}
+
+/// The `[Service]` settings in order.
+#[derive(Default)]
+struct Settings(Vec<(&'static str, String)>);
+
+impl Settings {
+    fn push(&mut self, setting: &'static str, value: String) {
+        self.0.push((setting, value));
+    }
+
+    /// Adds a setting that takes one value unless it is there already.
+    fn push_once(&mut self, setting: &'static str, value: &str) {
+        if !self.0.iter().any(|(existing, _)| *existing == setting) {
+            self.0.push((setting, value.to_owned()));
+        }
+    }
+}
+
+/// One `Environment=` word, refusing what no environment can carry.
+fn environment(unit: &str, name: &str, value: &str) -> Result<String, UnitError> {
+    if !environment_value_ok(value) {
+        return Err(UnitError::Environment {
+            unit: unit.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+    Ok(quote_word(&format!("{name}={value}"), Dollar::Literal))
 }
 
 /// `ExecStart=`: the program, inside the release through `current` unless absolute,
@@ -255,14 +414,20 @@ fn exec_start(unit: &str, argv: &[String], current: &str) -> Result<String, Unit
     Ok(line)
 }
 
-/// `WorkingDirectory=`, which systemd takes verbatim (after `%` specifiers) up to the end
-/// of the line, with surrounding whitespace trimmed and a trailing `\` continuing the line.
-/// A trailing `/`, which systemd drops, keeps both from mattering.
+/// `WorkingDirectory=` of a tarball release, inside it through `current`.
 fn working_directory(current: &str, relative: Option<&str>) -> String {
-    let mut path = match relative {
-        Some(relative) => format!("{current}/{relative}"),
-        None => current.to_owned(),
-    };
+    match relative {
+        Some(relative) => verbatim_path(&format!("{current}/{relative}")),
+        None => verbatim_path(current),
+    }
+}
+
+/// A path for a setting systemd takes verbatim (after `%` specifiers) up to the end of the
+/// line, with surrounding whitespace trimmed and a trailing `\` continuing the line
+/// (`WorkingDirectory=`, `RootDirectory=`). A trailing `/`, which systemd drops, keeps both
+/// from mattering.
+fn verbatim_path(path: &str) -> String {
+    let mut path = path.to_owned();
     if path.ends_with([' ', '\\']) {
         path.push('/');
     }
@@ -617,5 +782,227 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_tarball_release_needs_a_command() {
+        assert!(matches!(
+            render_json(r#"{"service":{"user":"web"}}"#),
+            Err(UnitError::NoCommand { .. })
+        ));
+    }
+
+    #[test]
+    fn bind_paths_are_rendered_for_tarballs_too() {
+        let text = rendered(
+            r#"{"service":{"command":["x"]},"sandbox":{"bind_paths":["/srv/data:/data","/run/pg"],
+                "bind_read_only_paths":["/etc/ssl/certs"]}}"#,
+        );
+        assert_eq!(values(&text, "BindPaths"), ["/srv/data:/data", "/run/pg"]);
+        assert_eq!(values(&text, "BindReadOnlyPaths"), ["/etc/ssl/certs"]);
+        assert!(values(&text, "RootDirectory").is_empty());
+    }
+
+    fn image_run(user: RunAs) -> ImageRun {
+        ImageRun {
+            exec: vec![
+                "/usr/bin/server".into(),
+                "--port".into(),
+                "80$80".into(),
+                "daemon off;".into(),
+            ],
+            environment: vec![
+                ("PATH".into(), "/usr/local/bin:/usr/bin".into()),
+                ("GREETING".into(), "hello world".into()),
+                ("LEVEL".into(), "100%".into()),
+            ],
+            working_directory: "/srv/www".into(),
+            user,
+        }
+    }
+
+    fn app_user() -> RunAs {
+        RunAs::Ids {
+            uid: 1000,
+            gid: 1001,
+            home: "/home/app".into(),
+        }
+    }
+
+    fn rendered_oci(json: &str, image: &ImageRun) -> String {
+        render_oci_json(json, image).expect("renders")
+    }
+
+    fn render_oci_json(json: &str, image: &ImageRun) -> Result<String, UnitError> {
+        let app: AppName = "web".parse().expect("app name");
+        let version: Version = "2.0".parse().expect("version");
+        render_oci(&app, &version, &spec(json), Path::new(CURRENT), image)
+    }
+
+    #[test]
+    fn an_image_runs_in_its_rootfs_through_current() {
+        let text = rendered_oci(r#"{"service":{}}"#, &image_run(app_user()));
+        assert_eq!(values(&text, "RootDirectory"), [format!("{CURRENT}/rootfs")]);
+        assert_eq!(values(&text, "MountAPIVFS"), ["yes"]);
+        assert_eq!(values(&text, "BindReadOnlyPaths"), ["/etc/resolv.conf"]);
+        assert_eq!(
+            values(&text, "ExecStart"),
+            [r#"/usr/bin/server --port 80$$80 "daemon off;""#],
+            "the program is inside the rootfs, not under current"
+        );
+        assert_eq!(values(&text, "WorkingDirectory"), ["/srv/www"]);
+        assert_eq!(values(&text, "User"), ["1000"]);
+        assert_eq!(values(&text, "Group"), ["1001"]);
+        assert!(values(&text, "DynamicUser").is_empty());
+        assert_eq!(
+            values(&text, "Environment"),
+            [
+                "PATH=/usr/local/bin:/usr/bin",
+                r#""GREETING=hello world""#,
+                "LEVEL=100%%",
+                "HOME=/home/app"
+            ]
+        );
+        assert_eq!(values(&text, "Type"), ["exec"]);
+        for setting in ["PrivateTmp", "NoNewPrivileges", "PrivateNetwork"] {
+            let expected: &[&str] = if setting == "PrivateNetwork" { &[] } else { &["yes"] };
+            assert_eq!(values(&text, setting), expected, "{setting} once, host networking");
+        }
+        assert_eq!(
+            values(&text, "ProtectSystem"),
+            ["strict"],
+            "the sandbox level applies on top"
+        );
+    }
+
+    #[test]
+    fn the_spec_environment_wins_over_the_image() {
+        let text = rendered_oci(
+            r#"{"service":{"environment":{"GREETING":"hi","HOME":"/data","NEW":"1"}}}"#,
+            &image_run(app_user()),
+        );
+        assert_eq!(
+            values(&text, "Environment"),
+            [
+                "PATH=/usr/local/bin:/usr/bin",
+                "GREETING=hi",
+                "LEVEL=100%%",
+                "HOME=/data",
+                "NEW=1"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_image_without_a_user_runs_as_a_dynamic_user() {
+        let text = rendered_oci(r#"{"service":{}}"#, &image_run(RunAs::Dynamic));
+        assert_eq!(values(&text, "DynamicUser"), ["yes"]);
+        assert!(values(&text, "User").is_empty() && values(&text, "Group").is_empty());
+        assert!(!text.contains("HOME="));
+        let text = rendered_oci(
+            r#"{"service":{}}"#,
+            &image_run(RunAs::Ids {
+                uid: 0,
+                gid: 0,
+                home: "/root".into(),
+            }),
+        );
+        assert_eq!((values(&text, "User"), values(&text, "Group")), (vec!["0"], vec!["0"]));
+    }
+
+    #[test]
+    fn image_sandbox_levels_and_setuid() {
+        let text = rendered_oci(
+            r#"{"service":{},"sandbox":{"level":"none","read_write_paths":["/data"],
+                "bind_paths":["/srv/web:/data"],"bind_read_only_paths":["/etc/ssl/certs"]}}"#,
+            &image_run(app_user()),
+        );
+        assert_eq!(
+            values(&text, "PrivateTmp"),
+            ["yes"],
+            "an image always gets its own /tmp"
+        );
+        assert_eq!(values(&text, "NoNewPrivileges"), ["yes"]);
+        assert!(values(&text, "ProtectSystem").is_empty());
+        assert!(
+            values(&text, "ReadWritePaths").is_empty(),
+            "level none with a fixed user"
+        );
+        assert_eq!(values(&text, "BindPaths"), ["/srv/web:/data"]);
+        assert_eq!(
+            values(&text, "BindReadOnlyPaths"),
+            ["/etc/resolv.conf", "/etc/ssl/certs"]
+        );
+        let text = rendered_oci(
+            r#"{"service":{},"sandbox":{"level":"basic","allow_setuid":true}}"#,
+            &image_run(app_user()),
+        );
+        assert!(values(&text, "NoNewPrivileges").is_empty());
+        assert_eq!(values(&text, "ProtectSystem"), ["full"]);
+        assert_eq!(values(&text, "PrivateTmp"), ["yes"]);
+    }
+
+    #[test]
+    fn image_config_files_are_bound_from_beside_the_rootfs() {
+        let text = rendered_oci(
+            r#"{"service":{},"config_files":[{"path":"etc/web/web.toml","content":"x"}]}"#,
+            &image_run(app_user()),
+        );
+        assert_eq!(
+            values(&text, "BindReadOnlyPaths"),
+            [
+                "/etc/resolv.conf".to_owned(),
+                format!("{CURRENT}/files/etc/web/web.toml:/etc/web/web.toml")
+            ]
+        );
+        for path in ["etc/my web.toml", "etc/a:b", "etc/100%"] {
+            let json = format!(r#"{{"service":{{}},"config_files":[{{"path":"{path}","content":"x"}}]}}"#);
+            assert!(
+                matches!(
+                    render_oci_json(&json, &image_run(app_user())),
+                    Err(UnitError::ConfigFileBind { .. })
+                ),
+                "{path} cannot be bound"
+            );
+        }
+    }
+
+    #[test]
+    fn image_programs_must_be_absolute_and_normalized() {
+        for program in ["server", "/usr/../bin/sh", ""] {
+            let mut image = image_run(app_user());
+            image.exec = vec![program.into()];
+            assert!(
+                matches!(
+                    render_oci_json(r#"{"service":{}}"#, &image),
+                    Err(UnitError::Program { .. })
+                ),
+                "{program:?} must be refused"
+            );
+        }
+        let mut image = image_run(app_user());
+        image.exec = vec![];
+        assert!(render_oci_json(r#"{"service":{}}"#, &image).is_err());
+    }
+
+    #[test]
+    fn image_paths_survive_spaces_and_percent() {
+        let mut image = image_run(app_user());
+        image.working_directory = "/srv/my 100% dir ".into();
+        let app: AppName = "web".parse().expect("app name");
+        let version: Version = "2.0".parse().expect("version");
+        let text = render_oci(
+            &app,
+            &version,
+            &spec(r#"{"service":{}}"#),
+            Path::new("/srv/drover 100%/apps/web/current"),
+            &image,
+        )
+        .expect("renders");
+        assert_eq!(
+            values(&text, "RootDirectory"),
+            ["/srv/drover 100%%/apps/web/current/rootfs"]
+        );
+        assert_eq!(values(&text, "WorkingDirectory"), ["/srv/my 100%% dir /"]);
     }
 }

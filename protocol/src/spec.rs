@@ -28,7 +28,8 @@ pub struct AppSpec {
     /// Sandboxing of the service unit.
     #[serde(default)]
     pub sandbox: Sandbox,
-    /// Files written into the release directory before it starts.
+    /// Files written into the release directory before it starts (for an OCI release:
+    /// beside the image's root, and bound read-only into it at `/<path>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_files: Vec<ConfigFile>,
     /// How the agent decides the release is healthy.
@@ -46,18 +47,25 @@ pub struct AppSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
-    /// Program and arguments; a relative program path is inside the release directory.
-    pub command: Command,
+    /// Program and arguments. For a tarball release it is required, and a relative program
+    /// path is inside the release directory. For an OCI release it is optional: when set it
+    /// replaces the image's Entrypoint and Cmd entirely, and paths are inside the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Command>,
     /// The user to run as; absent means a dynamic, unprivileged user (`DynamicUser=yes`).
+    /// For an OCI release it is a user of the image (its `/etc/passwd`) and replaces the
+    /// image config's `User`; absent, the image's `User` applies, and only an image without
+    /// one runs as a dynamic user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<UnixName>,
-    /// The group to run as.
+    /// The group to run as (for an OCI release: a group of the image's `/etc/group`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<UnixName>,
     /// Working directory, relative to the release directory (default: the release root).
+    /// For an OCI release it is relative to the image's root and replaces its `WorkingDir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_directory: Option<RelativePath>,
-    /// Environment variables.
+    /// Environment variables (for an OCI release: on top of the image's `Env`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environment: BTreeMap<EnvName, String>,
     /// When systemd restarts the process.
@@ -109,9 +117,18 @@ pub struct Sandbox {
     /// The preset of systemd hardening options.
     #[serde(default)]
     pub level: SandboxLevel,
-    /// Absolute paths the service may write to despite `ProtectSystem=strict`.
+    /// Absolute paths the service may write to despite `ProtectSystem=strict` (for an OCI
+    /// release, paths inside the image).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub read_write_paths: Vec<AbsolutePath>,
+    /// Host paths bind-mounted read-write into the service's view (systemd `BindPaths=`):
+    /// `"SOURCE"` or `"SOURCE:TARGET"`. For an OCI release the target is inside the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bind_paths: Vec<BindPath>,
+    /// Host paths bind-mounted read-only (systemd `BindReadOnlyPaths=`), written as
+    /// [`Sandbox::bind_paths`] are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bind_read_only_paths: Vec<BindPath>,
     /// Keep setuid/setgid bits found in the artifact (stripped by default).
     #[serde(default)]
     pub allow_setuid: bool,
@@ -305,6 +322,58 @@ fn check_absolute_path(text: &str) -> Result<(), NameError> {
             "absolute path",
             text,
             "a path starting with '/' without '..' parts",
+        ))
+    }
+}
+
+validated_string!(
+    /// A bind mount: `SOURCE` (mounted at the same path) or `SOURCE:TARGET`. Both are
+    /// absolute, normalized paths (no `.`, `..` or empty parts, no trailing `/`, not `/`
+    /// itself) of at most 1024 bytes, without whitespace, control characters, quotes,
+    /// backslashes, `%` or `:`, so that systemd's `BindPaths=` reads them exactly as
+    /// written: no quoting, no specifier, and no `:` but the one separator.
+    BindPath,
+    check_bind_path
+);
+
+impl BindPath {
+    /// The host path.
+    pub fn source(&self) -> &str {
+        self.as_str()
+            .split_once(':')
+            .map_or(self.as_str(), |(source, _)| source)
+    }
+
+    /// Where it appears in the service's view (the source path when not given).
+    pub fn target(&self) -> &str {
+        self.as_str()
+            .split_once(':')
+            .map_or(self.as_str(), |(_, target)| target)
+    }
+}
+
+fn check_bind_path(text: &str) -> Result<(), NameError> {
+    let normalized = |path: &str| {
+        (2..=1024).contains(&path.len())
+            && path.starts_with('/')
+            && path[1..]
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..")
+            && !path
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '%' | ':' | '"' | '\'' | '\\'))
+    };
+    let ok = match text.split_once(':') {
+        Some((source, target)) => normalized(source) && normalized(target),
+        None => normalized(text),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::new(
+            "bind path",
+            text,
+            "SOURCE or SOURCE:TARGET, absolute normalized paths other than '/' without spaces, quotes, '\\', '%' or ':'",
         ))
     }
 }
@@ -550,7 +619,8 @@ mod tests {
             "service": {"command": ["bin/web", "--port", "8080"], "user": "web", "working_directory": "srv",
                         "environment": {"PORT": "8080"}, "restart": "always", "stop_timeout": "10s"},
             "resources": {"memory_max": "256M", "cpu_quota_percent": 50, "tasks_max": 64},
-            "sandbox": {"level": "basic", "read_write_paths": ["/var/lib/web"]},
+            "sandbox": {"level": "basic", "read_write_paths": ["/var/lib/web"],
+                        "bind_paths": ["/srv/data:/data"], "bind_read_only_paths": ["/etc/ssl/certs"]},
             "config_files": [{"path": "etc/web.toml", "content": "port = 8080\n", "mode": "0640"}],
             "health": {"grace_period": "20s", "checks": [
                 {"kind": "http", "url": "http://127.0.0.1:8080/healthz"},
@@ -561,8 +631,71 @@ mod tests {
         }"#;
         let spec = parse(json).expect("full spec");
         assert_eq!(spec.resources.memory_max.map(ByteSize::bytes), Some(256 << 20));
+        assert_eq!(spec.sandbox.bind_paths[0].source(), "/srv/data");
+        assert_eq!(spec.sandbox.bind_paths[0].target(), "/data");
+        assert_eq!(spec.sandbox.bind_read_only_paths[0].target(), "/etc/ssl/certs");
         let again: AppSpec = serde_json::from_slice(&serde_json::to_vec(&spec).expect("serializes")).expect("parses");
         assert_eq!(again, spec);
+    }
+
+    #[test]
+    fn command_is_optional_and_absent_from_the_json_when_unset() {
+        // An OCI release may run the image's own Entrypoint and Cmd.
+        let spec = parse(r#"{"service":{"user":"web"}}"#).expect("spec without a command");
+        assert_eq!(spec.service.command, None);
+        let json = serde_json::to_string(&spec).expect("serializes");
+        assert!(!json.contains("command"), "{json}");
+        assert!(!json.contains("bind_"), "empty bind lists are left out: {json}");
+        assert_eq!(parse(&json).expect("parses again"), spec);
+        let spec = parse(r#"{"service":{"command":["bin/web","-v"]}}"#).expect("spec");
+        assert_eq!(
+            spec.service.command.as_ref().map(Command::argv),
+            Some(&["bin/web".to_owned(), "-v".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn bind_paths_are_absolute_normalized_and_need_no_quoting() {
+        for good in [
+            "/srv/data",
+            "/srv/data:/data",
+            "/run/postgresql:/run/postgresql",
+            "/a-b_c.d/e@f+g",
+        ] {
+            let bind: BindPath = good.parse().unwrap_or_else(|error| panic!("{good}: {error}"));
+            assert_eq!(bind.as_str(), good);
+        }
+        let bind: BindPath = "/srv/data".parse().expect("bind path");
+        assert_eq!((bind.source(), bind.target()), ("/srv/data", "/srv/data"));
+        for bad in [
+            "",
+            "/",
+            "srv/data",
+            "/srv/data:",
+            ":/data",
+            "/srv/data:data",
+            "/srv/data:/",
+            "/srv/data/",
+            "/srv//data",
+            "/srv/./data",
+            "/srv/../etc",
+            "/srv/data:/data:rbind",
+            "/srv/my data",
+            "/srv/tab\tdata",
+            "/srv/new\nline",
+            "/srv/100%",
+            "/srv/\"quoted\"",
+            "/srv/it's",
+            "/srv/back\\slash",
+        ] {
+            assert!(bad.parse::<BindPath>().is_err(), "{bad:?} must be refused");
+        }
+        assert!(format!("/{}", "a".repeat(1023)).parse::<BindPath>().is_ok());
+        assert!(format!("/{}", "a".repeat(1024)).parse::<BindPath>().is_err());
+        assert!(
+            parse(r#"{"service":{},"sandbox":{"bind_paths":["relative:/x"]}}"#).is_err(),
+            "a spec with a bad bind path is refused"
+        );
     }
 
     #[test]
