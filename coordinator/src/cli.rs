@@ -72,7 +72,8 @@ pub enum Command {
     ///
     /// Example: drover groups create prod-eu --selector env=prod,region=eu
     Groups(GroupsArgs),
-    /// Create and list releases: an app version with its spec and artifact.
+    /// Create and list releases: an app version with its spec and artifact (a tar.gz or an
+    /// OCI image).
     ///
     /// Example: drover release create web 1.4.2 --spec drover.toml --artifact web-1.4.2.tar.gz
     Release(ReleaseArgs),
@@ -404,29 +405,50 @@ pub struct ReleaseArgs {
 /// `drover release ...`
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
-    /// Create a release: the app spec (drover.toml) and a tar.gz artifact, pinned by
-    /// sha256. Releases are immutable.
+    /// Create a release: the app spec (drover.toml) and an artifact pinned by sha256 (a
+    /// tar.gz, or an OCI image). Releases are immutable.
     ///
     /// --artifact FILE: the file is hashed, then uploaded to the coordinator's store
     /// (streamed, with progress on stderr); hosts download it from the coordinator.
     /// --artifact URL (http:// or https://): hosts download it from there. Give --digest and
     /// --size to skip all network access here; with --digest alone the size comes from a
     /// HEAD request; without --digest the file is downloaded once to compute both (it is
-    /// not stored). The spec is checked before anything is uploaded.
+    /// not stored). A tarball release needs service.command in its spec.
     ///
-    /// Creating the same version again with the same content succeeds; with another
-    /// artifact or spec it is refused (exit 4): use a new version.
+    /// --image REF (registry/repository:tag or registry/repository@sha256:...): this
+    /// machine asks the registry, now, which image REF names for --platform (linux/amd64
+    /// unless given; through an image index if REF is one), checks the manifests' sha256
+    /// and that it is a container image, and the release records only
+    /// registry/repository@sha256:<image manifest digest>. Hosts pull exactly that
+    /// digest: moving the tag later changes no release. The coordinator never talks to
+    /// the registry; hosts use their own registry credentials. The reference names its
+    /// registry (Docker Hub is docker.io/library/NAME); there is no implicit :latest.
+    /// Without service.command the image's Entrypoint and Cmd run.
+    ///
+    /// The spec is checked before anything is uploaded or resolved. Creating the same
+    /// version again with the same content succeeds; with another artifact or spec it is
+    /// refused (exit 4): use a new version.
     ///
     /// Example: drover release create web 1.4.2 --spec drover.toml --artifact web-1.4.2.tar.gz
-    Create(ReleaseCreateArgs),
+    /// Example: drover release create web 1.4.2 --spec drover.toml --image registry.example.com/web:1.4.2
+    /// Example: drover release create web 1.4.2 --spec drover.toml --image registry.example.com/web:1.4.2 \
+    ///              --platform linux/arm64 --registry-user ci --registry-password-file pw.txt
+    /// Example: drover release create web 1.4.3 --spec drover.toml --image 10.0.0.5:5000/web:1.4.3 \
+    ///              --registry-insecure
+    #[command(
+        verbatim_doc_comment,
+        about = "Create a release: the app spec and a tar.gz or an OCI image, pinned by sha256"
+    )]
+    Create(Box<ReleaseCreateArgs>),
     /// List an app's releases, newest first.
     ///
     /// Example: drover release list web -o json
     List(ReleaseListArgs),
 }
 
-/// Arguments of `drover release create`.
+/// Arguments of `drover release create`: exactly one of --artifact and --image.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["artifact", "image"])))]
 pub struct ReleaseCreateArgs {
     /// The app: a-z, 0-9 and '-', e.g. web.
     pub app: AppName,
@@ -438,13 +460,50 @@ pub struct ReleaseCreateArgs {
     pub spec: PathBuf,
     /// The tar.gz: a local file to upload, or an http(s):// URL hosts download from.
     #[arg(long, value_name = "FILE|URL")]
-    pub artifact: String,
+    pub artifact: Option<String>,
     /// The artifact's sha256 (`sha256:<64 hex>`); checked against a local FILE.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "image")]
     pub digest: Option<Digest>,
     /// The artifact's size in bytes (with --digest, for a URL: no network access here).
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", conflicts_with = "image")]
     pub size: Option<u64>,
+    /// An OCI image instead of a tarball: registry/repository:tag or
+    /// registry/repository@sha256:..., resolved here to the digest of its image manifest.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// Registry access for resolving --image.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How `drover release create --image` reaches the registry (this machine only; hosts
+/// have their own registry settings).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Image (with --image)")]
+pub struct RegistryArgs {
+    /// The platform hosts run: OS/ARCH[/VARIANT]. Picks the entry of an image index, and
+    /// must match the image's config [default: linux/amd64]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", conflicts_with = "artifact")]
+    pub platform: Option<String>,
+    /// Speak plain HTTP to the registry (only for one on loopback or a private network).
+    #[arg(long, conflicts_with = "artifact")]
+    pub registry_insecure: bool,
+    /// A PEM file with the CA that issued the registry's certificate (trusted besides the
+    /// system's roots).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "artifact",
+        conflicts_with = "registry_insecure"
+    )]
+    pub registry_ca: Option<PathBuf>,
+    /// The registry user (basic auth); the password comes from --registry-password-file
+    /// or the environment variable DROVER_REGISTRY_PASSWORD.
+    #[arg(long, value_name = "USER", conflicts_with = "artifact")]
+    pub registry_user: Option<String>,
+    /// A file holding the registry password (one trailing newline is ignored).
+    #[arg(long, value_name = "FILE", requires = "registry_user")]
+    pub registry_password_file: Option<PathBuf>,
 }
 
 /// Arguments of `drover release list`.

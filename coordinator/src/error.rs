@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use drover_protocol::{KeyError, Rejection};
 use thiserror::Error;
 
+use crate::image::ImageError;
+
 /// Exit codes of `drover` (SPEC.md §6).
 pub mod exit {
     /// Success.
@@ -100,6 +102,10 @@ pub enum Error {
         rollout: String,
         outcome: String,
     },
+    /// Resolving `--image` failed: a bad reference or platform, the registry, or what it
+    /// holds.
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// The release exists with another artifact; refused before uploading anything.
     #[error(
         "release {app} {version} already exists with artifact {existing}, not {wanted}; releases are immutable: use a new version"
@@ -153,12 +159,14 @@ impl Error {
                 ..
             } => exit::REFUSED,
             Error::NotFound { .. }
+            | Error::Image(ImageError::NotFound { .. })
             | Error::Api {
                 kind: ApiFailure::NotFound,
                 ..
             } => exit::NOT_FOUND,
             Error::Input(_)
             | Error::Spec { .. }
+            | Error::Image(ImageError::BadReference { .. } | ImageError::BadPlatform { .. })
             | Error::Api {
                 kind: ApiFailure::Invalid,
                 ..
@@ -171,6 +179,14 @@ impl Error {
             | Error::Tls { .. }
             | Error::Http { .. }
             | Error::RolloutOutcome { .. }
+            | Error::Image(
+                ImageError::Setup { .. }
+                | ImageError::Registry { .. }
+                | ImageError::Unauthorized { .. }
+                | ImageError::DigestMismatch { .. }
+                | ImageError::NotAnImage { .. }
+                | ImageError::NoPlatform { .. },
+            )
             | Error::Api {
                 kind: ApiFailure::Denied | ApiFailure::Failed,
                 ..

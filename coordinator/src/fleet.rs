@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use drover_protocol::api::{Labels, Release, Scope};
 use drover_protocol::manifest::MANIFEST_SCHEMA;
-use drover_protocol::{AppName, AppRelease, Digest, Duration, HostId, Manifest, SigningKey, Timestamp, Version};
+use drover_protocol::{
+    AppName, AppRelease, Artifact, Digest, Duration, HostId, Manifest, SigningKey, Timestamp, Version,
+};
 
 use crate::store::{HostRecord, Snapshot, StoredManifest};
 
@@ -139,13 +141,17 @@ impl Fleet {
         }
     }
 
-    /// The artifact digests of a resolved state (what the host may download).
+    /// The tarball digests of a resolved state (what the host may download from the
+    /// coordinator; images come from their registry).
     pub fn digests(&self, resolved: &Resolved) -> BTreeSet<Digest> {
         resolved
             .versions
             .iter()
             .filter_map(|(app, version)| self.releases.get(&(app.clone(), version.clone())))
-            .map(|release| release.artifact.digest().clone())
+            .filter_map(|release| match &release.artifact {
+                Artifact::Tarball { digest, .. } => Some(digest.clone()),
+                Artifact::Oci { .. } => None,
+            })
             .collect()
     }
 
@@ -231,7 +237,7 @@ mod tests {
         Release {
             app: app.parse().expect("app"),
             version: version.parse().expect("version"),
-            artifact: drover_protocol::Artifact::Tarball {
+            artifact: Artifact::Tarball {
                 url: drover_protocol::manifest::HttpUrl::try_from(format!("https://c/{app}/{version}")).expect("url"),
                 digest: Digest::of(version.as_bytes()),
                 size: 1,

@@ -9,6 +9,7 @@ pub mod client;
 pub mod datadir;
 pub mod error;
 pub mod fleet;
+pub mod image;
 pub mod keys;
 pub mod metrics;
 pub mod ops;

@@ -987,6 +987,16 @@ impl Coordinator {
     /// `drover release create`. Releases are immutable: the same version with other
     /// content is refused; the identical request again is accepted (idempotent).
     pub async fn create_release(&self, request: ReleaseRequest) -> Result<Release, ServiceError> {
+        let is_tarball = match &request.artifact {
+            ReleaseArtifact::StoredTarball { .. } | ReleaseArtifact::RemoteTarball { .. } => true,
+            ReleaseArtifact::Image { .. } => false,
+        };
+        if is_tarball && !names_command(&request.spec) {
+            return Err(ServiceError::BadRequest(
+                "command_required",
+                format!("release {} {}: {TARBALL_NEEDS_COMMAND}", request.app, request.version),
+            ));
+        }
         let artifact = match request.artifact {
             ReleaseArtifact::StoredTarball { digest } => {
                 let size = crate::blobs::size_of(&self.data.blobs(), &digest)?.ok_or_else(|| {
@@ -1000,6 +1010,18 @@ impl Coordinator {
                 Artifact::Tarball { url, digest, size }
             }
             ReleaseArtifact::RemoteTarball { url, digest, size } => Artifact::Tarball { url, digest, size },
+            ReleaseArtifact::Image { reference } => {
+                crate::image::check_pinned(&reference).map_err(|problem| {
+                    ServiceError::BadRequest(
+                        "bad_image_reference",
+                        format!("image reference {}: {problem}", reference.as_str()),
+                    )
+                })?;
+                Artifact::Oci {
+                    digest: reference.digest(),
+                    reference,
+                }
+            }
         };
         let release = Release {
             app: request.app,
@@ -2004,4 +2026,13 @@ fn check_group_name(name: &str) -> Result<(), ServiceError> {
             format!("invalid group name {name:?}: use a-z, 0-9 and '-'"),
         )
     })
+}
+
+/// Why a tarball release without `service.command` is refused.
+pub const TARBALL_NEEDS_COMMAND: &str = "a tarball release needs service.command in its spec (what to run from the release directory); only an image release may leave it out and run the image's Entrypoint and Cmd";
+
+/// Whether `spec` names the service's command (a tarball release must; an image release
+/// may leave it out and run the image's Entrypoint and Cmd).
+pub fn names_command(spec: &drover_protocol::AppSpec) -> bool {
+    spec.service.command.is_some()
 }

@@ -302,6 +302,13 @@ pub enum ReleaseArtifact {
         /// Its size.
         size: u64,
     },
+    /// An OCI image, already pinned by the digest of its image manifest (the CLI resolves
+    /// a tag, and an image index, before it sends the request; the coordinator never
+    /// talks to a registry).
+    Image {
+        /// `registry/repository@sha256:<digest of the image manifest>`.
+        reference: crate::manifest::OciReference,
+    },
 }
 
 /// `POST /v1/admin/releases`.
@@ -642,5 +649,37 @@ mod tests {
         let unpin: UnpinRequest =
             serde_json::from_str(r#"{"app": "web", "scope": {"kind": "fleet"}, "reason": "x"}"#).expect("unpin");
         assert_eq!(unpin.reason.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn release_artifacts_keep_their_wire_form() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let stored: ReleaseArtifact =
+            serde_json::from_str(&format!(r#"{{"kind": "stored_tarball", "digest": "{digest}"}}"#)).expect("stored");
+        assert!(matches!(stored, ReleaseArtifact::StoredTarball { .. }));
+        let remote: ReleaseArtifact = serde_json::from_str(&format!(
+            r#"{{"kind": "remote_tarball", "url": "https://cdn.example.com/web.tar.gz", "digest": "{digest}", "size": 3}}"#
+        ))
+        .expect("remote");
+        assert!(matches!(remote, ReleaseArtifact::RemoteTarball { size: 3, .. }));
+
+        let reference = format!("registry.example.com/web@{digest}");
+        let image: ReleaseArtifact =
+            serde_json::from_str(&format!(r#"{{"kind": "image", "reference": "{reference}"}}"#)).expect("image");
+        let ReleaseArtifact::Image { reference: parsed } = &image else {
+            panic!("not an image: {image:?}");
+        };
+        assert_eq!(parsed.as_str(), reference);
+        assert_eq!(
+            serde_json::to_value(&image).expect("json"),
+            serde_json::json!({"kind": "image", "reference": reference})
+        );
+        // Only a reference pinned by digest is an image artifact; a tag is resolved by the CLI.
+        for bad in [
+            r#"{"kind": "image", "reference": "registry.example.com/web:1.0"}"#.to_owned(),
+            format!(r#"{{"kind": "image", "reference": "{reference}", "digest": "{digest}"}}"#),
+        ] {
+            assert!(serde_json::from_str::<ReleaseArtifact>(&bad).is_err(), "{bad}");
+        }
     }
 }

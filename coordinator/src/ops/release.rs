@@ -1,6 +1,7 @@
 //! `drover release create` and `drover release list`: the spec is parsed before anything
-//! else, artifacts are hashed and uploaded as streams (never held in memory), and a
-//! version that exists with another artifact is refused before a long upload.
+//! else, artifacts are hashed and uploaded as streams (never held in memory), images are
+//! resolved to a digest here (see [`crate::image`]), and a version that exists with
+//! another artifact is refused before a long upload.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use crate::blobs::MAX_ARTIFACT_BYTES;
 use crate::cli::{Output, ReleaseCreateArgs, ReleaseListArgs};
 use crate::client::{AdminClient, error_chain, printable};
 use crate::error::Error;
+use crate::image::{self, Credentials, ImageRef, Platform, RegistryAccess, Resolution, Transport};
 
 /// Bytes read per step while hashing and uploading.
 const CHUNK: usize = 256 * 1024;
@@ -90,14 +92,28 @@ pub fn read_spec(path: &Path) -> Result<AppSpec, Error> {
 /// `drover release create`.
 pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out: &mut dyn Write) -> Result<(), Error> {
     let spec = read_spec(&args.spec)?;
-    let source = ArtifactSource::parse(&args.artifact)?;
-    // Proves the address and token work before hashing a large file, and finds a
-    // version that already exists.
+    let source = match (&args.artifact, &args.image) {
+        (Some(artifact), None) => Source::Tarball(ArtifactSource::parse(artifact)?),
+        (None, Some(image)) => Source::Image(Box::new(ImageRequest::from_args(image, args)?)),
+        // clap makes these usage errors (exit 2) before anything runs.
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(Error::Input("give either --artifact FILE|URL or --image REF".into()));
+        }
+    };
+    if matches!(source, Source::Tarball(_)) && !crate::service::names_command(&spec) {
+        return Err(Error::Spec {
+            path: args.spec.clone(),
+            detail: crate::service::TARBALL_NEEDS_COMMAND.into(),
+        });
+    }
+    // Proves the address and token work before hashing a large file or asking a
+    // registry, and finds a version that already exists.
     let releases: Vec<Release> = client.get(&format!("/v1/admin/releases/{}", args.app)).await?;
     let existing = releases.into_iter().find(|release| release.version == args.version);
 
+    let mut resolved_line = None;
     let artifact = match source {
-        ArtifactSource::File(path) => {
+        Source::Tarball(ArtifactSource::File(path)) => {
             let (digest, size) = hash_file(&path).await?;
             check_given(args, &digest, size, &path.display().to_string())?;
             refuse_other_artifact(args, existing.as_ref(), &digest)?;
@@ -113,7 +129,7 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
             }
             ReleaseArtifact::StoredTarball { digest }
         }
-        ArtifactSource::Url(url) => {
+        Source::Tarball(ArtifactSource::Url(url)) => {
             let (digest, size) = match (&args.digest, args.size) {
                 (Some(digest), Some(size)) => (digest.clone(), size),
                 (Some(digest), None) => (digest.clone(), remote_size(&url).await?),
@@ -126,6 +142,15 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
             refuse_other_artifact(args, existing.as_ref(), &digest)?;
             ReleaseArtifact::RemoteTarball { url, digest, size }
         }
+        Source::Image(request) => {
+            eprintln!("resolving {} for {}", request.image, request.platform);
+            let resolution = image::resolve(&request.image, &request.platform, &request.access).await?;
+            resolved_line = Some(resolved_text(&resolution));
+            refuse_other_artifact(args, existing.as_ref(), &resolution.pinned.digest())?;
+            ReleaseArtifact::Image {
+                reference: resolution.pinned,
+            }
+        }
     };
     let request = ReleaseRequest {
         app: args.app.clone(),
@@ -134,22 +159,181 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
         artifact,
     };
     let release: Release = client.send_json(Method::POST, "/v1/admin/releases", &request).await?;
-    let (url, size) = match &release.artifact {
-        Artifact::Tarball { url, size, .. } => (url.to_string(), human_size(*size)),
-        Artifact::Oci { reference, .. } => (reference.as_str().to_owned(), "-".into()),
-    };
-    emit(
-        out,
-        &format!(
-            "release {} {}\n  digest:  {}\n  size:    {size}\n  url:     {}\nDeploy it: drover pin {} {} [--group G | --host H]\n",
+    let mut text = resolved_line.unwrap_or_default();
+    match &release.artifact {
+        Artifact::Tarball { url, size, .. } => text.push_str(&format!(
+            "release {} {}\n  digest:  {}\n  size:    {}\n  url:     {}\n",
             release.app,
             release.version,
             release.artifact.digest(),
-            printable(&url),
+            human_size(*size),
+            printable(url.as_str())
+        )),
+        Artifact::Oci { reference, digest } => text.push_str(&format!(
+            "release {} {}\n  digest:  {digest}\n  image:   {}\n",
             release.app,
-            release.version
-        ),
-    )
+            release.version,
+            printable(reference.as_str())
+        )),
+    }
+    text.push_str(&format!(
+        "Deploy it: drover pin {} {} [--group G | --host H]\n",
+        release.app, release.version
+    ));
+    emit(out, &text)
+}
+
+/// What the release is made from.
+#[derive(Debug)]
+enum Source {
+    /// A tar.gz.
+    Tarball(ArtifactSource),
+    /// An image to resolve.
+    Image(Box<ImageRequest>),
+}
+
+/// `--image` with the options that say how to resolve it, all checked before any
+/// network access.
+#[derive(Debug)]
+struct ImageRequest {
+    image: ImageRef,
+    platform: Platform,
+    access: RegistryAccess,
+}
+
+/// The environment variable the registry password may come from.
+const REGISTRY_PASSWORD_ENV: &str = "DROVER_REGISTRY_PASSWORD";
+
+impl ImageRequest {
+    fn from_args(text: &str, args: &ReleaseCreateArgs) -> Result<ImageRequest, Error> {
+        let registry = &args.registry;
+        let image = ImageRef::parse(text)?;
+        let platform = match &registry.platform {
+            Some(platform) => platform.parse::<Platform>()?,
+            None => Platform::default(),
+        };
+        let transport = if registry.registry_insecure {
+            Transport::PlainHttp
+        } else {
+            Transport::Https
+        };
+        let ca_pem = match &registry.registry_ca {
+            Some(path) => Some(read_ca(path)?),
+            None => None,
+        };
+        let credentials = match &registry.registry_user {
+            None => None,
+            Some(user) => {
+                let password = match &registry.registry_password_file {
+                    Some(path) => read_password_file(path)?,
+                    None => match std::env::var(REGISTRY_PASSWORD_ENV) {
+                        Ok(password) if !password.is_empty() => password,
+                        Ok(_) | Err(_) => {
+                            return Err(Error::Input(format!(
+                                "--registry-user {}: no password; give --registry-password-file FILE or set {REGISTRY_PASSWORD_ENV}",
+                                printable(user)
+                            )));
+                        }
+                    },
+                };
+                Some(Credentials {
+                    user: user.clone(),
+                    password,
+                })
+            }
+        };
+        if credentials.is_some() && transport == Transport::PlainHttp {
+            return Err(Error::Input(
+                "--registry-user with --registry-insecure would send the password in clear text; use the registry over TLS (--registry-ca FILE for a private CA)".into(),
+            ));
+        }
+        Ok(ImageRequest {
+            image,
+            platform,
+            access: RegistryAccess {
+                transport,
+                ca_pem,
+                credentials,
+            },
+        })
+    }
+}
+
+/// Reads `--registry-ca`: a PEM file with at least one certificate.
+fn read_ca(path: &Path) -> Result<Vec<u8>, Error> {
+    let bytes = read_small_file(
+        path,
+        " (--registry-ca is a PEM file with the registry's CA certificate)",
+    )?;
+    if !String::from_utf8_lossy(&bytes).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(Error::Input(format!(
+            "--registry-ca {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Reads `--registry-password-file`: its text without one trailing newline.
+fn read_password_file(path: &Path) -> Result<String, Error> {
+    let bytes = read_small_file(path, " (--registry-password-file holds the registry password)")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::Input(format!("--registry-password-file {}: not UTF-8 text", path.display())))?;
+    let password = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if password.is_empty() {
+        return Err(Error::Input(format!(
+            "--registry-password-file {}: the file is empty",
+            path.display()
+        )));
+    }
+    Ok(password.to_owned())
+}
+
+/// Reads a file of at most 1 MiB.
+fn read_small_file(path: &Path, hint: &'static str) -> Result<Vec<u8>, Error> {
+    let error = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound {
+                path: path.to_path_buf(),
+                hint,
+            }
+        } else {
+            Error::Io {
+                operation: "reading",
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    };
+    let metadata = std::fs::metadata(path).map_err(error)?;
+    if metadata.len() > MAX_JSON_BODY as u64 {
+        return Err(Error::Input(format!(
+            "{}: {} bytes, over the limit of {MAX_JSON_BODY} bytes{hint}",
+            path.display(),
+            metadata.len()
+        )));
+    }
+    std::fs::read(path).map_err(error)
+}
+
+/// `resolved REF → registry/repository@sha256:… (platform, N layers, SIZE[, from index …])`.
+fn resolved_text(resolution: &Resolution) -> String {
+    let from_index = match &resolution.index {
+        Some(index) => format!(", from index {index}"),
+        None => String::new(),
+    };
+    printable(&format!(
+        "resolved {} → {} ({}, {} layer{}, {}{from_index})",
+        resolution.requested,
+        resolution.pinned.as_str(),
+        resolution.platform,
+        resolution.layers,
+        if resolution.layers == 1 { "" } else { "s" },
+        human_size(resolution.size),
+    )) + "\n"
 }
 
 /// Checks a computed digest and size against --digest and --size.
