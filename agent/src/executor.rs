@@ -674,7 +674,7 @@ impl Executor {
         if !host_knows("passwd", uid).await {
             let name = format!("drover-u{uid}");
             let (uid_text, gid_text) = (uid.to_string(), gid.to_string());
-            let comment = format!("drover: uid {uid} of OCI images");
+            let comment = format!("drover uid {uid} for OCI images");
             let arguments = [
                 "--system",
                 "--no-create-home",
