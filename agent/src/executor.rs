@@ -740,7 +740,11 @@ impl Executor {
         let unit_path = self.unit_dir.join(&unit);
         let current = local::current_link(&self.state_dir, app);
         let text = match &image {
-            Some(record) => crate::unit::render_oci(app, &release.version, spec, &current, &record.run)?,
+            // systemd cannot set up `RootDirectory=` with `MountAPIVFS=` through a symlink
+            // (226/NAMESPACE, EBUSY on the mounts it makes below it, seen on systemd 252), so
+            // an image's unit names its release directory itself; the switch of `current`
+            // still happens, and a rollback re-renders the unit for the release it goes to.
+            Some(record) => crate::unit::render_oci(app, &release.version, spec, &release_dir, &record.run)?,
             None => crate::unit::render(app, &release.version, spec, &current)?,
         };
         drover_protocol::keyfile::write_atomic(&unit_path, text.as_bytes(), 0o644)

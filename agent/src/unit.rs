@@ -106,10 +106,12 @@ pub fn render(app: &AppName, version: &Version, spec: &AppSpec, current: &Path) 
 }
 
 /// The unit file text for `app` at `version` from an OCI image staged as
-/// `current/rootfs` (see [`crate::oci::stage`]), with what staging resolved in `image`.
+/// `<release>/rootfs` (see [`crate::oci::stage`]), with what staging resolved in `image`.
+/// The agent passes the release directory itself, not the `current` link: systemd (252)
+/// fails to set up `RootDirectory=` with `MountAPIVFS=` through a symlink (226/NAMESPACE,
+/// EBUSY), so an image's unit is re-rendered for the release it runs, also on rollback.
 ///
-/// On top of what [`render`] writes: `RootDirectory=` through the `current` link (so the
-/// atomic switch works as for tarballs), `MountAPIVFS=yes` (the rootfs has the mount
+/// On top of what [`render`] writes: `RootDirectory=<release>/rootfs`, `MountAPIVFS=yes` (the rootfs has the mount
 /// points), the host's `/etc/resolv.conf` bound read-only (host networking, the host's
 /// resolver), `PrivateTmp=yes`, `NoNewPrivileges=yes` unless `allow_setuid`; the program
 /// and working directory of `image` (staging applied the spec's `command` and
