@@ -112,14 +112,28 @@ impl PulledImage {
 
 /// Where the registry part of a reference ends: what image references and the agent
 /// config call the registry (`HOST[:PORT]`), and the repository.
+///
+/// Built from its parts rather than parsed: `OciReference` was validated already, and
+/// oci-spec's parser compiles a regular expression that costs the agent ~17 MiB of heap
+/// at its peak and ~13 MiB for the rest of its life (measured with heaptrack).
 fn parse_reference(reference: &OciReference) -> Result<oci_client::Reference, PullError> {
-    reference
+    let refused = |problem: &str| PullError::Refused {
+        image: reference.as_str().to_owned(),
+        problem: problem.to_owned(),
+    };
+    let (name, digest) = reference
         .as_str()
-        .parse::<oci_client::Reference>()
-        .map_err(|error| PullError::Refused {
-            image: reference.as_str().to_owned(),
-            problem: format!("the reference cannot be parsed: {error}"),
-        })
+        .rsplit_once('@')
+        .ok_or_else(|| refused("the reference has no @digest"))?;
+    let (registry, repository) = name
+        .split_once('/')
+        .filter(|(registry, repository)| !registry.is_empty() && !repository.is_empty())
+        .ok_or_else(|| refused("the reference names no registry (registry/repository@digest)"))?;
+    Ok(oci_client::Reference::with_digest(
+        registry.to_owned(),
+        repository.to_owned(),
+        digest.to_owned(),
+    ))
 }
 
 /// The registry client, made only once something has to come from the registry, so a
