@@ -98,9 +98,16 @@ impl TestCoordinator {
 
     /// Stops the server (graceful) and starts it again on the same data directory and port.
     pub async fn restart(&mut self) {
+        self.restart_after(std::time::Duration::ZERO).await;
+    }
+
+    /// [`TestCoordinator::restart`] with `gap` between the stop and the start (clients
+    /// see the port refuse connections meanwhile).
+    pub async fn restart_after(&mut self, gap: std::time::Duration) {
         let running = self.running.take().expect("running");
         let port = running.addr.port();
         running.stop().await;
+        tokio::time::sleep(gap).await;
         let again = TestCoordinator::start_in(&self.data_dir, port).await;
         self.running = again.running;
         self.admin = again.admin;

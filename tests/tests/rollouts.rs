@@ -1140,3 +1140,38 @@ async fn pins_that_would_undo_a_rollout_are_refused_and_manual_pins_wait_for_it(
 async fn status_of(admin: &Admin) -> StatusCode {
     admin.call(Method::GET, "/v1/admin/rollouts/web", None).await.0
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_waits_out_a_coordinator_restart() {
+    let (mut coordinator, agents) = fleet(6).await;
+    start(&coordinator, json!({"stages": "canary,100%"})).await;
+    let (child, first) = tokio::task::block_in_place(|| {
+        let mut child = drover_command(&coordinator, None, &["rollout", "watch", "web"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn drover rollout watch");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut first).expect("first line of watch");
+        child.stdout = Some(stdout.into_inner());
+        (child, first)
+    });
+    assert!(first.contains("running"), "{first}");
+    // Down for 3 s (the watch polls every second), then back on the same port and data.
+    coordinator.restart_after(StdDuration::from_secs(3)).await;
+    let (finished, _) = drive(&coordinator, &agents, &|_| Behaviour::Good).await;
+    assert_eq!(finished["phase"], "completed", "{finished}");
+    let output = tokio::task::block_in_place(|| child.wait_with_output()).expect("watch ends");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("completed"), "{stdout}");
+    assert!(
+        stderr.contains("retrying for up to 120s") && stderr.contains("the coordinator answers again"),
+        "{stderr}"
+    );
+    coordinator.stop().await;
+}

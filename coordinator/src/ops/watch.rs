@@ -17,6 +17,11 @@ use crate::error::Error;
 const BAR_WIDTH: usize = 10;
 /// How often the status is fetched.
 const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long `watch` keeps trying while the coordinator cannot be reached or answers with
+/// a server error (a restart, a failover), before it gives up with that error.
+const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+/// The longest pause between those tries.
+const RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How `watch` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +113,9 @@ fn change_key(status: &RolloutStatus) -> String {
 
 /// Polls the status every second and shows it until the rollout finishes (exit 0 when
 /// completed) or the failure breaker stops it (exit 1, as for aborted and rolled back).
+/// A coordinator that restarts meanwhile is waited for (up to [`UNREACHABLE_FOR`], one
+/// line on stderr when it goes and when it is back): the rollout resumes where it was, so
+/// the watch does too.
 pub(crate) async fn watch(
     client: &AdminClient,
     path: &str,
@@ -115,8 +123,31 @@ pub(crate) async fn watch(
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     let mut watcher = Watcher::new(display);
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    let mut retry = POLL_INTERVAL;
     loop {
-        let status: RolloutStatus = client.get(path).await?;
+        let status: RolloutStatus = match client.get(path).await {
+            Ok(status) => {
+                if unreachable_since.take().is_some() {
+                    eprintln!("drover: the coordinator answers again");
+                }
+                retry = POLL_INTERVAL;
+                status
+            }
+            Err(error) if passing(&error) => {
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    eprintln!("drover: {error}; retrying for up to {}s", UNREACHABLE_FOR.as_secs());
+                    std::time::Instant::now()
+                });
+                if since.elapsed() >= UNREACHABLE_FOR {
+                    return Err(error);
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_CAP);
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         let now = Timestamp::from_system(std::time::SystemTime::now());
         if let Some(text) = watcher.frame(&status, now) {
             emit(out, &text)?;
@@ -140,6 +171,17 @@ pub(crate) async fn watch(
             rollout: printable(&status.rollout),
             outcome: outcome.to_owned(),
         });
+    }
+}
+
+/// Errors a coordinator restart or failover causes, which `watch` waits out: no
+/// connection, a broken exchange, a server error (5xx). A refusal (4xx: bad token, no such
+/// rollout) or a TLS failure is final.
+fn passing(error: &Error) -> bool {
+    match error {
+        Error::Connect { .. } | Error::Http { .. } => true,
+        Error::Api { status, .. } => *status >= 500,
+        _ => false,
     }
 }
 
