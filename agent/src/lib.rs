@@ -25,6 +25,7 @@ pub mod run;
 pub mod state;
 pub mod status;
 pub mod systemd;
+mod tarstream;
 pub mod tls;
 pub mod unit;
 pub mod unpack;

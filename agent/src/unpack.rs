@@ -13,7 +13,6 @@
 //! walked only through directories it created itself, and no existing file is ever
 //! followed, replaced or removed. That is why it needs neither `unsafe` nor `openat`.
 
-use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -27,6 +26,10 @@ use std::time::{Duration, SystemTime};
 use flate2::read::MultiGzDecoder;
 use tar::EntryType;
 use thiserror::Error;
+
+use crate::tarstream::{
+    MetadataMeter, Metered, TarStreamError, check_end, corrupt_header, header_mode, position, stream_error,
+};
 
 /// Default bound on the bytes of all unpacked files together (8 GiB).
 pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 8 << 30;
@@ -195,6 +198,15 @@ pub enum UnpackError {
     },
 }
 
+impl From<TarStreamError> for UnpackError {
+    fn from(error: TarStreamError) -> UnpackError {
+        match error {
+            TarStreamError::MetadataTooLarge { context } => UnpackError::MetadataTooLarge { context },
+            TarStreamError::Corrupt { context, detail } => UnpackError::Corrupt { context, detail },
+        }
+    }
+}
+
 /// Unpacks the tar.gz `archive` into `staging`, which must be an existing, empty, real
 /// directory (not a symlink) that no other process writes to while this runs.
 ///
@@ -220,7 +232,8 @@ pub enum UnpackError {
 /// call it from `spawn_blocking`.
 pub fn unpack(archive: impl Read, staging: &Path, limits: &UnpackLimits) -> Result<UnpackSummary, UnpackError> {
     check_staging(staging)?;
-    let meter = Meter::default();
+    let meter = MetadataMeter::default();
+    meter.stream_started();
     let mut archive = tar::Archive::new(Metered {
         inner: MultiGzDecoder::new(archive),
         meter: &meter,
@@ -270,7 +283,7 @@ enum Node {
 struct Unpacker<'a> {
     staging: &'a Path,
     limits: &'a UnpackLimits,
-    meter: &'a Meter,
+    meter: &'a MetadataMeter,
     /// Everything created so far. Staging started empty and this is its only writer, so
     /// this map is what the staging directory holds.
     nodes: HashMap<PathBuf, Node>,
@@ -515,19 +528,15 @@ impl Unpacker<'_> {
         self.nodes.insert(relative, Node::File);
         loop {
             // Data bytes count against `max_total_bytes`, not the metadata limit.
-            self.meter.in_data.set(true);
+            self.meter.set_in_data(true);
             let read = entry.read(&mut self.buffer);
-            self.meter.in_data.set(false);
+            self.meter.set_in_data(false);
             let count = match read {
                 Ok(0) => break,
                 Ok(count) => count,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
-                    return Err(stream_error(
-                        self.meter,
-                        format!("in the data of entry '{name}'"),
-                        error,
-                    ));
+                    return Err(stream_error(self.meter, format!("in the data of entry '{name}'"), error).into());
                 }
             };
             let total = self.summary.bytes + count as u64;
@@ -588,37 +597,6 @@ fn check_staging(staging: &Path) -> Result<(), UnpackError> {
         return Err(UnpackError::Staging {
             path: staging.to_path_buf(),
             problem: "is not empty; an archive is only unpacked into a fresh directory",
-        });
-    }
-    Ok(())
-}
-
-/// Reads what follows the tar end-of-archive block to the end of the gzip stream, which
-/// makes the decoder check the CRC and length of every member: the rest of the end marker
-/// (a complete archive ends with two zero blocks; the tar crate stops after the first)
-/// and record padding, all zeros. Anything else is refused, as another extractor might
-/// read it as more entries.
-fn check_end(mut rest: impl Read, buffer: &mut [u8], meter: &Meter, context: String) -> Result<(), UnpackError> {
-    let mut trailing = 0u64;
-    loop {
-        let count = match rest.read(buffer) {
-            Ok(0) => break,
-            Ok(count) => count,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(stream_error(meter, context, error)),
-        };
-        if buffer[..count].iter().any(|&byte| byte != 0) {
-            return Err(UnpackError::Corrupt {
-                context,
-                detail: "data follows the end-of-archive marker".into(),
-            });
-        }
-        trailing += count as u64;
-    }
-    if trailing < BLOCK {
-        return Err(UnpackError::Corrupt {
-            context,
-            detail: "the tar archive ends without its end-of-archive marker".into(),
         });
     }
     Ok(())
@@ -687,89 +665,6 @@ fn check_symlink_target(link: &Path, target: &[u8]) -> Result<(), SymlinkProblem
         }
     }
     Ok(())
-}
-
-/// Counts the decompressed bytes the tar reader consumes outside file data, and stops the
-/// stream once they exceed the metadata limits.
-#[derive(Debug, Default)]
-struct Meter {
-    /// Set while file data is being copied.
-    in_data: Cell<bool>,
-    entries: Cell<u64>,
-    metadata_total: Cell<u64>,
-    metadata_since_entry: Cell<u64>,
-    exceeded: Cell<bool>,
-}
-
-impl Meter {
-    fn entry_started(&self) {
-        self.entries.set(self.entries.get() + 1);
-        self.metadata_since_entry.set(0);
-    }
-
-    fn count(&self, bytes: usize) -> io::Result<()> {
-        if self.in_data.get() {
-            return Ok(());
-        }
-        let total = self.metadata_total.get() + bytes as u64;
-        let since_entry = self.metadata_since_entry.get() + bytes as u64;
-        self.metadata_total.set(total);
-        self.metadata_since_entry.set(since_entry);
-        let allowed_total =
-            MAX_METADATA_BETWEEN_ENTRIES.saturating_add(self.entries.get().saturating_mul(METADATA_PER_ENTRY));
-        if since_entry > MAX_METADATA_BETWEEN_ENTRIES || total > allowed_total {
-            self.exceeded.set(true);
-            return Err(io::Error::other("archive metadata over the limit"));
-        }
-        Ok(())
-    }
-}
-
-/// The decompressed stream as the tar reader sees it, metered.
-struct Metered<'m, R> {
-    inner: R,
-    meter: &'m Meter,
-}
-
-impl<R: Read> Read for Metered<'_, R> {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        let count = self.inner.read(buffer)?;
-        self.meter.count(count)?;
-        Ok(count)
-    }
-}
-
-/// An error from the decompressed stream: over the metadata limit, or truncated/corrupt
-/// gzip or tar.
-fn stream_error(meter: &Meter, context: String, error: io::Error) -> UnpackError {
-    if meter.exceeded.get() {
-        UnpackError::MetadataTooLarge { context }
-    } else {
-        UnpackError::Corrupt {
-            context,
-            detail: quote(error.to_string().as_bytes()),
-        }
-    }
-}
-
-/// Where in the archive a stream error happened.
-fn position(last_entry: Option<&str>) -> String {
-    match last_entry {
-        Some(name) => format!("after entry '{name}'"),
-        None => "before its first entry".to_owned(),
-    }
-}
-
-/// A header field that does not parse.
-fn corrupt_header(name: &str, error: &io::Error) -> UnpackError {
-    UnpackError::Corrupt {
-        context: format!("in the header of entry '{name}'"),
-        detail: quote(error.to_string().as_bytes()),
-    }
-}
-
-fn header_mode<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<u32, UnpackError> {
-    entry.header().mode().map_err(|error| corrupt_header(name, &error))
 }
 
 /// A real directory, 0755 (before the umask) until `finish` gives it its mode. Fails if

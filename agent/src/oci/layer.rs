@@ -71,9 +71,11 @@ use flate2::read::MultiGzDecoder;
 use tar::EntryType;
 use thiserror::Error;
 
-use crate::unpack::{
-    self, BLOCK, COPY_BUFFER, LATEST_MTIME, MAX_METADATA_BETWEEN_ENTRIES, METADATA_PER_ENTRY, SpecialBits, quote,
+use crate::tarstream::{
+    MetadataMeter, Metered, TarStreamError, check_end, corrupt_header, header_mode, position, stream_error,
 };
+
+use crate::unpack::{self, COPY_BUFFER, LATEST_MTIME, SpecialBits, quote};
 
 /// An uncompressed OCI layer.
 pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -152,17 +154,12 @@ impl Default for LayerLimits {
 #[derive(Debug, Default)]
 pub struct LayerMeter {
     layers: Cell<u64>,
-    /// Tar entries read (whiteouts included), for the metadata allowance.
-    members: Cell<u64>,
     /// Entries plus the directories their paths implied, for `max_entries`.
     entries: Cell<u64>,
     /// Bytes written into regular files.
     bytes: Cell<u64>,
-    /// Set while file data is being copied.
-    in_data: Cell<bool>,
-    metadata_total: Cell<u64>,
-    metadata_since_entry: Cell<u64>,
-    exceeded: Cell<bool>,
+    /// Headers, long names and pax records read, over all layers.
+    metadata: MetadataMeter,
 }
 
 impl LayerMeter {
@@ -188,34 +185,7 @@ impl LayerMeter {
 
     fn layer_started(&self) {
         self.layers.set(self.layers.get() + 1);
-        self.metadata_since_entry.set(0);
-        self.exceeded.set(false);
-    }
-
-    fn entry_started(&self) {
-        self.members.set(self.members.get() + 1);
-        self.metadata_since_entry.set(0);
-    }
-
-    /// Counts decompressed bytes read outside file data: at most
-    /// `MAX_METADATA_BETWEEN_ENTRIES` between two entries, and in all no more than that per
-    /// layer plus `METADATA_PER_ENTRY` per entry.
-    fn count_metadata(&self, bytes: usize) -> io::Result<()> {
-        if self.in_data.get() {
-            return Ok(());
-        }
-        let total = self.metadata_total.get() + bytes as u64;
-        let since_entry = self.metadata_since_entry.get() + bytes as u64;
-        self.metadata_total.set(total);
-        self.metadata_since_entry.set(since_entry);
-        let allowed_total = MAX_METADATA_BETWEEN_ENTRIES
-            .saturating_mul(self.layers.get())
-            .saturating_add(self.members.get().saturating_mul(METADATA_PER_ENTRY));
-        if since_entry > MAX_METADATA_BETWEEN_ENTRIES || total > allowed_total {
-            self.exceeded.set(true);
-            return Err(io::Error::other("layer metadata over the limit"));
-        }
-        Ok(())
+        self.metadata.stream_started();
     }
 }
 
@@ -315,6 +285,15 @@ pub enum LayerError {
     },
 }
 
+impl From<TarStreamError> for LayerError {
+    fn from(error: TarStreamError) -> LayerError {
+        match error {
+            TarStreamError::MetadataTooLarge { context } => LayerError::MetadataTooLarge { context },
+            TarStreamError::Corrupt { context, detail } => LayerError::Corrupt { context, detail },
+        }
+    }
+}
+
 /// Applies one layer, the decompressed tar stream `layer`, onto `rootfs`: an existing real
 /// directory (not a symlink) holding the image's lower layers, applied by earlier calls
 /// with the same `meter`, and written by nothing else meanwhile. Layers go in manifest
@@ -336,7 +315,10 @@ pub fn apply_layer(
     check_rootfs(rootfs)?;
     let meter = &*meter;
     meter.layer_started();
-    let mut archive = tar::Archive::new(Metered { inner: layer, meter });
+    let mut archive = tar::Archive::new(Metered {
+        inner: layer,
+        meter: &meter.metadata,
+    });
     let mut applier = Applier {
         rootfs,
         limits,
@@ -349,10 +331,10 @@ pub fn apply_layer(
     let mut last_entry: Option<String> = None;
     let entries = archive
         .entries()
-        .map_err(|error| stream_error(meter, position(None), error))?;
+        .map_err(|error| stream_error(&meter.metadata, position(None), error))?;
     for entry in entries {
-        let mut entry = entry.map_err(|error| stream_error(meter, position(last_entry.as_deref()), error))?;
-        meter.entry_started();
+        let mut entry = entry.map_err(|error| stream_error(&meter.metadata, position(last_entry.as_deref()), error))?;
+        meter.metadata.entry_started();
         let name = quote(&entry.path_bytes());
         applier.add(&mut entry, &name)?;
         last_entry = Some(name);
@@ -360,7 +342,7 @@ pub fn apply_layer(
     check_end(
         archive.into_inner(),
         &mut applier.buffer,
-        meter,
+        &meter.metadata,
         position(last_entry.as_deref()),
     )?;
     applier.finish()
@@ -749,19 +731,17 @@ impl Applier<'_> {
         self.upper.insert(relative);
         loop {
             // Data bytes count against `max_total_bytes`, not the metadata limit.
-            self.meter.in_data.set(true);
+            self.meter.metadata.set_in_data(true);
             let read = entry.read(&mut self.buffer);
-            self.meter.in_data.set(false);
+            self.meter.metadata.set_in_data(false);
             let count = match read {
                 Ok(0) => break,
                 Ok(count) => count,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
-                    return Err(stream_error(
-                        self.meter,
-                        format!("in the data of entry '{name}'"),
-                        error,
-                    ));
+                    return Err(
+                        stream_error(&self.meter.metadata, format!("in the data of entry '{name}'"), error).into(),
+                    );
                 }
             };
             let total = self.meter.bytes.get() + count as u64;
@@ -885,82 +865,6 @@ fn owner<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<(u32, u32
         u32::try_from(value).map_err(|_| corrupt_header(name, &io::Error::other("uid or gid does not fit 32 bits")))
     };
     Ok((id(uid)?, id(gid)?))
-}
-
-/// Reads what follows the tar end-of-archive block to the end of the stream: the rest of
-/// the end marker and any record padding, all zeros. Anything else is refused, as another
-/// extractor might read it as more entries.
-fn check_end(mut rest: impl Read, buffer: &mut [u8], meter: &LayerMeter, context: String) -> Result<(), LayerError> {
-    let mut trailing = 0u64;
-    loop {
-        let count = match rest.read(buffer) {
-            Ok(0) => break,
-            Ok(count) => count,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(stream_error(meter, context, error)),
-        };
-        if buffer[..count].iter().any(|&byte| byte != 0) {
-            return Err(LayerError::Corrupt {
-                context,
-                detail: "data follows the end-of-archive marker".into(),
-            });
-        }
-        trailing += count as u64;
-    }
-    if trailing < BLOCK {
-        return Err(LayerError::Corrupt {
-            context,
-            detail: "the tar archive ends without its end-of-archive marker".into(),
-        });
-    }
-    Ok(())
-}
-
-/// The decompressed stream as the tar reader sees it, metered.
-struct Metered<'m, R> {
-    inner: R,
-    meter: &'m LayerMeter,
-}
-
-impl<R: Read> Read for Metered<'_, R> {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        let count = self.inner.read(buffer)?;
-        self.meter.count_metadata(count)?;
-        Ok(count)
-    }
-}
-
-/// An error from the decompressed stream: over the metadata limit, or truncated/corrupt
-/// compression or tar.
-fn stream_error(meter: &LayerMeter, context: String, error: io::Error) -> LayerError {
-    if meter.exceeded.get() {
-        LayerError::MetadataTooLarge { context }
-    } else {
-        LayerError::Corrupt {
-            context,
-            detail: quote(error.to_string().as_bytes()),
-        }
-    }
-}
-
-/// Where in the layer a stream error happened.
-fn position(last_entry: Option<&str>) -> String {
-    match last_entry {
-        Some(name) => format!("after entry '{name}'"),
-        None => "before its first entry".to_owned(),
-    }
-}
-
-/// A header field that does not parse.
-fn corrupt_header(name: &str, error: &io::Error) -> LayerError {
-    LayerError::Corrupt {
-        context: format!("in the header of entry '{name}'"),
-        detail: quote(error.to_string().as_bytes()),
-    }
-}
-
-fn header_mode<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<u32, LayerError> {
-    entry.header().mode().map_err(|error| corrupt_header(name, &error))
 }
 
 /// A real directory, 0755 (before the umask) until `finish` gives it its mode. Fails if
