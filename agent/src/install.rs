@@ -245,7 +245,7 @@ pub fn clean_staging(state_dir: &Path, app: &AppName) -> std::io::Result<usize> 
 }
 
 /// fsyncs every regular file and directory under `root` (symlinks are not followed).
-fn sync_tree(root: &Path) -> Result<(), StageError> {
+pub fn sync_tree(root: &Path) -> Result<(), StageError> {
     let mut pending = vec![root.to_path_buf()];
     while let Some(directory) = pending.pop() {
         for entry in std::fs::read_dir(&directory).map_err(io("reading", &directory))? {

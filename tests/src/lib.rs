@@ -188,3 +188,16 @@ pub fn binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// A `NAME:  N kB` line of `/proc/PID/status` in KiB (`pid` may be `self`), for the
+/// benchmarks' memory figures (`VmRSS`, `VmHWM`, `RssAnon`, ...).
+pub fn proc_status_kib(pid: &str, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

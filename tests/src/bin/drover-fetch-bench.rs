@@ -30,6 +30,7 @@ use drover_agent::install;
 use drover_agent::unpack::{UnpackLimits, unpack};
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::{AppName, Digest, Version};
+use drover_tests::proc_status_kib;
 
 #[derive(Debug, Parser)]
 #[command(about = "Times the agent's fetch + verify + stage of one tar.gz artifact")]
@@ -127,7 +128,7 @@ async fn bench(args: Args) -> anyhow::Result<String> {
     };
     let stage_s = stage_started.elapsed().as_secs_f64();
     let total_s = started.elapsed().as_secs_f64();
-    let vmhwm_kib = vm_hwm_kib().context("reading /proc/self/status")?;
+    let vmhwm_kib = proc_status_kib("self", "VmHWM").context("no VmHWM in /proc/self/status")?;
     Ok(format!(
         "RESULT mode={} fetch_s={fetch_s:.4} stage_s={stage_s:.4} {stage_detail}{}total_s={total_s:.4} vmhwm_kib={vmhwm_kib} release={}",
         if args.split { "split" } else { "stage" },
@@ -150,34 +151,6 @@ fn split_stage(archive: &Path, state_dir: &Path) -> anyhow::Result<(f64, f64, Pa
     .context("unpack")?;
     let unpack_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    sync_tree(&staging)?;
+    install::sync_tree(&staging)?;
     Ok((unpack_s, started.elapsed().as_secs_f64(), staging))
-}
-
-/// The same walk as `install::sync_tree`: fsync every regular file and every directory.
-fn sync_tree(root: &Path) -> anyhow::Result<()> {
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(directory) = pending.pop() {
-        for entry in std::fs::read_dir(&directory)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                pending.push(entry.path());
-            } else if kind.is_file() {
-                std::fs::File::open(entry.path())?.sync_all()?;
-            }
-        }
-        std::fs::File::open(&directory)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// This process's peak resident set size (`VmHWM`), in KiB.
-fn vm_hwm_kib() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .ok_or_else(|| anyhow!("no VmHWM line"))?;
-    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }

@@ -155,7 +155,7 @@ async fn pull_command(args: PullArgs) -> anyhow::Result<String> {
         .await
         .context("pull")?;
     let pull_seconds = started.elapsed().as_secs_f64();
-    let pull_vmhwm_kib = vm_hwm_kib()?;
+    let pull_vmhwm_kib = self_kib("VmHWM")?;
     let downloaded = image.downloaded();
     let layers = image.layers().len();
 
@@ -186,9 +186,9 @@ async fn pull_command(args: PullArgs) -> anyhow::Result<String> {
     };
     let stage_seconds = stage_started.elapsed().as_secs_f64();
     let seconds = started.elapsed().as_secs_f64();
-    let vmhwm_kib = vm_hwm_kib()?;
-    let rss_anon_kib = status_kib("RssAnon")?;
-    let rss_file_kib = status_kib("RssFile")?;
+    let vmhwm_kib = self_kib("VmHWM")?;
+    let rss_anon_kib = self_kib("RssAnon")?;
+    let rss_file_kib = self_kib("RssFile")?;
     Ok(format!(
         "RESULT seconds={seconds:.4} pull_seconds={pull_seconds:.4} stage_seconds={stage_seconds:.4} \
          downloaded_bytes={downloaded} layers={layers} pull_vmhwm_kib={pull_vmhwm_kib} vmhwm_kib={vmhwm_kib} \
@@ -225,39 +225,11 @@ fn split_stage(
         per_layer.push(started.elapsed().as_secs_f64());
     }
     let started = Instant::now();
-    sync_tree(&rootfs)?;
+    drover_agent::install::sync_tree(&rootfs)?;
     Ok((per_layer, started.elapsed().as_secs_f64(), rootfs))
 }
 
-/// The same walk as `install::sync_tree`: fsync every regular file and every directory.
-fn sync_tree(root: &Path) -> anyhow::Result<()> {
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(directory) = pending.pop() {
-        for entry in std::fs::read_dir(&directory)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                pending.push(entry.path());
-            } else if kind.is_file() {
-                std::fs::File::open(entry.path())?.sync_all()?;
-            }
-        }
-        std::fs::File::open(&directory)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// This process's peak resident set size (`VmHWM` in /proc/self/status), in KiB.
-fn vm_hwm_kib() -> anyhow::Result<u64> {
-    status_kib("VmHWM")
-}
-
-/// A `NAME:  N kB` line of /proc/self/status, in KiB.
-fn status_kib(name: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-        .ok_or_else(|| anyhow!("no {name} line in /proc/self/status"))?;
-    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
+/// A `/proc/self/status` figure in KiB.
+fn self_kib(key: &str) -> anyhow::Result<u64> {
+    drover_tests::proc_status_kib("self", key).ok_or_else(|| anyhow!("no {key} line in /proc/self/status"))
 }

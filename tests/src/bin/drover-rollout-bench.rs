@@ -26,6 +26,7 @@ use clap::Parser;
 use drover_protocol::api::{RolloutPhase, RolloutStatus};
 use drover_protocol::report::AppState;
 use drover_tests::fleet::Admin;
+use drover_tests::proc_status_kib;
 use drover_tests::sim::{SimConfig, Simulator};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -114,7 +115,7 @@ async fn run(options: &Options) -> anyhow::Result<()> {
         options.hosts,
         enrolled.as_secs_f64(),
         started.elapsed().as_secs_f64(),
-        status_kib(&pid, "VmRSS").unwrap_or(0)
+        proc_status_kib(&pid, "VmRSS").unwrap_or(0)
     );
 
     for rep in 1..=options.reps {
@@ -151,7 +152,7 @@ async fn run(options: &Options) -> anyhow::Result<()> {
         };
         let seconds = clock.elapsed().as_secs_f64();
         let cpu = cpu_seconds(&pid).context("coordinator CPU time")? - cpu_before;
-        let peak = status_kib(&pid, "VmHWM").context("coordinator VmHWM")?;
+        let peak = proc_status_kib(&pid, "VmHWM").context("coordinator VmHWM")?;
         if status.phase != RolloutPhase::Completed {
             bail!("rollout to {version} ended {:?}: {status:?}", status.phase);
         }
@@ -186,16 +187,4 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     }
     sim.shutdown().await;
     Ok(())
-}
-
-/// A `Vm*` line of /proc/PID/status, in KiB.
-fn status_kib(pid: &str, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
