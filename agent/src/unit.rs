@@ -125,32 +125,34 @@ pub fn render_oci(
     app: &AppName,
     version: &Version,
     spec: &AppSpec,
-    current: &Path,
+    release: &Path,
     image: &ImageRun,
 ) -> Result<String, UnitError> {
-    render_unit(app, version, spec, current, Some(image))
+    render_unit(app, version, spec, release, Some(image))
 }
 
 /// The directory of an OCI release that holds its config files (bound into the image).
 pub const OCI_CONFIG_FILES_DIR: &str = "files";
 
+/// `root` is what the unit runs the release from: the `current` link for a tarball,
+/// the release directory itself for an image (see [`render_oci`]).
 fn render_unit(
     app: &AppName,
     version: &Version,
     spec: &AppSpec,
-    current: &Path,
+    root: &Path,
     image: Option<&ImageRun>,
 ) -> Result<String, UnitError> {
     let unit = unit_name(app);
     let service = &spec.service;
-    let current = current
+    let root = root
         .to_str()
-        .filter(|text| current.is_absolute() && !text.chars().any(char::is_control))
+        .filter(|text| root.is_absolute() && !text.chars().any(char::is_control))
         .map(|text| text.trim_end_matches('/'))
         .filter(|text| !text.is_empty())
         .ok_or_else(|| UnitError::CurrentPath {
             unit: unit.clone(),
-            path: current.to_path_buf(),
+            path: root.to_path_buf(),
         })?;
 
     let mut settings = Settings::default();
@@ -162,10 +164,10 @@ fn render_unit(
                 .command
                 .as_ref()
                 .ok_or_else(|| UnitError::NoCommand { unit: unit.clone() })?;
-            settings.push("ExecStart", exec_start(&unit, command.argv(), current)?);
+            settings.push("ExecStart", exec_start(&unit, command.argv(), root)?);
             settings.push(
                 "WorkingDirectory",
-                working_directory(current, service.working_directory.as_ref().map(|dir| dir.as_str())),
+                working_directory(root, service.working_directory.as_ref().map(|dir| dir.as_str())),
             );
             match &service.user {
                 Some(user) => settings.push("User", user.to_string()),
@@ -180,7 +182,7 @@ fn render_unit(
             }
         }
         Some(image) => {
-            settings.push("RootDirectory", verbatim_path(&format!("{current}/rootfs")));
+            settings.push("RootDirectory", verbatim_path(&format!("{root}/rootfs")));
             settings.push("MountAPIVFS", "yes".to_owned());
             settings.push("BindReadOnlyPaths", "/etc/resolv.conf".to_owned());
             if !image.exec.first().is_some_and(|program| program.starts_with('/')) {
@@ -189,7 +191,7 @@ fn render_unit(
                     program: image.exec.first().cloned().unwrap_or_default(),
                 });
             }
-            settings.push("ExecStart", exec_start(&unit, &image.exec, current)?);
+            settings.push("ExecStart", exec_start(&unit, &image.exec, root)?);
             // Staging applied the spec's `working_directory` (and created the directory).
             settings.push("WorkingDirectory", verbatim_path(&image.working_directory));
             let mut environment_lines: Vec<(&str, &str)> = image
@@ -321,7 +323,7 @@ fn render_unit(
     if image.is_some() {
         for file in &spec.config_files {
             let path = file.path.as_str();
-            let bind = format!("{current}/{OCI_CONFIG_FILES_DIR}/{path}:/{path}");
+            let bind = format!("{root}/{OCI_CONFIG_FILES_DIR}/{path}:/{path}");
             let bind: BindPath = bind.parse().map_err(|_| UnitError::ConfigFileBind {
                 unit: unit.clone(),
                 path: path.to_owned(),
