@@ -8,6 +8,9 @@ log() { printf '\n==> %s\n' "$*"; }
 
 . scripts/prereqs.sh
 
+# A CI run builds everything once: incremental caches would only double target/.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -36,3 +39,4 @@ cargo test --workspace --locked 2>&1 | tee "$results"
 
 # One closing line for the whole run (cargo's own last line is the last crate's doc tests).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "\ntests: %d passed, %d failed\n", passed, failed }' "$results"
+echo "target/: $(du -sh target | cut -f1)"
