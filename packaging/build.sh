@@ -19,7 +19,8 @@
 # installs Debian's when missing). The version comes from [workspace.package] in the
 # workspace Cargo.toml.
 #
-# Environment: DROVER_SKIP_CARGO=1 packages the existing target/release binaries.
+# Environment: DROVER_SKIP_CARGO=1 packages the existing target/agent and target/release
+# binaries.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,9 +41,11 @@ version=$(awk '
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 
 if [[ -z ${DROVER_SKIP_CARGO:-} ]]; then
-    log "cargo build --release (drover-agent, drover, drover-sample-app)"
+    log "cargo build --release (drover, drover-sample-app) and --profile agent (drover-agent)"
     # --bin selects across the workspace (with -p, --bin would narrow every package to that one binary).
-    cargo build --release --locked --bin drover-agent --bin drover --bin drover-sample-app
+    cargo build --release --locked --bin drover --bin drover-sample-app
+    # The agent runs on every host: Cargo.toml's `agent` profile optimises it for size.
+    cargo build --profile agent --locked --bin drover-agent
 fi
 work=target/packaging
 dist=dist
@@ -51,9 +54,9 @@ mkdir -p "$work/bin" "$dist"
 
 # The release profile already strips symbols; the compiler's .comment section goes too.
 release=$work/bin
-for binary in drover-agent drover drover-sample-app; do
-    [[ -x target/release/$binary ]] || { log "missing target/release/$binary"; exit 1; }
-    objcopy --remove-section=.comment "target/release/$binary" "$release/$binary"
+for built in target/agent/drover-agent target/release/drover target/release/drover-sample-app; do
+    [[ -x $built ]] || { log "missing $built"; exit 1; }
+    objcopy --remove-section=.comment "$built" "$release/${built##*/}"
 done
 
 # --- staging trees: one per package and format ---------------------------------------

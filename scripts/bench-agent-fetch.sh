@@ -38,6 +38,7 @@
 #   $BENCH_TMP/agent-fetch/raw-<UTC timestamp>.csv and the RESULT lines beside it.
 #
 # Knobs (env): RUNS=5 WARMUP=1 PORT=18083 SPLIT=1 (0: skip the split runs) QUIET_WAIT=30
+#   PROFILE=agent (the cargo profile of the agent library; release to compare)
 #   QUIET_BUDGET=120 BENCH_TMP=/tmp/drover-bench SHARED_BENCH=<repo>/../shared/bench
 #   (gen_tree.py is taken from there; the generation itself is repeated below).
 # Needs: root for apt-get when nginx, curl or GNU time are missing; python3, tar, gzip.
@@ -51,6 +52,7 @@ ROOT="$PWD"
 RUNS="${RUNS:-5}"
 WARMUP="${WARMUP:-1}"
 PORT="${PORT:-18083}"
+PROFILE="${PROFILE:-agent}"
 SPLIT="${SPLIT:-1}"
 QUIET_WAIT="${QUIET_WAIT:-30}"
 QUIET_BUDGET="${QUIET_BUDGET:-120}"
@@ -96,9 +98,10 @@ if (( ${#need[@]} )); then
 fi
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then die "port $PORT in use"; fi
 
-log "building drover-fetch-bench (release)"
-cargo build --release -q -p drover-tests --bin drover-fetch-bench
-BIN="$ROOT/target/release/drover-fetch-bench"
+# The agent's library as it ships: the size-optimised `agent` profile (Cargo.toml).
+log "building drover-fetch-bench (--profile $PROFILE)"
+cargo build --profile "$PROFILE" -q -p drover-tests --bin drover-fetch-bench
+BIN="$ROOT/target/$PROFILE/drover-fetch-bench"
 
 mkdir -p "$A/www" "$W"/{logs,tmp}
 if [[ -s "$ART" && -s "$A/app.sha256" && "$(cat "$A/spec" 2>/dev/null)" == "$SPEC" ]] \

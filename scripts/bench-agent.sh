@@ -3,8 +3,9 @@
 # measured in one run together with the mender-client baseline.
 #
 # WHAT IT DOES
-#   1. Builds the release binaries (`cargo build --release --workspace --bins`; the release
-#      profile strips) and records the size of target/release/drover-agent.
+#   1. Builds the release binaries (`cargo build --release --workspace --bins`) and the
+#      packages the hosts install (packaging/build.sh: the agent from the size-optimised
+#      `agent` profile, stripped), and records the size of the packaged drover-agent.
 #   2. Idle footprint, $REPS runs of $DURATION s, each on a fresh systemd-nspawn host
 #      (tests/src/bin/drover-agent-bench.rs, `idle`): a real `drover serve` on 127.0.0.1,
 #      the real drover-agent under systemd/drover-agent.service, joined with a token; `web 1`
@@ -63,7 +64,9 @@ median() { field "$2" <"$1" | awk -v s="$3" '{ print $1 / s }' | stats | awk '{ 
 # --- 1. build ----------------------------------------------------------------------------
 log "building release binaries (waits for the cargo lock if another build holds it)"
 cargo build --release --workspace --bins 2>&1 | tail -3 >&2
-AGENT_BIN="$ROOT/target/release/drover-agent"
+# The hosts install the agent from dist/'s .deb: build the packages as they ship.
+bash packaging/build.sh 2>&1 | tail -3 >&2
+AGENT_BIN="$ROOT/target/packaging/bin/drover-agent"
 AGENT_BYTES=$(stat -c %s "$AGENT_BIN")
 file "$AGENT_BIN" >"$OUT/agent-binary.txt" 2>/dev/null || true
 # drover_tests::binary() resolves drover/drover-agent next to target/<profile>/deps/.
@@ -95,7 +98,7 @@ I="$OUT/idle.results" P="$OUT/pins.results"
 {
 echo "== drover-agent host-side benchmarks, $(date -u +%FT%TZ), tree $GIT_REV, $(nproc) cores, $(uname -r) =="
 echo "config: product defaults (poll_interval 30s, long_poll 60s); idle runs with one healthy app: $IDLE_APP"
-echo "binary: target/release/drover-agent $AGENT_BYTES bytes ($(awk -v b="$AGENT_BYTES" 'BEGIN{printf "%.2f", b/1048576}') MiB); $(grep -qw stripped "$OUT/agent-binary.txt" && echo stripped || echo NOT stripped)"
+echo "binary: packaged drover-agent $AGENT_BYTES bytes ($(awk -v b="$AGENT_BYTES" 'BEGIN{printf "%.2f", b/1048576}') MiB); $(grep -qw stripped "$OUT/agent-binary.txt" && echo stripped || echo NOT stripped)"
 echo "-- idle agent, $REPS runs x ${DURATION}s: median (min–max)"
 echo "VmRSS at 10s          MiB  $(mmm "$I" rss10_kib 1024 %.2f)"
 echo "VmRSS at end (${DURATION}s)   MiB  $(mmm "$I" rss_kib 1024 %.2f)"
