@@ -34,6 +34,7 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tower::Layer as _;
 
 use crate::pki::PeerIdentity;
 use crate::service::{Coordinator, Operator, RolloutCommand, ServiceError};
@@ -114,7 +115,10 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .and_then(|leaf| PeerIdentity::from_certificate(leaf));
-                    let service = TowerToHyperService::new(router.layer(Extension(Connection { identity })));
+                    // The identity wraps the whole router (one small clone per request);
+                    // `Router::layer` would rebuild every route per connection, which
+                    // was ~22 KiB of each held long-poll.
+                    let service = TowerToHyperService::new(Extension(Connection { identity }).layer(router));
                     let connection = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(StdDuration::from_secs(30))
@@ -331,6 +335,9 @@ async fn manifest(
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
+    // The request's headers point into hyper's read buffer of this connection: dropped
+    // before a long wait, so a held poll does not keep that buffer (8 KiB) alive too.
+    drop(headers);
     let current = receiver.borrow_and_update().clone();
     if known.as_deref() != Some(current.etag.as_str()) {
         return Ok(manifest_response(&current));
