@@ -28,6 +28,7 @@
 #
 # Knobs (env): REPS=5 WARMUP=1 PADDING_MIB=40,40,20 REGISTRY_CPUS=0 CLIENT_CPUS=1 SPLIT=1
 #   STRACE=1 QUIET_WAIT=30 QUIET_BUDGET=120 BENCH_TMP=/tmp/drover-bench
+#   PROFILE=agent (the cargo profile of the agent library; release to compare)
 #   BASE_TREE= (e.g. /usr/lib/python3.11,/usr/share/perl: those directories of this machine
 #   go into the base layer, for an image of many real files; try PADDING_MIB=0,20,10)
 # Needs: root (apt-get; umoci unpack keeps owners); 2 CPUs; about 1.5 GiB free in BENCH_TMP.
@@ -43,6 +44,7 @@ REGISTRY_CPUS="${REGISTRY_CPUS:-0}"
 CLIENT_CPUS="${CLIENT_CPUS:-1}"
 SPLIT="${SPLIT:-1}"
 STRACE="${STRACE:-1}"
+PROFILE="${PROFILE:-agent}"
 QUIET_WAIT="${QUIET_WAIT:-30}"
 QUIET_BUDGET="${QUIET_BUDGET:-120}"
 BENCH_TMP="${BENCH_TMP:-/tmp/drover-bench}"
@@ -69,9 +71,10 @@ RAW="$W/raw"
 rm -rf "$W"
 mkdir -p "$RAW"
 
-log "building release binaries (cargo build --release -p drover-tests --bin drover-oci-bench --bin drover-sample-app)"
-cargo build --release -p drover-tests --bin drover-oci-bench --bin drover-sample-app
-BIN="$ROOT/target/release"
+# The agent's library as it ships: the size-optimised `agent` profile (Cargo.toml).
+log "building (cargo build --profile $PROFILE -p drover-tests --bin drover-oci-bench --bin drover-sample-app)"
+cargo build --profile "$PROFILE" -p drover-tests --bin drover-oci-bench --bin drover-sample-app
+BIN="$ROOT/target/$PROFILE"
 
 {
     echo "date: $(date -u +%FT%TZ)  host: $(nproc) cores, $(uname -r), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
