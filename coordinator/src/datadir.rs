@@ -97,6 +97,16 @@ fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Er
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("system random source");
+    encode_secret(bytes)
+}
+
+/// 32 random bytes as URL-safe base64 that never starts with `-`: secrets go on command
+/// lines (`drover-agent join URL --token X`), where one starting with `-` (1 in 64) would be
+/// read as an option. A leading `-` (sextet 62) has its top bit cleared, becoming `e`.
+fn encode_secret(mut bytes: [u8; 32]) -> String {
+    if bytes[0] >> 2 == 62 {
+        bytes[0] &= 0x7f;
+    }
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
@@ -175,4 +185,25 @@ pub fn read_private_file(path: &Path) -> Result<String, Error> {
 /// A fresh random secret (enrollment tokens).
 pub fn new_secret() -> String {
     random_token()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_start_with_a_dash() {
+        // 0xf8 = 111110 00: the first sextet is 62, URL-safe base64's `-`.
+        let mut bytes = [0u8; 32];
+        bytes[0] = 0xf8;
+        let secret = encode_secret(bytes);
+        assert!(secret.starts_with('e'), "{secret}");
+        assert_eq!(secret.len(), 43);
+        // `_` (63) and everything else is left as it is.
+        bytes[0] = 0xfc;
+        assert!(encode_secret(bytes).starts_with('_'));
+        for _ in 0..2_000 {
+            assert!(!random_token().starts_with('-'));
+        }
+    }
 }
