@@ -945,7 +945,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::{RegistryConfig, RegistryTransport};
     use crate::oci::testing::{Entry, TestImage, TestRegistry, crypto, layer};
 
     #[tokio::test]
@@ -960,16 +959,7 @@ mod tests {
         for image in [&one, &two, &three] {
             registry.push(image);
         }
-        let registries = Registries::new(
-            BTreeMap::from([(
-                registry.address.clone(),
-                RegistryConfig {
-                    transport: RegistryTransport::PlainHttp,
-                    ..RegistryConfig::default()
-                },
-            )]),
-            &[],
-        );
+        let registries = registry.plain_http();
         let directory = tempfile::tempdir().expect("tempdir");
         let state_dir = directory.path().join("state");
         let cache = Cache::new(state_dir.join("cache"));

@@ -37,6 +37,16 @@ use drover_protocol::{Timestamp, Trust};
 
 pub use error::Error;
 
+/// The agent's async runtime: one thread (an idle agent needs no more) and at most four
+/// blocking threads for unpacking, fsyncs and systemd calls. The benchmarks that time the
+/// agent's library build theirs here too.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())

@@ -45,11 +45,7 @@ fn main() -> ExitCode {
         logging.init();
     }
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(4)
-        .build()
-    {
+    let runtime = match drover_agent::runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("drover-agent: starting the async runtime failed: {error}");

@@ -401,17 +401,6 @@ mod tests {
 
     const CONFIG: &str = r#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/app"]}}"#;
 
-    fn plain(registry: &TestRegistry) -> Registries {
-        let configs = BTreeMap::from([(
-            registry.address.clone(),
-            RegistryConfig {
-                transport: RegistryTransport::PlainHttp,
-                ..RegistryConfig::default()
-            },
-        )]);
-        Registries::new(configs, &[])
-    }
-
     /// A layer of about `size` bytes that gzip cannot shrink (so cuts land mid-blob).
     fn big_layer(name: &str, size: usize, seed: u8) -> Vec<u8> {
         let mut state = u32::from(seed) + 1;
@@ -454,7 +443,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let cache = Cache::new(directory.path().join("cache"));
         let reference = registry.reference("web", &image.digest);
-        let pulled = pull(&plain(&registry), &cache, &reference, &image.digest, 1 << 30)
+        let pulled = pull(&registry.plain_http(), &cache, &reference, &image.digest, 1 << 30)
             .await
             .expect("pulled");
         assert_eq!(pulled.digest(), &image.digest);
@@ -472,7 +461,7 @@ mod tests {
         }
         // Everything cached: no request at all, not even for the manifest.
         let before = registry.requests().len();
-        let again = pull(&plain(&registry), &cache, &reference, &image.digest, 1 << 30)
+        let again = pull(&registry.plain_http(), &cache, &reference, &image.digest, 1 << 30)
             .await
             .expect("pulled again");
         assert_eq!(again.downloaded(), 0);
@@ -491,7 +480,7 @@ mod tests {
         registry.push(&second);
         let directory = tempfile::tempdir().expect("tempdir");
         let cache = Cache::new(directory.path().join("cache"));
-        let registries = plain(&registry);
+        let registries = registry.plain_http();
         let reference = registry.reference("web", &first.digest);
         pull(&registries, &cache, &reference, &first.digest, 1 << 30)
             .await
@@ -521,7 +510,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let cache = Cache::new(directory.path().join("cache"));
         let reference = registry.reference("web", &image.digest);
-        let pulled = pull(&plain(&registry), &cache, &reference, &image.digest, 1 << 30)
+        let pulled = pull(&registry.plain_http(), &cache, &reference, &image.digest, 1 << 30)
             .await
             .expect("resumed within the pull");
         assert!(
@@ -553,7 +542,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let cache = Cache::new(directory.path().join("cache"));
         let reference = registry.reference("web", &image.digest);
-        pull(&plain(&registry), &cache, &reference, &image.digest, 1 << 30)
+        pull(&registry.plain_http(), &cache, &reference, &image.digest, 1 << 30)
             .await
             .expect("started over");
         assert_eq!(registry.blob_bytes_sent(), image.blob_bytes() + 70_000);
@@ -574,7 +563,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let cache = Cache::new(directory.path().join("cache"));
         let reference = registry.reference("web", &image.digest);
-        let registries = plain(&registry);
+        let registries = registry.plain_http();
         registry.cut_every(&base, Some(10_000));
         let error = pull(&registries, &cache, &reference, &image.digest, 1 << 30)
             .await
@@ -625,7 +614,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let cache = Cache::new(directory.path().join("cache"));
         let reference = registry.reference("web", &image.digest);
-        let error = pull(&plain(&registry), &cache, &reference, &image.digest, 1 << 30)
+        let error = pull(&registry.plain_http(), &cache, &reference, &image.digest, 1 << 30)
             .await
             .expect_err("tampered layer");
         assert!(
@@ -650,7 +639,7 @@ mod tests {
         let other = TestImage::new(CONFIG, vec![image.layers[1].clone()]);
         registry.put_manifest(&image.digest, &other.manifest);
         let cache = Cache::new(directory.path().join("cache2"));
-        let error = pull(&plain(&registry), &cache, &reference, &image.digest, 1 << 30)
+        let error = pull(&registry.plain_http(), &cache, &reference, &image.digest, 1 << 30)
             .await
             .expect_err("moved manifest");
         assert!(error.to_string().contains(image.digest.as_str()), "{error}");
@@ -670,7 +659,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let cache = Cache::new(directory.path().join("cache"));
         let reference = registry.reference("web", &digest);
-        let error = pull(&plain(&registry), &cache, &reference, &digest, 1 << 30)
+        let error = pull(&registry.plain_http(), &cache, &reference, &digest, 1 << 30)
             .await
             .expect_err("index");
         assert!(error.to_string().contains(image::INDEX_REFUSED), "{error}");
@@ -678,7 +667,7 @@ mod tests {
         let image = three_layers();
         registry.push(&image);
         let reference = registry.reference("web", &image.digest);
-        let error = pull(&plain(&registry), &cache, &reference, &image.digest, 100_000)
+        let error = pull(&registry.plain_http(), &cache, &reference, &image.digest, 100_000)
             .await
             .expect_err("too large");
         assert!(error.to_string().contains("max_release_size"), "{error}");
@@ -699,7 +688,7 @@ mod tests {
         std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let cache = Cache::new(directory.path().join("cache"));
         let reference = registry.reference("web", &image.digest);
-        let error = pull(&plain(&registry), &cache, &reference, &image.digest, 1 << 30)
+        let error = pull(&registry.plain_http(), &cache, &reference, &image.digest, 1 << 30)
             .await
             .expect_err("anonymous is refused");
         assert!(matches!(error, PullError::Registry { .. }), "{error}");
@@ -740,7 +729,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let cache = Cache::new(directory.path().join("cache"));
         let reference = registry.reference("team/web", &image.digest);
-        let error = pull(&plain(&registry), &cache, &reference, &image.digest, 1 << 30)
+        let error = pull(&registry.plain_http(), &cache, &reference, &image.digest, 1 << 30)
             .await
             .expect_err("no blobs");
         let message = error.to_string();

@@ -579,13 +579,9 @@ mod tests {
     }
 
     mod staged {
-        use std::collections::BTreeMap;
-
         use super::*;
-        use crate::config::{RegistryConfig, RegistryTransport};
         use crate::fetch::Cache;
         use crate::oci::image::RunAs;
-        use crate::oci::registry::Registries;
         use crate::oci::testing::{Entry, TestImage, TestRegistry, crypto, layer};
 
         const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
@@ -617,16 +613,7 @@ mod tests {
             let registry = TestRegistry::start().await;
             let image = TestImage::new(config, layers);
             registry.push(&image);
-            let registries = Registries::new(
-                BTreeMap::from([(
-                    registry.address.clone(),
-                    RegistryConfig {
-                        transport: RegistryTransport::PlainHttp,
-                        ..RegistryConfig::default()
-                    },
-                )]),
-                &[],
-            );
+            let registries = registry.plain_http();
             let reference = registry.reference("web", &image.digest);
             crate::oci::pull::pull(&registries, cache, &reference, &image.digest, 1 << 30)
                 .await

@@ -154,6 +154,15 @@ impl TestRegistry {
         TestRegistry { address, state, task }
     }
 
+    /// The agent's registry settings that reach this registry: plain HTTP, anonymous.
+    pub(crate) fn plain_http(&self) -> super::registry::Registries {
+        let config = crate::config::RegistryConfig {
+            transport: crate::config::RegistryTransport::PlainHttp,
+            ..crate::config::RegistryConfig::default()
+        };
+        super::registry::Registries::new(std::collections::BTreeMap::from([(self.address.clone(), config)]), &[])
+    }
+
     fn with<T>(&self, change: impl FnOnce(&mut State) -> T) -> T {
         change(&mut self.state.lock().expect("registry state"))
     }

@@ -55,11 +55,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(4)
-        .build()
-    {
+    // The agent's own runtime configuration.
+    let runtime = match drover_agent::runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("drover-fetch-bench: starting the runtime: {error}");
