@@ -868,14 +868,7 @@ impl SampleImage {
         let mut image = OciImage::new()?;
         let padding = |layer: usize| padding_bytes(self.padding[layer], self.padding_seed, layer as u64);
 
-        let mut base = vec![
-            LayerOp::file(
-                "/etc/passwd",
-                "root:x:0:0:root:/root:/usr/sbin/nologin\napp:x:1000:1000:app:/app:/usr/sbin/nologin\n",
-            ),
-            LayerOp::file("/etc/group", "root:x:0:\napp:x:1000:\n"),
-            LayerOp::dir("/tmp").with_mode(0o1777),
-        ];
+        let mut base = base_accounts();
         if self.padding[0] > 0 {
             base.push(LayerOp::file("/opt/padding/base.bin", padding(0)));
         }
@@ -923,6 +916,19 @@ impl SampleImage {
         })?;
         Ok(image)
     }
+}
+
+/// The start of a sample base layer: `/etc/passwd` and `/etc/group` with root and `app`
+/// (uid and gid 1000, the image's non-root user), and a world-writable `/tmp`.
+pub fn base_accounts() -> Vec<LayerOp> {
+    vec![
+        LayerOp::file(
+            "/etc/passwd",
+            "root:x:0:0:root:/root:/usr/sbin/nologin\napp:x:1000:1000:app:/app:/usr/sbin/nologin\n",
+        ),
+        LayerOp::file("/etc/group", "root:x:0:\napp:x:1000:\n"),
+        LayerOp::dir("/tmp").with_mode(0o1777),
+    ]
 }
 
 /// `length` pseudo-random bytes (SplitMix64 from `seed` and `stream`): incompressible,

@@ -44,7 +44,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use drover_tests::registry::image::padding_bytes;
+use drover_tests::registry::image::{base_accounts, padding_bytes};
 use drover_tests::registry::{ImageConfig, LayerOp, OciImage, Registry, SampleImage};
 
 use crate::stats::cpu_seconds;
@@ -323,14 +323,7 @@ fn build_and_push(
 /// is not run, so its libraries are left out.
 fn tree_image(trees: &[PathBuf], padding: [usize; 3], sample_app: &Path, data: &str) -> anyhow::Result<OciImage> {
     let mut image = OciImage::new()?;
-    let mut base = vec![
-        LayerOp::file(
-            "/etc/passwd",
-            "root:x:0:0:root:/root:/usr/sbin/nologin\napp:x:1000:1000:app:/app:/usr/sbin/nologin\n",
-        ),
-        LayerOp::file("/etc/group", "root:x:0:\napp:x:1000:\n"),
-        LayerOp::dir("/tmp").with_mode(0o1777),
-    ];
+    let mut base = base_accounts();
     if padding[0] > 0 {
         base.push(LayerOp::file("/opt/padding/base.bin", padding_bytes(padding[0], 7, 0)));
     }
