@@ -40,6 +40,30 @@ impl Run {
     }
 }
 
+/// `drover release create web VERSION --spec SPEC --image REFERENCE --registry-insecure
+/// EXTRA...`, the image on the fixture's plain-HTTP registry.
+fn release_from_plain_registry(
+    coordinator: &TestCoordinator,
+    spec: &str,
+    version: &str,
+    reference: &str,
+    extra: &[&str],
+) -> Run {
+    let mut args = vec![
+        "release",
+        "create",
+        "web",
+        version,
+        "--spec",
+        spec,
+        "--image",
+        reference,
+        "--registry-insecure",
+    ];
+    args.extend_from_slice(extra);
+    drover(coordinator, &args, &[])
+}
+
 /// Runs the real `drover` binary against the in-process coordinator with its data
 /// directory's admin token, plus `env`. The caller's DROVER_* variables never leak in.
 fn drover(coordinator: &TestCoordinator, args: &[&str], env: &[(&str, &str)]) -> Run {
@@ -150,22 +174,7 @@ async fn a_tag_on_a_plain_registry_resolves_to_the_digest_pushed() {
     let name = format!("{}/drover/web", registry.host());
     let tagged = format!("{name}:1");
 
-    let stdout = drover(
-        &coordinator,
-        &[
-            "release",
-            "create",
-            "web",
-            "1",
-            "--spec",
-            &files.spec(),
-            "--image",
-            &tagged,
-            "--registry-insecure",
-        ],
-        &[],
-    )
-    .ok();
+    let stdout = release_from_plain_registry(&coordinator, &files.spec(), "1", &tagged, &[]).ok();
     assert!(
         stdout.starts_with(&format!("resolved {tagged} → {name}@{pushed} (linux/amd64, 1 layer, ")),
         "{stdout}"
@@ -179,22 +188,7 @@ async fn a_tag_on_a_plain_registry_resolves_to_the_digest_pushed() {
 
     // A reference pinned by digest is checked (it exists, it is an image) and kept.
     let pinned = format!("{name}@{pushed}");
-    let stdout = drover(
-        &coordinator,
-        &[
-            "release",
-            "create",
-            "web",
-            "1b",
-            "--spec",
-            &files.spec(),
-            "--image",
-            &pinned,
-            "--registry-insecure",
-        ],
-        &[],
-    )
-    .ok();
+    let stdout = release_from_plain_registry(&coordinator, &files.spec(), "1b", &pinned, &[]).ok();
     assert!(
         stdout.starts_with(&format!("resolved {pinned} → {pinned} (")),
         "{stdout}"
@@ -204,22 +198,7 @@ async fn a_tag_on_a_plain_registry_resolves_to_the_digest_pushed() {
     // A digest the registry does not have, and a tag it does not have: not found (3).
     let unknown = format!("{name}@sha256:{}", "0".repeat(64));
     for missing in [unknown.as_str(), &format!("{name}:nope")] {
-        let stderr = drover(
-            &coordinator,
-            &[
-                "release",
-                "create",
-                "web",
-                "9",
-                "--spec",
-                &files.spec(),
-                "--image",
-                missing,
-                "--registry-insecure",
-            ],
-            &[],
-        )
-        .fails(3);
+        let stderr = release_from_plain_registry(&coordinator, &files.spec(), "9", missing, &[]).fails(3);
         assert!(stderr.contains("not found in the registry"), "{stderr}");
     }
     // Without --registry-insecure the CLI speaks TLS, and says what to add.
@@ -260,22 +239,7 @@ async fn an_index_resolves_to_the_image_of_the_platform() {
     let name = format!("{}/drover/web", registry.host());
     let tagged = format!("{name}:2");
 
-    let stdout = drover(
-        &coordinator,
-        &[
-            "release",
-            "create",
-            "web",
-            "2",
-            "--spec",
-            &files.spec(),
-            "--image",
-            &tagged,
-            "--registry-insecure",
-        ],
-        &[],
-    )
-    .ok();
+    let stdout = release_from_plain_registry(&coordinator, &files.spec(), "2", &tagged, &[]).ok();
     assert!(
         stdout.starts_with(&format!("resolved {tagged} → {name}@{amd64} (linux/amd64, 1 layer, ")),
         "{stdout}"
@@ -285,22 +249,12 @@ async fn an_index_resolves_to_the_image_of_the_platform() {
 
     // --platform picks another entry; the index's own digest works as the reference too.
     let by_index = format!("{name}@{index}");
-    let stdout = drover(
+    let stdout = release_from_plain_registry(
         &coordinator,
-        &[
-            "release",
-            "create",
-            "web",
-            "2-arm",
-            "--spec",
-            &files.spec(),
-            "--image",
-            &by_index,
-            "--registry-insecure",
-            "--platform",
-            "linux/arm64",
-        ],
-        &[],
+        &files.spec(),
+        "2-arm",
+        &by_index,
+        &["--platform", "linux/arm64"],
     )
     .ok();
     assert!(stdout.contains(&format!("→ {name}@{arm64} (linux/arm64, ")), "{stdout}");
@@ -312,22 +266,8 @@ async fn an_index_resolves_to_the_image_of_the_platform() {
             .push(&registry, "drover/web:arm-only")
             .expect("push")
     });
-    let stderr = drover(
-        &coordinator,
-        &[
-            "release",
-            "create",
-            "web",
-            "3",
-            "--spec",
-            &files.spec(),
-            "--image",
-            &format!("{name}:arm-only"),
-            "--registry-insecure",
-        ],
-        &[],
-    )
-    .fails(1);
+    let stderr =
+        release_from_plain_registry(&coordinator, &files.spec(), "3", &format!("{name}:arm-only"), &[]).fails(1);
     assert!(stderr.contains(&format!("{name}@{arm_only}")), "{stderr}");
     assert!(stderr.contains("built for linux/arm64, not linux/amd64"), "{stderr}");
     assert_eq!(releases(&coordinator, "web").len(), 2);
@@ -351,22 +291,7 @@ async fn an_index_without_the_platform_fails_listing_its_platforms_and_creates_n
         registry
     });
     let tagged = format!("{}/drover/web:4", registry.host());
-    let stderr = drover(
-        &coordinator,
-        &[
-            "release",
-            "create",
-            "web",
-            "4",
-            "--spec",
-            &files.spec(),
-            "--image",
-            &tagged,
-            "--registry-insecure",
-        ],
-        &[],
-    )
-    .fails(1);
+    let stderr = release_from_plain_registry(&coordinator, &files.spec(), "4", &tagged, &[]).fails(1);
     assert!(
         stderr.contains(&format!(
             "{tagged} is an image index with no image for linux/amd64; it has linux/arm64, linux/arm/v7"
@@ -498,23 +423,7 @@ async fn a_tag_moved_after_release_creation_does_not_change_the_release() {
     let name = format!("{}/drover/web", registry.host());
     let stable = format!("{name}:stable");
     let spec = files.spec();
-    let create = |version: &str| {
-        drover(
-            &coordinator,
-            &[
-                "release",
-                "create",
-                "web",
-                version,
-                "--spec",
-                &spec,
-                "--image",
-                &stable,
-                "--registry-insecure",
-            ],
-            &[],
-        )
-    };
+    let create = |version: &str| release_from_plain_registry(&coordinator, &spec, version, &stable, &[]);
     create("7").ok();
 
     // The tag moves to another image.
@@ -557,22 +466,7 @@ async fn an_image_release_may_leave_the_command_to_the_image_but_a_tarball_may_n
         (registry, pushed)
     });
     let name = format!("{}/drover/web", registry.host());
-    drover(
-        &coordinator,
-        &[
-            "release",
-            "create",
-            "web",
-            "9",
-            "--spec",
-            &no_command,
-            "--image",
-            &format!("{name}:9"),
-            "--registry-insecure",
-        ],
-        &[],
-    )
-    .ok();
+    release_from_plain_registry(&coordinator, &no_command, "9", &format!("{name}:9"), &[]).ok();
     assert_eq!(artifact_of(&coordinator, "web", "9"), oci(&name, &pushed));
 
     let tarball = files.write("web.tar.gz", "not really a tarball, never unpacked here");
