@@ -189,6 +189,16 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `future` to completion on a fresh current-thread runtime, for the synchronous
+/// tests that drive the CLI or a registry between async steps.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
 /// A `NAME:  N kB` line of `/proc/PID/status` in KiB (`pid` may be `self`), for the
 /// benchmarks' memory figures (`VmRSS`, `VmHWM`, `RssAnon`, ...).
 pub fn proc_status_kib(pid: &str, key: &str) -> Option<u64> {

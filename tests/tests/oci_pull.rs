@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::future::Future;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -33,6 +32,7 @@ use drover_agent::oci::{LayerLimits, pull, stage};
 use drover_agent::unpack::{SpecialBits, UnpackLimits};
 use drover_protocol::manifest::OciReference;
 use drover_protocol::{AppName, AppSpec, Digest, Version};
+use drover_tests::block_on;
 use drover_tests::registry::image::{ImageConfig, padding_bytes, sha256_digest};
 use drover_tests::registry::{BlobFetch, LayerOp, OciImage, Registry, TarLayer};
 use drover_tests::rootfs_tree::{self, Kind, Node};
@@ -46,14 +46,6 @@ const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495
 /// The user database of every image here: root and `app` (1000).
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n";
 const GROUP: &str = "root:x:0:\napp:x:1000:\n";
-
-fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(future)
-}
 
 /// What the agent's `main` does before anything speaks TLS.
 fn crypto() {

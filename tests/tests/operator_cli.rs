@@ -23,7 +23,7 @@ use drover_protocol::api::{
 };
 use drover_protocol::report::AgentFacts;
 use drover_protocol::{Artifact, Digest, HostId};
-use drover_tests::binary;
+use drover_tests::{binary, block_on};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -331,14 +331,6 @@ fn http_client(tls: rustls::ClientConfig) -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("http client")
-}
-
-fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(future)
 }
 
 fn sha256(bytes: &[u8]) -> Digest {

@@ -3,20 +3,12 @@
 //! layouts, the proxy counts and cuts blob downloads as the resume tests need, image
 //! indexes carry their platforms, and the sample-app image runs.
 
-use std::future::Future;
 use std::io::Read as _;
 use std::time::Duration;
 
+use drover_tests::block_on;
 use drover_tests::registry::image::{OCI_INDEX, OCI_MANIFEST, padding_bytes, sha256_digest};
 use drover_tests::registry::{LayerOp, OciImage, Registry, SampleImage, TarLayer};
-
-fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(future)
-}
 
 /// A two-layer image: files, a directory, a symlink and a hard link, then a layer that
 /// deletes a file and empties a directory.
