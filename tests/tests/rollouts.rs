@@ -448,6 +448,26 @@ async fn start_does_what_plan_showed() {
     coordinator.stop().await;
 }
 
+/// Starts `drover ARGS` (a `rollout watch`) with piped output and reads its first line.
+fn spawn_watch(
+    coordinator: &TestCoordinator,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+    String,
+) {
+    let mut child = drover_command(coordinator, None, args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn drover rollout watch");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("first line of watch");
+    (child, stdout, first)
+}
+
 /// The real `drover` binary against the in-process coordinator, with the data
 /// directory's `admin` token, or `token` as DROVER_TOKEN.
 fn drover_command(coordinator: &TestCoordinator, token: Option<&str>, args: &[&str]) -> std::process::Command {
@@ -987,14 +1007,7 @@ async fn watch_follows_a_rollout_to_its_end_and_exits_with_its_outcome() {
     // Two watchers from the start, as a CI job would run them: bars and NDJSON. Each has
     // shown the running rollout before the agents move it.
     let watcher = |args: &[&str]| {
-        let mut child = drover_command(&coordinator, None, args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn drover rollout watch");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut first = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut first).expect("first line of watch");
+        let (child, stdout, first) = spawn_watch(&coordinator, args);
         assert!(first.contains("running"), "{first}");
         (child, stdout, first)
     };
@@ -1146,14 +1159,7 @@ async fn watch_waits_out_a_coordinator_restart() {
     let (mut coordinator, agents) = fleet(6).await;
     start(&coordinator, json!({"stages": "canary,100%"})).await;
     let (child, first) = tokio::task::block_in_place(|| {
-        let mut child = drover_command(&coordinator, None, &["rollout", "watch", "web"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn drover rollout watch");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut first = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut first).expect("first line of watch");
+        let (mut child, stdout, first) = spawn_watch(&coordinator, &["rollout", "watch", "web"]);
         child.stdout = Some(stdout.into_inner());
         (child, first)
     });
