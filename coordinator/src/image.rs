@@ -34,40 +34,19 @@ use thiserror::Error;
 
 use crate::client::{error_chain, printable};
 
-/// An OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// An OCI image index.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// A Docker image manifest, schema 2.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// A Docker manifest list.
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// An OCI image config.
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// A Docker image config.
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+// The media types and limits the agents apply too (one definition in drover-protocol).
+pub use drover_protocol::oci::{
+    APPLICABLE_LAYERS, MAX_IMAGE_CONFIG_BYTES as MAX_CONFIG_BYTES, MAX_IMAGE_LAYERS as MAX_LAYERS,
+    MEDIA_TYPE_DOCKER_CONFIG as DOCKER_CONFIG, MEDIA_TYPE_DOCKER_LIST as DOCKER_LIST,
+    MEDIA_TYPE_DOCKER_MANIFEST as DOCKER_MANIFEST, MEDIA_TYPE_OCI_CONFIG as OCI_CONFIG,
+    MEDIA_TYPE_OCI_INDEX as OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST as OCI_MANIFEST,
+};
 
 /// The manifest media types asked for (`Accept`).
 const ACCEPTED_MANIFESTS: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 
-/// Layer media types the agent applies (agent/src/oci/layer.rs): uncompressed and gzip
-/// tarballs, OCI and Docker spellings, and the deprecated non-distributable variants.
-const APPLICABLE_LAYERS: [&str; 7] = [
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    "application/vnd.docker.image.rootfs.diff.tar",
-];
-
-/// Largest manifest or index accepted (the distribution spec's recommended limit).
-pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
-/// Largest image config accepted.
-pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
-/// Most layers an image may have.
-pub const MAX_LAYERS: usize = 256;
+/// Largest manifest or index accepted, as a length.
+pub const MAX_MANIFEST_BYTES: usize = drover_protocol::oci::MAX_IMAGE_MANIFEST_BYTES as usize;
 /// Longest image reference accepted.
 const MAX_REFERENCE_LEN: usize = 1024;
 /// Longest `registry/repository` (the distribution spec's name limit).

@@ -16,6 +16,7 @@ pub mod keyfile;
 pub mod keys;
 pub mod manifest;
 pub mod names;
+pub mod oci;
 pub mod report;
 pub mod spec;
 pub mod time;

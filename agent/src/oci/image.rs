@@ -30,18 +30,11 @@ use drover_protocol::Digest;
 use drover_protocol::spec::EnvName;
 use serde::{Deserialize, Serialize};
 
-/// An OCI image manifest.
-pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// A Docker image manifest, v2 schema 2.
-pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// An OCI image index (several platforms).
-pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// A Docker manifest list (several platforms).
-pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// An OCI image config.
-pub const MEDIA_TYPE_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// A Docker image config.
-pub const MEDIA_TYPE_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub use drover_protocol::oci::{
+    MAX_IMAGE_CONFIG_BYTES as MAX_CONFIG_BYTES, MAX_IMAGE_LAYERS as MAX_LAYERS,
+    MAX_IMAGE_MANIFEST_BYTES as MAX_MANIFEST_BYTES, MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_LIST,
+    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
+};
 
 /// What the agent asks a registry for when it fetches a manifest by digest: the image
 /// manifests it runs, and the indexes it refuses with a clear message.
@@ -52,12 +45,6 @@ pub const ACCEPTED_MANIFEST_TYPES: [&str; 4] = [
     MEDIA_TYPE_DOCKER_LIST,
 ];
 
-/// The largest manifest read (containerd's limit); real ones are a few KiB.
-pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
-/// The largest image config read into memory; real ones are a few KiB to some hundreds.
-pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
-/// Most layers an image may have (Docker stops at 127).
-pub const MAX_LAYERS: usize = 256;
 /// The largest `/etc/passwd` or `/etc/group` read from a rootfs.
 pub const MAX_USER_DATABASE_BYTES: u64 = 4 << 20;
 

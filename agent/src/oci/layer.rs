@@ -77,21 +77,13 @@ use crate::tarstream::{
 
 use crate::unpack::{self, COPY_BUFFER, LATEST_MTIME, SpecialBits, quote};
 
-/// An uncompressed OCI layer.
-pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-/// A gzip-compressed OCI layer.
-pub const MEDIA_TYPE_LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-/// A zstd-compressed OCI layer (refused for now).
-pub const MEDIA_TYPE_LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-/// A Docker image manifest v2 schema 2 layer (gzip).
-pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-/// Deprecated non-distributable variants: the same formats, only their blobs may live
-/// elsewhere than the registry (fetching them is not this module's business).
-const MEDIA_TYPE_NONDISTRIBUTABLE_TAR: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
-const MEDIA_TYPE_NONDISTRIBUTABLE_TAR_GZIP: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
-const MEDIA_TYPE_NONDISTRIBUTABLE_TAR_ZSTD: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
-const MEDIA_TYPE_DOCKER_FOREIGN_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+use drover_protocol::oci::{
+    MEDIA_TYPE_DOCKER_FOREIGN_LAYER_GZIP, MEDIA_TYPE_DOCKER_LAYER_TAR, MEDIA_TYPE_NONDISTRIBUTABLE_TAR,
+    MEDIA_TYPE_NONDISTRIBUTABLE_TAR_GZIP, MEDIA_TYPE_NONDISTRIBUTABLE_TAR_ZSTD,
+};
+pub use drover_protocol::oci::{
+    MEDIA_TYPE_DOCKER_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP, MEDIA_TYPE_LAYER_TAR_ZSTD,
+};
 
 /// The name prefix of a whiteout file.
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -108,7 +100,7 @@ pub fn decompressor<'a, R: Read + Send + 'a>(
     blob: R,
 ) -> Result<Box<dyn Read + Send + 'a>, LayerError> {
     match media_type {
-        MEDIA_TYPE_LAYER_TAR | MEDIA_TYPE_NONDISTRIBUTABLE_TAR => Ok(Box::new(blob)),
+        MEDIA_TYPE_LAYER_TAR | MEDIA_TYPE_DOCKER_LAYER_TAR | MEDIA_TYPE_NONDISTRIBUTABLE_TAR => Ok(Box::new(blob)),
         MEDIA_TYPE_LAYER_TAR_GZIP
         | MEDIA_TYPE_DOCKER_LAYER_GZIP
         | MEDIA_TYPE_NONDISTRIBUTABLE_TAR_GZIP
@@ -1731,6 +1723,21 @@ mod tests {
             unreachable!()
         };
         assert!(error.to_string().contains("zstd"), "{error}");
+    }
+
+    #[test]
+    fn every_layer_type_the_coordinator_accepts_is_applied() {
+        // `drover release create --image` accepts exactly drover_protocol's list: an
+        // agent must apply each of them (an uncompressed Docker layer once slipped past).
+        let tar = layer().file("f", 0o644, b"content").tar();
+        let gz = gzip(&tar);
+        for media_type in drover_protocol::oci::APPLICABLE_LAYERS {
+            let blob = if media_type.contains("gzip") { &gz } else { &tar };
+            let mut image = image();
+            let stream = decompressor(media_type, &blob[..]).expect(media_type);
+            apply_layer(stream, &image.rootfs, &image.limits, &mut image.meter).expect(media_type);
+            assert_eq!(fs::read(image.path("f")).unwrap(), b"content", "{media_type}");
+        }
     }
 
     #[test]
