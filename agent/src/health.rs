@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use drover_protocol::spec::{Health, HealthCheck};
+use drover_protocol::spec::{Health, HealthCheck, HealthUrl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -232,11 +232,13 @@ async fn run_check(check: &HealthCheck, release_dir: &Path) -> Result<(), String
                     Err(format!("answered {answered}, expected {status}"))
                 }
             }),
-        HealthCheck::Tcp { address, timeout } => tokio::time::timeout(timeout.to_std(), TcpStream::connect(address))
-            .await
-            .map_err(|_| format!("no connection within {timeout}"))?
-            .map(drop)
-            .map_err(|error| format!("connect failed: {error}")),
+        HealthCheck::Tcp { address, timeout } => {
+            tokio::time::timeout(timeout.to_std(), TcpStream::connect(address.as_str()))
+                .await
+                .map_err(|_| format!("no connection within {timeout}"))?
+                .map(drop)
+                .map_err(|error| format!("connect failed: {error}"))
+        }
         HealthCheck::Command { command, timeout } => {
             match hooks::run_bounded(command.argv(), release_dir, std::iter::empty(), timeout.to_std()).await {
                 Ok(finished) if finished.status.success() => Ok(()),
@@ -281,8 +283,8 @@ const MAX_STATUS_LINE: usize = 1024;
 /// the app's answer, and reqwest would follow redirects, route through `HTTP_PROXY` from
 /// the agent's environment, reuse pooled connections and need a TLS provider installed,
 /// all of which make a check's result depend on more than the app.
-async fn http_status(url: &str) -> Result<u16, String> {
-    let target = HttpTarget::parse(url)?;
+async fn http_status(url: &HealthUrl) -> Result<u16, String> {
+    let target = url.target();
     let mut stream = TcpStream::connect(&target.connect)
         .await
         .map_err(|error| format!("connect to {} failed: {error}", target.connect))?;
@@ -326,62 +328,6 @@ fn parse_status_line(head: &[u8]) -> Result<u16, String> {
             let shown: String = line.chars().take(60).flat_map(char::escape_default).collect();
             Err(format!("not an HTTP/1 answer: {shown}"))
         }
-    }
-}
-
-/// Where an `http://` health URL points.
-#[derive(Debug, PartialEq, Eq)]
-struct HttpTarget {
-    /// `HOST:PORT` to connect to (IPv6 literals keep their brackets).
-    connect: String,
-    /// The `Host` header: the URL's authority as written.
-    host: String,
-    /// The request target: path and query, `/` when empty.
-    path: String,
-}
-
-impl HttpTarget {
-    fn parse(url: &str) -> Result<HttpTarget, String> {
-        let invalid = |why: &str| format!("invalid health URL: {why}");
-        let rest = match url.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
-                return Err(invalid(
-                    "https is not supported; check the app over plain http on loopback",
-                ));
-            }
-            _ => return Err(invalid("it must start with http://")),
-        };
-        if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(invalid("it contains spaces or control characters"));
-        }
-        let rest = rest.split('#').next().unwrap_or_default();
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, target) = rest.split_at(split);
-        if authority.is_empty() || authority.contains('@') {
-            return Err(invalid("it needs a host and no user name"));
-        }
-        let has_port = match authority.rfind(']') {
-            Some(bracket) => authority[bracket + 1..].starts_with(':'),
-            None => authority.contains(':'),
-        };
-        let connect = if has_port {
-            let (_, port) = authority.rsplit_once(':').unwrap_or_default();
-            port.parse::<u16>().map_err(|_| invalid("bad port"))?;
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-        let path = match target {
-            "" => "/".to_owned(),
-            query if query.starts_with('?') => format!("/{query}"),
-            path => path.to_owned(),
-        };
-        Ok(HttpTarget {
-            connect,
-            host: authority.to_owned(),
-            path,
-        })
     }
 }
 
@@ -640,36 +586,6 @@ mod tests {
     }
 
     #[test]
-    fn parses_health_urls() {
-        let target = HttpTarget::parse("http://127.0.0.1:8080/healthz?deep=1#frag").expect("valid");
-        assert_eq!(
-            target,
-            HttpTarget {
-                connect: "127.0.0.1:8080".to_owned(),
-                host: "127.0.0.1:8080".to_owned(),
-                path: "/healthz?deep=1".to_owned(),
-            }
-        );
-        let target = HttpTarget::parse("HTTP://localhost").expect("valid");
-        assert_eq!((target.connect.as_str(), target.path.as_str()), ("localhost:80", "/"));
-        let target = HttpTarget::parse("http://[::1]:9000?x").expect("valid");
-        assert_eq!((target.connect.as_str(), target.path.as_str()), ("[::1]:9000", "/?x"));
-        assert_eq!(HttpTarget::parse("http://[::1]/").expect("valid").connect, "[::1]:80");
-        for bad in [
-            "https://127.0.0.1/",
-            "ftp://x/",
-            "127.0.0.1:80",
-            "http:///path",
-            "http://user@host/",
-            "http://host:99999/",
-            "http://host/a b",
-            "http://host/\r\nX: y",
-        ] {
-            assert!(HttpTarget::parse(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
     fn parses_status_lines() {
         assert_eq!(parse_status_line(b"HTTP/1.1 204 No Content\r\n"), Ok(204));
         assert_eq!(parse_status_line(b"HTTP/1.0 500\r\n"), Ok(500));
@@ -729,31 +645,31 @@ mod tests {
         std::fs::write(dir.path().join("marker"), "").expect("marker");
         let checks = vec![
             HealthCheck::Http {
-                url: format!("http://{ok}/healthz"),
+                url: format!("http://{ok}/healthz").parse().expect("health URL"),
                 status: 200,
                 timeout: timeout(2000),
             },
             HealthCheck::Http {
-                url: format!("http://{broken}/healthz"),
+                url: format!("http://{broken}/healthz").parse().expect("health URL"),
                 status: 200,
                 timeout: timeout(2000),
             },
             HealthCheck::Http {
-                url: format!("http://{silent}/"),
+                url: format!("http://{silent}/").parse().expect("health URL"),
                 status: 200,
                 timeout: timeout(200),
             },
             HealthCheck::Http {
-                url: format!("http://{closed}/"),
+                url: format!("http://{closed}/").parse().expect("health URL"),
                 status: 200,
                 timeout: timeout(2000),
             },
             HealthCheck::Tcp {
-                address: ok.to_string(),
+                address: ok.to_string().parse().expect("address"),
                 timeout: timeout(2000),
             },
             HealthCheck::Tcp {
-                address: closed.to_string(),
+                address: closed.to_string().parse().expect("address"),
                 timeout: timeout(2000),
             },
             HealthCheck::Command {

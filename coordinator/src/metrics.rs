@@ -41,6 +41,8 @@ pub struct Metrics {
     pub artifact_bytes_served: Counter,
     /// Rollout steps committed.
     pub rollout_steps: Counter,
+    /// Apps in host reports that the host was never given (ignored).
+    pub report_apps_ignored: Counter,
 }
 
 impl Metrics {
@@ -75,6 +77,11 @@ impl Metrics {
                 "drover_rollout_steps_total",
                 "Rollout steps committed.",
                 &self.rollout_steps,
+            ),
+            (
+                "drover_report_apps_ignored_total",
+                "Apps in host reports that the host was never given (ignored).",
+                &self.report_apps_ignored,
             ),
         ];
         let mut text = String::new();

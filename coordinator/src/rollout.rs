@@ -1486,6 +1486,16 @@ impl Rollout {
         if !self.stage_settled(index) {
             return StageStatus::Active;
         }
+        // The breaker stopped the rollout in this stage (paused, or rolled back with
+        // `--on-failure rollback`): it did not pass, whatever its hosts settled on.
+        if matches!(
+            self.phase,
+            Phase::Paused {
+                reason: PauseReason::FailureBudget
+            } | Phase::RolledBack { .. }
+        ) {
+            return StageStatus::Failed;
+        }
         let bake_end = self.stage_settled_at.plus(self.spec.bake);
         if bake_end > now && !self.phase.is_finished() {
             StageStatus::Baking {
@@ -1612,6 +1622,8 @@ pub enum StageStatus {
     Baking { remaining: Duration },
     /// Passed (or settled and baked, awaiting approval or a resume).
     Passed,
+    /// Settled with more failures than the budget: the breaker stopped the rollout here.
+    Failed,
 }
 
 #[cfg(test)]
@@ -1950,6 +1962,25 @@ mod tests {
             }
         );
         assert_eq!(rollout.failures(), 1);
+    }
+
+    #[test]
+    fn a_stage_the_breaker_stopped_is_failed_not_passed() {
+        // Defect: after the breaker tripped, `rollout status` showed the failed canary's
+        // stage as passed (its only host had settled, on a failure).
+        let mut text = text("canary,100%");
+        for on_failure in ["pause", "rollback"] {
+            text.on_failure = on_failure;
+            let mut rollout = rollout(RolloutSpec::parse(&text).expect("spec"), &fleet(4));
+            rollout.step(Event::Start, at(0)).expect("start");
+            let canary = rollout.plan().stages[0].hosts[0].id.clone();
+            rollout
+                .step(failing(&canary, AppState::RolledBack), at(5))
+                .expect("report");
+            let stages = rollout.progress(at(600)).stages;
+            assert_eq!(stages[0].status, StageStatus::Failed, "--on-failure {on_failure}");
+            assert_eq!(stages[1].status, StageStatus::NotStarted, "--on-failure {on_failure}");
+        }
     }
 
     #[test]

@@ -18,7 +18,9 @@ use drover_protocol::api::{
     RolloutPlanStage, RolloutRequest, RolloutStageStatus, RolloutStatus, Scope, TokenName, TokenRequest, TokenResponse,
 };
 use drover_protocol::manifest::HttpUrl;
+use drover_protocol::manifest::MAX_MANIFEST_BYTES;
 use drover_protocol::report::MAX_REPORT_EVENTS;
+use drover_protocol::spec::ArtifactKind;
 use drover_protocol::{AppName, Artifact, Digest, Duration, HostId, HostReport, SigningKey, Timestamp, Version};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 
@@ -759,7 +761,7 @@ impl Coordinator {
     // --- Reports ----------------------------------------------------------------------
 
     /// `POST /v1/agent/report`: keeps the latest in memory and queues it for the store.
-    pub fn report(&self, slot_host: &HostId, report: HostReport) -> Result<(), ServiceError> {
+    pub fn report(&self, slot_host: &HostId, mut report: HostReport) -> Result<(), ServiceError> {
         if &report.host != slot_host {
             return Err(ServiceError::Forbidden(
                 "wrong_host",
@@ -769,6 +771,7 @@ impl Coordinator {
         report
             .check()
             .map_err(|detail| ServiceError::BadRequest("bad_report", detail))?;
+        self.drop_apps_never_given(&mut report);
         let received_at = now();
         // Queue first: a report the store will not see must not show in status either.
         let permit = self.report_queue.try_reserve().map_err(|_| {
@@ -794,6 +797,33 @@ impl Coordinator {
         }
         permit.send((report, received_at));
         Ok(())
+    }
+
+    /// Drops (and counts) the apps of a report that the host was never given: a host may
+    /// report the apps of its current manifest, and keeps reporting an app it was given
+    /// before (while it stops and removes it) only as long as every report since named it.
+    /// Anything else is invented and would show in fleet status as if it ran there.
+    fn drop_apps_never_given(&self, report: &mut HostReport) {
+        let given: BTreeSet<AppName> = self
+            .slots
+            .read()
+            .expect("slots lock")
+            .get(&report.host)
+            .map(|slot| slot.manifest.borrow().versions.keys().cloned().collect())
+            .unwrap_or_default();
+        let before = report.apps.len();
+        {
+            let reports = self.reports.lock().expect("reports lock");
+            let reported_before = reports.get(&report.host).map(|(previous, _)| &previous.apps);
+            report
+                .apps
+                .retain(|app, _| given.contains(app) || reported_before.is_some_and(|apps| apps.contains_key(app)));
+        }
+        let dropped = before - report.apps.len();
+        if dropped > 0 {
+            self.metrics.report_apps_ignored.add(dropped);
+            tracing::warn!(host = %report.host, dropped, "a report named apps this host was never given; ignored");
+        }
     }
 
     // --- Hosts, labels, groups --------------------------------------------------------
@@ -880,11 +910,19 @@ impl Coordinator {
         record.labels.extend(set);
         let previous = model.fleet.hosts.insert(id.clone(), record.clone());
         let manifests = self.render(&model, &[record.clone()], now(), RenderMode::Changed);
-        if let Err(error) = self.store.set_labels(id, &record.labels, &manifests).await {
+        let outcome = match check_manifest_sizes(&manifests, &format!("labelling host {id}")) {
+            Ok(()) => self
+                .store
+                .set_labels(id, &record.labels, &manifests)
+                .await
+                .map_err(ServiceError::from),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = outcome {
             if let Some(previous) = previous {
                 model.fleet.hosts.insert(id.clone(), previous);
             }
-            return Err(error.into());
+            return Err(error);
         }
         Ok(self.applied(&mut model, &manifests))
     }
@@ -950,12 +988,20 @@ impl Coordinator {
         let mut scopes: Vec<Scope> = before.into_iter().map(Scope::Host).collect();
         scopes.push(scope);
         let manifests = self.render_scope(&model, &scopes, now());
-        if let Err(error) = self.store.put_group(&group.name, &group.selector, &manifests).await {
+        let outcome = match check_manifest_sizes(&manifests, &format!("group {}", group.name)) {
+            Ok(()) => self
+                .store
+                .put_group(&group.name, &group.selector, &manifests)
+                .await
+                .map_err(ServiceError::from),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = outcome {
             match previous {
                 Some(previous) => model.fleet.groups.insert(group.name.clone(), previous),
                 None => model.fleet.groups.remove(&group.name),
             };
-            return Err(error.into());
+            return Err(error);
         }
         Ok(self.applied(&mut model, &manifests))
     }
@@ -987,14 +1033,20 @@ impl Coordinator {
     /// `drover release create`. Releases are immutable: the same version with other
     /// content is refused; the identical request again is accepted (idempotent).
     pub async fn create_release(&self, request: ReleaseRequest) -> Result<Release, ServiceError> {
-        let is_tarball = match &request.artifact {
-            ReleaseArtifact::StoredTarball { .. } | ReleaseArtifact::RemoteTarball { .. } => true,
-            ReleaseArtifact::Image { .. } => false,
+        let kind = match &request.artifact {
+            ReleaseArtifact::StoredTarball { .. } | ReleaseArtifact::RemoteTarball { .. } => ArtifactKind::Tarball,
+            ReleaseArtifact::Image { .. } => ArtifactKind::Image,
         };
-        if is_tarball && !names_command(&request.spec) {
+        // The agent runs this same check on every manifest: what passes here runs there.
+        if let Err(error) = request.spec.check(kind) {
+            let code = if kind == ArtifactKind::Tarball && request.spec.service.command.is_none() {
+                "command_required"
+            } else {
+                "bad_spec"
+            };
             return Err(ServiceError::BadRequest(
-                "command_required",
-                format!("release {} {}: {TARBALL_NEEDS_COMMAND}", request.app, request.version),
+                code,
+                format!("release {} {}: {error}", request.app, request.version),
             ));
         }
         let artifact = match request.artifact {
@@ -1106,13 +1158,18 @@ impl Coordinator {
             format!("pinned {} {} for the {}", pin.app, pin.version, pin.scope),
             &actor,
         )];
-        if let Err(error) = self
-            .store
-            .change_pin(&pin.app, &pin.scope, Some(&pin.version), &history, &manifests)
-            .await
-        {
+        let what = format!("pinning {} {} for the {}", pin.app, pin.version, pin.scope);
+        let outcome = match check_manifest_sizes(&manifests, &what) {
+            Ok(()) => self
+                .store
+                .change_pin(&pin.app, &pin.scope, Some(&pin.version), &history, &manifests)
+                .await
+                .map_err(ServiceError::from),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = outcome {
             restore_pin(&mut model.fleet, key, previous);
-            return Err(error.into());
+            return Err(error);
         }
         Ok(self.applied(&mut model, &manifests))
     }
@@ -1237,6 +1294,10 @@ impl Coordinator {
         // `rollout_active` then, and a plan previews the next one.
         if !model.rollouts.contains_key(&spec.app) {
             refuse_pins_in_the_way(&model.fleet, &spec.app, &hosts)?;
+        }
+        let what = format!("a rollout of {} to {}", spec.app, spec.target);
+        if let Some((host, size)) = largest_manifest_with(&model.fleet, &spec.app, &spec.target) {
+            refuse_oversized(&what, &host, size, 1)?;
         }
         let plan = crate::rollout::plan(&spec, &rollout_id, &hosts).map_err(|error| match error {
             PlanError::NoHosts { .. } => ServiceError::Conflict("no_hosts", error.to_string()),
@@ -1847,6 +1908,7 @@ fn status_view(
                     StageStatus::Active => ("active", None),
                     StageStatus::Baking { remaining } => ("baking", Some(remaining)),
                     StageStatus::Passed => ("passed", None),
+                    StageStatus::Failed => ("failed", None),
                 };
                 RolloutStageStatus {
                     label: stage.label.to_string(),
@@ -2028,11 +2090,65 @@ fn check_group_name(name: &str) -> Result<(), ServiceError> {
     })
 }
 
-/// Why a tarball release without `service.command` is refused.
-pub const TARBALL_NEEDS_COMMAND: &str = "a tarball release needs service.command in its spec (what to run from the release directory); only an image release may leave it out and run the image's Entrypoint and Cmd";
+/// Refuses a change that would give a host a signed manifest larger than agents accept
+/// ([`MAX_MANIFEST_BYTES`]): that host's agent would refuse every manifest from then on,
+/// changes to its other apps included, until the change was undone.
+fn check_manifest_sizes(manifests: &[StoredManifest], what: &str) -> Result<(), ServiceError> {
+    let over: Vec<&StoredManifest> = manifests
+        .iter()
+        .filter(|manifest| manifest.envelope.len() > MAX_MANIFEST_BYTES)
+        .collect();
+    match over.iter().max_by_key(|manifest| manifest.envelope.len()) {
+        Some(largest) => refuse_oversized(what, &largest.host, largest.envelope.len(), over.len()),
+        None => Ok(()),
+    }
+}
 
-/// Whether `spec` names the service's command (a tarball release must; an image release
-/// may leave it out and run the image's Entrypoint and Cmd).
-pub fn names_command(spec: &drover_protocol::AppSpec) -> bool {
-    spec.service.command.is_some()
+fn refuse_oversized(what: &str, host: &HostId, size: usize, hosts: usize) -> Result<(), ServiceError> {
+    if size <= MAX_MANIFEST_BYTES {
+        return Ok(());
+    }
+    let others = match hosts {
+        0 | 1 => String::new(),
+        more => format!(" (and {} more hosts over)", more - 1),
+    };
+    Err(ServiceError::BadRequest(
+        "manifest_too_large",
+        format!(
+            "{what} would give host {host} a signed manifest of {size} bytes{others}, over the {MAX_MANIFEST_BYTES} bytes agents accept; nothing was changed. Make the specs smaller (config_files content counts) or put fewer apps on those hosts"
+        ),
+    ))
+}
+
+/// The largest signed manifest any active host would get with `app` at `target` (what a
+/// rollout ends with), as an upper bound computed without signing: per distinct desired
+/// state, with the longest host id among its hosts and the largest serial.
+fn largest_manifest_with(fleet: &Fleet, app: &AppName, target: &Version) -> Option<(HostId, usize)> {
+    let mut longest: HashMap<BTreeMap<AppName, Version>, &HostId> = HashMap::new();
+    for host in fleet.active_hosts() {
+        let mut resolved = fleet.resolve(host);
+        resolved.versions.insert(app.clone(), target.clone());
+        let entry = longest.entry(resolved.versions).or_insert(&host.id);
+        if host.id.as_str().len() > entry.as_str().len() {
+            *entry = &host.id;
+        }
+    }
+    longest
+        .into_iter()
+        .map(|(versions, host)| {
+            let resolved = Resolved { hold: false, versions };
+            let manifest = drover_protocol::Manifest {
+                schema: drover_protocol::MANIFEST_SCHEMA,
+                host: host.clone(),
+                serial: u64::MAX,
+                issued_at: Timestamp::EPOCH,
+                expires_at: Timestamp::EPOCH,
+                hold: false,
+                apps: fleet.expand(&resolved).apps,
+            };
+            // Timestamps print at a fixed width, so EPOCH stands for any of them.
+            let size = drover_protocol::manifest::signed_size(manifest.to_payload().len(), 1);
+            (host.clone(), size)
+        })
+        .max_by_key(|(_, size)| *size)
 }

@@ -79,7 +79,15 @@ pub enum Artifact {
 }
 
 impl Artifact {
-    /// The artifact's digest.
+    /// Whether it is a tarball or an image (what [`crate::AppSpec::check`] needs to know).
+    pub fn kind(&self) -> crate::spec::ArtifactKind {
+        match self {
+            Artifact::Tarball { .. } => crate::spec::ArtifactKind::Tarball,
+            Artifact::Oci { .. } => crate::spec::ArtifactKind::Image,
+        }
+    }
+
+    /// The artifact's digest: the tarball's, or the image manifest's.
     pub fn digest(&self) -> &Digest {
         match self {
             Artifact::Tarball { digest, .. } | Artifact::Oci { digest, .. } => digest,
@@ -177,6 +185,17 @@ impl From<OciReference> for String {
     }
 }
 
+/// The size of the envelope [`Manifest::sign`] makes with `signatures` keys from a payload
+/// of `payload_len` bytes, computed without signing: what [`MAX_MANIFEST_BYTES`] (the
+/// agent's limit) applies to. The coordinator uses it to refuse a change whose manifest
+/// some agent would refuse.
+pub fn signed_size(payload_len: usize, signatures: usize) -> usize {
+    // {"payloadType":"…","payload":"…","signatures":[{"keyid":"<64 hex>","sig":"<88 base64>"},…]}
+    let frame = r#"{"payloadType":"","payload":"","signatures":[]}"#.len() + MANIFEST_PAYLOAD_TYPE.len();
+    let signature = r#"{"keyid":"","sig":""}"#.len() + 64 + 88;
+    frame + payload_len.div_ceil(3) * 4 + signatures * signature + signatures.saturating_sub(1)
+}
+
 impl Manifest {
     /// The payload bytes to sign.
     pub fn to_payload(&self) -> Vec<u8> {
@@ -208,6 +227,10 @@ impl Manifest {
                     reference.as_str()
                 ));
             }
+            release
+                .spec
+                .check(release.artifact.kind())
+                .map_err(|error| format!("app {app} {}: {error}", release.version))?;
         }
         Ok(())
     }
@@ -240,4 +263,27 @@ where
         }
     }
     deserializer.deserialize_map(UniqueMap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_size_is_the_size_of_the_signed_envelope() {
+        let rng = ring::rand::SystemRandom::new();
+        let keys: Vec<SigningKey> = (0..3).map(|_| SigningKey::generate(&rng).expect("key").0).collect();
+        for length in [0usize, 1, 2, 3, 4, 100, 1000, 65_537] {
+            let payload = vec![b'x'; length];
+            for count in 1..=keys.len() {
+                let refs: Vec<&SigningKey> = keys[..count].iter().collect();
+                let envelope = Envelope::sign(MANIFEST_PAYLOAD_TYPE, &payload, &refs).to_json();
+                assert_eq!(
+                    signed_size(length, count),
+                    envelope.len(),
+                    "{length} bytes, {count} keys"
+                );
+            }
+        }
+    }
 }

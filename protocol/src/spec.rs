@@ -196,7 +196,7 @@ pub enum HealthCheck {
     /// An HTTP GET that must answer with `status` (default 200).
     Http {
         /// `http://` URL, normally on 127.0.0.1.
-        url: String,
+        url: HealthUrl,
         /// Expected status code.
         #[serde(default = "default_http_status")]
         status: u16,
@@ -207,7 +207,7 @@ pub enum HealthCheck {
     /// A TCP connect that must succeed.
     Tcp {
         /// `HOST:PORT`.
-        address: String,
+        address: TcpAddress,
         /// Per-attempt timeout.
         #[serde(default = "default_check_timeout")]
         timeout: Duration,
@@ -277,6 +277,204 @@ fn default_hook_timeout() -> Duration {
 }
 fn default_file_mode() -> FileMode {
     FileMode(0o644)
+}
+
+/// The largest app spec, as the JSON a manifest carries. A manifest holds up to
+/// [`crate::manifest::MAX_APPS`] of them and must stay under
+/// [`crate::manifest::MAX_MANIFEST_BYTES`] once signed (base64 adds a third), so one spec
+/// may take at most a fifth of it; the coordinator checks the whole signed manifest too.
+pub const MAX_SPEC_BYTES: usize = 192 * 1024;
+
+/// Why a spec cannot run anywhere: every problem found, one per line. The coordinator
+/// refuses such a release at `drover release create` and the agent refuses a manifest
+/// carrying one, with this same text, because both run [`AppSpec::check`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.join("; "))]
+pub struct SpecError {
+    /// What is wrong, one sentence each.
+    pub problems: Vec<String>,
+}
+
+/// The artifact kind a spec is checked for: a tarball release must name its command,
+/// an image brings its own Entrypoint and Cmd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactKind {
+    /// A tar.gz of the release directory.
+    Tarball,
+    /// An OCI image.
+    Image,
+}
+
+/// Why a tarball release needs `service.command`.
+pub const TARBALL_NEEDS_COMMAND: &str = "a tarball release needs service.command in its spec (what to run from the release directory); only an image release may leave it out and run the image's Entrypoint and Cmd";
+
+impl AppSpec {
+    /// The rules serde's field types cannot express, for a release of `kind`: its size as
+    /// JSON, the service program as systemd's `ExecStart=` needs it, environment values a
+    /// process environment can carry, and limits systemd accepts. A spec that passes is
+    /// one the agent can render and run; see [`SpecError`].
+    pub fn check(&self, kind: ArtifactKind) -> Result<(), SpecError> {
+        let mut problems = Vec::new();
+        let size = serde_json::to_vec(self).map_or(usize::MAX, |json| json.len());
+        if size > MAX_SPEC_BYTES {
+            problems.push(format!(
+                "the spec is {size} bytes as JSON, over the limit of {MAX_SPEC_BYTES} bytes (config_files content counts; ship large files in the artifact)"
+            ));
+        }
+        match (&self.service.command, kind) {
+            (None, ArtifactKind::Tarball) => problems.push(TARBALL_NEEDS_COMMAND.to_owned()),
+            (Some(command), _) => {
+                let program = &command.argv()[0];
+                let relative = program.strip_prefix('/').unwrap_or(program);
+                if relative
+                    .split('/')
+                    .any(|part| part.is_empty() || part == "." || part == "..")
+                {
+                    problems.push(format!(
+                        "[service] command: program {program:?} must be a normalized path (no '.', '..' or empty parts), as systemd's ExecStart= requires"
+                    ));
+                }
+            }
+            (None, ArtifactKind::Image) => {}
+        }
+        for (name, value) in &self.service.environment {
+            if value.contains('\0') {
+                problems.push(format!(
+                    "[service.environment] {name} holds a NUL byte, which no process environment can carry"
+                ));
+            }
+        }
+        if self.resources.memory_max.is_some_and(|memory| memory.bytes() == 0) {
+            problems
+                .push("[resources] memory_max = 0 is not a limit systemd accepts; leave it out for no limit".into());
+        }
+        if let Some(percent) = self.resources.cpu_quota_percent
+            && !(1..=10_000).contains(&percent)
+        {
+            problems.push(format!(
+                "[resources] cpu_quota_percent = {percent}: it must be 1 to 10000 (percent of one core); leave it out for no limit"
+            ));
+        }
+        if self.resources.tasks_max == Some(0) {
+            problems.push("[resources] tasks_max = 0 is not a limit systemd accepts; leave it out for no limit".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecError { problems })
+        }
+    }
+}
+
+validated_string!(
+    /// An `http://` health check URL: a host (and optional port), no user name, no spaces
+    /// or control characters. The agent sends exactly one HTTP/1.1 GET to it, built from
+    /// [`HealthUrl::target`], so nothing in it can split the request.
+    HealthUrl,
+    check_health_url
+);
+
+fn check_health_url(text: &str) -> Result<(), NameError> {
+    HttpTarget::parse(text)
+        .map(|_| ())
+        .map_err(|why| NameError::new("health URL", text, why))
+}
+
+impl HealthUrl {
+    /// Where to connect and what to ask for.
+    pub fn target(&self) -> HttpTarget {
+        HttpTarget::parse(self.as_str()).expect("a HealthUrl was validated by HttpTarget::parse")
+    }
+}
+
+/// Where an `http://` health URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    /// `HOST:PORT` to connect to (IPv6 literals keep their brackets).
+    pub connect: String,
+    /// The `Host` header: the URL's authority as written.
+    pub host: String,
+    /// The request target: path and query, `/` when empty.
+    pub path: String,
+}
+
+impl HttpTarget {
+    /// Splits an `http://` URL; the error says what is wrong with it.
+    pub fn parse(url: &str) -> Result<HttpTarget, &'static str> {
+        if url.len() > 2048 {
+            return Err("at most 2048 bytes");
+        }
+        let rest = match url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
+                return Err("an http:// URL (https is not supported; check the app over plain http on loopback)");
+            }
+            _ => return Err("a URL starting with http://"),
+        };
+        if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("an http:// URL without spaces or control characters");
+        }
+        let rest = rest.split('#').next().unwrap_or_default();
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, target) = rest.split_at(split);
+        if authority.is_empty() || authority.contains('@') {
+            return Err("an http:// URL with a host and no user name");
+        }
+        let has_port = match authority.rfind(']') {
+            Some(bracket) => authority[bracket + 1..].starts_with(':'),
+            None => authority.contains(':'),
+        };
+        let connect = if has_port {
+            let (_, port) = authority.rsplit_once(':').unwrap_or_default();
+            port.parse::<u16>()
+                .map_err(|_| "an http:// URL with a port from 0 to 65535")?;
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        let path = match target {
+            "" => "/".to_owned(),
+            query if query.starts_with('?') => format!("/{query}"),
+            path => path.to_owned(),
+        };
+        Ok(HttpTarget {
+            connect,
+            host: authority.to_owned(),
+            path,
+        })
+    }
+}
+
+validated_string!(
+    /// A TCP health check's `HOST:PORT` (an IPv6 literal in brackets), without spaces or
+    /// control characters, at most 512 bytes.
+    TcpAddress,
+    check_tcp_address
+);
+
+fn check_tcp_address(text: &str) -> Result<(), NameError> {
+    let ok = text.len() <= 512
+        && !text
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == '@')
+        && text.rsplit_once(':').is_some_and(|(host, port)| {
+            let host_ok = match host.strip_prefix('[') {
+                Some(inner) => inner
+                    .strip_suffix(']')
+                    .is_some_and(|inner| !inner.is_empty() && !inner.contains(['[', ']'])),
+                None => !host.is_empty() && !host.contains([':', '[', ']']),
+            };
+            host_ok && port.parse::<u16>().is_ok()
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::new(
+            "TCP address",
+            text,
+            "HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
+        ))
+    }
 }
 
 validated_string!(
@@ -425,8 +623,8 @@ fn check_env_name(text: &str) -> Result<(), NameError> {
     }
 }
 
-/// A command line: a non-empty program followed by arguments, no NUL bytes, at most 256
-/// arguments of 4096 bytes each.
+/// A command line: a non-empty program without control characters followed by
+/// arguments, no NUL bytes, at most 256 arguments of 4096 bytes each.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "Vec<String>", into = "Vec<String>")]
 pub struct Command(Vec<String>);
@@ -441,7 +639,9 @@ impl Command {
 impl TryFrom<Vec<String>> for Command {
     type Error = NameError;
     fn try_from(argv: Vec<String>) -> Result<Command, NameError> {
-        let ok = argv.first().is_some_and(|program| !program.is_empty())
+        let ok = argv
+            .first()
+            .is_some_and(|program| !program.is_empty() && !program.chars().any(char::is_control))
             && argv.len() <= 256
             && argv.iter().all(|arg| arg.len() <= 4096 && !arg.contains('\0'));
         if ok {
@@ -451,7 +651,7 @@ impl TryFrom<Vec<String>> for Command {
             Err(NameError::new(
                 "command",
                 shown,
-                "a non-empty program and up to 256 arguments without NUL bytes",
+                "a non-empty program without control characters and up to 256 arguments without NUL bytes",
             ))
         }
     }
@@ -743,5 +943,131 @@ mod tests {
         ] {
             assert!(parse(json).is_err(), "{why} must be refused");
         }
+    }
+
+    fn spec_with(json: &str) -> AppSpec {
+        parse(json).unwrap_or_else(|error| panic!("{json}: {error}"))
+    }
+
+    #[test]
+    fn health_urls_and_tcp_addresses_that_would_split_a_request_are_refused() {
+        // Defect: a health URL with CR/LF was accepted at release create and refused only
+        // on the host, after the grace period.
+        for bad in [
+            "http://127.0.0.1:8080/\r\nX-Injected: 1",
+            "http://127.0.0.1:8080/a b",
+            "https://127.0.0.1/",
+            "ftp://x/",
+            "127.0.0.1:80",
+            "http:///path",
+            "http://user@host/",
+            "http://host:99999/",
+        ] {
+            let json = format!(r#"{{"service":{{}},"health":{{"checks":[{{"kind":"http","url":"{bad}"}}]}}}}"#);
+            assert!(parse(&json).is_err(), "{bad:?} accepted");
+        }
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:x",
+            ":80",
+            "host :80",
+            "a\nb:80",
+            "[::1:80",
+            "::1:80",
+            "host:99999",
+        ] {
+            let json = format!(r#"{{"service":{{}},"health":{{"checks":[{{"kind":"tcp","address":"{bad}"}}]}}}}"#);
+            assert!(parse(&json).is_err(), "{bad:?} accepted");
+        }
+        for good in ["127.0.0.1:8080", "[::1]:9000", "localhost:80"] {
+            assert!(good.parse::<TcpAddress>().is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn health_url_targets() {
+        let url: HealthUrl = "http://127.0.0.1:8080/healthz?deep=1#frag".parse().expect("valid");
+        assert_eq!(
+            url.target(),
+            HttpTarget {
+                connect: "127.0.0.1:8080".to_owned(),
+                host: "127.0.0.1:8080".to_owned(),
+                path: "/healthz?deep=1".to_owned(),
+            }
+        );
+        let target = HttpTarget::parse("HTTP://localhost").expect("valid");
+        assert_eq!((target.connect.as_str(), target.path.as_str()), ("localhost:80", "/"));
+        let target = HttpTarget::parse("http://[::1]:9000?x").expect("valid");
+        assert_eq!((target.connect.as_str(), target.path.as_str()), ("[::1]:9000", "/?x"));
+        assert_eq!(HttpTarget::parse("http://[::1]/").expect("valid").connect, "[::1]:80");
+    }
+
+    #[test]
+    fn programs_with_control_characters_are_refused() {
+        // Defect: a program path with a newline was accepted at release create.
+        for json in [
+            r#"{"service":{"command":["bin/web\nExecStartPre=/bin/sh"]}}"#,
+            r#"{"service":{"command":["bin/web"]},"hooks":{"pre_start":{"command":["bin/mig\rrate"]}}}"#,
+            r#"{"service":{"command":["bin/web"]},"health":{"checks":[{"kind":"command","command":["\u001b[2Jcheck"]}]}}"#,
+        ] {
+            assert!(parse(json).is_err(), "{json} accepted");
+        }
+        // Arguments may hold anything but NUL: the unit quotes them.
+        assert!(parse(r#"{"service":{"command":["bin/web","line\none"]}}"#).is_ok());
+    }
+
+    #[test]
+    fn check_refuses_what_no_host_could_run_and_lists_every_problem() {
+        let spec = spec_with(
+            r#"{"service":{"command":["./bin/web"],"environment":{"A":"x\u0000y"}},
+                "resources":{"memory_max":"0","cpu_quota_percent":0,"tasks_max":0}}"#,
+        );
+        let error = spec.check(ArtifactKind::Tarball).expect_err("refused");
+        assert_eq!(error.problems.len(), 5, "{error}");
+        let text = error.to_string();
+        for needle in [
+            "normalized path",
+            "NUL byte",
+            "memory_max",
+            "cpu_quota_percent",
+            "tasks_max",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        let no_command = spec_with(r#"{"service":{}}"#);
+        assert_eq!(
+            no_command.check(ArtifactKind::Tarball).expect_err("refused").problems,
+            vec![TARBALL_NEEDS_COMMAND.to_owned()]
+        );
+        assert!(
+            no_command.check(ArtifactKind::Image).is_ok(),
+            "an image brings its own command"
+        );
+        assert!(
+            spec_with(r#"{"service":{"command":["/usr/bin/env","x"]}}"#)
+                .check(ArtifactKind::Tarball)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn check_refuses_a_spec_over_the_size_limit_at_the_boundary() {
+        let frame = |content: &str| {
+            spec_with(&format!(
+                r#"{{"service":{{"command":["bin/web"]}},"config_files":[{{"path":"big","content":"{content}"}}]}}"#
+            ))
+        };
+        let overhead = serde_json::to_vec(&frame("")).expect("json").len();
+        let at_limit = frame(&"a".repeat(MAX_SPEC_BYTES - overhead));
+        assert_eq!(serde_json::to_vec(&at_limit).expect("json").len(), MAX_SPEC_BYTES);
+        assert!(at_limit.check(ArtifactKind::Tarball).is_ok(), "exactly at the limit");
+        let over = frame(&"a".repeat(MAX_SPEC_BYTES - overhead + 1));
+        let error = over.check(ArtifactKind::Tarball).expect_err("one byte over");
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("over the limit of {MAX_SPEC_BYTES} bytes")),
+            "{error}"
+        );
     }
 }

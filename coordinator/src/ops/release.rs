@@ -9,6 +9,7 @@ use std::time::Duration as StdDuration;
 
 use drover_protocol::api::{MAX_JSON_BODY, Release, ReleaseArtifact, ReleaseRequest};
 use drover_protocol::manifest::HttpUrl;
+use drover_protocol::spec::ArtifactKind;
 use drover_protocol::{AppSpec, Artifact, Digest};
 use futures_util::StreamExt as _;
 use reqwest::Method;
@@ -100,12 +101,15 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
             return Err(Error::Input("give either --artifact FILE|URL or --image REF".into()));
         }
     };
-    if matches!(source, Source::Tarball(_)) && !crate::service::names_command(&spec) {
-        return Err(Error::Spec {
-            path: args.spec.clone(),
-            detail: crate::service::TARBALL_NEEDS_COMMAND.into(),
-        });
-    }
+    // The same check the coordinator and every agent run: refused here, before any upload.
+    let kind = match source {
+        Source::Tarball(_) => ArtifactKind::Tarball,
+        Source::Image(_) => ArtifactKind::Image,
+    };
+    spec.check(kind).map_err(|error| Error::Spec {
+        path: args.spec.clone(),
+        detail: error.to_string(),
+    })?;
     // Proves the address and token work before hashing a large file or asking a
     // registry, and finds a version that already exists.
     let releases: Vec<Release> = client.get(&format!("/v1/admin/releases/{}", args.app)).await?;

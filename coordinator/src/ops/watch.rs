@@ -287,9 +287,9 @@ fn bar(stage: &RolloutStageStatus) -> String {
     text
 }
 
-/// What a stage is doing: `passed`, `bake 1m20s left`, `3 waiting`, `not started`; a
-/// stage whose hosts all settled with failures is `settled`, not `passed` (a failed
-/// canary's stage settles, and the breaker stops the rollout there).
+/// What a stage is doing: `passed`, `bake 1m20s left`, `3 waiting`, `not started`,
+/// `failed` (the breaker stopped the rollout in it); a stage that passed with failures
+/// within the budget is `settled`, not `passed`.
 fn stage_state(stage: &RolloutStageStatus) -> String {
     let mut text = match (stage.status.as_str(), stage.bake_remaining) {
         ("passed", None) if stage.failed > 0 => "settled".to_owned(),
