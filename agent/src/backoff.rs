@@ -2,6 +2,10 @@
 //! ... up to a cap, each delay drawn at random from its upper half so a fleet that lost
 //! its coordinator at the same moment does not come back at the same moment (no
 //! thundering herd on recovery). The caller resets the failure count on success.
+//!
+//! Also the wait before a failed install of the same version is tried again
+//! ([`install_retry`]): 5 s doubling to 10 minutes, so a release that cannot install
+//! costs a few attempts an hour, not one every few seconds forever.
 
 use std::time::Duration;
 
@@ -19,6 +23,19 @@ pub fn delay_with(failures: u32, cap: Duration, random: u32) -> Duration {
     let half = full / 2;
     let span = u64::try_from((full - half).as_millis()).unwrap_or(u64::MAX).max(1);
     half + Duration::from_millis(u64::from(random) % span)
+}
+
+/// The first wait before a failed install is tried again.
+pub const INSTALL_RETRY_FIRST: Duration = Duration::from_secs(5);
+
+/// The longest wait before a failed install is tried again.
+pub const INSTALL_RETRY_CAP: Duration = Duration::from_secs(600);
+
+/// The wait after the `attempts`-th failed install of one version (1 = the first): 5 s,
+/// 10 s, 20 s ... up to 10 minutes. Pure; no jitter (it paces one host's own retries).
+pub fn install_retry(attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(20);
+    INSTALL_RETRY_FIRST.saturating_mul(1 << exponent).min(INSTALL_RETRY_CAP)
 }
 
 /// [`delay_with`] with a random draw from the system's generator.
@@ -41,6 +58,13 @@ mod tests {
         assert!(top(2) <= Duration::from_secs(2) && top(2) > Duration::from_secs(1));
         assert!(top(7) <= cap && top(7) >= cap / 2);
         assert!(top(1000) <= cap, "no overflow after many failures");
+    }
+
+    #[test]
+    fn install_retries_double_from_five_seconds_to_ten_minutes() {
+        let waits: Vec<u64> = (1..=9).map(|attempts| install_retry(attempts).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 600, 600]);
+        assert_eq!(install_retry(u32::MAX), INSTALL_RETRY_CAP, "no overflow");
     }
 
     proptest! {

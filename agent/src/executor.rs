@@ -11,10 +11,27 @@
 //!    pass (then `post_start`), or the grace period ends, or the unit fails;
 //! 5. healthy: `current = to`, `previous = from`, journal cleared. Unhealthy: journal
 //!    `phase: rolling_back`, the version is remembered as bad, steps 2-4 for `from`, then
-//!    `rolled_back` is reported (or `failed` when there was nothing to go back to).
+//!    `rolled_back` is reported with its reason (or `failed` when there was nothing to go
+//!    back to).
+//!
+//! When the restart job is done its time is journaled (`restarted_at`), and the health
+//! grace period counts from it. A failure before the switch (a config file, `pre_start`,
+//! the unit) means the new release never ran: the journal is cleared, nothing is marked
+//! bad, and the app is reported `failed` with the reason, like a failed download.
 //!
 //! A kill -9 anywhere leaves the journal saying which step to redo; [`Executor::recover`]
 //! redoes it on the next start, so the host ends on a healthy release, never between two.
+//! **Invariant:** a resumed switch whose restart was journaled and whose `current` already
+//! points at the journaled release does not restart the app again: it resumes the health
+//! check against the journaled restart time, so agent restarts never extend the grace
+//! period ([`crate::health::Gate::resumed`]).
+//!
+//! A failed install (fetch, stage, or an activation that failed before the switch) is
+//! journaled per app with its version, attempt count and retry time; it is tried again
+//! after 5 s doubling to 10 minutes ([`crate::backoff::install_retry`]), also across agent
+//! restarts, and is an event once per version, not once per attempt. Apps the manifest no
+//! longer lists are removed whether or not they ever installed (record, status entry and
+//! directory).
 //!
 //! OCI releases take the same path: fetching is [`crate::oci::pull::pull`] (manifest,
 //! config and layers into the shared cache), staging is [`crate::oci::stage::stage_image`],
@@ -30,7 +47,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration as StdDuration, Instant};
+use std::time::{Duration as StdDuration, Instant, SystemTime};
 
 use drover_protocol::report::AppState;
 use drover_protocol::{AppName, AppRelease, Artifact, Digest, Manifest, Timestamp, Version};
@@ -38,7 +55,7 @@ use drover_protocol::{AppName, AppRelease, Artifact, Digest, Manifest, Timestamp
 use crate::fetch::{Cache, FetchError, VerifiedArtifact};
 use crate::health::{Gate, Probe, UnitState, Verdict};
 use crate::install::{StageError, StagedRelease};
-use crate::local::{self, Activation, AppRecord, Phase};
+use crate::local::{self, Activation, AppRecord, InstallFailure, Phase};
 use crate::oci::image::RunAs;
 use crate::oci::pull::{PullError, PulledImage};
 use crate::oci::registry::Registries;
@@ -53,9 +70,9 @@ pub enum StepError {
     /// Downloading or verifying the artifact.
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    /// Unpacking it.
+    /// Unpacking it (boxed: the stage errors carry paths and limits).
     #[error(transparent)]
-    Stage(#[from] StageError),
+    Stage(Box<StageError>),
     /// Pulling an OCI image.
     #[error(transparent)]
     Pull(#[from] PullError),
@@ -92,6 +109,12 @@ pub enum StepError {
     },
 }
 
+impl From<StageError> for StepError {
+    fn from(error: StageError) -> StepError {
+        StepError::Stage(Box::new(error))
+    }
+}
+
 impl From<crate::systemd::SystemdError> for StepError {
     fn from(error: crate::systemd::SystemdError) -> StepError {
         StepError::Systemd(Box::new(error))
@@ -122,6 +145,9 @@ pub const UNIT_DIR: &str = "/etc/systemd/system";
 /// How long a restart job may take before it counts as failed.
 const JOB_TIMEOUT: StdDuration = StdDuration::from_secs(120);
 
+/// When removing an app failed (systemd or the disk refused), the next try.
+const RETIRE_RETRY: StdDuration = StdDuration::from_secs(30);
+
 /// The install loop's tools.
 #[derive(Debug)]
 pub struct Executor {
@@ -150,11 +176,18 @@ pub struct Executor {
 }
 
 fn now() -> Timestamp {
-    Timestamp::from_system(std::time::SystemTime::now())
+    Timestamp::from_system(SystemTime::now())
 }
 
 fn version_of(release: Option<&AppRelease>) -> Option<&Version> {
     release.map(|release| &release.version)
+}
+
+/// A release ready to be switched to: its unit written, config files and `pre_start` done.
+#[derive(Debug)]
+struct Prepared {
+    unit: String,
+    release_dir: PathBuf,
 }
 
 /// A release's bits, verified in the cache: what staging takes.
@@ -201,6 +234,7 @@ impl Executor {
                 ),
             );
             let keep = activation.to.spec.keep_releases.get();
+            let version = activation.to.version.clone();
             let outcome = match activation.phase {
                 Phase::Activating => self.activate_journaled(&app, activation).await,
                 Phase::RollingBack => {
@@ -214,72 +248,85 @@ impl Executor {
             match outcome {
                 // The plan's prune step belonged to the interrupted run: do it here.
                 Ok(()) => self.prune(&app, keep),
-                Err(error) => self.failed(&app, None, &error),
+                Err(error) => self.failed(&app, Some(&version), &error),
             }
         }
     }
 
-    /// Brings the host to `desired`. Returns whether every app got there (false: retry later).
-    pub async fn reconcile(&mut self, desired: &Manifest) -> bool {
+    /// Brings the host to `desired`. Returns when to try again (a failed install's retry
+    /// time, or soon after a failed removal), or `None` when only a new manifest can
+    /// change anything.
+    pub async fn reconcile(&mut self, desired: &Manifest) -> Option<Timestamp> {
+        let started = now();
         self.status.update(|status| {
             status.manifest_serial = Some(desired.serial);
             status.held = desired.hold;
         });
-        // A version is remembered as bad only while it stays the desired one.
+        // A version is remembered as bad, or as failing to install, only while it stays
+        // the desired one.
         let apps: Vec<AppName> = self.records.keys().cloned().collect();
         for app in &apps {
             let wanted = desired.apps.get(app).map(|release| release.version.clone());
             let record = self.record(app);
-            let before = record.bad.len();
+            let before = (record.bad.len(), record.failure.is_some());
             record.bad.retain(|version| Some(version) == wanted.as_ref());
-            if record.bad.len() != before {
+            if record
+                .failure
+                .as_ref()
+                .is_some_and(|failure| Some(&failure.version) != wanted.as_ref())
+            {
+                record.failure = None;
+            }
+            if (record.bad.len(), record.failure.is_some()) != before {
                 let _ = self.save(app);
             }
         }
         for (app, release) in &desired.apps {
             let record = self.records.get(app).cloned().unwrap_or_default();
-            let state = if desired.hold {
-                AppState::Held
+            let waiting = record
+                .failure
+                .as_ref()
+                .is_some_and(|failure| failure.version == release.version && failure.retry_at > started);
+            let (state, error) = if desired.hold {
+                (AppState::Held, None)
             } else if record.bad.contains(&release.version) {
-                AppState::RolledBack
+                (AppState::RolledBack, record.last_error.clone())
             } else if version_of(record.current.as_ref()) == Some(&release.version) {
-                AppState::Healthy
+                (AppState::Healthy, None)
+            } else if waiting {
+                (AppState::Failed, record.last_error.clone())
             } else {
-                AppState::Fetching
+                (AppState::Fetching, None)
             };
-            let keep_error = matches!(state, AppState::RolledBack);
             self.status.app_state(
                 app,
                 version_of(record.current.as_ref()),
                 Some(&release.version),
                 state,
-                None,
+                error,
             );
-            if !keep_error {
-                self.status.with_app(app, |report| report.last_error = None);
-            }
             self.status
                 .with_app(app, |report| report.bad_versions = record.bad.iter().cloned().collect());
         }
         if desired.hold {
-            return true;
+            return None;
         }
-        // Apps the manifest no longer lists (unpinned everywhere for this host) stop.
-        let retired: Vec<AppName> = self
-            .records
-            .keys()
-            .filter(|app| !desired.apps.contains_key(*app))
-            .cloned()
-            .collect();
-        let mut complete = true;
+        // Apps the manifest no longer lists (unpinned everywhere for this host) stop, also
+        // those that never installed: they have a status entry or a directory but maybe no
+        // record.
+        let mut retired: BTreeSet<AppName> = self.records.keys().cloned().collect();
+        self.status.update(|status| retired.extend(status.apps.keys().cloned()));
+        retired.extend(local::app_dirs(&self.state_dir));
+        retired.retain(|app| !desired.apps.contains_key(app));
+        let mut retry_at = None;
         for app in retired {
             if let Err(error) = self.retire(&app).await {
                 self.failed(&app, None, &error);
-                complete = false;
+                retry_at = Some(started.plus(drover_protocol::Duration::from_secs(RETIRE_RETRY.as_secs())));
             }
         }
 
-        let steps = plan(desired, &self.observe(desired));
+        let steps = plan(desired, &self.observe(desired), started);
         let mut failed: BTreeSet<AppName> = BTreeSet::new();
         let mut artifacts: BTreeMap<AppName, Fetched> = BTreeMap::new();
         for step in steps {
@@ -323,7 +370,8 @@ impl Executor {
         {
             tracing::warn!("cleaning the artifact cache: {error}");
         }
-        failed.is_empty() && complete
+        let install_retry = crate::plan::next_retry(desired, &self.observe(desired));
+        [retry_at, install_retry].into_iter().flatten().min()
     }
 
     /// Stops and removes an app the manifest no longer lists: its unit (stopped,
@@ -364,10 +412,29 @@ impl Executor {
             .and_then(|record| version_of(record.current.as_ref()))
     }
 
-    fn failed(&self, app: &AppName, desired: Option<&Version>, error: &StepError) {
-        let message = error.to_string();
+    /// Reports a failed step. With the desired `version`, it is journaled as a failed
+    /// install with its retry time: an event the first time for that version, later
+    /// attempts only in `last_error` and the log.
+    fn failed(&mut self, app: &AppName, desired: Option<&Version>, error: &StepError) {
+        let mut message = error.to_string();
+        let first = match desired {
+            Some(version) => {
+                let (attempts, wait) = self.note_failure(app, version, &message);
+                if attempts > 1 || wait > crate::backoff::INSTALL_RETRY_FIRST {
+                    message = format!("{message} (attempt {attempts}; next in {} s)", wait.as_secs());
+                } else {
+                    message = format!("{message} (next attempt in {} s)", wait.as_secs());
+                }
+                attempts == 1
+            }
+            None => true,
+        };
+        if first {
+            self.status.event(now(), Some(app), format!("failed: {message}"));
+        } else {
+            tracing::warn!(%app, "failed again: {message}");
+        }
         let current = self.current_version(app);
-        self.status.event(now(), Some(app), format!("failed: {message}"));
         self.status.update(|status| {
             let entry = status
                 .apps
@@ -389,6 +456,29 @@ impl Executor {
         });
     }
 
+    /// Journals a failed install of `version`: one more attempt, and the time before which
+    /// it is not tried again. Returns the attempt count and the wait.
+    fn note_failure(&mut self, app: &AppName, version: &Version, message: &str) -> (u32, StdDuration) {
+        let at = now();
+        let record = self.record(app);
+        let attempts = match &record.failure {
+            Some(failure) if &failure.version == version => failure.attempts.saturating_add(1),
+            _ => 1,
+        };
+        let wait = crate::backoff::install_retry(attempts);
+        record.failure = Some(InstallFailure {
+            version: version.clone(),
+            attempts,
+            retry_at: at.plus(drover_protocol::Duration::from_secs(wait.as_secs())),
+        });
+        record.last_error = Some(crate::reporting::bounded(message));
+        if let Err(error) = self.save(app) {
+            // The back-off then lasts until the agent restarts; the step will say more.
+            tracing::warn!(%app, "journaling a failed install: {error}");
+        }
+        (attempts, wait)
+    }
+
     fn observe(&self, desired: &Manifest) -> Observed {
         let mut observed = Observed::default();
         for app in desired.apps.keys() {
@@ -400,6 +490,7 @@ impl Executor {
                     current: record.current.map(|release| release.version),
                     staged,
                     bad: record.bad,
+                    retry: record.failure.map(|failure| (failure.version, failure.retry_at)),
                 },
             );
         }
@@ -476,16 +567,21 @@ impl Executor {
             limits.special_bits = crate::unpack::SpecialBits::Keep;
         }
         let spec = release.spec.clone();
-        let staged = tokio::task::spawn_blocking(move || match fetched {
-            Fetched::Tarball(artifact) => crate::install::stage(&artifact, &state_dir, &app_owned, &version, &limits),
-            Fetched::Image(image) => {
-                let limits = crate::oci::LayerLimits {
-                    max_total_bytes: limits.max_total_bytes,
-                    max_entries: limits.max_entries,
-                    special_bits: limits.special_bits,
-                };
-                crate::oci::stage::stage_image(&image, &spec, &state_dir, &app_owned, &version, &limits)
+        let staged = tokio::task::spawn_blocking(move || {
+            match fetched {
+                Fetched::Tarball(artifact) => {
+                    crate::install::stage(&artifact, &state_dir, &app_owned, &version, &limits)
+                }
+                Fetched::Image(image) => {
+                    let limits = crate::oci::LayerLimits {
+                        max_total_bytes: limits.max_total_bytes,
+                        max_entries: limits.max_entries,
+                        special_bits: limits.special_bits,
+                    };
+                    crate::oci::stage::stage_image(&image, &spec, &state_dir, &app_owned, &version, &limits)
+                }
             }
+            .map_err(StepError::from)
         })
         .await
         .map_err(|error| StepError::Io {
@@ -512,8 +608,19 @@ impl Executor {
             phase: Phase::Activating,
             started_at: now(),
             reason: None,
+            restarted_at: None,
+            restarts_at_start: 0,
         };
         self.activate_journaled(app, activation).await
+    }
+
+    /// Whether an interrupted switch to `release` got as far as its restart (journaled)
+    /// with `current` pointing at it: then it is not restarted again, its health check is
+    /// resumed. The journaled restart time and `NRestarts` when so.
+    fn resumable(&self, app: &AppName, activation: &Activation, release: &AppRelease) -> Option<(Timestamp, u32)> {
+        let restarted_at = activation.restarted_at?;
+        (local::read_current(&self.state_dir, app).as_ref() == Some(&release.version))
+            .then_some((restarted_at, activation.restarts_at_start))
     }
 
     /// Steps 1-5 of the module doc for an activation already decided.
@@ -532,9 +639,23 @@ impl Executor {
                 None => format!("starting {}", to.version),
             },
         );
-        let verdict = match self.switch_and_check(app, to).await {
-            Ok(verdict) => verdict,
-            Err(error) => Verdict::Unhealthy(error.to_string()),
+        let verdict = match self.resumable(app, &activation, to) {
+            Some((restarted_at, restarts)) => self.resume_check(app, to, restarted_at, restarts).await,
+            None => match self.prepare(app, to).await {
+                Ok(prepared) => self.switch_and_check(app, to, prepared).await,
+                // A previous run switched `current` before it was killed: the release may
+                // have run, so this is a rollback like any unhealthy start.
+                Err(error) if local::read_current(&self.state_dir, app).as_ref() == Some(&to.version) => {
+                    Verdict::Unhealthy(error.to_string())
+                }
+                Err(error) => {
+                    // The new release never ran and nothing changed: not a rollback, a
+                    // failed install (reported `failed` with the reason, retried later).
+                    self.record(app).activation = None;
+                    self.save(app)?;
+                    return Err(error);
+                }
+            },
         };
         match verdict {
             Verdict::Healthy => {
@@ -542,6 +663,8 @@ impl Executor {
                 record.previous = activation.from.clone();
                 record.current = Some(activation.to.clone());
                 record.activation = None;
+                record.failure = None;
+                record.last_error = None;
                 self.save(app)?;
                 self.status
                     .app_state(app, Some(&to.version), Some(&to.version), AppState::Healthy, None);
@@ -557,12 +680,22 @@ impl Executor {
 
     /// Moves back to the release that ran before `activation.to`, which is now bad.
     async fn roll_back(&mut self, app: &AppName, mut activation: Activation, reason: String) -> Result<(), StepError> {
+        // A rollback already restarted `from` (journaled) resumes its health check.
+        let resume = match (&activation.phase, &activation.from) {
+            (Phase::RollingBack, Some(from)) => self.resumable(app, &activation, from),
+            _ => None,
+        };
         activation.phase = Phase::RollingBack;
         activation.reason = Some(reason.clone());
+        if resume.is_none() {
+            activation.restarted_at = None;
+            activation.restarts_at_start = 0;
+        }
         {
             let record = self.record(app);
             record.activation = Some(activation.clone());
             record.bad.insert(activation.to.version.clone());
+            record.last_error = Some(crate::reporting::bounded(&reason));
         }
         self.save(app)?;
         let bad = activation.to.version.clone();
@@ -574,10 +707,6 @@ impl Executor {
             // Nothing to go back to: stop the bad release rather than let it flap.
             let unit = crate::unit::unit_name(app);
             let stopped = self.systemd.stop(&unit, JOB_TIMEOUT).await;
-            let record = self.record(app);
-            record.activation = None;
-            record.current = None;
-            self.save(app)?;
             let detail = format!(
                 "{bad} failed health and there is no earlier release to go back to; {unit} {}: {reason}",
                 if stopped.is_ok() {
@@ -586,22 +715,23 @@ impl Executor {
                     "could not be stopped"
                 }
             );
+            let record = self.record(app);
+            record.activation = None;
+            record.current = None;
+            record.last_error = Some(crate::reporting::bounded(&detail));
+            self.save(app)?;
             self.status
                 .app_state(app, None, Some(&bad), AppState::Failed, Some(detail.clone()));
             self.status.event(now(), Some(app), detail);
             return Ok(());
         };
-        let verdict = match self.ensure_staged(app, &from.version) {
-            Ok(()) => match self.switch_and_check(app, &from).await {
-                Ok(verdict) => verdict,
+        let verdict = match resume {
+            Some((restarted_at, restarts)) => self.resume_check(app, &from, restarted_at, restarts).await,
+            None => match self.prepare(app, &from).await {
+                Ok(prepared) => self.switch_and_check(app, &from, prepared).await,
                 Err(error) => Verdict::Unhealthy(error.to_string()),
             },
-            Err(error) => Verdict::Unhealthy(error.to_string()),
         };
-        let record = self.record(app);
-        record.activation = None;
-        record.current = Some(from.clone());
-        self.save(app)?;
         let (state, detail) = match verdict {
             Verdict::Healthy => (
                 AppState::RolledBack,
@@ -619,6 +749,11 @@ impl Executor {
                 format!("rolled back from {bad} to {}, whose health is undecided", from.version),
             ),
         };
+        let record = self.record(app);
+        record.activation = None;
+        record.current = Some(from.clone());
+        record.last_error = Some(crate::reporting::bounded(&detail));
+        self.save(app)?;
         self.status
             .app_state(app, Some(&from.version), Some(&bad), state, Some(detail.clone()));
         self.status.event(now(), Some(app), detail);
@@ -703,8 +838,9 @@ impl Executor {
         Ok(())
     }
 
-    /// Steps 2-4: config files, pre_start, unit, switch, reload, restart, health.
-    async fn switch_and_check(&mut self, app: &AppName, release: &AppRelease) -> Result<Verdict, StepError> {
+    /// Step 2 and the unit file: everything before the switch, so a failure here means
+    /// the release never ran and nothing the host runs changed.
+    async fn prepare(&self, app: &AppName, release: &AppRelease) -> Result<Prepared, StepError> {
         self.ensure_staged(app, &release.version)?;
         let release_dir = crate::install::releases_dir(&self.state_dir, app).join(release.version.as_str());
         let spec = &release.spec;
@@ -733,9 +869,6 @@ impl Executor {
             drover_protocol::keyfile::write_atomic(&path, file.content.as_bytes(), file.mode.bits())
                 .map_err(key_error("writing", &path))?;
         }
-        if let Some(hook) = &spec.hooks.pre_start {
-            crate::hooks::run_hook("pre_start", hook, &release_dir, &spec.service.environment).await?;
-        }
         let unit = crate::unit::unit_name(app);
         let unit_path = self.unit_dir.join(&unit);
         let current = local::current_link(&self.state_dir, app);
@@ -747,27 +880,111 @@ impl Executor {
             Some(record) => crate::unit::render_oci(app, &release.version, spec, &release_dir, &record.run)?,
             None => crate::unit::render(app, &release.version, spec, &current)?,
         };
+        if let Some(hook) = &spec.hooks.pre_start {
+            crate::hooks::run_hook("pre_start", hook, &release_dir, &spec.service.environment).await?;
+        }
         drover_protocol::keyfile::write_atomic(&unit_path, text.as_bytes(), 0o644)
             .map_err(key_error("writing", &unit_path))?;
+        Ok(Prepared { unit, release_dir })
+    }
+
+    /// Steps 3-4 for a prepared release: switch, reload, restart (journaled), health. Any
+    /// failure from here on is a verdict: the release may have run.
+    async fn switch_and_check(&mut self, app: &AppName, release: &AppRelease, prepared: Prepared) -> Verdict {
+        match self.switch_and_restart(app, release, &prepared).await {
+            Ok(Ok(restarts)) => {
+                self.check_then_post_start(app, release, &prepared, None, restarts)
+                    .await
+            }
+            Ok(Err(job)) => Verdict::Unhealthy(job),
+            Err(error) => Verdict::Unhealthy(error.to_string()),
+        }
+    }
+
+    /// Switches `current`, restarts the unit and journals when the restart finished and
+    /// the unit's `NRestarts` then (returned); the inner error says how the restart job
+    /// failed.
+    async fn switch_and_restart(
+        &mut self,
+        app: &AppName,
+        release: &AppRelease,
+        prepared: &Prepared,
+    ) -> Result<Result<u32, String>, StepError> {
+        let unit = &prepared.unit;
+        let current = local::current_link(&self.state_dir, app);
         local::switch_current(&self.state_dir, app, &release.version).map_err(io_error("switching", &current))?;
         crate::faults::pause_point("after-switch", &self.state_dir);
         self.systemd.daemon_reload().await?;
-        self.systemd.enable(&unit).await?;
-        let outcome = self.systemd.restart(&unit, JOB_TIMEOUT).await?;
+        self.systemd.enable(unit).await?;
+        let outcome = self.systemd.restart(unit, JOB_TIMEOUT).await?;
         if outcome != JobOutcome::Done {
-            return Ok(Verdict::Unhealthy(format!(
-                "systemd could not restart {unit}: job {outcome:?}"
-            )));
+            return Ok(Err(format!("systemd could not restart {unit}: job {outcome:?}")));
         }
-        let verdict = self.check_health(app, release, &unit, &release_dir).await?;
+        let restarted_at = now();
+        let restarts = self.systemd.status(unit).await?.n_restarts;
+        if let Some(activation) = self.record(app).activation.as_mut() {
+            activation.restarted_at = Some(restarted_at);
+            activation.restarts_at_start = restarts;
+        }
+        self.save(app)?;
+        Ok(Ok(restarts))
+    }
+
+    /// Resumes the health check of `release`, restarted at `restarted_at` by the journal,
+    /// without restarting it: the grace period goes on from there.
+    async fn resume_check(
+        &mut self,
+        app: &AppName,
+        release: &AppRelease,
+        restarted_at: Timestamp,
+        restarts: u32,
+    ) -> Verdict {
+        let elapsed = crate::health::elapsed_since(restarted_at, SystemTime::now());
+        let grace = release.spec.health.grace_period.to_std();
+        self.status.event(
+            now(),
+            Some(app),
+            format!(
+                "resuming the health check of {} (restarted at {restarted_at}, {} s of its {} grace period left); not restarting it",
+                release.version,
+                grace.saturating_sub(elapsed).as_secs(),
+                release.spec.health.grace_period
+            ),
+        );
+        let prepared = Prepared {
+            unit: crate::unit::unit_name(app),
+            release_dir: crate::install::releases_dir(&self.state_dir, app).join(release.version.as_str()),
+        };
+        self.check_then_post_start(app, release, &prepared, Some(elapsed), restarts)
+            .await
+    }
+
+    /// Step 4 and `post_start`: health from the restart (`resumed`: that long ago), then
+    /// the hook when healthy.
+    async fn check_then_post_start(
+        &self,
+        app: &AppName,
+        release: &AppRelease,
+        prepared: &Prepared,
+        resumed: Option<StdDuration>,
+        restarts: u32,
+    ) -> Verdict {
+        let spec = &release.spec;
+        let verdict = match self
+            .check_health(app, release, &prepared.unit, &prepared.release_dir, resumed, restarts)
+            .await
+        {
+            Ok(verdict) => verdict,
+            Err(error) => return Verdict::Unhealthy(error.to_string()),
+        };
         if verdict == Verdict::Healthy
             && let Some(hook) = &spec.hooks.post_start
             && let Err(error) =
-                crate::hooks::run_hook("post_start", hook, &release_dir, &spec.service.environment).await
+                crate::hooks::run_hook("post_start", hook, &prepared.release_dir, &spec.service.environment).await
         {
-            return Ok(Verdict::Unhealthy(error.to_string()));
+            return Verdict::Unhealthy(error.to_string());
         }
-        Ok(verdict)
+        verdict
     }
 
     async fn check_health(
@@ -776,11 +993,16 @@ impl Executor {
         release: &AppRelease,
         unit: &str,
         release_dir: &Path,
+        resumed: Option<StdDuration>,
+        restarts_at_start: u32,
     ) -> Result<Verdict, StepError> {
         let health = &release.spec.health;
         let started = Instant::now();
-        let restarts = self.systemd.status(unit).await?.n_restarts;
-        let mut gate = Gate::new(health, restarts);
+        let before = resumed.unwrap_or(StdDuration::ZERO);
+        let mut gate = match resumed {
+            Some(elapsed) => Gate::resumed(health, restarts_at_start, elapsed),
+            None => Gate::new(health, restarts_at_start),
+        };
         let interval = gate.interval().max(StdDuration::from_millis(100));
         let mut first = true;
         loop {
@@ -793,7 +1015,7 @@ impl Executor {
             first = false;
             crate::faults::pause_point("during-health", &self.state_dir);
             // The round's time is when it began: a slow check must not push it past the grace.
-            let elapsed = started.elapsed();
+            let elapsed = before + started.elapsed();
             let status = self.systemd.status(unit).await?;
             let unit_state = UnitState {
                 active: status.is_running(),

@@ -42,6 +42,29 @@ pub struct Activation {
     /// Why a rollback started (the health verdict), for the report.
     #[serde(default)]
     pub reason: Option<String>,
+    /// When the restart job of the release this phase moves to (`to` while activating,
+    /// `from` while rolling back) finished: its health grace period counts from here, also
+    /// across agent restarts, so a resumed switch never restarts the app or its grace.
+    /// `None`: not restarted yet in this phase.
+    #[serde(default)]
+    pub restarted_at: Option<Timestamp>,
+    /// The unit's `NRestarts` right after that restart (a restart loop counts from it).
+    #[serde(default)]
+    pub restarts_at_start: u32,
+}
+
+/// An install of the desired version that failed before it ever ran (download, unpack,
+/// unit, `pre_start`), and when it may be tried again. Journaled, so a restarted agent
+/// keeps the back-off instead of retrying at once; forgotten when the desired version
+/// changes or the version installs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallFailure {
+    /// The version that failed.
+    pub version: Version,
+    /// Failed attempts so far (1 after the first).
+    pub attempts: u32,
+    /// Not tried again before this.
+    pub retry_at: Timestamp,
 }
 
 /// The agent's record of one app.
@@ -57,6 +80,13 @@ pub struct AppRecord {
     /// A switch in progress.
     #[serde(default)]
     pub activation: Option<Activation>,
+    /// The desired version's last failed install, with its retry time.
+    #[serde(default)]
+    pub failure: Option<InstallFailure>,
+    /// Why the last install failed or was rolled back, reported until the app is healthy
+    /// again (also after an agent restart).
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// Paths of an app's directory.
@@ -71,6 +101,19 @@ pub fn current_link(state_dir: &Path, app: &AppName) -> PathBuf {
 
 fn record_path(state_dir: &Path, app: &AppName) -> PathBuf {
     app_dir(state_dir, app).join("app.json")
+}
+
+/// The apps that have a directory under the state directory, with or without a record
+/// (an app whose install failed before anything was journaled has one too).
+pub fn app_dirs(state_dir: &Path) -> BTreeSet<AppName> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("apps")) else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// Reads every app record under the state directory. An unreadable record is an error:

@@ -1,4 +1,4 @@
-//! The reconcile decision, pure: `plan(desired, observed) -> Vec<Step>`. What the host
+//! The reconcile decision, pure: `plan(desired, observed, now) -> Vec<Step>`. What the host
 //! should run (a verified manifest) against what it has (releases on disk, the artifact
 //! cache, what runs, what failed) gives the ordered steps that close the gap. No I/O, no
 //! clock: the executor does the steps and journals them; this is where the rules live.
@@ -8,13 +8,15 @@
 //! - an app already running its desired version yields no step;
 //! - a version remembered as bad (it failed health here) is not retried while it stays
 //!   the desired one; a new desired version clears that;
+//! - a version whose install failed (before it ever ran) is not tried again before its
+//!   journaled retry time (growing back-off, [`crate::backoff::install_retry`]);
 //! - otherwise: fetch the artifact unless cached, stage it unless staged, activate it,
 //!   then prune old releases down to the spec's `keep_releases`;
 //! - apps the manifest does not list are not managed and get no step.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use drover_protocol::{AppName, AppRelease, Digest, Manifest, Version};
+use drover_protocol::{AppName, AppRelease, Digest, Manifest, Timestamp, Version};
 
 /// What the host has, per app.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,6 +27,17 @@ pub struct ObservedApp {
     pub staged: BTreeSet<Version>,
     /// Versions that failed health here.
     pub bad: BTreeSet<Version>,
+    /// A version whose install failed, and when it may be tried again.
+    pub retry: Option<(Version, Timestamp)>,
+}
+
+impl ObservedApp {
+    /// Whether `version` waits out the back-off of a failed install at `now`.
+    fn waits(&self, version: &Version, now: Timestamp) -> bool {
+        self.retry
+            .as_ref()
+            .is_some_and(|(failed, at)| failed == version && *at > now)
+    }
 }
 
 /// What the host has.
@@ -49,8 +62,8 @@ pub enum Step {
     Prune { app: AppName, keep: u32 },
 }
 
-/// The steps that take the host from `observed` to `desired`, in order.
-pub fn plan(desired: &Manifest, observed: &Observed) -> Vec<Step> {
+/// The steps that take the host from `observed` to `desired` at `now`, in order.
+pub fn plan(desired: &Manifest, observed: &Observed, now: Timestamp) -> Vec<Step> {
     if desired.hold {
         return Vec::new();
     }
@@ -58,7 +71,10 @@ pub fn plan(desired: &Manifest, observed: &Observed) -> Vec<Step> {
     let mut steps = Vec::new();
     for (app, release) in &desired.apps {
         let have = observed.apps.get(app).unwrap_or(&nothing);
-        if have.current.as_ref() == Some(&release.version) || have.bad.contains(&release.version) {
+        if have.current.as_ref() == Some(&release.version)
+            || have.bad.contains(&release.version)
+            || have.waits(&release.version, now)
+        {
             continue;
         }
         if !have.staged.contains(&release.version) {
@@ -83,6 +99,23 @@ pub fn plan(desired: &Manifest, observed: &Observed) -> Vec<Step> {
         });
     }
     steps
+}
+
+/// When the next failed install of a desired version may be tried again, if any waits:
+/// the time the reconciler sleeps until (it also wakes for a new manifest).
+pub fn next_retry(desired: &Manifest, observed: &Observed) -> Option<Timestamp> {
+    if desired.hold {
+        return None;
+    }
+    desired
+        .apps
+        .iter()
+        .filter_map(|(app, release)| {
+            let have = observed.apps.get(app)?;
+            let (failed, at) = have.retry.as_ref()?;
+            (failed == &release.version && have.current.as_ref() != Some(failed)).then_some(*at)
+        })
+        .min()
 }
 
 #[cfg(test)]
@@ -138,7 +171,11 @@ mod tests {
 
     #[test]
     fn a_new_release_is_fetched_staged_activated_and_pruned() {
-        let steps = plan(&manifest(&[("web", "2")], false), &Observed::default());
+        let steps = plan(
+            &manifest(&[("web", "2")], false),
+            &Observed::default(),
+            Timestamp::EPOCH,
+        );
         assert_eq!(kinds(&steps), ["fetch", "stage", "activate", "prune"]);
         assert!(matches!(&steps[3], Step::Prune { keep: 3, .. }));
     }
@@ -148,7 +185,10 @@ mod tests {
         let desired = manifest(&[("web", "2")], false);
         let mut observed = Observed::default();
         observed.cached.insert(Digest::of(b"2"));
-        assert_eq!(kinds(&plan(&desired, &observed)), ["stage", "activate", "prune"]);
+        assert_eq!(
+            kinds(&plan(&desired, &observed, Timestamp::EPOCH)),
+            ["stage", "activate", "prune"]
+        );
         observed
             .apps
             .entry(app("web"))
@@ -156,7 +196,7 @@ mod tests {
             .staged
             .insert("2".parse().expect("version"));
         assert_eq!(
-            kinds(&plan(&desired, &observed)),
+            kinds(&plan(&desired, &observed, Timestamp::EPOCH)),
             ["activate", "prune"],
             "a rollback to a staged release"
         );
@@ -166,9 +206,9 @@ mod tests {
     fn the_running_version_and_held_hosts_get_no_steps() {
         let mut observed = Observed::default();
         observed.apps.entry(app("web")).or_default().current = Some("2".parse().expect("version"));
-        assert!(plan(&manifest(&[("web", "2")], false), &observed).is_empty());
+        assert!(plan(&manifest(&[("web", "2")], false), &observed, Timestamp::EPOCH).is_empty());
         assert!(
-            plan(&manifest(&[("web", "3")], true), &observed).is_empty(),
+            plan(&manifest(&[("web", "3")], true), &observed, Timestamp::EPOCH).is_empty(),
             "hold is a kill switch"
         );
     }
@@ -179,11 +219,36 @@ mod tests {
         let web = observed.apps.entry(app("web")).or_default();
         web.current = Some("2".parse().expect("version"));
         web.bad.insert("3".parse().expect("version"));
-        assert!(plan(&manifest(&[("web", "3")], false), &observed).is_empty());
+        assert!(plan(&manifest(&[("web", "3")], false), &observed, Timestamp::EPOCH).is_empty());
         assert_eq!(
-            kinds(&plan(&manifest(&[("web", "4")], false), &observed)),
+            kinds(&plan(&manifest(&[("web", "4")], false), &observed, Timestamp::EPOCH)),
             ["fetch", "stage", "activate", "prune"]
         );
+    }
+
+    #[test]
+    fn a_failed_install_waits_for_its_retry_time_and_a_new_version_does_not() {
+        let mut observed = Observed::default();
+        observed.apps.entry(app("web")).or_default().retry =
+            Some(("3".parse().expect("version"), Timestamp::from_unix(100)));
+        let wanted = manifest(&[("web", "3")], false);
+        assert!(
+            plan(&wanted, &observed, Timestamp::from_unix(99)).is_empty(),
+            "backing off"
+        );
+        assert_eq!(next_retry(&wanted, &observed), Some(Timestamp::from_unix(100)));
+        assert_eq!(
+            kinds(&plan(&wanted, &observed, Timestamp::from_unix(100))),
+            ["fetch", "stage", "activate", "prune"],
+            "tried again once the time has come"
+        );
+        let newer = manifest(&[("web", "4")], false);
+        assert_eq!(
+            kinds(&plan(&newer, &observed, Timestamp::from_unix(0))),
+            ["fetch", "stage", "activate", "prune"],
+            "another desired version is tried at once"
+        );
+        assert_eq!(next_retry(&newer, &observed), None);
     }
 
     proptest! {
@@ -208,7 +273,7 @@ mod tests {
             for (name, version) in &staged {
                 observed.apps.entry(app(name)).or_default().staged.insert(version.to_string().parse().expect("version"));
             }
-            let steps = plan(&desired, &observed);
+            let steps = plan(&desired, &observed, Timestamp::EPOCH);
             if hold {
                 prop_assert!(steps.is_empty());
             }

@@ -6,6 +6,10 @@
 //! Events are sent until the coordinator has taken them (a failed report keeps them for
 //! the next one, bounded by the protocol's limit, oldest dropped first). Every report
 //! built is also written to `<state>/status.json` for `drover-agent status`.
+//!
+//! Every report the coordinator takes is counted in [`Shared::contact`]: the poller,
+//! backing off while the coordinator was down, wakes on it and polls at once, so a pin
+//! made right after an outage does not wait out the rest of a back-off of up to a minute.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -51,6 +55,8 @@ pub fn bounded(text: &str) -> String {
 pub struct Shared {
     status: Arc<Mutex<Status>>,
     changed: Arc<Notify>,
+    /// Counts exchanges the coordinator answered with success.
+    contact: Arc<watch::Sender<u64>>,
 }
 
 impl Default for Shared {
@@ -65,7 +71,18 @@ impl Shared {
         Shared {
             status: Arc::new(Mutex::new(Status::default())),
             changed: Arc::new(Notify::new()),
+            contact: Arc::new(watch::Sender::new(0)),
         }
+    }
+
+    /// Counts a successful exchange with the coordinator, waking whoever watches.
+    pub fn reached(&self) {
+        self.contact.send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Changes whenever the coordinator answered an exchange with success.
+    pub fn contact(&self) -> watch::Receiver<u64> {
+        self.contact.subscribe()
     }
 
     /// Changes the status and wakes the reporter.
@@ -229,6 +246,7 @@ impl Reporter {
         match outcome {
             Ok(response) if response.status().is_success() => {
                 shared.sent(count);
+                shared.reached();
                 *failures = 0;
             }
             Ok(response) => {

@@ -3,7 +3,8 @@
 //! - the **poller** (this function's own loop) long-polls the host's manifest with its
 //!   ETag, accepts a new one only through [`drover_protocol::accept`], persists the
 //!   accepted serial and issued-at *before* handing it on, and backs off with jitter
-//!   while the coordinator is unreachable (the host keeps running what it runs);
+//!   while the coordinator is unreachable (the host keeps running what it runs); any
+//!   successful exchange (a report getting through) ends a back-off at once;
 //! - the **reconciler** finishes any interrupted switch (the journal), then brings the
 //!   host to the latest accepted manifest, retrying failed steps later;
 //! - the **reporter** ([`crate::reporting`]) reports every change and a heartbeat.
@@ -135,12 +136,7 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         status: status.clone(),
         records,
     };
-    let mut reconciler = tokio::spawn(reconcile_loop(
-        executor,
-        desired_rx,
-        stop_rx.clone(),
-        config.poll_interval.to_std(),
-    ));
+    let mut reconciler = tokio::spawn(reconcile_loop(executor, desired_rx, stop_rx.clone()));
 
     let notifier = Notifier::from_env();
     notifier.notify("READY=1");
@@ -171,7 +167,9 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut shutdown = std::pin::pin!(shutdown);
     let mut failures = 0u32;
     let mut poller = poller;
+    let mut contact = status.contact();
     loop {
+        contact.mark_unchanged();
         let pause = tokio::select! {
             outcome = poller.poll() => match outcome {
                 PollOutcome::NotModified => {
@@ -218,6 +216,11 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         if !pause.is_zero() {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
+                // The coordinator took a report since this poll began: it is back, so the
+                // rest of the back-off would only delay what it has for this host.
+                Ok(()) = contact.changed(), if failures > 0 => {
+                    tracing::info!("the coordinator answers again (a report got through); polling now");
+                }
                 () = &mut shutdown => break,
             }
         }
@@ -238,18 +241,16 @@ async fn reconcile_loop(
     mut executor: Executor,
     mut desired: watch::Receiver<Option<Arc<Manifest>>>,
     mut stop: watch::Receiver<bool>,
-    retry: StdDuration,
 ) {
     executor.recover().await;
-    let mut failures = 0u32;
     loop {
         let manifest = desired.borrow_and_update().clone();
-        let complete = match &manifest {
+        let retry_at = match &manifest {
             Some(manifest) => executor.reconcile(manifest).await,
-            None => true,
+            None => None,
         };
-        failures = if complete { 0 } else { failures + 1 };
-        let again = (!complete).then(|| crate::backoff::delay(failures, retry.max(StdDuration::from_secs(5))));
+        // Failed installs wait for their journaled retry time, a new manifest does not.
+        let again = retry_at.map(|at| until(at, std::time::SystemTime::now()));
         tokio::select! {
             changed = desired.changed() => if changed.is_err() { break },
             () = async {
@@ -329,7 +330,32 @@ impl Poller {
     }
 }
 
+/// How long from `now` until the second `at` has begun (at least 100 ms, so a retry time
+/// that has come does not spin). Pure.
+fn until(at: Timestamp, now: std::time::SystemTime) -> StdDuration {
+    let at = std::time::UNIX_EPOCH + StdDuration::from_secs(u64::try_from(at.unix()).unwrap_or(0));
+    at.duration_since(now)
+        .unwrap_or(StdDuration::ZERO)
+        .max(StdDuration::from_millis(100))
+}
+
 /// Completes once `stop` says so (or its sender is gone).
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_time_is_waited_for_until_its_second_begins_and_never_spins() {
+        let now = std::time::UNIX_EPOCH + StdDuration::from_millis(100_250);
+        assert_eq!(until(Timestamp::from_unix(105), now), StdDuration::from_millis(4_750));
+        assert_eq!(
+            until(Timestamp::from_unix(90), now),
+            StdDuration::from_millis(100),
+            "a time that has come"
+        );
+    }
 }
