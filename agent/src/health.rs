@@ -8,12 +8,20 @@
 //! clock, so its rules are tested with plain numbers.
 //!
 //! **Invariant:** the gate never says [`Verdict::Healthy`] without `successes`
-//! consecutive fully passing rounds that began within the grace period, and any round
-//! that begins after the grace period decides: a release cannot stay pending forever.
+//! consecutive fully passing rounds that began within the grace period (or, for a gate
+//! [`Gate::resumed`] after its grace period ended while the agent was down, one fully
+//! passing round), and any round that begins after the grace period decides: a release
+//! cannot stay pending forever.
+//!
+//! **Invariant:** the grace period counts from the restart recorded in the journal, so an
+//! agent restarted during a health check resumes it and never extends it
+//! ([`elapsed_since`], [`Gate::resumed`]): an agent that crash-loops faster than the grace
+//! period still rolls a bad release back by its original deadline.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use drover_protocol::Timestamp;
 use drover_protocol::spec::{Health, HealthCheck, HealthUrl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -101,6 +109,17 @@ pub struct Gate {
     consecutive: u32,
     last_failure: Option<String>,
     decided: Option<Verdict>,
+    /// Resumed after the grace period had already ended: the first round decides alone.
+    resumed_late: bool,
+}
+
+/// How long ago `started` (a journaled second, rounded down when it was written) was at
+/// `now`, rounded so a resumed grace period can only come out shorter, never longer.
+/// Zero when the clock went back. Pure: the caller reads the clock.
+pub fn elapsed_since(started: Timestamp, now: SystemTime) -> Duration {
+    let seconds = u64::try_from(started.unix()).unwrap_or(0);
+    now.duration_since(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+        .unwrap_or(Duration::ZERO)
 }
 
 impl Gate {
@@ -115,7 +134,20 @@ impl Gate {
             consecutive: 0,
             last_failure: None,
             decided: None,
+            resumed_late: false,
         }
+    }
+
+    /// A gate for a health check the agent picks up again after a restart of its own:
+    /// the release was restarted `elapsed` ago (by the journal) and is not restarted
+    /// again, so the grace period goes on from there instead of starting over, and the
+    /// caller passes `elapsed` plus its own time to [`Gate::observe`]. When the grace
+    /// period has already ended, the first round decides alone: fully passing is healthy
+    /// (the release is fine and the agent was merely away), anything else unhealthy.
+    pub fn resumed(health: &Health, restarts_at_start: u32, elapsed: Duration) -> Gate {
+        let mut gate = Gate::new(health, restarts_at_start);
+        gate.resumed_late = elapsed > gate.grace_period();
+        gate
     }
 
     /// How long the caller waits between rounds.
@@ -156,6 +188,9 @@ impl Gate {
             ));
         }
         let failure = probe.failure();
+        if std::mem::take(&mut self.resumed_late) && failure.is_none() {
+            return Verdict::Healthy;
+        }
         if elapsed > self.grace_period.to_std() {
             let why = failure.or_else(|| self.last_failure.take()).unwrap_or_else(|| {
                 format!(
@@ -373,6 +408,51 @@ mod tests {
 
     fn secs(seconds: u64) -> Duration {
         Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn a_resumed_gate_keeps_the_journaled_deadline() {
+        // Restarted 20 s ago by the journal, grace 30 s: 10 s are left, not 30.
+        let mut gate = Gate::resumed(&health(30, 2, 3), 0, secs(20));
+        assert_eq!(gate.observe(fail("answered 500"), secs(20)), Verdict::Pending);
+        assert_eq!(gate.observe(fail("answered 500"), secs(30)), Verdict::Pending);
+        assert_eq!(
+            gate.observe(fail("answered 500"), secs(31)),
+            Verdict::Unhealthy(
+                "not healthy within the 30s grace period: http GET http://127.0.0.1/healthz: answered 500".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn a_gate_resumed_after_its_deadline_decides_on_its_first_round() {
+        let mut failing = Gate::resumed(&health(30, 2, 3), 0, secs(45));
+        assert!(matches!(
+            failing.observe(fail("answered 500"), secs(45)),
+            Verdict::Unhealthy(reason) if reason.contains("answered 500")
+        ));
+        let mut passing = Gate::resumed(&health(30, 2, 3), 0, secs(45));
+        assert_eq!(passing.observe(pass(), secs(45)), Verdict::Healthy);
+        // Within the grace, a resumed gate still wants all its passes.
+        let mut early = Gate::resumed(&health(30, 2, 3), 0, secs(5));
+        assert_eq!(early.observe(pass(), secs(5)), Verdict::Pending);
+    }
+
+    #[test]
+    fn the_resumed_elapsed_time_never_comes_out_short() {
+        let restart = SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_900);
+        let journaled = Timestamp::from_system(restart);
+        let now = restart + secs(12);
+        assert!(
+            elapsed_since(journaled, now) >= secs(12),
+            "rounding never extends the grace"
+        );
+        assert!(elapsed_since(journaled, now) < secs(13));
+        assert_eq!(
+            elapsed_since(journaled, restart - secs(60)),
+            Duration::ZERO,
+            "clock went back"
+        );
     }
 
     #[test]
