@@ -18,7 +18,7 @@ use drover_protocol::api::{
     RolloutPlanStage, RolloutRequest, RolloutStageStatus, RolloutStatus, Scope, TokenName, TokenRequest, TokenResponse,
 };
 use drover_protocol::manifest::HttpUrl;
-use drover_protocol::manifest::MAX_MANIFEST_BYTES;
+use drover_protocol::manifest::{MAX_APPS, MAX_MANIFEST_BYTES};
 use drover_protocol::report::MAX_REPORT_EVENTS;
 use drover_protocol::spec::ArtifactKind;
 use drover_protocol::{AppName, Artifact, Digest, Duration, HostId, HostReport, SigningKey, Timestamp, Version};
@@ -910,7 +910,7 @@ impl Coordinator {
         record.labels.extend(set);
         let previous = model.fleet.hosts.insert(id.clone(), record.clone());
         let manifests = self.render(&model, &[record.clone()], now(), RenderMode::Changed);
-        let outcome = match check_manifest_sizes(&manifests, &format!("labelling host {id}")) {
+        let outcome = match check_manifests(&model.fleet, &manifests, &format!("labelling host {id}")) {
             Ok(()) => self
                 .store
                 .set_labels(id, &record.labels, &manifests)
@@ -988,7 +988,7 @@ impl Coordinator {
         let mut scopes: Vec<Scope> = before.into_iter().map(Scope::Host).collect();
         scopes.push(scope);
         let manifests = self.render_scope(&model, &scopes, now());
-        let outcome = match check_manifest_sizes(&manifests, &format!("group {}", group.name)) {
+        let outcome = match check_manifests(&model.fleet, &manifests, &format!("group {}", group.name)) {
             Ok(()) => self
                 .store
                 .put_group(&group.name, &group.selector, &manifests)
@@ -1159,7 +1159,7 @@ impl Coordinator {
             &actor,
         )];
         let what = format!("pinning {} {} for the {}", pin.app, pin.version, pin.scope);
-        let outcome = match check_manifest_sizes(&manifests, &what) {
+        let outcome = match check_manifests(&model.fleet, &manifests, &what) {
             Ok(()) => self
                 .store
                 .change_pin(&pin.app, &pin.scope, Some(&pin.version), &history, &manifests)
@@ -1296,8 +1296,9 @@ impl Coordinator {
             refuse_pins_in_the_way(&model.fleet, &spec.app, &hosts)?;
         }
         let what = format!("a rollout of {} to {}", spec.app, spec.target);
-        if let Some((host, size)) = largest_manifest_with(&model.fleet, &spec.app, &spec.target) {
+        for (host, size, apps) in manifests_with(&model.fleet, &spec.app, &spec.target) {
             refuse_oversized(&what, &host, size, 1)?;
+            refuse_too_many_apps(&what, &host, apps)?;
         }
         let plan = crate::rollout::plan(&spec, &rollout_id, &hosts).map_err(|error| match error {
             PlanError::NoHosts { .. } => ServiceError::Conflict("no_hosts", error.to_string()),
@@ -2093,7 +2094,15 @@ fn check_group_name(name: &str) -> Result<(), ServiceError> {
 /// Refuses a change that would give a host a signed manifest larger than agents accept
 /// ([`MAX_MANIFEST_BYTES`]): that host's agent would refuse every manifest from then on,
 /// changes to its other apps included, until the change was undone.
-fn check_manifest_sizes(manifests: &[StoredManifest], what: &str) -> Result<(), ServiceError> {
+/// The same for the number of apps ([`MAX_APPS`]), which agents refuse past as well.
+fn check_manifests(fleet: &Fleet, manifests: &[StoredManifest], what: &str) -> Result<(), ServiceError> {
+    for manifest in manifests {
+        let apps = fleet
+            .hosts
+            .get(&manifest.host)
+            .map_or(0, |host| fleet.resolve(host).versions.len());
+        refuse_too_many_apps(what, &manifest.host, apps)?;
+    }
     let over: Vec<&StoredManifest> = manifests
         .iter()
         .filter(|manifest| manifest.envelope.len() > MAX_MANIFEST_BYTES)
@@ -2102,6 +2111,18 @@ fn check_manifest_sizes(manifests: &[StoredManifest], what: &str) -> Result<(), 
         Some(largest) => refuse_oversized(what, &largest.host, largest.envelope.len(), over.len()),
         None => Ok(()),
     }
+}
+
+fn refuse_too_many_apps(what: &str, host: &HostId, apps: usize) -> Result<(), ServiceError> {
+    if apps <= MAX_APPS {
+        return Ok(());
+    }
+    Err(ServiceError::BadRequest(
+        "too_many_apps",
+        format!(
+            "{what} would give host {host} {apps} apps, over the {MAX_APPS} agents accept in one manifest; nothing was changed"
+        ),
+    ))
 }
 
 fn refuse_oversized(what: &str, host: &HostId, size: usize, hosts: usize) -> Result<(), ServiceError> {
@@ -2120,10 +2141,10 @@ fn refuse_oversized(what: &str, host: &HostId, size: usize, hosts: usize) -> Res
     ))
 }
 
-/// The largest signed manifest any active host would get with `app` at `target` (what a
+/// The signed manifest sizes (and numbers of apps) active hosts would get with `app` at `target` (what a
 /// rollout ends with), as an upper bound computed without signing: per distinct desired
 /// state, with the longest host id among its hosts and the largest serial.
-fn largest_manifest_with(fleet: &Fleet, app: &AppName, target: &Version) -> Option<(HostId, usize)> {
+fn manifests_with(fleet: &Fleet, app: &AppName, target: &Version) -> Vec<(HostId, usize, usize)> {
     let mut longest: HashMap<BTreeMap<AppName, Version>, &HostId> = HashMap::new();
     for host in fleet.active_hosts() {
         let mut resolved = fleet.resolve(host);
@@ -2148,7 +2169,7 @@ fn largest_manifest_with(fleet: &Fleet, app: &AppName, target: &Version) -> Opti
             };
             // Timestamps print at a fixed width, so EPOCH stands for any of them.
             let size = drover_protocol::manifest::signed_size(manifest.to_payload().len(), 1);
-            (host.clone(), size)
+            (host.clone(), size, manifest.apps.len())
         })
-        .max_by_key(|(_, size)| *size)
+        .collect()
 }

@@ -288,3 +288,42 @@ fn reports_naming_apps_never_given_are_ignored_and_counted() {
     let (_, metrics) = block_on(admin.call(reqwest::Method::GET, "/metrics", None));
     assert!(metrics.contains("drover_report_apps_ignored_total 1"), "{metrics}");
 }
+
+#[test]
+fn pin_refused_past_the_apps_an_agent_accepts() {
+    use drover_protocol::manifest::MAX_APPS;
+    let coordinator = CoordinatorProcess::start().expect("coordinator");
+    let agent = enroll(&coordinator, "web-01");
+    let admin = Admin::from_data_dir(&coordinator.data_dir, &coordinator.url());
+    block_on(async {
+        let digest = admin.upload(b"bytes".to_vec()).await;
+        for index in 0..=MAX_APPS {
+            let app = format!("app{index}");
+            let release = serde_json::json!({
+                "app": app, "version": "1.0.0",
+                "spec": {"service": {"command": ["bin/app"]}},
+                "artifact": {"kind": "stored_tarball", "digest": digest},
+            });
+            admin
+                .ok(reqwest::Method::POST, "/v1/admin/releases", Some(release))
+                .await;
+            let pin = serde_json::json!({"app": app, "version": "1.0.0", "scope": {"kind": "host", "name": "web-01"}});
+            let (status, body) = admin.call(reqwest::Method::PUT, "/v1/admin/pins", Some(pin)).await;
+            if index < MAX_APPS {
+                assert!(status.is_success(), "app {index}: {status} {body}");
+            } else {
+                assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+                assert!(
+                    body.contains("too_many_apps") && body.contains(&MAX_APPS.to_string()),
+                    "{body}"
+                );
+            }
+        }
+    });
+    let (_, _, apps) = current_manifest(&agent);
+    assert_eq!(
+        apps.len(),
+        MAX_APPS,
+        "the agent accepts the fullest manifest the coordinator makes"
+    );
+}
