@@ -719,6 +719,17 @@ impl Coordinator {
         let previous = model.fleet.hosts.insert(record.id.clone(), record.clone());
         // A re-join gets a new serial even when nothing changed (Force).
         let manifests = self.render(&model, std::slice::from_ref(&record), now, RenderMode::Force);
+        // The pins its labels bring could give it a manifest its agent would refuse: the
+        // join fails (the token stays unused) rather than enrolling a host that can never
+        // apply anything.
+        let what = format!("joining host {} with labels {:?}", record.id, record.labels);
+        if let Err(error) = check_manifests(&model.fleet, &manifests, &what) {
+            match previous {
+                Some(previous) => model.fleet.hosts.insert(record.id.clone(), previous),
+                None => model.fleet.hosts.remove(&record.id),
+            };
+            return Err(error);
+        }
         let manifest = manifests.first().expect("a joining host is always rendered").clone();
         let stored = self.store.join_host(&token_hash, &record, &manifest, now).await;
         if !matches!(stored, Ok(Ok(()))) {

@@ -195,6 +195,20 @@ fn pin_refused_when_a_host_manifest_would_exceed_what_agents_accept() {
     let label = coordinator.drover(&["hosts", "label", "web-01", "region=eu"]);
     assert_eq!(exit_code(&label), Some(2), "{}", stderr(&label));
     assert_eq!(current_manifest(&agent).0, serial, "nothing changed for the host");
+
+    // A host joining with labels that bring that pin is refused, and its token stays unused.
+    let admin = Admin::from_data_dir(&coordinator.data_dir, &coordinator.url());
+    let token = block_on(admin.token(&[("region", "eu")], false));
+    let refused = block_on(Agent::join(&coordinator.url(), &admin.ca_pem, &token.token, "web-02"));
+    let Err((status, body)) = refused else {
+        panic!("a host whose manifest its agent would refuse was enrolled");
+    };
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("manifest_too_large"), "{body}");
+    assert!(coordinator.drover(&["unpin", "app5", "--group", "eu"]).status.success());
+    let joined = block_on(Agent::join(&coordinator.url(), &admin.ca_pem, &token.token, "web-02"))
+        .expect("the refused join left the token usable");
+    assert_eq!(current_manifest(&joined).2.len(), 4);
 }
 
 #[test]
