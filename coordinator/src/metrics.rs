@@ -41,6 +41,13 @@ pub struct Metrics {
     pub artifact_bytes_served: Counter,
     /// Rollout steps committed.
     pub rollout_steps: Counter,
+    /// Requests answered 408 because their body came too slowly.
+    pub body_timeouts: Counter,
+    /// Connections without a client certificate or admin token closed to stay within
+    /// the limit on them (or to free a file descriptor when accepting failed).
+    pub connections_evicted: Counter,
+    /// Failed `accept` calls (out of file descriptors, aborted handshakes).
+    pub accept_errors: Counter,
     /// Apps in host reports that the host was never given (ignored).
     pub report_apps_ignored: Counter,
 }
@@ -77,6 +84,21 @@ impl Metrics {
                 "drover_rollout_steps_total",
                 "Rollout steps committed.",
                 &self.rollout_steps,
+            ),
+            (
+                "drover_request_body_timeouts_total",
+                "Requests answered 408 because their body came too slowly.",
+                &self.body_timeouts,
+            ),
+            (
+                "drover_connections_closed_by_limit_total",
+                "Unauthenticated connections closed to stay within their limit.",
+                &self.connections_evicted,
+            ),
+            (
+                "drover_accept_errors_total",
+                "Failed accepts (out of file descriptors, aborted connections).",
+                &self.accept_errors,
             ),
             (
                 "drover_report_apps_ignored_total",

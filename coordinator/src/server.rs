@@ -5,9 +5,27 @@
 //! id + certificate fingerprint) is attached to every request of that connection. The
 //! join endpoint and the admin API work without one (the admin API needs the bearer
 //! token instead).
+//!
+//! Hostile clients are bounded here, before anything reaches the service:
+//! - Every request body must arrive at a minimum pace ([`BodyPace`]): within a grace
+//!   period plus one second per [`BODY_MIN_RATE`] bytes, with no pause over
+//!   [`BODY_MAX_STALL`]; a slower body is answered 408 and its connection closed. Large
+//!   admin uploads therefore get a rate floor, not a short total deadline.
+//! - A connection is *unauthenticated* until it presents a client certificate at the
+//!   handshake (an agent) or a valid admin token in a request (an operator). At most
+//!   [`MAX_UNAUTHENTICATED_CONNECTIONS`] are open at once; a new one beyond that closes
+//!   the oldest, so a flood of idle or slow anonymous connections can delay an operator's
+//!   request but never lock it out, and agents are not counted at all.
+//! - Before authentication a connection can make the server buffer at most the request
+//!   head (hyper's buffer, [`MAX_REQUEST_BUFFER`]) and a join body ([`MAX_JOIN_BODY`]):
+//!   admin routes check the token before touching the body, and only authenticated
+//!   clients get an oversized body drained to show them the 413.
+//! - Accept errors (out of file descriptors) pause the accept loop, 10 ms doubling to
+//!   1 s, and are logged at most every 10 s, instead of spinning.
 
-use std::sync::Arc;
-use std::time::Duration as StdDuration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration as StdDuration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Extension, Path, RawQuery, Request, State};
@@ -32,7 +50,7 @@ use rustls::server::WebPkiClientVerifier;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::Layer as _;
 
@@ -43,11 +61,185 @@ use crate::service::{Coordinator, Operator, RolloutCommand, ServiceError};
 const HANDSHAKE_TIMEOUT: StdDuration = StdDuration::from_secs(10);
 /// How long in-flight requests get to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: StdDuration = StdDuration::from_secs(10);
+/// How long an agent (client certificate) may take to send a request head, which is
+/// also how long its connection may sit idle between requests.
+const AGENT_HEADER_TIMEOUT: StdDuration = StdDuration::from_secs(30);
+/// The same for connections without a client certificate: operators' CLI calls and
+/// joins send their request at once.
+const ANONYMOUS_HEADER_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+/// hyper's read buffer per connection, which bounds a request head (431 over it).
+pub const MAX_REQUEST_BUFFER: usize = 64 * 1024;
+/// Connections open at once without a client certificate or a valid admin token.
+pub const MAX_UNAUTHENTICATED_CONNECTIONS: usize = 512;
+/// The largest join body (a token, a CSR and a few facts are ~2 KiB). The join is the
+/// only route that reads a body from an unauthenticated client.
+pub const MAX_JOIN_BODY: usize = 64 * 1024;
+/// Every body may take this long whatever its size ...
+pub const BODY_GRACE: StdDuration = StdDuration::from_secs(10);
+/// ... plus one second per this many bytes (a floor of 64 KiB/s on average) ...
+pub const BODY_MIN_RATE: u64 = 64 * 1024;
+/// ... and may not pause longer than this between two chunks.
+pub const BODY_MAX_STALL: StdDuration = StdDuration::from_secs(30);
 
 /// What a connection proved at the TLS handshake.
 #[derive(Clone, Debug)]
 struct Connection {
     identity: Option<PeerIdentity>,
+    /// The connection's place in the unauthenticated budget, while it has one (none for
+    /// agents); a valid admin token gives it up.
+    admission: Option<Arc<Admission>>,
+}
+
+/// The connections that have not proved who they are, oldest first, bounded by
+/// [`MAX_UNAUTHENTICATED_CONNECTIONS`]: admitting one more closes the oldest.
+///
+/// Closing the oldest rather than refusing the newest is what keeps operators in during
+/// a flood: a refused operator could never get in while an attacker holds the budget,
+/// whereas an admitted one only has to send its request head before the attacker opens
+/// another full budget of connections; a valid token then takes it out of the budget.
+#[derive(Debug)]
+struct Unauthenticated {
+    capacity: usize,
+    open: Mutex<OpenConnections>,
+}
+
+#[derive(Debug, Default)]
+struct OpenConnections {
+    next_id: u64,
+    /// By admission order; each entry wakes its connection's task to close it.
+    by_age: BTreeMap<u64, Arc<Notify>>,
+}
+
+impl Unauthenticated {
+    fn new(capacity: usize) -> Arc<Unauthenticated> {
+        Arc::new(Unauthenticated {
+            capacity,
+            open: Mutex::new(OpenConnections::default()),
+        })
+    }
+
+    /// Admits a new connection; says whether an older one had to be closed for it.
+    fn admit(self: &Arc<Self>) -> (Admission, bool) {
+        let mut open = self.open.lock().expect("connection budget lock");
+        let evicted = open.by_age.len() >= self.capacity && evict(&mut open);
+        let id = open.next_id;
+        open.next_id += 1;
+        let closed = Arc::new(Notify::new());
+        open.by_age.insert(id, closed.clone());
+        let admission = Admission {
+            id,
+            budget: self.clone(),
+            closed,
+        };
+        (admission, evicted)
+    }
+
+    /// Closes the oldest unauthenticated connection, if there is one.
+    fn evict_oldest(&self) -> bool {
+        evict(&mut self.open.lock().expect("connection budget lock"))
+    }
+
+    fn release(&self, id: u64) {
+        self.open.lock().expect("connection budget lock").by_age.remove(&id);
+    }
+}
+
+fn evict(open: &mut OpenConnections) -> bool {
+    match open.by_age.pop_first() {
+        Some((_, closed)) => {
+            // notify_one keeps the wake-up for a task that is not waiting yet.
+            closed.notify_one();
+            true
+        }
+        None => false,
+    }
+}
+
+/// One connection's place in the unauthenticated budget; dropping it frees the place.
+#[derive(Debug)]
+struct Admission {
+    id: u64,
+    budget: Arc<Unauthenticated>,
+    closed: Arc<Notify>,
+}
+
+impl Admission {
+    /// The connection proved who it is: it leaves the budget and is never closed for it.
+    fn authenticated(&self) {
+        self.budget.release(self.id);
+    }
+
+    /// Resolves when the budget closes this connection to make room.
+    async fn evicted(&self) {
+        self.closed.notified().await;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.budget.release(self.id);
+    }
+}
+
+/// The accept loop's pause after an error and its rate-limited log line.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    pause: Option<StdDuration>,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+/// What to do after a failed accept.
+#[derive(Debug, PartialEq, Eq)]
+struct AcceptPause {
+    /// How long to stop accepting.
+    pause: StdDuration,
+    /// `Some(n)`: log now, mentioning the `n` failures since the last line.
+    log: Option<u64>,
+}
+
+impl AcceptBackoff {
+    const FIRST_PAUSE: StdDuration = StdDuration::from_millis(10);
+    const MAX_PAUSE: StdDuration = StdDuration::from_secs(1);
+    const LOG_EVERY: StdDuration = StdDuration::from_secs(10);
+
+    /// An accept failed at `now`: the pause doubles from 10 ms up to 1 s, and a line is
+    /// logged at most every 10 s.
+    fn failed(&mut self, now: Instant) -> AcceptPause {
+        let pause = self
+            .pause
+            .map_or(Self::FIRST_PAUSE, |pause| (pause * 2).min(Self::MAX_PAUSE));
+        self.pause = Some(pause);
+        let due = self
+            .last_logged
+            .is_none_or(|last| now.saturating_duration_since(last) >= Self::LOG_EVERY);
+        let log = if due {
+            self.last_logged = Some(now);
+            Some(std::mem::take(&mut self.unlogged))
+        } else {
+            self.unlogged += 1;
+            None
+        };
+        AcceptPause { pause, log }
+    }
+
+    /// An accept succeeded: the next failure pauses briefly again (the log limit stays).
+    fn succeeded(&mut self) {
+        self.pause = None;
+    }
+}
+
+/// Accept errors that concern only the connection being accepted (the client gave up):
+/// nothing to wait for.
+fn is_per_connection(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::Interrupted
+    )
 }
 
 /// Shared state of the routes.
@@ -92,42 +284,115 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let shared = coordinator.clone();
+    let metrics = &shared.metrics;
     let router = routes(AppState {
         coordinator,
         shutdown: shutdown.clone(),
     });
     let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let router = router.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
-                        return;
-                    };
-                    let identity = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .and_then(|leaf| PeerIdentity::from_certificate(leaf));
-                    // The identity wraps the whole router (one small clone per request);
-                    // `Router::layer` would rebuild every route per connection, which
-                    // was ~22 KiB of each held long-poll.
-                    let service = TowerToHyperService::new(Extension(Connection { identity }).layer(router));
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(StdDuration::from_secs(30))
-                        .serve_connection(TokioIo::new(tls), service);
-                    let _ = watcher.watch(connection).await;
-                });
-            }
+    let unauthenticated = Unauthenticated::new(MAX_UNAUTHENTICATED_CONNECTIONS);
+    let mut backoff = AcceptBackoff::default();
+    let mut eviction_log = AcceptBackoff::default();
+    'accept: loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = shutdown.changed() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
+            Err(error) if is_per_connection(&error) => {
+                metrics.accept_errors.add(1);
+                continue;
+            }
+            Err(error) => {
+                // Out of file descriptors (EMFILE/ENFILE) or kernel memory: the pending
+                // connection stays queued, so retrying at once would spin. Closing the
+                // oldest unauthenticated connection frees a descriptor for whoever waits.
+                metrics.accept_errors.add(1);
+                if unauthenticated.evict_oldest() {
+                    metrics.connections_evicted.add(1);
+                }
+                let AcceptPause { pause, log } = backoff.failed(Instant::now());
+                if let Some(unlogged) = log {
+                    tracing::error!(
+                        %error,
+                        pause_ms = pause.as_millis(),
+                        failures_since_last_message = unlogged,
+                        "accepting a connection failed; pausing the accept loop (out of file descriptors? raise LimitNOFILE, or look for a connection flood; /metrics drover_accept_errors_total counts these)"
+                    );
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    _ = shutdown.changed() => break 'accept,
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (admission, evicted) = unauthenticated.admit();
+        if evicted {
+            metrics.connections_evicted.add(1);
+            if let Some(unlogged) = eviction_log.failed(Instant::now()).log {
+                tracing::warn!(
+                    limit = MAX_UNAUTHENTICATED_CONNECTIONS,
+                    closed_since_last_message = unlogged,
+                    "too many connections without a client certificate or admin token: closing the oldest (a connection flood? /metrics drover_connections_closed_by_limit_total counts these)"
+                );
+            }
         }
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let tls = tokio::select! {
+                handshake = handshake => match handshake {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(_)) | Err(_) => return,
+                },
+                () = admission.evicted() => return,
+            };
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| PeerIdentity::from_certificate(leaf));
+            let (admission, header_timeout) = match identity {
+                Some(_) => {
+                    admission.authenticated();
+                    (None, AGENT_HEADER_TIMEOUT)
+                }
+                None => (Some(Arc::new(admission)), ANONYMOUS_HEADER_TIMEOUT),
+            };
+            // The identity wraps the whole router (one small clone per request);
+            // `Router::layer` would rebuild every route per connection, which
+            // was ~22 KiB of each held long-poll.
+            let connection_state = Connection {
+                identity,
+                admission: admission.clone(),
+            };
+            let service = TowerToHyperService::new(Extension(connection_state).layer(router));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_REQUEST_BUFFER)
+                .serve_connection(TokioIo::new(tls), service);
+            let served = watcher.watch(connection);
+            match &admission {
+                // Dropping the connection closes it.
+                Some(admission) => tokio::select! {
+                    _ = served => {}
+                    () = admission.evicted() => {}
+                },
+                None => {
+                    let _ = served.await;
+                }
+            }
+        });
     }
     drop(listener);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
@@ -166,7 +431,7 @@ fn routes(state: AppState) -> Router {
         .route("/v1/admin/rollouts/{app}", get(rollout_status))
         .route("/v1/admin/rollouts/{app}/history", get(rollout_history))
         .route("/v1/admin/rollouts/{app}/{command}", post(rollout_command))
-        .fallback(|| async { ApiError(ServiceError::NotFound("no_such_route", "no such endpoint".into())) })
+        .fallback(|| async { ApiError::Service(ServiceError::NotFound("no_such_route", "no such endpoint".into())) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -179,47 +444,101 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: a
     if response.status().is_client_error() || response.status().is_server_error() {
         metrics.request_errors.add(1);
     }
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        metrics.body_timeouts.add(1);
+    }
     response
 }
 
-/// A service error as an HTTP answer.
-struct ApiError(ServiceError);
+/// Why a request body was not read.
+#[derive(Clone, Debug, thiserror::Error)]
+enum BodyError {
+    /// Over the route's limit (declared in Content-Length or counted while reading).
+    #[error("the request body is over the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// Slower than [`BodyPace`] allows.
+    #[error(
+        "the request body came too slowly: {received} bytes in {elapsed_ms} ms (a body may take {grace_s} s plus 1 s per {min_rate} bytes, and pause at most {stall_s} s); the connection is closed"
+    )]
+    TooSlow {
+        received: u64,
+        elapsed_ms: u128,
+        grace_s: u64,
+        min_rate: u64,
+        stall_s: u64,
+    },
+    /// The connection failed mid-body.
+    #[error("the request body could not be read: {0}")]
+    Unreadable(String),
+}
+
+/// Everything a route can answer with instead of success.
+#[derive(Debug)]
+enum ApiError {
+    Service(ServiceError),
+    Body(BodyError),
+}
 
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> ApiError {
-        ApiError(error)
+        ApiError::Service(error)
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> ApiError {
+        ApiError::Body(error)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self.0 {
-            ServiceError::BadRequest(code, _) => (StatusCode::BAD_REQUEST, *code),
-            ServiceError::Unauthorized(code, _) => (StatusCode::UNAUTHORIZED, *code),
-            ServiceError::Forbidden(code, _) => (StatusCode::FORBIDDEN, *code),
-            ServiceError::NotFound(code, _) => (StatusCode::NOT_FOUND, *code),
-            ServiceError::Conflict(code, _) => (StatusCode::CONFLICT, *code),
-            ServiceError::Gone(code, _) => (StatusCode::GONE, *code),
-            ServiceError::TooLarge(code, _) => (StatusCode::PAYLOAD_TOO_LARGE, *code),
-            ServiceError::Unavailable(code, _) => (StatusCode::SERVICE_UNAVAILABLE, *code),
-            ServiceError::RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
-            ServiceError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_failed"),
-            ServiceError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_failed"),
+        let (status, code) = match &self {
+            ApiError::Service(ServiceError::BadRequest(code, _)) => (StatusCode::BAD_REQUEST, *code),
+            ApiError::Service(ServiceError::Unauthorized(code, _)) => (StatusCode::UNAUTHORIZED, *code),
+            ApiError::Service(ServiceError::Forbidden(code, _)) => (StatusCode::FORBIDDEN, *code),
+            ApiError::Service(ServiceError::NotFound(code, _)) => (StatusCode::NOT_FOUND, *code),
+            ApiError::Service(ServiceError::Conflict(code, _)) => (StatusCode::CONFLICT, *code),
+            ApiError::Service(ServiceError::Gone(code, _)) => (StatusCode::GONE, *code),
+            ApiError::Service(ServiceError::TooLarge(code, _)) => (StatusCode::PAYLOAD_TOO_LARGE, *code),
+            ApiError::Service(ServiceError::Unavailable(code, _)) => (StatusCode::SERVICE_UNAVAILABLE, *code),
+            ApiError::Service(ServiceError::RangeNotSatisfiable { .. }) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
+            ApiError::Service(ServiceError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "store_failed"),
+            ApiError::Service(ServiceError::Io { .. }) => (StatusCode::INTERNAL_SERVER_ERROR, "io_failed"),
+            ApiError::Body(BodyError::TooLarge { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::Body(BodyError::TooSlow { .. }) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            ApiError::Body(BodyError::Unreadable(_)) => (StatusCode::BAD_REQUEST, "body_unreadable"),
+        };
+        let message = match &self {
+            ApiError::Service(error) => error.to_string(),
+            ApiError::Body(error) => error.to_string(),
         };
         // 503 is expected back-pressure (counted in /metrics); logging each one would turn
         // an overload into a log storm.
         if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %self.0, "request failed");
+            tracing::error!(error = %message, "request failed");
         }
         let body = ErrorBody {
             code: code.to_owned(),
-            error: self.0.to_string(),
+            error: message,
         };
         let mut response = (status, Json(body)).into_response();
-        if let ServiceError::RangeNotSatisfiable { size, .. } = &self.0
-            && let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}"))
-        {
-            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        match &self {
+            ApiError::Service(ServiceError::RangeNotSatisfiable { size, .. }) => {
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+            }
+            // The rest of the body is unread (and may never come): the connection cannot
+            // carry another request.
+            ApiError::Body(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ApiError::Service(_) => {}
         }
         response
     }
@@ -229,47 +548,161 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// How much of an oversized body is read and discarded before answering 413, so that
 /// ordinary clients, which send the whole body before reading the answer, see the 413
-/// instead of a broken pipe. Beyond this the connection is simply closed.
+/// instead of a broken pipe. Beyond this the connection is simply closed. Only
+/// authenticated clients get this: an anonymous one is answered at once.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
+/// How much of a body a route reads.
+#[derive(Clone, Copy, Debug)]
+struct BodyLimit {
+    /// The largest body accepted.
+    max: usize,
+    /// How much is read (and dropped) before answering 413 to a larger one.
+    drain: usize,
+}
+
+impl BodyLimit {
+    /// For a client that proved who it is (agent certificate or admin token).
+    const fn authenticated(max: usize) -> BodyLimit {
+        BodyLimit {
+            max,
+            drain: if max > DRAIN_LIMIT { max } else { DRAIN_LIMIT },
+        }
+    }
+
+    /// For a client that did not: nothing beyond `max` is read.
+    const fn anonymous(max: usize) -> BodyLimit {
+        BodyLimit { max, drain: max }
+    }
+}
+
+/// How fast a request body must arrive: by `grace` plus one second per `min_rate` bytes
+/// received (an average rate floor that a large upload can meet however long it is),
+/// and never pausing longer than `max_stall`. A client sending a byte a second is cut
+/// off after `grace`; one that sends part of a body and stops, after at most
+/// `max_stall`.
+#[derive(Clone, Copy, Debug)]
+struct BodyPace {
+    grace: StdDuration,
+    min_rate: u64,
+    max_stall: StdDuration,
+}
+
+/// The pace every route asks for.
+const BODY_PACE: BodyPace = BodyPace {
+    grace: BODY_GRACE,
+    min_rate: BODY_MIN_RATE,
+    max_stall: BODY_MAX_STALL,
+};
+
+impl BodyPace {
+    /// When the next chunk must have arrived, given when the body started, when the last
+    /// chunk came and how many bytes came so far.
+    fn deadline<I>(&self, started: I, last_chunk: I, received: u64) -> I
+    where
+        I: std::ops::Add<StdDuration, Output = I> + Ord,
+    {
+        let earned = StdDuration::from_millis(received.saturating_mul(1000) / self.min_rate.max(1));
+        std::cmp::min(started + self.grace + earned, last_chunk + self.max_stall)
+    }
+
+    fn too_slow(&self, received: u64, elapsed: StdDuration) -> BodyError {
+        BodyError::TooSlow {
+            received,
+            elapsed_ms: elapsed.as_millis(),
+            grace_s: self.grace.as_secs(),
+            min_rate: self.min_rate,
+            stall_s: self.max_stall.as_secs(),
+        }
+    }
+}
+
+/// The request body as a stream that ends with [`BodyError::TooSlow`] when the client
+/// falls behind `pace` (the error is also put in `failure`, for callers that hand the
+/// stream on and get a different error back).
+fn paced(
+    body: Body,
+    pace: BodyPace,
+    failure: Arc<OnceLock<BodyError>>,
+) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, PacedError>> + Unpin {
+    use futures_util::StreamExt as _;
+    let started = tokio::time::Instant::now();
+    let state = (Some(body.into_data_stream()), started, 0u64);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        move |(stream, last_chunk, received)| {
+            let failure = failure.clone();
+            async move {
+                let mut stream = stream?;
+                let deadline = pace.deadline(started, last_chunk, received);
+                let error = match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(None) => return None,
+                    Ok(Some(Ok(chunk))) => {
+                        let received = received + chunk.len() as u64;
+                        return Some((Ok(chunk), (Some(stream), tokio::time::Instant::now(), received)));
+                    }
+                    Ok(Some(Err(error))) => BodyError::Unreadable(error.to_string()),
+                    Err(_) => pace.too_slow(received, started.elapsed()),
+                };
+                let message = error.to_string();
+                let _ = failure.set(error);
+                Some((Err(PacedError(message)), (None, last_chunk, received)))
+            }
+        },
+    ))
+}
+
+/// The error item of [`paced`]: the message of the [`BodyError`] it stored.
+#[derive(Debug)]
+struct PacedError(String);
+
+impl std::fmt::Display for PacedError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
 /// Reads an optional JSON body: an empty body is the type's default.
-async fn read_optional_json<T: DeserializeOwned + Default>(body: Body, limit: usize) -> Result<T, ServiceError> {
+async fn read_optional_json<T: DeserializeOwned + Default>(body: Body, limit: BodyLimit) -> ApiResult<T> {
     let bytes = read_body(body, limit).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    parse_json(&bytes)
+    Ok(parse_json(&bytes)?)
 }
 
-/// Reads a JSON body of at most `limit` bytes: 413 over it, 400 when malformed.
-async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ServiceError> {
-    parse_json(&read_body(body, limit).await?)
+/// Reads a JSON body within `limit`: 413 over it, 408 too slow, 400 when malformed.
+async fn read_json<T: DeserializeOwned>(body: Body, limit: BodyLimit) -> ApiResult<T> {
+    Ok(parse_json(&read_body(body, limit).await?)?)
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ServiceError> {
+async fn read_body(body: Body, limit: BodyLimit) -> Result<Vec<u8>, BodyError> {
     use futures_util::StreamExt as _;
-    let mut stream = body.into_data_stream();
+    // A declared length over what would be read is refused before reading any of it.
+    let declared = axum::body::HttpBody::size_hint(&body).lower();
+    if declared > limit.max as u64 && declared > limit.drain as u64 {
+        return Err(BodyError::TooLarge { limit: limit.max });
+    }
+    let failure = Arc::new(OnceLock::new());
+    let mut stream = paced(body, BODY_PACE, failure.clone());
     let mut bytes = Vec::new();
     let mut total = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|error| {
-            ServiceError::BadRequest(
-                "body_unreadable",
-                format!("the request body could not be read: {error}"),
-            )
+            failure
+                .get()
+                .cloned()
+                .unwrap_or_else(|| BodyError::Unreadable(error.to_string()))
         })?;
         total += chunk.len();
-        if total <= limit {
+        if total <= limit.max {
             bytes.extend_from_slice(&chunk);
-        } else if total > DRAIN_LIMIT {
+        } else if total > limit.drain {
             break;
         }
     }
-    if total > limit {
-        return Err(ServiceError::TooLarge(
-            "body_too_large",
-            format!("the request body is over the limit of {limit} bytes"),
-        ));
+    if total > limit.max {
+        return Err(BodyError::TooLarge { limit: limit.max });
     }
     Ok(bytes)
 }
@@ -286,18 +719,25 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ServiceError> {
     })
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme is matched without
+/// regard to case (RFC 9110 §11.1: `bearer`, `BEARER`), and any run of spaces or tabs may
+/// separate it from the token.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Checks the request's admin token; returns whose it is, the `who` of what it changes.
-async fn admin(state: &AppState, headers: &HeaderMap) -> Result<Operator, ServiceError> {
-    state.coordinator.check_admin(bearer(headers)).await
+/// A valid token takes the connection out of the unauthenticated budget, so an operator's
+/// long upload is never closed to make room for anonymous clients.
+async fn admin(state: &AppState, connection: &Connection, headers: &HeaderMap) -> Result<Operator, ServiceError> {
+    let operator = state.coordinator.check_admin(bearer(headers)).await?;
+    if let Some(admission) = &connection.admission {
+        admission.authenticated();
+    }
+    Ok(operator)
 }
 
 fn parse_path<T: std::str::FromStr>(text: &str, what: &'static str) -> Result<T, ServiceError>
@@ -314,7 +754,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn join(State(state): State<AppState>, body: Body) -> ApiResult<Json<drover_protocol::api::JoinResponse>> {
-    let request: JoinRequest = read_json(body, MAX_JSON_BODY).await?;
+    let request: JoinRequest = read_json(body, BodyLimit::anonymous(MAX_JOIN_BODY)).await?;
     Ok(Json(state.coordinator.join(request).await?))
 }
 
@@ -410,7 +850,7 @@ async fn report(
         .as_ref()
         .map(|identity| identity.host.clone())
         .expect("checked by host_slot");
-    let report: HostReport = read_json(body, MAX_REPORT_BYTES).await?;
+    let report: HostReport = read_json(body, BodyLimit::authenticated(MAX_REPORT_BYTES)).await?;
     state.coordinator.report(&host, report)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -489,9 +929,14 @@ async fn artifact(
     Ok(response)
 }
 
-async fn create_admin_token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let operator = admin(&state, &headers).await?;
-    let request: AdminTokenRequest = read_json(body, MAX_JSON_BODY).await?;
+async fn create_admin_token(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let operator = admin(&state, &connection, &headers).await?;
+    let request: AdminTokenRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok((
         StatusCode::CREATED,
         Json(state.coordinator.create_admin_token(request, &operator).await?),
@@ -499,24 +944,34 @@ async fn create_admin_token(State(state): State<AppState>, headers: HeaderMap, b
         .into_response())
 }
 
-async fn list_admin_tokens(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
+async fn list_admin_tokens(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
     Ok(Json(state.coordinator.admin_tokens()).into_response())
 }
 
 async fn revoke_admin_token(
     State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let operator = admin(&state, &headers).await?;
+    let operator = admin(&state, &connection, &headers).await?;
     let name: TokenName = parse_path(&name, "bad_token_name")?;
     Ok(Json(state.coordinator.revoke_admin_token(&name, &operator).await?).into_response())
 }
 
-async fn create_token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
-    let request: TokenRequest = read_json(body, MAX_JSON_BODY).await?;
+async fn create_token(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
+    let request: TokenRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok((
         StatusCode::CREATED,
         Json(state.coordinator.create_token(request).await?),
@@ -524,23 +979,33 @@ async fn create_token(State(state): State<AppState>, headers: HeaderMap, body: B
         .into_response())
 }
 
-async fn list_hosts(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
+async fn list_hosts(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
     Ok(Json(state.coordinator.hosts().await).into_response())
 }
 
-async fn show_host(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
+async fn show_host(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
     let id: HostId = parse_path(&id, "bad_host_id")?;
     Ok(Json(state.coordinator.host(&id).await?).into_response())
 }
 
 async fn remove_host(
     State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let operator = admin(&state, &headers).await?;
+    let operator = admin(&state, &connection, &headers).await?;
     let id: HostId = parse_path(&id, "bad_host_id")?;
     state.coordinator.remove_host(&id, &operator).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -548,41 +1013,57 @@ async fn remove_host(
 
 async fn label_host(
     State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
+    admin(&state, &connection, &headers).await?;
     let id: HostId = parse_path(&id, "bad_host_id")?;
-    let request: LabelRequest = read_json(body, MAX_JSON_BODY).await?;
+    let request: LabelRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok(Json(state.coordinator.label_host(&id, request.set, request.remove).await?).into_response())
 }
 
-async fn list_groups(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
+async fn list_groups(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
     Ok(Json(state.coordinator.groups().await).into_response())
 }
 
-async fn put_group(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
-    let group: Group = read_json(body, MAX_JSON_BODY).await?;
+async fn put_group(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
+    let group: Group = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok(Json(state.coordinator.put_group(group).await?).into_response())
 }
 
 async fn delete_group(
     State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    admin(&state, &headers).await?;
+    admin(&state, &connection, &headers).await?;
     state.coordinator.delete_group(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /v1/admin/artifacts`: the body is the artifact, streamed to disk. The optional
 /// `X-Drover-Digest` header names the digest the client expects.
-async fn upload_artifact(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
+async fn upload_artifact(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
     let expected = match headers.get("x-drover-digest").map(HeaderValue::to_str) {
         None => None,
         Some(Ok(text)) => Some(parse_path::<Digest>(text, "bad_digest")?),
@@ -590,14 +1071,26 @@ async fn upload_artifact(State(state): State<AppState>, headers: HeaderMap, body
             return Err(ServiceError::BadRequest("bad_digest", "X-Drover-Digest is not text".into()).into());
         }
     };
-    let stream = body.into_data_stream();
-    let info = crate::blobs::put(&state.coordinator.data().blobs(), stream, expected.as_ref()).await?;
-    Ok((StatusCode::CREATED, Json(info)).into_response())
+    // Uploads can be large: they get the rate floor, not a total deadline.
+    let failure = Arc::new(OnceLock::new());
+    let stream = paced(body, BODY_PACE, failure.clone());
+    let stored = crate::blobs::put(&state.coordinator.data().blobs(), stream, expected.as_ref()).await;
+    match (stored, failure.get()) {
+        (Ok(info), _) => Ok((StatusCode::CREATED, Json(info)).into_response()),
+        // The body's own error (408), not the "upload interrupted" that put made of it.
+        (Err(_), Some(failure)) => Err(failure.clone().into()),
+        (Err(error), None) => Err(error.into()),
+    }
 }
 
-async fn create_release(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
-    let request: ReleaseRequest = read_json(body, MAX_JSON_BODY).await?;
+async fn create_release(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
+    let request: ReleaseRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok((
         StatusCode::CREATED,
         Json(state.coordinator.create_release(request).await?),
@@ -607,17 +1100,23 @@ async fn create_release(State(state): State<AppState>, headers: HeaderMap, body:
 
 async fn list_releases(
     State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
     headers: HeaderMap,
     Path(app): Path<String>,
 ) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
+    admin(&state, &connection, &headers).await?;
     let app: AppName = parse_path(&app, "bad_app_name")?;
     Ok(Json(state.coordinator.releases(&app).await).into_response())
 }
 
-async fn pin(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let operator = admin(&state, &headers).await?;
-    let request: PinRequest = read_json(body, MAX_JSON_BODY).await?;
+async fn pin(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let operator = admin(&state, &connection, &headers).await?;
+    let request: PinRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     let pin = Pin {
         app: request.app,
         version: request.version,
@@ -627,9 +1126,14 @@ async fn pin(State(state): State<AppState>, headers: HeaderMap, body: Body) -> A
     Ok(Json(state.coordinator.pin(pin, &operator, reason).await?).into_response())
 }
 
-async fn unpin(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let operator = admin(&state, &headers).await?;
-    let request: UnpinRequest = read_json(body, MAX_JSON_BODY).await?;
+async fn unpin(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let operator = admin(&state, &connection, &headers).await?;
+    let request: UnpinRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     let reason = request.reason.as_deref();
     Ok(Json(
         state
@@ -640,34 +1144,58 @@ async fn unpin(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
     .into_response())
 }
 
-async fn hold(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let operator = admin(&state, &headers).await?;
-    let request: HoldRequest = read_json(body, MAX_JSON_BODY).await?;
+async fn hold(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let operator = admin(&state, &connection, &headers).await?;
+    let request: HoldRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     let reason = request.reason.as_deref();
     Ok(Json(state.coordinator.hold(request.scope, true, &operator, reason).await?).into_response())
 }
 
-async fn unhold(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let operator = admin(&state, &headers).await?;
-    let request: HoldRequest = read_json(body, MAX_JSON_BODY).await?;
+async fn unhold(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let operator = admin(&state, &connection, &headers).await?;
+    let request: HoldRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     let reason = request.reason.as_deref();
     Ok(Json(state.coordinator.hold(request.scope, false, &operator, reason).await?).into_response())
 }
 
-async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
+async fn status(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
     Ok(Json(state.coordinator.status().await).into_response())
 }
 
-async fn plan_rollout(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
-    let request: RolloutRequest = read_json(body, MAX_JSON_BODY).await?;
+async fn plan_rollout(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
+    let request: RolloutRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok(Json(state.coordinator.plan_rollout(&request).await?).into_response())
 }
 
-async fn start_rollout(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let operator = admin(&state, &headers).await?;
-    let request: RolloutRequest = read_json(body, MAX_JSON_BODY).await?;
+async fn start_rollout(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let operator = admin(&state, &connection, &headers).await?;
+    let request: RolloutRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok((
         StatusCode::CREATED,
         Json(state.coordinator.start_rollout(&request, &operator).await?),
@@ -677,20 +1205,22 @@ async fn start_rollout(State(state): State<AppState>, headers: HeaderMap, body: 
 
 async fn rollout_status(
     State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
     headers: HeaderMap,
     Path(app): Path<String>,
 ) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
+    admin(&state, &connection, &headers).await?;
     let app: AppName = parse_path(&app, "bad_app_name")?;
     Ok(Json(state.coordinator.rollout_status(&app).await?).into_response())
 }
 
 async fn rollout_history(
     State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
     headers: HeaderMap,
     Path(app): Path<String>,
 ) -> ApiResult<Response> {
-    admin(&state, &headers).await?;
+    admin(&state, &connection, &headers).await?;
     let app: AppName = parse_path(&app, "bad_app_name")?;
     Ok(Json(state.coordinator.rollout_history(&app).await?).into_response())
 }
@@ -699,15 +1229,17 @@ async fn rollout_history(
 /// the reason, and for abort `rollback`.
 async fn rollout_command(
     State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
     headers: HeaderMap,
     Path((app, command)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult<Response> {
-    let operator = admin(&state, &headers).await?;
+    let operator = admin(&state, &connection, &headers).await?;
     let app: AppName = parse_path(&app, "bad_app_name")?;
     let (command, reason) = match command.as_str() {
         "abort" => {
-            let request: RolloutAbortRequest = read_optional_json(body, MAX_JSON_BODY).await?;
+            let request: RolloutAbortRequest =
+                read_optional_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
             (
                 RolloutCommand::Abort {
                     rollback: request.rollback,
@@ -716,7 +1248,8 @@ async fn rollout_command(
             )
         }
         "pause" | "resume" | "approve" => {
-            let request: RolloutCommandRequest = read_optional_json(body, MAX_JSON_BODY).await?;
+            let request: RolloutCommandRequest =
+                read_optional_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
             let command = match command.as_str() {
                 "pause" => RolloutCommand::Pause,
                 "resume" => RolloutCommand::Resume,
@@ -739,4 +1272,139 @@ async fn rollout_command(
             .await?,
     )
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authorization(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(value).expect("header value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for value in [
+            "Bearer secret",
+            "bearer secret",
+            "BEARER secret",
+            "bEaReR secret",
+            "Bearer   secret ",
+            "Bearer\tsecret",
+        ] {
+            assert_eq!(bearer(&authorization(value)), Some("secret"), "{value:?}");
+        }
+        for value in [
+            "Basic c2VjcmV0",
+            "Bearer",
+            "Bearer ",
+            "Bearersecret",
+            "Token secret",
+            "",
+        ] {
+            assert_eq!(bearer(&authorization(value)), None, "{value:?}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn body_pace_cuts_off_a_trickle_after_the_grace_period() {
+        let started = Instant::now();
+        // A byte a second: the 10 s grace is all it gets.
+        let deadline = BODY_PACE.deadline(started, started + StdDuration::from_secs(9), 9);
+        assert!(deadline <= started + BODY_GRACE + StdDuration::from_millis(1));
+        assert!(deadline >= started + BODY_GRACE);
+    }
+
+    #[test]
+    fn body_pace_lets_a_large_upload_run_at_the_rate_floor() {
+        let started = Instant::now();
+        // 1 GiB at 1 MiB/s takes 1024 s; by then the floor (64 KiB/s) allows 16,384 s + grace.
+        let gib: u64 = 1 << 30;
+        let now = started + StdDuration::from_secs(1024);
+        let deadline = BODY_PACE.deadline(started, now, gib);
+        assert_eq!(
+            deadline,
+            now + BODY_MAX_STALL,
+            "only the stall limit binds a fast upload"
+        );
+        // Half of it at a quarter of the floor: too slow.
+        let slow_now = started + StdDuration::from_secs(2 * 8192 + 100);
+        let deadline = BODY_PACE.deadline(started, slow_now, gib / 4);
+        assert!(deadline < slow_now, "{:?} past", slow_now - deadline);
+    }
+
+    #[test]
+    fn body_pace_ends_a_body_that_stops() {
+        let started = Instant::now();
+        // 64 MiB fast, then nothing: the earned 1,024 s do not matter, the 30 s stall does.
+        let last = started + StdDuration::from_secs(2);
+        let deadline = BODY_PACE.deadline(started, last, 64 << 20);
+        assert_eq!(deadline, last + BODY_MAX_STALL);
+    }
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second_and_logs_rarely() {
+        let mut backoff = AcceptBackoff::default();
+        let start = Instant::now();
+        let mut pauses = Vec::new();
+        let mut logged = Vec::new();
+        // 100 failures, one every 100 ms of (simulated) time.
+        for step in 0..100u32 {
+            let AcceptPause { pause, log } = backoff.failed(start + StdDuration::from_millis(100) * step);
+            pauses.push(pause.as_millis());
+            if let Some(unlogged) = log {
+                logged.push((step, unlogged));
+            }
+        }
+        assert_eq!(&pauses[..8], &[10, 20, 40, 80, 160, 320, 640, 1000]);
+        assert!(pauses[8..].iter().all(|pause| *pause == 1000));
+        // At 0 s and every 10 s after: 9.9 s of failures give one line per 10 s.
+        assert_eq!(logged, vec![(0, 0)]);
+        let next = backoff.failed(start + StdDuration::from_secs(10));
+        assert_eq!(next.log, Some(99), "the next line counts the failures it did not log");
+        backoff.succeeded();
+        assert_eq!(backoff.failed(start + StdDuration::from_secs(11)).pause.as_millis(), 10);
+    }
+
+    #[test]
+    fn unauthenticated_budget_closes_the_oldest_and_spares_the_authenticated() {
+        let budget = Unauthenticated::new(2);
+        let (first, evicted) = budget.admit();
+        assert!(!evicted);
+        let (second, evicted) = budget.admit();
+        assert!(!evicted);
+        second.authenticated();
+        let (third, evicted) = budget.admit();
+        assert!(!evicted, "the authenticated connection no longer counts");
+        let (_fourth, evicted) = budget.admit();
+        assert!(evicted, "over the limit the oldest goes");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            tokio::time::timeout(StdDuration::from_secs(1), first.evicted())
+                .await
+                .expect("the oldest was told to close");
+            assert!(
+                tokio::time::timeout(StdDuration::from_millis(10), third.evicted())
+                    .await
+                    .is_err()
+            );
+            assert!(
+                tokio::time::timeout(StdDuration::from_millis(10), second.evicted())
+                    .await
+                    .is_err()
+            );
+        });
+        drop(third);
+        assert!(budget.evict_oldest(), "the fourth is still open");
+        assert!(!budget.evict_oldest(), "and nothing else is");
+    }
 }
