@@ -148,7 +148,25 @@ const JOB_TIMEOUT: StdDuration = StdDuration::from_secs(120);
 /// When removing an app failed (systemd or the disk refused), the next try.
 const RETIRE_RETRY: StdDuration = StdDuration::from_secs(30);
 
-/// The install loop's tools.
+/// What one app's task does after [`Executor::reconcile_app`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppNext {
+    /// Nothing until the manifest changes.
+    Wait,
+    /// Try again at this time (a failed install's back-off, a failed removal), or sooner
+    /// when the manifest changes.
+    RetryAt(Timestamp),
+    /// The app is gone from this host: its task ends.
+    Removed,
+}
+
+/// How many apps may be in a step (download, unpack, switch, health check) at once. Apps
+/// reconcile independently, so one app's health grace does not hold up another's pin;
+/// the bound keeps a host with many apps from unpacking them all at the same moment.
+pub const APP_CONCURRENCY: usize = 4;
+
+/// The install loop's tools, and the records of the apps it acts on: the whole host's at
+/// start, then one app's in each app's task ([`Executor::for_app`]).
 #[derive(Debug)]
 pub struct Executor {
     /// The state directory.
@@ -163,8 +181,8 @@ pub struct Executor {
     pub coordinator: String,
     /// System roots, no client certificate: artifacts anywhere else.
     pub public: reqwest::Client,
-    /// OCI registries and their clients.
-    pub registries: Registries,
+    /// OCI registries and their clients (shared by every app's task).
+    pub registries: std::sync::Arc<Registries>,
     /// systemd, over D-Bus.
     pub systemd: Systemd,
     /// Unpack limits.
@@ -253,21 +271,51 @@ impl Executor {
         }
     }
 
-    /// Brings the host to `desired`. Returns when to try again (a failed install's retry
-    /// time, or soon after a failed removal), or `None` when only a new manifest can
-    /// change anything.
-    pub async fn reconcile(&mut self, desired: &Manifest) -> Option<Timestamp> {
-        let started = now();
+    /// A copy of the tools holding only `app`'s record (`record`, as loaded): what the
+    /// task that reconciles that one app owns.
+    pub fn for_app(&self, app: &AppName, record: Option<AppRecord>) -> Executor {
+        Executor {
+            state_dir: self.state_dir.clone(),
+            unit_dir: self.unit_dir.clone(),
+            cache: self.cache.clone(),
+            client: self.client.clone(),
+            coordinator: self.coordinator.clone(),
+            public: self.public.clone(),
+            registries: std::sync::Arc::clone(&self.registries),
+            systemd: self.systemd.clone(),
+            limits: self.limits,
+            status: self.status.clone(),
+            records: record.map(|record| (app.clone(), record)).into_iter().collect(),
+        }
+    }
+
+    /// The host-wide part of a new manifest: its serial and hold, in the report.
+    pub fn note_manifest(&self, desired: &Manifest) {
         self.status.update(|status| {
             status.manifest_serial = Some(desired.serial);
             status.held = desired.hold;
         });
+    }
+
+    /// Drops the cache blobs nothing desired or on disk uses. Only while no app is in a
+    /// step (the caller makes sure), so no download in flight loses its blobs.
+    pub fn collect_garbage(&self, desired: &Manifest) {
+        if let Err(error) = self
+            .cache
+            .collect_garbage(&blobs_in_use(&self.cache, &self.state_dir, desired))
+        {
+            tracing::warn!("cleaning the artifact cache: {error}");
+        }
+    }
+
+    /// Brings one app to `desired`: its steps when the manifest lists it, its removal
+    /// when it does not (unless the host is held). Says what the app's task does next.
+    pub async fn reconcile_app(&mut self, desired: &Manifest, app: &AppName) -> AppNext {
+        let started = now();
         // A version is remembered as bad, or as failing to install, only while it stays
         // the desired one.
-        let apps: Vec<AppName> = self.records.keys().cloned().collect();
-        for app in &apps {
-            let wanted = desired.apps.get(app).map(|release| release.version.clone());
-            let record = self.record(app);
+        let wanted = desired.apps.get(app).map(|release| release.version.clone());
+        if let Some(record) = self.records.get_mut(app) {
             let before = (record.bad.len(), record.failure.is_some());
             record.bad.retain(|version| Some(version) == wanted.as_ref());
             if record
@@ -281,70 +329,61 @@ impl Executor {
                 let _ = self.save(app);
             }
         }
-        for (app, release) in &desired.apps {
-            let record = self.records.get(app).cloned().unwrap_or_default();
-            let waiting = record
-                .failure
-                .as_ref()
-                .is_some_and(|failure| failure.version == release.version && failure.retry_at > started);
-            let (state, error) = if desired.hold {
-                (AppState::Held, None)
-            } else if record.bad.contains(&release.version) {
-                (AppState::RolledBack, record.last_error.clone())
-            } else if version_of(record.current.as_ref()) == Some(&release.version) {
-                (AppState::Healthy, None)
-            } else if waiting {
-                (AppState::Failed, record.last_error.clone())
-            } else {
-                (AppState::Fetching, None)
-            };
-            self.status.app_state(
-                app,
-                version_of(record.current.as_ref()),
-                Some(&release.version),
-                state,
-                error,
-            );
-            self.status
-                .with_app(app, |report| report.bad_versions = record.bad.iter().cloned().collect());
-        }
-        if desired.hold {
-            return None;
-        }
-        // Apps the manifest no longer lists (unpinned everywhere for this host) stop, also
-        // those that never installed: they have a status entry or a directory but maybe no
-        // record.
-        let mut retired: BTreeSet<AppName> = self.records.keys().cloned().collect();
-        self.status.update(|status| retired.extend(status.apps.keys().cloned()));
-        retired.extend(local::app_dirs(&self.state_dir));
-        retired.retain(|app| !desired.apps.contains_key(app));
-        let mut retry_at = None;
-        for app in retired {
-            if let Err(error) = self.retire(&app).await {
-                self.failed(&app, None, &error);
-                retry_at = Some(started.plus(drover_protocol::Duration::from_secs(RETIRE_RETRY.as_secs())));
+        let Some(release) = desired.apps.get(app) else {
+            if desired.hold {
+                return AppNext::Wait;
             }
+            // Unpinned everywhere for this host: it stops and goes, also when it never
+            // installed (a status entry or a directory but maybe no record).
+            return match self.retire(app).await {
+                Ok(()) => AppNext::Removed,
+                Err(error) => {
+                    self.failed(app, None, &error);
+                    AppNext::RetryAt(started.plus(drover_protocol::Duration::from_secs(RETIRE_RETRY.as_secs())))
+                }
+            };
+        };
+        let record = self.records.get(app).cloned().unwrap_or_default();
+        let waiting = record
+            .failure
+            .as_ref()
+            .is_some_and(|failure| failure.version == release.version && failure.retry_at > started);
+        let (state, error) = if desired.hold {
+            (AppState::Held, None)
+        } else if record.bad.contains(&release.version) {
+            (AppState::RolledBack, record.last_error.clone())
+        } else if version_of(record.current.as_ref()) == Some(&release.version) {
+            (AppState::Healthy, None)
+        } else if waiting {
+            (AppState::Failed, record.last_error.clone())
+        } else {
+            (AppState::Fetching, None)
+        };
+        self.status.app_state(
+            app,
+            version_of(record.current.as_ref()),
+            Some(&release.version),
+            state,
+            error,
+        );
+        self.status
+            .with_app(app, |report| report.bad_versions = record.bad.iter().cloned().collect());
+        if desired.hold {
+            return AppNext::Wait;
         }
 
-        let steps = plan(desired, &self.observe(desired), started);
-        let mut failed: BTreeSet<AppName> = BTreeSet::new();
-        let mut artifacts: BTreeMap<AppName, Fetched> = BTreeMap::new();
-        for step in steps {
-            let app = match &step {
-                Step::Fetch { app, .. }
-                | Step::Stage { app, .. }
-                | Step::Activate { app, .. }
-                | Step::Prune { app, .. } => app.clone(),
-            };
-            if failed.contains(&app) {
-                continue;
-            }
+        let mine = Manifest {
+            apps: BTreeMap::from([(app.clone(), release.clone())]),
+            ..desired.clone()
+        };
+        let mut fetched: Option<Fetched> = None;
+        for step in plan(&mine, &self.observe(&mine), started) {
             let outcome = match step {
                 Step::Fetch { app, release } => self.fetch(&app, &release).await.map(|artifact| {
-                    artifacts.insert(app, artifact);
+                    fetched = Some(artifact);
                 }),
                 Step::Stage { app, release } => {
-                    let artifact = match artifacts.remove(&app) {
+                    let artifact = match fetched.take() {
                         Some(artifact) => Ok(artifact),
                         None => self.fetch(&app, &release).await,
                     };
@@ -360,18 +399,14 @@ impl Executor {
                 }
             };
             if let Err(error) = outcome {
-                self.failed(&app, desired.apps.get(&app).map(|release| &release.version), &error);
-                failed.insert(app);
+                self.failed(app, Some(&release.version), &error);
+                break;
             }
         }
-        if let Err(error) = self
-            .cache
-            .collect_garbage(&blobs_in_use(&self.cache, &self.state_dir, desired))
-        {
-            tracing::warn!("cleaning the artifact cache: {error}");
+        match crate::plan::next_retry(&mine, &self.observe(&mine)) {
+            Some(at) => AppNext::RetryAt(at),
+            None => AppNext::Wait,
         }
-        let install_retry = crate::plan::next_retry(desired, &self.observe(desired));
-        [retry_at, install_retry].into_iter().flatten().min()
     }
 
     /// Stops and removes an app the manifest no longer lists: its unit (stopped,

@@ -5,8 +5,12 @@
 //!   accepted serial and issued-at *before* handing it on, and backs off with jitter
 //!   while the coordinator is unreachable (the host keeps running what it runs); any
 //!   successful exchange (a report getting through) ends a back-off at once;
-//! - the **reconciler** finishes any interrupted switch (the journal), then brings the
-//!   host to the latest accepted manifest, retrying failed steps later;
+//! - the **reconciler** runs one task per app (at most [`APP_CONCURRENCY`] in a step at
+//!   once): each finishes its app's interrupted switch (the journal), then brings the app
+//!   to the latest accepted manifest, retrying a failed install after its journaled
+//!   back-off, and removes the app when the manifest drops it. Apps do not wait for each
+//!   other: a pin of one lands while another sits in its health grace. The artifact cache
+//!   is collected only while no app is in a step, so no download loses its blobs;
 //! - the **reporter** ([`crate::reporting`]) reports every change and a heartbeat.
 //!
 //! SIGTERM (the `shutdown` future) stops polling, lets the reconciler finish its step
@@ -17,14 +21,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
+use drover_protocol::AppName;
 use drover_protocol::api::MAX_WAIT_SECONDS;
 use drover_protocol::manifest::MAX_MANIFEST_BYTES;
 use drover_protocol::{Manifest, Timestamp, Trust, accept};
-use tokio::sync::watch;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
 
 use crate::config::AgentConfig;
 use crate::error::Error;
-use crate::executor::{Executor, UNIT_DIR};
+use crate::executor::{APP_CONCURRENCY, AppNext, Executor, UNIT_DIR};
 use crate::fetch::Cache;
 use crate::notify::Notifier;
 use crate::reporting::{Reporter, Shared};
@@ -127,7 +133,10 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         client: client.clone(),
         coordinator: coordinator.clone(),
         public,
-        registries: crate::oci::registry::Registries::new(config.registries.clone(), &crate::tls::SYSTEM_CA_BUNDLES),
+        registries: Arc::new(crate::oci::registry::Registries::new(
+            config.registries.clone(),
+            &crate::tls::SYSTEM_CA_BUNDLES,
+        )),
         systemd,
         limits: crate::unpack::UnpackLimits {
             max_total_bytes: config.max_release_size,
@@ -237,32 +246,135 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
     Ok(())
 }
 
+/// The reconciler: one task per app, fed the latest manifest, until `stop`. Dropping
+/// this future (the drain timed out) aborts the app tasks with it: the journal makes that
+/// as safe as a crash.
 async fn reconcile_loop(
-    mut executor: Executor,
+    executor: Executor,
     mut desired: watch::Receiver<Option<Arc<Manifest>>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    executor.recover().await;
+    let permits = Arc::new(Semaphore::new(APP_CONCURRENCY));
+    let idle = Arc::new(Notify::new());
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut feeds: std::collections::BTreeMap<AppName, watch::Sender<Option<Arc<Manifest>>>> =
+        std::collections::BTreeMap::new();
+    // Every app the host has something of gets a task at once: it finishes an interrupted
+    // switch, or removes what the manifest no longer lists.
+    let mut known: std::collections::BTreeSet<AppName> = executor.records.keys().cloned().collect();
+    known.extend(crate::local::app_dirs(&executor.state_dir));
+    let mut startup = Some(executor.records.clone());
+    let mut manifest = desired.borrow_and_update().clone();
+    let mut fresh = true;
+    loop {
+        if fresh {
+            fresh = false;
+            if let Some(manifest) = &manifest {
+                executor.note_manifest(manifest);
+            }
+            feeds.retain(|_, feed| !feed.is_closed());
+            for feed in feeds.values() {
+                feed.send_replace(manifest.clone());
+            }
+            let wanted = manifest.iter().flat_map(|manifest| manifest.apps.keys().cloned());
+            let starting: Vec<AppName> = std::mem::take(&mut known).into_iter().chain(wanted).collect();
+            for app in starting {
+                if feeds.contains_key(&app) {
+                    continue;
+                }
+                // The records loaded at start, once; later, the record as on disk now (a
+                // task that ended may have changed it).
+                let record = match &startup {
+                    Some(records) => records.get(&app).cloned(),
+                    None => crate::local::load_all(&executor.state_dir)
+                        .ok()
+                        .and_then(|records| records.get(&app).cloned()),
+                };
+                let (feed, receiver) = watch::channel(manifest.clone());
+                tasks.spawn(app_loop(
+                    executor.for_app(&app, record),
+                    app.clone(),
+                    receiver,
+                    Arc::clone(&permits),
+                    Arc::clone(&idle),
+                    stop.clone(),
+                ));
+                feeds.insert(app, feed);
+            }
+            startup = None;
+        }
+        tokio::select! {
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                manifest = desired.borrow_and_update().clone();
+                fresh = true;
+            }
+            () = idle.notified() => {
+                // Collected only when no app holds a permit: no step, no download, in flight.
+                if let (Some(manifest), Ok(_all)) = (&manifest, permits.try_acquire_many(APP_CONCURRENCY as u32)) {
+                    executor.collect_garbage(manifest);
+                }
+            }
+            () = stopped(&mut stop) => break,
+            Some(_) = tasks.join_next() => feeds.retain(|_, feed| !feed.is_closed()),
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    // Each app task stops after the step it is in.
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One app's task: finishes its interrupted switch, then reconciles the app whenever the
+/// manifest changes or its retry time comes, holding one of the shared permits for each
+/// round of steps. Ends when the app is removed or at `stop`.
+async fn app_loop(
+    mut executor: Executor,
+    app: AppName,
+    mut desired: watch::Receiver<Option<Arc<Manifest>>>,
+    permits: Arc<Semaphore>,
+    idle: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    {
+        let Ok(_permit) = permits.acquire().await else { return };
+        executor.recover().await;
+    }
     loop {
         let manifest = desired.borrow_and_update().clone();
-        let retry_at = match &manifest {
-            Some(manifest) => executor.reconcile(manifest).await,
-            None => None,
+        let next = match &manifest {
+            Some(manifest) => {
+                let permit = tokio::select! {
+                    permit = permits.acquire() => permit,
+                    () = stopped(&mut stop) => return,
+                };
+                let Ok(_permit) = permit else { return };
+                executor.reconcile_app(manifest, &app).await
+            }
+            None => AppNext::Wait,
         };
+        idle.notify_one();
         // Failed installs wait for their journaled retry time, a new manifest does not.
-        let again = retry_at.map(|at| until(at, std::time::SystemTime::now()));
+        let again = match next {
+            AppNext::Removed => return,
+            AppNext::Wait => None,
+            AppNext::RetryAt(at) => Some(until(at, std::time::SystemTime::now())),
+        };
         tokio::select! {
-            changed = desired.changed() => if changed.is_err() { break },
+            changed = desired.changed() => if changed.is_err() { return },
             () = async {
                 match again {
                     Some(delay) => tokio::time::sleep(delay).await,
                     None => std::future::pending().await,
                 }
             } => {}
-            () = stopped(&mut stop) => break,
+            () = stopped(&mut stop) => return,
         }
         if *stop.borrow() {
-            break;
+            return;
         }
     }
 }
