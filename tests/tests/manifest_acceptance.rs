@@ -168,10 +168,16 @@ fn rejects_valid_json_shaped_envelope_one_byte_over_the_limit() {
 #[test]
 fn accepts_a_valid_manifest_of_exactly_the_size_limit_and_rejects_one_byte_more() {
     let keys = Keys::simple();
-    let unpadded = manifest_value(&manifest(HOST, 1, 1));
+    // The padding is spread over five apps: one spec may be at most MAX_SPEC_BYTES.
+    const APPS: usize = 5;
+    let unpadded = manifest_value(&manifest(HOST, 1, APPS));
     let payload = |padding: usize| {
         let mut value = unpadded.clone();
-        value["apps"]["app-0"]["spec"]["service"]["environment"]["PADDING"] = Value::String("x".repeat(padding));
+        for index in 0..APPS {
+            let share = padding / APPS + if index == 0 { padding % APPS } else { 0 };
+            value["apps"][format!("app-{index}")]["spec"]["service"]["environment"]["PADDING"] =
+                Value::String("x".repeat(share));
+        }
         serde_json::to_vec(&value).expect("a JSON value serializes")
     };
     let signed = |padding: usize| sign_payload(&payload(padding), &[&keys.manifest_keys[0]]);
