@@ -134,6 +134,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     ));
     let background = tokio::spawn(background.run(coordinator.clone(), receiver));
     tracing::info!(%addr, %public_url, ca_sha256 = %coordinator.credentials().ca.sha256(), "drover coordinator listening");
+    warn_if_few_descriptors();
     Ok(Running {
         addr,
         public_url,
@@ -144,6 +145,39 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     })
 }
 
+/// Below this many open files the coordinator warns at start: every connected agent holds
+/// a descriptor (its long-poll), and up to
+/// [`MAX_UNAUTHENTICATED_CONNECTIONS`](crate::server::MAX_UNAUTHENTICATED_CONNECTIONS)
+/// more may be held by clients without a certificate. The packaged unit sets 65536.
+const FEW_DESCRIPTORS: u64 = 4096;
+
+/// Logs a warning when the open-file limit is low. Raising it here would need
+/// `setrlimit` (unsafe or another dependency); the unit's `LimitNOFILE=` does it instead.
+/// When the limit is reached anyway the accept loop pauses and logs (see `server`).
+fn warn_if_few_descriptors() {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    if let Some((soft, hard)) = open_files_limit(&limits)
+        && soft < FEW_DESCRIPTORS
+    {
+        tracing::warn!(
+            soft_limit = soft,
+            hard_limit = hard.map_or_else(|| "unlimited".to_owned(), |hard| hard.to_string()),
+            "the open-file limit is low: each connected host holds one descriptor; raise it (LimitNOFILE= in the unit, ulimit -n) to at least {FEW_DESCRIPTORS}, or more than the number of hosts plus 600"
+        );
+    }
+}
+
+/// The soft and hard "Max open files" of a `/proc/PID/limits` text (`None`: unlimited).
+fn open_files_limit(limits: &str) -> Option<(u64, Option<u64>)> {
+    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    let mut values = line.trim_start_matches("Max open files").split_whitespace();
+    let soft = values.next()?.parse().ok()?;
+    let hard = values.next()?;
+    Some((soft, hard.parse().ok()))
+}
+
 fn url_host(url: &str) -> Option<String> {
     let rest = url.strip_prefix("https://")?;
     let authority = rest.split('/').next()?;
@@ -152,4 +186,20 @@ fn url_host(url: &str) -> Option<String> {
         None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
     };
     (!host.is_empty()).then(|| host.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_open_files_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63432                63432                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(open_files_limit(limits), Some((1024, Some(524_288))));
+        let unlimited = "Max open files            65536                unlimited            files     \n";
+        assert_eq!(open_files_limit(unlimited), Some((65536, None)));
+        assert_eq!(open_files_limit("Max processes 1 1 processes\n"), None);
+    }
 }
