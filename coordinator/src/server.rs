@@ -181,12 +181,38 @@ impl Drop for Admission {
     }
 }
 
+/// At most one log line per [`LogLimit::EVERY`] about a repeated event, so that a flood
+/// does not become a log storm; each line says how many it stood for.
+#[derive(Debug, Default)]
+struct LogLimit {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogLimit {
+    const EVERY: StdDuration = StdDuration::from_secs(10);
+
+    /// The event happened at `now`: `Some(n)` to log it now, `n` being how many went
+    /// unlogged since the last line.
+    fn event(&mut self, now: Instant) -> Option<u64> {
+        let due = self
+            .last_logged
+            .is_none_or(|last| now.saturating_duration_since(last) >= Self::EVERY);
+        if due {
+            self.last_logged = Some(now);
+            Some(std::mem::take(&mut self.unlogged))
+        } else {
+            self.unlogged += 1;
+            None
+        }
+    }
+}
+
 /// The accept loop's pause after an error and its rate-limited log line.
 #[derive(Debug, Default)]
 struct AcceptBackoff {
     pause: Option<StdDuration>,
-    last_logged: Option<Instant>,
-    unlogged: u64,
+    log: LogLimit,
 }
 
 /// What to do after a failed accept.
@@ -201,7 +227,6 @@ struct AcceptPause {
 impl AcceptBackoff {
     const FIRST_PAUSE: StdDuration = StdDuration::from_millis(10);
     const MAX_PAUSE: StdDuration = StdDuration::from_secs(1);
-    const LOG_EVERY: StdDuration = StdDuration::from_secs(10);
 
     /// An accept failed at `now`: the pause doubles from 10 ms up to 1 s, and a line is
     /// logged at most every 10 s.
@@ -210,17 +235,10 @@ impl AcceptBackoff {
             .pause
             .map_or(Self::FIRST_PAUSE, |pause| (pause * 2).min(Self::MAX_PAUSE));
         self.pause = Some(pause);
-        let due = self
-            .last_logged
-            .is_none_or(|last| now.saturating_duration_since(last) >= Self::LOG_EVERY);
-        let log = if due {
-            self.last_logged = Some(now);
-            Some(std::mem::take(&mut self.unlogged))
-        } else {
-            self.unlogged += 1;
-            None
-        };
-        AcceptPause { pause, log }
+        AcceptPause {
+            pause,
+            log: self.log.event(now),
+        }
     }
 
     /// An accept succeeded: the next failure pauses briefly again (the log limit stays).
@@ -293,7 +311,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let unauthenticated = Unauthenticated::new(MAX_UNAUTHENTICATED_CONNECTIONS);
     let mut backoff = AcceptBackoff::default();
-    let mut eviction_log = AcceptBackoff::default();
+    let mut eviction_log = LogLimit::default();
     'accept: loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -335,7 +353,7 @@ pub async fn serve(
         let (admission, evicted) = unauthenticated.admit();
         if evicted {
             metrics.connections_evicted.add(1);
-            if let Some(unlogged) = eviction_log.failed(Instant::now()).log {
+            if let Some(unlogged) = eviction_log.event(Instant::now()) {
                 tracing::warn!(
                     limit = MAX_UNAUTHENTICATED_CONNECTIONS,
                     closed_since_last_message = unlogged,
