@@ -223,6 +223,7 @@ fn a_pin_right_after_a_coordinator_outage_arrives_at_once_on_a_real_host() {
     pin(&coordinator, "web", "1");
     host.wait_healthy("web", "1", CONVERGE).expect("v1 healthy");
 
+    let last_seen = coordinator.host_json(&host.id).expect("hosts show")["last_seen"].clone();
     coordinator.stop();
     // Long enough for the poll back-off to grow to 16-60 s.
     std::thread::sleep(Duration::from_secs(70));
@@ -235,9 +236,7 @@ fn a_pin_right_after_a_coordinator_outage_arrives_at_once_on_a_real_host() {
     let largest = delays.iter().copied().fold(0.0, f64::max);
     assert!(largest >= 15.0, "the poller backs off: {delays:?}");
 
-    let before = coordinator.host_json(&host.id).ok();
     coordinator.resume().expect("coordinator back");
-    let last_seen = before.map(|shown| shown["last_seen"].clone()).unwrap_or_default();
     // The coordinator hears from the host (its reports come every few seconds) ...
     host.host
         .wait_until(
