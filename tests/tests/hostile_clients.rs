@@ -506,15 +506,24 @@ async fn slow_bodies_of_agents_and_operators_are_cut_off_too() {
 async fn operators_get_in_past_a_flood_of_idle_anonymous_connections() {
     let serve = Arc::new(Serve::start());
     let admin = serve.admin();
+    let connector = tls_connector(&admin.ca_pem);
+    // An operator's upload that runs through the flood: opened first (the oldest
+    // connection), 1 MiB at 128 KiB/s, twice the rate floor. Its admin token takes it out
+    // of the unauthenticated budget, so the flood must not close it.
+    let upload = tokio::spawn(slow_upload(serve.port, connector.clone(), admin.token.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // More idle TLS connections than the 512 allowed without a client certificate or
     // admin token: each new one past the limit closes the oldest.
-    let connector = tls_connector(&admin.ca_pem);
     let mut idle = Vec::new();
     for _ in 0..700 {
         let tcp = TcpStream::connect(("127.0.0.1", serve.port)).await.expect("connect");
         let server_name = ServerName::try_from("127.0.0.1").expect("server name");
         idle.push(connector.connect(server_name, tcp).await.expect("TLS handshake"));
     }
+    assert!(
+        !upload.is_finished(),
+        "the upload ended before the flood passed the limit: make it slower"
+    );
     let check = serve.clone();
     blocking(move || check.assert_status_answers(Duration::from_secs(3), "past 700 idle connections")).await;
     let closed = metric(&admin, "drover_connections_closed_by_limit_total").await;
@@ -530,6 +539,46 @@ async fn operators_get_in_past_a_flood_of_idle_anonymous_connections() {
         matches!(read, Ok(Ok(0) | Err(_))),
         "the oldest idle connection is still open: {read:?}"
     );
+    let answer = upload.await.expect("upload task");
+    assert!(
+        answer.starts_with("HTTP/1.1 201"),
+        "the operator's upload did not survive the flood: {answer:?}"
+    );
+}
+
+/// Uploads 1 MiB as an artifact over a fresh anonymous connection with the admin token,
+/// 64 KiB every 500 ms; returns the answer (empty when the connection was closed).
+async fn slow_upload(port: u16, connector: TlsConnector, token: String) -> String {
+    const SIZE: usize = 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let server_name = ServerName::try_from("127.0.0.1").expect("server name");
+    let mut tls = connector.connect(server_name, tcp).await.expect("TLS handshake");
+    let head = format!(
+        "POST /v1/admin/artifacts HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Length: {SIZE}\r\n\r\n"
+    );
+    if tls.write_all(head.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let chunk = vec![b'u'; CHUNK];
+    for _ in 0..SIZE / CHUNK {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if tls.write_all(&chunk).await.is_err() || tls.flush().await.is_err() {
+            return String::new();
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        while let Ok(read) = tls.read(&mut buffer).await {
+            answer.extend_from_slice(&buffer[..read]);
+            if read == 0 || answer.windows(4).any(|window| window == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
