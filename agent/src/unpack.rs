@@ -2,9 +2,13 @@
 //! rules of SPEC.md §3 "Archives": nothing is written outside the staging directory; no
 //! absolute paths, no `..`, nothing written through a symlink; no symlink or hard link that
 //! leads outside; no device nodes, fifos or other special files; setuid, setgid and sticky
-//! bits stripped unless the app spec allows them; and the unpacked size, the number of
-//! entries and the archive's own metadata bounded while decompressing, so a gzip bomb stops
-//! at the limit instead of at the size its headers claim.
+//! bits stripped unless the app spec allows them; entry paths at most
+//! [`MAX_PATH_DEPTH`] components and [`MAX_PATH_BYTES`] bytes deep and long; and the
+//! unpacked size, the number of entries, the compression ratio
+//! ([`MAX_COMPRESSION_RATIO`]) and the archive's own metadata bounded while decompressing,
+//! so a gzip bomb stops at the limit instead of at the size its headers claim. Unpacking
+//! stops while [`MIN_FREE_BYTES`] are still free on the filesystem. These rules are the
+//! ones [`crate::oci::layer`] applies too (they are written once, in `tarstream`).
 //!
 //! The archive is treated as hostile even though its sha256 was verified: the digest proves
 //! who published it, not that the build that made it was careful. The checks are lexical
@@ -28,7 +32,12 @@ use tar::EntryType;
 use thiserror::Error;
 
 use crate::tarstream::{
-    MetadataMeter, Metered, TarStreamError, check_end, corrupt_header, header_mode, position, stream_error,
+    CompressedCounter, CountCompressed, LeadingSlash, MetadataMeter, Metered, PathProblem, SpaceProblem, SpaceWatch,
+    TarStreamError, check_end, corrupt_header, entry_path, header_mode, position, stream_error,
+};
+pub use crate::tarstream::{
+    DiskFull, FreeSpace, MAX_COMPRESSION_RATIO, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_PATH_DEPTH, MIN_FREE_BYTES,
+    MIN_FREE_INODES, PathLimit, RATIO_EXEMPT_BYTES, RatioExceeded, free_space,
 };
 
 /// Default bound on the bytes of all unpacked files together (8 GiB).
@@ -134,6 +143,10 @@ pub enum UnpackError {
     /// An entry path has a `..` component (even one that would stay inside).
     #[error("archive entry '{path}': paths with a `..` component are refused")]
     ParentComponent { path: String },
+    /// An entry path is too deep or too long ([`MAX_PATH_DEPTH`], [`MAX_PATH_BYTES`],
+    /// [`MAX_NAME_BYTES`]).
+    #[error("archive entry '{path}': its path {limit}; such archives are refused")]
+    PathLimit { path: String, limit: PathLimit },
     /// An entry other than a directory names the release directory itself (`""`, `.`, `./`).
     #[error("archive entry '{path}': names the release directory itself, which only a directory entry may do")]
     EmptyPath { path: String },
@@ -177,6 +190,12 @@ pub enum UnpackError {
     /// The files together would exceed `max_total_bytes`.
     #[error("archive entry '{path}': the release unpacks to more than the limit of {limit} bytes")]
     TooLarge { path: String, limit: u64 },
+    /// The archive unpacks to more than [`MAX_COMPRESSION_RATIO`] times its compressed size.
+    #[error("archive entry '{path}': {ratio}")]
+    CompressionRatio { path: String, ratio: RatioExceeded },
+    /// The filesystem is too full to go on ([`MIN_FREE_BYTES`], [`MIN_FREE_INODES`]).
+    #[error("archive entry '{path}': {full}")]
+    DiskFull { path: String, full: Box<DiskFull> },
     /// More than `max_entries` members and implied directories.
     #[error(
         "archive entry '{path}': the archive has more than the limit of {limit} entries (counting directories its paths imply)"
@@ -228,20 +247,26 @@ impl From<TarStreamError> for UnpackError {
 /// archive (end-of-archive marker present, only zeros after it).
 ///
 /// On error `staging` may hold part of the release and the caller must delete it
-/// (`std::fs::remove_dir_all`, which does not follow symlinks). This does blocking I/O;
-/// call it from `spawn_blocking`.
+/// ([`crate::install::remove_tree`], which does not follow symlinks and works at any
+/// depth). This does blocking I/O; call it from `spawn_blocking`.
 pub fn unpack(archive: impl Read, staging: &Path, limits: &UnpackLimits) -> Result<UnpackSummary, UnpackError> {
     check_staging(staging)?;
     let meter = MetadataMeter::default();
     meter.stream_started();
+    let compressed = CompressedCounter::default();
     let mut archive = tar::Archive::new(Metered {
-        inner: MultiGzDecoder::new(archive),
+        inner: MultiGzDecoder::new(CountCompressed {
+            inner: archive,
+            counter: &compressed,
+        }),
         meter: &meter,
     });
     let mut unpacker = Unpacker {
         staging,
         limits,
         meter: &meter,
+        compressed: &compressed,
+        space: SpaceWatch::new(staging, 0),
         nodes: HashMap::new(),
         objects: 0,
         summary: UnpackSummary::default(),
@@ -284,6 +309,10 @@ struct Unpacker<'a> {
     staging: &'a Path,
     limits: &'a UnpackLimits,
     meter: &'a MetadataMeter,
+    /// Compressed bytes read, for the ratio limit.
+    compressed: &'a CompressedCounter,
+    /// Free space on the staging directory's filesystem.
+    space: SpaceWatch<'a>,
     /// Everything created so far. Staging started empty and this is its only writer, so
     /// this map is what the staging directory holds.
     nodes: HashMap<PathBuf, Node>,
@@ -318,7 +347,12 @@ impl Unpacker<'_> {
         let relative = relative_path(&entry.path_bytes()).map_err(|problem| match problem {
             PathProblem::Absolute => UnpackError::AbsolutePath { path: name.to_owned() },
             PathProblem::ParentDir => UnpackError::ParentComponent { path: name.to_owned() },
+            PathProblem::Limit(limit) => UnpackError::PathLimit {
+                path: name.to_owned(),
+                limit,
+            },
         })?;
+        self.check_space(name)?;
         if relative.as_os_str().is_empty() {
             // `./` (as `tar -C dir .` writes) names staging itself, whose mode is the
             // caller's to choose.
@@ -346,6 +380,24 @@ impl Unpacker<'_> {
             EntryType::Link => self.hardlink(entry, relative, name),
             _ => self.file(entry, relative, name),
         }
+    }
+
+    /// Stops while the filesystem still has [`MIN_FREE_BYTES`] and [`MIN_FREE_INODES`]
+    /// free (looked at every few MiB written and every few thousand entries).
+    fn check_space(&self, name: &str) -> Result<(), UnpackError> {
+        self.space
+            .check(self.summary.bytes, self.objects)
+            .map_err(|problem| match problem {
+                SpaceProblem::Full(full) => UnpackError::DiskFull {
+                    path: name.to_owned(),
+                    full: Box::new(full),
+                },
+                SpaceProblem::Statvfs { directory, source } => UnpackError::Io {
+                    operation: "checking the free space of",
+                    path: directory,
+                    source,
+                },
+            })
     }
 
     fn count_object(&mut self, name: &str) -> Result<(), UnpackError> {
@@ -474,9 +526,16 @@ impl Unpacker<'_> {
             .link_name_bytes()
             .map(|target| target.into_owned())
             .unwrap_or_default();
-        let target = relative_path(&raw_target).map_err(|_| UnpackError::HardlinkOutside {
-            path: name.to_owned(),
-            target: quote(&raw_target),
+        let target = relative_path(&raw_target).map_err(|problem| match problem {
+            PathProblem::Absolute | PathProblem::ParentDir => UnpackError::HardlinkOutside {
+                path: name.to_owned(),
+                target: quote(&raw_target),
+            },
+            // No entry can have made a file at such a path.
+            PathProblem::Limit(_) => UnpackError::HardlinkMissing {
+                path: name.to_owned(),
+                target: quote(&raw_target),
+            },
         })?;
         match self.nodes.get(&target) {
             Some(Node::File) => {}
@@ -546,9 +605,16 @@ impl Unpacker<'_> {
                     limit: self.limits.max_total_bytes,
                 });
             }
+            if let Err(ratio) = self.compressed.check(total) {
+                return Err(UnpackError::CompressionRatio {
+                    path: name.to_owned(),
+                    ratio,
+                });
+            }
             file.write_all(&self.buffer[..count])
                 .map_err(|error| io_error("writing", &full, error))?;
             self.summary.bytes = total;
+            self.check_space(name)?;
         }
         // After the data: writing as non-root would clear setuid again.
         set_mode(&file, mode, &full)?;
@@ -602,28 +668,11 @@ fn check_staging(staging: &Path) -> Result<(), UnpackError> {
     Ok(())
 }
 
-/// Why an archive path is not a path inside the release directory.
-enum PathProblem {
-    Absolute,
-    ParentDir,
-}
-
 /// The archive path as a normalized relative path (`.` components and repeated slashes
-/// dropped; empty for the release directory itself). Any `..` is refused, even one that
-/// would stay inside, as tar-rs, GNU tar and bsdtar refuse or strip them too.
+/// dropped; empty for the release directory itself) under the shared path rules; a
+/// leading `/` is refused.
 fn relative_path(raw: &[u8]) -> Result<PathBuf, PathProblem> {
-    if raw.first() == Some(&b'/') {
-        return Err(PathProblem::Absolute);
-    }
-    let mut path = PathBuf::new();
-    for component in raw.split(|&byte| byte == b'/') {
-        match component {
-            b"" | b"." => {}
-            b".." => return Err(PathProblem::ParentDir),
-            name => path.push(OsStr::from_bytes(name)),
-        }
-    }
-    Ok(path)
+    entry_path(raw, LeadingSlash::Refuse)
 }
 
 /// Why a symlink target is refused.
@@ -1266,25 +1315,32 @@ mod tests {
             .sum()
     }
 
-    #[test]
-    fn unpack_stops_a_gzip_bomb_at_the_size_limit() {
-        const BOMB: u64 = 1 << 30;
+    /// A tar.gz of one file `zeros` of `size` zero bytes (a multiple of 1 MiB) in about
+    /// size/1000 bytes. It is made of gzip members (one per MiB, concatenated as
+    /// `cat a.gz b.gz` does) so the test need not compress it all; a decoder reads them as
+    /// one stream.
+    pub(crate) fn zero_bomb(size: u64) -> Vec<u8> {
         const CHUNK: usize = 1 << 20;
-        const LIMIT: u64 = 1 << 20;
-        // One file of 1 GiB of zeros in about 1 MiB of gzip. It is made of gzip members
-        // (one per MiB, concatenated as `cat a.gz b.gz` does) so the test need not
-        // compress 1 GiB; a decoder reads them as one stream.
-        let mut bomb_header = header(EntryType::Regular, 0o644, BOMB as usize);
+        let mut bomb_header = header(EntryType::Regular, 0o644, size as usize);
         bomb_header.set_path("zeros").unwrap();
         bomb_header.set_cksum();
         let mut bomb = gzip(bomb_header.as_bytes());
         let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
         encoder.write_all(&vec![0; CHUNK]).unwrap();
         let zeros = encoder.finish().unwrap();
-        for _ in 0..BOMB / CHUNK as u64 {
+        for _ in 0..size / CHUNK as u64 {
             bomb.extend_from_slice(&zeros);
         }
         bomb.extend(gzip(&[0; 1024]));
+        bomb
+    }
+
+    #[test]
+    fn unpack_stops_a_gzip_bomb_at_the_size_limit() {
+        const BOMB: u64 = 1 << 30;
+        const LIMIT: u64 = 1 << 20;
+        // One file of 1 GiB of zeros in about 1 MiB of gzip.
+        let bomb = zero_bomb(BOMB);
         assert!(
             bomb.len() < (BOMB / 500) as usize,
             "a bomb: {} bytes compressed",
@@ -1529,5 +1585,116 @@ mod tests {
             );
             assert!(!sandbox.outside.join("evil").exists(), "{attempt}");
         }
+    }
+
+    /// `depth` components `name`, joined by `/`.
+    fn deep_path(depth: usize, name: &str) -> String {
+        vec![name; depth].join("/")
+    }
+
+    #[test]
+    fn deep_archive_is_refused_naming_the_depth_limit() {
+        // The archive of the issue: a file 2,000 directories deep (4,005 bytes of path). It
+        // used to fail with a raw "File name too long (os error 36)" after making about
+        // 2,000 directories, which the retry loop then left behind.
+        let path = format!("{}/file", deep_path(2000, "a"));
+        let sandbox = sandbox();
+        let error = sandbox.refuse(&tarball().long_file(&path, b"x").gz(), &UnpackLimits::default());
+        match &error {
+            UnpackError::PathLimit {
+                path: quoted,
+                limit: PathLimit::Depth { components: 2001 },
+            } => assert!(quoted.starts_with("a/a/a/") && quoted.ends_with('…'), "{quoted}"),
+            other => panic!("{other}"),
+        }
+        let message = error.to_string();
+        assert!(
+            message.contains("its path is 2001 directories deep, more than the limit of 128"),
+            "{message}"
+        );
+        assert!(message.len() < 400, "the path is shortened: {message}");
+        // Refused before anything was made.
+        assert_eq!(fs::read_dir(&sandbox.staging).unwrap().count(), 0);
+
+        // Exactly at the limit unpacks; one deeper does not.
+        let sandbox = self::sandbox();
+        let at_limit = format!("{}/file", deep_path(MAX_PATH_DEPTH - 1, "a"));
+        let archive = tarball().long_file(&at_limit, b"x").gz();
+        unpack(&archive[..], &sandbox.staging, &UnpackLimits::default()).expect("at the depth limit");
+        assert_eq!(fs::read(sandbox.staging.join(&at_limit)).unwrap(), b"x");
+        let over = format!("{}/file", deep_path(MAX_PATH_DEPTH, "a"));
+        match refused(|_| tarball().long_file(&over, b"x").gz()) {
+            UnpackError::PathLimit {
+                limit: PathLimit::Depth { components },
+                ..
+            } => assert_eq!(components, MAX_PATH_DEPTH + 1),
+            other => panic!("{other}"),
+        }
+
+        // Few components but long ones, and one name over NAME_MAX.
+        let long = format!("{}/file", deep_path(10, &"n".repeat(250)));
+        match refused(|_| tarball().long_file(&long, b"x").gz()) {
+            UnpackError::PathLimit {
+                limit: PathLimit::Length { bytes },
+                ..
+            } => assert_eq!(bytes, long.len()),
+            other => panic!("{other}"),
+        }
+        let name = "n".repeat(MAX_NAME_BYTES + 1);
+        match refused(|_| tarball().long_file(&name, b"x").gz()) {
+            UnpackError::PathLimit {
+                limit: PathLimit::Name { bytes },
+                ..
+            } => assert_eq!(bytes, MAX_NAME_BYTES + 1),
+            other => panic!("{other}"),
+        }
+        // A hard link to a path no entry can have made is a missing target.
+        let target = deep_path(MAX_PATH_DEPTH + 1, "a");
+        assert!(matches!(
+            refused(|_| {
+                let mut archive = tarball().file("f", 0o644, b"x");
+                let mut link = header(EntryType::Link, 0o644, 0);
+                archive
+                    .builder
+                    .append_link(&mut link, "l", &target)
+                    .expect("append link");
+                archive.gz()
+            }),
+            UnpackError::HardlinkMissing { .. }
+        ));
+    }
+
+    #[test]
+    fn gzip_bomb_is_refused_by_the_compression_ratio() {
+        // 2 GiB of zeros in about 2 MiB: under the default 8 GiB `max_release_size`, which
+        // let it install. The ratio stops it soon after the exempt 64 MiB.
+        const BOMB: u64 = 2 << 30;
+        let bomb = zero_bomb(BOMB);
+        let sandbox = sandbox();
+        let mut input = &bomb[..];
+        let error = unpack(&mut input, &sandbox.staging, &UnpackLimits::default()).expect_err("a bomb is refused");
+        match &error {
+            UnpackError::CompressionRatio { path, ratio } => {
+                assert_eq!(path, "zeros");
+                assert!(ratio.unpacked > RATIO_EXEMPT_BYTES, "{ratio}");
+                assert!(ratio.unpacked > ratio.compressed * MAX_COMPRESSION_RATIO, "{ratio}");
+            }
+            other => panic!("{other}"),
+        }
+        let message = error.to_string();
+        assert!(message.contains("more than the limit of 100 to 1"), "{message}");
+        let written = bytes_under(&sandbox.staging);
+        assert!(
+            written <= RATIO_EXEMPT_BYTES + COPY_BUFFER as u64,
+            "wrote {written} bytes"
+        );
+        let consumed = bomb.len() - input.len();
+        assert!(consumed < bomb.len() / 10, "read {consumed} of {} bytes", bomb.len());
+
+        // The same ratio below the exempt size unpacks.
+        let sandbox = self::sandbox();
+        let small = zero_bomb(32 << 20);
+        let summary = unpack(&small[..], &sandbox.staging, &UnpackLimits::default()).expect("under the exempt size");
+        assert_eq!(summary.bytes, 32 << 20);
     }
 }

@@ -11,7 +11,9 @@
 //!
 //! - **Paths** are taken relative to the rootfs after dropping a leading `/` and `./` (both
 //!   are common; umoci, runc and containerd drop them too) and `.` components. A `..`
-//!   component anywhere is refused (containerd would clean it away).
+//!   component anywhere is refused (containerd would clean it away). Paths are at most
+//!   [`MAX_PATH_DEPTH`] components and [`MAX_PATH_BYTES`] bytes, as in release tarballs
+//!   (one rule, in `tarstream`).
 //! - **Nothing is written through a symlink.** Every parent of an entry must be a real
 //!   directory (looked at with `lstat`, never followed); a symlink in the way is an error,
 //!   whichever layer made it. containerd resolves such paths inside the rootfs instead; a
@@ -50,6 +52,9 @@
 //!   enter, as an image may well make it (or its `tmp`) writable by others.
 //! - **Limits** (entries, bytes written, tar metadata) count across all layers of one image
 //!   through a [`LayerMeter`], so a gzip bomb in any layer stops at the image's limit.
+//!   [`apply_blob`] also holds each compressed layer to [`MAX_COMPRESSION_RATIO`], as
+//!   release tarballs are, and every layer stops while [`MIN_FREE_BYTES`] are still free on
+//!   the rootfs's filesystem.
 //!
 //! Like `crate::unpack`, this needs neither `unsafe` nor `openat`: it relies on being the
 //! only writer in the rootfs (which lives in the agent's root-owned state directory) while
@@ -72,8 +77,12 @@ use tar::EntryType;
 use thiserror::Error;
 
 use crate::tarstream::{
-    MetadataMeter, Metered, TarStreamError, check_end, corrupt_header, header_mode, position, stream_error,
+    CompressedCounter, CountCompressed, LeadingSlash, MetadataMeter, Metered, PathProblem, SpaceProblem, SpaceWatch,
+    TarStreamError, check_end, corrupt_header, entry_path, header_mode, position, stream_error,
 };
+use crate::unpack::{DiskFull, PathLimit, RatioExceeded};
+#[cfg(doc)]
+use crate::unpack::{MAX_COMPRESSION_RATIO, MAX_PATH_BYTES, MAX_PATH_DEPTH, MIN_FREE_BYTES};
 
 use crate::unpack::{self, COPY_BUFFER, LATEST_MTIME, SpecialBits, quote};
 
@@ -212,6 +221,10 @@ pub enum LayerError {
     /// An entry path (or a hard link target) has a `..` component.
     #[error("layer entry '{path}': paths with a `..` component are refused")]
     ParentComponent { path: String },
+    /// An entry path is too deep or too long ([`MAX_PATH_DEPTH`], [`MAX_PATH_BYTES`],
+    /// [`crate::unpack::MAX_NAME_BYTES`]).
+    #[error("layer entry '{path}': its path {limit}; such layers are refused")]
+    PathLimit { path: String, limit: PathLimit },
     /// An entry other than a directory names the rootfs itself (`.`, `./`, `/`).
     #[error("layer entry '{path}': names the rootfs itself, which only a directory entry may do")]
     EmptyPath { path: String },
@@ -256,6 +269,12 @@ pub enum LayerError {
     /// The files of the image's layers together would exceed `max_total_bytes`.
     #[error("layer entry '{path}': the image's layers unpack to more than the limit of {limit} bytes")]
     TooLarge { path: String, limit: u64 },
+    /// A compressed layer unpacks to more than [`MAX_COMPRESSION_RATIO`] times its size.
+    #[error("layer entry '{path}': {ratio}")]
+    CompressionRatio { path: String, ratio: RatioExceeded },
+    /// The filesystem is too full to go on ([`MIN_FREE_BYTES`]).
+    #[error("layer entry '{path}': {full}")]
+    DiskFull { path: String, full: Box<DiskFull> },
     /// More than `max_entries` entries and implied directories in the image's layers.
     #[error(
         "layer entry '{path}': the image's layers have more than the limit of {limit} entries (counting directories their paths imply)"
@@ -296,13 +315,47 @@ impl From<TarStreamError> for LayerError {
 /// a gzip decoder check its CRC and length.
 ///
 /// On error the rootfs may hold part of the layer and the caller must delete it
-/// (`std::fs::remove_dir_all`, which does not follow symlinks); nothing outside `rootfs`
-/// has been written. This does blocking I/O; call it from `spawn_blocking`.
+/// ([`crate::install::remove_tree`], which does not follow symlinks); nothing outside
+/// `rootfs` has been written. This does blocking I/O; call it from `spawn_blocking`.
+///
+/// The stream is already decompressed, so no compression ratio can be checked here;
+/// [`apply_blob`] applies a layer blob as stored and checks it.
 pub fn apply_layer(
     layer: impl Read,
     rootfs: &Path,
     limits: &LayerLimits,
     meter: &mut LayerMeter,
+) -> Result<LayerSummary, LayerError> {
+    apply(layer, rootfs, limits, meter, None)
+}
+
+/// Applies one layer blob as the registry stores it, of the given media type (see
+/// [`decompressor`]), as [`apply_layer`] does, and holds it to [`MAX_COMPRESSION_RATIO`]:
+/// the bytes this layer writes into files against the compressed bytes read of it.
+pub fn apply_blob(
+    media_type: &str,
+    blob: impl Read + Send,
+    rootfs: &Path,
+    limits: &LayerLimits,
+    meter: &mut LayerMeter,
+) -> Result<LayerSummary, LayerError> {
+    let compressed = CompressedCounter::default();
+    let layer = decompressor(
+        media_type,
+        CountCompressed {
+            inner: blob,
+            counter: &compressed,
+        },
+    )?;
+    apply(layer, rootfs, limits, meter, Some(&compressed))
+}
+
+fn apply(
+    layer: impl Read,
+    rootfs: &Path,
+    limits: &LayerLimits,
+    meter: &mut LayerMeter,
+    compressed: Option<&CompressedCounter>,
 ) -> Result<LayerSummary, LayerError> {
     check_rootfs(rootfs)?;
     let meter = &*meter;
@@ -315,6 +368,8 @@ pub fn apply_layer(
         rootfs,
         limits,
         meter,
+        compressed,
+        space: SpaceWatch::new(rootfs, meter.bytes()),
         upper: HashSet::new(),
         dirs: BTreeMap::new(),
         summary: LayerSummary::default(),
@@ -376,6 +431,10 @@ struct Applier<'a> {
     rootfs: &'a Path,
     limits: &'a LayerLimits,
     meter: &'a LayerMeter,
+    /// Compressed bytes read of this layer, when known, for the ratio limit.
+    compressed: Option<&'a CompressedCounter>,
+    /// Free space on the rootfs's filesystem.
+    space: SpaceWatch<'a>,
     /// Every path this layer has written, and every directory above one: what the layer's
     /// own whiteouts and opaque markers must leave alone (they apply to lower layers only).
     upper: HashSet<PathBuf>,
@@ -394,8 +453,14 @@ impl Applier<'_> {
         if entry_type == EntryType::XGlobalHeader {
             return Ok(());
         }
-        let relative =
-            layer_path(&entry.path_bytes()).ok_or_else(|| LayerError::ParentComponent { path: name.to_owned() })?;
+        let relative = layer_path(&entry.path_bytes()).map_err(|problem| match problem {
+            PathProblem::Limit(limit) => LayerError::PathLimit {
+                path: name.to_owned(),
+                limit,
+            },
+            PathProblem::Absolute | PathProblem::ParentDir => LayerError::ParentComponent { path: name.to_owned() },
+        })?;
+        self.check_space(name)?;
         let mut components = relative.iter();
         let last = components.next_back();
         if components.any(|component| component.as_bytes().starts_with(WHITEOUT_PREFIX)) {
@@ -434,6 +499,25 @@ impl Applier<'_> {
             EntryType::Link => self.hardlink(entry, relative, name),
             _ => self.file(entry, relative, name),
         }
+    }
+
+    /// Stops while the filesystem still has [`MIN_FREE_BYTES`] and
+    /// [`crate::unpack::MIN_FREE_INODES`] free (looked at every few MiB written and every
+    /// few thousand entries).
+    fn check_space(&self, name: &str) -> Result<(), LayerError> {
+        self.space
+            .check(self.meter.bytes(), self.meter.entries())
+            .map_err(|problem| match problem {
+                SpaceProblem::Full(full) => LayerError::DiskFull {
+                    path: name.to_owned(),
+                    full: Box::new(full),
+                },
+                SpaceProblem::Statvfs { directory, source } => LayerError::Io {
+                    operation: "checking the free space of",
+                    path: directory,
+                    source,
+                },
+            })
     }
 
     fn count_entry(&mut self, name: &str) -> Result<(), LayerError> {
@@ -565,8 +649,12 @@ impl Applier<'_> {
         match kind(&full)? {
             Kind::Missing => {}
             Kind::Dir => {
-                // `remove_dir_all` does not follow symlinks inside the tree.
-                fs::remove_dir_all(&full).map_err(|error| io_error("removing", &full, error))?;
+                // `remove_tree` does not follow symlinks inside the tree.
+                crate::install::remove_tree(&full).map_err(|error| LayerError::Io {
+                    operation: "removing",
+                    path: quote(error.path.as_os_str().as_bytes()),
+                    source: error.source,
+                })?;
                 let gone: Vec<PathBuf> = self
                     .dirs
                     .range(relative.to_path_buf()..)
@@ -658,9 +746,16 @@ impl Applier<'_> {
             .map(|target| target.into_owned())
             .unwrap_or_default();
         let quoted_target = || quote(&raw_target);
-        let target = layer_path(&raw_target).ok_or_else(|| LayerError::HardlinkOutside {
-            path: name.to_owned(),
-            target: quoted_target(),
+        let target = layer_path(&raw_target).map_err(|problem| match problem {
+            PathProblem::Absolute | PathProblem::ParentDir => LayerError::HardlinkOutside {
+                path: name.to_owned(),
+                target: quoted_target(),
+            },
+            // No layer can have made a file at such a path.
+            PathProblem::Limit(_) => LayerError::HardlinkMissing {
+                path: name.to_owned(),
+                target: quoted_target(),
+            },
         })?;
         let missing = || LayerError::HardlinkMissing {
             path: name.to_owned(),
@@ -743,10 +838,20 @@ impl Applier<'_> {
                     limit: self.limits.max_total_bytes,
                 });
             }
+            if let Some(Err(ratio)) = self
+                .compressed
+                .map(|compressed| compressed.check(self.summary.bytes + count as u64))
+            {
+                return Err(LayerError::CompressionRatio {
+                    path: name.to_owned(),
+                    ratio,
+                });
+            }
             file.write_all(&self.buffer[..count])
                 .map_err(|error| io_error("writing", &full, error))?;
             self.meter.bytes.set(total);
             self.summary.bytes += count as u64;
+            self.check_space(name)?;
         }
         std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
             .map_err(|error| io_error("setting the owner of", &full, error))?;
@@ -799,18 +904,10 @@ fn check_rootfs(rootfs: &Path) -> Result<(), LayerError> {
 }
 
 /// The entry path as a normalized path relative to the rootfs (empty for the rootfs
-/// itself): leading `/`, `.` components and repeated slashes dropped; `None` if it has a
-/// `..` component anywhere, even one that would stay inside.
-fn layer_path(raw: &[u8]) -> Option<PathBuf> {
-    let mut path = PathBuf::new();
-    for component in raw.split(|&byte| byte == b'/') {
-        match component {
-            b"" | b"." => {}
-            b".." => return None,
-            name => path.push(OsStr::from_bytes(name)),
-        }
-    }
-    Some(path)
+/// itself): leading `/`, `.` components and repeated slashes dropped; refused if it has a
+/// `..` component anywhere, even one that would stay inside, or breaks the path limits.
+fn layer_path(raw: &[u8]) -> Result<PathBuf, PathProblem> {
+    entry_path(raw, LeadingSlash::FromRoot)
 }
 
 /// What is at `path`, without following a symlink there.
@@ -970,6 +1067,14 @@ mod tests {
         /// A whiteout as umoci and Docker write them: an empty file with mode 0.
         fn whiteout(self, path: &str) -> Layer {
             self.raw(path.as_bytes(), EntryType::Regular, 0, (0, 0), b"", b"")
+        }
+        /// A file whose name needs a GNU long-name entry (the tar crate writes it).
+        fn long_file(mut self, path: &str, data: &[u8]) -> Layer {
+            let mut header = header(EntryType::Regular, 0o644, data.len());
+            self.builder
+                .append_data(&mut header, path, data)
+                .expect("append long name");
+            self
         }
         fn tar(self) -> Vec<u8> {
             self.builder.into_inner().expect("finish tar")
@@ -1605,21 +1710,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn layer_stops_a_gzip_bomb_at_the_size_limit() {
-        const BOMB: u64 = 1 << 30;
+    /// A gzip layer blob of one file `zeros` of `size` zero bytes (a multiple of 1 MiB),
+    /// made of one-MiB gzip members so the test need not compress it all.
+    fn zero_bomb(size: u64) -> Vec<u8> {
         const CHUNK: usize = 1 << 20;
-        const LIMIT: u64 = 1 << 20;
-        // One file of 1 GiB of zeros in about 1 MiB of gzip, made of one-MiB gzip members.
-        let mut bomb_header = header(EntryType::Regular, 0o644, BOMB as usize);
+        let mut bomb_header = header(EntryType::Regular, 0o644, size as usize);
         bomb_header.set_path("zeros").unwrap();
         bomb_header.set_cksum();
         let mut bomb = gzip(bomb_header.as_bytes());
         let zeros = gzip(&vec![0; CHUNK]);
-        for _ in 0..BOMB / CHUNK as u64 {
+        for _ in 0..size / CHUNK as u64 {
             bomb.extend_from_slice(&zeros);
         }
         bomb.extend(gzip(&[0; 1024]));
+        bomb
+    }
+
+    #[test]
+    fn layer_stops_a_gzip_bomb_at_the_size_limit() {
+        const BOMB: u64 = 1 << 30;
+        const LIMIT: u64 = 1 << 20;
+        // One file of 1 GiB of zeros in about 4 MiB of gzip.
+        let bomb = zero_bomb(BOMB);
 
         let mut image = image_with(LayerLimits {
             max_total_bytes: LIMIT,
@@ -1749,5 +1861,89 @@ mod tests {
         let error = apply_layer(&tar[..], &link, &image.limits, &mut image.meter).unwrap_err();
         assert!(matches!(error, LayerError::Rootfs { .. }), "{error}");
         assert!(!image.outside.join("evil").exists());
+    }
+
+    #[test]
+    fn deep_layer_is_refused_naming_the_depth_limit() {
+        // The same rule as release tarballs: 2,000 directories deep is refused before any
+        // is made (`./` counted as nothing).
+        let deep = format!("./{}/file", vec!["a"; 2000].join("/"));
+        let mut image = image();
+        let error = image.refuse(layer().long_file(&deep, b"x"));
+        match &error {
+            LayerError::PathLimit {
+                limit: PathLimit::Depth { components: 2001 },
+                ..
+            } => {}
+            other => panic!("{other}"),
+        }
+        assert!(
+            error
+                .to_string()
+                .contains("2001 directories deep, more than the limit of 128"),
+            "{error}"
+        );
+        assert_eq!(fs::read_dir(&image.rootfs).unwrap().count(), 0, "nothing was made");
+
+        let mut image = self::image();
+        let at_limit = format!("{}/file", vec!["a"; unpack::MAX_PATH_DEPTH - 1].join("/"));
+        image.apply(layer().long_file(&at_limit, b"x"));
+        assert_eq!(fs::read(image.path(&at_limit)).unwrap(), b"x");
+        let long = format!("{}/file", vec!["n".repeat(250); 10].join("/"));
+        let error = image.refuse(layer().long_file(&long, b"x"));
+        assert!(
+            matches!(
+                error,
+                LayerError::PathLimit {
+                    limit: PathLimit::Length { .. },
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn gzip_bomb_layer_is_refused_by_the_compression_ratio() {
+        // 2 GiB of zeros in a few MiB of gzip, under the default 8 GiB limit: refused by
+        // the ratio soon after the exempt 64 MiB, as stage_image applies layers.
+        let bomb = zero_bomb(2 << 30);
+        let mut image = image();
+        let mut input = &bomb[..];
+        let reader: &mut &[u8] = &mut input;
+        let error = apply_blob(
+            MEDIA_TYPE_LAYER_TAR_GZIP,
+            reader,
+            &image.rootfs,
+            &image.limits,
+            &mut image.meter,
+        )
+        .expect_err("a bomb");
+        match &error {
+            LayerError::CompressionRatio { path, ratio } => {
+                assert_eq!(path, "zeros");
+                assert!(ratio.unpacked > unpack::RATIO_EXEMPT_BYTES, "{ratio}");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(error.to_string().contains("more than the limit of 100 to 1"), "{error}");
+        let written = fs::metadata(image.path("zeros")).unwrap().len();
+        assert!(
+            written <= unpack::RATIO_EXEMPT_BYTES + COPY_BUFFER as u64,
+            "wrote {written}"
+        );
+        assert!(bomb.len() - input.len() < bomb.len() / 10);
+
+        // An uncompressed layer never trips it, whatever its content.
+        let tar = layer().file("zeros", 0o644, &[0; 4096]).tar();
+        let mut image = self::image();
+        apply_blob(
+            MEDIA_TYPE_LAYER_TAR,
+            &tar[..],
+            &image.rootfs,
+            &image.limits,
+            &mut image.meter,
+        )
+        .expect("plain tar");
     }
 }

@@ -35,9 +35,10 @@ use std::path::{Path, PathBuf};
 use drover_protocol::{AppName, AppSpec, Version};
 
 use super::image::{ImageRecord, ImageRun, MAX_USER_DATABASE_BYTES, resolve_user};
+use super::layer::apply_blob;
 use super::pull::PulledImage;
-use super::{LayerLimits, LayerMeter, apply_layer, decompressor};
-use crate::install::{StageError, StagedRelease, stage_with};
+use super::{LayerLimits, LayerMeter};
+use crate::install::{StageError, StagedRelease, check_free_space, stage_with};
 
 /// systemd's default `PATH` for services, where a bare program name is looked up when
 /// neither the spec nor the image sets `PATH`.
@@ -71,6 +72,11 @@ pub fn stage_image(
     };
     stage_with(state_dir, app, version, |staging| {
         fs::set_permissions(staging, fs::Permissions::from_mode(0o700)).map_err(io_error("securing", staging))?;
+        let compressed = image
+            .layers()
+            .iter()
+            .fold(0u64, |total, layer| total.saturating_add(layer.artifact.size()));
+        check_free_space(staging, app, version, compressed)?;
         let rootfs = staging.join("rootfs");
         fs::DirBuilder::new()
             .mode(0o755)
@@ -88,8 +94,7 @@ pub fn stage_image(
             };
             let path = layer.artifact.path();
             let blob = BufReader::with_capacity(256 * 1024, fs::File::open(path).map_err(io_error("opening", path))?);
-            let tar = decompressor(&layer.descriptor.media_type, blob).map_err(layer_error)?;
-            apply_layer(tar, &rootfs, limits, &mut meter).map_err(layer_error)?;
+            apply_blob(&layer.descriptor.media_type, blob, &rootfs, limits, &mut meter).map_err(layer_error)?;
             if index + 1 == halfway {
                 crate::faults::pause_point("mid-unpack", state_dir);
             }
