@@ -15,7 +15,8 @@
 //!   handshake (an agent) or a valid admin token in a request (an operator). At most
 //!   [`MAX_UNAUTHENTICATED_CONNECTIONS`] are open at once; a new one beyond that closes
 //!   the oldest, so a flood of idle or slow anonymous connections can delay an operator's
-//!   request but never lock it out, and agents are not counted at all.
+//!   request but never lock it out. Agents leave the budget when their handshake
+//!   completes, operators when their token is checked (before any body is read).
 //! - Before authentication a connection can make the server buffer at most the request
 //!   head (hyper's buffer, [`MAX_REQUEST_BUFFER`]) and a join body ([`MAX_JOIN_BODY`]):
 //!   admin routes check the token before touching the body, and only authenticated
@@ -696,9 +697,10 @@ async fn read_json<T: DeserializeOwned>(body: Body, limit: BodyLimit) -> ApiResu
 
 async fn read_body(body: Body, limit: BodyLimit) -> Result<Vec<u8>, BodyError> {
     use futures_util::StreamExt as _;
-    // A declared length over what would be read is refused before reading any of it.
+    // A declared length over what would be read (`drain` is at least `max`) is refused
+    // before reading any of it.
     let declared = axum::body::HttpBody::size_hint(&body).lower();
-    if declared > limit.max as u64 && declared > limit.drain as u64 {
+    if declared > limit.drain as u64 {
         return Err(BodyError::TooLarge { limit: limit.max });
     }
     let failure = Arc::new(OnceLock::new());
