@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use drover_protocol::HostReport;
@@ -508,9 +509,15 @@ async fn operators_get_in_past_a_flood_of_idle_anonymous_connections() {
     let admin = serve.admin();
     let connector = tls_connector(&admin.ca_pem);
     // An operator's upload that runs through the flood: opened first (the oldest
-    // connection), 1 MiB at 128 KiB/s, twice the rate floor. Its admin token takes it out
-    // of the unauthenticated budget, so the flood must not close it.
-    let upload = tokio::spawn(slow_upload(serve.port, connector.clone(), admin.token.clone()));
+    // connection), at 256 KiB/s (four times the rate floor) until the flood is over. Its
+    // admin token takes it out of the unauthenticated budget, so the flood must not close it.
+    let flood_over = Arc::new(AtomicBool::new(false));
+    let upload = tokio::spawn(slow_upload(
+        serve.port,
+        connector.clone(),
+        admin.token.clone(),
+        flood_over.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     // More idle TLS connections than the 512 allowed without a client certificate or
     // admin token: each new one past the limit closes the oldest.
@@ -522,8 +529,9 @@ async fn operators_get_in_past_a_flood_of_idle_anonymous_connections() {
     }
     assert!(
         !upload.is_finished(),
-        "the upload ended before the flood passed the limit: make it slower"
+        "the upload ended before the flood passed the limit"
     );
+    flood_over.store(true, Ordering::Relaxed);
     let check = serve.clone();
     blocking(move || check.assert_status_answers(Duration::from_secs(3), "past 700 idle connections")).await;
     let closed = metric(&admin, "drover_connections_closed_by_limit_total").await;
@@ -546,10 +554,11 @@ async fn operators_get_in_past_a_flood_of_idle_anonymous_connections() {
     );
 }
 
-/// Uploads 1 MiB as an artifact over a fresh anonymous connection with the admin token,
-/// 64 KiB every 500 ms; returns the answer (empty when the connection was closed).
-async fn slow_upload(port: u16, connector: TlsConnector, token: String) -> String {
-    const SIZE: usize = 1024 * 1024;
+/// Uploads 4 MiB as an artifact over a fresh anonymous connection with the admin token,
+/// 64 KiB every 250 ms until `hurry` is set, then the rest at once; returns the answer
+/// (empty when the connection was closed).
+async fn slow_upload(port: u16, connector: TlsConnector, token: String, hurry: Arc<AtomicBool>) -> String {
+    const SIZE: usize = 4 * 1024 * 1024;
     const CHUNK: usize = 64 * 1024;
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
     let server_name = ServerName::try_from("127.0.0.1").expect("server name");
@@ -562,7 +571,9 @@ async fn slow_upload(port: u16, connector: TlsConnector, token: String) -> Strin
     }
     let chunk = vec![b'u'; CHUNK];
     for _ in 0..SIZE / CHUNK {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !hurry.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         if tls.write_all(&chunk).await.is_err() || tls.flush().await.is_err() {
             return String::new();
         }
