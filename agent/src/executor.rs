@@ -130,6 +130,14 @@ fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error)
     }
 }
 
+fn remove_error(error: crate::install::RemoveError) -> StepError {
+    StepError::Io {
+        operation: "removing",
+        path: error.path,
+        detail: error.source.to_string(),
+    }
+}
+
 fn key_error(operation: &'static str, path: &Path) -> impl FnOnce(drover_protocol::KeyError) -> StepError {
     let path = path.to_path_buf();
     move |error| StepError::Io {
@@ -422,9 +430,11 @@ impl Executor {
             self.systemd.daemon_reload().await?;
         }
         let directory = local::app_dir(&self.state_dir, app);
-        let doomed = directory.with_file_name(format!(".removing-{app}"));
+        let doomed = local::removal_dir(&self.state_dir, app);
+        // A crash during an earlier removal may have left one behind: it would block the rename.
+        crate::install::remove_tree(&doomed).map_err(remove_error)?;
         match std::fs::rename(&directory, &doomed) {
-            Ok(()) => std::fs::remove_dir_all(&doomed).map_err(io_error("removing", &doomed))?,
+            Ok(()) => crate::install::remove_tree(&doomed).map_err(remove_error)?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(io_error("removing", &directory)(error)),
         }

@@ -103,6 +103,24 @@ fn record_path(state_dir: &Path, app: &AppName) -> PathBuf {
     app_dir(state_dir, app).join("app.json")
 }
 
+/// Where an app's directory is moved to be deleted (`apps/.removing-<app>`), so a half
+/// deleted app never looks like an app.
+pub fn removal_dir(state_dir: &Path, app: &AppName) -> PathBuf {
+    state_dir.join("apps").join(format!(".removing-{app}"))
+}
+
+/// Directories a removal interrupted by a crash left behind (`apps/.removing-*`).
+pub fn removal_leftovers(state_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("apps")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(".removing-"))
+        .map(|entry| entry.path())
+        .collect()
+}
+
 /// The apps that have a directory under the state directory, with or without a record
 /// (an app whose install failed before anything was journaled has one too).
 pub fn app_dirs(state_dir: &Path) -> BTreeSet<AppName> {
@@ -200,6 +218,23 @@ mod tests {
         save(root.path(), &app, &record).expect("save");
         let all = load_all(root.path()).expect("load");
         assert_eq!(all.get(&app), Some(&record));
+    }
+
+    #[test]
+    fn apps_without_a_record_are_found_and_removal_leftovers_are_not_apps() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let web: AppName = "web".parse().expect("app");
+        std::fs::create_dir_all(app_dir(root.path(), &web)).expect("mkdir");
+        std::fs::create_dir_all(removal_dir(root.path(), &"api".parse().expect("app"))).expect("mkdir");
+        assert_eq!(
+            app_dirs(root.path()),
+            BTreeSet::from([web]),
+            "no record needed, no leftover counted"
+        );
+        assert_eq!(
+            removal_leftovers(root.path()),
+            vec![root.path().join("apps/.removing-api")]
+        );
     }
 
     #[test]

@@ -84,6 +84,16 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         .pool_max_idle_per_host(1)
         .build()
         .map_err(|error| Error::State(format!("HTTP client: {error}")))?;
+    // What crashed installs, prunes and removals left behind goes before anything is
+    // staged (nothing else writes there yet); a failure is said, and the agent goes on.
+    let mut leftovers_error = crate::install::clean_leftovers(&config.state_dir)
+        .err()
+        .map(|error| error.to_string());
+    for leftover in crate::local::removal_leftovers(&config.state_dir) {
+        if let Err(error) = crate::install::remove_tree(&leftover) {
+            leftovers_error.get_or_insert_with(|| error.to_string());
+        }
+    }
     let records = crate::local::load_all(&config.state_dir).map_err(Error::State)?;
     let systemd = crate::systemd::Systemd::connect()
         .await
@@ -99,6 +109,13 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
             drover_protocol::report::AppState::Healthy
         };
         status.app_state(app, current, current, state, None);
+    }
+    if let Some(error) = leftovers_error {
+        status.event(
+            now(),
+            None,
+            format!("cleaning up after interrupted installs failed: {error}; the space stays used until it is removed"),
+        );
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let reporter = Reporter {
