@@ -1063,11 +1063,13 @@ async fn watch_follows_a_rollout_to_its_end_and_exits_with_its_outcome() {
     start(&coordinator, json!({})).await;
     let (stopped, _) = drive(&coordinator, &agents, &|_| Behaviour::FailsOnTarget).await;
     assert_eq!(stopped["phase"], "paused_by_breaker");
+    // The stage the breaker stopped did not pass (it said `passed` before).
+    assert_eq!(stopped["stages"][0]["status"], "failed", "{stopped}");
     let (code, stdout, stderr) = tokio::task::block_in_place(|| drover(&coordinator, &["rollout", "watch", "web"]));
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(
         stdout.contains("paused by the failure breaker (1 failed, 0 tolerated")
-            && stdout.contains("canary  [xxxxxxxxxx] 0/1 done  0 in flight  1 failed  settled"),
+            && stdout.contains("canary  [xxxxxxxxxx] 0/1 done  0 in flight  1 failed  stopped by the breaker"),
         "{stdout}"
     );
     assert!(stderr.contains("ended paused by the failure breaker"), "{stderr}");

@@ -288,11 +288,12 @@ fn bar(stage: &RolloutStageStatus) -> String {
 }
 
 /// What a stage is doing: `passed`, `bake 1m20s left`, `3 waiting`, `not started`,
-/// `failed` (the breaker stopped the rollout in it); a stage that passed with failures
-/// within the budget is `settled`, not `passed`.
+/// `stopped by the breaker` (status `failed`); a stage that passed with failures within
+/// the budget is `settled`, not `passed`.
 fn stage_state(stage: &RolloutStageStatus) -> String {
     let mut text = match (stage.status.as_str(), stage.bake_remaining) {
         ("passed", None) if stage.failed > 0 => "settled".to_owned(),
+        ("failed", None) => "stopped by the breaker".to_owned(),
         (_, Some(remaining)) => format!(
             "bake {} left",
             short_duration(i64::try_from(remaining.as_millis() / 1000).unwrap_or(i64::MAX))
@@ -389,6 +390,10 @@ mod tests {
     fn a_stage_settled_with_failures_has_not_passed() {
         assert_eq!(stage_state(&stage("canary", "passed", [0, 0, 1, 1])), "settled");
         assert_eq!(stage_state(&stage("canary", "passed", [1, 0, 0, 1])), "passed");
+        assert_eq!(
+            stage_state(&stage("canary", "failed", [0, 0, 1, 1])),
+            "stopped by the breaker"
+        );
         let mut removed = stage("50%", "active", [2, 1, 0, 4]);
         removed.waiting = 0;
         removed.removed = 1;
