@@ -32,6 +32,13 @@ bash packaging/check-rpm.sh
 log "benchmarks, smoke run (debug build, tiny sizes: proves they work, measures nothing)"
 cargo test --workspace --benches --locked
 
+# --- fuzzing (fuzz/, FUZZING.md): one build of every target, every committed seed and
+# regression input replayed, then each target fuzzed for a bounded time (20 s by default,
+# DROVER_FUZZ_SECONDS to change). A crash fails the run; its input is in fuzz/artifacts/.
+log "fuzz targets: build, replay, ${DROVER_FUZZ_SECONDS:-20} s each"
+bash scripts/fuzz.sh smoke "${DROVER_FUZZ_SECONDS:-20}"
+# --- end of fuzzing ---
+
 log "cargo test (unit, property, integration and CLI tests, doc tests)"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
