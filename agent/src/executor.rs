@@ -358,8 +358,11 @@ impl Executor {
             .is_some_and(|failure| failure.version == release.version && failure.retry_at > started);
         let (state, error) = if desired.hold {
             (AppState::Held, None)
-        } else if record.bad.contains(&release.version) {
+        } else if record.bad.contains(&release.version) && record.current.is_some() {
             (AppState::RolledBack, record.last_error.clone())
+        } else if record.bad.contains(&release.version) {
+            // Nothing ran before it, so nothing was rolled back to: it failed.
+            (AppState::Failed, record.last_error.clone())
         } else if version_of(record.current.as_ref()) == Some(&release.version) {
             (AppState::Healthy, None)
         } else if waiting {
