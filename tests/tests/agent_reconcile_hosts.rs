@@ -431,7 +431,9 @@ fn a_pin_lands_while_another_app_sits_in_its_health_grace_on_a_real_host() {
     );
     assert_eq!(AgentHost::get(web_port, "/").as_deref(), Some("drover-sample-app 1"));
     // slow's gate still decides on time: no earlier release, so it is stopped and failed.
-    let entry = host.wait_state("slow", "failed", CONVERGE).expect("slow failed");
+    let entry = host
+        .wait_state("slow", "failed", CONVERGE)
+        .unwrap_or_else(|error| panic!("{error}\n{:#}", host.status().unwrap_or_default()));
     assert!(
         entry["last_error"]
             .as_str()
