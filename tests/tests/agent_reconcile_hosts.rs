@@ -202,6 +202,7 @@ fn agent_restarts_during_the_grace_never_extend_it_on_a_real_host() {
         })
         .expect("rolled back");
     let rolled_back_after = restarted.elapsed();
+    eprintln!("web 1 serves again {rolled_back_after:?} after web 2's restart (grace {grace:?}, two agent crashes)");
     // The deadline is restart + 30 s; the rollback itself restarts 1 (a second or two).
     assert!(
         rolled_back_after <= grace + Duration::from_secs(6),
@@ -256,6 +257,7 @@ fn a_pin_right_after_a_coordinator_outage_arrives_at_once_on_a_real_host() {
     host.wait_status("web", "web 2 to be desired", CONVERGE, |entry| entry["desired"] == "2")
         .expect("pin arrived");
     let arrived = pinned.elapsed();
+    eprintln!("the pin reached the agent {arrived:?} after it was made (poll delays during the outage: {delays:?})");
     assert!(
         arrived <= Duration::from_secs(2),
         "the pin took {arrived:?} to reach the agent after the coordinator was back (poll delays before: {delays:?})"
@@ -293,6 +295,7 @@ fn a_release_that_cannot_install_backs_off_reports_once_and_is_removed_when_unpi
     // 5, 10, 20 s between attempts: within 40 s, four attempts, not one every few seconds.
     std::thread::sleep(Duration::from_secs(40).saturating_sub(pinned.elapsed()));
     let attempts = record(&host, "api")["failure"]["attempts"].as_u64().unwrap_or(0);
+    eprintln!("{attempts} install attempts of api 1 in 40 s");
     assert!(
         (2..=4).contains(&attempts),
         "a failed install is retried with a growing back-off: {attempts} attempts in 40 s"
@@ -420,6 +423,7 @@ fn a_pin_lands_while_another_app_sits_in_its_health_grace_on_a_real_host() {
     pin(&coordinator, "web", "1");
     host.wait_healthy("web", "1", CONVERGE).expect("web healthy");
     let web_after = grace_began.elapsed();
+    eprintln!("web healthy {web_after:?} into slow's 30 s grace");
     assert!(
         web_after < Duration::from_secs(20),
         "web took {web_after:?} to become healthy while slow's 30 s grace ran: apps must not wait for each other"
