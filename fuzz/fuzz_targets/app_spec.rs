@@ -7,18 +7,171 @@
 //!
 //! Invariants: a spec that parses survives the trip to JSON and back unchanged (release
 //! create stores what the agent later reads); a spec the check accepts for a tarball
-//! renders as a unit; and a rendered unit is exactly the unit drover writes, with nothing
+//! renders as a unit; a rendered unit is exactly the unit drover writes, with nothing
 //! smuggled in by a value (one `[Unit]`, `[Service]` and `[Install]`, one `ExecStart=`, no
-//! other `Exec*=`, no line continued by a trailing backslash).
+//! other `Exec*=`, no line continued by a trailing backslash); and read back the way
+//! systemd reads it (specifiers, then quotes and C escapes, then `$$`), `ExecStart=` is
+//! exactly the spec's program and arguments, each `Environment=` exactly one of its
+//! variables and `WorkingDirectory=` its working directory.
 
 #![no_main]
 
+use std::iter::Peekable;
 use std::path::Path;
+use std::str::Chars;
 
 use drover_fuzz::debug;
 use drover_protocol::spec::ArtifactKind;
 use drover_protocol::{AppName, AppSpec, Version};
 use libfuzzer_sys::fuzz_target;
+
+/// A setting's value after systemd's specifier expansion, in which drover writes only
+/// `%%` (a literal `%`); any other specifier is an error.
+fn expand_specifiers(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c == '%' {
+            match chars.next() {
+                Some('%') => out.push('%'),
+                other => return Err(format!("specifier %{other:?} in {value:?}")),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// `digits` hex digits of an escape, as a character.
+fn hex_escape(chars: &mut Peekable<Chars<'_>>, digits: usize) -> Result<char, String> {
+    let text: String = (0..digits).filter_map(|_| chars.next()).collect();
+    u32::from_str_radix(&text, 16)
+        .ok()
+        .filter(|_| text.len() == digits)
+        .and_then(char::from_u32)
+        .ok_or_else(|| format!("bad escape digits {text:?}"))
+}
+
+/// One C escape after a backslash, as systemd's `cunescape` reads it.
+fn unescape(chars: &mut Peekable<Chars<'_>>) -> Result<char, String> {
+    Ok(match chars.next() {
+        Some('a') => '\u{7}',
+        Some('b') => '\u{8}',
+        Some('f') => '\u{c}',
+        Some('n') => '\n',
+        Some('r') => '\r',
+        Some('t') => '\t',
+        Some('v') => '\u{b}',
+        Some('s') => ' ',
+        Some(c @ ('\\' | '"' | '\'')) => c,
+        Some('x') => hex_escape(chars, 2)?,
+        Some('u') => hex_escape(chars, 4)?,
+        Some('U') => hex_escape(chars, 8)?,
+        other => return Err(format!("escape \\{other:?} that drover never writes")),
+    })
+}
+
+/// Splits a value into words as systemd does for `ExecStart=` and `Environment=`:
+/// specifiers first, then whitespace outside quotes separates words, quotes group, and
+/// backslashes are C escapes.
+fn systemd_words(value: &str) -> Result<Vec<String>, String> {
+    let text = expand_specifiers(value)?;
+    let mut chars = text.chars().peekable();
+    let mut words = Vec::new();
+    loop {
+        while chars.next_if(|c| matches!(c, ' ' | '\t' | '\n' | '\r')).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(words);
+        }
+        let mut word = String::new();
+        let mut quote = None;
+        while let Some(c) = chars.next() {
+            match (c, quote) {
+                ('\\', _) => word.push(unescape(&mut chars)?),
+                ('"' | '\'', None) => quote = Some(c),
+                (c, Some(open)) if c == open => quote = None,
+                (' ' | '\t' | '\n' | '\r', None) => break,
+                (c, _) => word.push(c),
+            }
+        }
+        if quote.is_some() {
+            return Err(format!("unterminated quote in {value:?}"));
+        }
+        words.push(word);
+    }
+}
+
+/// An `ExecStart=` argument after systemd's variable expansion at start: drover writes
+/// every `$` as `$$`, so a lone `$` would be a variable the spec did not ask for.
+fn expand_dollars(word: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(word.len());
+    let mut chars = word.chars();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.next() != Some('$') {
+            return Err(format!("a variable reference in {word:?}"));
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// Reads the unit back as systemd would and compares it with what the spec asked for.
+fn check_unit_means_spec(text: &str, spec: &AppSpec, current: &str) {
+    let values = |key: &str| -> Vec<&str> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+            .collect()
+    };
+    let command = spec
+        .service
+        .command
+        .as_ref()
+        .expect("a checked tarball spec has a command");
+    let (program, args) = command.argv().split_first().expect("a command has a program");
+    let expected_program = if program.starts_with('/') {
+        program.clone()
+    } else {
+        format!("{current}/{program}")
+    };
+    let exec = values("ExecStart")[0];
+    let words = systemd_words(exec).unwrap_or_else(|error| panic!("ExecStart={exec}: {error}\n{text}"));
+    assert!(!words.is_empty(), "an empty ExecStart=\n{text}");
+    assert_eq!(words[0], expected_program, "the program systemd would run\n{text}");
+    let argv: Vec<String> = words[1..]
+        .iter()
+        .map(|word| expand_dollars(word).unwrap_or_else(|error| panic!("ExecStart={exec}: {error}\n{text}")))
+        .collect();
+    assert_eq!(argv, args, "the arguments systemd would pass\n{text}");
+
+    let mut environment: Vec<String> = Vec::new();
+    for value in values("Environment") {
+        let words = systemd_words(value).unwrap_or_else(|error| panic!("Environment={value}: {error}\n{text}"));
+        assert_eq!(words.len(), 1, "Environment={value} is not one assignment\n{text}");
+        environment.extend(words);
+    }
+    let mut expected: Vec<String> = spec
+        .service
+        .environment
+        .iter()
+        .map(|(name, value)| format!("{}={value}", name.as_str()))
+        .collect();
+    environment.sort();
+    expected.sort();
+    assert_eq!(environment, expected, "the environment systemd would set\n{text}");
+
+    if let Some(directory) = &spec.service.working_directory {
+        let value = values("WorkingDirectory");
+        assert_eq!(value.len(), 1, "{text}");
+        // systemd strips whitespace at the end of a line: drover ends such a path with `/`.
+        let read = expand_specifiers(value[0].trim_end()).unwrap_or_else(|error| panic!("{error}\n{text}"));
+        let expected = format!("{current}/{}", directory.as_str());
+        assert!(
+            read == expected || read == format!("{expected}/"),
+            "WorkingDirectory= reads {read:?}, the spec says {expected:?}\n{text}"
+        );
+    }
+}
 
 fn check_unit(text: &str) {
     let mut sections = Vec::new();
@@ -55,6 +208,9 @@ fn check_unit(text: &str) {
     assert_eq!(exec_start, 1, "{text}");
 }
 
+/// The `current` link of the fuzzed app, as the agent passes it.
+const CURRENT: &str = "/var/lib/drover/apps/app/current";
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -81,11 +237,11 @@ fuzz_target!(|data: &[u8]| {
     if tarball.is_ok() {
         let app: AppName = "app".parse().expect("an app name");
         let version: Version = "1.0.0".parse().expect("a version");
-        let current = Path::new("/var/lib/drover/apps/app/current");
-        match drover_agent::unit::render(&app, &version, &spec, current) {
+        match drover_agent::unit::render(&app, &version, &spec, Path::new(CURRENT)) {
             Ok(text) => {
                 debug("unit", &text);
                 check_unit(&text);
+                check_unit_means_spec(&text, &spec, CURRENT);
             }
             Err(error) => panic!("a spec the check accepts cannot be rendered as a unit: {error}"),
         }
