@@ -9,22 +9,102 @@
 //! After every run, accepted or refused, nothing outside the directory may have changed
 //! (`drover_fuzz::Arena`), the tree holds only directories, regular files and symlinks,
 //! no hard link leads outside, and no symlink resolves outside the directory. When the
-//! archive is accepted, the summary must count what is on disk.
+//! archive is accepted, the summary must count what is on disk, and what the archive
+//! lists is what is there: each regular file with its bytes, each symlink with its
+//! target, each hard link sharing its target's inode (what `tar -tvf` shows an auditor
+//! is what runs).
 
 #![no_main]
 
-use std::io::Write as _;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use drover_agent::unpack::{SpecialBits, UnpackLimits, unpack};
 use drover_fuzz::{Arena, debug, symlink_escape, walk};
 use flate2::Compression;
+use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use libfuzzer_sys::fuzz_target;
+use tar::EntryType;
 
 /// Small enough that a run stays in memory and milliseconds, large enough for real trees.
 const MAX_TOTAL_BYTES: u64 = 4 << 20;
 const MAX_ENTRIES: u64 = 512;
+
+/// An archive path as unpack reads it: `.` components and empty ones dropped.
+fn normalized(raw: &[u8]) -> PathBuf {
+    raw.split(|&byte| byte == b'/')
+        .filter(|component| !component.is_empty() && *component != b".")
+        .map(OsStr::from_bytes)
+        .collect()
+}
+
+/// Reads the accepted archive again with the tar crate and checks that each member is on
+/// disk as it says.
+fn check_members_on_disk(gzipped: &[u8], root: &Path) {
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(gzipped));
+    let entries = archive.entries().expect("an accepted archive reads again");
+    for entry in entries {
+        let mut entry = entry.expect("an accepted archive's entries read again");
+        let path = normalized(&entry.path_bytes());
+        let on_disk = root.join(&path);
+        match entry.header().entry_type() {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let mut expected = Vec::new();
+                entry
+                    .read_to_end(&mut expected)
+                    .expect("an accepted member's data reads again");
+                let found = fs::read(&on_disk).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+                assert!(
+                    found == expected,
+                    "{}: {} bytes on disk, {} in the archive",
+                    path.display(),
+                    found.len(),
+                    expected.len()
+                );
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|name| name.into_owned())
+                    .unwrap_or_default();
+                let found = fs::read_link(&on_disk).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+                assert_eq!(
+                    found.as_os_str().as_bytes(),
+                    &target[..],
+                    "{}: symlink target",
+                    path.display()
+                );
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|name| normalized(&name))
+                    .unwrap_or_default();
+                let link = fs::symlink_metadata(&on_disk).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+                let file = fs::symlink_metadata(root.join(&target)).expect("a hard link's target");
+                assert_eq!(
+                    link.ino(),
+                    file.ino(),
+                    "{} is not a hard link to {}",
+                    path.display(),
+                    target.display()
+                );
+            }
+            EntryType::Directory => {
+                let metadata =
+                    fs::symlink_metadata(&on_disk).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+                assert!(metadata.is_dir(), "{} is not a directory", path.display());
+            }
+            _ => {}
+        }
+    }
+}
 
 fn arena() -> &'static Arena {
     static ARENA: OnceLock<Arena> = OnceLock::new();
@@ -84,6 +164,7 @@ fuzz_target!(|data: &[u8]| {
         );
         assert_eq!(summary.dirs, tree.dirs, "dirs: {summary:?} {tree:?}");
         assert_eq!(summary.bytes, tree.bytes, "bytes: {summary:?} {tree:?}");
+        check_members_on_disk(archive, arena.root());
         if special_bits == SpecialBits::Strip {
             assert!(
                 tree.special_bits.is_empty(),
