@@ -171,18 +171,12 @@ fn agent_restarts_during_the_grace_never_extend_it_on_a_real_host() {
     host.wait_healthy("web", "1", CONVERGE).expect("v1 healthy");
 
     pin(&coordinator, "web", "2");
-    // The restart of 2 is journaled: its grace period counts from here (or a bit before).
+    // 2 serves: it was restarted, and its grace period counts from then (or a bit before).
     host.host
-        .wait_until(
-            "the restart of web 2 to be journaled",
-            CONVERGE,
-            Duration::from_millis(100),
-            || {
-                let record = record(&host, "web");
-                record["activation"]["to"]["version"] == "2" && record["activation"]["restarted_at"].is_string()
-            },
-        )
-        .expect("restart journaled");
+        .wait_until("web 2 to serve", CONVERGE, Duration::from_millis(50), || {
+            AgentHost::get(port, "/").as_deref() == Some("drover-sample-app 2")
+        })
+        .expect("web 2 serves");
     let restarted = Instant::now();
     let started = app_started(&host, "web");
     // Two agent crashes during the grace, as a crash loop or an OOM kill would do.
@@ -411,13 +405,11 @@ fn a_pin_lands_while_another_app_sits_in_its_health_grace_on_a_real_host() {
     let host = AgentHost::start("e2e-apart", &coordinator, &HostOptions::default()).expect("agent host");
 
     pin(&coordinator, "slow", "1");
+    // slow serves (its /healthz answers 500): it is in its health grace.
     host.host
-        .wait_until(
-            "slow 1 to be in its health grace",
-            CONVERGE,
-            Duration::from_millis(100),
-            || record(&host, "slow")["activation"]["restarted_at"].is_string(),
-        )
+        .wait_until("slow 1 to serve", CONVERGE, Duration::from_millis(50), || {
+            AgentHost::get(slow_port, "/").as_deref() == Some("drover-sample-app 1")
+        })
         .expect("slow in grace");
     let grace_began = Instant::now();
     pin(&coordinator, "web", "1");
