@@ -286,14 +286,9 @@ fn a_release_that_cannot_install_backs_off_reports_once_and_is_removed_when_unpi
         entry["last_error"].as_str().is_some_and(|error| !error.is_empty()),
         "failed says why: {entry:#}"
     );
-    // 5, 10, 20 s between attempts: within 40 s, four attempts, not one every few seconds.
+    // 5, 10, 20 s between attempts: within 40 s, four attempts, not one every few seconds,
+    // and one event.
     std::thread::sleep(Duration::from_secs(40).saturating_sub(pinned.elapsed()));
-    let attempts = record(&host, "api")["failure"]["attempts"].as_u64().unwrap_or(0);
-    eprintln!("{attempts} install attempts of api 1 in 40 s");
-    assert!(
-        (2..=4).contains(&attempts),
-        "a failed install is retried with a growing back-off: {attempts} attempts in 40 s"
-    );
     let shown = coordinator.host_json(&host.id).expect("hosts show");
     let failures = shown["events"]
         .as_array()
@@ -304,6 +299,22 @@ fn a_release_that_cannot_install_backs_off_reports_once_and_is_removed_when_unpi
         })
         .count();
     assert_eq!(failures, 1, "the failure is one event, not one per retry: {shown:#}");
+    // Every attempt is logged, once reported or not.
+    let journal = host.host.journal_lines(Some("drover-agent.service"), 1000);
+    let tries = journal
+        .lines()
+        .filter(|line| line.contains("app=api") && (line.contains("failed: ") || line.contains("failed again: ")))
+        .count();
+    assert!(
+        (2..=5).contains(&tries),
+        "a failed install is retried with a growing back-off: {tries} attempts logged in 40 s"
+    );
+    let attempts = record(&host, "api")["failure"]["attempts"].as_u64().unwrap_or(0);
+    eprintln!("{attempts} install attempts of api 1 in 40 s ({tries} logged)");
+    assert!(
+        (2..=4).contains(&attempts),
+        "a failed install is retried with a growing back-off: {attempts} attempts in 40 s"
+    );
 
     // A restarted agent keeps the back-off it journaled instead of retrying at once.
     let record_before = record(&host, "api")["failure"].clone();
