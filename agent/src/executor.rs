@@ -1,6 +1,9 @@
 //! Carrying out the plan: each [`Step`] of [`crate::plan::plan`] done for real, with the
 //! app's record (the journal, [`crate::local`]) written before every step that changes
-//! what runs. One app's failure stops that app's steps only.
+//! what runs. One app's failure stops that app's steps only. Each app is reconciled by a
+//! task of its own ([`Executor::reconcile_app`] on an [`Executor::for_app`] copy that
+//! holds only that app's record; the tasks are run by `crate::run`), so apps never wait
+//! for each other's downloads or health checks.
 //!
 //! Activation, the only step that touches what runs:
 //! 1. journal `activation {to, from, phase: activating}`;
