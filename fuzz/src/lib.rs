@@ -208,12 +208,70 @@ impl Arena {
         fs::write(canary.join(CANARY_FILE), CANARY_CONTENT).expect("write canary file");
         fs::set_permissions(&base, fs::Permissions::from_mode(0o700)).expect("chmod arena");
         let before = Outside::read(&base, &canary);
-        Arena {
+        let mut arena = Arena {
             base,
             root,
             canary,
             before,
+        };
+        arena.self_test();
+        // The test touched the canary directory (its time changed): what later runs are
+        // compared with is the state after it.
+        arena.before = Outside::read(&arena.base, &arena.canary);
+        arena
+    }
+
+    /// Proves, once per process, that the checks can fail: each escape an unpack could
+    /// make is planted by hand and must be seen, then undone. A check that saw nothing
+    /// here would let every fuzz run pass.
+    fn self_test(&self) {
+        let keep = self.canary.join(CANARY_FILE);
+        fs::write(self.canary.join("written"), b"x").expect("plant a file in the canary");
+        assert_ne!(
+            self.before,
+            Outside::read(&self.base, &self.canary),
+            "a new file outside went unseen"
+        );
+        fs::remove_file(self.canary.join("written")).expect("remove the planted file");
+
+        fs::hard_link(&keep, self.root.join("link")).expect("plant a hard link to the canary");
+        assert!(
+            try_walk(&self.root).is_err(),
+            "a hard link to a file outside went unseen"
+        );
+        assert_ne!(
+            self.before,
+            Outside::read(&self.base, &self.canary),
+            "a new link to the canary went unseen"
+        );
+        fs::remove_file(self.root.join("link")).expect("remove the planted hard link");
+
+        std::os::unix::fs::symlink("sub/../..", self.root.join("up")).expect("plant an escaping symlink");
+        std::os::unix::fs::symlink("up/canary", self.root.join("through")).expect("plant a chained symlink");
+        std::os::unix::fs::symlink("/etc", self.root.join("absolute")).expect("plant an absolute symlink");
+        std::os::unix::fs::symlink("a/./b/..", self.root.join("inside")).expect("plant a contained symlink");
+        for escaping in ["up", "through", "absolute"] {
+            assert!(
+                symlink_escape(&self.root, Path::new(escaping)).is_some(),
+                "the escaping symlink {escaping} went unseen"
+            );
         }
+        assert_eq!(
+            symlink_escape(&self.root, Path::new("inside")),
+            None,
+            "a contained symlink was taken for an escape"
+        );
+        self.reset();
+        let after = Outside::read(&self.base, &self.canary);
+        assert_eq!(
+            (
+                &self.before.canary_entries,
+                &self.before.keep_content,
+                self.before.keep_links
+            ),
+            (&after.canary_entries, &after.keep_content, after.keep_links),
+            "the self test left something behind"
+        );
     }
 
     /// The directory the code under test writes into, empty at the start of each run.
@@ -318,12 +376,18 @@ pub struct Tree {
 /// symlinks, and every regular file's link count is the number of its paths inside the
 /// tree (a hard link to anything outside would show as a count higher than that).
 pub fn walk(root: &Path) -> Tree {
+    try_walk(root).unwrap_or_else(|problem| panic!("{problem}"))
+}
+
+/// [`walk`], returning the broken invariant instead of panicking.
+pub fn try_walk(root: &Path) -> Result<Tree, String> {
     let mut tree = Tree::default();
     let mut inodes: HashMap<u64, (u64, u64)> = HashMap::new();
     let mut pending = vec![PathBuf::new()];
     while let Some(relative) = pending.pop() {
         let dir = root.join(&relative);
-        for entry in fs::read_dir(&dir).unwrap_or_else(|error| panic!("list {}: {error}", dir.display())) {
+        let listing = fs::read_dir(&dir).map_err(|error| format!("list {}: {error}", dir.display()))?;
+        for entry in listing {
             let entry = entry.expect("read directory entry");
             let path = relative.join(entry.file_name());
             let metadata = fs::symlink_metadata(root.join(&path)).expect("lstat an entry");
@@ -349,20 +413,21 @@ pub fn walk(root: &Path) -> Tree {
                 let target = fs::read_link(root.join(&path)).expect("read a symlink");
                 tree.symlinks.insert(path, target);
             } else {
-                panic!(
+                return Err(format!(
                     "{} is neither a directory, a regular file nor a symlink: {kind:?}",
                     path.display()
-                );
+                ));
             }
         }
     }
     for (inode, (paths, links)) in inodes {
-        assert_eq!(
-            paths, links,
-            "inode {inode} has {links} links but {paths} paths in the tree: a hard link leads outside"
-        );
+        if paths != links {
+            return Err(format!(
+                "inode {inode} has {links} links but {paths} paths in the tree: a hard link leads outside"
+            ));
+        }
     }
-    tree
+    Ok(tree)
 }
 
 /// One step of a symlink walk.
