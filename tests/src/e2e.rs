@@ -199,6 +199,25 @@ impl CoordinatorProcess {
         let text = self.drover_ok(&["hosts", "show", host, "-o", "json"])?;
         serde_json::from_str(&text).context("hosts show -o json")
     }
+
+    /// Waits up to `timeout` until `hosts show` for `host` satisfies `condition`; returns
+    /// what it showed last, and panics with it when the time is up.
+    pub fn wait_reported(
+        &self,
+        host: &AgentHost,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        host.host
+            .wait_until(what, timeout, Duration::from_millis(300), || {
+                last = self.host_json(&host.id).unwrap_or_default();
+                condition(&last)
+            })
+            .unwrap_or_else(|error| panic!("{error}\nlast hosts show: {last:#}"));
+        last
+    }
 }
 
 impl Drop for CoordinatorProcess {

@@ -36,22 +36,6 @@ fn pin(coordinator: &CoordinatorProcess, version: &str) {
     coordinator.drover_ok(&["pin", "web", version]).expect("pin");
 }
 
-fn wait_reported(
-    coordinator: &CoordinatorProcess,
-    host: &AgentHost,
-    what: &str,
-    mut condition: impl FnMut(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    host.host
-        .wait_until(what, CONVERGE, Duration::from_millis(300), || {
-            last = coordinator.host_json(&host.id).unwrap_or_default();
-            condition(&last)
-        })
-        .unwrap_or_else(|error| panic!("{error}\nlast hosts show: {last:#}"));
-    last
-}
-
 #[test]
 fn deploys_upgrades_and_rolls_back_a_failing_release_on_a_real_host() {
     let coordinator = CoordinatorProcess::start().expect("coordinator");
@@ -134,12 +118,9 @@ fn deploys_upgrades_and_rolls_back_a_failing_release_on_a_real_host() {
         "{status:#}"
     );
     assert_eq!(AgentHost::get(port, "/").as_deref(), Some("drover-sample-app 2"));
-    let shown = wait_reported(
-        &coordinator,
-        &host,
-        "the coordinator to hear of the rollback",
-        |detail| detail["apps"]["web"]["state"] == "rolled_back",
-    );
+    let shown = coordinator.wait_reported(&host, "the coordinator to hear of the rollback", CONVERGE, |detail| {
+        detail["apps"]["web"]["state"] == "rolled_back"
+    });
     assert_eq!(
         shown["apps"]["web"]["current"], "2",
         "drover and drover-agent agree: {shown:#}"
@@ -316,7 +297,7 @@ fn hostile_archives_downloads_and_manifests_change_nothing_on_a_real_host() {
         let version = format!("bad-{name}");
         release_from(&coordinator, &version, &spec, &path);
         pin(&coordinator, &version);
-        let detail = wait_reported(&coordinator, &host, &format!("the report on {version}"), |detail| {
+        let detail = coordinator.wait_reported(&host, &format!("the report on {version}"), CONVERGE, |detail| {
             // `desired` comes from the coordinator's own manifest; the error from the report.
             let web = &detail["apps"]["web"];
             web["state"] == "failed"
@@ -376,7 +357,7 @@ fn hostile_archives_downloads_and_manifests_change_nothing_on_a_real_host() {
         ])
         .expect("url release");
     pin(&coordinator, "bad-digest");
-    let detail = wait_reported(&coordinator, &host, "the digest mismatch report", |detail| {
+    let detail = coordinator.wait_reported(&host, "the digest mismatch report", CONVERGE, |detail| {
         detail["apps"]["web"]["last_error"]
             .as_str()
             .unwrap_or("")
@@ -406,7 +387,7 @@ fn hostile_archives_downloads_and_manifests_change_nothing_on_a_real_host() {
         ])
         .expect("url release");
     pin(&coordinator, "bad-short");
-    wait_reported(&coordinator, &host, "the short download report", |detail| {
+    coordinator.wait_reported(&host, "the short download report", CONVERGE, |detail| {
         detail["apps"]["web"]["last_error"]
             .as_str()
             .unwrap_or("")
@@ -427,7 +408,7 @@ fn hostile_archives_downloads_and_manifests_change_nothing_on_a_real_host() {
     coordinator.resume().expect("coordinator back");
     release(&coordinator, &releases, "2", port, Behaviour::Good, 0);
     pin(&coordinator, "2");
-    let detail = wait_reported(&coordinator, &host, "the manifest rejection report", |detail| {
+    let detail = coordinator.wait_reported(&host, "the manifest rejection report", CONVERGE, |detail| {
         detail["manifest_rejection"]
             .as_str()
             .is_some_and(|reason| !reason.is_empty())
@@ -598,7 +579,7 @@ fn disk_full_during_download_keeps_the_old_release_on_a_real_host() {
     host.wait_serving(port, "1", CONVERGE).expect("v1 serves");
 
     pin(&coordinator, "2");
-    let detail = wait_reported(&coordinator, &host, "the disk-full report", |detail| {
+    let detail = coordinator.wait_reported(&host, "the disk-full report", CONVERGE, |detail| {
         detail["apps"]["web"]["last_error"]
             .as_str()
             .unwrap_or("")

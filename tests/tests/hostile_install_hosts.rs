@@ -17,23 +17,6 @@ fn pin(coordinator: &CoordinatorProcess, version: &str) {
     coordinator.drover_ok(&["pin", "web", version]).expect("pin");
 }
 
-/// Waits until `hosts show` for the host satisfies `condition`; returns it.
-fn wait_reported(
-    coordinator: &CoordinatorProcess,
-    host: &AgentHost,
-    what: &str,
-    mut condition: impl FnMut(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    host.host
-        .wait_until(what, CONVERGE, Duration::from_millis(300), || {
-            last = coordinator.host_json(&host.id).unwrap_or_default();
-            condition(&last)
-        })
-        .unwrap_or_else(|error| panic!("{error}\nlast hosts show: {last:#}"));
-    last
-}
-
 /// The archive: one file under `depth` directories `a`.
 fn deep_tarball(depth: usize) -> Vec<u8> {
     let path = format!("{}/file", vec!["a"; depth].join("/"));
@@ -79,7 +62,7 @@ fn deep_archive_is_refused_and_its_retries_leave_nothing_on_a_real_host() {
     let spec = releases.spec("deep", port, Behaviour::Good).expect("spec");
     coordinator.release_from("deep", &spec, &archive).expect("release deep");
     pin(&coordinator, "deep");
-    let detail = wait_reported(&coordinator, &host, "the report on the deep archive", |detail| {
+    let detail = coordinator.wait_reported(&host, "the report on the deep archive", CONVERGE, |detail| {
         let web = &detail["apps"]["web"];
         web["state"] == "failed"
             && web["last_error"]
@@ -176,7 +159,7 @@ fn release_too_large_for_the_free_space_is_refused_on_a_real_host() {
     host.wait_serving(port, "1", CONVERGE).expect("v1 serves");
 
     pin(&coordinator, "2");
-    let detail = wait_reported(&coordinator, &host, "the free-space report", |detail| {
+    let detail = coordinator.wait_reported(&host, "the free-space report", CONVERGE, |detail| {
         detail["apps"]["web"]["last_error"]
             .as_str()
             .is_some_and(|error| error.contains("the release needs at least"))
