@@ -815,20 +815,23 @@ impl Coordinator {
     /// before (while it stops and removes it) only as long as every report since named it.
     /// Anything else is invented and would show in fleet status as if it ran there.
     fn drop_apps_never_given(&self, report: &mut HostReport) {
-        let given: BTreeSet<AppName> = self
+        // The published manifest is shared (an Arc): nothing is copied per report.
+        let given: Option<Arc<Published>> = self
             .slots
             .read()
             .expect("slots lock")
             .get(&report.host)
-            .map(|slot| slot.manifest.borrow().versions.keys().cloned().collect())
-            .unwrap_or_default();
+            .map(|slot| Arc::clone(&slot.manifest.borrow()));
         let before = report.apps.len();
         {
             let reports = self.reports.lock().expect("reports lock");
             let reported_before = reports.get(&report.host).map(|(previous, _)| &previous.apps);
-            report
-                .apps
-                .retain(|app, _| given.contains(app) || reported_before.is_some_and(|apps| apps.contains_key(app)));
+            report.apps.retain(|app, _| {
+                given
+                    .as_ref()
+                    .is_some_and(|published| published.versions.contains_key(app))
+                    || reported_before.is_some_and(|apps| apps.contains_key(app))
+            });
         }
         let dropped = before - report.apps.len();
         if dropped > 0 {
