@@ -14,7 +14,37 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::unpack::{BLOCK, MAX_METADATA_BETWEEN_ENTRIES, METADATA_PER_ENTRY, quote};
+/// Most archive metadata (headers, GNU long names, pax records, padding, data of entries
+/// that have none, such as a directory's) read between two entries. The tar crate holds long
+/// names and pax records in memory, so this bounds what a hostile header can make it allocate.
+pub(crate) const MAX_METADATA_BETWEEN_ENTRIES: u64 = 1 << 20;
+/// Metadata allowed per entry on top of one `MAX_METADATA_BETWEEN_ENTRIES`, so the
+/// decompression work spent on metadata grows with the entries and not beyond.
+pub(crate) const METADATA_PER_ENTRY: u64 = 16 << 10;
+/// A tar block; a complete archive ends with two zero blocks.
+pub(crate) const BLOCK: u64 = 512;
+
+/// Archive-chosen text made safe for a one-line message: not UTF-8 shown lossily, control
+/// characters escaped, shortened to `MAX_QUOTED` characters.
+pub(crate) fn quote(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len().min(MAX_QUOTED));
+    for (count, character) in text.chars().enumerate() {
+        if count == MAX_QUOTED {
+            out.push('…');
+            break;
+        }
+        if character.is_control() {
+            out.extend(character.escape_default());
+        } else {
+            out.push(character);
+        }
+    }
+    out
+}
+
+/// Longest piece of archive-chosen text quoted in an error.
+const MAX_QUOTED: usize = 256;
 
 /// Most components an entry path may have (its depth below the release directory or
 /// rootfs). Real trees stay far below it (the deepest `node_modules` nesting old npm

@@ -33,7 +33,7 @@ use thiserror::Error;
 
 use crate::tarstream::{
     CompressedCounter, CountCompressed, LeadingSlash, MetadataMeter, Metered, PathProblem, SpaceProblem, SpaceWatch,
-    TarStreamError, check_end, corrupt_header, entry_path, header_mode, position, stream_error,
+    TarStreamError, check_end, corrupt_header, entry_path, header_mode, position, quote, stream_error,
 };
 pub use crate::tarstream::{
     DiskFull, FreeSpace, MAX_COMPRESSION_RATIO, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_PATH_DEPTH, MIN_FREE_BYTES,
@@ -45,19 +45,8 @@ pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 8 << 30;
 /// Default bound on the number of entries (archive members plus directories they imply).
 pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 
-/// Most archive metadata (headers, GNU long names, pax records, padding, data of entries
-/// that have none, such as a directory's) read between two entries. The tar crate holds long
-/// names and pax records in memory, so this bounds what a hostile header can make it allocate.
-pub(crate) const MAX_METADATA_BETWEEN_ENTRIES: u64 = 1 << 20;
-/// Metadata allowed per entry on top of one `MAX_METADATA_BETWEEN_ENTRIES`, so the
-/// decompression work spent on metadata grows with the entries and not beyond.
-pub(crate) const METADATA_PER_ENTRY: u64 = 16 << 10;
-/// A tar block; a complete archive ends with two zero blocks.
-pub(crate) const BLOCK: u64 = 512;
 /// Modification times after 9999-12-31T23:59:59Z are not kept (not every filesystem can store them).
 pub(crate) const LATEST_MTIME: u64 = 253_402_300_799;
-/// Longest piece of archive-chosen text quoted in an error.
-const MAX_QUOTED: usize = 256;
 /// Read size when copying file data.
 pub(crate) const COPY_BUFFER: usize = 64 << 10;
 
@@ -746,25 +735,6 @@ pub(crate) fn describe(entry_type: EntryType) -> String {
         EntryType::Fifo => "fifo".into(),
         other => format!("type '{}'", quote(&[other.as_byte()])),
     }
-}
-
-/// Archive-chosen text made safe for a one-line message: not UTF-8 shown lossily, control
-/// characters escaped, shortened to `MAX_QUOTED` characters.
-pub(crate) fn quote(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let mut out = String::with_capacity(text.len().min(MAX_QUOTED));
-    for (count, character) in text.chars().enumerate() {
-        if count == MAX_QUOTED {
-            out.push('…');
-            break;
-        }
-        if character.is_control() {
-            out.extend(character.escape_default());
-        } else {
-            out.push(character);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -84,7 +84,8 @@ use crate::unpack::{DiskFull, PathLimit, RatioExceeded};
 #[cfg(doc)]
 use crate::unpack::{MAX_COMPRESSION_RATIO, MAX_PATH_BYTES, MAX_PATH_DEPTH, MIN_FREE_BYTES};
 
-use crate::unpack::{self, COPY_BUFFER, LATEST_MTIME, SpecialBits, quote};
+use crate::tarstream::quote;
+use crate::unpack::{self, COPY_BUFFER, LATEST_MTIME, SpecialBits};
 
 use drover_protocol::oci::{
     MEDIA_TYPE_DOCKER_FOREIGN_LAYER_GZIP, MEDIA_TYPE_DOCKER_LAYER_TAR, MEDIA_TYPE_NONDISTRIBUTABLE_TAR,
