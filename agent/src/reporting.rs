@@ -222,7 +222,7 @@ impl Reporter {
                     tokio::time::sleep(StdDuration::from_millis(100)).await;
                 }
                 () = tokio::time::sleep(wait) => {}
-                () = crate::run::stopped(&mut shutdown) => break,
+                () = stopped(&mut shutdown) => break,
             }
         }
         self.send(&shared, &mut failures).await;
@@ -259,6 +259,11 @@ impl Reporter {
             }
         }
     }
+}
+
+/// Completes once `stop` says so (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use crate::error::Error;
 use crate::executor::{APP_CONCURRENCY, AppNext, Executor, UNIT_DIR};
 use crate::fetch::Cache;
 use crate::notify::Notifier;
-use crate::reporting::{Reporter, Shared};
+use crate::reporting::{Reporter, Shared, stopped};
 use crate::state::StateDir;
 
 /// How long SIGTERM waits for the install step in progress (below the unit's
@@ -466,11 +466,6 @@ fn until(at: Timestamp, now: std::time::SystemTime) -> StdDuration {
     at.duration_since(now)
         .unwrap_or(StdDuration::ZERO)
         .max(StdDuration::from_millis(100))
-}
-
-/// Completes once `stop` says so (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
 #[cfg(test)]
