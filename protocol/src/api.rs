@@ -60,6 +60,28 @@ pub struct JoinResponse {
     pub labels: Labels,
 }
 
+/// `POST /v1/agent/certificate`: a joined host renews its client certificate over its
+/// current mTLS identity, well before the certificate expires. The CSR is for the key
+/// the host already holds (the coordinator refuses any other key), so renewal changes
+/// one file on the host (its certificate) and a crash at any point leaves a working
+/// identity: the old certificate stays valid until its own expiry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// PEM certificate signing request for the host's current key; its common name is
+    /// the host id.
+    pub csr_pem: String,
+}
+
+/// The answer to a renewal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewResponse {
+    /// The new client certificate (PEM).
+    pub certificate_pem: String,
+    /// When it expires.
+    pub not_after: Timestamp,
+}
+
 /// `POST /v1/admin/tokens`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
