@@ -177,6 +177,28 @@ pub(crate) fn one_line(text: &str) -> String {
     out
 }
 
+/// Why bytes are not an ed25519 public key this crate accepts. Keys enter through trust
+/// documents; see `keys::PublicKey::from_raw` for why the weak ones are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum PublicKeyError {
+    /// Not 32 bytes.
+    #[error("an ed25519 public key is 32 bytes, not {0}")]
+    Length(usize),
+    /// Not the one canonical encoding of its point: y is 2^255-19 or more, or x is zero
+    /// with its sign bit set. Another encoding of a listed point would give it a second
+    /// key id.
+    #[error(
+        "not a canonical ed25519 point encoding (y not below 2^255-19, or x = 0 with the sign bit set); no generated key looks like this"
+    )]
+    NonCanonical,
+    /// One of the 8 points of small order, for which a constant signature verifies for
+    /// every message.
+    #[error(
+        "a small-order ed25519 point, for which one constant signature verifies every message; no generated key looks like this"
+    )]
+    SmallOrder,
+}
+
 /// Why a signing key could not be made, read or written.
 #[derive(Debug, Error)]
 pub enum KeyError {

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::dsse::{Envelope, Role};
-use crate::error::{DocumentKind, Rejection};
+use crate::error::{DocumentKind, PublicKeyError, Rejection};
 use crate::keys::{KeyScheme, PublicKey, SigningKey};
 use crate::names::KeyId;
 use crate::time::Timestamp;
@@ -113,14 +113,19 @@ impl RoleKeys {
         let mut seen = BTreeSet::new();
         let mut keys = Vec::with_capacity(self.keys.len());
         for listed in &self.keys {
-            let key = crate::hex::decode(&listed.public)
-                .and_then(|raw| PublicKey::from_raw(&raw))
-                .ok_or_else(|| {
-                    format!(
-                        "{name} key {}: public key is not 32 bytes of lowercase hex",
-                        listed.keyid
-                    )
-                })?;
+            let not_hex = || {
+                format!(
+                    "{name} key {}: public key is not 32 bytes of lowercase hex",
+                    listed.keyid
+                )
+            };
+            let raw = crate::hex::decode(&listed.public).ok_or_else(not_hex)?;
+            // A weak key (small order, or a second spelling of a point) is refused before
+            // its id counts toward any threshold.
+            let key = PublicKey::from_raw(&raw).map_err(|error| match error {
+                PublicKeyError::Length(_) => not_hex(),
+                weak => format!("{name} key {}: public key refused: {weak}", listed.keyid),
+            })?;
             if key.key_id() != &listed.keyid {
                 return Err(format!(
                     "{name} key {}: key id is not the sha256 of the public key",
@@ -325,4 +330,102 @@ fn check_not_expired(document: &TrustDocument, effective_now: Timestamp) -> Resu
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+
+    use crate::dsse::EnvelopeSignature;
+
+    /// A listing of raw 32 bytes as a key, bypassing [`PublicKey::from_raw`] (as a hostile
+    /// or mistaken document would).
+    fn listed(raw: &[u8; 32]) -> TrustKey {
+        TrustKey {
+            keyid: KeyId::of_public_key(raw),
+            scheme: KeyScheme::Ed25519,
+            public: crate::hex::encode(raw),
+        }
+    }
+
+    /// A document whose root role is `roots` with threshold 2, and an envelope carrying the
+    /// signature (R = the neutral point, S = 0) for each of them: no private key involved.
+    fn forged_with_roots(roots: &[[u8; 32]]) -> Vec<u8> {
+        let manifest_key = SigningKey::generate(&ring::rand::SystemRandom::new())
+            .expect("random source")
+            .0;
+        let document = TrustDocument {
+            schema: TRUST_SCHEMA,
+            version: 1,
+            expires_at: Timestamp::from_unix(2_000_000_000),
+            root: RoleKeys {
+                threshold: 2,
+                keys: roots.iter().map(listed).collect(),
+            },
+            manifest: RoleKeys::of(&[manifest_key.public_key()], 1),
+        };
+        let mut neutral = [0u8; 64];
+        neutral[0] = 1;
+        let signatures = roots
+            .iter()
+            .map(|raw| EnvelopeSignature {
+                keyid: KeyId::of_public_key(raw).to_string(),
+                sig: BASE64.encode(neutral),
+            })
+            .collect();
+        Envelope {
+            payload_type: TRUST_PAYLOAD_TYPE.to_owned(),
+            payload: BASE64.encode(document.to_payload()),
+            signatures,
+        }
+        .to_json()
+    }
+
+    #[test]
+    fn a_trust_document_listing_the_neutral_point_twice_is_refused() {
+        // The neutral point (0, 1): canonically y = 1; again as y = p + 1 and with the sign
+        // bit set on x = 0. Three spellings, three key ids, one point.
+        let mut canonical = [0u8; 32];
+        canonical[0] = 1;
+        let mut y_plus_p = [0xffu8; 32];
+        y_plus_p[0] = 0xee;
+        y_plus_p[31] = 0x7f;
+        let mut signed_zero = canonical;
+        signed_zero[31] = 0x80;
+        let now = Timestamp::from_unix(1_900_000_000);
+        for pair in [[canonical, y_plus_p], [canonical, signed_zero], [y_plus_p, signed_zero]] {
+            let rejection = Trust::bootstrap(&forged_with_roots(&pair), now).expect_err(
+                "two spellings of the neutral point and one constant signature must not meet a threshold of 2",
+            );
+            let message = rejection.to_string();
+            assert!(
+                matches!(rejection, Rejection::BadPayload { .. }) && message.contains("public key refused"),
+                "{message}"
+            );
+        }
+        // A rotation to such a document is refused the same way, whoever signed it.
+        let root = SigningKey::generate(&ring::rand::SystemRandom::new())
+            .expect("random source")
+            .0;
+        let manifest_key = SigningKey::generate(&ring::rand::SystemRandom::new())
+            .expect("random source")
+            .0;
+        let first = TrustDocument {
+            schema: TRUST_SCHEMA,
+            version: 1,
+            expires_at: Timestamp::from_unix(2_000_000_000),
+            root: RoleKeys::of(&[root.public_key()], 1),
+            manifest: RoleKeys::of(&[manifest_key.public_key()], 1),
+        };
+        let trust = Trust::bootstrap(&first.sign(&[&root]), now).expect("a real trust document");
+        let mut next = first.clone();
+        next.version = 2;
+        next.manifest.keys.push(listed(&canonical));
+        let rejection = trust
+            .rotate(&next.sign(&[&root]), now)
+            .expect_err("a small-order manifest key is refused in a rotation");
+        assert!(rejection.to_string().contains("small-order"), "{rejection}");
+    }
 }
