@@ -191,10 +191,10 @@ pub enum PublicKeyError {
         "not a canonical ed25519 point encoding (y not below 2^255-19, or x = 0 with the sign bit set); no generated key looks like this"
     )]
     NonCanonical,
-    /// One of the 8 points of small order, for which a constant signature verifies for
-    /// every message.
+    /// One of the 8 points of small order, under which one constant signature verifies
+    /// for many messages (for the neutral point: every message) with no private key.
     #[error(
-        "a small-order ed25519 point, for which one constant signature verifies every message; no generated key looks like this"
+        "a small-order ed25519 point, under which constant signatures verify with no private key; no generated key looks like this"
     )]
     SmallOrder,
 }
