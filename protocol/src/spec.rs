@@ -65,8 +65,13 @@ pub struct ServiceSpec {
     /// For an OCI release it is relative to the image's root and replaces its `WorkingDir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_directory: Option<RelativePath>,
-    /// Environment variables (for an OCI release: on top of the image's `Env`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Environment variables (for an OCI release: on top of the image's `Env`). A name
+    /// set twice is refused ([`unique_environment`]).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_environment"
+    )]
     pub environment: BTreeMap<EnvName, String>,
     /// When systemd restarts the process.
     #[serde(default)]
@@ -599,6 +604,38 @@ fn check_unix_name(text: &str) -> Result<(), NameError> {
     }
 }
 
+/// Deserializes `[service.environment]`, refusing a variable set twice: JSON parsers keep
+/// the last value silently (serde_json does) or the first, so two readers of one spec
+/// could run the app with different values, and the operator's review sees one of them.
+/// The same visitor pattern refuses an app listed twice in a manifest. The coordinator and
+/// agents both parse specs through this, from TOML and JSON (TOML refuses a repeated key
+/// itself too).
+fn unique_environment<'de, D>(deserializer: D) -> Result<BTreeMap<EnvName, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct UniqueEnvironment;
+    impl<'de> serde::de::Visitor<'de> for UniqueEnvironment {
+        type Value = BTreeMap<EnvName, String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of environment variable names to values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut map = BTreeMap::new();
+            while let Some((name, value)) = access.next_entry::<EnvName, String>()? {
+                if map.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format!(
+                        "[service.environment] {name} is set twice; set each variable once"
+                    )));
+                }
+                map.insert(name, value);
+            }
+            Ok(map)
+        }
+    }
+    deserializer.deserialize_map(UniqueEnvironment)
+}
+
 validated_string!(
     /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]{0,127}`.
     EnvName,
@@ -896,6 +933,31 @@ mod tests {
             parse(r#"{"service":{},"sandbox":{"bind_paths":["relative:/x"]}}"#).is_err(),
             "a spec with a bad bind path is refused"
         );
+    }
+
+    #[test]
+    fn a_spec_with_a_duplicate_environment_variable_is_refused() {
+        // JSON, as the coordinator's API and every agent read it.
+        let error = parse(r#"{"service":{"command":["x"],"environment":{"MODE":"safe","PORT":"1","MODE":"unsafe"}}}"#)
+            .expect_err("a variable set twice");
+        assert!(
+            error.to_string().contains("[service.environment] MODE is set twice"),
+            "{error}"
+        );
+        let once =
+            parse(r#"{"service":{"command":["x"],"environment":{"MODE":"safe","PORT":"1"}}}"#).expect("each once");
+        assert_eq!(once.service.environment.len(), 2);
+        // TOML, as `drover release create` reads drover.toml: refused by the TOML parser,
+        // whichever way the key is spelt.
+        for toml in [
+            "[service]\ncommand = [\"x\"]\n[service.environment]\nMODE = \"safe\"\nMODE = \"unsafe\"\n",
+            "[service]\ncommand = [\"x\"]\n[service.environment]\nMODE = \"safe\"\n\"MODE\" = \"unsafe\"\n",
+            "[service]\ncommand = [\"x\"]\nenvironment = { MODE = \"safe\", MODE = \"unsafe\" }\n",
+            "[service]\ncommand = [\"x\"]\nenvironment.MODE = \"safe\"\n[service.environment]\nMODE = \"unsafe\"\n",
+        ] {
+            let error = toml::from_str::<AppSpec>(toml).expect_err(toml);
+            assert!(error.to_string().contains("duplicate key"), "{toml}: {error}");
+        }
     }
 
     #[test]
