@@ -187,10 +187,14 @@ pub struct TokenCreateArgs {
     /// How long the token is valid (1s to 30d).
     #[arg(long, default_value = "1h")]
     pub ttl: Duration,
-    /// Let the token re-enroll a host id that is already enrolled (a reinstalled
-    /// machine); the old certificate stops working when the new one joins.
-    #[arg(long)]
-    pub replace: bool,
+    /// Let the token enroll exactly this host id although it is taken: an enrolled host
+    /// (a reinstalled machine; its old key and certificates stop working when the new one
+    /// joins) or a removed one (its id is not reused otherwise). The host keeps the id's
+    /// manifest serial, host pins and holds; its labels come from --labels. The token
+    /// cannot be used for any other host id. Joins and replacements are recorded in
+    /// `drover hosts show HOST`.
+    #[arg(long, value_name = "HOST")]
+    pub replace: Option<HostId>,
     /// Output format: the join command alone, or the whole token as JSON.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -273,15 +277,22 @@ pub struct HostsArgs {
 /// `drover hosts ...`
 #[derive(Debug, Subcommand)]
 pub enum HostsCommand {
-    /// List enrolled hosts: labels, last contact, manifest serials, held, apps.
+    /// List enrolled hosts: labels, last contact, manifest serials, held, certificate
+    /// expiry, apps.
     ///
     /// SERIAL is the host's current manifest; REPORTED is the one its agent last said it
-    /// acted on (behind while it converges or when it is offline).
+    /// acted on (behind while it converges or when it is offline). CERT EXPIRES is when the
+    /// host's newest client certificate expires, marked `!` when that is less than 30 days
+    /// away: agents renew theirs when a third of its lifetime is left, so a mark means the
+    /// host has not reached the coordinator for a long time (or runs an agent that does not
+    /// renew); once it expires the host must be re-joined (`token create --replace HOST`).
     ///
     /// Example: drover hosts list -o json
     List(OutputArgs),
-    /// Show one host: labels, facts, each app's desired and running release and state,
-    /// the last manifest rejection, and recent events.
+    /// Show one host: labels, facts, its certificate's expiry, each app's desired and
+    /// running release and state, the last manifest rejection, recent events, and the
+    /// id's history (joins, replacements, certificate renewals, removals; who, when, and
+    /// the sha256 of the old and new certificate).
     ///
     /// Example: drover hosts show web-01
     Show(HostShowArgs),
@@ -292,8 +303,9 @@ pub enum HostsCommand {
     ///
     /// Example: drover hosts label web-01 env=prod region=eu canary-
     Label(HostLabelArgs),
-    /// Remove a host: its certificate stops working at once. To bring it back, create a
-    /// token and join it again.
+    /// Remove a host: its key and certificates stop working at once. Its id stays
+    /// reserved (with its host pins and holds): to bring it back, create a token with
+    /// `drover token create --replace HOST` and join it again. Recorded in `hosts show`.
     ///
     /// Example: drover hosts remove web-01
     Remove(HostIdArgs),
@@ -823,6 +835,30 @@ pub struct ServeArgs {
     /// Extra DNS names or IP addresses for the server certificate (repeatable).
     #[arg(long = "server-name")]
     pub server_names: Vec<String>,
+    /// How long each host client certificate is valid (1m to 1095d). Agents renew
+    /// theirs over mTLS when a third of it is left, keeping their key; a host that cannot
+    /// reach the coordinator until its certificate expires must be re-joined. The CA that
+    /// signs them lasts 10 years from the first start.
+    #[arg(long, default_value = "365d", value_parser = parse_certificate_validity, value_name = "DURATION")]
+    pub host_certificate_validity: Duration,
+    /// How long the coordinator's own TLS certificate is valid (1m to 1095d). It is made
+    /// at each start and renewed while serving when a third of it is left (written to
+    /// <data-dir>/server.pem); clients trust it through the CA.
+    #[arg(long, default_value = "365d", value_parser = parse_certificate_validity, value_name = "DURATION")]
+    pub server_certificate_validity: Duration,
+}
+
+/// A certificate lifetime within [`MIN_LEAF_VALIDITY`](crate::pki::MIN_LEAF_VALIDITY)
+/// and [`MAX_LEAF_VALIDITY`](crate::pki::MAX_LEAF_VALIDITY).
+fn parse_certificate_validity(text: &str) -> Result<Duration, String> {
+    let validity: Duration = text.parse().map_err(|error| format!("{error}"))?;
+    let (min, max) = (crate::pki::MIN_LEAF_VALIDITY, crate::pki::MAX_LEAF_VALIDITY);
+    if validity < min || validity > max {
+        return Err(format!(
+            "a certificate validity must be between {min} and {max} (renewal starts when a third is left)"
+        ));
+    }
+    Ok(validity)
 }
 
 /// `drover keys ...`

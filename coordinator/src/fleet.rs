@@ -229,6 +229,8 @@ mod tests {
                 .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
                 .collect(),
             cert_sha256: Some("x".into()),
+            key_sha256: Some("k".into()),
+            cert_not_after: None,
             joined_at: Timestamp::EPOCH,
         }
     }

@@ -39,6 +39,8 @@ pub async fn run(cli: cli::Cli, now: Timestamp, input: &mut dyn Read, out: &mut 
                 keys: args.keys,
                 manifest_ttl: args.manifest_ttl,
                 server_names: args.server_names,
+                host_certificate_validity: args.host_certificate_validity,
+                server_certificate_validity: args.server_certificate_validity,
             })
             .await?;
             running.wait(Box::pin(termination())).await;

@@ -1,7 +1,9 @@
 //! Counters for `/metrics`, in the Prometheus text format.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use drover_protocol::Timestamp;
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -50,11 +52,39 @@ pub struct Metrics {
     pub accept_errors: Counter,
     /// Apps in host reports that the host was never given (ignored).
     pub report_apps_ignored: Counter,
+    /// Host certificates renewed.
+    pub certificate_renewals: Counter,
+    /// When the server's TLS certificate in use expires (unix seconds; 0 before start).
+    pub server_certificate_not_after: AtomicI64,
+}
+
+/// A host certificate expiring sooner than this is counted in
+/// `drover_host_certificates_expiring_soon` and marked in `drover hosts list`.
+pub const EXPIRING_SOON: drover_protocol::Duration = drover_protocol::Duration::from_secs(30 * 86_400);
+
+/// The host certificates' expiry, for the gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    /// The earliest expiry of any enrolled host's newest certificate.
+    pub soonest: Option<Timestamp>,
+    /// Hosts whose newest certificate expires within [`EXPIRING_SOON`] (or has expired).
+    pub expiring_soon: usize,
+}
+
+impl CertificateExpiry {
+    /// Adds one host's certificate expiry, as seen at `now`.
+    pub fn add(&mut self, not_after: Timestamp, now: Timestamp) {
+        self.soonest = Some(self.soonest.map_or(not_after, |soonest| soonest.min(not_after)));
+        if not_after <= now.plus(EXPIRING_SOON) {
+            self.expiring_soon += 1;
+        }
+    }
 }
 
 impl Metrics {
-    /// The Prometheus text exposition, with `hosts` as a gauge.
-    pub fn render(&self, hosts: usize) -> String {
+    /// The Prometheus text exposition, with `hosts` and the certificates' expiry (seen at
+    /// `now`) as gauges.
+    pub fn render(&self, hosts: usize, certificates: CertificateExpiry, now: Timestamp) -> String {
         let counters = [
             ("drover_http_requests_total", "HTTP requests answered.", &self.requests),
             (
@@ -105,6 +135,11 @@ impl Metrics {
                 "Apps in host reports that the host was never given (ignored).",
                 &self.report_apps_ignored,
             ),
+            (
+                "drover_host_certificate_renewals_total",
+                "Host client certificates renewed.",
+                &self.certificate_renewals,
+            ),
         ];
         let mut text = String::new();
         for (name, help, counter) in counters {
@@ -118,6 +153,26 @@ impl Metrics {
             text,
             "# HELP drover_hosts Enrolled hosts.\n# TYPE drover_hosts gauge\ndrover_hosts {hosts}"
         );
+        if let Some(soonest) = certificates.soonest {
+            let _ = writeln!(
+                text,
+                "# HELP drover_host_certificate_expiry_seconds Seconds until the first enrolled host's client certificate expires (negative: expired).\n# TYPE drover_host_certificate_expiry_seconds gauge\ndrover_host_certificate_expiry_seconds {}",
+                soonest.unix() - now.unix()
+            );
+        }
+        let _ = writeln!(
+            text,
+            "# HELP drover_host_certificates_expiring_soon Enrolled hosts whose client certificate expires within 30 days (or has expired).\n# TYPE drover_host_certificates_expiring_soon gauge\ndrover_host_certificates_expiring_soon {}",
+            certificates.expiring_soon
+        );
+        let server = self.server_certificate_not_after.load(Ordering::Relaxed);
+        if server > 0 {
+            let _ = writeln!(
+                text,
+                "# HELP drover_server_certificate_expiry_seconds Seconds until the coordinator's TLS certificate in use expires (it is renewed when a third is left).\n# TYPE drover_server_certificate_expiry_seconds gauge\ndrover_server_certificate_expiry_seconds {}",
+                server - now.unix()
+            );
+        }
         text
     }
 }

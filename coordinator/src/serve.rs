@@ -1,5 +1,6 @@
 //! `drover serve`: prepare the data directory, open the store, start the coordinator,
-//! serve HTTPS until told to stop, then drain.
+//! serve HTTPS until told to stop, then drain. While serving, the server certificate is
+//! renewed when a third of its lifetime is left (`renew_server_certificate`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,7 +32,15 @@ pub struct ServeOptions {
     pub manifest_ttl: Duration,
     /// Extra names or addresses for the server certificate.
     pub server_names: Vec<String>,
+    /// How long host certificates are valid (join and renewal).
+    pub host_certificate_validity: Duration,
+    /// How long the server certificate is valid (it is renewed while serving).
+    pub server_certificate_validity: Duration,
 }
+
+/// The server certificate and key in use, in the data directory (0600; written atomically
+/// at start and at each renewal), for inspection: each start issues a new one.
+pub const SERVER_CERTIFICATE_FILE: &str = "server.pem";
 
 /// A running coordinator.
 #[derive(Debug)]
@@ -104,13 +113,14 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     names.extend(options.server_names.iter().cloned());
     names.sort();
     names.dedup();
-    let (cert_pem, key_pem) = credentials
-        .ca
-        .issue_server(&names, now())
+    let issued = issue_server_certificate(&credentials.ca, &names, options.server_certificate_validity, now())
         .map_err(|error| Error::Input(format!("server certificate: {error}")))?;
-    // The chain carries the CA too: a joining agent pins the CA by its sha256.
-    let chain_pem = format!("{cert_pem}{}", credentials.ca.cert_pem());
-    let tls = crate::server::tls_config(credentials.ca.cert_der(), &chain_pem, &key_pem).map_err(Error::Input)?;
+    let server_certificate =
+        crate::server::ServerCertificate::new(&issued.chain_pem, &issued.key_pem).map_err(Error::Input)?;
+    let tls =
+        crate::server::tls_config_with(credentials.ca.cert_der(), server_certificate.clone()).map_err(Error::Input)?;
+    let server_file = options.data_dir.join(SERVER_CERTIFICATE_FILE);
+    write_atomic(&server_file, issued.file_text().as_bytes(), 0o600)?;
 
     let store = Store::open(&data.database())
         .await
@@ -119,6 +129,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         public_url: public_url.clone(),
         manifest_ttl: options.manifest_ttl,
         refresh_interval: Duration::from_secs(60),
+        host_certificate_validity: options.host_certificate_validity,
     };
     let (coordinator, background) = Coordinator::start(config, store, data.clone(), credentials)
         .await
@@ -132,7 +143,26 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         tls,
         receiver.clone(),
     ));
+    coordinator
+        .metrics
+        .server_certificate_not_after
+        .store(issued.not_after.unix(), std::sync::atomic::Ordering::Relaxed);
+    let renewer = tokio::spawn(renew_server_certificate(
+        ServerRenewal {
+            coordinator: coordinator.clone(),
+            names,
+            validity: options.server_certificate_validity,
+            certificate: server_certificate,
+            file: server_file,
+            current: (issued.not_before, issued.not_after),
+        },
+        receiver.clone(),
+    ));
     let background = tokio::spawn(background.run(coordinator.clone(), receiver));
+    let background = tokio::spawn(async move {
+        let _ = background.await;
+        let _ = renewer.await;
+    });
     tracing::info!(%addr, %public_url, ca_sha256 = %coordinator.credentials().ca.sha256(), "drover coordinator listening");
     warn_if_few_descriptors();
     Ok(Running {
@@ -143,6 +173,114 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         server,
         background,
     })
+}
+
+/// A server certificate just issued.
+struct IssuedServerCertificate {
+    /// The certificate and the CA (a joining agent pins the CA by its sha256), PEM.
+    chain_pem: String,
+    key_pem: String,
+    not_before: Timestamp,
+    not_after: Timestamp,
+}
+
+impl IssuedServerCertificate {
+    /// What `server.pem` holds: chain, then key.
+    fn file_text(&self) -> String {
+        format!("{}{}", self.chain_pem, self.key_pem)
+    }
+}
+
+fn issue_server_certificate(
+    ca: &crate::pki::Ca,
+    names: &[String],
+    validity: Duration,
+    now: Timestamp,
+) -> Result<IssuedServerCertificate, String> {
+    let (cert_pem, key_pem) = ca
+        .issue_server_valid_for(names, now, validity)
+        .map_err(|error| error.to_string())?;
+    let (not_before, not_after) =
+        crate::pki::validity_of(&cert_pem).ok_or_else(|| "the issued certificate cannot be read back".to_owned())?;
+    Ok(IssuedServerCertificate {
+        chain_pem: format!("{cert_pem}{}", ca.cert_pem()),
+        key_pem,
+        not_before,
+        not_after,
+    })
+}
+
+/// What the server certificate renewal task works with.
+struct ServerRenewal {
+    coordinator: Arc<Coordinator>,
+    names: Vec<String>,
+    validity: Duration,
+    certificate: Arc<crate::server::ServerCertificate>,
+    file: PathBuf,
+    /// not_before and not_after of the certificate in use.
+    current: (Timestamp, Timestamp),
+}
+
+/// The longest the renewal task sleeps before it looks at the clock again (the wall
+/// clock may jump; a monotonic sleep of months would not notice).
+const RENEWAL_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long after a failed renewal it tries again.
+const RENEWAL_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long to wait, at `now`, before renewing a certificate valid `not_before` to
+/// `not_after` (see [`renewal_due_at`](drover_protocol::api::renewal_due_at)): zero when
+/// due, at most [`RENEWAL_CHECK_INTERVAL`].
+pub fn server_renewal_wait(not_before: Timestamp, not_after: Timestamp, now: Timestamp) -> std::time::Duration {
+    let due = drover_protocol::api::renewal_due_at(not_before, not_after);
+    let seconds = u64::try_from(due.unix().saturating_sub(now.unix())).unwrap_or(0);
+    std::time::Duration::from_secs(seconds).min(RENEWAL_CHECK_INTERVAL)
+}
+
+/// Renews the server certificate while serving: when a third of its lifetime is left it
+/// issues a new one (same names), writes it to `server.pem` atomically and swaps it in;
+/// new handshakes get it, open connections keep the old one until they close.
+async fn renew_server_certificate(mut renewal: ServerRenewal, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (not_before, not_after) = renewal.current;
+        let wait = server_renewal_wait(not_before, not_after, now());
+        if !wait.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => continue,
+                _ = shutdown.wait_for(|stopping| *stopping) => return,
+            }
+        }
+        let issued = issue_server_certificate(
+            &renewal.coordinator.credentials().ca,
+            &renewal.names,
+            renewal.validity,
+            now(),
+        )
+        .and_then(|issued| {
+            renewal.certificate.replace(&issued.chain_pem, &issued.key_pem)?;
+            Ok(issued)
+        });
+        match issued {
+            Ok(issued) => {
+                if let Err(error) = write_atomic(&renewal.file, issued.file_text().as_bytes(), 0o600) {
+                    tracing::warn!(%error, path = %renewal.file.display(), "the renewed server certificate is in use but could not be written to the data directory");
+                }
+                renewal
+                    .coordinator
+                    .metrics
+                    .server_certificate_not_after
+                    .store(issued.not_after.unix(), std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(not_after = %issued.not_after, "renewed the server certificate");
+                renewal.current = (issued.not_before, issued.not_after);
+            }
+            Err(error) => {
+                tracing::error!(%error, old_not_after = %not_after, "renewing the server certificate failed; retrying in a minute");
+                tokio::select! {
+                    () = tokio::time::sleep(RENEWAL_RETRY) => {}
+                    _ = shutdown.wait_for(|stopping| *stopping) => return,
+                }
+            }
+        }
+    }
 }
 
 /// Below this many open files the coordinator warns at start: every connected agent holds
@@ -191,6 +329,26 @@ fn url_host(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_certificate_is_renewed_when_a_third_of_its_lifetime_is_left() {
+        let at = |text: &str| text.parse::<Timestamp>().expect("timestamp");
+        let (not_before, not_after) = (at("2026-01-01T00:00:00Z"), at("2027-01-02T00:00:00Z"));
+        // Long before: the task looks at the clock again within the hour.
+        assert_eq!(
+            server_renewal_wait(not_before, not_after, at("2026-03-01T00:00:00Z")),
+            RENEWAL_CHECK_INTERVAL
+        );
+        // Ten seconds before the due time (2026-09-02): ten seconds.
+        assert_eq!(
+            server_renewal_wait(not_before, not_after, at("2026-09-01T23:59:50Z")),
+            std::time::Duration::from_secs(10)
+        );
+        // Due, and long past due (even expired): now.
+        for now in ["2026-09-02T00:00:00Z", "2026-12-31T00:00:00Z", "2027-02-01T00:00:00Z"] {
+            assert!(server_renewal_wait(not_before, not_after, at(now)).is_zero(), "{now}");
+        }
+    }
 
     #[test]
     fn reads_the_open_files_limit() {

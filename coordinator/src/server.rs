@@ -1,10 +1,11 @@
 //! The HTTPS server: TLS with optional client certificates on one port, the routes, and
 //! the mapping of every service error to a status code and a JSON error body.
 //!
-//! Agents present the client certificate they got at join; the identity it proves (host
-//! id + certificate fingerprint) is attached to every request of that connection. The
-//! join endpoint and the admin API work without one (the admin API needs the bearer
-//! token instead).
+//! Agents present the client certificate they got at join (or their latest renewal of
+//! it); the identity it proves (host id + key) is attached to every request of that
+//! connection. The join endpoint and the admin API work without one (the admin API needs
+//! the bearer token instead). The server's own certificate sits behind
+//! [`ServerCertificate`], which `serve` swaps when it renews it, without a restart.
 //!
 //! Hostile clients are bounded here, before anything reaches the service:
 //! - Every request body must arrive at a minimum pace ([`BodyPace`]): within a grace
@@ -36,8 +37,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use drover_protocol::api::{
     AdminTokenRequest, ErrorBody, Group, HoldRequest, JoinRequest, LabelRequest, MAX_JSON_BODY, MAX_WAIT_SECONDS, Pin,
-    PinRequest, ReleaseRequest, RolloutAbortRequest, RolloutCommandRequest, RolloutRequest, TokenName, TokenRequest,
-    UnpinRequest,
+    PinRequest, ReleaseRequest, RenewRequest, RenewResponse, RolloutAbortRequest, RolloutCommandRequest,
+    RolloutRequest, TokenName, TokenRequest, UnpinRequest,
 };
 use drover_protocol::report::MAX_REPORT_BYTES;
 use drover_protocol::{AppName, Digest, HostId, HostReport};
@@ -47,7 +48,8 @@ use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::net::TcpListener;
@@ -268,9 +270,55 @@ struct AppState {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Builds the TLS configuration: the server certificate, and client certificates
-/// verified against the coordinator's CA when presented.
+/// The server's certificate (chain + key), swapped whole when it is renewed: every
+/// handshake after [`ServerCertificate::replace`] gets the new one, connections already
+/// open keep theirs.
+#[derive(Debug)]
+pub struct ServerCertificate {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCertificate {
+    /// A certificate from its chain (PEM, leaf first) and key (PEM).
+    pub fn new(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerCertificate>, String> {
+        Ok(Arc::new(ServerCertificate {
+            current: std::sync::RwLock::new(certified_key(chain_pem, key_pem)?),
+        }))
+    }
+
+    /// Serves `chain_pem` with `key_pem` from the next handshake on.
+    pub fn replace(&self, chain_pem: &str, key_pem: &str) -> Result<(), String> {
+        let key = certified_key(chain_pem, key_pem)?;
+        *self.current.write().expect("server certificate lock") = key;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().expect("server certificate lock").clone())
+    }
+}
+
+fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, String> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("server certificate: {error}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|error| format!("server key: {error}"))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let key = CertifiedKey::from_der(chain, key, &provider).map_err(|error| format!("server certificate: {error}"))?;
+    Ok(Arc::new(key))
+}
+
+/// Builds the TLS configuration with a fixed server certificate (for test servers).
 pub fn tls_config(ca_der: &[u8], cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, String> {
+    tls_config_with(ca_der, ServerCertificate::new(cert_pem, key_pem)?)
+}
+
+/// Builds the TLS configuration: the server certificate from `certificate` at each
+/// handshake, and client certificates verified against the coordinator's CA (and the
+/// clock: an expired one fails the handshake) when presented.
+pub fn tls_config_with(ca_der: &[u8], certificate: Arc<ServerCertificate>) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -280,16 +328,11 @@ pub fn tls_config(ca_der: &[u8], cert_pem: &str, key_pem: &str) -> Result<Arc<Se
         .allow_unauthenticated()
         .build()
         .map_err(|error| format!("client verifier: {error}"))?;
-    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("server certificate: {error}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|error| format!("server key: {error}"))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|error| format!("TLS versions: {error}"))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|error| format!("server certificate: {error}"))?;
+        .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -424,6 +467,7 @@ fn routes(state: AppState) -> Router {
         .route("/v1/join", post(join))
         .route("/v1/agent/manifest", get(manifest))
         .route("/v1/agent/report", post(report))
+        .route("/v1/agent/certificate", post(renew_certificate))
         .route("/v1/artifacts/{digest}", get(artifact))
         .route("/v1/admin/tokens", post(create_token))
         .route(
@@ -769,7 +813,11 @@ where
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state.coordinator.metrics.render(state.coordinator.host_count());
+    let now = drover_protocol::Timestamp::from_system(std::time::SystemTime::now());
+    let coordinator = &state.coordinator;
+    let text = coordinator
+        .metrics
+        .render(coordinator.host_count(), coordinator.certificate_expiry(now), now);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -873,6 +921,20 @@ async fn report(
     let report: HostReport = read_json(body, BodyLimit::authenticated(MAX_REPORT_BYTES)).await?;
     state.coordinator.report(&host, report)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/agent/certificate`: a new certificate for the key of the one presented.
+async fn renew_certificate(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    body: Body,
+) -> ApiResult<Json<RenewResponse>> {
+    state.coordinator.host_slot(connection.identity.as_ref())?;
+    let identity = connection.identity.as_ref().expect("checked by host_slot");
+    let request: RenewRequest = read_json(body, BodyLimit::authenticated(MAX_JOIN_BODY)).await?;
+    Ok(Json(
+        state.coordinator.renew_certificate(identity, &request.csr_pem).await?,
+    ))
 }
 
 /// `GET /v1/artifacts/{digest}` with `Range` support, for enrolled hosts.
@@ -990,11 +1052,11 @@ async fn create_token(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+    let operator = admin(&state, &connection, &headers).await?;
     let request: TokenRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok((
         StatusCode::CREATED,
-        Json(state.coordinator.create_token(request).await?),
+        Json(state.coordinator.create_token(request, &operator).await?),
     )
         .into_response())
 }

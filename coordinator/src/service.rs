@@ -13,9 +13,10 @@ use std::sync::{Arc, RwLock};
 
 use drover_protocol::api::{
     AdminTokenCreated, AdminTokenInfo, AdminTokenRequest, AdminTokenState, BOOTSTRAP_TOKEN_NAME, CONTROLLER_NAME,
-    ChangeResult, FleetStatus, Group, HistoryEntry, HostApp, HostDetail, HostSummary, JoinRequest, JoinResponse,
-    Labels, Pin, Release, ReleaseArtifact, ReleaseRequest, RolloutPhase, RolloutPlan, RolloutPlanHost,
-    RolloutPlanStage, RolloutRequest, RolloutStageStatus, RolloutStatus, Scope, TokenName, TokenRequest, TokenResponse,
+    ChangeResult, FleetStatus, Group, HistoryEntry, HostApp, HostDetail, HostHistoryEntry, HostSummary, JoinRequest,
+    JoinResponse, Labels, Pin, Release, ReleaseArtifact, ReleaseRequest, RenewResponse, RolloutPhase, RolloutPlan,
+    RolloutPlanHost, RolloutPlanStage, RolloutRequest, RolloutStageStatus, RolloutStatus, Scope, TokenName,
+    TokenRequest, TokenResponse,
 };
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::manifest::{MAX_APPS, MAX_MANIFEST_BYTES};
@@ -26,14 +27,15 @@ use tokio::sync::{Mutex, Notify, mpsc, watch};
 
 use crate::datadir::{Credentials, DataDir};
 use crate::fleet::{Fleet, Resolved, sign_manifest};
-use crate::metrics::Metrics;
+use crate::metrics::{CertificateExpiry, Metrics};
+use crate::ops::labels_text;
 use crate::pki::{PeerIdentity, sha256_hex};
 use crate::rollout::{
     Action, Event, PauseReason, Phase, Plan, PlanError, PlanHost, Rollout, RolloutSpec, SpecText, StageStatus,
 };
 use crate::store::{
-    AdminTokenRecord, HistoryRecord, HostRecord, RolloutCommit, Store, StoreError, StoredManifest, StoredRollout,
-    TokenProblem,
+    AdminTokenRecord, HistoryRecord, HostChange, HostRecord, RolloutCommit, Store, StoreError, StoredManifest,
+    StoredRollout, TokenProblem,
 };
 
 /// Settings of a running coordinator.
@@ -45,7 +47,12 @@ pub struct Config {
     pub manifest_ttl: Duration,
     /// How often the refresher looks for manifests to re-sign before they expire.
     pub refresh_interval: Duration,
+    /// How long each host certificate (at join and at renewal) is valid.
+    pub host_certificate_validity: Duration,
 }
+
+/// Who a host history line names for a renewal: the host itself asked for it.
+pub const HOST_RENEWAL_ACTOR: &str = "host";
 
 /// Why an operation failed; the HTTP layer maps each to a status in one `match`.
 #[derive(Debug, thiserror::Error)]
@@ -122,9 +129,40 @@ impl Published {
 /// One enrolled host's live entry.
 #[derive(Debug)]
 pub struct HostSlot {
-    cert_sha256: String,
+    identity: RwLock<SlotIdentity>,
     manifest: watch::Sender<Arc<Published>>,
     last_seen: AtomicI64,
+}
+
+/// What proves a host: its key, and what is known of its newest certificate.
+#[derive(Clone, Debug)]
+struct SlotIdentity {
+    /// The key (SubjectPublicKeyInfo sha256); `None` for a host enrolled before keys
+    /// were recorded, until its first request (then read from its certificate).
+    key_sha256: Option<String>,
+    /// The newest certificate's sha256.
+    cert_sha256: String,
+    /// When the newest certificate expires, if known.
+    not_after: Option<Timestamp>,
+}
+
+impl SlotIdentity {
+    fn of(host: &HostRecord) -> SlotIdentity {
+        SlotIdentity {
+            key_sha256: host.key_sha256.clone(),
+            cert_sha256: host.cert_sha256.clone().unwrap_or_default(),
+            not_after: host.cert_not_after,
+        }
+    }
+
+    /// Whether `peer`'s certificate is this host's: its key when the key is known, else
+    /// the one certificate recorded.
+    fn proves(&self, peer: &PeerIdentity) -> bool {
+        match &self.key_sha256 {
+            Some(key) => *key == peer.key_sha256,
+            None => self.cert_sha256 == peer.fingerprint,
+        }
+    }
 }
 
 impl HostSlot {
@@ -306,7 +344,7 @@ impl Coordinator {
                 slots.insert(
                     host.id.clone(),
                     Arc::new(HostSlot {
-                        cert_sha256: host.cert_sha256.clone().unwrap_or_default(),
+                        identity: RwLock::new(SlotIdentity::of(host)),
                         manifest: sender,
                         last_seen: AtomicI64::new(0),
                     }),
@@ -404,14 +442,15 @@ impl Coordinator {
         };
         let slot = self.slots.read().expect("slots lock").get(&identity.host).cloned();
         match slot {
-            Some(slot) if slot.cert_sha256 == identity.fingerprint => {
+            Some(slot) if slot.identity.read().expect("slot identity lock").proves(identity) => {
                 slot.last_seen.store(now().unix(), Ordering::Relaxed);
+                self.learn_key(&slot, identity);
                 Ok(slot)
             }
             Some(_) => Err(ServiceError::Forbidden(
                 "certificate_replaced",
                 format!(
-                    "host {} re-joined with a new certificate; this one is no longer valid",
+                    "host {} re-joined with a new key; this certificate is no longer valid",
                     identity.host
                 ),
             )),
@@ -423,6 +462,47 @@ impl Coordinator {
                 ),
             )),
         }
+    }
+
+    /// For a host enrolled before keys were recorded: its first request proves the key
+    /// (the certificate is the one recorded), so the key and expiry are kept from now on,
+    /// in memory at once and in the store in the background (a failed write is retried
+    /// by the next start's first request).
+    fn learn_key(&self, slot: &HostSlot, identity: &PeerIdentity) {
+        {
+            let mut known = slot.identity.write().expect("slot identity lock");
+            if known.key_sha256.is_some() || known.cert_sha256 != identity.fingerprint {
+                return;
+            }
+            known.key_sha256 = Some(identity.key_sha256.clone());
+            known.not_after = Some(identity.not_after);
+        }
+        let store = self.store.clone();
+        let identity = identity.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store
+                .record_host_key(
+                    &identity.host,
+                    &identity.fingerprint,
+                    &identity.key_sha256,
+                    identity.not_after,
+                )
+                .await
+            {
+                tracing::warn!(%error, host = %identity.host, "recording the key of a host enrolled by an older coordinator failed; it is retried after the next restart");
+            }
+        });
+    }
+
+    /// When each enrolled host's newest certificate expires, summed up for `/metrics`.
+    pub fn certificate_expiry(&self, now: Timestamp) -> CertificateExpiry {
+        let mut expiry = CertificateExpiry::default();
+        for slot in self.slots.read().expect("slots lock").values() {
+            if let Some(not_after) = slot.identity.read().expect("slot identity lock").not_after {
+                expiry.add(not_after, now);
+            }
+        }
+        expiry
     }
 
     /// Renders `hosts` and returns the manifests that must be re-signed (see
@@ -657,7 +737,11 @@ impl Coordinator {
     // --- Enrollment -------------------------------------------------------------------
 
     /// `drover token create`.
-    pub async fn create_token(&self, request: TokenRequest) -> Result<TokenResponse, ServiceError> {
+    pub async fn create_token(
+        &self,
+        request: TokenRequest,
+        operator: &Operator,
+    ) -> Result<TokenResponse, ServiceError> {
         if request.ttl.as_millis() == 0 || request.ttl > Duration::from_secs(30 * 86_400) {
             return Err(ServiceError::BadRequest(
                 "bad_ttl",
@@ -669,7 +753,14 @@ impl Coordinator {
         let token = crate::datadir::new_secret();
         let expires_at = now.plus(request.ttl);
         self.store
-            .insert_token(&hash_secret(&token), &request.labels, request.replace, expires_at, now)
+            .insert_token(
+                &hash_secret(&token),
+                &request.labels,
+                request.replace.as_ref(),
+                operator.name(),
+                expires_at,
+                now,
+            )
             .await?;
         let join_command = format!(
             "drover-agent join {} --token={token} --ca-sha256 {}",
@@ -683,37 +774,83 @@ impl Coordinator {
         })
     }
 
-    /// `POST /v1/join`.
+    /// `POST /v1/join`. A plain token enrolls only a host id never used; a token from
+    /// `--replace HOST` enrolls only HOST, taking it over from its old key when enrolled
+    /// or bringing a removed id back. Either way the id keeps its serial, host pins and
+    /// holds, and the join is in the id's history. A refused join leaves the token unused.
     pub async fn join(&self, request: JoinRequest) -> Result<JoinResponse, ServiceError> {
         let now = now();
         let token_hash = hash_secret(&request.token);
         let token = self.store.check_token(&token_hash, now).await?.map_err(token_error)?;
-        let certificate_pem = self
-            .credentials
-            .ca
-            .issue_host(&request.host_id, &request.csr_pem, now)
-            .map_err(|error| ServiceError::BadRequest("bad_csr", error.to_string()))?;
-        let certificate_der = crate::pki::certificate_der(&certificate_pem).unwrap_or_default();
-
-        let mut model = self.model.lock().await;
-        let taken = model
-            .fleet
-            .hosts
-            .get(&request.host_id)
-            .is_some_and(|host| host.cert_sha256.is_some());
-        if taken && !token.replace {
-            return Err(ServiceError::Conflict(
-                "host_exists",
+        let id = &request.host_id;
+        if let Some(target) = &token.replace
+            && target != id
+        {
+            return Err(ServiceError::Forbidden(
+                "token_for_another_host",
                 format!(
-                    "host id {} is already enrolled; to re-enroll it, create a token with --replace",
-                    request.host_id
+                    "this token may only re-enroll host {target}, not {id}; it is still unused. To enroll {id}, create a token for it (with --replace {id} if the id is taken)"
                 ),
             ));
         }
+        let issued = self
+            .credentials
+            .ca
+            .issue_host(id, &request.csr_pem, None, now, self.config.host_certificate_validity)
+            .map_err(|error| ServiceError::BadRequest("bad_csr", error.to_string()))?;
+
+        let mut model = self.model.lock().await;
+        let before = model.fleet.hosts.get(id);
+        let change = match (before, &token.replace) {
+            (None, _) => HostChange::Joined,
+            (Some(host), Some(_)) if host.cert_sha256.is_some() => HostChange::Replaced,
+            (Some(_), Some(_)) => HostChange::Rejoined,
+            (Some(host), None) if host.cert_sha256.is_some() => {
+                let older = if token.replace_any {
+                    " (this token was made by an older drover as \"replace any host\", which is no longer honoured)"
+                } else {
+                    ""
+                };
+                return Err(ServiceError::Conflict(
+                    "host_exists",
+                    format!(
+                        "host id {id} is already enrolled{older}; to re-enroll it (a reinstalled machine), create a token with `drover token create --replace {id}`; the token is still unused"
+                    ),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(ServiceError::Conflict(
+                    "host_id_removed",
+                    format!(
+                        "host id {id} was removed; its id is reused only on purpose, because it keeps the id's host pins and holds: create a token with `drover token create --replace {id}`, or join under a new id; the token is still unused"
+                    ),
+                ));
+            }
+        };
+        let old_certificate = before.and_then(|host| host.cert_sha256.clone());
+        let who = token.created_by.clone().unwrap_or_else(|| "join token".to_owned());
+        let what = match change {
+            HostChange::Replaced => {
+                "re-joined with a new key (a --replace token); the old key and its certificates stop working".to_owned()
+            }
+            HostChange::Rejoined => {
+                "joined again after its removal (a --replace token), keeping the id's host pins and holds".to_owned()
+            }
+            _ => "joined with a join token".to_owned(),
+        };
+        let history = HostHistoryEntry {
+            at: now,
+            who,
+            what: format!("{what}; labels {}", labels_text(&token.labels)),
+            old_certificate,
+            new_certificate: Some(issued.sha256.clone()),
+        };
         let record = HostRecord {
-            id: request.host_id.clone(),
+            id: id.clone(),
             labels: token.labels.clone(),
-            cert_sha256: Some(sha256_hex(&certificate_der)),
+            cert_sha256: Some(issued.sha256.clone()),
+            key_sha256: Some(issued.key_sha256.clone()),
+            cert_not_after: Some(issued.not_after),
             joined_at: now,
         };
         let previous = model.fleet.hosts.insert(record.id.clone(), record.clone());
@@ -731,7 +868,10 @@ impl Coordinator {
             return Err(error);
         }
         let manifest = manifests.first().expect("a joining host is always rendered").clone();
-        let stored = self.store.join_host(&token_hash, &record, &manifest, now).await;
+        let stored = self
+            .store
+            .join_host(&token_hash, &record, &manifest, (change, &history), now)
+            .await;
         if !matches!(stored, Ok(Ok(()))) {
             // Nothing was committed (another join used the token first, or the store
             // failed): put the model back as it was.
@@ -749,7 +889,7 @@ impl Coordinator {
         let resolved = model.fleet.resolve(&record);
         let (sender, _) = watch::channel(Arc::new(Published::of(&manifest, &resolved, &model.fleet)));
         let slot = HostSlot {
-            cert_sha256: record.cert_sha256.clone().unwrap_or_default(),
+            identity: RwLock::new(SlotIdentity::of(&record)),
             manifest: sender,
             last_seen: AtomicI64::new(now.unix()),
         };
@@ -762,10 +902,86 @@ impl Coordinator {
         self.metrics.joins.add(1);
         Ok(JoinResponse {
             host_id: record.id,
-            certificate_pem,
+            certificate_pem: issued.pem,
             ca_pem: self.credentials.ca.cert_pem().to_owned(),
             trust: String::from_utf8_lossy(self.credentials.trust.envelope_bytes()).into_owned(),
             labels: record.labels,
+        })
+    }
+
+    /// `POST /v1/agent/certificate`: a new certificate for the key of the certificate the
+    /// host presented (`identity`, already proven by [`Coordinator::host_slot`]). The
+    /// certificates it had stay valid until they expire: they carry the same key, so an
+    /// agent that dies before writing the new one still gets in with the old one.
+    pub async fn renew_certificate(
+        &self,
+        identity: &PeerIdentity,
+        csr_pem: &str,
+    ) -> Result<RenewResponse, ServiceError> {
+        let now = now();
+        let issued = self
+            .credentials
+            .ca
+            .issue_host(
+                &identity.host,
+                csr_pem,
+                Some(&identity.key_sha256),
+                now,
+                self.config.host_certificate_validity,
+            )
+            .map_err(|error| match error {
+                crate::pki::PkiError::CsrKeyMismatch => ServiceError::BadRequest("csr_key_mismatch", error.to_string()),
+                crate::pki::PkiError::CsrHostMismatch { .. } => {
+                    ServiceError::BadRequest("csr_host_mismatch", error.to_string())
+                }
+                _ => ServiceError::BadRequest("bad_csr", error.to_string()),
+            })?;
+        // Under the model lock, so a join or removal of this host cannot interleave.
+        let mut model = self.model.lock().await;
+        let slot = self.host_slot(Some(identity))?;
+        let old_certificate = slot.identity.read().expect("slot identity lock").cert_sha256.clone();
+        let history = HostHistoryEntry {
+            at: now,
+            who: HOST_RENEWAL_ACTOR.to_owned(),
+            what: format!("renewed its certificate (same key), valid until {}", issued.not_after),
+            old_certificate: Some(old_certificate),
+            new_certificate: Some(issued.sha256.clone()),
+        };
+        let recorded = self
+            .store
+            .renew_host(
+                &identity.host,
+                &issued.key_sha256,
+                &issued.sha256,
+                issued.not_after,
+                &history,
+            )
+            .await?;
+        if !recorded {
+            return Err(ServiceError::Forbidden(
+                "certificate_replaced",
+                format!(
+                    "host {} was removed or re-joined with a new key meanwhile; this certificate is no longer valid",
+                    identity.host
+                ),
+            ));
+        }
+        {
+            let mut known = slot.identity.write().expect("slot identity lock");
+            known.key_sha256 = Some(issued.key_sha256.clone());
+            known.cert_sha256 = issued.sha256.clone();
+            known.not_after = Some(issued.not_after);
+        }
+        if let Some(record) = model.fleet.hosts.get_mut(&identity.host) {
+            record.cert_sha256 = Some(issued.sha256.clone());
+            record.key_sha256 = Some(issued.key_sha256.clone());
+            record.cert_not_after = Some(issued.not_after);
+        }
+        self.metrics.certificate_renewals.add(1);
+        tracing::info!(host = %identity.host, not_after = %issued.not_after, "renewed a host certificate");
+        Ok(RenewResponse {
+            certificate_pem: issued.pem,
+            not_after: issued.not_after,
         })
     }
 
@@ -874,6 +1090,13 @@ impl Coordinator {
             held: published.is_some_and(|published| published.held),
             apps,
             facts: report.map(|report| report.facts.clone()),
+            certificate_not_after: self
+                .slots
+                .read()
+                .expect("slots lock")
+                .get(&host.id)
+                .and_then(|slot| slot.identity.read().expect("slot identity lock").not_after)
+                .or(host.cert_not_after),
         }
     }
 
@@ -901,10 +1124,12 @@ impl Coordinator {
             .get(id)
             .and_then(|(report, _)| report.manifest_rejection.clone());
         let events = self.store.events(id).await?;
+        let history = self.store.host_history(id, 1_000).await?;
         Ok(HostDetail {
             summary,
             manifest_rejection,
             events,
+            history,
         })
     }
 
@@ -944,10 +1169,19 @@ impl Coordinator {
     /// `drover hosts remove`: the host's certificate stops working at once.
     pub async fn remove_host(&self, id: &HostId, operator: &Operator) -> Result<(), ServiceError> {
         let mut model = self.model.lock().await;
-        active_host(&model.fleet, id)?;
-        self.store.remove_host(id).await?;
+        let old_certificate = active_host(&model.fleet, id)?.cert_sha256.clone();
+        let history = HostHistoryEntry {
+            at: now(),
+            who: operator.name().to_owned(),
+            what: "removed: its key and certificates stop working; the id, with its host pins and holds, comes back only with `drover token create --replace HOST`".to_owned(),
+            old_certificate,
+            new_certificate: None,
+        };
+        self.store.remove_host(id, &history).await?;
         if let Some(record) = model.fleet.hosts.get_mut(id) {
             record.cert_sha256 = None;
+            record.key_sha256 = None;
+            record.cert_not_after = None;
         }
         self.slots.write().expect("slots lock").remove(id);
         self.reports.lock().expect("reports lock").remove(id);

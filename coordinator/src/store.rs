@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;
 
-use drover_protocol::api::{BOOTSTRAP_TOKEN_NAME, HistoryEntry, Labels, Release, Scope, TokenName};
+use drover_protocol::api::{BOOTSTRAP_TOKEN_NAME, HistoryEntry, HostHistoryEntry, Labels, Release, Scope, TokenName};
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
 use sqlx::Row as _;
 
@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_rollouts.sql"),
     include_str!("../migrations/0003_admin_tokens.sql"),
+    include_str!("../migrations/0004_host_identity.sql"),
 ];
 
 /// Events kept per host; older ones are deleted as new ones arrive.
@@ -71,8 +72,14 @@ pub struct HostRecord {
     pub id: HostId,
     /// Its labels.
     pub labels: Labels,
-    /// The sha256 of the one client certificate it may use; `None` once removed.
+    /// The sha256 of its newest client certificate; `None` once removed.
     pub cert_sha256: Option<String>,
+    /// The sha256 of its key (SubjectPublicKeyInfo): every unexpired certificate of the
+    /// CA for this host with this key is the host. `None` for a host enrolled before
+    /// keys were recorded (known by `cert_sha256` until it renews) or removed.
+    pub key_sha256: Option<String>,
+    /// When its newest certificate expires, if known.
+    pub cert_not_after: Option<Timestamp>,
     /// When it joined.
     pub joined_at: Timestamp,
 }
@@ -99,8 +106,12 @@ pub struct StoredManifest {
 pub struct TokenRecord {
     /// Labels for the joining host.
     pub labels: Labels,
-    /// Whether it may replace an existing host id.
-    pub replace: bool,
+    /// The one taken host id it may enroll (`--replace HOST`).
+    pub replace: Option<HostId>,
+    /// Made by an older coordinator as "replace any host": now refused for taken ids.
+    pub replace_any: bool,
+    /// The admin token that made it (none: made by an older coordinator).
+    pub created_by: Option<String>,
 }
 
 /// Why a token could not be used.
@@ -268,7 +279,7 @@ impl Store {
     /// Loads everything the coordinator keeps in memory.
     pub async fn load(&self) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot::default();
-        for row in sqlx::query("SELECT id, labels, cert_sha256, joined_at FROM hosts")
+        for row in sqlx::query("SELECT id, labels, cert_sha256, joined_at, key_sha256, cert_not_after FROM hosts")
             .fetch_all(&self.pool)
             .await?
         {
@@ -276,6 +287,8 @@ impl Store {
                 id: parse("host id", row.get::<&str, _>(0))?,
                 labels: json("labels", row.get::<&str, _>(1))?,
                 cert_sha256: row.get(2),
+                key_sha256: row.get(4),
+                cert_not_after: row.get::<Option<i64>, _>(5).map(Timestamp::from_unix),
                 joined_at: Timestamp::from_unix(row.get(3)),
             });
         }
@@ -338,18 +351,23 @@ impl Store {
         &self,
         hash: &str,
         labels: &Labels,
-        replace: bool,
+        replace: Option<&HostId>,
+        created_by: &str,
         expires_at: Timestamp,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO tokens (hash, labels, replace, expires_at, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(hash)
-            .bind(to_json(labels))
-            .bind(replace)
-            .bind(unix(expires_at))
-            .bind(unix(now))
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO tokens (hash, labels, replace, replace_host, created_by, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(hash)
+        .bind(to_json(labels))
+        .bind(replace.is_some())
+        .bind(replace.map(HostId::as_str))
+        .bind(created_by)
+        .bind(unix(expires_at))
+        .bind(unix(now))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -359,10 +377,12 @@ impl Store {
         hash: &str,
         now: Timestamp,
     ) -> Result<Result<TokenRecord, TokenProblem>, StoreError> {
-        let row = sqlx::query("SELECT labels, replace, expires_at, used_at FROM tokens WHERE hash = ?")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT labels, replace, expires_at, used_at, replace_host, created_by FROM tokens WHERE hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else {
             return Ok(Err(TokenProblem::Unknown));
         };
@@ -372,20 +392,28 @@ impl Store {
         if row.get::<i64, _>(2) <= unix(now) {
             return Ok(Err(TokenProblem::Expired));
         }
+        let replace: Option<HostId> = row
+            .get::<Option<&str>, _>(4)
+            .map(|host| parse("replace host", host))
+            .transpose()?;
         Ok(Ok(TokenRecord {
             labels: json("labels", row.get::<&str, _>(0))?,
-            replace: row.get(1),
+            replace_any: row.get::<bool, _>(1) && replace.is_none(),
+            replace,
+            created_by: row.get(5),
         }))
     }
 
     /// Enrolls a host in one transaction: uses the token (only if still unused and
-    /// unexpired), stores the host with its certificate fingerprint, and stores its
-    /// first manifest. Returns the token problem if another join won the race.
+    /// unexpired), stores the host with its certificate and key fingerprints, its first
+    /// manifest and the history line. Returns the token problem if another join won the
+    /// race.
     pub async fn join_host(
         &self,
         token_hash: &str,
         host: &HostRecord,
         manifest: &StoredManifest,
+        history: (HostChange, &HostHistoryEntry),
         now: Timestamp,
     ) -> Result<Result<(), TokenProblem>, StoreError> {
         let mut transaction = self.pool.begin().await?;
@@ -402,15 +430,19 @@ impl Store {
             return Ok(Err(TokenProblem::Used));
         }
         sqlx::query(
-            "INSERT INTO hosts (id, labels, cert_sha256, joined_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, cert_sha256 = excluded.cert_sha256, joined_at = excluded.joined_at",
+            "INSERT INTO hosts (id, labels, cert_sha256, joined_at, key_sha256, cert_not_after) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, cert_sha256 = excluded.cert_sha256,
+               joined_at = excluded.joined_at, key_sha256 = excluded.key_sha256, cert_not_after = excluded.cert_not_after",
         )
         .bind(host.id.as_str())
         .bind(to_json(&host.labels))
         .bind(host.cert_sha256.as_deref())
         .bind(unix(host.joined_at))
+        .bind(host.key_sha256.as_deref())
+        .bind(host.cert_not_after.map(unix))
         .execute(&mut *transaction)
         .await?;
+        insert_host_history(&mut transaction, &host.id, history.0, history.1).await?;
         sqlx::query("DELETE FROM reports WHERE host = ?")
             .bind(host.id.as_str())
             .execute(&mut *transaction)
@@ -420,14 +452,95 @@ impl Store {
         Ok(Ok(()))
     }
 
-    /// Marks a host removed: its certificate stops working; its serial is kept so a
-    /// re-joined host with the same id continues above it.
-    pub async fn remove_host(&self, host: &HostId) -> Result<(), StoreError> {
-        sqlx::query("UPDATE hosts SET cert_sha256 = NULL WHERE id = ?")
+    /// Marks a host removed, with its history line: its key and certificates stop
+    /// working; its serial, host pins and holds are kept for an explicit re-join of the id.
+    pub async fn remove_host(&self, host: &HostId, history: &HostHistoryEntry) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("UPDATE hosts SET cert_sha256 = NULL, key_sha256 = NULL, cert_not_after = NULL WHERE id = ?")
             .bind(host.as_str())
-            .execute(&self.pool)
+            .execute(&mut *transaction)
             .await?;
+        insert_host_history(&mut transaction, host, HostChange::Removed, history).await?;
+        transaction.commit().await?;
         Ok(())
+    }
+
+    /// Records a renewed certificate of an enrolled host (same key) with its history
+    /// line; `false` (and nothing written) when the host is no longer enrolled with this
+    /// key (removed or replaced meanwhile). A host without a recorded key must still have
+    /// the line's `old_certificate` as its newest certificate.
+    pub async fn renew_host(
+        &self,
+        host: &HostId,
+        key_sha256: &str,
+        cert_sha256: &str,
+        not_after: Timestamp,
+        history: &HostHistoryEntry,
+    ) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE hosts SET cert_sha256 = ?, key_sha256 = ?, cert_not_after = ?
+             WHERE id = ? AND cert_sha256 IS NOT NULL AND (key_sha256 = ? OR (key_sha256 IS NULL AND cert_sha256 = ?))",
+        )
+        .bind(cert_sha256)
+        .bind(key_sha256)
+        .bind(unix(not_after))
+        .bind(host.as_str())
+        .bind(key_sha256)
+        .bind(history.old_certificate.as_deref())
+        .execute(&mut *transaction)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_host_history(&mut transaction, host, HostChange::Renewed, history).await?;
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    /// Records the key and expiry of a host enrolled before keys were recorded, read
+    /// from the certificate it presented (the one stored as `cert_sha256`).
+    pub async fn record_host_key(
+        &self,
+        host: &HostId,
+        cert_sha256: &str,
+        key_sha256: &str,
+        not_after: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hosts SET key_sha256 = ?, cert_not_after = ? WHERE id = ? AND cert_sha256 = ? AND key_sha256 IS NULL",
+        )
+        .bind(key_sha256)
+        .bind(unix(not_after))
+        .bind(host.as_str())
+        .bind(cert_sha256)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A host id's history (joins, replacements, renewals, removals), oldest first, at
+    /// most the newest `limit` lines.
+    pub async fn host_history(&self, host: &HostId, limit: u32) -> Result<Vec<HostHistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, who, what, old_cert, new_cert FROM (
+               SELECT id, at, who, what, old_cert, new_cert FROM host_history WHERE host = ? ORDER BY id DESC LIMIT ?
+             ) ORDER BY id",
+        )
+        .bind(host.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| HostHistoryEntry {
+                at: Timestamp::from_unix(row.get(0)),
+                who: row.get(1),
+                what: row.get(2),
+                old_certificate: row.get(3),
+                new_certificate: row.get(4),
+            })
+            .collect())
     }
 
     /// Replaces a host's labels and stores the manifests that changed, in one transaction.
@@ -833,6 +946,69 @@ async fn insert_history(
             .bind(line.reason.as_deref())
             .execute(&mut **transaction)
             .await?;
+    }
+    Ok(())
+}
+
+/// Renewal lines kept per host in `host_history` (joins, replacements and removals are
+/// all kept).
+pub const RENEWALS_KEPT_PER_HOST: i64 = 100;
+
+/// What a host history line records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostChange {
+    /// A new host id enrolled.
+    Joined,
+    /// An enrolled host id taken over by a new key (`--replace HOST`).
+    Replaced,
+    /// A removed host id enrolled again (`--replace HOST`).
+    Rejoined,
+    /// The host removed.
+    Removed,
+    /// A new certificate for the same key.
+    Renewed,
+}
+
+impl HostChange {
+    fn as_str(self) -> &'static str {
+        match self {
+            HostChange::Joined => "joined",
+            HostChange::Replaced => "replaced",
+            HostChange::Rejoined => "rejoined",
+            HostChange::Removed => "removed",
+            HostChange::Renewed => "renewed",
+        }
+    }
+}
+
+async fn insert_host_history(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    host: &HostId,
+    kind: HostChange,
+    line: &HostHistoryEntry,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO host_history (host, kind, at, who, what, old_cert, new_cert) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(host.as_str())
+    .bind(kind.as_str())
+    .bind(unix(line.at))
+    .bind(&line.who)
+    .bind(&line.what)
+    .bind(line.old_certificate.as_deref())
+    .bind(line.new_certificate.as_deref())
+    .execute(&mut **transaction)
+    .await?;
+    if kind == HostChange::Renewed {
+        sqlx::query(
+            "DELETE FROM host_history WHERE host = ? AND kind = 'renewed' AND id NOT IN (
+               SELECT id FROM host_history WHERE host = ? AND kind = 'renewed' ORDER BY id DESC LIMIT ?)",
+        )
+        .bind(host.as_str())
+        .bind(host.as_str())
+        .bind(RENEWALS_KEPT_PER_HOST)
+        .execute(&mut **transaction)
+        .await?;
     }
     Ok(())
 }

@@ -82,6 +82,15 @@ pub struct RenewResponse {
     pub not_after: Timestamp,
 }
 
+/// When a certificate valid from `not_before` to `not_after` is due for renewal: once
+/// less than a third of its lifetime is left (122 days before a 365-day certificate
+/// expires), so a coordinator that is down for a while still leaves months to retry.
+/// The coordinator applies it to its server certificate, agents to their own.
+pub fn renewal_due_at(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
+    let lifetime = not_after.unix().saturating_sub(not_before.unix()).max(0);
+    Timestamp::from_unix(not_after.unix() - lifetime / 3)
+}
+
 /// `POST /v1/admin/tokens`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,9 +100,34 @@ pub struct TokenRequest {
     pub labels: Labels,
     /// How long the token is valid.
     pub ttl: Duration,
-    /// Allow the token to take over an existing host id (a reinstalled machine).
-    #[serde(default)]
-    pub replace: bool,
+    /// The one host id this token may take over (a reinstalled or removed machine,
+    /// keeping the id's host pins and holds); none: only a host id never used before.
+    /// An older client's `true` is refused with a message saying so.
+    #[serde(
+        default,
+        deserialize_with = "replace_target",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub replace: Option<HostId>,
+}
+
+/// `TokenRequest::replace`: a host id; `false` (what older clients send by default) is
+/// none; `true` (an older client's "any host") is refused.
+fn replace_target<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<HostId>, D::Error> {
+    use serde::de::Error as _;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Host(String),
+        Flag(bool),
+    }
+    match Option::<Wire>::deserialize(deserializer)? {
+        None | Some(Wire::Flag(false)) => Ok(None),
+        Some(Wire::Flag(true)) => Err(D::Error::custom(
+            "replace must name the one host id the token may take over (drover token create --replace HOST); a replace token for any host is no longer made (is this drover older than the coordinator?)",
+        )),
+        Some(Wire::Host(text)) => text.parse().map(Some).map_err(D::Error::custom),
+    }
 }
 
 /// A new enrollment token; the secret is shown once and stored only hashed.
@@ -248,6 +282,10 @@ pub struct HostSummary {
     pub apps: BTreeMap<AppName, HostApp>,
     /// Facts the agent reported.
     pub facts: Option<AgentFacts>,
+    /// When its newest client certificate expires (none: not known yet, for a host
+    /// enrolled by an older coordinator until it next connects).
+    #[serde(default)]
+    pub certificate_not_after: Option<Timestamp>,
 }
 
 /// One app on one host, as reported.
@@ -273,6 +311,27 @@ pub struct HostDetail {
     pub manifest_rejection: Option<String>,
     /// Recent events, oldest first.
     pub events: Vec<ReportEvent>,
+    /// Its id's joins, replacements, certificate renewals and removals, oldest first.
+    #[serde(default)]
+    pub history: Vec<HostHistoryEntry>,
+}
+
+/// One line of a host id's history: who enrolled, replaced, renewed or removed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostHistoryEntry {
+    /// When.
+    pub at: Timestamp,
+    /// Who: the admin token that removed it or made the join token, or `host` for a
+    /// renewal the host asked for.
+    pub who: String,
+    /// What happened.
+    pub what: String,
+    /// Hex sha256 of the certificate that stopped being the newest (none on a first join).
+    #[serde(default)]
+    pub old_certificate: Option<String>,
+    /// Hex sha256 of the certificate issued (none on a removal).
+    #[serde(default)]
+    pub new_certificate: Option<String>,
 }
 
 /// `PUT /v1/admin/hosts/{id}/labels`.
@@ -671,6 +730,31 @@ mod tests {
         let unpin: UnpinRequest =
             serde_json::from_str(r#"{"app": "web", "scope": {"kind": "fleet"}, "reason": "x"}"#).expect("unpin");
         assert_eq!(unpin.reason.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_token_request_names_the_host_it_may_replace_and_refuses_an_old_any_host_flag() {
+        let named: TokenRequest = serde_json::from_str(r#"{"ttl": "1h", "replace": "web-07"}"#).expect("named host");
+        assert_eq!(named.replace.as_ref().map(HostId::as_str), Some("web-07"));
+        let plain: TokenRequest = serde_json::from_str(r#"{"ttl": "1h", "replace": false}"#).expect("old plain");
+        assert_eq!(plain.replace, None);
+        let error = serde_json::from_str::<TokenRequest>(r#"{"ttl": "1h", "replace": true}"#).expect_err("any host");
+        assert!(error.to_string().contains("--replace HOST"), "{error}");
+        assert!(serde_json::from_str::<TokenRequest>(r#"{"ttl": "1h", "replace": "../x"}"#).is_err());
+    }
+
+    #[test]
+    fn renewal_is_due_when_a_third_of_the_lifetime_is_left() {
+        let at = |text: &str| text.parse::<Timestamp>().expect("timestamp");
+        // A 366-day window (a day of skew slack + 365 days): due 122 days before the end.
+        let due = renewal_due_at(at("2026-01-01T00:00:00Z"), at("2027-01-02T00:00:00Z"));
+        assert_eq!(due, at("2026-09-02T00:00:00Z"));
+        // A two-minute window: due 40 s before the end.
+        let due = renewal_due_at(at("2026-01-01T00:00:00Z"), at("2026-01-01T00:02:00Z"));
+        assert_eq!(due, at("2026-01-01T00:01:20Z"));
+        // A window that is empty or backwards is due at its end (it is unusable anyway).
+        let due = renewal_due_at(at("2026-01-01T00:02:00Z"), at("2026-01-01T00:00:00Z"));
+        assert_eq!(due, at("2026-01-01T00:00:00Z"));
     }
 
     #[test]

@@ -79,6 +79,8 @@ impl TestCoordinator {
             keys: None,
             manifest_ttl: Duration::from_secs(86_400),
             server_names: Vec::new(),
+            host_certificate_validity: drover_coordinator::pki::DEFAULT_LEAF_VALIDITY,
+            server_certificate_validity: drover_coordinator::pki::DEFAULT_LEAF_VALIDITY,
         })
         .await
         .expect("coordinator starts");
@@ -122,7 +124,7 @@ impl TestCoordinator {
 
     /// Creates a token with these labels and joins `host` with it.
     pub async fn enroll(&self, host: &str, labels: &[(&str, &str)]) -> Agent {
-        let token = self.admin.token(labels, false).await;
+        let token = self.admin.token(labels, None).await;
         Agent::join(&self.url(), &self.admin.ca_pem, &token.token, host)
             .await
             .expect("join succeeds")
@@ -188,15 +190,15 @@ impl Admin {
         }
     }
 
-    /// Creates an enrollment token.
-    pub async fn token(&self, labels: &[(&str, &str)], replace: bool) -> TokenResponse {
+    /// Creates an enrollment token; `replace`: the one taken host id it may enroll.
+    pub async fn token(&self, labels: &[(&str, &str)], replace: Option<&str>) -> TokenResponse {
         let request = TokenRequest {
             labels: labels
                 .iter()
                 .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
                 .collect(),
             ttl: Duration::from_secs(3600),
-            replace,
+            replace: replace.map(|host| host.parse().expect("host id")),
         };
         let value = self
             .ok(

@@ -176,7 +176,7 @@ impl Simulator {
                 let admin = admin.clone();
                 let url = url.clone();
                 async move {
-                    let token = admin.token(&[("sim", "yes")], false).await;
+                    let token = admin.token(&[("sim", "yes")], None).await;
                     let agent = Agent::join(&url, &admin.ca_pem, &token.token, name)
                         .await
                         .unwrap_or_else(|(status, body)| panic!("join of {name}: {status} {body}"));

@@ -64,7 +64,7 @@ fn check_args(dir: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_pins_the_ca_stores_a_private_identity_and_check_passes() {
     let coordinator = TestCoordinator::start().await;
-    let token = coordinator.admin.token(&[("env", "prod")], false).await;
+    let token = coordinator.admin.token(&[("env", "prod")], None).await;
     let scratch = tempfile::tempdir().expect("scratch");
     let dir = scratch.path();
 
@@ -106,7 +106,7 @@ async fn join_pins_the_ca_stores_a_private_identity_and_check_passes() {
     assert_eq!(hosts[0]["labels"]["env"], "prod");
 
     // Joining again without --force is refused and changes nothing.
-    let again = coordinator.admin.token(&[], true).await;
+    let again = coordinator.admin.token(&[], Some("web-01")).await;
     let before = std::fs::read(state.join("identity/host.pem")).expect("certificate");
     let output = agent(join_args(
         &coordinator.url(),
@@ -128,7 +128,7 @@ async fn join_pins_the_ca_stores_a_private_identity_and_check_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_refuses_a_coordinator_whose_ca_does_not_match_the_pin() {
     let coordinator = TestCoordinator::start().await;
-    let token = coordinator.admin.token(&[], false).await;
+    let token = coordinator.admin.token(&[], None).await;
     let scratch = tempfile::tempdir().expect("scratch");
     let wrong = "0".repeat(64);
     let output = agent(join_args(
@@ -159,7 +159,7 @@ async fn join_refuses_a_coordinator_whose_ca_does_not_match_the_pin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_reports_a_used_token_and_writes_nothing() {
     let coordinator = TestCoordinator::start().await;
-    let token = coordinator.admin.token(&[], false).await;
+    let token = coordinator.admin.token(&[], None).await;
     let pin = ca_sha256_of(&token.join_command);
     let first = tempfile::tempdir().expect("scratch");
     assert!(

@@ -75,7 +75,7 @@ fn assert_error(status: StatusCode, body: &str, expected_status: StatusCode, exp
 async fn token_join_manifest_304_pin_long_poll_report_status() {
     let coordinator = TestCoordinator::start().await;
     let admin = &coordinator.admin;
-    let token = admin.token(&[("env", "prod")], false).await;
+    let token = admin.token(&[("env", "prod")], None).await;
     assert!(token.join_command.starts_with(&format!(
         "drover-agent join {} --token={} ",
         coordinator.url(),
@@ -209,12 +209,12 @@ async fn rejoin_with_the_same_id_continues_the_serial_and_revokes_the_old_certif
     let (serial, _, _) = verified(&first, first.poll(None, 0).await, None);
 
     // Without --replace the id is taken.
-    let token = coordinator.admin.token(&[], false).await;
+    let token = coordinator.admin.token(&[], None).await;
     let refused = Agent::join(&coordinator.url(), &coordinator.admin.ca_pem, &token.token, "web-01").await;
     let (status, body) = refused.expect_err("a taken id needs --replace");
     assert_error(status, &body, StatusCode::CONFLICT, "host_exists");
 
-    let token = coordinator.admin.token(&[], true).await;
+    let token = coordinator.admin.token(&[], Some("web-01")).await;
     let second = Agent::join(&coordinator.url(), &coordinator.admin.ca_pem, &token.token, "web-01")
         .await
         .expect("replace");
@@ -345,7 +345,7 @@ async fn hostile_enrollment_is_refused_and_changes_nothing() {
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "token_unknown");
 
     // A token is single-use.
-    let token = admin.token(&[], false).await;
+    let token = admin.token(&[], None).await;
     Agent::join(&url, &admin.ca_pem, &token.token, "web-01")
         .await
         .expect("first use");
@@ -365,7 +365,7 @@ async fn hostile_enrollment_is_refused_and_changes_nothing() {
     assert_error(status, &body, StatusCode::GONE, "token_expired");
 
     // A CSR for another host id than the one joining.
-    let token = admin.token(&[], false).await;
+    let token = admin.token(&[], None).await;
     let (csr_pem, _) = drover_coordinator::pki::make_host_csr(&host("web-04")).expect("csr");
     let request = json!({"token": token.token, "host_id": "web-05", "csr_pem": csr_pem, "facts": facts()});
     let anonymous = http_client(tls_client(&admin.ca_pem, None));
@@ -614,11 +614,13 @@ async fn refresher_re_signs_manifests_before_they_expire() {
         keys: None,
         manifest_ttl: drover_protocol::Duration::from_secs(2),
         server_names: Vec::new(),
+        host_certificate_validity: drover_coordinator::pki::DEFAULT_LEAF_VALIDITY,
+        server_certificate_validity: drover_coordinator::pki::DEFAULT_LEAF_VALIDITY,
     })
     .await
     .expect("coordinator starts");
     let admin = drover_tests::fleet::Admin::from_data_dir(&scratch.path().join("data"), &running.public_url);
-    let token = admin.token(&[], false).await;
+    let token = admin.token(&[], None).await;
     let agent = Agent::join(&running.public_url, &admin.ca_pem, &token.token, "web-01")
         .await
         .expect("join");

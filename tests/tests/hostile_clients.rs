@@ -331,7 +331,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 async fn slow_join_bodies_do_not_starve_operators_or_agents() {
     let serve = Arc::new(Serve::start());
     let admin = serve.admin();
-    let token = admin.token(&[], false).await;
+    let token = admin.token(&[], None).await;
     let agent = Agent::join(&serve.url(), &admin.ca_pem, &token.token, "steady-agent")
         .await
         .expect("the agent joins");
@@ -440,7 +440,7 @@ async fn slow_join_bodies_do_not_starve_operators_or_agents() {
 async fn slow_bodies_of_agents_and_operators_are_cut_off_too() {
     let serve = Serve::start();
     let admin = serve.admin();
-    let token = admin.token(&[], false).await;
+    let token = admin.token(&[], None).await;
     let agent = Agent::join(&serve.url(), &admin.ca_pem, &token.token, "slow-agent")
         .await
         .expect("the agent joins");

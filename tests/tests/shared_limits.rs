@@ -68,7 +68,7 @@ fn release(coordinator: &CoordinatorProcess, app: &str, spec: &Path, artifact: &
 fn enroll(coordinator: &CoordinatorProcess, host: &str) -> Agent {
     let admin = Admin::from_data_dir(&coordinator.data_dir, &coordinator.url());
     block_on(async {
-        let token = admin.token(&[], false).await;
+        let token = admin.token(&[], None).await;
         Agent::join(&coordinator.url(), &admin.ca_pem, &token.token, host)
             .await
             .expect("join")
@@ -198,7 +198,7 @@ fn pin_refused_when_a_host_manifest_would_exceed_what_agents_accept() {
 
     // A host joining with labels that bring that pin is refused, and its token stays unused.
     let admin = Admin::from_data_dir(&coordinator.data_dir, &coordinator.url());
-    let token = block_on(admin.token(&[("region", "eu")], false));
+    let token = block_on(admin.token(&[("region", "eu")], None));
     let refused = block_on(Agent::join(&coordinator.url(), &admin.ca_pem, &token.token, "web-02"));
     let Err((status, body)) = refused else {
         panic!("a host whose manifest its agent would refuse was enrolled");

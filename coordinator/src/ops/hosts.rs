@@ -22,7 +22,7 @@ pub async fn token_create(client: &AdminClient, args: &TokenCreateArgs, out: &mu
     let request = TokenRequest {
         labels: args.labels.clone().unwrap_or_default(),
         ttl: args.ttl,
-        replace: args.replace,
+        replace: args.replace.clone(),
     };
     let token: TokenResponse = client.send_json(Method::POST, "/v1/admin/tokens", &request).await?;
     match args.output {
@@ -55,7 +55,16 @@ pub async fn hosts_list(
             "No hosts enrolled. Enroll one with the command `drover token create` prints.\n",
         );
     }
-    let mut table = Table::new(&["HOST", "LABELS", "LAST SEEN", "SERIAL", "REPORTED", "HELD", "APPS"]);
+    let mut table = Table::new(&[
+        "HOST",
+        "LABELS",
+        "LAST SEEN",
+        "SERIAL",
+        "REPORTED",
+        "HELD",
+        "CERT EXPIRES",
+        "APPS",
+    ]);
     for host in &hosts {
         table.row(vec![
             host.id.to_string(),
@@ -65,10 +74,31 @@ pub async fn hosts_list(
             host.reported_serial
                 .map_or_else(|| "-".into(), |serial| serial.to_string()),
             yes_no(host.held).into(),
+            certificate_expiry_text(host.certificate_not_after, now),
             apps_text(host),
         ]);
     }
     emit(out, &table.render())
+}
+
+/// When a host's certificate expires, relative to `now`: `in 364d`, `in 12d !` (less than
+/// 30 days left: the host has not renewed), `expired 2d ago !`, or `-` when not known yet.
+pub(crate) fn certificate_expiry_text(not_after: Option<Timestamp>, now: Timestamp) -> String {
+    let Some(not_after) = not_after else {
+        return "-".into();
+    };
+    let seconds = not_after.unix() - now.unix();
+    if seconds <= 0 {
+        return format!("expired {} !", ago(Some(not_after), now));
+    }
+    let (amount, unit) = match seconds {
+        0..60 => (seconds, "s"),
+        60..3600 => (seconds / 60, "m"),
+        3600..86_400 => (seconds / 3600, "h"),
+        _ => (seconds / 86_400, "d"),
+    };
+    let soon = not_after <= now.plus(crate::metrics::EXPIRING_SOON);
+    format!("in {amount}{unit}{}", if soon { " !" } else { "" })
 }
 
 fn yes_no(value: bool) -> &'static str {
@@ -143,6 +173,16 @@ pub async fn hosts_show(
         },
     ]);
     fields.row(vec!["held:".into(), yes_no(summary.held).into()]);
+    fields.row(vec![
+        "certificate:".into(),
+        match summary.certificate_not_after {
+            Some(not_after) => format!(
+                "expires {not_after} ({})",
+                certificate_expiry_text(Some(not_after), now)
+            ),
+            None => "expiry not known yet (enrolled by an older coordinator; known at its next request)".into(),
+        },
+    ]);
     if let Some(facts) = &summary.facts {
         fields.row(vec![
             "facts:".into(),
@@ -181,6 +221,26 @@ pub async fn hosts_show(
         }
         text.push('\n');
         text.push_str(&events.render());
+    }
+    if !host.history.is_empty() {
+        // Certificates by the first 16 hex digits of their sha256 (-o json has them whole).
+        let short = |sha256: &Option<String>| {
+            sha256
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), |sha256| sha256.chars().take(16).collect())
+        };
+        let mut history = Table::new(&["HISTORY AT", "WHO", "OLD CERT", "NEW CERT", "WHAT"]);
+        for line in &host.history {
+            history.row(vec![
+                line.at.to_string(),
+                printable(&line.who),
+                short(&line.old_certificate),
+                short(&line.new_certificate),
+                printable(&line.what),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&history.render());
     }
     emit(out, &text)
 }
@@ -224,8 +284,8 @@ pub async fn hosts_remove(client: &AdminClient, args: &HostIdArgs, out: &mut dyn
     emit(
         out,
         &format!(
-            "removed host {}: its certificate no longer works. To enroll it again, join it with a new token (drover token create)\n",
-            args.id
+            "removed host {}: its key and certificates no longer work. Its id is kept with its host pins and holds; to enroll it again, join it with a token from `drover token create --replace {}`\n",
+            args.id, args.id
         ),
     )
 }

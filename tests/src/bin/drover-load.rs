@@ -461,7 +461,7 @@ async fn join_one(shared: &EnrollShared, connection: &mut Connection, host: &str
     let request = TokenRequest {
         labels: BTreeMap::new(),
         ttl: Duration::from_secs(3600),
-        replace: false,
+        replace: None,
     };
     let body = serde_json::to_vec(&request).map_err(|error| JoinFailure::Refused(error.into()))?;
     let answer = connection
