@@ -301,8 +301,12 @@ impl PeerIdentity {
 
 /// The not_before and not_after of the first certificate in `pem`.
 pub fn validity_of(pem: &str) -> Option<(Timestamp, Timestamp)> {
-    let der = certificate_der(pem)?;
-    let (_, certificate) = x509_parser::certificate::X509Certificate::from_der(&der).ok()?;
+    validity_of_der(&certificate_der(pem)?)
+}
+
+/// The not_before and not_after of a certificate (DER).
+pub fn validity_of_der(der: &[u8]) -> Option<(Timestamp, Timestamp)> {
+    let (_, certificate) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
     let validity = certificate.validity();
     Some((
         Timestamp::from_unix(validity.not_before.timestamp()),

@@ -41,6 +41,8 @@ pub struct CoordinatorProcess {
     pub ip: std::net::Ipv4Addr,
     /// Its port.
     pub port: u16,
+    /// Extra `drover serve` arguments, kept for [`resume`](CoordinatorProcess::resume).
+    pub serve_args: Vec<String>,
     log: PathBuf,
     _scratch: tempfile::TempDir,
 }
@@ -54,6 +56,12 @@ impl CoordinatorProcess {
     /// Starts a coordinator listening on `ip` (e.g. a [`crate::net::Bridge`]'s address,
     /// which is also the URL hosts use and a name in its server certificate).
     pub fn start_on(ip: std::net::Ipv4Addr) -> anyhow::Result<CoordinatorProcess> {
+        CoordinatorProcess::start_with(ip, &[])
+    }
+
+    /// Starts a coordinator listening on `ip` with extra `drover serve` arguments, e.g.
+    /// `["--host-certificate-validity", "2m"]` to cross certificate expiry in a test.
+    pub fn start_with(ip: std::net::Ipv4Addr, serve_args: &[&str]) -> anyhow::Result<CoordinatorProcess> {
         let scratch = tempfile::Builder::new()
             .prefix("drover-e2e-coordinator-")
             .tempdir()
@@ -63,6 +71,7 @@ impl CoordinatorProcess {
             data_dir: scratch.path().join("data"),
             ip,
             port: free_port(),
+            serve_args: serve_args.iter().map(|arg| (*arg).to_owned()).collect(),
             log: scratch.path().join("serve.log"),
             _scratch: scratch,
         };
@@ -87,6 +96,7 @@ impl CoordinatorProcess {
         let child = Command::new(binary("drover"))
             .args(["serve", "--listen", &format!("{}:{}", self.ip, self.port), "--data-dir"])
             .arg(&self.data_dir)
+            .args(&self.serve_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("log handle")?)
             .stderr(log)
