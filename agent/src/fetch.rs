@@ -12,12 +12,107 @@
 //! same steps for any stream of bytes, which is how OCI blobs from a registry client come
 //! into the same cache ([`crate::oci::pull`]), and [`Cache::store`] for small blobs already
 //! in memory (image manifests).
+//!
+//! A slow server cannot hold the app's reconciler: every download keeps a
+//! [`TransferPace`] ([`ARTIFACT_PACE`]): an answer within a bound, no pause in the body
+//! longer than the idle bound, and an average rate floor after a grace period (the shape
+//! of the coordinator's request body pace). A download that falls behind fails naming the
+//! URL and what was slow, and keeps its partial file, so the next attempt resumes where
+//! it stopped. The HTTP clients ([`coordinator_client`], [`artifact_client`]) add read
+//! timeouts under that as a backstop for every other request.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use drover_protocol::Digest;
+use drover_protocol::api::MAX_WAIT_SECONDS;
 use drover_protocol::manifest::HttpUrl;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// How long connecting (TCP and TLS) to the coordinator, an artifact server or a registry
+/// may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How slow a download may be before the agent gives it up (and resumes it at the next
+/// attempt). A fetch gets the answer (status and headers) within `answer`, then the body
+/// may pause for at most `idle` and must keep an average of `min_rate` bytes a second
+/// after `grace`: by `grace` + 1 s per `min_rate` bytes received. A server that trickles
+/// a byte now and then is cut off after `grace`; one that stops, after `idle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferPace {
+    /// From sending the request to the response's status and headers.
+    pub answer: Duration,
+    /// The longest pause between two pieces of the body.
+    pub idle: Duration,
+    /// Before the rate floor counts.
+    pub grace: Duration,
+    /// The average bytes a second a transfer must keep after `grace`.
+    pub min_rate: u64,
+}
+
+/// The pace of every artifact and image download: answer within 60 s, no pause over
+/// 60 s, 32 KiB/s on average after 30 s (a 1 GiB artifact may take up to 9 hours per
+/// attempt; a partial download resumes). The floor only bounds how long a broken or
+/// hostile server holds a reconciler; each attempt starts its clock again, so even a link
+/// below the floor makes progress across attempts.
+pub const ARTIFACT_PACE: TransferPace = TransferPace {
+    answer: Duration::from_secs(60),
+    idle: Duration::from_secs(60),
+    grace: Duration::from_secs(30),
+    min_rate: 32 * 1024,
+};
+
+/// The read timeout of the artifact and registry clients: any read that waits this long
+/// fails. A backstop above every bound of [`ARTIFACT_PACE`] (answer, idle, and an answer
+/// that takes a registry token exchange first, `answer + grace`), so the paced errors,
+/// which say what was slow, come first.
+pub const ARTIFACT_READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The read timeout of the coordinator client: longer than a manifest long-poll may
+/// legitimately wait without a byte (`MAX_WAIT_SECONDS`), so only a coordinator that
+/// stopped answering trips it. Each request also has its own bound (the poll: its wait
+/// plus a margin; reports: 20 s; blob downloads: [`ARTIFACT_PACE`]).
+pub const COORDINATOR_READ_TIMEOUT: Duration = Duration::from_secs(MAX_WAIT_SECONDS + 60);
+
+impl TransferPace {
+    /// The longest a whole transfer of `bytes` may take under this pace: the answer, the
+    /// grace and the rate floor's allowance (for a response read whole, such as an image
+    /// manifest through the registry client).
+    pub fn allowance(&self, bytes: u64) -> Duration {
+        self.answer + self.grace + self.earned(bytes)
+    }
+
+    /// The time `bytes` earn at the rate floor.
+    fn earned(&self, bytes: u64) -> Duration {
+        Duration::from_millis(bytes.saturating_mul(1000) / self.min_rate.max(1))
+    }
+}
+
+/// The HTTP client for the coordinator (mTLS with the host's identity): no redirects,
+/// [`CONNECT_TIMEOUT`], [`COORDINATOR_READ_TIMEOUT`].
+pub fn coordinator_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(COORDINATOR_READ_TIMEOUT)
+        .pool_max_idle_per_host(2)
+        .build()
+        .map_err(|error| format!("HTTP client: {error}"))
+}
+
+/// The HTTP client for artifacts served elsewhere than the coordinator (system roots and
+/// the coordinator's CA): [`CONNECT_TIMEOUT`], [`ARTIFACT_READ_TIMEOUT`]; downloads are
+/// paced by [`Cache::fetch`].
+pub fn artifact_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(ARTIFACT_READ_TIMEOUT)
+        .pool_max_idle_per_host(1)
+        .build()
+        .map_err(|error| format!("HTTP client: {error}"))
+}
 
 /// Why an artifact could not be fetched. Nothing unverified is left under its digest.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +129,30 @@ pub enum FetchError {
     /// The download ended early; the partial file is kept to resume.
     #[error("{url} ended after {received} of {size} bytes; will resume")]
     Truncated { url: String, received: u64, size: u64 },
+    /// The server did not answer (status and headers) in time.
+    #[error("downloading {url}: no answer within {waited:?}; will retry")]
+    NoAnswer { url: String, waited: Duration },
+    /// The body paused longer than the idle bound; the partial file is kept to resume.
+    #[error("{url} sent nothing for {idle:?} after {received} of {size} bytes; gave up, will resume")]
+    Stalled {
+        url: String,
+        idle: Duration,
+        received: u64,
+        size: u64,
+    },
+    /// The body came slower than the rate floor; the partial file is kept to resume.
+    #[error(
+        "{url} is too slow: {this_time} bytes in {elapsed:?}, under the minimum of {min_rate} bytes/s after {grace:?}; gave up after {received} of {size} bytes, will resume"
+    )]
+    TooSlow {
+        url: String,
+        this_time: u64,
+        elapsed: Duration,
+        min_rate: u64,
+        grace: Duration,
+        received: u64,
+        size: u64,
+    },
     /// The bytes do not hash to the manifest's digest.
     #[error("{url}: content has digest {actual}, the manifest says {expected}; refused and deleted")]
     DigestMismatch {
@@ -74,10 +193,12 @@ impl VerifiedArtifact {
     }
 }
 
-/// The artifact cache: `<root>/<hex>` (verified) and `<root>/<hex>.partial` (in flight).
+/// The artifact cache: `<root>/<hex>` (verified) and `<root>/<hex>.partial` (in flight),
+/// and the pace its downloads keep.
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    pace: TransferPace,
 }
 
 fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
@@ -90,9 +211,23 @@ fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Fe
 }
 
 impl Cache {
-    /// A cache in `root` (created when first used).
+    /// A cache in `root` (created when first used) whose downloads keep [`ARTIFACT_PACE`].
     pub fn new(root: impl Into<PathBuf>) -> Cache {
-        Cache { root: root.into() }
+        Cache {
+            root: root.into(),
+            pace: ARTIFACT_PACE,
+        }
+    }
+
+    /// The same cache with downloads held to `pace` (tests use bounds of a second or less).
+    #[must_use]
+    pub fn with_pace(self, pace: TransferPace) -> Cache {
+        Cache { pace, ..self }
+    }
+
+    /// The pace downloads into this cache keep.
+    pub fn pace(&self) -> TransferPace {
+        self.pace
     }
 
     /// The path of a verified blob.
@@ -120,10 +255,16 @@ impl Cache {
         if download.offset() > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={}-", download.offset()));
         }
-        let response = request.send().await.map_err(|error| FetchError::Request {
-            url: url.as_str().to_owned(),
-            detail: crate::error::chain(&error),
-        })?;
+        let response = tokio::time::timeout(self.pace.answer, request.send())
+            .await
+            .map_err(|_| FetchError::NoAnswer {
+                url: url.as_str().to_owned(),
+                waited: self.pace.answer,
+            })?
+            .map_err(|error| FetchError::Request {
+                url: url.as_str().to_owned(),
+                detail: crate::error::chain(&error),
+            })?;
         let status = response.status();
         if !status.is_success() {
             return Err(FetchError::Status {
@@ -171,6 +312,7 @@ impl Cache {
             done,
             hasher,
             offset,
+            pace: self.pace,
         })))
     }
 
@@ -238,6 +380,7 @@ pub struct Download {
     done: PathBuf,
     hasher: ring::digest::Context,
     offset: u64,
+    pace: TransferPace,
 }
 
 impl std::fmt::Debug for Download {
@@ -268,8 +411,10 @@ impl Download {
 
     /// Writes `body` into the partial file while hashing it, with the blob's size as a hard
     /// cap, and renames the file to the digest once every byte arrived and the sha256
-    /// matched. A body that breaks off keeps the synced partial file for a resume
-    /// ([`FetchError::Truncated`]); too many bytes, a wrong digest or a failed write delete it.
+    /// matched. A body that breaks off or falls behind the cache's [`TransferPace`] keeps
+    /// the synced partial file for a resume ([`FetchError::Truncated`],
+    /// [`FetchError::Stalled`], [`FetchError::TooSlow`]); too many bytes, a wrong digest or
+    /// a failed write delete it.
     pub async fn receive<S, C, E>(self: Box<Self>, mut body: S, start: BodyStart) -> Result<Received, FetchError>
     where
         S: futures_util::Stream<Item = Result<C, E>> + Unpin,
@@ -293,8 +438,40 @@ impl Download {
         };
         let mut received = download.offset;
         let mut downloaded = 0u64;
+        let pace = download.pace;
+        let started = tokio::time::Instant::now();
+        let mut last_chunk = started;
         loop {
-            let chunk = match body.next().await {
+            let stalls_at = last_chunk + pace.idle;
+            let too_slow_at = started + pace.grace + pace.earned(downloaded);
+            let next = match tokio::time::timeout_at(stalls_at.min(too_slow_at), body.next()).await {
+                Ok(next) => next,
+                // Every byte is here and the server only keeps the body open: the digest
+                // below judges it.
+                Err(_) if received >= size => break,
+                Err(_) => {
+                    file.sync_all().await.map_err(io("syncing", &partial))?;
+                    return Err(if stalls_at <= too_slow_at {
+                        FetchError::Stalled {
+                            url: name,
+                            idle: pace.idle,
+                            received,
+                            size,
+                        }
+                    } else {
+                        FetchError::TooSlow {
+                            url: name,
+                            this_time: downloaded,
+                            elapsed: started.elapsed(),
+                            min_rate: pace.min_rate,
+                            grace: pace.grace,
+                            received,
+                            size,
+                        }
+                    });
+                }
+            };
+            let chunk = match next {
                 Some(Ok(chunk)) => chunk,
                 None => break,
                 // A body that fails once every byte is here (a client checking a digest of
@@ -329,6 +506,8 @@ impl Download {
                 file.sync_all().await.map_err(io("syncing", &partial))?;
                 crate::faults::pause_point("mid-download", download.root.parent().unwrap_or(&download.root));
             }
+            // The idle clock runs from here: time our own disk took is not the server's.
+            last_chunk = tokio::time::Instant::now();
         }
         file.sync_all().await.map_err(io("syncing", &partial))?;
         drop(file);

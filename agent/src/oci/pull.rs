@@ -15,6 +15,11 @@
 //!   registry that answers 200 instead of 206 sends it whole and it starts over. Each blob
 //!   gets [`BLOB_ATTEMPTS`] tries within one pull; after that the partial file waits for
 //!   the next reconcile.
+//! - **Time**: every request is held to the cache's [`crate::fetch::TransferPace`]: a
+//!   blob's answer within its allowance for no bytes, its body paced by
+//!   [`crate::fetch::Download::receive`], the manifest (read whole by `oci-client`) within
+//!   the allowance for the largest manifest. A stalled or too slow blob is not retried
+//!   within the pull; its partial file waits for the next reconcile.
 //! - **Size caps**: each descriptor's size is exact; the layers together may not exceed
 //!   the agent's `max_release_size` (what they unpack to is capped again when staging).
 //!
@@ -165,6 +170,27 @@ impl Remote<'_> {
         Ok(client)
     }
 
+    /// `request` within `limit`: a registry that does not answer in time is an error
+    /// naming the step, as a registry that answered with an error is.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        limit: std::time::Duration,
+        request: impl Future<Output = Result<T, oci_client::errors::OciDistributionError>>,
+    ) -> Result<T, PullError> {
+        match tokio::time::timeout(limit, request).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(self.registry_error(what, &error)),
+            Err(_) => Err(PullError::Registry {
+                image: self.image.to_owned(),
+                detail: format!(
+                    "{what} from registry {}: no complete answer within {limit:?}; will retry",
+                    self.reference.registry()
+                ),
+            }),
+        }
+    }
+
     fn registry_error(&self, what: &str, error: &oci_client::errors::OciDistributionError) -> PullError {
         PullError::Registry {
             image: self.image.to_owned(),
@@ -210,11 +236,17 @@ pub async fn pull(
         Some(bytes) => bytes,
         None => {
             let client = remote.client().await?;
-            let (bytes, _) = client
-                .client
-                .pull_manifest_raw(&parsed, &client.auth, &image::ACCEPTED_MANIFEST_TYPES)
-                .await
-                .map_err(|error| remote.registry_error("fetching the manifest", &error))?;
+            // Read whole by oci-client, so bounded whole: the pace's allowance for the
+            // largest manifest the agent reads.
+            let (bytes, _) = remote
+                .bounded(
+                    "fetching the manifest",
+                    cache.pace().allowance(image::MAX_MANIFEST_BYTES),
+                    client
+                        .client
+                        .pull_manifest_raw(&parsed, &client.auth, &image::ACCEPTED_MANIFEST_TYPES),
+                )
+                .await?;
             if bytes.len() as u64 > image::MAX_MANIFEST_BYTES {
                 return Err(refused(format!(
                     "the manifest is {} bytes, more than the {} the agent reads",
@@ -302,19 +334,20 @@ async fn fetch_blob(
             Begun::Download(download) => download,
         };
         let client = remote.client().await?;
+        // The answer (after a token exchange, perhaps) within the pace's allowance for no
+        // bytes; the body is paced by `receive`.
+        let what = format!("fetching blob {digest}");
+        let answer = cache.pace().allowance(0);
         let response = if download.offset() > 0 {
-            client
-                .client
-                .pull_blob_stream_partial(remote.reference, digest.as_str(), download.offset(), None)
-                .await
+            let request =
+                client
+                    .client
+                    .pull_blob_stream_partial(remote.reference, digest.as_str(), download.offset(), None);
+            remote.bounded(&what, answer, request).await?
         } else {
-            client
-                .client
-                .pull_blob_stream(remote.reference, digest.as_str())
-                .await
-                .map(BlobResponse::Full)
-        }
-        .map_err(|error| remote.registry_error(&format!("fetching blob {digest}"), &error))?;
+            let request = client.client.pull_blob_stream(remote.reference, digest.as_str());
+            BlobResponse::Full(remote.bounded(&what, answer, request).await?)
+        };
         let (body, start) = match response {
             BlobResponse::Full(body) => (body, BodyStart::Beginning),
             BlobResponse::Partial(body) => (body, BodyStart::Offset),

@@ -13,11 +13,13 @@
 //!   manifest by digest, and the coordinator picked the platform when the release was made.
 //! - **Blob URLs** from a manifest (`urls`, "foreign layers") are never followed: blobs are
 //!   requested by digest from the registry that served the manifest.
+//! - **Timeouts**: the connect timeout and read-timeout backstop of every agent client
+//!   ([`crate::fetch::CONNECT_TIMEOUT`], [`crate::fetch::ARTIFACT_READ_TIMEOUT`]); the pull
+//!   holds each request to the cache's [`crate::fetch::TransferPace`] on top.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -25,11 +27,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 
 use crate::config::{RegistryConfig, RegistryCredentials, RegistryTransport};
+use crate::fetch::{ARTIFACT_READ_TIMEOUT, CONNECT_TIMEOUT};
 
-/// How long connecting to a registry may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a registry may go silent in the middle of an answer.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the agent calls itself to registries.
 const USER_AGENT: &str = concat!("drover-agent/", env!("CARGO_PKG_VERSION"));
 
@@ -184,7 +183,7 @@ fn build_client(config: &RegistryConfig, bundles: &[String]) -> Result<oci_clien
         tls_certs_only: roots,
         platform_resolver: None,
         connect_timeout: Some(CONNECT_TIMEOUT),
-        read_timeout: Some(READ_TIMEOUT),
+        read_timeout: Some(ARTIFACT_READ_TIMEOUT),
         user_agent: USER_AGENT,
         ..ClientConfig::default()
     };
