@@ -174,8 +174,9 @@ const FIELD_PRIME: [u8; 32] = {
 /// non-canonical spellings of 0 and 1, refused here as non-canonical). They were computed
 /// again for this file from p and d (the points [L]P for points P on the curve, L the
 /// prime order of the base point, all of order 1, 2, 4 or 8), and
-/// `small_order_public_keys_are_refused` checks with ring that each of the 8 encodings is
-/// a point whose multiples are all among them.
+/// `small_order_public_keys_are_refused` checks with ring that under each of the 8
+/// encodings the constant signature (R = neutral point, S = 0) verifies for some of 256
+/// messages, which a point of large order practically never allows.
 const SMALL_ORDER_Y: [[u8; 32]; 5] = [
     [0; 32],
     {
