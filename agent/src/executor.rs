@@ -7,9 +7,11 @@
 //!
 //! Activation, the only step that touches what runs:
 //! 1. journal `activation {to, from, phase: activating}`;
-//! 2. write the spec's config files into the release, run `pre_start` from it;
-//! 3. write `drover-<app>.service` (atomically), switch `current` (rename), `daemon-reload`,
-//!    enable, restart, and wait for the job's result (JobRemoved);
+//! 2. write the spec's config files into the release (owned by the user the app runs as,
+//!    with the spec's mode), run `pre_start` from it;
+//! 3. write the app's environment file (0600, root's) and `drover-<app>.service`, which
+//!    names it (both atomically), switch `current` (rename), `daemon-reload`, enable,
+//!    restart, and wait for the job's result (JobRemoved);
 //! 4. health: unit state and the spec's checks every interval until `successes` in a row
 //!    pass (then `post_start`), or the grace period ends, or the unit fails;
 //! 5. healthy: `current = to`, `previous = from`, journal cleared. Unhealthy: journal
@@ -912,6 +914,10 @@ impl Executor {
             Some(_) => release_dir.join(crate::unit::OCI_CONFIG_FILES_DIR),
             None => release_dir.clone(),
         };
+        let owner = match spec.config_files.is_empty() {
+            true => None,
+            false => config_file_owner(app, release, image.as_ref().map(|record| &record.run.user)).await?,
+        };
         for file in &spec.config_files {
             let path = files_dir.join(file.path.as_str());
             if let Some(parent) = path.parent() {
@@ -919,21 +925,39 @@ impl Executor {
             }
             drover_protocol::keyfile::write_atomic(&path, file.content.as_bytes(), file.mode.bits())
                 .map_err(key_error("writing", &path))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(io_error("changing the owner of", &path))?;
+            }
         }
         let unit = crate::unit::unit_name(app);
         let unit_path = self.unit_dir.join(&unit);
         let current = local::current_link(&self.state_dir, app);
+        let environment_path = local::environment_file(&self.state_dir, app);
         let text = match &image {
             // systemd cannot set up `RootDirectory=` with `MountAPIVFS=` through a symlink
             // (226/NAMESPACE, EBUSY on the mounts it makes below it, seen on systemd 252), so
             // an image's unit names its release directory itself; the switch of `current`
             // still happens, and a rollback re-renders the unit for the release it goes to.
-            Some(record) => crate::unit::render_oci(app, &release.version, spec, &release_dir, &record.run)?,
-            None => crate::unit::render(app, &release.version, spec, &current)?,
+            Some(record) => crate::unit::render_oci(
+                app,
+                &release.version,
+                spec,
+                &release_dir,
+                &environment_path,
+                &record.run,
+            )?,
+            None => crate::unit::render(app, &release.version, spec, &current, &environment_path)?,
         };
+        let environment = crate::unit::render_environment(app, spec, image.as_ref().map(|record| &record.run))?;
         if let Some(hook) = &spec.hooks.pre_start {
             crate::hooks::run_hook("pre_start", hook, &release_dir, &spec.service.environment).await?;
         }
+        // The environment (often secrets) only root reads; systemd reads it as root before
+        // it drops to the app's user. Written right before the unit that names it, and
+        // again for the release a rollback goes back to.
+        drover_protocol::keyfile::write_atomic(&environment_path, environment.as_bytes(), 0o600)
+            .map_err(key_error("writing", &environment_path))?;
         drover_protocol::keyfile::write_atomic(&unit_path, text.as_bytes(), 0o644)
             .map_err(key_error("writing", &unit_path))?;
         Ok(Prepared { unit, release_dir })
@@ -1153,6 +1177,80 @@ async fn host_knows(database: &str, id: u32) -> bool {
         .await;
     // getent exits 2 when the key is not found.
     !matches!(status.map(|status| status.code()), Ok(Some(2)))
+}
+
+/// Who owns the config files `release` writes: the user the app runs as (with the spec's
+/// group, else that user's primary group; an image's numeric ids), so a file the spec made
+/// 0600 is readable by the app and by no one else. `None` for an app that runs as root
+/// and for a dynamic user (`DynamicUser=yes`, no fixed uid to give the file to): those
+/// files stay root's, so a dynamic-user app can read only config files whose mode lets
+/// others read them. A user or group the host does not know fails the step before anything
+/// runs, as systemd would fail the start.
+async fn config_file_owner(
+    app: &AppName,
+    release: &AppRelease,
+    image_user: Option<&RunAs>,
+) -> Result<Option<(u32, u32)>, StepError> {
+    if let Some(user) = image_user {
+        return Ok(match user {
+            RunAs::Ids { uid, gid, .. } if (*uid, *gid) != (0, 0) => Some((*uid, *gid)),
+            _ => None,
+        });
+    }
+    let service = &release.spec.service;
+    let Some(user) = &service.user else {
+        return Ok(None);
+    };
+    let unknown = |database: &str, name: &str, detail: String| StepError::HostUser {
+        app: app.clone(),
+        version: release.version.clone(),
+        detail: format!(
+            "the spec runs it as {database} {name}, who owns its config files, and {detail}; create it on this host or change the spec"
+        ),
+    };
+    let passwd = getent("passwd", user.as_str())
+        .await
+        .map_err(|detail| unknown("user", user.as_str(), detail))?;
+    let ids = |entry: &str, index: usize| entry.split(':').nth(index).and_then(|field| field.parse::<u32>().ok());
+    let (Some(uid), Some(primary_gid)) = (ids(&passwd, 2), ids(&passwd, 3)) else {
+        return Err(unknown("user", user.as_str(), format!("getent gave {passwd:?}")));
+    };
+    let gid = match &service.group {
+        Some(group) => {
+            let entry = getent("group", group.as_str())
+                .await
+                .map_err(|detail| unknown("group", group.as_str(), detail))?;
+            ids(&entry, 2).ok_or_else(|| unknown("group", group.as_str(), format!("getent gave {entry:?}")))?
+        }
+        None => primary_gid,
+    };
+    Ok(((uid, gid) != (0, 0)).then_some((uid, gid)))
+}
+
+/// The `getent DATABASE KEY` line, or why there is none.
+async fn getent(database: &str, key: &str) -> Result<String, String> {
+    let output = tokio::time::timeout(
+        StdDuration::from_secs(30),
+        tokio::process::Command::new("getent")
+            .arg(database)
+            .arg(key)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| "getent did not answer within 30 s".to_owned())?
+    .map_err(|error| format!("getent could not be started: {error}"))?;
+    match output.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()),
+        // getent exits 2 when the key is not found.
+        Some(2) => Err(format!("it is not in this host's {database} database")),
+        _ => Err(format!("getent {database} {key} failed ({})", output.status)),
+    }
 }
 
 /// Runs `useradd` or `groupadd` with `arguments`; the error has its output.

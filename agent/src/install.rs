@@ -195,7 +195,11 @@ pub fn stage_with(
     if target.is_dir() {
         return Ok(staged);
     }
-    std::fs::create_dir_all(&releases).map_err(io("creating", &releases))?;
+    // 0711 like every directory above a release (see `crate::local`): apps running as
+    // other users pass through by name, no one else lists the versions.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o711)
+        .create(&releases)
+        .map_err(io("creating", &releases))?;
     let mut random = [0u8; 6];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).expect("system random source");
     let staging = releases.join(format!(".staging-{version}-{}", drover_protocol::hex::encode(&random)));

@@ -5,11 +5,22 @@
 //! the rollback) instead of guessing what the host runs.
 //!
 //! ```text
-//! <state>/apps/<app>/
-//!   app.json                   this file
-//!   current -> releases/<v>    the release the unit runs (switched by rename)
-//!   releases/<v>/              complete releases (they appear only by rename)
+//! <state>/                     0711: every user may pass through, no one else may list
+//!   apps/                      0711
+//!   apps/<app>/                0711
+//!     app.json                 this file (0600: it holds the spec, secrets included)
+//!     environment              the unit's EnvironmentFile= (0600, root's)
+//!     current -> releases/<v>  the release the unit runs (switched by rename)
+//!     releases/<v>/            complete releases (they appear only by rename)
 //! ```
+//!
+//! **Invariant:** a file that holds a spec or a value from one (this record, the
+//! environment file, the accepted manifest, the status file) is readable by root only; an
+//! app's config files belong to the user the app runs as, with the mode the spec gave them.
+//! The directories above a release are 0711 so that an app running as another user (or as
+//! a systemd `DynamicUser`) reaches its release through `current` by name without anyone
+//! listing what else is there. [`restrict_state_dir`] puts an existing state directory
+//! (an older agent wrote these 0644 under a 0755 root) in that shape at every start.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -103,6 +114,73 @@ fn record_path(state_dir: &Path, app: &AppName) -> PathBuf {
     app_dir(state_dir, app).join("app.json")
 }
 
+/// The environment file of an app's unit (`EnvironmentFile=`): written 0600 by root at each
+/// activation and rollback with the unit that names it, see [`crate::unit::render_environment`].
+pub fn environment_file(state_dir: &Path, app: &AppName) -> PathBuf {
+    app_dir(state_dir, app).join("environment")
+}
+
+/// Files directly in the state directory that hold a manifest (so every app's spec) or
+/// what came of one, from this agent or an older one: readable by root only.
+const PRIVATE_STATE_FILES: [&str; 3] = ["manifest.dsse", "accepted.json", "status.json"];
+
+/// Puts the state directory in the shape of the module doc, whatever an older agent left:
+/// the root, `apps/`, each app's directory and its `releases/` 0711, each app's record
+/// and environment file and [`PRIVATE_STATE_FILES`] 0600. Idempotent; symlinks are never
+/// followed (a symlink where a file should be is left alone). Returns how many modes it
+/// changed; the first failure is an error, after every other path was tried.
+pub fn restrict_state_dir(state_dir: &Path) -> Result<usize, String> {
+    let mut changed = 0;
+    let mut first_error: Option<String> = None;
+    let mut restrict = |path: &Path, mode: u32, directory: bool| {
+        let Ok(metadata) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        let kind = metadata.file_type();
+        if (directory && !kind.is_dir()) || (!directory && !kind.is_file()) {
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        if metadata.permissions().mode() & 0o7777 == mode {
+            return;
+        }
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            Ok(()) => changed += 1,
+            Err(error) => {
+                first_error.get_or_insert_with(|| format!("making {} mode {mode:o}: {error}", path.display()));
+            }
+        }
+    };
+    restrict(state_dir, 0o711, true);
+    for name in PRIVATE_STATE_FILES {
+        restrict(&state_dir.join(name), 0o600, false);
+    }
+    let apps = state_dir.join("apps");
+    restrict(&apps, 0o711, true);
+    for app in app_dirs(state_dir) {
+        let directory = app_dir(state_dir, &app);
+        restrict(&directory, 0o711, true);
+        restrict(&directory.join("releases"), 0o711, true);
+        restrict(&record_path(state_dir, &app), 0o600, false);
+        restrict(&environment_file(state_dir, &app), 0o600, false);
+    }
+    match first_error {
+        None => Ok(changed),
+        Some(error) => Err(error),
+    }
+}
+
+/// Creates an app's directory (and `apps/`) 0711 if missing: see the module doc.
+pub fn create_app_dir(state_dir: &Path, app: &AppName) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let directory = app_dir(state_dir, app);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(&directory)?;
+    Ok(directory)
+}
+
 /// Where an app's directory is moved to be deleted (`apps/.removing-<app>`), so a half
 /// deleted app never looks like an app.
 pub fn removal_dir(state_dir: &Path, app: &AppName) -> PathBuf {
@@ -163,16 +241,16 @@ pub fn load_all(state_dir: &Path) -> Result<BTreeMap<AppName, AppRecord>, String
     Ok(records)
 }
 
-/// Writes one app's record atomically.
+/// Writes one app's record atomically, 0600.
 pub fn save(state_dir: &Path, app: &AppName, record: &AppRecord) -> Result<(), drover_protocol::KeyError> {
-    let directory = app_dir(state_dir, app);
-    std::fs::create_dir_all(&directory).map_err(|source| drover_protocol::KeyError::Io {
+    create_app_dir(state_dir, app).map_err(|source| drover_protocol::KeyError::Io {
         operation: "creating",
-        path: directory.clone(),
+        path: app_dir(state_dir, app),
         source,
     })?;
     let bytes = serde_json::to_vec_pretty(record).expect("app records serialize");
-    write_atomic(&record_path(state_dir, app), &bytes, 0o644)
+    // It holds the spec of every release it names, secrets included: root only.
+    write_atomic(&record_path(state_dir, app), &bytes, 0o600)
 }
 
 /// Points `current` at `releases/<version>` in one step: a new symlink under a temporary
@@ -235,6 +313,89 @@ mod tests {
             removal_leftovers(root.path()),
             vec![root.path().join("apps/.removing-api")]
         );
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::symlink_metadata(path).expect("metadata").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn records_are_root_only_and_app_directories_traversable_not_listable() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let app: AppName = "web".parse().expect("app");
+        save(root.path(), &app, &AppRecord::default()).expect("save");
+        assert_eq!(
+            mode(&record_path(root.path(), &app)),
+            0o600,
+            "the record holds the spec"
+        );
+        assert_eq!(mode(&app_dir(root.path(), &app)), 0o711);
+        assert_eq!(mode(&root.path().join("apps")), 0o711);
+    }
+
+    #[test]
+    fn an_older_agents_world_readable_state_is_restricted_at_start_and_again_changes_nothing() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().expect("tempdir");
+        let state = root.path().join("state");
+        let set = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        // What an older agent left: everything 0644 under 0755 directories.
+        let app: AppName = "web".parse().expect("app");
+        let release = app_dir(&state, &app).join("releases/1");
+        std::fs::create_dir_all(&release).expect("mkdir");
+        for directory in [
+            state.clone(),
+            state.join("apps"),
+            app_dir(&state, &app),
+            release.join(".."),
+        ] {
+            set(&directory, 0o755);
+        }
+        for file in [
+            state.join("manifest.dsse"),
+            state.join("accepted.json"),
+            state.join("status.json"),
+            record_path(&state, &app),
+            environment_file(&state, &app),
+            release.join("VERSION"),
+        ] {
+            std::fs::write(&file, b"{}").expect("write");
+            set(&file, 0o644);
+        }
+        // A symlink where a record should be is not followed.
+        let other: AppName = "api".parse().expect("app");
+        std::fs::create_dir_all(app_dir(&state, &other)).expect("mkdir");
+        let outside = root.path().join("outside");
+        std::fs::write(&outside, b"x").expect("write");
+        set(&outside, 0o644);
+        std::os::unix::fs::symlink(&outside, record_path(&state, &other)).expect("symlink");
+
+        // The root, apps/, web, web/releases, api, three state files, web's record and environment.
+        assert_eq!(restrict_state_dir(&state), Ok(10));
+        for directory in [
+            state.clone(),
+            state.join("apps"),
+            app_dir(&state, &app),
+            release.join(".."),
+        ] {
+            assert_eq!(mode(&directory), 0o711, "{}", directory.display());
+        }
+        for file in ["manifest.dsse", "accepted.json", "status.json"] {
+            assert_eq!(mode(&state.join(file)), 0o600, "{file}");
+        }
+        assert_eq!(mode(&record_path(&state, &app)), 0o600);
+        assert_eq!(mode(&environment_file(&state, &app)), 0o600);
+        assert_eq!(mode(&release), 0o755, "a release stays readable by the app's user");
+        assert_eq!(
+            mode(&release.join("VERSION")),
+            0o644,
+            "files of a release keep their mode"
+        );
+        assert_eq!(mode(&outside), 0o644, "the symlink was not followed");
+        assert_eq!(restrict_state_dir(&state), Ok(0), "idempotent");
     }
 
     #[test]

@@ -232,7 +232,8 @@ impl Reporter {
         let now = Timestamp::from_system(std::time::SystemTime::now());
         let (report, count) = shared.report(&self.host, &self.facts, now);
         let body = serde_json::to_vec(&report).expect("reports serialize");
-        if let Err(error) = drover_protocol::keyfile::write_atomic(&self.status_file, &body, 0o644) {
+        // Root only: errors and hook output tails in it may quote an app's secrets.
+        if let Err(error) = drover_protocol::keyfile::write_atomic(&self.status_file, &body, 0o600) {
             tracing::warn!("writing {}: {error}", self.status_file.display());
         }
         let outcome = self

@@ -15,8 +15,11 @@
 //!   exists only while the service runs, so an app that names no user never runs as
 //!   root by accident and cannot leave files behind owned by a reused uid. It needs the
 //!   release to be readable by "others": the agent keeps release directories 0755 and
-//!   files world-readable, and every directory above `current` must be traversable (the
-//!   state directory root 0755; only the identity directory below it is 0700). systemd
+//!   their files as the artifact made them, and every directory above `current` must be
+//!   traversable (the state directory root, `apps/`, `apps/<app>/` and `releases/` are
+//!   0711: passable by name, not listable; see [`crate::local`]). Config files stay root's
+//!   for a dynamic user (there is no fixed uid to give them to), so such an app reads only
+//!   config files whose mode lets others read them; with `user` they are that user's. systemd
 //!   makes `DynamicUser=` imply `ProtectSystem=strict`, `ProtectHome=read-only`,
 //!   `PrivateTmp=yes`, `RemoveIPC=yes` and `RestrictSUIDSGID=yes`, whatever the sandbox
 //!   level says; a service that must manage the host names `user = "root"` explicitly.
@@ -36,8 +39,14 @@
 //!   must exist: a missing one fails the start (status 226/NAMESPACE) rather than silently
 //!   running with less than the operator asked for.
 //!
+//! - **The environment is not in the unit.** A unit file is world-readable and its
+//!   `Environment=` is public over D-Bus (`systemctl show`), and environment values are
+//!   often secrets, so the unit names `EnvironmentFile=<state>/apps/<app>/environment`, a
+//!   0600 root-owned file written with it ([`render_environment`]). systemd reads it as
+//!   root at each start, before dropping to the app's user (dynamic users included).
+//!
 //! Escaping: systemd expands `%` specifiers in every setting written here, expands `$VAR`
-//! in `ExecStart=` arguments, splits `ExecStart=`, `Environment=` and `ReadWritePaths=` into
+//! in `ExecStart=` arguments, splits `ExecStart=` and `ReadWritePaths=` into
 //! words with C-style quoting, and takes `WorkingDirectory=` verbatim up to the end of the
 //! line. Words are written plain when they hold only characters with no meaning to any of
 //! that, and double-quoted with `\\`, `\"` and `\xNN` escapes otherwise. What systemd cannot
@@ -63,6 +72,10 @@ pub enum UnitError {
     /// it becomes `WorkingDirectory=` and the program path.
     #[error("rendering {unit}: the release link {} must be an absolute UTF-8 path without control characters", path.display())]
     CurrentPath { unit: String, path: PathBuf },
+    /// The environment file's path must be absolute UTF-8 without control characters or
+    /// surrounding whitespace, since it becomes `EnvironmentFile=`.
+    #[error("rendering {unit}: the environment file {} must be an absolute UTF-8 path without control characters or surrounding whitespace", path.display())]
+    EnvironmentFile { unit: String, path: PathBuf },
     /// systemd refuses executable paths with `.` or `..` parts, `//` or a trailing `/`.
     #[error("rendering {unit}: program {program:?} must be a normalized path (no '.', '..' or empty parts)")]
     Program { unit: String, program: String },
@@ -100,9 +113,16 @@ pub fn unit_name(app: &AppName) -> String {
 }
 
 /// The unit file text for `app` at `version` from a tarball release, run through the
-/// `current` link.
-pub fn render(app: &AppName, version: &Version, spec: &AppSpec, current: &Path) -> Result<String, UnitError> {
-    render_unit(app, version, spec, current, None)
+/// `current` link, its environment read from `environment_file` (which holds
+/// [`render_environment`]'s text).
+pub fn render(
+    app: &AppName,
+    version: &Version,
+    spec: &AppSpec,
+    current: &Path,
+    environment_file: &Path,
+) -> Result<String, UnitError> {
+    render_unit(app, version, spec, current, environment_file, None)
 }
 
 /// The unit file text for `app` at `version` from an OCI image staged as
@@ -126,9 +146,81 @@ pub fn render_oci(
     version: &Version,
     spec: &AppSpec,
     release: &Path,
+    environment_file: &Path,
     image: &ImageRun,
 ) -> Result<String, UnitError> {
-    render_unit(app, version, spec, release, Some(image))
+    render_unit(app, version, spec, release, environment_file, Some(image))
+}
+
+/// The environment file of `app` (`EnvironmentFile=` of its unit): the spec's
+/// `[service] environment`, for an image on top of the image's own with `HOME` from its
+/// `/etc/passwd` unless set. One `NAME="value"` line per variable, in the order systemd
+/// applies them, the value double-quoted with `\`, `\"`, `\$` and `` \` `` escaped: the
+/// escapes every systemd since 2013 reads the same way, and no specifier or variable is
+/// expanded in such a file. Names are [`drover_protocol::spec::EnvName`]s (checked in the
+/// spec and in the image's config), which need no quoting. A NUL byte, which no process
+/// environment can carry, is refused.
+///
+/// It is a file of its own, written 0600 by root, because environment values are often
+/// secrets: `Environment=` lines would be readable by every local user in the 0644 unit
+/// file and through `systemctl show` (unit properties are public over D-Bus). systemd reads
+/// the file as root when it starts the service, before it drops to the app's user, so a
+/// `DynamicUser=` app gets its environment too.
+pub fn render_environment(app: &AppName, spec: &AppSpec, image: Option<&ImageRun>) -> Result<String, UnitError> {
+    let mut text = format!(
+        "# {}: written by drover-agent from the spec's [service] environment.\n",
+        unit_name(app)
+    );
+    for (name, value) in environment_entries(spec, image) {
+        if !environment_value_ok(value) {
+            return Err(UnitError::Environment {
+                unit: unit_name(app),
+                name: name.to_owned(),
+            });
+        }
+        text.push_str(name);
+        text.push_str("=\"");
+        for c in value.chars() {
+            if matches!(c, '\\' | '"' | '$' | '`') {
+                text.push('\\');
+            }
+            text.push(c);
+        }
+        text.push_str("\"\n");
+    }
+    Ok(text)
+}
+
+/// The variables an app's process gets, in order: for an image its own environment with
+/// the spec's on top (replacing a variable of the same name in place) and `HOME` of its
+/// user unless one of them sets it; for a tarball the spec's.
+fn environment_entries<'a>(spec: &'a AppSpec, image: Option<&'a ImageRun>) -> Vec<(&'a str, &'a str)> {
+    let spec_environment = spec
+        .service
+        .environment
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()));
+    let Some(image) = image else {
+        return spec_environment.collect();
+    };
+    let mut entries: Vec<(&str, &str)> = image
+        .environment
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    for (name, value) in spec_environment {
+        match entries.iter_mut().find(|(existing, _)| *existing == name) {
+            Some(entry) => entry.1 = value,
+            None => entries.push((name, value)),
+        }
+    }
+    if let RunAs::Ids { home, .. } = &image.user
+        && !entries.iter().any(|(name, _)| *name == "HOME")
+    {
+        // systemd would set the host's idea of the user's home.
+        entries.push(("HOME", home));
+    }
+    entries
 }
 
 /// The directory of an OCI release that holds its config files (bound into the image).
@@ -141,6 +233,7 @@ fn render_unit(
     version: &Version,
     spec: &AppSpec,
     root: &Path,
+    environment_file: &Path,
     image: Option<&ImageRun>,
 ) -> Result<String, UnitError> {
     let unit = unit_name(app);
@@ -177,9 +270,6 @@ fn render_unit(
                 settings.push("Group", group.to_string());
             }
             dynamic_user = service.user.is_none();
-            for (name, value) in &service.environment {
-                settings.push("Environment", environment(&unit, name.as_str(), value)?);
-            }
         }
         Some(image) => {
             settings.push("RootDirectory", verbatim_path(&format!("{root}/rootfs")));
@@ -194,40 +284,21 @@ fn render_unit(
             settings.push("ExecStart", exec_start(&unit, &image.exec, root)?);
             // Staging applied the spec's `working_directory` (and created the directory).
             settings.push("WorkingDirectory", verbatim_path(&image.working_directory));
-            let mut environment_lines: Vec<(&str, &str)> = image
-                .environment
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str()))
-                .collect();
-            for (name, value) in &service.environment {
-                match environment_lines
-                    .iter_mut()
-                    .find(|(existing, _)| *existing == name.as_str())
-                {
-                    Some(entry) => entry.1 = value,
-                    None => environment_lines.push((name.as_str(), value)),
-                }
-            }
             match &image.user {
                 RunAs::Dynamic => {
                     settings.push("DynamicUser", "yes".to_owned());
                     dynamic_user = true;
                 }
-                RunAs::Ids { uid, gid, home } => {
+                RunAs::Ids { uid, gid, .. } => {
                     settings.push("User", uid.to_string());
                     settings.push("Group", gid.to_string());
                     dynamic_user = false;
-                    // systemd would set the host's idea of the user's home.
-                    if !environment_lines.iter().any(|(name, _)| *name == "HOME") {
-                        environment_lines.push(("HOME", home));
-                    }
                 }
-            }
-            for (name, value) in environment_lines {
-                settings.push("Environment", environment(&unit, name, value)?);
             }
         }
     }
+    // The values live in a 0600 file of their own (see `render_environment`), never here.
+    settings.push("EnvironmentFile", environment_file_setting(&unit, environment_file)?);
     let restart = match service.restart {
         RestartMode::Always => "always",
         RestartMode::OnFailure => "on-failure",
@@ -375,15 +446,19 @@ impl Settings {
     }
 }
 
-/// One `Environment=` word, refusing what no environment can carry.
-fn environment(unit: &str, name: &str, value: &str) -> Result<String, UnitError> {
-    if !environment_value_ok(value) {
-        return Err(UnitError::Environment {
+/// `EnvironmentFile=`: an absolute UTF-8 path without control characters or surrounding
+/// whitespace (systemd takes the value verbatim after specifiers and trims the line), `%`
+/// doubled.
+fn environment_file_setting(unit: &str, path: &Path) -> Result<String, UnitError> {
+    path.to_str()
+        .filter(|text| {
+            path.is_absolute() && !text.chars().any(char::is_control) && text.trim() == *text && !text.ends_with('/')
+        })
+        .map(|text| text.replace('%', "%%"))
+        .ok_or_else(|| UnitError::EnvironmentFile {
             unit: unit.to_owned(),
-            name: name.to_owned(),
-        });
-    }
-    Ok(quote_word(&format!("{name}={value}"), Dollar::Literal))
+            path: path.to_path_buf(),
+        })
 }
 
 /// `ExecStart=`: the program, inside the release through `current` unless absolute,
@@ -439,7 +514,7 @@ fn verbatim_path(path: &str) -> String {
 }
 
 /// Whether `value` can be passed in an environment at all: a C string cannot hold NUL.
-/// Other control characters pass through `Environment=` escaped (checked on systemd 252).
+/// Other control characters pass through the environment file as they are.
 fn environment_value_ok(value: &str) -> bool {
     !value.contains('\0')
 }
@@ -449,7 +524,7 @@ fn environment_value_ok(value: &str) -> bool {
 enum Dollar {
     /// `ExecStart=` arguments, where systemd substitutes `$VAR`: written `$$`.
     Escape,
-    /// Settings without variable substitution (`Environment=`, paths).
+    /// Settings without variable substitution (paths).
     Literal,
 }
 
@@ -493,6 +568,7 @@ mod tests {
     use super::*;
 
     const CURRENT: &str = "/var/lib/drover/apps/web/current";
+    const ENVIRONMENT_FILE: &str = "/var/lib/drover/apps/web/environment";
 
     fn spec(json: &str) -> AppSpec {
         serde_json::from_str(json).expect("test spec parses")
@@ -501,7 +577,71 @@ mod tests {
     fn render_json(json: &str) -> Result<String, UnitError> {
         let app: AppName = "web".parse().expect("app name");
         let version: Version = "1.2.3".parse().expect("version");
-        render(&app, &version, &spec(json), Path::new(CURRENT))
+        render(
+            &app,
+            &version,
+            &spec(json),
+            Path::new(CURRENT),
+            Path::new(ENVIRONMENT_FILE),
+        )
+    }
+
+    /// The environment file's variable lines for `json` (and `image`).
+    fn environment_lines(json: &str, image: Option<&ImageRun>) -> Vec<String> {
+        let text = render_environment(&"web".parse().expect("app name"), &spec(json), image).expect("renders");
+        assert!(
+            text.starts_with("# drover-web.service: written by drover-agent"),
+            "{text}"
+        );
+        read_environment_file(&text)
+            .into_iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect()
+    }
+
+    /// An environment file read back as systemd's `load_env_file` reads it (252 and
+    /// earlier alike for what drover writes): `#` lines are comments, `NAME=` then a
+    /// double-quoted value in which `\` escapes `"`, `\`, `$` and `` ` `` and anything
+    /// else (newlines too) is taken as it is.
+    fn read_environment_file(text: &str) -> Vec<(String, String)> {
+        let mut variables = Vec::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '#' {
+                while chars.next().is_some_and(|c| c != '\n') {}
+                continue;
+            }
+            let mut name = String::from(c);
+            for c in chars.by_ref() {
+                if c == '=' {
+                    break;
+                }
+                assert!(
+                    c.is_ascii_alphanumeric() || c == '_',
+                    "name character {c:?} in {text:?}"
+                );
+                name.push(c);
+            }
+            assert_eq!(chars.next(), Some('"'), "a quoted value for {name} in {text:?}");
+            let mut value = String::new();
+            loop {
+                match chars.next().expect("the value ends") {
+                    '"' => break,
+                    '\\' => {
+                        let escaped = chars.next().expect("an escaped character");
+                        assert!(
+                            matches!(escaped, '"' | '\\' | '$' | '`'),
+                            "escape {escaped:?} in {text:?}"
+                        );
+                        value.push(escaped);
+                    }
+                    c => value.push(c),
+                }
+            }
+            assert_eq!(chars.next(), Some('\n'), "one variable per line in {text:?}");
+            variables.push((name, value));
+        }
+        variables
     }
 
     fn rendered(json: &str) -> String {
@@ -621,36 +761,96 @@ mod tests {
     }
 
     #[test]
-    fn environment_is_quoted_and_percent_escaped_but_dollar_is_literal() {
-        let text = rendered(
-            r#"{"service":{"command":["x"],"environment":{"PLAIN":"8080","SPACE":"a b","QUOTE":"say \"hi\"",
-                "PCT":"50%","DOLLAR":"$HOME","MULTI":"one\ntwo\tthree","EMPTY":"","BACK":"c:\\dir\\"}}}"#,
+    fn environment_goes_to_a_file_of_its_own_not_into_the_unit() {
+        let text = rendered(r#"{"service":{"command":["x"],"environment":{"TOKEN":"s3cret","PORT":"8080"}}}"#);
+        assert!(
+            values(&text, "Environment").is_empty(),
+            "no value in the world-readable unit"
         );
+        assert!(!text.contains("s3cret"), "{text}");
+        assert_eq!(values(&text, "EnvironmentFile"), [ENVIRONMENT_FILE]);
         assert_eq!(
-            values(&text, "Environment"),
-            [
-                r#""BACK=c:\\dir\\""#,
-                r#""DOLLAR=$HOME""#,
-                "EMPTY=",
-                r#""MULTI=one\ntwo\tthree""#,
-                "PCT=50%%",
-                "PLAIN=8080",
-                r#""QUOTE=say \"hi\"""#,
-                r#""SPACE=a b""#,
-            ]
+            environment_lines(
+                r#"{"service":{"command":["x"],"environment":{"TOKEN":"s3cret","PORT":"8080"}}}"#,
+                None
+            ),
+            ["PORT=8080", "TOKEN=s3cret"]
+        );
+        // An app without environment still names the file (the agent always writes it).
+        let text = rendered(r#"{"service":{"command":["x"]}}"#);
+        assert_eq!(values(&text, "EnvironmentFile"), [ENVIRONMENT_FILE]);
+        assert!(environment_lines(r#"{"service":{"command":["x"]}}"#, None).is_empty());
+    }
+
+    #[test]
+    fn environment_file_values_are_quoted_so_systemd_reads_them_back_exactly() {
+        let json = r##"{"service":{"command":["x"],"environment":{"PLAIN":"8080","SPACE":" a b ","QUOTE":"say \"hi\"",
+                "PCT":"50%","DOLLAR":"$HOME ${X}","TICK":"`id`","MULTI":"one\ntwo\tthree\r","EMPTY":"","BACK":"c:\\dir\\",
+                "HASH":"#not a comment","CC":"a\u001bb\u0085d","SINGLE":"it's"}}}"##;
+        let text = render_environment(&"web".parse().expect("app name"), &spec(json), None).expect("renders");
+        assert_eq!(
+            read_environment_file(&text),
+            spec(json)
+                .service
+                .environment
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
+                .collect::<Vec<_>>(),
+            "{text}"
+        );
+        assert!(text.contains("BACK=\"c:\\\\dir\\\\\"\n"), "{text}");
+        assert!(text.contains("DOLLAR=\"\\$HOME \\${X}\"\n"), "{text}");
+        assert!(
+            text.contains("PCT=\"50%\"\n"),
+            "no specifiers in an environment file: {text}"
         );
     }
 
     #[test]
-    fn environment_control_characters_are_escaped_and_nul_is_refused() {
-        let text = rendered(r#"{"service":{"command":["x"],"environment":{"CC":"a\u001bb\rc\u0085d"}}}"#);
-        assert_eq!(values(&text, "Environment"), [r#""CC=a\x1bb\x0dc\u0085d""#]);
-        match render_json(r#"{"service":{"command":["x"],"environment":{"BAD":"a\u0000b"}}}"#) {
+    fn environment_nul_is_refused() {
+        match render_environment(
+            &"web".parse().expect("app name"),
+            &spec(r#"{"service":{"command":["x"],"environment":{"BAD":"a\u0000b"}}}"#),
+            None,
+        ) {
             Err(UnitError::Environment { name, unit }) => {
                 assert_eq!((name.as_str(), unit.as_str()), ("BAD", "drover-web.service"));
             }
             other => panic!("a NUL byte must be refused, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_environment_file_path_must_be_absolute_and_plain() {
+        let app: AppName = "web".parse().expect("app name");
+        let version: Version = "1".parse().expect("version");
+        let spec = spec(r#"{"service":{"command":["x"]}}"#);
+        for bad in [
+            "relative/environment",
+            "/state/environment ",
+            "/state/env\nExecStartPre=/bin/evil",
+            "/state/",
+        ] {
+            assert!(
+                matches!(
+                    render(&app, &version, &spec, Path::new(CURRENT), Path::new(bad)),
+                    Err(UnitError::EnvironmentFile { .. })
+                ),
+                "{bad:?} must be refused"
+            );
+        }
+        let text = render(
+            &app,
+            &version,
+            &spec,
+            Path::new(CURRENT),
+            Path::new("/srv/drover 100%/apps/web/environment"),
+        )
+        .expect("renders");
+        assert_eq!(
+            values(&text, "EnvironmentFile"),
+            ["/srv/drover 100%%/apps/web/environment"]
+        );
     }
 
     #[test]
@@ -757,13 +957,20 @@ mod tests {
         for current in ["relative/current", "/", "/var/lib/drover\n/current"] {
             assert!(
                 matches!(
-                    render(&app, &version, &spec, Path::new(current)),
+                    render(&app, &version, &spec, Path::new(current), Path::new(ENVIRONMENT_FILE)),
                     Err(UnitError::CurrentPath { .. })
                 ),
                 "{current:?} must be refused"
             );
         }
-        let text = render(&app, &version, &spec, Path::new("/srv/drover 100%/apps/web/current/")).expect("renders");
+        let text = render(
+            &app,
+            &version,
+            &spec,
+            Path::new("/srv/drover 100%/apps/web/current/"),
+            Path::new(ENVIRONMENT_FILE),
+        )
+        .expect("renders");
         assert_eq!(
             values(&text, "ExecStart"),
             [r#""/srv/drover 100%%/apps/web/current/x""#]
@@ -840,7 +1047,14 @@ mod tests {
     fn render_oci_json(json: &str, image: &ImageRun) -> Result<String, UnitError> {
         let app: AppName = "web".parse().expect("app name");
         let version: Version = "2.0".parse().expect("version");
-        render_oci(&app, &version, &spec(json), Path::new(CURRENT), image)
+        render_oci(
+            &app,
+            &version,
+            &spec(json),
+            Path::new(CURRENT),
+            Path::new(ENVIRONMENT_FILE),
+            image,
+        )
     }
 
     #[test]
@@ -858,12 +1072,14 @@ mod tests {
         assert_eq!(values(&text, "User"), ["1000"]);
         assert_eq!(values(&text, "Group"), ["1001"]);
         assert!(values(&text, "DynamicUser").is_empty());
+        assert!(values(&text, "Environment").is_empty());
+        assert_eq!(values(&text, "EnvironmentFile"), [ENVIRONMENT_FILE]);
         assert_eq!(
-            values(&text, "Environment"),
+            environment_lines(r#"{"service":{}}"#, Some(&image_run(app_user()))),
             [
                 "PATH=/usr/local/bin:/usr/bin",
-                r#""GREETING=hello world""#,
-                "LEVEL=100%%",
+                "GREETING=hello world",
+                "LEVEL=100%",
                 "HOME=/home/app"
             ]
         );
@@ -881,16 +1097,15 @@ mod tests {
 
     #[test]
     fn the_spec_environment_wins_over_the_image() {
-        let text = rendered_oci(
-            r#"{"service":{"environment":{"GREETING":"hi","HOME":"/data","NEW":"1"}}}"#,
-            &image_run(app_user()),
-        );
         assert_eq!(
-            values(&text, "Environment"),
+            environment_lines(
+                r#"{"service":{"environment":{"GREETING":"hi","HOME":"/data","NEW":"1"}}}"#,
+                Some(&image_run(app_user()))
+            ),
             [
                 "PATH=/usr/local/bin:/usr/bin",
                 "GREETING=hi",
-                "LEVEL=100%%",
+                "LEVEL=100%",
                 "HOME=/data",
                 "NEW=1"
             ]
@@ -902,7 +1117,11 @@ mod tests {
         let text = rendered_oci(r#"{"service":{}}"#, &image_run(RunAs::Dynamic));
         assert_eq!(values(&text, "DynamicUser"), ["yes"]);
         assert!(values(&text, "User").is_empty() && values(&text, "Group").is_empty());
-        assert!(!text.contains("HOME="));
+        assert!(
+            !environment_lines(r#"{"service":{}}"#, Some(&image_run(RunAs::Dynamic)))
+                .iter()
+                .any(|line| line.starts_with("HOME="))
+        );
         let text = rendered_oci(
             r#"{"service":{}}"#,
             &image_run(RunAs::Ids {
@@ -1000,6 +1219,7 @@ mod tests {
             &version,
             &spec(r#"{"service":{}}"#),
             Path::new("/srv/drover 100%/apps/web/current"),
+            Path::new(ENVIRONMENT_FILE),
             &image,
         )
         .expect("renders");

@@ -144,21 +144,8 @@ fn check_unit_means_spec(text: &str, spec: &AppSpec, current: &str) {
         .collect();
     assert_eq!(argv, args, "the arguments systemd would pass\n{text}");
 
-    let mut environment: Vec<String> = Vec::new();
-    for value in values("Environment") {
-        let words = systemd_words(value).unwrap_or_else(|error| panic!("Environment={value}: {error}\n{text}"));
-        assert_eq!(words.len(), 1, "Environment={value} is not one assignment\n{text}");
-        environment.extend(words);
-    }
-    let mut expected: Vec<String> = spec
-        .service
-        .environment
-        .iter()
-        .map(|(name, value)| format!("{}={value}", name.as_str()))
-        .collect();
-    environment.sort();
-    expected.sort();
-    assert_eq!(environment, expected, "the environment systemd would set\n{text}");
+    assert!(values("Environment").is_empty(), "an environment value in the unit\n{text}");
+    assert_eq!(values("EnvironmentFile"), [ENVIRONMENT_FILE], "{text}");
 
     if let Some(directory) = &spec.service.working_directory {
         let value = values("WorkingDirectory");
@@ -211,6 +198,113 @@ fn check_unit(text: &str) {
 /// The `current` link of the fuzzed app, as the agent passes it.
 const CURRENT: &str = "/var/lib/drover/apps/app/current";
 
+/// The fuzzed app's environment file, as the agent passes it.
+const ENVIRONMENT_FILE: &str = "/var/lib/drover/apps/app/environment";
+
+/// An environment file read as systemd's `parse_env_file_internal` (env-file.c, 252) reads
+/// it for `EnvironmentFile=`: `#`/`;` comments, `KEY=` (whitespace around the key
+/// dropped), values bare (trailing whitespace dropped, `\` takes the next character),
+/// single-quoted (verbatim) or double-quoted (`\` before `"`, `\`, `` ` `` or `$` takes
+/// it, before a newline continues the line, before anything else stays), a newline outside
+/// quotes ending the variable. No specifier or variable is expanded.
+fn read_environment_file(text: &str) -> Vec<(String, String)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        PreKey,
+        Key,
+        PreValue,
+        Value,
+        ValueEscape,
+        Single,
+        Double,
+        DoubleEscape,
+        Comment,
+        CommentEscape,
+    }
+    let (mut state, mut key, mut value) = (State::PreKey, String::new(), String::new());
+    let mut variables = Vec::new();
+    let mut push = |key: &mut String, value: &mut String| {
+        variables.push((key.trim_end().to_owned(), std::mem::take(value)));
+        key.clear();
+    };
+    let newline = |c: char| c == '\n' || c == '\r';
+    for c in text.chars() {
+        state = match state {
+            State::PreKey if c == '#' || c == ';' => State::Comment,
+            State::PreKey if matches!(c, ' ' | '\t' | '\n' | '\r') => State::PreKey,
+            State::PreKey | State::Key if c == '=' && state == State::Key => State::PreValue,
+            State::Key if newline(c) => {
+                key.clear();
+                State::PreKey
+            }
+            State::PreKey | State::Key => {
+                key.push(c);
+                State::Key
+            }
+            State::PreValue if newline(c) => {
+                push(&mut key, &mut value);
+                State::PreKey
+            }
+            State::PreValue if c == '\'' => State::Single,
+            State::PreValue if c == '"' => State::Double,
+            State::PreValue if c == '\\' => State::ValueEscape,
+            State::PreValue if matches!(c, ' ' | '\t') => State::PreValue,
+            State::PreValue | State::Value if newline(c) => {
+                value.truncate(value.trim_end().len());
+                push(&mut key, &mut value);
+                State::PreKey
+            }
+            State::PreValue | State::Value if c == '\\' => State::ValueEscape,
+            State::PreValue | State::Value => {
+                value.push(c);
+                State::Value
+            }
+            State::ValueEscape => {
+                if !newline(c) {
+                    value.push(c);
+                }
+                State::Value
+            }
+            State::Single if c == '\'' => State::PreValue,
+            State::Double if c == '"' => State::PreValue,
+            State::Double if c == '\\' => State::DoubleEscape,
+            State::Single | State::Double => {
+                value.push(c);
+                state
+            }
+            State::DoubleEscape => {
+                if matches!(c, '"' | '\\' | '`' | '$') {
+                    value.push(c);
+                } else if c != '\n' {
+                    value.push('\\');
+                    value.push(c);
+                }
+                State::Double
+            }
+            State::Comment if c == '\\' => State::CommentEscape,
+            State::Comment if newline(c) => State::PreKey,
+            State::Comment | State::CommentEscape => State::Comment,
+        };
+    }
+    match state {
+        State::PreKey | State::Key | State::Comment | State::CommentEscape => {}
+        _ => push(&mut key, &mut value),
+    }
+    variables
+}
+
+/// The environment file means exactly the spec's environment.
+fn check_environment_file(text: &str, spec: &AppSpec) {
+    let read = read_environment_file(text);
+    let expected: Vec<(String, String)> = spec
+        .service
+        .environment
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
+        .collect();
+    assert_eq!(read, expected, "the environment systemd would set\n{text}");
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -237,13 +331,20 @@ fuzz_target!(|data: &[u8]| {
     if tarball.is_ok() {
         let app: AppName = "app".parse().expect("an app name");
         let version: Version = "1.0.0".parse().expect("a version");
-        match drover_agent::unit::render(&app, &version, &spec, Path::new(CURRENT)) {
+        match drover_agent::unit::render(&app, &version, &spec, Path::new(CURRENT), Path::new(ENVIRONMENT_FILE)) {
             Ok(text) => {
                 debug("unit", &text);
                 check_unit(&text);
                 check_unit_means_spec(&text, &spec, CURRENT);
             }
             Err(error) => panic!("a spec the check accepts cannot be rendered as a unit: {error}"),
+        }
+        match drover_agent::unit::render_environment(&app, &spec, None) {
+            Ok(text) => {
+                debug("environment file", &text);
+                check_environment_file(&text, &spec);
+            }
+            Err(error) => panic!("a spec the check accepts cannot be rendered as an environment file: {error}"),
         }
     }
 });

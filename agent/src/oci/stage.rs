@@ -123,7 +123,17 @@ pub fn stage_image(
         };
         let path = staging.join(ImageRecord::FILE);
         let json = serde_json::to_vec_pretty(&record).expect("an image record serializes");
-        fs::write(&path, json).map_err(io_error("writing", &path))
+        // Root only, like everything of the agent's that holds an environment (the image's
+        // own here, in a release directory that is 0700 anyway).
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(&json))
+            .map_err(io_error("writing", &path))
     })
 }
 
