@@ -84,6 +84,10 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         .pool_max_idle_per_host(1)
         .build()
         .map_err(|error| Error::State(format!("HTTP client: {error}")))?;
+    // Spec copies an older agent left readable by every user become root's (issue 13).
+    if let Err(error) = crate::local::restrict_state_dir(&config.state_dir) {
+        tracing::warn!("restricting the state directory to root: {error}");
+    }
     // What crashed installs, prunes and removals left behind goes before anything is
     // staged (nothing else writes there yet); a failure is said, and the agent goes on.
     let mut leftovers_error = crate::install::clean_leftovers(&config.state_dir)
