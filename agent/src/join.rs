@@ -11,6 +11,10 @@ use drover_protocol::report::AgentFacts;
 use drover_protocol::{HostId, Timestamp, Trust};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
+
+use crate::accepted::trust_roots_id;
 use crate::config::{self, AgentConfig};
 use crate::error::Error;
 use crate::state::{Identity, StateDir};
@@ -46,6 +50,68 @@ pub fn facts() -> AgentFacts {
         os: format!("{} {}", field("ID"), field("VERSION_ID")).trim().to_owned(),
         arch: std::env::consts::ARCH.to_owned(),
     }
+}
+
+/// The one certificate of the CA in a join answer, which must have the pinned sha256.
+/// Anything else in the PEM text is refused: later connections trust every certificate
+/// in the stored `ca.pem`, and only this one was pinned.
+fn pinned_ca(ca_pem: &str, pinned: &str) -> Result<(), Error> {
+    let certificates = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| Error::Join(format!("the CA in the join answer is not PEM: {error}")))?;
+    let blocks = ca_pem.matches("-----BEGIN ").count();
+    let [certificate] = certificates.as_slice() else {
+        return Err(Error::Join(format!(
+            "the CA in the join answer holds {} certificates; exactly one, the pinned CA, is allowed",
+            certificates.len()
+        )));
+    };
+    if blocks != 1 {
+        return Err(Error::Join(format!(
+            "the CA in the join answer holds {blocks} PEM blocks; exactly one, the pinned CA certificate, is allowed"
+        )));
+    }
+    if sha256_hex(certificate) != pinned {
+        return Err(Error::Join(
+            "the CA in the join answer does not have the pinned sha256".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A re-join never lowers trust: with the same root key set (the keys in any order, and
+/// the threshold) the coordinator's trust document must have at least the pinned
+/// version, and the same version must be the same document. Other root keys mean
+/// another coordinator, whose trust starts its own versions.
+pub fn check_trust_not_lowered(pinned: &Trust, offered: &Trust) -> Result<(), Error> {
+    if trust_roots_id(pinned) != trust_roots_id(offered) {
+        return Ok(());
+    }
+    if offered.version() < pinned.version() {
+        return Err(Error::Join(format!(
+            "the coordinator's trust document is version {}, older than the version {} this host pins with the same root keys; \
+             a re-join never lowers trust: give the coordinator the current trust.json (drover keys), or check that this is the coordinator you think",
+            offered.version(),
+            pinned.version()
+        )));
+    }
+    if offered.version() == pinned.version() && !same_meaning(pinned, offered) {
+        return Err(Error::Join(format!(
+            "the coordinator's trust document is version {} like the pinned one but says something else; \
+             a changed trust document needs a higher version",
+            offered.version()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether two trust documents say the same: expiry, and each role's key set and
+/// threshold (the order keys are listed in means nothing).
+fn same_meaning(one: &Trust, other: &Trust) -> bool {
+    let role = |role: &drover_protocol::Role| (role.threshold(), role.key_ids().cloned().collect::<Vec<_>>());
+    one.expires_at() == other.expires_at()
+        && role(one.root()) == role(other.root())
+        && role(one.manifest()) == role(other.manifest())
 }
 
 fn make_csr(host: &HostId) -> Result<(String, String), Error> {
@@ -130,16 +196,7 @@ pub async fn join(
             joined.host_id, config.host_id
         )));
     }
-    let ca_der = {
-        use rustls::pki_types::pem::PemObject as _;
-        rustls::pki_types::CertificateDer::from_pem_slice(joined.ca_pem.as_bytes())
-            .map_err(|error| Error::Join(format!("the CA in the join answer is not a PEM certificate: {error}")))?
-    };
-    if sha256_hex(&ca_der) != pinned {
-        return Err(Error::Join(
-            "the CA in the join answer does not have the pinned sha256".into(),
-        ));
-    }
+    pinned_ca(&joined.ca_pem, &pinned)?;
     let trust = Trust::bootstrap(joined.trust.as_bytes(), now)
         .map_err(|rejection| Error::Join(format!("the coordinator's trust document is not valid: {rejection}")))?;
 
@@ -148,24 +205,22 @@ pub async fn join(
         path: state.root().to_path_buf(),
         source,
     })?;
-    // A coordinator with other root keys starts its own serial sequence.
-    let same_roots = std::fs::read(state.trust())
+    // The pinned trust, expired or not, is what a re-join must not go back from.
+    let pinned_trust = std::fs::read(state.trust())
         .ok()
-        .and_then(|bytes| Trust::bootstrap(&bytes, Timestamp::EPOCH).ok())
-        .is_some_and(|old| old.document().root == trust.document().root);
-    if !same_roots {
-        state.forget_accepted().map_err(|source| Error::Io {
-            operation: "resetting",
-            path: state.accepted(),
-            source,
-        })?;
+        .and_then(|bytes| Trust::bootstrap(&bytes, Timestamp::EPOCH).ok());
+    if let Some(pinned_trust) = &pinned_trust {
+        check_trust_not_lowered(pinned_trust, &trust)?;
     }
+    // The trust first: the accepted record names the root key set it belongs to, so a
+    // floor of other root keys stops counting by itself (nothing is wiped), and a crash
+    // at any step leaves a trust and a floor that agree.
+    drover_protocol::keyfile::write_atomic(&state.trust(), trust.envelope_bytes(), 0o644)?;
     state.save_identity(&Identity {
         key_pem,
         certificate_pem: joined.certificate_pem,
         ca_pem: joined.ca_pem,
     })?;
-    drover_protocol::keyfile::write_atomic(&state.trust(), trust.envelope_bytes(), 0o644)?;
     config::write_after_join(&options.config_path, url, &config.host_id).map_err(|source| Error::Io {
         operation: "writing",
         path: options.config_path.clone(),
@@ -193,4 +248,31 @@ pub async fn join(
         path: PathBuf::from("stdout"),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_answer_with_more_than_the_pinned_ca_certificate_is_refused() {
+        let ca = rcgen::generate_simple_self_signed(vec!["drover CA".into()]).expect("certificate");
+        let extra = rcgen::generate_simple_self_signed(vec!["attacker CA".into()]).expect("certificate");
+        let pinned = sha256_hex(ca.cert.der());
+        assert!(pinned_ca(&ca.cert.pem(), &pinned).is_ok());
+
+        for (bundle, said) in [
+            (format!("{}{}", ca.cert.pem(), extra.cert.pem()), "holds 2 certificates"),
+            (format!("{}{}", extra.cert.pem(), ca.cert.pem()), "holds 2 certificates"),
+            (
+                format!("{}{}", ca.cert.pem(), extra.signing_key.serialize_pem()),
+                "holds 2 PEM blocks",
+            ),
+        ] {
+            let error = pinned_ca(&bundle, &pinned).expect_err("refused").to_string();
+            assert!(error.contains(said), "{error}");
+        }
+        let error = pinned_ca(&extra.cert.pem(), &pinned).expect_err("refused").to_string();
+        assert!(error.contains("pinned sha256"), "{error}");
+    }
 }

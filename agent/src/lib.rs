@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accepted;
 pub mod backoff;
 pub mod cli;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod local;
 pub mod notify;
 pub mod oci;
 pub mod plan;
+pub mod renew;
 pub mod reporting;
 pub mod run;
 pub mod state;
@@ -125,7 +127,7 @@ fn check(config: &config::AgentConfig, now: Timestamp, out: &mut dyn Write) -> R
         path: state.trust(),
         rejection,
     })?;
-    let last = state.last_accepted().map_err(|detail| Error::Io {
+    let last = accepted::stored_floor(&state).map_err(|detail| Error::Io {
         operation: "reading",
         path: state.accepted(),
         source: std::io::Error::other(detail),

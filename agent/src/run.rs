@@ -24,7 +24,7 @@ use std::time::Duration as StdDuration;
 use drover_protocol::AppName;
 use drover_protocol::api::MAX_WAIT_SECONDS;
 use drover_protocol::manifest::MAX_MANIFEST_BYTES;
-use drover_protocol::{Manifest, Timestamp, Trust, accept};
+use drover_protocol::{Manifest, Timestamp, Trust};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -67,23 +67,18 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         path: state.trust(),
         rejection,
     })?;
-    let tls = crate::tls::host_config(&identity.ca_pem, &identity.certificate_pem, &identity.key_pem)
+    // Every host connection presents the certificate this holds at its handshake, so a
+    // renewal (crate::renew) reaches every task without rebuilding their clients.
+    let client_identity = Arc::new(
+        crate::renew::ClientIdentity::new(&identity.certificate_pem, &identity.key_pem)
+            .map_err(|detail| Error::State(format!("the stored identity is unusable: {detail}")))?,
+    );
+    let tls = crate::renew::host_config(&identity.ca_pem, Arc::clone(&client_identity))
         .map_err(|detail| Error::State(format!("the stored identity is unusable: {detail}")))?;
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(StdDuration::from_secs(10))
-        .pool_max_idle_per_host(2)
-        .build()
-        .map_err(|error| Error::State(format!("HTTP client: {error}")))?;
+    let client = crate::fetch::coordinator_client(tls).map_err(Error::State)?;
     let public_tls = crate::tls::public_config(&identity.ca_pem, &crate::tls::SYSTEM_CA_BUNDLES)
         .map_err(|detail| Error::State(format!("the stored CA is unusable: {detail}")))?;
-    let public = reqwest::Client::builder()
-        .tls_backend_preconfigured(public_tls)
-        .connect_timeout(StdDuration::from_secs(10))
-        .pool_max_idle_per_host(1)
-        .build()
-        .map_err(|error| Error::State(format!("HTTP client: {error}")))?;
+    let public = crate::fetch::artifact_client(public_tls).map_err(Error::State)?;
     // Spec copies an older agent left readable by every user become root's (issue 13).
     if let Err(error) = crate::local::restrict_state_dir(&config.state_dir) {
         tracing::warn!("restricting the state directory to root: {error}");
@@ -131,20 +126,24 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         status_file: config.state_dir.join("status.json"),
     };
     let reporter_task = tokio::spawn(reporter.run(status.clone(), stop_rx.clone()));
-
-    // The last accepted manifest, checked again (the file could have been tampered with);
-    // its own issued-at is the clock, so an old but once-accepted manifest still counts.
-    let mut last = state.last_accepted().map_err(Error::State)?;
-    let stored = match (last, std::fs::read(state.manifest())) {
-        (Some(accepted), Ok(bytes)) => match accept(&bytes, &trust, &config.host_id, None, accepted.issued_at) {
-            Ok(verified) => Some(Arc::new(verified.manifest().clone())),
-            Err(rejection) => {
-                tracing::warn!("the stored manifest no longer verifies ({rejection}); waiting for a new one");
-                None
-            }
-        },
-        _ => None,
+    let renewer = crate::renew::Renewer {
+        url: format!("{coordinator}/v1/agent/certificate"),
+        client: client.clone(),
+        host: config.host_id.clone(),
+        state: state.clone(),
+        key_pem: identity.key_pem.clone(),
+        identity: client_identity,
     };
+    let renewer_task = tokio::spawn(renewer.run(identity.certificate_pem.clone(), stop_rx.clone()));
+
+    // The accepted record (migrated from an earlier agent's files if need be), its
+    // manifest checked again: the file could have been tampered with.
+    let loaded = crate::accepted::load(&state, &trust, &config.host_id, now()).map_err(Error::State)?;
+    for note in &loaded.notes {
+        tracing::warn!("{note}");
+    }
+    let mut floor = loaded.floor;
+    let stored = loaded.manifest.map(Arc::new);
     let (desired_tx, desired_rx) = watch::channel::<Option<Arc<Manifest>>>(stored);
 
     let executor = Executor {
@@ -180,7 +179,7 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         client,
         wait: config.long_poll.to_std().as_secs().min(MAX_WAIT_SECONDS),
         interval: config.poll_interval.to_std(),
-        etag: last.map(|accepted| format!("\"{}\"", accepted.serial)),
+        etag: floor.etag(),
     };
     // The watchdog proves the runtime turns: the agent is one thread, so a step that
     // blocked it would stop these pings and systemd would restart the agent.
@@ -196,6 +195,7 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     let mut shutdown = std::pin::pin!(shutdown);
     let mut failures = 0u32;
+    let mut save_failures = 0u32;
     let mut poller = poller;
     let mut contact = status.contact();
     loop {
@@ -208,28 +208,47 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
                 }
                 PollOutcome::Manifest { bytes, etag } => {
                     failures = 0;
-                    poller.etag = etag;
-                    let stored = std::fs::read(state.manifest()).ok();
-                    if stored.as_deref() != Some(bytes.as_slice()) {
-                        match accept(&bytes, &trust, &config.host_id, last, now()) {
-                            Ok(verified) => {
-                                // Persist before acting: a crash from here on never lets a
-                                // lower serial back in.
-                                state.save_accepted(verified.last_accepted(), verified.envelope())?;
-                                last = Some(verified.last_accepted());
-                                let manifest = verified.manifest().clone();
-                                status.update(|status| status.manifest_rejection = None);
-                                status.event(now(), None, format!("accepted manifest serial {}", manifest.serial));
-                                desired_tx.send_replace(Some(Arc::new(manifest)));
-                            }
-                            Err(rejection) => {
-                                let reason = rejection.to_string();
-                                status.update(|status| status.manifest_rejection = Some(crate::reporting::bounded(&reason)));
-                                status.event(now(), None, format!("rejected a manifest: {reason}"));
+                    let mut pause = StdDuration::ZERO;
+                    match floor.offer(&bytes, &trust, &config.host_id, now()) {
+                        crate::accepted::Offer::InForce => poller.etag = etag,
+                        crate::accepted::Offer::Accepted(verified) => {
+                            // Persist before acting: a crash from here on never lets a
+                            // lower serial back in. A failed write (a full disk) changes
+                            // nothing: the host keeps its manifest and the same answer is
+                            // taken again after a back-off (the ETag stays).
+                            match floor.commit(&state, &verified) {
+                                Ok(()) => {
+                                    poller.etag = etag;
+                                    save_failures = 0;
+                                    let manifest = verified.manifest().clone();
+                                    status.update(|status| status.manifest_rejection = None);
+                                    status.event(now(), None, format!("accepted manifest serial {}", manifest.serial));
+                                    desired_tx.send_replace(Some(Arc::new(manifest)));
+                                }
+                                Err(error) => {
+                                    save_failures += 1;
+                                    pause = crate::backoff::delay(save_failures, BACKOFF_CAP);
+                                    let reason = format!(
+                                        "manifest serial {} passed every check but recording it failed ({error}); \
+                                         keeping the previous manifest, retrying in {:.0}s",
+                                        verified.manifest().serial,
+                                        pause.as_secs_f64().ceil()
+                                    );
+                                    tracing::warn!("{reason}");
+                                    if save_failures == 1 {
+                                        status.event(now(), None, reason);
+                                    }
+                                }
                             }
                         }
+                        crate::accepted::Offer::Rejected(rejection) => {
+                            poller.etag = etag;
+                            let reason = rejection.to_string();
+                            status.update(|status| status.manifest_rejection = Some(crate::reporting::bounded(&reason)));
+                            status.event(now(), None, format!("rejected a manifest: {reason}"));
+                        }
                     }
-                    StdDuration::ZERO
+                    pause
                 }
                 PollOutcome::Failed(reason) => {
                     failures += 1;
@@ -264,6 +283,7 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         tracing::warn!("the install step did not finish in time; it resumes at the next start");
     }
     let _ = tokio::time::timeout(StdDuration::from_secs(5), reporter_task).await;
+    renewer_task.abort();
     Ok(())
 }
 

@@ -9,30 +9,25 @@
 //!   identity/host.pem          its client certificate
 //!   identity/ca.pem            the coordinator's CA (pinned by hash at join)
 //!   trust.json                 the pinned trust document (a DSSE envelope)
-//!   accepted.json              {"serial": N, "issued_at": "..."} of the last accepted manifest
-//!   manifest.dsse              that manifest's envelope
+//!   accepted.json              the accepted record (0600): serial, newest issued-at, the
+//!                              envelope in force and the trust root set they belong to
+//!                              ([`crate::accepted`])
 //! ```
+//!
+//! Earlier agents kept the envelope apart, in `manifest.dsse`; the first start of this
+//! agent migrates it into `accepted.json`.
 
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
+use drover_protocol::KeyError;
 use drover_protocol::keyfile::{read_private_file, write_atomic};
-use drover_protocol::{KeyError, LastAccepted, Timestamp};
-use serde::{Deserialize, Serialize};
 
 /// Paths in a state directory.
 #[derive(Clone, Debug)]
 pub struct StateDir {
     root: PathBuf,
-}
-
-/// What the agent remembers of its last accepted manifest (`accepted.json`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AcceptedFile {
-    serial: u64,
-    issued_at: Timestamp,
 }
 
 /// The host's identity as stored.
@@ -75,12 +70,12 @@ impl StateDir {
     pub fn trust(&self) -> PathBuf {
         self.root.join("trust.json")
     }
-    /// The last accepted serial and issued-at.
+    /// The accepted record ([`crate::accepted`]).
     pub fn accepted(&self) -> PathBuf {
         self.root.join("accepted.json")
     }
-    /// The last accepted manifest envelope.
-    pub fn manifest(&self) -> PathBuf {
+    /// Where earlier agents kept the accepted envelope; only migration reads it.
+    pub fn legacy_manifest(&self) -> PathBuf {
         self.root.join("manifest.dsse")
     }
 
@@ -108,6 +103,12 @@ impl StateDir {
         write_atomic(&self.ca(), identity.ca_pem.as_bytes(), 0o644)
     }
 
+    /// Replaces the host certificate (a renewal over the same key), atomically: a crash
+    /// leaves the old certificate or the new one, and either works with the key.
+    pub fn save_certificate(&self, certificate_pem: &str) -> Result<(), KeyError> {
+        write_atomic(&self.certificate(), certificate_pem.as_bytes(), 0o644)
+    }
+
     /// Loads the identity, refusing a key file others can read.
     pub fn load_identity(&self) -> Result<Identity, KeyError> {
         let read = |path: PathBuf| {
@@ -127,50 +128,6 @@ impl StateDir {
             ca_pem: read(self.ca())?,
         })
     }
-
-    /// What was last accepted, if anything.
-    pub fn last_accepted(&self) -> Result<Option<LastAccepted>, String> {
-        match std::fs::read(self.accepted()) {
-            Ok(bytes) => {
-                let file: AcceptedFile = serde_json::from_slice(&bytes)
-                    .map_err(|error| format!("{}: unreadable ({error})", self.accepted().display()))?;
-                Ok(Some(LastAccepted {
-                    serial: file.serial,
-                    issued_at: file.issued_at,
-                }))
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(format!("{}: {error}", self.accepted().display())),
-        }
-    }
-
-    /// Records an accepted manifest: its envelope first, then the serial, so a crash
-    /// between the two leaves the old serial (the manifest is accepted again, never a
-    /// lower one).
-    pub fn save_accepted(&self, accepted: LastAccepted, envelope: &[u8]) -> Result<(), KeyError> {
-        write_atomic(&self.manifest(), envelope, 0o644)?;
-        let file = AcceptedFile {
-            serial: accepted.serial,
-            issued_at: accepted.issued_at,
-        };
-        write_atomic(
-            &self.accepted(),
-            &serde_json::to_vec(&file).expect("accepted state serializes"),
-            0o644,
-        )
-    }
-
-    /// Forgets the last accepted manifest (a join to a coordinator with other root keys).
-    pub fn forget_accepted(&self) -> std::io::Result<()> {
-        for path in [self.accepted(), self.manifest()] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -178,19 +135,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepted_state_round_trips_and_identity_key_is_private() {
+    fn identity_key_is_private() {
         let root = std::env::temp_dir().join(format!("drover-agent-state-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let state = StateDir::new(&root);
         state.create().expect("create");
-        assert_eq!(state.last_accepted().expect("readable"), None);
-        let accepted = LastAccepted {
-            serial: 7,
-            issued_at: Timestamp::from_unix(1_800_000_000),
-        };
-        state.save_accepted(accepted, b"{}").expect("save");
-        assert_eq!(state.last_accepted().expect("readable"), Some(accepted));
-
         let identity = Identity {
             key_pem: "key".into(),
             certificate_pem: "cert".into(),

@@ -1,5 +1,5 @@
 //! `drover-agent status`: the host as this agent sees it, from its own files only (no
-//! network): the last accepted manifest, and per app the current and previous release,
+//! network): the host certificate's expiry, the last accepted manifest, and per app the current and previous release,
 //! the state and health last reported, bad versions and an interrupted switch if any.
 //! `-o json` prints the same as one JSON document for scripts.
 
@@ -32,7 +32,7 @@ fn write_error(source: std::io::Error) -> Error {
 /// Prints the local view.
 pub fn status(config: &AgentConfig, output: Output, out: &mut dyn Write) -> Result<(), Error> {
     let state = StateDir::new(&config.state_dir);
-    let last = state.last_accepted().map_err(Error::State)?;
+    let last = crate::accepted::stored_floor(&state).map_err(Error::State)?;
     let records = crate::local::load_all(&config.state_dir).map_err(Error::State)?;
     let report: Option<HostReport> = std::fs::read(config.state_dir.join("status.json"))
         .ok()
@@ -61,9 +61,15 @@ pub fn status(config: &AgentConfig, output: Output, out: &mut dyn Write) -> Resu
             })
         })
         .collect();
+    // The host certificate's validity (renewed in band once a third of it is left).
+    let certificate = std::fs::read_to_string(state.certificate())
+        .ok()
+        .and_then(|pem| crate::renew::Validity::of_pem(&pem).ok());
     let document = json!({
         "host": config.host_id,
         "coordinator": config.coordinator,
+        "certificate_not_after": certificate.map(|validity| validity.not_after.to_string()),
+        "certificate_renewal_from": certificate.map(|validity| validity.renewal_from().to_string()),
         "manifest_serial": last.map(|last| last.serial),
         "manifest_issued_at": last.map(|last| last.issued_at.to_string()),
         "manifest_rejection": report.as_ref().and_then(|report| report.manifest_rejection.clone()),
@@ -92,6 +98,13 @@ pub fn status(config: &AgentConfig, output: Output, out: &mut dyn Write) -> Resu
             .and_then(|report| report.manifest_rejection.as_deref())
             .map(|reason| format!("\nlast manifest REJECTED: {reason}"))
             .unwrap_or_default(),
+    )
+    .map_err(write_error)?;
+    writeln!(
+        out,
+        "host certificate valid until {} (renewed from {})",
+        text(&document["certificate_not_after"]),
+        text(&document["certificate_renewal_from"]),
     )
     .map_err(write_error)?;
     writeln!(
