@@ -243,8 +243,27 @@ impl Executor {
         self.records.entry(app.clone()).or_default()
     }
 
-    /// Finishes every switch a previous run left half done (the journal says which).
+    /// Finishes every switch a previous run left half done (the journal says which). First
+    /// the units an older agent wrote with the environment inline get their environment
+    /// file ([`Executor::move_environment_out_of_unit`]).
     pub async fn recover(&mut self) {
+        let settled: Vec<(AppName, AppRelease)> = self
+            .records
+            .iter()
+            .filter(|(_, record)| record.activation.is_none())
+            .filter_map(|(app, record)| Some((app.clone(), record.current.clone()?)))
+            .collect();
+        for (app, release) in settled {
+            if let Err(error) = self.move_environment_out_of_unit(&app, &release).await {
+                self.status.event(
+                    now(),
+                    Some(&app),
+                    format!(
+                        "its unit still holds its environment (world-readable): {error}; the next install moves it"
+                    ),
+                );
+            }
+        }
         let pending: Vec<(AppName, Activation)> = self
             .records
             .iter()
@@ -891,6 +910,70 @@ impl Executor {
         Ok(())
     }
 
+    /// An agent before issue 13 wrote the environment into the unit as `Environment=`
+    /// lines, readable by every local user in the unit file and through `systemctl show`.
+    /// When the unit of `release` (the app's running release) still has such lines, its
+    /// environment file and unit are written as an activation writes them, and systemd
+    /// reloads: the app is not restarted (its process keeps the environment it has; its
+    /// next start reads the same values from the file). Otherwise nothing is done.
+    async fn move_environment_out_of_unit(&self, app: &AppName, release: &AppRelease) -> Result<(), StepError> {
+        let unit_path = self.unit_dir.join(crate::unit::unit_name(app));
+        let Ok(text) = std::fs::read_to_string(&unit_path) else {
+            return Ok(());
+        };
+        if !text.lines().any(|line| line.starts_with("Environment=")) {
+            return Ok(());
+        }
+        self.ensure_staged(app, &release.version)?;
+        let release_dir = crate::install::releases_dir(&self.state_dir, app).join(release.version.as_str());
+        let environment_path = local::environment_file(&self.state_dir, app);
+        let (unit, environment) = match &release.artifact {
+            Artifact::Tarball { .. } => (
+                crate::unit::render(
+                    app,
+                    &release.version,
+                    &release.spec,
+                    &local::current_link(&self.state_dir, app),
+                    &environment_path,
+                )?,
+                crate::unit::render_environment(app, &release.spec, None)?,
+            ),
+            Artifact::Oci { .. } => {
+                let record = crate::oci::stage::read_record(&release_dir).map_err(|detail| StepError::Io {
+                    operation: "reading the image record of",
+                    path: release_dir.clone(),
+                    detail,
+                })?;
+                (
+                    crate::unit::render_oci(
+                        app,
+                        &release.version,
+                        &release.spec,
+                        &release_dir,
+                        &environment_path,
+                        &record.run,
+                    )?,
+                    crate::unit::render_environment(app, &release.spec, Some(&record.run))?,
+                )
+            }
+        };
+        drover_protocol::keyfile::write_atomic(&environment_path, environment.as_bytes(), 0o600)
+            .map_err(key_error("writing", &environment_path))?;
+        drover_protocol::keyfile::write_atomic(&unit_path, unit.as_bytes(), 0o644)
+            .map_err(key_error("writing", &unit_path))?;
+        self.systemd.daemon_reload().await?;
+        self.status.event(
+            now(),
+            Some(app),
+            format!(
+                "moved the environment of {} out of its unit into {} (root only); not restarted",
+                release.version,
+                environment_path.display()
+            ),
+        );
+        Ok(())
+    }
+
     /// Step 2 and the unit file: everything before the switch, so a failure here means
     /// the release never ran and nothing the host runs changed.
     async fn prepare(&self, app: &AppName, release: &AppRelease) -> Result<Prepared, StepError> {
@@ -925,9 +1008,23 @@ impl Executor {
             }
             drover_protocol::keyfile::write_atomic(&path, file.content.as_bytes(), file.mode.bits())
                 .map_err(key_error("writing", &path))?;
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                    .map_err(io_error("changing the owner of", &path))?;
+            match owner {
+                Some((uid, gid)) => std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(io_error("changing the owner of", &path))?,
+                // A dynamic user is one of "others" to a root-owned file.
+                None if file.mode.bits() & 0o004 == 0 && runs_as_dynamic_user(spec, image.as_ref()) => {
+                    self.status.event(
+                        now(),
+                        Some(app),
+                        format!(
+                            "config file {} has mode {:04o}: only root can read it, and {} runs as a dynamic user; set `user` in the spec (the file is then that user's) or a mode that lets others read it",
+                            file.path.as_str(),
+                            file.mode.bits(),
+                            release.version
+                        ),
+                    );
+                }
+                None => {}
             }
         }
         let unit = crate::unit::unit_name(app);
@@ -1227,6 +1324,15 @@ async fn config_file_owner(
     Ok(((uid, gid) != (0, 0)).then_some((uid, gid)))
 }
 
+/// Whether the app runs as a systemd `DynamicUser` (no `user` for a tarball, no user in
+/// the image nor the spec for an image).
+fn runs_as_dynamic_user(spec: &drover_protocol::AppSpec, image: Option<&crate::oci::image::ImageRecord>) -> bool {
+    match image {
+        Some(record) => matches!(record.run.user, RunAs::Dynamic),
+        None => spec.service.user.is_none(),
+    }
+}
+
 /// The `getent DATABASE KEY` line, or why there is none.
 async fn getent(database: &str, key: &str) -> Result<String, String> {
     let output = tokio::time::timeout(
@@ -1399,6 +1505,65 @@ mod tests {
             "getent (libc-bin) must be installed"
         );
         assert!(!host_knows("group", 4_000_000_000).await);
+    }
+
+    #[tokio::test]
+    async fn config_files_belong_to_the_user_the_app_runs_as() {
+        let app: AppName = "web".parse().expect("app");
+        let release = |service: &str| -> AppRelease {
+            serde_json::from_str(&format!(
+                r#"{{"version":"1","artifact":{{"kind":"tarball","url":"https://example.com/web.tar.gz",
+                    "digest":"{}","size":3}},"spec":{{"service":{service}}}}}"#,
+                Digest::of(b"web")
+            ))
+            .expect("release")
+        };
+        let owner = |service: &'static str| {
+            let app = app.clone();
+            async move { config_file_owner(&app, &release(service), None).await }
+        };
+        assert_eq!(
+            owner(r#"{"command":["x"]}"#).await.expect("dynamic"),
+            None,
+            "a dynamic user"
+        );
+        assert_eq!(owner(r#"{"command":["x"],"user":"root"}"#).await.expect("root"), None);
+        assert_eq!(
+            owner(r#"{"command":["x"],"user":"nobody"}"#).await.expect("nobody"),
+            Some((65534, 65534)),
+            "the user's primary group"
+        );
+        assert_eq!(
+            owner(r#"{"command":["x"],"user":"nobody","group":"root"}"#)
+                .await
+                .expect("nobody:root"),
+            Some((65534, 0)),
+            "the spec's group"
+        );
+        let error = owner(r#"{"command":["x"],"user":"no_such_user_here"}"#)
+            .await
+            .expect_err("unknown user");
+        assert!(
+            error.to_string().contains("not in this host's passwd database"),
+            "{error}"
+        );
+        let image_release = release(r#"{}"#);
+        let ids = RunAs::Ids {
+            uid: 1000,
+            gid: 1001,
+            home: "/home/app".into(),
+        };
+        assert_eq!(
+            config_file_owner(&app, &image_release, Some(&RunAs::Dynamic))
+                .await
+                .expect("dynamic"),
+            None
+        );
+        assert_eq!(
+            config_file_owner(&app, &image_release, Some(&ids)).await.expect("ids"),
+            Some((1000, 1001)),
+            "an image's numeric ids"
+        );
     }
 
     #[test]
