@@ -103,6 +103,22 @@ fn ids_of(host: &AgentHost, unit: &str) -> (u32, u32) {
     (ids.next().expect("uid"), ids.next().expect("gid"))
 }
 
+/// When systemd last started the app's main process (monotonic µs): unchanged means the
+/// app was not restarted.
+fn app_started(host: &AgentHost, app: &str) -> String {
+    host.host
+        .check(&[
+            "systemctl",
+            "show",
+            "--property=ExecMainStartTimestampMonotonic",
+            "--value",
+            &format!("drover-{app}.service"),
+        ])
+        .expect("systemctl show")
+        .trim()
+        .to_owned()
+}
+
 /// The mode bits of `path` in the host, in octal.
 fn mode_of(host: &AgentHost, path: &str) -> String {
     host.host
@@ -279,31 +295,48 @@ timeout = "1s"
         "the dynamic user app reaches its release through the state directory"
     );
 
-    // A host upgraded from an agent that wrote these world-readable: the agent tightens
-    // them at start.
+    // A host upgraded from an agent that wrote these world-readable (modes 0644 under 0755
+    // directories, the environment inline in the unit and no environment file): the agent
+    // fixes them at start, without restarting the app.
+    let started = app_started(&host, "vault");
     host.host
-        .check_sh(
-            "chmod 0755 /var/lib/drover /var/lib/drover/apps && \
-             chmod 0644 /var/lib/drover/apps/vault/app.json /var/lib/drover/apps/other/app.json && \
-             systemctl restart drover-agent.service",
-        )
-        .expect("loosen and restart");
+        .check_sh(&format!(
+            "set -e; cd /var/lib/drover; chmod 0755 . apps apps/vault apps/other; \
+             chmod 0644 apps/vault/app.json apps/other/app.json; rm apps/vault/environment; \
+             sed -i -e '/^EnvironmentFile=/d' \
+               -e 's/^\\[Service\\]$/[Service]\\nEnvironment=VAULT_TOKEN={ENV_SECRET} LISTEN=127.0.0.1:{vault_port}/' \
+               /etc/systemd/system/drover-vault.service; \
+             systemctl daemon-reload; systemctl show -p Environment drover-vault.service | grep -q {ENV_SECRET}; \
+             systemctl restart drover-agent.service"
+        ))
+        .expect("an older agent's state, then the new agent started");
     host.host
         .wait_until(
-            "the agent to tighten the old modes",
+            "the agent to fix what the older agent left",
             CONVERGE,
             Duration::from_millis(200),
             || {
                 mode_of(&host, "/var/lib/drover/apps/vault/app.json") == "600"
                     && mode_of(&host, "/var/lib/drover/apps/other/app.json") == "600"
                     && mode_of(&host, "/var/lib/drover") == "711"
+                    && !host
+                        .host
+                        .check(&["systemctl", "show", "drover-vault.service"])
+                        .unwrap_or_else(|_| ENV_SECRET.to_owned())
+                        .contains(ENV_SECRET)
             },
         )
-        .expect("modes tightened at start");
+        .expect("the state directory and the unit fixed at start");
     assert!(files_with_secrets(&host, Some((65534, 65534))).is_empty());
-    assert_eq!(
-        AgentHost::get(vault_port, "/").as_deref(),
-        Some(format!("drover-sample-app {CONFIG_SECRET}").as_str()),
-        "restarting the agent did not touch the app"
-    );
+    assert_eq!(mode_of(&host, "/var/lib/drover/apps/vault/environment"), "600");
+    assert_eq!(app_started(&host, "vault"), started, "vault was not restarted");
+    // Its next start reads the environment from the file.
+    host.host
+        .check(&["systemctl", "restart", "drover-vault.service"])
+        .expect("restart vault");
+    host.host
+        .wait_until("vault to serve again", CONVERGE, Duration::from_millis(100), || {
+            AgentHost::get(vault_port, "/").as_deref() == Some(format!("drover-sample-app {CONFIG_SECRET}").as_str())
+        })
+        .expect("vault serves after its restart");
 }
