@@ -1108,6 +1108,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_host_enrolled_before_keys_were_recorded_renews_by_its_certificate_then_by_its_key() {
+        let (store, directory) = scratch("legacy-host").await;
+        // As an older coordinator left it: the certificate's sha256, no key.
+        sqlx::query("INSERT INTO hosts (id, labels, cert_sha256, joined_at) VALUES ('web-01', '{}', 'cert-1', 0)")
+            .execute(&store.pool)
+            .await
+            .expect("legacy row");
+        let host: HostId = "web-01".parse().expect("host id");
+        let line = |old: &str, new: &str| HostHistoryEntry {
+            at: at(1),
+            who: "host".into(),
+            what: "renewed".into(),
+            old_certificate: Some(old.into()),
+            new_certificate: Some(new.into()),
+        };
+        let renew = |key: &'static str, old: &'static str, new: &'static str| {
+            let store = store.clone();
+            let host = host.clone();
+            let line = line(old, new);
+            async move { store.renew_host(&host, key, new, at(10), &line).await.expect("renew") }
+        };
+        // Only the recorded certificate proves the host until its key is known.
+        assert!(!renew("key-a", "cert-x", "cert-2").await);
+        assert!(renew("key-a", "cert-1", "cert-2").await);
+        // A late lazy record of the key (from the old certificate) changes nothing now.
+        store
+            .record_host_key(&host, "cert-1", "key-b", at(5))
+            .await
+            .expect("record key");
+        let loaded = store.load().await.expect("load");
+        let record = loaded.hosts.iter().find(|record| record.id == host).expect("host");
+        assert_eq!(record.key_sha256.as_deref(), Some("key-a"));
+        assert_eq!(record.cert_sha256.as_deref(), Some("cert-2"));
+        assert_eq!(record.cert_not_after, Some(at(10)));
+        // From now on the key is the identity: another key is refused, the same renews.
+        assert!(!renew("key-b", "cert-2", "cert-3").await);
+        for _ in 0..RENEWALS_KEPT_PER_HOST + 5 {
+            assert!(renew("key-a", "cert-2", "cert-3").await);
+        }
+        // Renewal lines are bounded per host (a host decides how often it renews).
+        let history = store.host_history(&host, 1_000).await.expect("history");
+        assert_eq!(history.len(), usize::try_from(RENEWALS_KEPT_PER_HOST).expect("small"));
+        // A removed host renews nothing.
+        let removal = HostHistoryEntry {
+            who: "admin".into(),
+            what: "removed".into(),
+            new_certificate: None,
+            ..line("cert-3", "-")
+        };
+        store.remove_host(&host, &removal).await.expect("remove");
+        assert!(!renew("key-a", "cert-3", "cert-4").await);
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+
+    #[tokio::test]
     async fn a_name_is_unique_among_tokens_not_revoked_and_an_expired_one_is_replaced() {
         let (store, directory) = scratch("names").await;
         let token = |hash: &str, created: i64, ttl: Option<i64>| AdminTokenRecord {
