@@ -207,6 +207,21 @@ fn write_record(state: &StateDir, record: &Record) -> Result<(), KeyError> {
     )
 }
 
+/// Removes the temporary files of record writes that a crash or a full disk left
+/// (`accepted.json.tmp-<pid>`): never read, only space.
+fn remove_write_leftovers(state: &StateDir) {
+    let Ok(entries) = std::fs::read_dir(state.root()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("accepted.json.tmp-")
+            && let Err(error) = std::fs::remove_file(entry.path())
+        {
+            tracing::warn!("removing {}: {error}", entry.path().display());
+        }
+    }
+}
+
 /// The stored manifest verified again under `trust`, with its own issued-at as the clock
 /// (an old but once-accepted manifest still counts while the coordinator is away).
 fn reverify(envelope: &[u8], last: LastAccepted, trust: &Trust, host: &HostId) -> Result<VerifiedManifest, String> {
@@ -234,6 +249,7 @@ pub fn load(state: &StateDir, trust: &Trust, host: &HostId, now: Timestamp) -> R
         in_force: None,
     };
     let mut manifest = None;
+    remove_write_leftovers(state);
     match read(state)? {
         OnDisk::Absent => {
             // An earlier agent's envelope without its floor: written first and never

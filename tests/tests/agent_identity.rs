@@ -92,6 +92,7 @@ fn a_crash_while_the_accepted_record_is_written_keeps_the_previous_one_and_the_n
         accepted::stored_floor(&state).expect("readable").expect("floor").serial,
         2
     );
+    assert!(!partial.exists(), "the crashed write's temporary file is removed at start");
 }
 
 #[test]
