@@ -457,8 +457,8 @@ impl Coordinator {
             None => Err(ServiceError::Forbidden(
                 "host_removed",
                 format!(
-                    "host {} is not enrolled (removed); join again with a new token",
-                    identity.host
+                    "host {} is not enrolled (removed); to bring it back, join it with a token from `drover token create --replace {}`",
+                    identity.host, identity.host
                 ),
             )),
         }
