@@ -117,7 +117,6 @@ fn check(config: &config::AgentConfig, now: Timestamp, out: &mut dyn Write) -> R
     if !state.joined() {
         return Err(Error::NotJoined(state.root().to_path_buf()));
     }
-    state.load_identity()?;
     let bytes = std::fs::read(state.trust()).map_err(|source| Error::Io {
         operation: "reading",
         path: state.trust(),
@@ -133,10 +132,18 @@ fn check(config: &config::AgentConfig, now: Timestamp, out: &mut dyn Write) -> R
         source: std::io::Error::other(detail),
     })?;
     let coordinator = config.coordinator.as_deref().unwrap_or("(none: run drover-agent join)");
+    let identity = state.load_identity()?;
+    let certificate = renew::Validity::of_pem(&identity.certificate_pem).map_err(|detail| Error::Io {
+        operation: "reading",
+        path: state.certificate(),
+        source: std::io::Error::other(detail),
+    })?;
     writeln!(
         out,
-        "ok: host {} -> {coordinator}; trust version {} valid until {}; last accepted manifest: {}",
+        "ok: host {} -> {coordinator}; certificate valid until {} (renewed from {}); trust version {} valid until {}; last accepted manifest: {}",
         config.host_id,
+        certificate.not_after,
+        certificate.renewal_from(),
         trust.version(),
         trust.expires_at(),
         last.map_or_else(

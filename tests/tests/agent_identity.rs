@@ -8,9 +8,11 @@ use std::path::Path;
 
 use drover_agent::accepted::{self, Offer, trust_roots_id};
 use drover_agent::join::check_trust_not_lowered;
-use drover_agent::state::StateDir;
+use drover_agent::renew::{ClientIdentity, Renewer, Validity};
+use drover_agent::state::{Identity, StateDir};
 use drover_protocol::trust::RoleKeys;
 use drover_protocol::{Duration, SigningKey, Timestamp, Trust};
+use drover_tests::fleet::TestCoordinator;
 use drover_tests::{Keys, host, manifest, now};
 
 const HOST: &str = "web-01";
@@ -92,7 +94,10 @@ fn a_crash_while_the_accepted_record_is_written_keeps_the_previous_one_and_the_n
         accepted::stored_floor(&state).expect("readable").expect("floor").serial,
         2
     );
-    assert!(!partial.exists(), "the crashed write's temporary file is removed at start");
+    assert!(
+        !partial.exists(),
+        "the crashed write's temporary file is removed at start"
+    );
 }
 
 #[test]
@@ -371,5 +376,73 @@ fn a_record_from_other_root_keys_or_threshold_does_not_count_and_nothing_is_wipe
             .floor
             .last(),
         None
+    );
+}
+
+/// The agent's renewal against a real coordinator: a CSR over the host's key, the answer
+/// checked and written, and a new connection presenting the renewed certificate; a
+/// refused renewal (the host was removed) changes nothing on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_keeps_the_key_writes_the_certificate_and_new_connections_present_it() {
+    let coordinator = TestCoordinator::start().await;
+    let joined = coordinator.enroll(HOST, &[]).await;
+    let (_scratch, state) = state_dir();
+    state
+        .save_identity(&Identity {
+            key_pem: joined.key_pem.clone(),
+            certificate_pem: joined.joined.certificate_pem.clone(),
+            ca_pem: joined.joined.ca_pem.clone(),
+        })
+        .expect("identity");
+    let client_for = |identity: &std::sync::Arc<ClientIdentity>| {
+        let tls =
+            drover_agent::renew::host_config(&joined.joined.ca_pem, std::sync::Arc::clone(identity)).expect("tls");
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .expect("client")
+    };
+    let identity =
+        std::sync::Arc::new(ClientIdentity::new(&joined.joined.certificate_pem, &joined.key_pem).expect("identity"));
+    let renewer = Renewer {
+        url: format!("{}/v1/agent/certificate", coordinator.url()),
+        client: client_for(&identity),
+        host: host(HOST),
+        state: state.clone(),
+        key_pem: joined.key_pem.clone(),
+        identity: std::sync::Arc::clone(&identity),
+    };
+    let original = Validity::of_pem(&joined.joined.certificate_pem).expect("certificate");
+    let renewed = renewer.renew_once().await.expect("renewed");
+    assert_ne!(renewed, joined.joined.certificate_pem);
+    assert_eq!(std::fs::read_to_string(state.certificate()).expect("host.pem"), renewed);
+    assert_eq!(
+        std::fs::read_to_string(state.key()).expect("host.key"),
+        joined.key_pem,
+        "the key stays"
+    );
+    // Whole seconds: a renewal in the join's second has the same expiry, never an earlier one.
+    assert!(Validity::of_pem(&renewed).expect("renewed").not_after.unix() >= original.not_after.unix());
+
+    // A client made now (new connections only) presents the renewed certificate and is
+    // the host.
+    let fresh = client_for(&identity);
+    let answer = fresh
+        .get(format!("{}/v1/agent/manifest?wait=0", coordinator.url()))
+        .send()
+        .await
+        .expect("poll");
+    assert!(answer.status().is_success(), "{}", answer.status());
+
+    coordinator
+        .admin
+        .ok(reqwest::Method::DELETE, &format!("/v1/admin/hosts/{HOST}"), None)
+        .await;
+    let error = renewer.renew_once().await.expect_err("a removed host is refused");
+    assert!(error.contains("403"), "{error}");
+    assert_eq!(
+        std::fs::read_to_string(state.certificate()).expect("host.pem"),
+        renewed,
+        "a refused renewal changes nothing"
     );
 }
