@@ -309,6 +309,13 @@ pub enum HostsCommand {
     ///
     /// Example: drover hosts remove web-01
     Remove(HostIdArgs),
+    /// The history of a host id, also while it is removed: every join, replacement
+    /// (--replace), certificate renewal and removal, with who did it (the admin token that
+    /// made the join token or removed the host; `host` for a renewal), when, and the
+    /// sha256 of the old and new certificate.
+    ///
+    /// Example: drover hosts history web-01
+    History(HostShowArgs),
 }
 
 /// Just the output format.

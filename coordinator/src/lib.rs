@@ -68,6 +68,7 @@ pub async fn run(cli: cli::Cli, now: Timestamp, input: &mut dyn Read, out: &mut 
             match &args.command {
                 HostsCommand::List(list) => ops::hosts_list(&client, list, now, out).await,
                 HostsCommand::Show(show) => ops::hosts_show(&client, show, now, out).await,
+                HostsCommand::History(show) => ops::hosts_history(&client, show, out).await,
                 HostsCommand::Label(label) => ops::hosts_label(&client, label, out).await,
                 HostsCommand::Remove(remove) => ops::hosts_remove(&client, remove, out).await,
             }

@@ -481,6 +481,7 @@ fn routes(state: AppState) -> Router {
         .route("/v1/admin/hosts", get(list_hosts))
         .route("/v1/admin/hosts/{id}", get(show_host).delete(remove_host))
         .route("/v1/admin/hosts/{id}/labels", put(label_host))
+        .route("/v1/admin/hosts/{id}/history", get(host_history))
         .route("/v1/admin/groups", get(list_groups).post(put_group))
         .route("/v1/admin/groups/{name}", axum::routing::delete(delete_group))
         .route("/v1/admin/artifacts", post(upload_artifact))
@@ -1079,6 +1080,17 @@ async fn show_host(
     admin(&state, &connection, &headers).await?;
     let id: HostId = parse_path(&id, "bad_host_id")?;
     Ok(Json(state.coordinator.host(&id).await?).into_response())
+}
+
+async fn host_history(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
+    let id: HostId = parse_path(&id, "bad_host_id")?;
+    Ok(Json(state.coordinator.host_history(&id).await?).into_response())
 }
 
 async fn remove_host(

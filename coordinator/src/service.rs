@@ -1133,6 +1133,18 @@ impl Coordinator {
         })
     }
 
+    /// `drover hosts history`: the id's joins, replacements, renewals and removals, also
+    /// while it is removed.
+    pub async fn host_history(&self, id: &HostId) -> Result<Vec<HostHistoryEntry>, ServiceError> {
+        if !self.model.lock().await.fleet.hosts.contains_key(id) {
+            return Err(ServiceError::NotFound(
+                "host_not_found",
+                format!("no host with id {id} was ever enrolled"),
+            ));
+        }
+        Ok(self.store.host_history(id, 10_000).await?)
+    }
+
     /// `drover hosts label`.
     pub async fn label_host(
         &self,

@@ -10,7 +10,9 @@
 use std::time::{Duration, Instant};
 
 use drover_coordinator::pki::{csr_for_key, make_host_csr, validity_of, validity_of_der};
-use drover_protocol::api::{HostDetail, HostSummary, JoinRequest, JoinResponse, RenewResponse, TokenResponse};
+use drover_protocol::api::{
+    HostDetail, HostHistoryEntry, HostSummary, JoinRequest, JoinResponse, RenewResponse, TokenResponse,
+};
 use drover_protocol::report::AgentFacts;
 use drover_protocol::{HostId, Timestamp};
 use drover_tests::e2e::CoordinatorProcess;
@@ -308,6 +310,18 @@ fn joins_replacements_and_removals_are_in_the_history() {
         .coordinator
         .drover_ok(&["hosts", "remove", "web-01"])
         .expect("remove");
+    // While removed, the id's history is readable (hosts show is for enrolled hosts).
+    let removed: Vec<HostHistoryEntry> = serde_json::from_str(
+        &fleet
+            .coordinator
+            .drover_ok(&["hosts", "history", "web-01", "-o", "json"])
+            .expect("hosts history"),
+    )
+    .expect("history JSON");
+    let last = removed.last().expect("history");
+    assert!(last.what.starts_with("removed") && last.who == "admin", "{removed:#?}");
+    let never = fleet.coordinator.drover(&["hosts", "history", "web-99"]);
+    assert_eq!(never.status.code(), Some(3), "{never:?}");
     let back = fleet
         .join(&fleet.token(&["--replace", "web-01"]), "web-01")
         .expect("rejoin");

@@ -4,7 +4,8 @@ use std::io::Write;
 
 use drover_protocol::Timestamp;
 use drover_protocol::api::{
-    ChangeResult, Group, HostApp, HostDetail, HostSummary, LabelRequest, Labels, TokenRequest, TokenResponse,
+    ChangeResult, Group, HostApp, HostDetail, HostHistoryEntry, HostSummary, LabelRequest, Labels, TokenRequest,
+    TokenResponse,
 };
 use reqwest::Method;
 
@@ -223,26 +224,40 @@ pub async fn hosts_show(
         text.push_str(&events.render());
     }
     if !host.history.is_empty() {
-        // Certificates by the first 16 hex digits of their sha256 (-o json has them whole).
-        let short = |sha256: &Option<String>| {
-            sha256
-                .as_deref()
-                .map_or_else(|| "-".to_owned(), |sha256| sha256.chars().take(16).collect())
-        };
-        let mut history = Table::new(&["HISTORY AT", "WHO", "OLD CERT", "NEW CERT", "WHAT"]);
-        for line in &host.history {
-            history.row(vec![
-                line.at.to_string(),
-                printable(&line.who),
-                short(&line.old_certificate),
-                short(&line.new_certificate),
-                printable(&line.what),
-            ]);
-        }
         text.push('\n');
-        text.push_str(&history.render());
+        text.push_str(&history_table(&host.history));
     }
     emit(out, &text)
+}
+
+/// A host id's history as a table; certificates by the first 16 hex digits of their
+/// sha256 (-o json has them whole).
+fn history_table(lines: &[HostHistoryEntry]) -> String {
+    let short = |sha256: &Option<String>| {
+        sha256
+            .as_deref()
+            .map_or_else(|| "-".to_owned(), |sha256| sha256.chars().take(16).collect())
+    };
+    let mut history = Table::new(&["HISTORY AT", "WHO", "OLD CERT", "NEW CERT", "WHAT"]);
+    for line in lines {
+        history.row(vec![
+            line.at.to_string(),
+            printable(&line.who),
+            short(&line.old_certificate),
+            short(&line.new_certificate),
+            printable(&line.what),
+        ]);
+    }
+    history.render()
+}
+
+/// `drover hosts history`.
+pub async fn hosts_history(client: &AdminClient, args: &HostShowArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let lines: Vec<HostHistoryEntry> = client.get(&format!("/v1/admin/hosts/{}/history", args.id)).await?;
+    if args.output == Output::Json {
+        return print_json(out, &lines);
+    }
+    emit(out, &history_table(&lines))
 }
 
 /// `drover hosts label`.
