@@ -291,8 +291,8 @@ timeout = "1s"
     }
     assert_eq!(
         AgentHost::get(other_port, "/").as_deref(),
-        Some("drover-sample-app 1"),
-        "the dynamic user app reaches its release through the state directory"
+        Some("drover-sample-app other"),
+        "the dynamic user app reaches its release (its VERSION file) through the state directory"
     );
 
     // A host upgraded from an agent that wrote these world-readable (modes 0644 under 0755
