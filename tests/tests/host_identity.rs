@@ -579,3 +579,112 @@ fn the_server_certificate_is_renewed_while_serving() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_enrolled_before_keys_were_recorded_is_known_by_its_certificate_until_its_key_is_learned() {
+    use drover_coordinator::datadir::DataDir;
+    use drover_coordinator::store::{HostChange, HostRecord, Store, StoredManifest};
+    use drover_tests::fleet::TestCoordinator;
+
+    let scratch = tempfile::tempdir().expect("scratch");
+    let data_dir = scratch.path().join("data");
+    let coordinator = TestCoordinator::start_in(&data_dir, 0).await;
+    let token = coordinator.admin.token(&[], None).await;
+    let agent = drover_tests::fleet::Agent::join(&coordinator.url(), &coordinator.admin.ca_pem, &token.token, "web-01")
+        .await
+        .expect("join");
+    let ca_pem = coordinator.admin.ca_pem.clone();
+    let port = coordinator.running.as_ref().expect("running").addr.port();
+    coordinator.stop().await;
+
+    // Make the row what an older coordinator left: the certificate's sha256, no key, no
+    // expiry (through the store's own upsert; the serial-0 manifest changes nothing).
+    let store = Store::open(&DataDir::new(&data_dir).database()).await.expect("store");
+    let now = now_real();
+    store
+        .insert_token(
+            "legacy",
+            &Default::default(),
+            None,
+            "admin",
+            now.plus(drover_protocol::Duration::from_secs(60)),
+            now,
+        )
+        .await
+        .expect("token");
+    let host: HostId = "web-01".parse().expect("host id");
+    let legacy = HostRecord {
+        id: host.clone(),
+        labels: Default::default(),
+        cert_sha256: Some(certificate_sha256(&agent.joined.certificate_pem)),
+        key_sha256: None,
+        cert_not_after: None,
+        joined_at: now,
+    };
+    let manifest = StoredManifest {
+        host: host.clone(),
+        serial: 0,
+        envelope: Default::default(),
+        content_hash: String::new(),
+        issued_at: now,
+        expires_at: now,
+    };
+    let line = HostHistoryEntry {
+        at: now,
+        who: "older coordinator".into(),
+        what: "joined".into(),
+        old_certificate: None,
+        new_certificate: legacy.cert_sha256.clone(),
+    };
+    let stored = store
+        .join_host("legacy", &legacy, &manifest, (HostChange::Joined, &line), now)
+        .await
+        .expect("legacy row");
+    assert_eq!(stored, Ok(()));
+    drop(store);
+
+    let coordinator = TestCoordinator::start_in(&data_dir, port).await;
+    let expiry = |coordinator: &TestCoordinator| {
+        let admin = coordinator.admin.clone();
+        async move {
+            let hosts = admin.ok(reqwest::Method::GET, "/v1/admin/hosts", None).await;
+            hosts[0]["certificate_not_after"].as_str().map(str::to_owned)
+        }
+    };
+    assert_eq!(
+        expiry(&coordinator).await,
+        None,
+        "not known before the host's first request"
+    );
+    let client = |certificate_pem: &str| http_client(tls_client(&ca_pem, Some((certificate_pem, &agent.key_pem))));
+    let url = coordinator.url();
+    let poll = |certificate_pem: String| {
+        let client = client(&certificate_pem);
+        let url = format!("{url}/v1/agent/manifest?wait=0");
+        async move { client.get(url).send().await.map(|response| response.status()).ok() }
+    };
+    assert_eq!(poll(agent.joined.certificate_pem.clone()).await, Some(StatusCode::OK));
+    let (_, not_after) = validity_of(&agent.joined.certificate_pem).expect("validity");
+    assert_eq!(
+        expiry(&coordinator).await,
+        Some(not_after.to_string()),
+        "learned from its certificate"
+    );
+
+    // It renews like any host; from then on its key is what proves it.
+    let csr = csr_for_key(&host, &agent.key_pem).expect("csr");
+    let response = client(&agent.joined.certificate_pem)
+        .post(format!("{}/v1/agent/certificate", coordinator.url()))
+        .json(&serde_json::json!({ "csr_pem": csr }))
+        .send()
+        .await
+        .expect("renew");
+    assert_eq!(response.status(), StatusCode::OK);
+    let renewed: RenewResponse = response.json().await.expect("renew response");
+    let mut coordinator = coordinator;
+    coordinator.restart().await;
+    assert_eq!(coordinator.url(), url, "same port");
+    assert_eq!(poll(renewed.certificate_pem.clone()).await, Some(StatusCode::OK));
+    assert_eq!(poll(agent.joined.certificate_pem.clone()).await, Some(StatusCode::OK));
+    coordinator.stop().await;
+}
