@@ -446,3 +446,91 @@ async fn a_renewal_keeps_the_key_writes_the_certificate_and_new_connections_pres
         "a refused renewal changes nothing"
     );
 }
+
+fn join_argv(coordinator: &TestCoordinator, join_command: &str, token: &str, dir: &Path, force: bool) -> Vec<String> {
+    let ca_sha256 = join_command
+        .rsplit("--ca-sha256 ")
+        .next()
+        .expect("hash in the join command")
+        .trim()
+        .to_owned();
+    let mut argv: Vec<String> = vec![
+        "join".into(),
+        coordinator.url(),
+        "--token".into(),
+        token.into(),
+        "--ca-sha256".into(),
+        ca_sha256,
+        "--config".into(),
+        dir.join("agent.toml").display().to_string(),
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
+        "--host-id".into(),
+        HOST.into(),
+    ];
+    if force {
+        argv.push("--force".into());
+    }
+    argv
+}
+
+async fn run_agent(argv: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(drover_tests::binary("drover-agent"))
+            .args(&argv)
+            .output()
+            .expect("run drover-agent")
+    })
+    .await
+    .expect("blocking task")
+}
+
+/// A real `drover-agent join --force` against a coordinator whose trust document is
+/// older than the one the host pins (same root keys): refused before anything is
+/// written, naming both versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_to_a_coordinator_with_an_older_trust_is_refused_and_changes_nothing() {
+    let coordinator = TestCoordinator::start().await;
+    let scratch = tempfile::tempdir().expect("scratch");
+    let dir = scratch.path();
+    let token = coordinator.admin.token(&[], None).await;
+    let output = run_agent(join_argv(&coordinator, &token.join_command, &token.token, dir, false)).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // The host pins version 2 of the same roots (listed as the coordinator lists them),
+    // say from a rotation this coordinator's trust.json was never updated with.
+    let state = StateDir::new(dir.join("state"));
+    let pinned =
+        Trust::bootstrap(&std::fs::read(state.trust()).expect("trust"), drover_tests::now_real()).expect("trust");
+    let root =
+        drover_protocol::keyfile::read_signing_key(&coordinator.data_dir.join("keys/root-1.key")).expect("root key");
+    let mut newer = pinned.document().clone();
+    newer.version = pinned.version() + 1;
+    let newer = newer.sign(&[&root]);
+    std::fs::write(state.trust(), &newer).expect("pin version 2");
+    let key_before = std::fs::read(state.key()).expect("key");
+    let certificate_before = std::fs::read(state.certificate()).expect("certificate");
+
+    let token = coordinator.admin.token(&[], Some(HOST)).await;
+    let output = run_agent(join_argv(&coordinator, &token.join_command, &token.token, dir, true)).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the re-join must be refused");
+    assert!(
+        stderr.contains(&format!(
+            "version {}, older than the version {}",
+            pinned.version(),
+            pinned.version() + 1
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(state.trust()).expect("trust"),
+        newer,
+        "the pinned trust stays"
+    );
+    assert_eq!(std::fs::read(state.key()).expect("key"), key_before);
+    assert_eq!(
+        std::fs::read(state.certificate()).expect("certificate"),
+        certificate_before
+    );
+}
