@@ -67,7 +67,7 @@ stage_agent() {
     install -D -m 0755 "$release/drover-agent" "$root/usr/bin/drover-agent"
     install -D -m 0644 systemd/drover-agent.service "$root$unitdir/drover-agent.service"
     install -D -m 0644 packaging/files/agent.toml "$root/etc/drover/agent.toml"
-    install -d -m 0755 "$root/var/lib/drover"
+    install -d -m 0711 "$root/var/lib/drover"
     install -D -m 0644 packaging/files/README.agent "$root/usr/share/doc/drover-agent/README"
     install -D -m 0644 packaging/files/copyright "$root/usr/share/doc/drover-agent/copyright"
 }

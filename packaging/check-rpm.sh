@@ -32,7 +32,7 @@ check /usr/bin/drover; mode /usr/bin/drover 755
 check /usr/lib/systemd/system/drover-agent.service
 check /usr/lib/systemd/system/drover-coordinator.service
 check /etc/drover/agent.toml; mode /etc/drover/agent.toml 644
-check /var/lib/drover; mode /var/lib/drover 755
+check /var/lib/drover; mode /var/lib/drover 711
 grep -q '^drover-coordinator:' "$scratch/etc/passwd" || fail "the coordinator's system user was not created"
 check /etc/systemd/system/multi-user.target.wants/drover-agent.service
 check /etc/systemd/system/multi-user.target.wants/drover-coordinator.service
