@@ -24,6 +24,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::StateDir;
 
+/// The crash tests' pause points in this module (see [`crate::faults`]): before the
+/// record's write, after it (before the manifest is acted on), and in a migration after
+/// the record is written and before `manifest.dsse` is removed. Compiled only into debug
+/// builds: the packaged agent has none of them.
+pub const DEBUG_POINTS: [&str; 3] = ["record-before-write", "record-after-write", "migration-after-record"];
+
 /// The id of a trust document's root key set: lowercase hex sha256 over the root
 /// threshold and the sorted root key ids. Two trust documents listing the same root keys
 /// in any order with the same threshold have the same id.
@@ -176,6 +182,8 @@ impl Floor {
     /// here: the caller keeps running on the previous manifest and offers this one again.
     pub fn commit(&mut self, state: &StateDir, verified: &VerifiedManifest) -> Result<(), KeyError> {
         let last = verified.last_accepted();
+        #[cfg(debug_assertions)]
+        crate::faults::pause_point(DEBUG_POINTS[0], state.root());
         let envelope = std::str::from_utf8(verified.envelope())
             .expect("an accepted envelope parsed as JSON, so it is UTF-8")
             .to_owned();
@@ -188,6 +196,8 @@ impl Floor {
                 envelope: Some(envelope),
             },
         )?;
+        #[cfg(debug_assertions)]
+        crate::faults::pause_point(DEBUG_POINTS[1], state.root());
         // A migration's leftover, if its removal failed earlier; the record is complete
         // without it, so failing to remove it is only logged.
         if let Err(error) = remove_if_present(&state.legacy_manifest()) {
@@ -307,6 +317,8 @@ pub fn load(state: &StateDir, trust: &Trust, host: &HostId, now: Timestamp) -> R
             };
             match write_record(state, &record) {
                 Ok(()) => {
+                    #[cfg(debug_assertions)]
+                    crate::faults::pause_point(DEBUG_POINTS[2], state.root());
                     notes.push(format!(
                         "migrated {} and manifest.dsse into one record (serial {})",
                         state.accepted().display(),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use drover_agent::renew::Validity;
 use drover_protocol::Timestamp;
+use drover_tests::binary;
 use drover_tests::e2e::{AGENT_UNIT, AgentHost, CoordinatorProcess, install_package, package};
 use drover_tests::hosts::{Host, HostOptions};
 
@@ -135,26 +136,7 @@ fn an_earlier_agents_crash_between_envelope_and_floor_does_not_stall_a_real_host
     let current = wait_serial(&agent, "the first manifest", |serial| serial >= 1);
     agent.host.check(&["systemctl", "stop", AGENT_UNIT]).expect("stop");
 
-    let record = agent.host.read_file(RECORD).expect("accepted.json");
-    let record: serde_json::Value = serde_json::from_slice(&record).expect("JSON");
-    let envelope = match record["envelope"].as_str() {
-        Some(envelope) => envelope.as_bytes().to_vec(),
-        // An agent that keeps the envelope apart.
-        None => agent.host.read_file(LEGACY_MANIFEST).expect("manifest.dsse"),
-    };
-    let hour_ago = Timestamp::from_unix(real_now().unix() - 3600);
-    agent
-        .host
-        .write_file(LEGACY_MANIFEST, &envelope, 0o644)
-        .expect("write manifest.dsse");
-    agent
-        .host
-        .write_file(
-            RECORD,
-            format!(r#"{{"serial":{},"issued_at":"{hour_ago}"}}"#, current - 1).as_bytes(),
-            0o644,
-        )
-        .expect("write the old floor");
+    write_crash_state_of_an_earlier_agent(&agent, current);
     agent.host.check(&["systemctl", "start", AGENT_UNIT]).expect("start");
 
     // No change at the coordinator: its manifest is the envelope on disk.
@@ -206,4 +188,143 @@ fn a_full_disk_at_the_accepted_record_does_not_stop_the_agent() {
     });
     assert!(taken > first);
     assert_eq!(agent.agent_pid(), Some(pid), "the same agent took it");
+}
+
+/// Writes what an agent before the single record left after a kill between its two
+/// writes: the coordinator's current envelope as `manifest.dsse`, beside the floor of
+/// the serial before it, an hour older. The agent is stopped.
+fn write_crash_state_of_an_earlier_agent(agent: &AgentHost, current: u64) {
+    let record = agent.host.read_file(RECORD).expect("accepted.json");
+    let record: serde_json::Value = serde_json::from_slice(&record).expect("JSON");
+    let envelope = match record["envelope"].as_str() {
+        Some(envelope) => envelope.as_bytes().to_vec(),
+        None => agent.host.read_file(LEGACY_MANIFEST).expect("manifest.dsse"),
+    };
+    let hour_ago = Timestamp::from_unix(real_now().unix() - 3600);
+    agent
+        .host
+        .write_file(LEGACY_MANIFEST, &envelope, 0o644)
+        .expect("write manifest.dsse");
+    agent
+        .host
+        .write_file(
+            RECORD,
+            format!(r#"{{"serial":{},"issued_at":"{hour_ago}"}}"#, current - 1).as_bytes(),
+            0o644,
+        )
+        .expect("write the old floor");
+}
+
+/// kill -9 of a real agent at each step of recording a manifest: before the record's
+/// write, after it, and in the migration of an earlier agent's files between writing the
+/// record and removing `manifest.dsse`. After each, the restarted agent acts on the
+/// coordinator's manifest without waiting for a re-sign. The pause points exist only in
+/// debug builds, so the host runs the debug `drover-agent` of this tree in place of the
+/// packaged one (same Debian, same libc).
+#[test]
+fn an_agent_killed_at_each_step_of_recording_a_manifest_converges_on_a_real_host() {
+    let coordinator = CoordinatorProcess::start().expect("coordinator");
+    let agent = agent_host("kill-record", &coordinator, &HostOptions::default());
+    // Replaced by rename: the running agent's file cannot be written (ETXTBSY).
+    agent
+        .host
+        .copy_in(&binary("drover-agent"), "/usr/bin/drover-agent.debug", 0o755)
+        .expect("the debug agent");
+    agent
+        .host
+        .check(&["mv", "/usr/bin/drover-agent.debug", "/usr/bin/drover-agent"])
+        .expect("install the debug agent");
+    let dropin = "/etc/systemd/system/drover-agent.service.d/pause.conf";
+    let marker = "/var/lib/drover/paused";
+    let pause_at = |point: &str| {
+        agent
+            .host
+            .write_file(
+                dropin,
+                format!("[Service]\nEnvironment=DROVER_AGENT_PAUSE_AT={point}\n").as_bytes(),
+                0o644,
+            )
+            .expect("drop-in");
+        agent.host.check(&["systemctl", "daemon-reload"]).expect("reload");
+    };
+    let wait_paused_and_kill = |point: &str| {
+        agent
+            .host
+            .wait_until(
+                &format!("the agent to pause at {point}"),
+                CONVERGE,
+                Duration::from_millis(100),
+                || agent.host.read_file(marker).is_ok_and(|text| text == point.as_bytes()),
+            )
+            .expect("paused");
+        let pid = agent.agent_pid().expect("agent pid");
+        agent.host.kill9(pid).expect("kill -9");
+        std::fs::remove_file(agent.host.path(dropin)).expect("remove drop-in");
+        std::fs::remove_file(agent.host.path(marker)).expect("remove marker");
+        agent.host.check(&["systemctl", "daemon-reload"]).expect("reload");
+    };
+    let restart = || {
+        agent
+            .host
+            .check_sh("systemctl reset-failed drover-agent.service; systemctl restart drover-agent.service")
+            .expect("start agent");
+    };
+    agent
+        .host
+        .check(&["systemctl", "restart", AGENT_UNIT])
+        .expect("restart on the debug agent");
+    let mut current = wait_serial(&agent, "the first manifest", |serial| serial >= 1);
+
+    for (index, point) in ["record-before-write", "record-after-write"].into_iter().enumerate() {
+        pause_at(point);
+        agent
+            .host
+            .check(&["systemctl", "restart", AGENT_UNIT])
+            .expect("restart");
+        let change = if index % 2 == 0 { "hold" } else { "unhold" };
+        coordinator.drover_ok(&[change]).expect("a new manifest");
+        wait_paused_and_kill(point);
+        restart();
+        current = wait_serial(
+            &agent,
+            &format!("the new manifest after kill -9 at {point}"),
+            |serial| serial > current,
+        );
+    }
+
+    // The migration: an earlier agent's crash state, killed again after the record.
+    agent.host.check(&["systemctl", "stop", AGENT_UNIT]).expect("stop");
+    write_crash_state_of_an_earlier_agent(&agent, current);
+    pause_at("migration-after-record");
+    // The migration runs before the agent is ready: the start job would wait on it.
+    agent
+        .host
+        .check(&["systemctl", "start", "--no-block", AGENT_UNIT])
+        .expect("start");
+    wait_paused_and_kill("migration-after-record");
+    assert!(
+        agent.host.path(LEGACY_MANIFEST).exists(),
+        "killed before manifest.dsse was removed"
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&agent.host.read_file(RECORD).expect("record")).expect("JSON");
+    assert_eq!(
+        record["serial"].as_u64(),
+        Some(current),
+        "the migrated record: {record}"
+    );
+    restart();
+    wait_serial(
+        &agent,
+        "the coordinator's manifest after the killed migration",
+        |serial| serial == current,
+    );
+    agent
+        .host
+        .wait_until("manifest.dsse removed", CONVERGE, Duration::from_millis(100), || {
+            !agent.host.path(LEGACY_MANIFEST).exists()
+        })
+        .expect("the migration finished");
+    coordinator.drover_ok(&["hold"]).expect("hold");
+    wait_serial(&agent, "the next manifest", |serial| serial > current);
 }
