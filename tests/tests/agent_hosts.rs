@@ -32,6 +32,20 @@ fn release_from(coordinator: &CoordinatorProcess, version: &str, spec: &std::pat
         .expect("release create");
 }
 
+/// The envelope of the manifest the host accepted last (in its accepted record).
+fn accepted_envelope(host: &AgentHost) -> Vec<u8> {
+    let record = host
+        .host
+        .read_file("/var/lib/drover/accepted.json")
+        .expect("accepted record");
+    let record: serde_json::Value = serde_json::from_slice(&record).expect("accepted record JSON");
+    record["envelope"]
+        .as_str()
+        .expect("the accepted envelope")
+        .as_bytes()
+        .to_vec()
+}
+
 fn pin(coordinator: &CoordinatorProcess, version: &str) {
     coordinator.drover_ok(&["pin", "web", version]).expect("pin");
 }
@@ -615,10 +629,7 @@ fn hostile_manifests_are_reported_and_change_nothing_on_a_real_host() {
     host.wait_healthy("web", "1", CONVERGE).expect("v1 healthy");
 
     // What the host accepted last, and a desired state that would move it to v2.
-    let accepted = host
-        .host
-        .read_file("/var/lib/drover/manifest.dsse")
-        .expect("accepted manifest");
+    let accepted = accepted_envelope(&host);
     let envelope: serde_json::Value = serde_json::from_slice(&accepted).expect("envelope");
     let payload = drover_tests::base64_decode(envelope["payload"].as_str().expect("payload"));
     let current: Manifest = serde_json::from_slice(&payload).expect("manifest");
@@ -717,9 +728,7 @@ fn hostile_manifests_are_reported_and_change_nothing_on_a_real_host() {
             "{name}: nothing accepted: {status:#}"
         );
         assert_eq!(
-            host.host
-                .read_file("/var/lib/drover/manifest.dsse")
-                .expect("accepted manifest"),
+            accepted_envelope(&host),
             accepted,
             "{name}: the stored manifest is untouched"
         );
