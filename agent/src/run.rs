@@ -1,8 +1,9 @@
-//! `drover-agent run`: the agent's life. Three tasks share one small runtime:
+//! `drover-agent run`: the agent's life. Four tasks share one small runtime:
 //!
 //! - the **poller** (this function's own loop) long-polls the host's manifest with its
 //!   ETag, accepts a new one only through [`drover_protocol::accept`], persists the
-//!   accepted serial and issued-at *before* handing it on, and backs off with jitter
+//!   accepted record ([`crate::accepted`]) *before* handing it on (a failed write, say
+//!   a full disk, keeps the previous manifest and is retried), and backs off with jitter
 //!   while the coordinator is unreachable (the host keeps running what it runs); any
 //!   successful exchange (a report getting through) ends a back-off at once;
 //! - the **reconciler** runs one task per app (at most [`APP_CONCURRENCY`] in a step at
@@ -11,7 +12,9 @@
 //!   back-off, and removes the app when the manifest drops it. Apps do not wait for each
 //!   other: a pin of one lands while another sits in its health grace. The artifact cache
 //!   is collected only while no app is in a step, so no download loses its blobs;
-//! - the **reporter** ([`crate::reporting`]) reports every change and a heartbeat.
+//! - the **reporter** ([`crate::reporting`]) reports every change and a heartbeat;
+//! - the **renewer** ([`crate::renew`]) renews the host certificate in band once a third
+//!   of its lifetime is left; every connection presents the newest one.
 //!
 //! SIGTERM (the `shutdown` future) stops polling, lets the reconciler finish its step
 //! for up to [`DRAIN`], sends a last report and returns. Apps are their own units: the

@@ -1,7 +1,8 @@
 //! `drover-agent status`: the host as this agent sees it, from its own files only (no
-//! network): the host certificate's expiry, the last accepted manifest, and per app the current and previous release,
-//! the state and health last reported, bad versions and an interrupted switch if any.
-//! `-o json` prints the same as one JSON document for scripts.
+//! network): the host certificate's expiry and when its renewal starts, the last accepted
+//! manifest, and per app the current and previous release, the state and health last
+//! reported, bad versions and an interrupted switch if any. `-o json` prints the same as
+//! one JSON document for scripts.
 
 use std::io::Write;
 
