@@ -22,7 +22,7 @@ pub enum Command {
     /// Makes the host's own key (it never leaves the host), pins the coordinator's CA by
     /// the given sha256, and stores the client certificate, the CA and the trust
     /// document under the state directory; writes the coordinator URL and host id to the
-    /// config file.
+    /// config file. The CA answer must be exactly the one certificate with that sha256.
     ///
     /// Example: drover-agent join https://deploy.example.com:8443 --token 3q2+... --ca-sha256 9f86d0...
     Join(JoinArgs),
@@ -87,7 +87,10 @@ pub struct JoinArgs {
     /// The sha256 of the coordinator's CA certificate, as printed by `drover token create`.
     #[arg(long)]
     pub ca_sha256: String,
-    /// Replace an identity this host already has.
+    /// Replace an identity this host already has (a new key and certificate; the token
+    /// must come from `drover token create --replace HOST`). The pinned trust document
+    /// is never replaced by an older version over the same root keys, and the serial
+    /// floor stays unless the coordinator's root keys differ.
     #[arg(long)]
     pub force: bool,
     /// Configuration.

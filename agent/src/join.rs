@@ -145,8 +145,9 @@ pub async fn join(
     let state = StateDir::new(&config.state_dir);
     if state.joined() && !options.force {
         return Err(Error::Join(format!(
-            "this host already joined (identity in {}); pass --force to replace it (the coordinator needs a token made with --replace)",
-            state.root().display()
+            "this host already joined (identity in {}); pass --force to replace it (with a token from `drover token create --replace {}`)",
+            state.root().display(),
+            config.host_id
         )));
     }
 
