@@ -50,22 +50,20 @@ impl Validity {
         })
     }
 
-    /// When renewal becomes due: with a third of the lifetime left.
+    /// When renewal becomes due: with a third of the lifetime left (the rule the
+    /// coordinator applies to its own server certificate, defined once in the protocol).
     pub fn renewal_from(self) -> Timestamp {
-        let lifetime = (self.not_after.unix() - self.not_before.unix()).max(0);
-        Timestamp::from_unix(self.not_after.unix() - lifetime / 3)
+        drover_protocol::api::renewal_due_at(self.not_before, self.not_after)
     }
 }
 
 /// Whether a certificate valid from `not_before` to `not_after` should be renewed at
-/// `now`: when less than a third of its lifetime is left (or it has expired). A year's
+/// `now`: once at most a third of its lifetime is left (or it has expired). A year's
 /// certificate is renewed about four months before it expires; a 60-second one (the
 /// shortest `drover serve` issues, which starts its validity up to a lifetime early for
 /// clock skew) twenty seconds after issue. Pure.
 pub fn renewal_due(not_before: Timestamp, not_after: Timestamp, now: Timestamp) -> bool {
-    let lifetime = i128::from(not_after.unix()) - i128::from(not_before.unix());
-    let left = i128::from(not_after.unix()) - i128::from(now.unix());
-    lifetime <= 0 || left * 3 < lifetime
+    not_after <= not_before || now >= drover_protocol::api::renewal_due_at(not_before, not_after)
 }
 
 /// The client certificate and key every host connection presents; [`ClientIdentity::set`]
@@ -315,8 +313,8 @@ mod tests {
         let not_after = at("2026-11-27T12:01:00Z");
         assert!(!renewal_due(not_before, not_after, at("2026-11-27T12:00:19Z")));
         assert!(
-            !renewal_due(not_before, not_after, at("2026-11-27T12:00:20Z")),
-            "exactly a third left"
+            renewal_due(not_before, not_after, at("2026-11-27T12:00:20Z")),
+            "exactly a third left: due from that second (protocol::api::renewal_due_at)"
         );
         assert!(renewal_due(not_before, not_after, at("2026-11-27T12:00:21Z")));
         assert_eq!(
