@@ -11,7 +11,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// Lowercase hex sha256.
@@ -107,26 +107,6 @@ pub fn join_config(ca_sha256: &str) -> Result<rustls::ClientConfig, String> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier::new(ca_sha256)))
         .with_no_client_auth())
-}
-
-/// The client configuration after join: trust the stored CA, present the host certificate.
-pub fn host_config(ca_pem: &str, certificate_pem: &str, key_pem: &str) -> Result<rustls::ClientConfig, String> {
-    let mut roots = RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(certificate.map_err(|error| format!("CA: {error}"))?)
-            .map_err(|error| format!("CA: {error}"))?;
-    }
-    let chain = CertificateDer::pem_slice_iter(certificate_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("host certificate: {error}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|error| format!("host key: {error}"))?;
-    rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|error| error.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|error| format!("host certificate: {error}"))
 }
 
 /// Where Debian and RHEL keep the system CA bundle (ca-certificates).
