@@ -7,6 +7,7 @@
 //!   ca.pem  ca.key         the CA (key 0600)
 //!   admin.token            the bootstrap admin token, named `admin` (0600)
 //!   address                the URL the CLI uses to reach this coordinator
+//!   server.pem             the server certificate in use, renewed while serving (0600)
 //!   keys/                  manifest.key (0600), trust.json; root-1.key when created here
 //!   blobs/sha256/<hex>     uploaded artifacts, content-addressed
 //! ```
