@@ -128,11 +128,7 @@ fn certified_key(certificate_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKe
 /// certificate `identity` holds at each handshake.
 pub fn host_config(ca_pem: &str, identity: Arc<ClientIdentity>) -> Result<rustls::ClientConfig, String> {
     let mut roots = RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(certificate.map_err(|error| format!("CA: {error}"))?)
-            .map_err(|error| format!("CA: {error}"))?;
-    }
+    crate::tls::add_ca(&mut roots, ca_pem)?;
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|error| error.to_string())?

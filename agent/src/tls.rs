@@ -128,15 +128,21 @@ pub fn system_roots(bundles: &[&str]) -> RootCertStore {
     roots
 }
 
-/// The client configuration for artifacts outside the coordinator: system roots plus the
-/// coordinator's CA, no client certificate.
-pub fn public_config(ca_pem: &str, bundles: &[&str]) -> Result<rustls::ClientConfig, String> {
-    let mut roots = system_roots(bundles);
+/// Adds the coordinator's CA (the one certificate `join` pinned) to `roots`.
+pub fn add_ca(roots: &mut RootCertStore, ca_pem: &str) -> Result<(), String> {
     for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots
             .add(certificate.map_err(|error| format!("CA: {error}"))?)
             .map_err(|error| format!("CA: {error}"))?;
     }
+    Ok(())
+}
+
+/// The client configuration for artifacts outside the coordinator: system roots plus the
+/// coordinator's CA, no client certificate.
+pub fn public_config(ca_pem: &str, bundles: &[&str]) -> Result<rustls::ClientConfig, String> {
+    let mut roots = system_roots(bundles);
+    add_ca(&mut roots, ca_pem)?;
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|error| error.to_string())?
