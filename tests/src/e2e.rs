@@ -406,6 +406,22 @@ pub struct AgentHost {
 }
 
 impl AgentHost {
+    /// When systemd last started `app`'s main process (monotonic µs): unchanged means the
+    /// app was not restarted.
+    pub fn app_started(&self, app: &str) -> String {
+        self.host
+            .check(&[
+                "systemctl",
+                "show",
+                "--property=ExecMainStartTimestampMonotonic",
+                "--value",
+                &format!("drover-{app}.service"),
+            ])
+            .expect("systemctl show")
+            .trim()
+            .to_owned()
+    }
+
     /// Boots a host, installs `drover-agent` from `dist/`'s .deb, joins `coordinator`
     /// with a fresh token, and starts the agent (which waits for its READY notification).
     pub fn start(name: &str, coordinator: &CoordinatorProcess, options: &HostOptions) -> anyhow::Result<AgentHost> {

@@ -137,22 +137,6 @@ fn crash_and_restart_agent(host: &AgentHost) {
         .expect("start agent");
 }
 
-/// When systemd last started the app's main process (monotonic µs): unchanged means the
-/// app was not restarted.
-fn app_started(host: &AgentHost, app: &str) -> String {
-    host.host
-        .check(&[
-            "systemctl",
-            "show",
-            "--property=ExecMainStartTimestampMonotonic",
-            "--value",
-            &format!("drover-{app}.service"),
-        ])
-        .expect("systemctl show")
-        .trim()
-        .to_owned()
-}
-
 #[test]
 fn agent_restarts_during_the_grace_never_extend_it_on_a_real_host() {
     let coordinator = CoordinatorProcess::start().expect("coordinator");
@@ -178,7 +162,7 @@ fn agent_restarts_during_the_grace_never_extend_it_on_a_real_host() {
         })
         .expect("web 2 serves");
     let restarted = Instant::now();
-    let started = app_started(&host, "web");
+    let started = host.app_started("web");
     // Two agent crashes during the grace, as a crash loop or an OOM kill would do.
     for at in [Duration::from_secs(5), Duration::from_secs(12)] {
         std::thread::sleep(at.saturating_sub(restarted.elapsed()));
@@ -186,7 +170,7 @@ fn agent_restarts_during_the_grace_never_extend_it_on_a_real_host() {
     }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        app_started(&host, "web"),
+        host.app_started("web"),
         started,
         "a resumed switch does not restart the app again"
     );
@@ -378,7 +362,7 @@ fn a_release_whose_pre_start_fails_is_failed_not_rolled_back_on_a_real_host() {
     let host = AgentHost::start("e2e-never-ran", &coordinator, &HostOptions::default()).expect("agent host");
     pin(&coordinator, "web", "1");
     host.wait_healthy("web", "1", CONVERGE).expect("v1 healthy");
-    let started = app_started(&host, "web");
+    let started = host.app_started("web");
 
     pin(&coordinator, "web", "2");
     let entry = host.wait_state("web", "failed", CONVERGE).unwrap_or_else(|error| {
@@ -392,11 +376,7 @@ fn a_release_whose_pre_start_fails_is_failed_not_rolled_back_on_a_real_host() {
         serde_json::json!([]),
         "a release that never ran is not marked bad"
     );
-    assert_eq!(
-        app_started(&host, "web"),
-        started,
-        "the running release was not touched"
-    );
+    assert_eq!(host.app_started("web"), started, "the running release was not touched");
     assert_eq!(AgentHost::get(port, "/").as_deref(), Some("drover-sample-app 1"));
     let shown = coordinator.host_json(&host.id).expect("hosts show");
     assert_eq!(shown["apps"]["web"]["state"], "failed", "{shown:#}");

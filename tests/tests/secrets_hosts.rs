@@ -103,22 +103,6 @@ fn ids_of(host: &AgentHost, unit: &str) -> (u32, u32) {
     (ids.next().expect("uid"), ids.next().expect("gid"))
 }
 
-/// When systemd last started the app's main process (monotonic µs): unchanged means the
-/// app was not restarted.
-fn app_started(host: &AgentHost, app: &str) -> String {
-    host.host
-        .check(&[
-            "systemctl",
-            "show",
-            "--property=ExecMainStartTimestampMonotonic",
-            "--value",
-            &format!("drover-{app}.service"),
-        ])
-        .expect("systemctl show")
-        .trim()
-        .to_owned()
-}
-
 /// The mode bits of `path` in the host, in octal.
 fn mode_of(host: &AgentHost, path: &str) -> String {
     host.host
@@ -298,7 +282,7 @@ timeout = "1s"
     // A host upgraded from an agent that wrote these world-readable (modes 0644 under 0755
     // directories, the environment inline in the unit and no environment file): the agent
     // fixes them at start, without restarting the app.
-    let started = app_started(&host, "vault");
+    let started = host.app_started("vault");
     host.host
         .check_sh(&format!(
             "set -e; cd /var/lib/drover; chmod 0755 . apps apps/vault apps/other; \
@@ -329,7 +313,7 @@ timeout = "1s"
         .expect("the state directory and the unit fixed at start");
     assert!(files_with_secrets(&host, Some((65534, 65534))).is_empty());
     assert_eq!(mode_of(&host, "/var/lib/drover/apps/vault/environment"), "600");
-    assert_eq!(app_started(&host, "vault"), started, "vault was not restarted");
+    assert_eq!(host.app_started("vault"), started, "vault was not restarted");
     // Its next start reads the environment from the file.
     host.host
         .check(&["systemctl", "restart", "drover-vault.service"])
