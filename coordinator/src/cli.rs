@@ -191,8 +191,8 @@ pub struct TokenCreateArgs {
     /// (a reinstalled machine; its old key and certificates stop working when the new one
     /// joins) or a removed one (its id is not reused otherwise). The host keeps the id's
     /// manifest serial, host pins and holds; its labels come from --labels. The token
-    /// cannot be used for any other host id. Joins and replacements are recorded in
-    /// `drover hosts show HOST`.
+    /// cannot be used for any other host id. Joins and replacements are recorded in the
+    /// id's history (`drover hosts history HOST`, also while the host is removed).
     #[arg(long, value_name = "HOST")]
     pub replace: Option<HostId>,
     /// Output format: the join command alone, or the whole token as JSON.
