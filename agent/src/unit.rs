@@ -307,10 +307,7 @@ fn render_unit(
     settings.push("Restart", restart.to_owned());
     settings.push("RestartSec", "1".to_owned());
     // systemd reads `TimeoutStopSec=0` as "wait forever", the opposite of a zero timeout.
-    settings.push(
-        "TimeoutStopSec",
-        format!("{}ms", service.stop_timeout.as_millis().max(1)),
-    );
+    settings.push("TimeoutStopSec", timespan(service.stop_timeout.as_millis().max(1)));
 
     let resources = &spec.resources;
     let zero = |setting| UnitError::ZeroLimit {
@@ -494,6 +491,32 @@ fn exec_start(unit: &str, argv: &[String], current: &str) -> Result<String, Unit
 }
 
 /// `WorkingDirectory=` of a tarball release, inside it through `current`.
+/// A duration the way a person (and `systemctl show`) writes it: `30s`, `1min 30s`,
+/// `1h 5min`, `250ms`, `1s 500ms`. systemd reads each of these back exactly; `30000ms`
+/// would work too but shows as such in `systemctl cat`.
+fn timespan(milliseconds: u64) -> String {
+    const UNITS: [(u64, &str); 5] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "min"),
+        (1_000, "s"),
+        (1, "ms"),
+    ];
+    let mut left = milliseconds;
+    let mut parts = Vec::new();
+    for (size, name) in UNITS {
+        let count = left / size;
+        left %= size;
+        if count > 0 {
+            parts.push(format!("{count}{name}"));
+        }
+    }
+    if parts.is_empty() {
+        return "0".to_owned();
+    }
+    parts.join(" ")
+}
+
 fn working_directory(current: &str, relative: Option<&str>) -> String {
     match relative {
         Some(relative) => verbatim_path(&format!("{current}/{relative}")),
@@ -661,6 +684,25 @@ mod tests {
     }
 
     #[test]
+    fn stop_timeouts_are_written_the_way_a_person_would() {
+        for (milliseconds, text) in [
+            (1, "1ms"),
+            (250, "250ms"),
+            (1_000, "1s"),
+            (1_500, "1s 500ms"),
+            (30_000, "30s"),
+            (90_000, "1min 30s"),
+            (3_600_000, "1h"),
+            (3_660_000, "1h 1min"),
+            (90_061_001, "1d 1h 1min 1s 1ms"),
+        ] {
+            assert_eq!(timespan(milliseconds), text, "{milliseconds} ms");
+        }
+        let text = rendered(r#"{"service":{"command":["x"],"stop_timeout":"2m"}}"#);
+        assert_eq!(values(&text, "TimeoutStopSec"), ["2min"]);
+    }
+
+    #[test]
     fn unit_name_is_prefixed() {
         assert_eq!(unit_name(&"web".parse().expect("app name")), "drover-web.service");
     }
@@ -680,7 +722,7 @@ mod tests {
         assert_eq!(values(&text, "Type"), ["exec"]);
         assert_eq!(values(&text, "Restart"), ["on-failure"]);
         assert_eq!(values(&text, "RestartSec"), ["1"]);
-        assert_eq!(values(&text, "TimeoutStopSec"), ["30000ms"]);
+        assert_eq!(values(&text, "TimeoutStopSec"), ["30s"]);
         assert_eq!(values(&text, "StartLimitIntervalSec"), ["0"]);
         assert!(text.ends_with("\n[Install]\nWantedBy=multi-user.target\n"));
     }
@@ -698,7 +740,7 @@ mod tests {
         assert_eq!(values(&text, "Group"), ["www-data"]);
         assert!(values(&text, "DynamicUser").is_empty());
         assert_eq!(values(&text, "Restart"), ["always"]);
-        assert_eq!(values(&text, "TimeoutStopSec"), ["10000ms"]);
+        assert_eq!(values(&text, "TimeoutStopSec"), ["10s"]);
         assert_eq!(values(&text, "MemoryMax"), ["268435456"]);
         assert_eq!(values(&text, "CPUQuota"), ["150%"]);
         assert_eq!(values(&text, "TasksMax"), ["64"]);
