@@ -38,11 +38,28 @@ pub fn install_retry(attempts: u32) -> Duration {
     INSTALL_RETRY_FIRST.saturating_mul(1 << exponent).min(INSTALL_RETRY_CAP)
 }
 
-/// [`delay_with`] with a random draw from the system's generator.
-pub fn delay(failures: u32, cap: Duration) -> Duration {
+/// The wait between requests while the coordinator refuses this host's certificate
+/// (removed, or replaced by another join): about five minutes, jittered over 4-6 minutes.
+/// Only a re-join helps then, and it restarts the agent; the requests only notice a
+/// coordinator that takes the certificate again (a restored backup). Pure.
+pub fn refused_retry_with(random: u32) -> Duration {
+    Duration::from_secs(240) + Duration::from_millis(u64::from(random) % 120_000)
+}
+
+/// [`refused_retry_with`] with a random draw from the system's generator.
+pub fn refused_retry() -> Duration {
+    refused_retry_with(random())
+}
+
+fn random() -> u32 {
     let mut bytes = [0u8; 4];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    delay_with(failures, cap, u32::from_le_bytes(bytes))
+    u32::from_le_bytes(bytes)
+}
+
+/// [`delay_with`] with a random draw from the system's generator.
+pub fn delay(failures: u32, cap: Duration) -> Duration {
+    delay_with(failures, cap, random())
 }
 
 #[cfg(test)]
@@ -65,6 +82,13 @@ mod tests {
         let waits: Vec<u64> = (1..=9).map(|attempts| install_retry(attempts).as_secs()).collect();
         assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 600, 600]);
         assert_eq!(install_retry(u32::MAX), INSTALL_RETRY_CAP, "no overflow");
+    }
+
+    #[test]
+    fn a_refused_host_asks_every_four_to_six_minutes() {
+        assert_eq!(refused_retry_with(0), Duration::from_secs(240));
+        assert!(refused_retry_with(u32::MAX) < Duration::from_secs(360));
+        assert!(refused_retry_with(u32::MAX) >= Duration::from_secs(240));
     }
 
     proptest! {

@@ -502,7 +502,7 @@ impl Executor {
             None => true,
         };
         if first {
-            self.status.event(now(), Some(app), format!("failed: {message}"));
+            self.status.warning(now(), Some(app), format!("failed: {message}"));
         } else {
             tracing::warn!(%app, "failed again: {message}");
         }
@@ -772,7 +772,7 @@ impl Executor {
         self.save(app)?;
         let bad = activation.to.version.clone();
         self.status
-            .event(now(), Some(app), format!("{bad} is unhealthy: {reason}"));
+            .warning(now(), Some(app), format!("{bad} is unhealthy: {reason}"));
         let bad_versions: Vec<Version> = self.record(app).bad.iter().cloned().collect();
         self.status.with_app(app, |report| report.bad_versions = bad_versions);
         let Some(from) = activation.from.clone() else {
@@ -794,7 +794,7 @@ impl Executor {
             self.save(app)?;
             self.status
                 .app_state(app, None, Some(&bad), AppState::Failed, Some(detail.clone()));
-            self.status.event(now(), Some(app), detail);
+            self.status.warning(now(), Some(app), detail);
             return Ok(());
         };
         let verdict = match resume {
@@ -828,7 +828,7 @@ impl Executor {
         self.save(app)?;
         self.status
             .app_state(app, Some(&from.version), Some(&bad), state, Some(detail.clone()));
-        self.status.event(now(), Some(app), detail);
+        self.status.warning(now(), Some(app), detail);
         Ok(())
     }
 
@@ -1090,7 +1090,19 @@ impl Executor {
         self.systemd.enable(unit).await?;
         let outcome = self.systemd.restart(unit, JOB_TIMEOUT).await?;
         if outcome != JobOutcome::Done {
-            return Ok(Err(format!("systemd could not restart {unit}: job {outcome:?}")));
+            // The job's result says only that it failed; the unit's `Result` and exit
+            // status say why (217/USER, 203/EXEC, ...), which is what the operator needs.
+            let cause = match self.systemd.status(unit).await {
+                Ok(status) => status.failure_cause(),
+                Err(error) => {
+                    tracing::warn!(%app, "reading why {unit} failed: {error}");
+                    None
+                }
+            };
+            return Ok(Err(match cause {
+                Some(cause) => format!("{unit} failed: {cause}"),
+                None => format!("systemd could not restart {unit}: job {outcome}"),
+            }));
         }
         let restarted_at = now();
         let restarts = self.systemd.status(unit).await?.n_restarts;
@@ -1203,6 +1215,13 @@ impl Executor {
             self.status
                 .with_app(app, |report| report.health = Some(crate::reporting::bounded(&summary)));
             let verdict = gate.observe(probe, elapsed);
+            if let Verdict::Unhealthy(reason) = verdict {
+                // A unit that failed or restarts has systemd's cause in its status.
+                return Ok(Verdict::Unhealthy(match status.failure_cause() {
+                    Some(cause) => format!("{reason}; {unit} failed: {cause}"),
+                    None => reason,
+                }));
+            }
             if verdict != Verdict::Pending {
                 return Ok(verdict);
             }

@@ -227,6 +227,13 @@ pub async fn join(
         path: options.config_path.clone(),
         source,
     })?;
+    // A refusal kept from the old identity (removed, replaced) no longer holds.
+    if let Err(error) = crate::reporting::Refusal::clear(&config.state_dir) {
+        tracing::warn!(
+            "removing {}: {error}",
+            crate::reporting::Refusal::path(&config.state_dir).display()
+        );
+    }
     let labels: Vec<String> = joined
         .labels
         .iter()
@@ -248,7 +255,66 @@ pub async fn join(
         operation: "writing",
         path: PathBuf::from("stdout"),
         source,
-    })
+    })?;
+    let note = restart_running_agent(options.force).await;
+    if !note.is_empty() {
+        writeln!(out, "{note}").map_err(|source| Error::Io {
+            operation: "writing",
+            path: PathBuf::from("stdout"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The agent's own unit, as the packages install it.
+const AGENT_UNIT: &str = "drover-agent.service";
+
+/// A running agent holds the identity it started with: after a re-join it must restart to
+/// present the new certificate. Restarts `drover-agent.service` through systemd when it
+/// is running (apps are units of their own: they keep running) and says what happened;
+/// without systemd on the bus, says that a running agent must be restarted by hand (only
+/// for a re-join: a first join has no agent running yet).
+async fn restart_running_agent(rejoin: bool) -> String {
+    let systemd = match crate::systemd::Systemd::connect().await {
+        Ok(systemd) => systemd,
+        Err(error) if rejoin => {
+            return format!(
+                "systemd is not reachable ({error}): if a drover-agent runs on this host, restart it so that it uses the new identity"
+            );
+        }
+        Err(_) => return String::new(),
+    };
+    let active = match systemd.status(AGENT_UNIT).await {
+        Ok(status) => matches!(
+            status.active_state,
+            crate::systemd::ActiveState::Active
+                | crate::systemd::ActiveState::Activating
+                | crate::systemd::ActiveState::Reloading
+        ),
+        Err(error) => {
+            return format!(
+                "reading the state of {AGENT_UNIT} failed ({error}): if it runs, restart it (`systemctl restart drover-agent`) so that it uses the new identity"
+            );
+        }
+    };
+    if !active {
+        return String::new();
+    }
+    match systemd
+        .try_restart(AGENT_UNIT, std::time::Duration::from_secs(60))
+        .await
+    {
+        Ok(crate::systemd::JobOutcome::Done) => {
+            format!("restarted {AGENT_UNIT}, which was running with the previous identity (apps keep running)")
+        }
+        Ok(outcome) => format!(
+            "restarting {AGENT_UNIT} ended with job {outcome}: restart it (`systemctl restart drover-agent`) so that it uses the new identity"
+        ),
+        Err(error) => format!(
+            "restarting {AGENT_UNIT} failed ({error}): restart it (`systemctl restart drover-agent`) so that it uses the new identity"
+        ),
+    }
 }
 
 #[cfg(test)]

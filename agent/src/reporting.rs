@@ -50,6 +50,88 @@ pub fn bounded(text: &str) -> String {
     format!("{}...", &text[..end])
 }
 
+/// The coordinator's answer that this host's certificate no longer enrolls it: the host
+/// was removed (`drover hosts remove`), or another join replaced its certificate. Only a
+/// re-join gives the host a certificate that works again, so the agent asks rarely (see
+/// [`crate::backoff::refused_retry`]), keeps its apps as they run, and says how to come
+/// back (`drover-agent status`, the journal at ERROR). Kept in `<state>/refused.json`
+/// while it lasts, for `drover-agent status`; a re-join removes it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refusal {
+    /// The coordinator's code: `host_removed` or `certificate_replaced`.
+    pub code: String,
+    /// The coordinator's message.
+    pub message: String,
+    /// When the agent first got it.
+    pub since: Timestamp,
+}
+
+impl Refusal {
+    /// The `ErrorBody` codes with which the coordinator says this certificate does not
+    /// enroll the host any more (coordinator `service::host_slot`).
+    pub const CODES: [&'static str; 2] = ["host_removed", "certificate_replaced"];
+
+    /// A refusal from a 403 answer's body, if it is one of [`Refusal::CODES`].
+    pub fn from_answer(status: reqwest::StatusCode, body: &str, now: Timestamp) -> Option<Refusal> {
+        if status != reqwest::StatusCode::FORBIDDEN {
+            return None;
+        }
+        let error: drover_protocol::api::ErrorBody = serde_json::from_str(body).ok()?;
+        Refusal::CODES.contains(&error.code.as_str()).then(|| Refusal {
+            code: error.code,
+            message: bounded(&error.error),
+            since: now,
+        })
+    }
+
+    /// What to run to bring `host` back, for the journal and `drover-agent status`.
+    pub fn rejoin(host: &HostId) -> String {
+        format!(
+            "on the coordinator run `drover token create --replace {host}`, then on this host the join line it prints with --force (`drover-agent join --force URL --token TOKEN --ca-sha256 HASH`)"
+        )
+    }
+
+    /// One line for the journal: what happened, that apps keep running, what to do.
+    pub fn explain(&self, host: &HostId) -> String {
+        let what = if self.code == "certificate_replaced" {
+            "another join replaced this host's certificate"
+        } else {
+            "this host was removed from the coordinator"
+        };
+        format!(
+            "{what} ({}: {}); its apps keep running unchanged and the agent asks again only every few minutes; to bring it back, {}",
+            self.code,
+            self.message,
+            Refusal::rejoin(host)
+        )
+    }
+
+    /// Where it is kept.
+    pub fn path(state_dir: &std::path::Path) -> PathBuf {
+        state_dir.join("refused.json")
+    }
+
+    /// The one kept in `state_dir`, if any.
+    pub fn load(state_dir: &std::path::Path) -> Option<Refusal> {
+        let bytes = std::fs::read(Refusal::path(state_dir)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Keeps it in `state_dir` (0600, atomically).
+    pub fn store(&self, state_dir: &std::path::Path) -> Result<(), drover_protocol::KeyError> {
+        let body = serde_json::to_vec(self).expect("refusals serialize");
+        drover_protocol::keyfile::write_atomic(&Refusal::path(state_dir), &body, 0o600)
+    }
+
+    /// Removes the kept one: the coordinator answers again, or the host re-joined.
+    pub fn clear(state_dir: &std::path::Path) -> Result<(), std::io::Error> {
+        match std::fs::remove_file(Refusal::path(state_dir)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A handle on the shared status that wakes the reporter on every change.
 #[derive(Debug, Clone)]
 pub struct Shared {
@@ -57,6 +139,8 @@ pub struct Shared {
     changed: Arc<Notify>,
     /// Counts exchanges the coordinator answered with success.
     contact: Arc<watch::Sender<u64>>,
+    /// Set while the coordinator refuses this host's certificate ([`Refusal`]).
+    refusal: Arc<Mutex<Option<Refusal>>>,
 }
 
 impl Default for Shared {
@@ -72,7 +156,30 @@ impl Shared {
             status: Arc::new(Mutex::new(Status::default())),
             changed: Arc::new(Notify::new()),
             contact: Arc::new(watch::Sender::new(0)),
+            refusal: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Notes that the coordinator refused this host's certificate; returns `true` when
+    /// it did not before (the first refusal's time is kept).
+    pub fn refused(&self, refusal: Refusal) -> bool {
+        let mut current = self.refusal.lock().expect("refusal lock");
+        let first = current.is_none();
+        if first {
+            *current = Some(refusal);
+        }
+        first
+    }
+
+    /// Clears the refusal (the coordinator answered with success); returns `true` when
+    /// there was one.
+    pub fn accepted(&self) -> bool {
+        self.refusal.lock().expect("refusal lock").take().is_some()
+    }
+
+    /// The refusal in force, if any.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.refusal.lock().expect("refusal lock").clone()
     }
 
     /// Counts a successful exchange with the coordinator, waking whoever watches.
@@ -94,13 +201,29 @@ impl Shared {
         self.changed.notify_one();
     }
 
-    /// Records an event (also logged).
+    /// Records an event (also logged, at INFO).
     pub fn event(&self, at: Timestamp, app: Option<&AppName>, message: impl Into<String>) {
         let message = bounded(&message.into());
         match app {
             Some(app) => tracing::info!(%app, "{message}"),
             None => tracing::info!("{message}"),
         }
+        self.record_event(at, app, message);
+    }
+
+    /// Records an event that needs the operator (a failed install, an unhealthy release,
+    /// a rollback), logged at WARN so that `journalctl -u drover-agent -p warning` shows it.
+    pub fn warning(&self, at: Timestamp, app: Option<&AppName>, message: impl Into<String>) {
+        let message = bounded(&message.into());
+        match app {
+            Some(app) => tracing::warn!(%app, "{message}"),
+            None => tracing::warn!("{message}"),
+        }
+        self.record_event(at, app, message);
+    }
+
+    /// Records an event without logging it (the caller logged it its own way).
+    pub(crate) fn record_event(&self, at: Timestamp, app: Option<&AppName>, message: String) {
         self.update(|status| {
             if status.events.len() == MAX_REPORT_EVENTS {
                 status.events.pop_front();
@@ -211,6 +334,15 @@ impl Reporter {
         let mut failures = 0u32;
         loop {
             self.send(&shared, &mut failures).await;
+            if shared.refusal().is_some() {
+                // Removed or replaced: only a re-join helps, so no report on every change,
+                // only one every few minutes to notice if the coordinator takes it again.
+                tokio::select! {
+                    () = tokio::time::sleep(crate::backoff::refused_retry()) => {}
+                    () = stopped(&mut shutdown) => break,
+                }
+                continue;
+            }
             let wait = if failures == 0 {
                 self.heartbeat
             } else {
@@ -252,7 +384,16 @@ impl Reporter {
             }
             Ok(response) => {
                 *failures += 1;
-                tracing::warn!("the coordinator refused a report: HTTP {}", response.status());
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                match Refusal::from_answer(status, &body, now) {
+                    // The poller logs it (at ERROR, with what to do) and keeps it on disk.
+                    Some(refusal) => {
+                        shared.refused(refusal);
+                    }
+                    None if shared.refusal().is_some() => {}
+                    None => tracing::warn!("the coordinator refused a report: HTTP {status}"),
+                }
             }
             Err(error) => {
                 *failures += 1;
@@ -289,6 +430,36 @@ mod tests {
         let (report, _) = shared.report(&host, &facts, Timestamp::EPOCH);
         assert_eq!(report.events.len(), 1, "only what came after the sent report remains");
         assert_eq!(report.events[0].message, "after the report was built");
+    }
+
+    #[test]
+    fn only_the_coordinators_not_enrolled_answers_are_refusals() {
+        let body = |code: &str| format!(r#"{{"code":"{code}","error":"host web-01 is not enrolled"}}"#);
+        let forbidden = reqwest::StatusCode::FORBIDDEN;
+        for code in Refusal::CODES {
+            let refusal = Refusal::from_answer(forbidden, &body(code), Timestamp::EPOCH).expect("a refusal");
+            assert_eq!(refusal.code, code);
+            assert_eq!(refusal.message, "host web-01 is not enrolled");
+        }
+        assert_eq!(
+            Refusal::from_answer(forbidden, &body("forbidden"), Timestamp::EPOCH),
+            None
+        );
+        assert_eq!(
+            Refusal::from_answer(
+                reqwest::StatusCode::UNAUTHORIZED,
+                &body("host_removed"),
+                Timestamp::EPOCH
+            ),
+            None
+        );
+        assert_eq!(Refusal::from_answer(forbidden, "not json", Timestamp::EPOCH), None);
+        let host: HostId = "web-01".parse().expect("host");
+        let refusal = Refusal::from_answer(forbidden, &body("host_removed"), Timestamp::EPOCH).expect("a refusal");
+        let line = refusal.explain(&host);
+        assert!(line.contains("drover token create --replace web-01"), "{line}");
+        assert!(line.contains("drover-agent join --force"), "{line}");
+        assert!(line.contains("keep running"), "{line}");
     }
 
     #[test]

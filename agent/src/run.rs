@@ -46,6 +46,10 @@ pub const DRAIN: StdDuration = StdDuration::from_secs(20);
 /// The longest wait between attempts while the coordinator is down.
 const BACKOFF_CAP: StdDuration = StdDuration::from_secs(60);
 
+/// How often the journal is told again (at ERROR) that the coordinator refuses this
+/// host's certificate, with the command to re-join.
+const REFUSAL_LOG_EVERY: StdDuration = StdDuration::from_secs(3600);
+
 fn now() -> Timestamp {
     Timestamp::from_system(std::time::SystemTime::now())
 }
@@ -201,13 +205,46 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut save_failures = 0u32;
     let mut poller = poller;
     let mut contact = status.contact();
+    // When the refusal was last logged at ERROR (it is repeated every hour), and whether
+    // it is kept on disk for `drover-agent status` (also from before a restart).
+    let mut refusal_logged: Option<std::time::Instant> = None;
+    let mut refusal_kept = crate::reporting::Refusal::path(&config.state_dir).exists();
     loop {
         contact.mark_unchanged();
         let pause = tokio::select! {
-            outcome = poller.poll() => match outcome {
+            outcome = poller.poll() => {
+                if !matches!(outcome, PollOutcome::Refused(_) | PollOutcome::Failed(_)) && (refusal_kept || refusal_logged.is_some()) {
+                    refusal_logged = None;
+                    refusal_kept = false;
+                    status.accepted();
+                    if let Err(error) = crate::reporting::Refusal::clear(&config.state_dir) {
+                        tracing::warn!("removing {}: {error}", crate::reporting::Refusal::path(&config.state_dir).display());
+                    }
+                    tracing::warn!("the coordinator takes this host's certificate again");
+                }
+                match outcome {
                 PollOutcome::NotModified => {
                     failures = 0;
                     if poller.wait == 0 { poller.interval } else { StdDuration::ZERO }
+                }
+                PollOutcome::Refused(refusal) => {
+                    failures = 0;
+                    status.refused(refusal.clone());
+                    let refusal = status.refusal().unwrap_or(refusal);
+                    if !refusal_kept {
+                        match refusal.store(&config.state_dir) {
+                            Ok(()) => refusal_kept = true,
+                            Err(error) => tracing::warn!("writing {}: {error}", crate::reporting::Refusal::path(&config.state_dir).display()),
+                        }
+                    }
+                    if refusal_logged.is_none() {
+                        status.record_event(now(), None, crate::reporting::bounded(&refusal.explain(&config.host_id)));
+                    }
+                    if refusal_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+                        tracing::error!("{}", refusal.explain(&config.host_id));
+                        refusal_logged = Some(std::time::Instant::now());
+                    }
+                    crate::backoff::refused_retry()
                 }
                 PollOutcome::Manifest { bytes, etag } => {
                     failures = 0;
@@ -262,7 +299,7 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
                     }
                     delay
                 }
-            },
+            }},
             () = &mut shutdown => break,
         };
         if !pause.is_zero() {
@@ -426,8 +463,13 @@ async fn app_loop(
 #[derive(Debug)]
 enum PollOutcome {
     NotModified,
-    Manifest { bytes: Vec<u8>, etag: Option<String> },
+    Manifest {
+        bytes: Vec<u8>,
+        etag: Option<String>,
+    },
     Failed(String),
+    /// The coordinator no longer takes this host's certificate.
+    Refused(crate::reporting::Refusal),
 }
 
 #[derive(Debug)]
@@ -458,6 +500,9 @@ impl Poller {
         }
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
+            if let Some(refusal) = crate::reporting::Refusal::from_answer(status, &body, now()) {
+                return PollOutcome::Refused(refusal);
+            }
             let message = serde_json::from_str::<drover_protocol::api::ErrorBody>(&body)
                 .map(|error| error.error)
                 .unwrap_or_default();

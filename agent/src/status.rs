@@ -1,7 +1,8 @@
 //! `drover-agent status`: the host as this agent sees it, from its own files only (no
 //! network): the host certificate's expiry and when its renewal starts, the last accepted
 //! manifest, and per app the current and previous release, the state and health last
-//! reported, bad versions and an interrupted switch if any. `-o json` prints the same as
+//! reported, bad versions and an interrupted switch if any; and, while the coordinator
+//! refuses this host's certificate (removed or replaced), that and how to re-join. `-o json` prints the same as
 //! one JSON document for scripts.
 
 use std::io::Write;
@@ -66,9 +67,17 @@ pub fn status(config: &AgentConfig, output: Output, out: &mut dyn Write) -> Resu
     let certificate = std::fs::read_to_string(state.certificate())
         .ok()
         .and_then(|pem| crate::renew::Validity::of_pem(&pem).ok());
+    let refusal = crate::reporting::Refusal::load(&config.state_dir);
     let document = json!({
         "host": config.host_id,
         "coordinator": config.coordinator,
+        // Set while the coordinator refuses this host's certificate (removed, replaced).
+        "refused": refusal.as_ref().map(|refusal| json!({
+            "code": refusal.code,
+            "message": refusal.message,
+            "since": refusal.since.to_string(),
+            "rejoin": crate::reporting::Refusal::rejoin(&config.host_id),
+        })),
         "certificate_not_after": certificate.map(|validity| validity.not_after.to_string()),
         "certificate_renewal_from": certificate.map(|validity| validity.renewal_from().to_string()),
         "manifest_serial": last.map(|last| last.serial),
@@ -101,6 +110,22 @@ pub fn status(config: &AgentConfig, output: Output, out: &mut dyn Write) -> Resu
             .unwrap_or_default(),
     )
     .map_err(write_error)?;
+    if let Some(refusal) = &refusal {
+        let what = if refusal.code == "certificate_replaced" {
+            "REPLACED: another join replaced this host's certificate"
+        } else {
+            "REMOVED: the coordinator no longer enrolls this host"
+        };
+        writeln!(
+            out,
+            "{what} (since {}; {}: {})\napps keep running as they are; the agent asks again every few minutes\nto bring it back: {}",
+            refusal.since,
+            refusal.code,
+            refusal.message,
+            crate::reporting::Refusal::rejoin(&config.host_id)
+        )
+        .map_err(write_error)?;
+    }
     writeln!(
         out,
         "host certificate valid until {} (renewed from {})",

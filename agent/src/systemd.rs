@@ -220,6 +220,42 @@ pub struct UnitStatus {
 }
 
 impl UnitStatus {
+    /// What systemd says about the unit's last failure, the way `systemctl status` puts
+    /// it, with a hint for systemd's own exit statuses: `exit-code, status=217/USER (the
+    /// user in [service] user does not exist on this host)`, `signal, signal=SIGKILL`,
+    /// `timeout`. `None` while its `Result` is `success` and no process ended badly.
+    pub fn failure_cause(&self) -> Option<String> {
+        let exit = match self.main_exit {
+            Some(MainExit::Exited(0)) | None => None,
+            Some(MainExit::Exited(status)) => Some(match exit_status_name(status) {
+                Some(name) => format!("status={status}/{name}"),
+                None => format!("status={status}"),
+            }),
+            Some(MainExit::Killed { signal, core_dumped }) => Some(format!(
+                "signal={}{}",
+                signal_name(signal).map_or_else(|| signal.to_string(), str::to_owned),
+                if core_dumped { " (core dumped)" } else { "" }
+            )),
+        };
+        let result = (!self.result.is_empty() && self.result != "success").then_some(self.result.as_str());
+        let mut cause = match (result, exit) {
+            (None, None) => return None,
+            (Some(result), None) => result.to_owned(),
+            (None, Some(exit)) => exit,
+            (Some(result), Some(exit)) => format!("{result}, {exit}"),
+        };
+        if let Some(MainExit::Exited(status)) = self.main_exit
+            && let Some(hint) = exit_status_hint(status)
+        {
+            cause.push_str(&format!(" ({hint})"));
+        } else if self.result == "timeout" {
+            cause.push_str(" (it did not start or stop within its timeout)");
+        } else if self.result == "start-limit-hit" {
+            cause.push_str(" (it was restarted too often)");
+        }
+        Some(cause)
+    }
+
     /// Active with its main process running, which is what "up" means for drover's
     /// long-running `Type=exec` services.
     pub fn is_running(&self) -> bool {
@@ -231,6 +267,109 @@ impl UnitStatus {
     pub fn is_restarting(&self) -> bool {
         self.sub_state == "auto-restart"
     }
+}
+
+/// systemd's name for an exit status (`systemctl status` shows `status=217/USER`): the
+/// LSB codes 1-7 and systemd's own 200-245, with which it reports a failure to set up
+/// the process before the program ran.
+pub fn exit_status_name(status: i32) -> Option<&'static str> {
+    Some(match status {
+        1 => "FAILURE",
+        2 => "INVALIDARGUMENT",
+        3 => "NOTIMPLEMENTED",
+        4 => "NOPERMISSION",
+        5 => "NOTINSTALLED",
+        6 => "NOTCONFIGURED",
+        7 => "NOTRUNNING",
+        200 => "CHDIR",
+        201 => "NICE",
+        202 => "FDS",
+        203 => "EXEC",
+        204 => "MEMORY",
+        205 => "LIMITS",
+        206 => "OOM_ADJUST",
+        207 => "SIGNAL_MASK",
+        208 => "STDIN",
+        209 => "STDOUT",
+        210 => "CHROOT",
+        211 => "IOPRIO",
+        212 => "TIMERSLACK",
+        213 => "SECUREBITS",
+        214 => "SETSCHEDULER",
+        215 => "CPUAFFINITY",
+        216 => "GROUP",
+        217 => "USER",
+        218 => "CAPABILITIES",
+        219 => "CGROUP",
+        220 => "SETSID",
+        221 => "CONFIRM",
+        222 => "STDERR",
+        224 => "PAM",
+        225 => "NETWORK",
+        226 => "NAMESPACE",
+        227 => "NO_NEW_PRIVILEGES",
+        228 => "SECCOMP",
+        229 => "SELINUX_CONTEXT",
+        230 => "PERSONALITY",
+        231 => "APPARMOR_PROFILE",
+        232 => "ADDRESS_FAMILIES",
+        233 => "RUNTIME_DIRECTORY",
+        235 => "CHOWN",
+        236 => "SMACK_PROCESS_LABEL",
+        237 => "KEYRING",
+        238 => "STATE_DIRECTORY",
+        239 => "CACHE_DIRECTORY",
+        240 => "LOGS_DIRECTORY",
+        241 => "CONFIGURATION_DIRECTORY",
+        242 => "NUMA_POLICY",
+        243 => "CREDENTIALS",
+        245 => "BPF",
+        _ => return None,
+    })
+}
+
+/// What an operator should look at for the exit statuses with which systemd says it
+/// could not set up an app's process (the program never ran), in the terms of the app's
+/// `drover.toml`.
+pub fn exit_status_hint(status: i32) -> Option<&'static str> {
+    Some(match status {
+        200 => "the working directory does not exist or the service's user cannot enter it",
+        203 => "the program could not be executed: it is missing, not executable, or its #! interpreter does not exist",
+        204 => "out of memory while starting",
+        205 => "a resource limit could not be set",
+        209 => "standard output could not be set up",
+        214 => "the scheduling settings could not be applied",
+        216 => "the group in [service] group does not exist on this host",
+        217 => "the user in [service] user does not exist on this host",
+        218 => "the capability settings could not be applied",
+        219 => "the control group could not be set up",
+        226 => "a path the sandbox binds or makes writable does not exist on this host",
+        227 => "NoNewPrivileges= could not be applied",
+        228 => "the system call filter could not be applied",
+        233 => "the runtime directory could not be created",
+        238 => "the state directory could not be created",
+        243 => "credentials could not be set up",
+        _ => return None,
+    })
+}
+
+/// The name of the signals that commonly end a service (`SIGKILL` from the OOM killer or
+/// a stop timeout, `SIGSEGV` and `SIGABRT` from crashes).
+fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return None,
+    })
 }
 
 /// A connection to systemd (PID 1) over the system bus.
@@ -305,6 +444,18 @@ impl Systemd {
             unit,
             timeout,
             self.manager.restart_unit(unit, Mode::Replace),
+        )
+        .await
+    }
+
+    /// Restarts the unit if it is running (`systemctl try-restart`) and waits up to
+    /// `timeout` for the job's result; a stopped unit stays stopped.
+    pub async fn try_restart(&self, unit: &str, timeout: Duration) -> Result<JobOutcome, SystemdError> {
+        self.run_job(
+            "restarting",
+            unit,
+            timeout,
+            self.manager.try_restart_unit(unit, Mode::Replace),
         )
         .await
     }
@@ -457,6 +608,91 @@ mod tests {
             assert_eq!(JobOutcome::from_result(text), outcome);
             assert_eq!(outcome.to_string(), text);
         }
+    }
+
+    fn status_with(result: &str, main_exit: Option<MainExit>) -> UnitStatus {
+        UnitStatus {
+            load_state: "loaded".to_owned(),
+            active_state: ActiveState::Activating,
+            sub_state: "auto-restart".to_owned(),
+            main_pid: None,
+            n_restarts: 0,
+            result: result.to_owned(),
+            main_exit,
+        }
+    }
+
+    #[test]
+    fn a_failure_cause_reads_like_systemctl_status_with_a_hint() {
+        assert_eq!(
+            status_with("exit-code", Some(MainExit::Exited(217)))
+                .failure_cause()
+                .as_deref(),
+            Some("exit-code, status=217/USER (the user in [service] user does not exist on this host)")
+        );
+        assert!(
+            status_with("exit-code", Some(MainExit::Exited(203)))
+                .failure_cause()
+                .is_some_and(|cause| cause.starts_with("exit-code, status=203/EXEC (the program could not be executed"))
+        );
+        assert_eq!(
+            status_with("exit-code", Some(MainExit::Exited(1)))
+                .failure_cause()
+                .as_deref(),
+            Some("exit-code, status=1/FAILURE")
+        );
+        assert_eq!(
+            status_with("exit-code", Some(MainExit::Exited(42)))
+                .failure_cause()
+                .as_deref(),
+            Some("exit-code, status=42")
+        );
+        assert_eq!(
+            status_with(
+                "signal",
+                Some(MainExit::Killed {
+                    signal: 9,
+                    core_dumped: false
+                })
+            )
+            .failure_cause()
+            .as_deref(),
+            Some("signal, signal=SIGKILL")
+        );
+        assert_eq!(
+            status_with(
+                "core-dump",
+                Some(MainExit::Killed {
+                    signal: 11,
+                    core_dumped: true
+                })
+            )
+            .failure_cause()
+            .as_deref(),
+            Some("core-dump, signal=SIGSEGV (core dumped)")
+        );
+        assert_eq!(
+            status_with("timeout", None).failure_cause().as_deref(),
+            Some("timeout (it did not start or stop within its timeout)")
+        );
+        assert_eq!(status_with("success", None).failure_cause(), None);
+        assert_eq!(status_with("success", Some(MainExit::Exited(0))).failure_cause(), None);
+    }
+
+    #[test]
+    fn systemd_exit_statuses_have_names_and_the_common_ones_hints() {
+        for (status, name) in [
+            (200, "CHDIR"),
+            (203, "EXEC"),
+            (216, "GROUP"),
+            (217, "USER"),
+            (226, "NAMESPACE"),
+        ] {
+            assert_eq!(exit_status_name(status), Some(name));
+            assert!(exit_status_hint(status).is_some(), "{status} has a hint");
+        }
+        assert_eq!(exit_status_name(0), None);
+        assert_eq!(exit_status_hint(1), None, "an app's own failure has no systemd hint");
     }
 
     #[test]
