@@ -774,6 +774,19 @@ pub enum HostStatus {
     Removed,
 }
 
+/// A host the rollout counts as failed ([`Rollout::failed_hosts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedHost {
+    /// The host.
+    pub host: HostId,
+    /// The index of its stage.
+    pub stage: usize,
+    /// When it was counted as failed.
+    pub at: Timestamp,
+    /// Why.
+    pub reason: FailureReason,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct HostProgress {
     stage: usize,
@@ -962,6 +975,26 @@ impl Rollout {
     /// A host's status, if it is part of the rollout.
     pub fn host_status(&self, host: &HostId) -> Option<&HostStatus> {
         self.hosts.get(host).map(|progress| &progress.status)
+    }
+
+    /// The hosts counted as failed, oldest failure first (the first ones are what tripped
+    /// the breaker), each with its stage and why: what `drover rollout status|watch` name.
+    pub fn failed_hosts(&self) -> Vec<FailedHost> {
+        let mut failed: Vec<FailedHost> = self
+            .hosts
+            .iter()
+            .filter_map(|(host, progress)| match progress.status {
+                HostStatus::Failed { at, reason } => Some(FailedHost {
+                    host: host.clone(),
+                    stage: progress.stage,
+                    at,
+                    reason,
+                }),
+                _ => None,
+            })
+            .collect();
+        failed.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.host.cmp(&b.host)));
+        failed
     }
 
     /// When the next [`Event::Tick`] is needed (after a restart, re-arm the timer with it).
@@ -2079,6 +2112,18 @@ mod tests {
         assert_eq!(pinned(&actions).len(), 2, "the slots are free again");
         rollout.step(healthy(&first), at(130)).expect("late healthy");
         assert_eq!(rollout.failures(), 2, "a failure stays counted");
+        // Both are named, with their stage and why, in host order at the same instant.
+        let mut expected = vec![
+            (first, 0, at(120), FailureReason::MissedDeadline { held: false }),
+            (second, 0, at(120), FailureReason::MissedDeadline { held: true }),
+        ];
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        let failed: Vec<_> = rollout
+            .failed_hosts()
+            .into_iter()
+            .map(|failed| (failed.host, failed.stage, failed.at, failed.reason))
+            .collect();
+        assert_eq!(failed, expected);
     }
 
     #[test]

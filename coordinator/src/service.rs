@@ -18,6 +18,7 @@ use drover_protocol::api::{
     RolloutPlanHost, RolloutPlanStage, RolloutRequest, RolloutStageStatus, RolloutStatus, Scope, TokenName,
     TokenRequest, TokenResponse,
 };
+use drover_protocol::api::{MAX_FAILED_HOSTS_SHOWN, RolloutFailedHost};
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::manifest::{MAX_APPS, MAX_MANIFEST_BYTES};
 use drover_protocol::report::MAX_REPORT_EVENTS;
@@ -1666,23 +1667,45 @@ impl Coordinator {
         {
             let model = self.model.lock().await;
             if let Some(active) = model.rollouts.get(app) {
-                return Ok(status_view(
-                    &active.rollout,
-                    &active.created_by,
-                    active.created_at,
-                    None,
-                    now,
-                ));
+                let mut status = status_view(&active.rollout, &active.created_by, active.created_at, None, now);
+                status.failed_hosts = self.failed_hosts_view(&active.rollout);
+                return Ok(status);
             }
         }
         let stored: StoredRollout = self.store.latest_rollout(app).await?.ok_or_else(|| no_rollout(app))?;
-        Ok(status_view(
+        let mut status = status_view(
             &stored.rollout,
             &stored.created_by,
             stored.created_at,
             stored.finished_at,
             now,
-        ))
+        );
+        status.failed_hosts = self.failed_hosts_view(&stored.rollout);
+        Ok(status)
+    }
+
+    /// The rollout's failed hosts (the first [`MAX_FAILED_HOSTS_SHOWN`]), each with the
+    /// app's state and `last_error` from the host's latest report: why it failed, in the
+    /// host's words (a removed host has no report left).
+    fn failed_hosts_view(&self, rollout: &Rollout) -> Vec<RolloutFailedHost> {
+        let app = &rollout.spec().app;
+        let reports = self.reports.lock().expect("reports lock");
+        rollout
+            .failed_hosts()
+            .into_iter()
+            .take(MAX_FAILED_HOSTS_SHOWN)
+            .map(|failed| {
+                let reported = reports.get(&failed.host).and_then(|(report, _)| report.apps.get(app));
+                RolloutFailedHost {
+                    stage: failed.stage,
+                    at: failed.at,
+                    reason: failed.reason.to_string(),
+                    state: reported.map(|state| state.state),
+                    error: reported.and_then(|state| state.last_error.clone()),
+                    host: failed.host,
+                }
+            })
+            .collect()
     }
 
     /// `drover rollout history`: rollouts, commands, pins and holds, oldest first.
@@ -2192,6 +2215,7 @@ fn status_view(
         created_by: created_by.to_owned(),
         created_at,
         finished_at,
+        failed_hosts: Vec::new(),
     }
 }
 

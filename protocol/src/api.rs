@@ -674,6 +674,35 @@ pub struct RolloutStatus {
     pub created_at: Timestamp,
     /// When it finished, if it did.
     pub finished_at: Option<Timestamp>,
+    /// The hosts counted as failed, oldest first, at most [`MAX_FAILED_HOSTS_SHOWN`]
+    /// (`failures` counts them all). Absent from older coordinators.
+    #[serde(default)]
+    pub failed_hosts: Vec<RolloutFailedHost>,
+}
+
+/// Most failed hosts a [`RolloutStatus`] names: the first failures are what tripped the
+/// breaker, and `watch` fetches the status every second.
+pub const MAX_FAILED_HOSTS_SHOWN: usize = 50;
+
+/// A host a rollout counts as failed, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutFailedHost {
+    /// The host.
+    pub host: HostId,
+    /// The index of its stage.
+    pub stage: usize,
+    /// When the rollout counted it as failed.
+    pub at: Timestamp,
+    /// Why the rollout counts it, e.g. `reported rolled_back` or `not healthy within the
+    /// deadline`.
+    pub reason: String,
+    /// The app's state in the host's latest report, if it reported the app.
+    #[serde(default)]
+    pub state: Option<AppState>,
+    /// The app's `last_error` in the host's latest report: the host's own words (the
+    /// cause systemd gave, a failed download), unescaped; escape before printing.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One line of `GET /v1/admin/rollouts/{app}/history`.

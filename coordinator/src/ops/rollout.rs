@@ -156,16 +156,13 @@ fn show(out: &mut dyn Write, status: &RolloutStatus, output: Output, now: Timest
 
 /// Per stage: done / in flight / failed / waiting, the bake countdown; ETA on top.
 pub(crate) fn status_text(status: &RolloutStatus, now: Timestamp) -> String {
-    let stage = status.stage.map_or_else(
-        || "not started".to_owned(),
-        |stage| format!("stage {} of {}", stage + 1, status.stages.len()),
-    );
+    let stage = super::watch::stage_text(status);
     let eta = status.eta.map_or_else(
         || "-".to_owned(),
         |eta| format!("{eta} (in {}s)", (eta.unix() - now.unix()).max(0)),
     );
     let mut text = format!(
-        "rollout {} of {} to {}: {}, {stage}\nfailures {} of {} tolerated, {} of {} in flight, ETA {eta}\n\n",
+        "rollout {} of {} to {}: {}{stage}\nfailures {} of {} tolerated, {} of {} in flight, ETA {eta}\n\n",
         printable(&status.rollout),
         status.app,
         status.version,
@@ -187,6 +184,7 @@ pub(crate) fn status_text(status: &RolloutStatus, now: Timestamp) -> String {
     ]);
     for (index, stage) in status.stages.iter().enumerate() {
         let state = match &stage.bake_remaining {
+            _ if stage.total == 0 => "no hosts".to_owned(),
             Some(remaining) => format!("baking, {remaining} left"),
             None => stage.status.replace('_', " "),
         };
@@ -202,5 +200,26 @@ pub(crate) fn status_text(status: &RolloutStatus, now: Timestamp) -> String {
         ]);
     }
     text.push_str(&table.render());
+    if !status.failed_hosts.is_empty() {
+        // The host's own words, whole (the table escapes them).
+        text.push_str(&format!(
+            "\nfailed hosts ({} of {}):\n",
+            status.failed_hosts.len(),
+            status.failures
+        ));
+        let mut failed = Table::new(&["HOST", "STAGE", "FAILED AT", "WHY", "STATE", "ERROR"]);
+        for host in &status.failed_hosts {
+            failed.row(vec![
+                host.host.to_string(),
+                (host.stage + 1).to_string(),
+                host.at.to_string(),
+                host.reason.clone(),
+                host.state
+                    .map_or_else(|| "-".to_owned(), |state| super::hosts::state_name(&state)),
+                host.error.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        text.push_str(&failed.render());
+    }
     text
 }

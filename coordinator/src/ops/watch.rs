@@ -6,7 +6,7 @@
 use std::io::{IsTerminal as _, Write};
 
 use drover_protocol::Timestamp;
-use drover_protocol::api::{RolloutPhase, RolloutStageStatus, RolloutStatus};
+use drover_protocol::api::{RolloutFailedHost, RolloutPhase, RolloutStageStatus, RolloutStatus};
 
 use super::emit;
 use crate::cli::Output;
@@ -15,6 +15,13 @@ use crate::error::Error;
 
 /// Cells of a stage's bar.
 const BAR_WIDTH: usize = 10;
+/// Failed hosts shown while the rollout goes on: the newest.
+const FAILED_WHILE_RUNNING: usize = 3;
+/// Failed hosts shown once it stopped: the first, which tripped the breaker.
+const FAILED_WHEN_STOPPED: usize = 10;
+/// Characters of a host's error shown per line (a line that wraps on a terminal breaks
+/// the redraw; `rollout status` shows it whole).
+const ERROR_CHARS: usize = 160;
 /// How often the status is fetched.
 const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long `watch` keeps trying while the coordinator cannot be reached or answers with
@@ -166,10 +173,17 @@ pub(crate) async fn watch(
                 continue;
             }
         };
+        let outcome = match status.failed_hosts.first() {
+            Some(first) => format!(
+                "{outcome}; first failure: {}",
+                failed_host_text(first, &status, usize::MAX)
+            ),
+            None => outcome.to_owned(),
+        };
         return Err(Error::RolloutOutcome {
             app: status.app.to_string(),
             rollout: printable(&status.rollout),
-            outcome: outcome.to_owned(),
+            outcome,
         });
     }
 }
@@ -186,7 +200,8 @@ fn passing(error: &Error) -> bool {
 }
 
 /// What `watch` shows: a header with the phase (and why it is paused) and the ETA, one
-/// bar per stage, and the totals.
+/// bar per stage (a stage without hosts says so), the totals, and the failed hosts with
+/// what they reported (the newest few while it runs, the first ones once it stopped).
 ///
 /// ```text
 /// rollout web-2.0-1 of web to 2.0: running, stage 2 of 3, ETA 3m10s
@@ -194,12 +209,10 @@ fn passing(error: &Error) -> bool {
 /// 50%     [####x.....] 12/25 done  3 in flight  1 failed  9 waiting
 /// 100%    [..........]  0/25 done  0 in flight  0 failed  not started
 /// 13 of 51 hosts done, 1 failed (2 tolerated), 3 of 5 in flight
+/// web-07 failed in stage 2 (50%): reported rolled_back: health check failed: …
 /// ```
 pub(crate) fn watch_lines(status: &RolloutStatus, now: Timestamp) -> Vec<String> {
-    let stage = status.stage.map_or_else(
-        || "not started".to_owned(),
-        |stage| format!("stage {} of {}", stage + 1, status.stages.len()),
-    );
+    let stage = stage_text(status);
     let eta = match (status.phase, status.eta) {
         (_, Some(eta)) => format!(", ETA {}", short_duration(eta.unix() - now.unix())),
         // The estimate needs a host that took measurable time to install.
@@ -207,7 +220,7 @@ pub(crate) fn watch_lines(status: &RolloutStatus, now: Timestamp) -> Vec<String>
         _ => String::new(),
     };
     let mut lines = vec![format!(
-        "rollout {} of {} to {}: {}, {stage}{eta}",
+        "rollout {} of {} to {}: {}{stage}{eta}",
         printable(&status.rollout),
         status.app,
         status.version,
@@ -247,7 +260,117 @@ pub(crate) fn watch_lines(status: &RolloutStatus, now: Timestamp) -> Vec<String>
         "{done} of {total} hosts done, {} failed ({} tolerated), {} of {} in flight",
         status.failures, status.failure_budget, status.in_flight, status.max_in_flight
     ));
+    let stopped = matches!(
+        status.phase,
+        RolloutPhase::PausedByBreaker | RolloutPhase::Completed | RolloutPhase::Aborted | RolloutPhase::RolledBack
+    );
+    let shown: Vec<&RolloutFailedHost> = if stopped {
+        status.failed_hosts.iter().take(FAILED_WHEN_STOPPED).collect()
+    } else {
+        let skip = status.failed_hosts.len().saturating_sub(FAILED_WHILE_RUNNING);
+        status.failed_hosts.iter().skip(skip).collect()
+    };
+    for failed in &shown {
+        lines.push(failed_host_text(failed, status, ERROR_CHARS));
+    }
+    let more = status.failures.saturating_sub(shown.len());
+    if more > 0 && !shown.is_empty() {
+        lines.push(format!(
+            "… {more} more failed; all of them: drover rollout status {}",
+            status.app
+        ));
+    }
     lines
+}
+
+/// `, stage 2 of 3` while it goes on (with `(stages 2-3 have no hosts)` when some are
+/// empty), `, stage 3 of 3` or ` (stages 2-3 had no hosts)` once completed: a completed
+/// rollout whose later stages had no hosts did not stop at its first stage.
+pub(crate) fn stage_text(status: &RolloutStatus) -> String {
+    let Some(current) = status.stage else {
+        return ", not started".to_owned();
+    };
+    let empty: Vec<usize> = status
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(_, stage)| stage.total == 0)
+        .map(|(index, _)| index)
+        .collect();
+    if empty.is_empty() {
+        return format!(", stage {} of {}", current + 1, status.stages.len());
+    }
+    let empty = stage_numbers(&empty);
+    match status.phase {
+        RolloutPhase::Completed => format!(" ({empty} had no hosts)"),
+        RolloutPhase::Aborted | RolloutPhase::RolledBack => {
+            format!(
+                ", stage {} of {} ({empty} had no hosts)",
+                current + 1,
+                status.stages.len()
+            )
+        }
+        RolloutPhase::Pending
+        | RolloutPhase::Running
+        | RolloutPhase::PausedByOperator
+        | RolloutPhase::PausedByBreaker
+        | RolloutPhase::AwaitingApproval => {
+            format!(
+                ", stage {} of {} ({empty} have no hosts)",
+                current + 1,
+                status.stages.len()
+            )
+        }
+    }
+}
+
+/// `stage 2`, `stages 2-3`, `stages 1, 3-4` for stage indexes in ascending order.
+fn stage_numbers(indexes: &[usize]) -> String {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &index in indexes {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == index => *last = index,
+            _ => runs.push((index, index)),
+        }
+    }
+    let text: Vec<String> = runs
+        .iter()
+        .map(|&(first, last)| {
+            if first == last {
+                (first + 1).to_string()
+            } else {
+                format!("{}-{}", first + 1, last + 1)
+            }
+        })
+        .collect();
+    let noun = if indexes.len() == 1 { "stage" } else { "stages" };
+    format!("{noun} {}", text.join(", "))
+}
+
+/// `web-07 failed in stage 2 (50%): reported rolled_back: <the host's last error>`, the
+/// host's text escaped and cut to `error_chars` characters.
+pub(crate) fn failed_host_text(failed: &RolloutFailedHost, status: &RolloutStatus, error_chars: usize) -> String {
+    let label = status
+        .stages
+        .get(failed.stage)
+        .map_or_else(String::new, |stage| format!(" ({})", printable(&stage.label)));
+    let mut text = format!(
+        "{} failed in stage {}{label}: {}",
+        failed.host,
+        failed.stage + 1,
+        printable(&failed.reason)
+    );
+    if let Some(error) = &failed.error {
+        let error = printable(error);
+        text.push_str(": ");
+        if error.chars().count() > error_chars {
+            text.extend(error.chars().take(error_chars));
+            text.push('…');
+        } else {
+            text.push_str(&error);
+        }
+    }
+    text
 }
 
 /// The phase for people, with why it is paused (also the header of `rollout status`).
@@ -272,14 +395,17 @@ pub(crate) fn phase_text(status: &RolloutStatus) -> String {
 }
 
 /// `[####x.....]`: settled hosts (healthy or removed `#`, failed `x`) of the stage's
-/// total, rounded down so that a full bar means every host settled.
+/// total, rounded down so that a full bar means every host settled; `[----------]` for a
+/// stage without hosts, which is neither done nor waiting.
 fn bar(stage: &RolloutStageStatus) -> String {
+    if stage.total == 0 {
+        // Nothing to settle: neither full (done) nor dots (waiting).
+        return "-".repeat(BAR_WIDTH);
+    }
     let settled = (stage.done + stage.failed + stage.removed).min(stage.total);
-    // A stage without hosts (all removed before it started) is full once passed.
-    let empty = if stage.status == "passed" { BAR_WIDTH } else { 0 };
-    let cells = (settled * BAR_WIDTH).checked_div(stage.total).unwrap_or(empty);
-    // Rounded up, so that one failure shows; a stage without hosts has no failures.
-    let failed_cells = (stage.failed * BAR_WIDTH).div_ceil(stage.total.max(1)).min(cells);
+    let cells = settled * BAR_WIDTH / stage.total;
+    // Rounded up, so that one failure shows.
+    let failed_cells = (stage.failed * BAR_WIDTH).div_ceil(stage.total).min(cells);
     let mut text = String::with_capacity(BAR_WIDTH);
     text.extend(std::iter::repeat_n('#', cells - failed_cells));
     text.extend(std::iter::repeat_n('x', failed_cells));
@@ -288,9 +414,13 @@ fn bar(stage: &RolloutStageStatus) -> String {
 }
 
 /// What a stage is doing: `passed`, `bake 1m20s left`, `3 waiting`, `not started`,
-/// `stopped by the breaker` (status `failed`); a stage that passed with failures within
-/// the budget is `settled`, not `passed`.
+/// `stopped by the breaker` (status `failed`), `no hosts` (the plan put none in it, so it
+/// never runs or passes anything); a stage that passed with failures within the budget is
+/// `settled`, not `passed`.
 fn stage_state(stage: &RolloutStageStatus) -> String {
+    if stage.total == 0 {
+        return "no hosts".to_owned();
+    }
     let mut text = match (stage.status.as_str(), stage.bake_remaining) {
         ("passed", None) if stage.failed > 0 => "settled".to_owned(),
         ("failed", None) => "stopped by the breaker".to_owned(),
@@ -371,6 +501,41 @@ mod tests {
             created_by: "ci".into(),
             created_at: at(-60),
             finished_at: None,
+            failed_hosts: Vec::new(),
+        }
+    }
+
+    /// A one-host fleet's rollout in three stages: the canary has the host, the others none.
+    fn one_host(phase: RolloutPhase, phase_text: &str) -> RolloutStatus {
+        let done = usize::from(phase == RolloutPhase::Completed);
+        let canary_status = if done == 1 { "passed" } else { "active" };
+        let later = if done == 1 { "passed" } else { "not_started" };
+        RolloutStatus {
+            phase,
+            phase_text: phase_text.into(),
+            stage: Some(0),
+            stages: vec![
+                stage("canary", canary_status, [done, 1 - done, 0, 1]),
+                stage("50%", later, [0, 0, 0, 0]),
+                stage("100%", later, [0, 0, 0, 0]),
+            ],
+            failures: 0,
+            failure_budget: 0,
+            in_flight: 1 - done,
+            max_in_flight: 1,
+            eta: None,
+            ..running()
+        }
+    }
+
+    fn failed_host(host: &str, stage: usize, error: Option<&str>) -> RolloutFailedHost {
+        RolloutFailedHost {
+            host: host.parse().expect("host"),
+            stage,
+            at: at(30),
+            reason: "reported rolled_back".into(),
+            state: Some(drover_protocol::report::AppState::RolledBack),
+            error: error.map(Into::into),
         }
     }
 
@@ -382,8 +547,90 @@ mod tests {
         // Rounded down: 24 of 25 settled is not a full bar.
         assert_eq!(bar(&stage("all", "active", [24, 1, 0, 25])), "#########.");
         assert_eq!(bar(&stage("all", "active", [0, 1, 3, 4])), "xxxxxxx...");
-        assert_eq!(bar(&stage("empty", "passed", [0, 0, 0, 0])), "##########");
-        assert_eq!(bar(&stage("empty", "not_started", [0, 0, 0, 0])), "..........");
+    }
+
+    #[test]
+    fn watch_shows_empty_stages_as_empty_not_full() {
+        for status in ["passed", "not_started", "active"] {
+            let empty = stage("50%", status, [0, 0, 0, 0]);
+            assert_eq!(bar(&empty), "----------", "{status}");
+            assert_eq!(stage_state(&empty), "no hosts", "{status}");
+        }
+        let lines = watch_lines(&one_host(RolloutPhase::Completed, "completed"), at(0));
+        assert_eq!(lines[1], "canary  [##########] 1/1 done  0 in flight  0 failed  passed");
+        assert_eq!(
+            lines[2],
+            "50%     [----------] 0/0 done  0 in flight  0 failed  no hosts"
+        );
+        assert_eq!(
+            lines[3],
+            "100%    [----------] 0/0 done  0 in flight  0 failed  no hosts"
+        );
+        let running = watch_lines(&one_host(RolloutPhase::Running, "running"), at(0));
+        assert_eq!(
+            running[0],
+            "rollout web-2.0-1 of web to 2.0: running, stage 1 of 3 (stages 2-3 have no hosts), ETA not known yet"
+        );
+        assert_eq!(
+            running[2],
+            "50%     [----------] 0/0 done  0 in flight  0 failed  no hosts"
+        );
+    }
+
+    #[test]
+    fn a_completed_one_host_rollout_does_not_say_stage_1_of_3() {
+        let lines = watch_lines(&one_host(RolloutPhase::Completed, "completed"), at(0));
+        assert_eq!(
+            lines[0],
+            "rollout web-2.0-1 of web to 2.0: completed (stages 2-3 had no hosts)"
+        );
+        assert!(!lines[0].contains("stage 1 of 3"), "{}", lines[0]);
+        assert_eq!(lines[4], "1 of 1 hosts done, 0 failed (0 tolerated), 0 of 1 in flight");
+        // Stage numbers for people: one, a run, and runs.
+        assert_eq!(stage_numbers(&[1]), "stage 2");
+        assert_eq!(stage_numbers(&[1, 2]), "stages 2-3");
+        assert_eq!(stage_numbers(&[0, 2, 3]), "stages 1, 3-4");
+    }
+
+    #[test]
+    fn watch_names_failed_hosts_with_their_errors_escaped() {
+        let mut status = running();
+        status.phase = RolloutPhase::PausedByBreaker;
+        status.phase_text = "paused by the failure breaker".into();
+        status.eta = None;
+        status.failures = 3;
+        status.failed_hosts = vec![
+            failed_host("web-07", 1, Some("unit failed (status=217/USER)\n\u{1b}[2Jforged")),
+            failed_host("web-09", 1, None),
+        ];
+        let lines = watch_lines(&status, at(0));
+        assert_eq!(
+            lines[6],
+            "web-07 failed in stage 2 (50%): reported rolled_back: unit failed (status=217/USER)\\n\\u{1b}[2Jforged"
+        );
+        assert_eq!(lines[7], "web-09 failed in stage 2 (50%): reported rolled_back");
+        assert_eq!(lines[8], "… 1 more failed; all of them: drover rollout status web");
+        assert!(lines.iter().all(|line| !line.contains('\u{1b}')));
+        // A long error is cut on the watch (a wrapped line breaks the redraw).
+        status.failed_hosts = vec![failed_host("web-07", 1, Some(&"e".repeat(500)))];
+        status.failures = 1;
+        let lines = watch_lines(&status, at(0));
+        assert_eq!(lines.len(), 7);
+        assert!(
+            lines[6].ends_with(&format!("{}…", "e".repeat(ERROR_CHARS))),
+            "{}",
+            lines[6]
+        );
+        // While running: only the newest few.
+        status.phase = RolloutPhase::Running;
+        status.failures = 5;
+        status.failed_hosts = (1..=5)
+            .map(|index| failed_host(&format!("web-0{index}"), 1, None))
+            .collect();
+        let lines = watch_lines(&status, at(0));
+        assert!(lines[6].starts_with("web-03 failed"), "{lines:#?}");
+        assert!(lines[8].starts_with("web-05 failed"), "{lines:#?}");
+        assert_eq!(lines[9], "… 2 more failed; all of them: drover rollout status web");
     }
 
     #[test]
@@ -450,6 +697,10 @@ mod tests {
         status.phase = RolloutPhase::Completed;
         status.phase_text = "completed".into();
         assert!(watch_lines(&status, at(0))[0].ends_with(": completed, stage 2 of 4"));
+        status.stage = None;
+        status.phase = RolloutPhase::Pending;
+        status.phase_text = "pending".into();
+        assert!(watch_lines(&status, at(0))[0].ends_with(": pending, not started"));
     }
 
     #[test]
