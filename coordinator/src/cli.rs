@@ -128,14 +128,24 @@ pub enum Command {
         about = "Move an app to a new release in stages that stop themselves on failures"
     )]
     Rollout(RolloutCommand),
-    /// Fleet summary per app: desired hosts, running versions and states.
+    /// Fleet summary per app: desired hosts, running versions and states, pins, releases.
     ///
     /// DESIRED counts the hosts whose manifest lists the app; VERSIONS and STATES (healthy,
     /// unhealthy, failed, rolled_back, ...) count hosts as they last reported, so a host that
-    /// has not reported yet is not in them. The first line counts enrolled and held hosts.
+    /// has not reported yet is not in them. PINS is what the app should run per scope:
+    /// `fleet=1.4.2 group:eu=1.4.1 hosts=1.4.0:2` (two hosts pinned to 1.4.0; `drover pins`
+    /// says which and who set them). Every app with releases or pins is listed, also with
+    /// no host. The first line counts enrolled and held hosts.
     ///
     /// Example: drover status -o json
     Status(StatusArgs),
+    /// List pins (fleet, group and host) with who set them, when and why, and the holds.
+    ///
+    /// The app's history (`drover rollout history APP`) has every change; this is what is
+    /// in force now. Pins set before the coordinator recorded who set them show `-`.
+    ///
+    /// Example: drover pins web
+    Pins(PinsArgs),
 }
 
 /// Where the operator commands find the coordinator.
@@ -195,6 +205,12 @@ pub struct TokenCreateArgs {
     /// id's history (`drover hosts history HOST`, also while the host is removed).
     #[arg(long, value_name = "HOST")]
     pub replace: Option<HostId>,
+    /// Print the join command although the coordinator's public URL is a loopback
+    /// address (127.0.0.1) while it listens on other addresses: such a join line works
+    /// only on the coordinator's own machine. Without it the coordinator refuses (exit 2)
+    /// and says where to set --public-url.
+    #[arg(long)]
+    pub allow_loopback: bool,
     /// Output format: the join command alone, or the whole token as JSON.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -609,6 +625,19 @@ pub struct HoldArgs {
 /// Arguments of `drover status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// Arguments of `drover pins`.
+#[derive(Debug, Args)]
+pub struct PinsArgs {
+    /// Only this app's pins (holds are listed either way: they stop every app).
+    pub app: Option<AppName>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,

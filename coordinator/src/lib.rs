@@ -103,6 +103,7 @@ pub async fn run(cli: cli::Cli, now: Timestamp, input: &mut dyn Read, out: &mut 
             ops::rollout(&client, &command, now, out).await
         }
         Command::Status(args) => ops::status(&AdminClient::from_env(&args.connection.data_dir)?, &args, out).await,
+        Command::Pins(args) => ops::pins(&AdminClient::from_env(&args.connection.data_dir)?, &args, now, out).await,
     }
 }
 

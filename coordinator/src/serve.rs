@@ -125,7 +125,13 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     let store = Store::open(&data.database())
         .await
         .map_err(|error| Error::Input(error.to_string()))?;
+    let loopback_trap = public_url_is_loopback_while_listening_elsewhere(&public_url, addr);
+    if loopback_trap {
+        tracing::warn!("{}", loopback_public_url_problem(&public_url, addr));
+    }
     let config = Config {
+        loopback_trap,
+        listen: addr,
         public_url: public_url.clone(),
         manifest_ttl: options.manifest_ttl,
         refresh_interval: Duration::from_secs(60),
@@ -316,6 +322,36 @@ fn open_files_limit(limits: &str) -> Option<(u64, Option<u64>)> {
     Some((soft, hard.parse().ok()))
 }
 
+/// True when `public_url` names a loopback address (127.0.0.0/8, ::1, localhost) while
+/// the coordinator listens on `listen`, which is not one: the packaged default (listen on
+/// 0.0.0.0, public URL 127.0.0.1). Join lines and artifact URLs with it work only on the
+/// coordinator's own machine. A coordinator that listens on loopback only (a laptop, the
+/// tests) can only be reached from there anyway, so its loopback URL is no trap.
+pub fn public_url_is_loopback_while_listening_elsewhere(public_url: &str, listen: SocketAddr) -> bool {
+    let Some(host) = url_host(public_url) else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    let loopback_url = host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    loopback_url && !listen.ip().is_loopback()
+}
+
+/// What `drover serve` logs at start and `drover token create` answers (refused) when
+/// [`public_url_is_loopback_while_listening_elsewhere`]: the setting, the files and the
+/// way out.
+pub fn loopback_public_url_problem(public_url: &str, listen: SocketAddr) -> String {
+    format!(
+        "the public URL {public_url} is a loopback address but the coordinator listens on {listen}: \
+         join lines and artifact URLs with it work only on this machine (another host would \
+         connect to itself). Set the URL hosts reach this coordinator at with --public-url, \
+         e.g. DROVER_SERVE_ARGS=\"--public-url https://deploy.example.com:8443\" in \
+         /etc/default/drover-coordinator (deb) or /etc/sysconfig/drover-coordinator (rpm), \
+         then `systemctl restart drover-coordinator`"
+    )
+}
+
 fn url_host(url: &str) -> Option<String> {
     let rest = url.strip_prefix("https://")?;
     let authority = rest.split('/').next()?;
@@ -347,6 +383,50 @@ mod tests {
         // Due, and long past due (even expired): now.
         for now in ["2026-09-02T00:00:00Z", "2026-12-31T00:00:00Z", "2027-02-01T00:00:00Z"] {
             assert!(server_renewal_wait(not_before, not_after, at(now)).is_zero(), "{now}");
+        }
+    }
+
+    #[test]
+    fn a_loopback_public_url_is_a_trap_only_when_listening_beyond_loopback() {
+        let listen = |text: &str| text.parse::<SocketAddr>().expect("address");
+        for url in [
+            "https://127.0.0.1:8443",
+            "https://127.0.1.1:8443",
+            "https://[::1]:8443",
+            "https://localhost:8443",
+            "https://LOCALHOST",
+        ] {
+            assert!(
+                public_url_is_loopback_while_listening_elsewhere(url, listen("0.0.0.0:8443")),
+                "{url}"
+            );
+            assert!(
+                public_url_is_loopback_while_listening_elsewhere(url, listen("[::]:8443")),
+                "{url}"
+            );
+            assert!(
+                public_url_is_loopback_while_listening_elsewhere(url, listen("10.0.0.5:8443")),
+                "{url}"
+            );
+            assert!(
+                !public_url_is_loopback_while_listening_elsewhere(url, listen("127.0.0.1:8443")),
+                "{url}"
+            );
+            assert!(
+                !public_url_is_loopback_while_listening_elsewhere(url, listen("[::1]:8443")),
+                "{url}"
+            );
+        }
+        for url in [
+            "https://10.0.0.5:8443",
+            "https://deploy.example.com",
+            "https://[fd00::1]:8443",
+            "https://localhost.example.com",
+        ] {
+            assert!(
+                !public_url_is_loopback_while_listening_elsewhere(url, listen("0.0.0.0:8443")),
+                "{url}"
+            );
         }
     }
 

@@ -487,7 +487,8 @@ fn routes(state: AppState) -> Router {
         .route("/v1/admin/artifacts", post(upload_artifact))
         .route("/v1/admin/releases", post(create_release))
         .route("/v1/admin/releases/{app}", get(list_releases))
-        .route("/v1/admin/pins", put(pin).delete(unpin))
+        .route("/v1/admin/pins", get(list_pins).put(pin).delete(unpin))
+        .route("/v1/admin/pins/{app}", get(list_app_pins))
         .route("/v1/admin/holds", put(hold).delete(unhold))
         .route("/v1/admin/status", get(status))
         .route("/v1/admin/rollouts", post(start_rollout))
@@ -1260,6 +1261,28 @@ async fn unhold(
     let request: HoldRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     let reason = request.reason.as_deref();
     Ok(Json(state.coordinator.hold(request.scope, false, &operator, reason).await?).into_response())
+}
+
+/// `GET /v1/admin/pins`: every app's pins and the holds.
+async fn list_pins(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
+    Ok(Json(state.coordinator.pins(None).await?).into_response())
+}
+
+/// `GET /v1/admin/pins/{app}`: one app's pins and the holds.
+async fn list_app_pins(
+    State(state): State<AppState>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Response> {
+    admin(&state, &connection, &headers).await?;
+    let app: AppName = parse_path(&app, "bad_app_name")?;
+    Ok(Json(state.coordinator.pins(Some(&app)).await?).into_response())
 }
 
 async fn status(

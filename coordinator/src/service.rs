@@ -19,6 +19,7 @@ use drover_protocol::api::{
     TokenRequest, TokenResponse,
 };
 use drover_protocol::api::{MAX_FAILED_HOSTS_SHOWN, RolloutFailedHost};
+use drover_protocol::api::PinList;
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::manifest::{MAX_APPS, MAX_MANIFEST_BYTES};
 use drover_protocol::report::MAX_REPORT_EVENTS;
@@ -44,6 +45,12 @@ use crate::store::{
 pub struct Config {
     /// The URL hosts and the CLI use to reach this coordinator, e.g. `https://10.0.0.5:8443`.
     pub public_url: String,
+    /// The address it listens on.
+    pub listen: std::net::SocketAddr,
+    /// The public URL is a loopback address while it listens on others
+    /// ([`crate::serve::public_url_is_loopback_while_listening_elsewhere`]): token
+    /// creation refuses unless the request allows it.
+    pub loopback_trap: bool,
     /// How long a signed manifest is valid.
     pub manifest_ttl: Duration,
     /// How often the refresher looks for manifests to re-sign before they expire.
@@ -750,6 +757,15 @@ impl Coordinator {
             ));
         }
         check_labels(&request.labels)?;
+        if self.config.loopback_trap && !request.allow_loopback {
+            return Err(ServiceError::BadRequest(
+                drover_protocol::api::LOOPBACK_PUBLIC_URL,
+                format!(
+                    "refusing to make a join line that works only on this machine: {}. Or pass --allow-loopback to get it anyway",
+                    crate::serve::loopback_public_url_problem(&self.config.public_url, self.config.listen)
+                ),
+            ));
+        }
         let now = now();
         let token = crate::datadir::new_secret();
         let expires_at = now.plus(request.ttl);
@@ -1903,7 +1919,31 @@ impl Coordinator {
                 }
             }
         }
+        // Apps with releases or pins are listed with no host too: after the last host is
+        // removed, "what should run" is still there and still the operator's question.
+        for (app, _) in model.fleet.releases.keys() {
+            status.apps.entry(app.clone()).or_default().releases += 1;
+        }
+        for ((app, scope), version) in &model.fleet.pins {
+            let entry = status.apps.entry(app.clone()).or_default();
+            match scope {
+                Scope::Fleet => entry.fleet_pin = Some(version.clone()),
+                Scope::Group(group) => {
+                    entry.group_pins.insert(group.clone(), version.clone());
+                }
+                Scope::Host(_) => *entry.host_pins.entry(version.to_string()).or_default() += 1,
+            }
+        }
         status
+    }
+
+    /// `drover pins [APP]`: the pins in force (of `app`, or all) with who set them, when
+    /// and why, and the holds, as committed.
+    pub async fn pins(&self, app: Option<&AppName>) -> Result<PinList, ServiceError> {
+        Ok(PinList {
+            pins: self.store.pins(app).await?,
+            holds: self.store.holds().await?,
+        })
     }
 
     /// The number of enrolled hosts (for `/metrics`).

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;
 
-use drover_protocol::api::{BOOTSTRAP_TOKEN_NAME, HistoryEntry, HostHistoryEntry, Labels, Release, Scope, TokenName};
+use drover_protocol::api::{
+    BOOTSTRAP_TOKEN_NAME, HistoryEntry, HoldInfo, HostHistoryEntry, Labels, PinInfo, Release, Scope, TokenName,
+};
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
 use sqlx::Row as _;
 
@@ -26,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_rollouts.sql"),
     include_str!("../migrations/0003_admin_tokens.sql"),
     include_str!("../migrations/0004_host_identity.sql"),
+    include_str!("../migrations/0005_pin_origins.sql"),
 ];
 
 /// Events kept per host; older ones are deleted as new ones arrive.
@@ -608,7 +611,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         insert_history(&mut transaction, history).await?;
-        write_pin(&mut transaction, app, scope, version).await?;
+        write_pin(&mut transaction, app, scope, version, history.first()).await?;
         commit_with_manifests(transaction, manifests).await
     }
 
@@ -622,15 +625,23 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         insert_history(&mut transaction, history).await?;
-        let statement = if held {
-            "INSERT INTO holds (scope) VALUES (?) ON CONFLICT (scope) DO NOTHING"
-        } else {
-            "DELETE FROM holds WHERE scope = ?"
-        };
-        sqlx::query(statement)
+        if held {
+            let origin = history.first();
+            sqlx::query(
+                "INSERT INTO holds (scope, set_by, set_at, reason) VALUES (?, ?, ?, ?) ON CONFLICT (scope) DO NOTHING",
+            )
             .bind(to_json(scope))
+            .bind(origin.map(|line| line.who.as_str()))
+            .bind(origin.map(|line| unix(line.at)))
+            .bind(origin.and_then(|line| line.reason.as_deref()))
             .execute(&mut *transaction)
             .await?;
+        } else {
+            sqlx::query("DELETE FROM holds WHERE scope = ?")
+                .bind(to_json(scope))
+                .execute(&mut *transaction)
+                .await?;
+        }
         commit_with_manifests(transaction, manifests).await
     }
 
@@ -861,10 +872,56 @@ impl Store {
             }
         }
         for (scope, version) in commit.pins {
-            write_pin(&mut transaction, app, scope, version.as_ref()).await?;
+            write_pin(&mut transaction, app, scope, version.as_ref(), commit.history.first()).await?;
         }
         insert_history(&mut transaction, commit.history).await?;
         commit_with_manifests(transaction, commit.manifests).await
+    }
+
+    /// The pins in force (of `app`, or all), with who set them, ordered by app and scope.
+    pub async fn pins(&self, app: Option<&AppName>) -> Result<Vec<PinInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT app, scope, version, set_by, set_at, rollout, reason FROM pins WHERE ?1 IS NULL OR app = ?1",
+        )
+        .bind(app.map(AppName::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut pins = rows
+            .into_iter()
+            .map(|row| {
+                Ok(PinInfo {
+                    app: parse("app", row.get::<&str, _>(0))?,
+                    scope: json("scope", row.get::<&str, _>(1))?,
+                    version: parse("version", row.get::<&str, _>(2))?,
+                    set_by: row.get(3),
+                    set_at: row.get::<Option<i64>, _>(4).map(Timestamp::from_unix),
+                    rollout: row.get(5),
+                    reason: row.get(6),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        pins.sort_by(|a, b| (&a.app, &a.scope).cmp(&(&b.app, &b.scope)));
+        Ok(pins)
+    }
+
+    /// The holds in force with who set them, ordered by scope.
+    pub async fn holds(&self) -> Result<Vec<HoldInfo>, StoreError> {
+        let rows = sqlx::query("SELECT scope, set_by, set_at, reason FROM holds")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut holds = rows
+            .into_iter()
+            .map(|row| {
+                Ok(HoldInfo {
+                    scope: json("scope", row.get::<&str, _>(0))?,
+                    set_by: row.get(1),
+                    set_at: row.get::<Option<i64>, _>(2).map(Timestamp::from_unix),
+                    reason: row.get(3),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        holds.sort_by(|a, b| a.scope.cmp(&b.scope));
+        Ok(holds)
     }
 
     /// The history of `app` (including holds, which cover every app), oldest first, at
@@ -904,20 +961,29 @@ fn stored_rollout(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRollout, StoreE
     })
 }
 
+/// Sets (`Some`) or clears a pin; `origin` is the history line of the change, whose who,
+/// when, rollout and reason the pin keeps for `drover pins`.
 async fn write_pin(
     transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     app: &AppName,
     scope: &Scope,
     version: Option<&Version>,
+    origin: Option<&HistoryRecord>,
 ) -> Result<(), StoreError> {
     match version {
         Some(version) => {
             sqlx::query(
-                "INSERT INTO pins (app, scope, version) VALUES (?, ?, ?) ON CONFLICT (app, scope) DO UPDATE SET version = excluded.version",
+                "INSERT INTO pins (app, scope, version, set_by, set_at, rollout, reason) VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (app, scope) DO UPDATE SET version = excluded.version, set_by = excluded.set_by,
+                 set_at = excluded.set_at, rollout = excluded.rollout, reason = excluded.reason",
             )
             .bind(app.as_str())
             .bind(to_json(scope))
             .bind(version.as_str())
+            .bind(origin.map(|line| line.who.as_str()))
+            .bind(origin.map(|line| unix(line.at)))
+            .bind(origin.and_then(|line| line.rollout.as_deref()))
+            .bind(origin.and_then(|line| line.reason.as_deref()))
             .execute(&mut **transaction)
             .await?;
         }

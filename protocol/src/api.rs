@@ -109,7 +109,16 @@ pub struct TokenRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub replace: Option<HostId>,
+    /// Make the token although the coordinator's public URL is a loopback address while
+    /// it listens on other addresses too (`drover token create --allow-loopback`): a join
+    /// line with 127.0.0.1 works only on the coordinator's own machine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_loopback: bool,
 }
+
+/// The error code of a token refused because the public URL is a loopback address
+/// while the coordinator listens on other addresses.
+pub const LOOPBACK_PUBLIC_URL: &str = "loopback_public_url";
 
 /// `TokenRequest::replace`: a host id; `false` (what older clients send by default) is
 /// none; `true` (an older client's "any host") is refused.
@@ -498,6 +507,61 @@ pub struct AppStatus {
     pub versions: BTreeMap<String, usize>,
     /// Hosts per reported state.
     pub states: BTreeMap<String, usize>,
+    /// Releases of the app (absent from older coordinators).
+    #[serde(default)]
+    pub releases: usize,
+    /// The version of the app's fleet pin.
+    #[serde(default)]
+    pub fleet_pin: Option<Version>,
+    /// Group pins: group name to version.
+    #[serde(default)]
+    pub group_pins: BTreeMap<String, Version>,
+    /// Host pins: how many hosts are pinned to each version (removed hosts' pins count:
+    /// they come back with the id).
+    #[serde(default)]
+    pub host_pins: BTreeMap<String, usize>,
+}
+
+/// `GET /v1/admin/pins[?app=APP]`: the pins (of one app or all) and the holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinList {
+    /// Pins by app, then scope (fleet, groups, hosts).
+    pub pins: Vec<PinInfo>,
+    /// Holds (they stop every app on their hosts).
+    pub holds: Vec<HoldInfo>,
+}
+
+/// A pin with who set it, when and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinInfo {
+    /// The app.
+    pub app: AppName,
+    /// Where.
+    pub scope: Scope,
+    /// The version.
+    pub version: Version,
+    /// The admin token's name, or `controller` for a rollout's own step; none for pins
+    /// set before the coordinator recorded it.
+    pub set_by: Option<String>,
+    /// When it was set (same: none when not recorded).
+    pub set_at: Option<Timestamp>,
+    /// The rollout that set it, if any.
+    pub rollout: Option<String>,
+    /// Why, as given with `--reason`.
+    pub reason: Option<String>,
+}
+
+/// A hold with who set it, when and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldInfo {
+    /// Where.
+    pub scope: Scope,
+    /// The admin token's name; none for holds set before the coordinator recorded it.
+    pub set_by: Option<String>,
+    /// When it was set.
+    pub set_at: Option<Timestamp>,
+    /// Why, as given with `--reason`.
+    pub reason: Option<String>,
 }
 
 /// `POST /v1/admin/rollouts/plan` and `POST /v1/admin/rollouts` (start): a rollout as the

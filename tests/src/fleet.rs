@@ -199,6 +199,7 @@ impl Admin {
                 .collect(),
             ttl: Duration::from_secs(3600),
             replace: replace.map(|host| host.parse().expect("host id")),
+            allow_loopback: false,
         };
         let value = self
             .ok(

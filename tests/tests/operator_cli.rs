@@ -938,7 +938,7 @@ fn status_counts_versions_and_states_per_app() {
     let row = table.lines().find(|line| line.starts_with("web ")).expect("web row");
     assert_eq!(
         row.split_whitespace().collect::<Vec<_>>(),
-        ["web", "2", "1.0.0:2", "healthy:1", "unhealthy:1"]
+        ["web", "2", "1.0.0:2", "healthy:1", "unhealthy:1", "fleet=1.0.0", "1"]
     );
 
     // What a host reported is shown, with control characters escaped. Events are stored

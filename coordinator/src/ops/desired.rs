@@ -4,11 +4,14 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use drover_protocol::api::{ChangeResult, FleetStatus, HoldRequest, PinRequest, Scope, UnpinRequest};
+use drover_protocol::Timestamp;
+use drover_protocol::api::{
+    AppStatus, ChangeResult, FleetStatus, HoldRequest, PinList, PinRequest, Scope, UnpinRequest,
+};
 use reqwest::Method;
 
-use super::{Table, emit, hosts_count, print_json};
-use crate::cli::{HoldArgs, Output, PinArgs, StatusArgs, UnpinArgs};
+use super::{Table, ago, emit, hosts_count, path_segment, print_json};
+use crate::cli::{HoldArgs, Output, PinArgs, PinsArgs, StatusArgs, UnpinArgs};
 use crate::client::{AdminClient, printable};
 use crate::error::Error;
 
@@ -98,18 +101,24 @@ pub async fn hold(client: &AdminClient, args: &HoldArgs, change: HoldChange, out
     )
 }
 
-/// `drover status`.
+/// `drover status`: every app that has releases, pins or hosts running it.
 pub async fn status(client: &AdminClient, args: &StatusArgs, out: &mut dyn Write) -> Result<(), Error> {
     let status: FleetStatus = client.get("/v1/admin/status").await?;
     if args.output == Output::Json {
         return print_json(out, &status);
     }
+    emit(out, &status_text(&status))
+}
+
+/// `drover status` as a table: what each app should run (DESIRED hosts, PINS per scope),
+/// what runs (VERSIONS, STATES) and how many RELEASES it has.
+fn status_text(status: &FleetStatus) -> String {
     let mut text = format!("hosts: {} enrolled, {} held\n", status.hosts, status.held);
     if status.apps.is_empty() {
         text.push_str(
             "\nNo apps yet. Create a release and pin it: drover release create ..., drover pin APP VERSION\n",
         );
-        return emit(out, &text);
+        return text;
     }
     let counts = |counts: &BTreeMap<String, usize>| {
         if counts.is_empty() {
@@ -121,16 +130,98 @@ pub async fn status(client: &AdminClient, args: &StatusArgs, out: &mut dyn Write
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let mut table = Table::new(&["APP", "DESIRED", "VERSIONS", "STATES"]);
+    let mut table = Table::new(&["APP", "DESIRED", "VERSIONS", "STATES", "PINS", "RELEASES"]);
     for (app, app_status) in &status.apps {
         table.row(vec![
             app.to_string(),
             app_status.desired_hosts.to_string(),
             counts(&app_status.versions),
             counts(&app_status.states),
+            pins_text(app_status),
+            app_status.releases.to_string(),
         ]);
     }
     text.push('\n');
     text.push_str(&table.render());
-    emit(out, &text)
+    text
+}
+
+/// An app's pins in one cell: `fleet=1.0.0 group:eu=1.1.0 hosts=2.0.0:3` (three hosts
+/// pinned to 2.0.0), or `-`.
+fn pins_text(app: &AppStatus) -> String {
+    let mut parts = Vec::new();
+    if let Some(version) = &app.fleet_pin {
+        parts.push(format!("fleet={version}"));
+    }
+    for (group, version) in &app.group_pins {
+        parts.push(format!("group:{group}={version}"));
+    }
+    if !app.host_pins.is_empty() {
+        let hosts = app
+            .host_pins
+            .iter()
+            .map(|(version, count)| format!("{version}:{count}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        parts.push(format!("hosts={hosts}"));
+    }
+    if parts.is_empty() {
+        return "-".into();
+    }
+    parts.join(" ")
+}
+
+/// `drover pins [APP]`: the pins in force with who set them, and the holds.
+pub async fn pins(client: &AdminClient, args: &PinsArgs, now: Timestamp, out: &mut dyn Write) -> Result<(), Error> {
+    let path = match &args.app {
+        Some(app) => format!("/v1/admin/pins/{}", path_segment(app.as_str())),
+        None => "/v1/admin/pins".to_owned(),
+    };
+    let list: PinList = client.get(&path).await?;
+    if args.output == Output::Json {
+        return print_json(out, &list);
+    }
+    emit(
+        out,
+        &pins_text_table(&list, args.app.as_ref().map(|app| app.as_str()), now),
+    )
+}
+
+/// `drover pins` as two tables, pins then holds.
+fn pins_text_table(list: &PinList, app: Option<&str>, now: Timestamp) -> String {
+    let or_dash = |text: Option<&str>| text.map_or_else(|| "-".to_owned(), str::to_owned);
+    let when = |at: Option<Timestamp>| at.map_or_else(|| "-".to_owned(), |at| ago(Some(at), now));
+    let mut text = String::new();
+    if list.pins.is_empty() {
+        let whose = app.map_or_else(String::new, |app| format!(" for {app}"));
+        text.push_str(&format!("No pins{whose}. Pin a release: drover pin APP VERSION\n"));
+    } else {
+        let mut table = Table::new(&["APP", "SCOPE", "VERSION", "SET BY", "WHEN", "ROLLOUT", "REASON"]);
+        for pin in &list.pins {
+            table.row(vec![
+                pin.app.to_string(),
+                pin.scope.to_string(),
+                pin.version.to_string(),
+                or_dash(pin.set_by.as_deref()),
+                when(pin.set_at),
+                or_dash(pin.rollout.as_deref()),
+                or_dash(pin.reason.as_deref()),
+            ]);
+        }
+        text.push_str(&table.render());
+    }
+    if !list.holds.is_empty() {
+        let mut table = Table::new(&["HELD", "SET BY", "WHEN", "REASON"]);
+        for hold in &list.holds {
+            table.row(vec![
+                hold.scope.to_string(),
+                or_dash(hold.set_by.as_deref()),
+                when(hold.set_at),
+                or_dash(hold.reason.as_deref()),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    text
 }

@@ -24,6 +24,7 @@ pub async fn token_create(client: &AdminClient, args: &TokenCreateArgs, out: &mu
         labels: args.labels.clone().unwrap_or_default(),
         ttl: args.ttl,
         replace: args.replace.clone(),
+        allow_loopback: args.allow_loopback,
     };
     let token: TokenResponse = client.send_json(Method::POST, "/v1/admin/tokens", &request).await?;
     match args.output {

@@ -20,7 +20,7 @@ use drover_protocol::api::Labels;
 use serde::Serialize;
 
 pub use admin_tokens::{admin_token_create, admin_token_list, admin_token_revoke};
-pub use desired::{HoldChange, hold, pin, status, unpin};
+pub use desired::{HoldChange, hold, pin, pins, status, unpin};
 pub use hosts::{
     groups_create, groups_delete, groups_list, hosts_history, hosts_label, hosts_list, hosts_remove, hosts_show,
     token_create,

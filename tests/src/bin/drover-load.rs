@@ -462,6 +462,7 @@ async fn join_one(shared: &EnrollShared, connection: &mut Connection, host: &str
         labels: BTreeMap::new(),
         ttl: Duration::from_secs(3600),
         replace: None,
+        allow_loopback: false,
     };
     let body = serde_json::to_vec(&request).map_err(|error| JoinFailure::Refused(error.into()))?;
     let answer = connection
