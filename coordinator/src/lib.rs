@@ -19,6 +19,7 @@ pub mod serve;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tarball_check;
 
 use std::io::{Read, Write};
 

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use drover_protocol::api::PinList;
 use drover_protocol::api::{
     AdminTokenCreated, AdminTokenInfo, AdminTokenRequest, AdminTokenState, BOOTSTRAP_TOKEN_NAME, CONTROLLER_NAME,
     ChangeResult, FleetStatus, Group, HistoryEntry, HostApp, HostDetail, HostHistoryEntry, HostSummary, JoinRequest,
@@ -19,7 +20,6 @@ use drover_protocol::api::{
     TokenRequest, TokenResponse,
 };
 use drover_protocol::api::{MAX_FAILED_HOSTS_SHOWN, RolloutFailedHost};
-use drover_protocol::api::PinList;
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::manifest::{MAX_APPS, MAX_MANIFEST_BYTES};
 use drover_protocol::report::MAX_REPORT_EVENTS;
@@ -1334,6 +1334,8 @@ impl Coordinator {
                         format!("no uploaded artifact {digest}; upload it first (drover release create --artifact FILE does)"),
                     )
                 })?;
+                self.check_uploaded_program(&request.app, &request.version, &request.spec, &digest)
+                    .await?;
                 let url = HttpUrl::try_from(format!("{}/v1/artifacts/{digest}", self.config.public_url))
                     .map_err(|error| ServiceError::BadRequest("bad_public_url", error.to_string()))?;
                 Artifact::Tarball { url, digest, size }
@@ -1378,6 +1380,57 @@ impl Coordinator {
         self.store.insert_release(&release).await?;
         model.fleet.releases.insert(key, release.clone());
         Ok(release)
+    }
+
+    /// Refuses a release made from an upload whose tarball lacks the spec's program, or
+    /// whose program the app's user cannot execute (400 `program_not_in_tarball`,
+    /// `program_not_executable`, `not_a_tarball`): the check `drover release create` runs
+    /// before uploading ([`crate::tarball_check`]), here for every client. The same release
+    /// created again is not checked again (its answer is the existing release); a check
+    /// stopped by its limits is logged and the release accepted.
+    async fn check_uploaded_program(
+        &self,
+        app: &AppName,
+        version: &Version,
+        spec: &drover_protocol::AppSpec,
+        digest: &Digest,
+    ) -> Result<(), ServiceError> {
+        let created_before = {
+            let model = self.model.lock().await;
+            model
+                .fleet
+                .releases
+                .get(&(app.clone(), version.clone()))
+                .is_some_and(|existing| existing.artifact.digest() == digest && &existing.spec == spec)
+        };
+        if created_before {
+            return Ok(());
+        }
+        let path = crate::blobs::path_of(&self.data.blobs(), digest);
+        let owned_spec = spec.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::tarball_check::check_program(&owned_spec, || std::fs::File::open(&path).map(std::io::BufReader::new))
+        })
+        .await
+        .map_err(|error| ServiceError::Io {
+            operation: "checking an uploaded artifact",
+            source: std::io::Error::other(error.to_string()),
+        })?;
+        match checked {
+            Ok(crate::tarball_check::Checked::Inconclusive(reason)) => {
+                tracing::warn!(%app, %version, %digest, "release created without checking its program: {reason}");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(crate::tarball_check::ProgramProblem::Io(detail)) => Err(ServiceError::Io {
+                operation: "reading an uploaded artifact",
+                source: std::io::Error::other(detail),
+            }),
+            Err(problem) => Err(ServiceError::BadRequest(
+                problem.code(),
+                format!("release {app} {version}: uploaded artifact {digest}: {problem}"),
+            )),
+        }
     }
 
     /// `drover release list APP`, newest first.

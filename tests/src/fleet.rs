@@ -226,13 +226,31 @@ impl Admin {
         info["digest"].as_str().expect("digest").to_owned()
     }
 
-    /// Uploads `bytes` and creates release `app version` from it with a minimal spec.
-    pub async fn release(&self, app: &str, version: &str, bytes: Vec<u8>) -> String {
-        let digest = self.upload(bytes).await;
+    /// Creates release `app version` with a minimal spec (`bin/app`) from an uploaded
+    /// [`crate::app_tarball`] of `payload`; returns the tarball's digest.
+    pub async fn release(&self, app: &str, version: &str, payload: Vec<u8>) -> String {
+        let digest = self.upload(crate::app_tarball(&payload)).await;
         let body = serde_json::json!({
             "app": app, "version": version,
             "spec": {"service": {"command": ["bin/app"]}},
             "artifact": {"kind": "stored_tarball", "digest": digest},
+        });
+        self.ok(reqwest::Method::POST, "/v1/admin/releases", Some(body)).await;
+        digest
+    }
+
+    /// Creates release `app version` whose artifact is exactly `bytes` (uploaded, then
+    /// named by its URL as a remote tarball, which the coordinator does not open): for
+    /// tests of what agents do with artifacts, including ones no release check would pass.
+    /// Returns the digest.
+    pub async fn release_unchecked(&self, app: &str, version: &str, bytes: Vec<u8>) -> String {
+        let size = bytes.len();
+        let digest = self.upload(bytes).await;
+        let body = serde_json::json!({
+            "app": app, "version": version,
+            "spec": {"service": {"command": ["bin/app"]}},
+            "artifact": {"kind": "remote_tarball", "url": format!("{}/v1/artifacts/{digest}", self.url),
+                         "digest": digest, "size": size},
         });
         self.ok(reqwest::Method::POST, "/v1/admin/releases", Some(body)).await;
         digest

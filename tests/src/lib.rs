@@ -19,6 +19,34 @@ use drover_protocol::{
     Timestamp, Trust, TrustDocument, Version,
 };
 
+/// A release tarball (tar.gz) that holds `bin/app` (0755, the program of the specs the
+/// fixtures use) and `payload` as `data`: the artifact of a test release whose contents
+/// do not matter, real enough for the coordinator's program check.
+pub fn app_tarball(payload: &[u8]) -> Vec<u8> {
+    tarball_with_program("bin/app", 0o755, payload)
+}
+
+/// A release tarball (tar.gz) holding `program` with `mode` and `payload` as `data`. The
+/// same arguments give the same bytes (fixed times and owners), so the same release can
+/// be made twice; gzip stores without compressing, so the size follows the payload.
+pub fn tarball_with_program(program: &str, mode: u32, payload: &[u8]) -> Vec<u8> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    let mut builder = tar::Builder::new(encoder);
+    for (path, mode, content) in [(program, mode, &b"#!/bin/sh\nexit 0\n"[..]), ("data", 0o644, payload)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mode(mode);
+        header.set_size(content.len() as u64);
+        builder
+            .append_data(&mut header, path, content)
+            .expect("append to an in-memory tarball");
+    }
+    let encoder = builder.into_inner().expect("finish the tar stream");
+    encoder.finish().expect("finish the gzip stream")
+}
+
 /// The fixed clock of every pure test: 2026-11-27T12:00:00Z.
 pub fn now() -> Timestamp {
     "2026-11-27T12:00:00Z".parse().expect("valid timestamp")

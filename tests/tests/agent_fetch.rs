@@ -13,7 +13,10 @@ use serde_json::json;
 async fn setup(content: &[u8]) -> (TestCoordinator, Agent, HttpUrl, Digest) {
     let coordinator = TestCoordinator::start().await;
     let agent = coordinator.enroll("web-01", &[]).await;
-    let digest = coordinator.admin.release("web", "1.0.0", content.to_vec()).await;
+    let digest = coordinator
+        .admin
+        .release_unchecked("web", "1.0.0", content.to_vec())
+        .await;
     let pin = json!({"app": "web", "version": "1.0.0", "scope": {"kind": "host", "name": "web-01"}});
     coordinator.admin.ok(Method::PUT, "/v1/admin/pins", Some(pin)).await;
     let url = HttpUrl::try_from(format!("{}/v1/artifacts/{digest}", coordinator.url())).expect("url");

@@ -308,7 +308,7 @@ async fn hostile_admin_requests_get_precise_4xx_and_change_nothing() {
 
     // Releases are immutable: same version, other artifact -> 409; identical -> accepted.
     admin.release("web", "1.0.0", b"v1".to_vec()).await;
-    let other = admin.upload(b"v1 but different".to_vec()).await;
+    let other = admin.upload(drover_tests::app_tarball(b"v1 but different")).await;
     let body = json!({"app": "web", "version": "1.0.0", "spec": {"service": {"command": ["bin/app"]}},
                       "artifact": {"kind": "stored_tarball", "digest": other}});
     let (status, text) = admin.call(Method::POST, "/v1/admin/releases", Some(body)).await;
@@ -491,7 +491,7 @@ async fn artifacts_stream_with_ranges_and_bad_uploads_leave_nothing() {
     let url = coordinator.url();
     let agent = coordinator.enroll("web-01", &[]).await;
     let content: Vec<u8> = (0..100_000u32).map(|index| (index % 251) as u8).collect();
-    let digest = admin.release("web", "1.0.0", content.clone()).await;
+    let digest = admin.release_unchecked("web", "1.0.0", content.clone()).await;
     assert_eq!(digest, drover_protocol::Digest::of(&content).to_string());
     let other = coordinator.enroll("web-02", &[]).await;
     let pin = json!({"app": "web", "version": "1.0.0", "scope": {"kind": "host", "name": "web-01"}});

@@ -96,7 +96,10 @@ async fn rollout_status_names_failed_hosts_and_their_reasons() {
         }
         let rollout = admin.ok(Method::GET, "/v1/admin/rollouts/web", None).await;
         if rollout["phase"] == "paused_by_breaker" {
-            let canary = rollout["failed_hosts"][0]["host"].as_str().expect("a failed host").to_owned();
+            let canary = rollout["failed_hosts"][0]["host"]
+                .as_str()
+                .expect("a failed host")
+                .to_owned();
             break (canary, rollout);
         }
         tokio::time::sleep(StdDuration::from_millis(50)).await;
@@ -142,5 +145,237 @@ async fn rollout_status_names_failed_hosts_and_their_reasons() {
             && stderr.contains("status=217/USER"),
         "{stderr}"
     );
+    coordinator.stop().await;
+}
+
+/// `drover.toml` of an app whose program is `bin/web`, run as `user` if given.
+fn web_spec(user: Option<&str>) -> String {
+    let user = user.map_or_else(String::new, |user| format!("user = \"{user}\"\n"));
+    format!("[service]\ncommand = [\"bin/web\", \"--port\", \"8080\"]\n{user}")
+}
+
+/// A tar.gz of `entries`: (path, mode, symlink target).
+fn tarball(entries: &[(&str, u32, Option<&str>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, mode, target) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(*mode);
+        header.set_mtime(0);
+        match target {
+            Some(target) => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                builder.append_link(&mut header, path, target).expect("symlink");
+            }
+            None => {
+                header.set_size(10);
+                builder
+                    .append_data(&mut header, path, &b"#!/bin/sh\n"[..])
+                    .expect("file");
+            }
+        }
+    }
+    builder.into_inner().expect("tar").finish().expect("gzip")
+}
+
+/// `drover release create web VERSION` with `spec` and a tarball of `entries`; exit code,
+/// stdout, stderr.
+fn release_create(
+    coordinator: &TestCoordinator,
+    dir: &std::path::Path,
+    version: &str,
+    spec: &str,
+    entries: &[(&str, u32, Option<&str>)],
+) -> (Option<i32>, String, String) {
+    let spec_path = dir.join(format!("drover-{version}.toml"));
+    std::fs::write(&spec_path, spec).expect("spec");
+    let artifact = dir.join(format!("web-{version}.tar.gz"));
+    std::fs::write(&artifact, tarball(entries)).expect("tarball");
+    tokio::task::block_in_place(|| {
+        drover(
+            coordinator,
+            &[
+                "release",
+                "create",
+                "web",
+                version,
+                "--spec",
+                spec_path.to_str().expect("path"),
+                "--artifact",
+                artifact.to_str().expect("path"),
+            ],
+        )
+    })
+}
+
+fn blob_count(coordinator: &TestCoordinator) -> usize {
+    std::fs::read_dir(coordinator.data_dir.join("blobs/sha256"))
+        .map(|entries| entries.count())
+        .unwrap_or(0)
+}
+
+async fn release_versions(coordinator: &TestCoordinator) -> Vec<String> {
+    let releases = coordinator.admin.ok(Method::GET, "/v1/admin/releases/web", None).await;
+    releases
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|release| release["version"].as_str().expect("version").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_create_refuses_a_tarball_without_its_program() {
+    let coordinator = TestCoordinator::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The classic mistake: the tree was packed with its top directory.
+    let entries = [("web-1.0/bin/web", 0o755, None), ("web-1.0/README", 0o644, None)];
+    let (code, _, stderr) = release_create(&coordinator, dir.path(), "1.0", &web_spec(None), &entries);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("web-1.0.tar.gz: the tarball has no bin/web, the program [service] command runs"),
+        "{stderr}"
+    );
+    assert_eq!(blob_count(&coordinator), 0, "refused before the upload");
+    assert!(
+        release_versions(&coordinator).await.is_empty(),
+        "no release, no version burnt"
+    );
+
+    // Fixed, the same version goes through.
+    let entries = [("bin/web", 0o755, None), ("README", 0o644, None)];
+    let (code, stdout, stderr) = release_create(&coordinator, dir.path(), "1.0", &web_spec(None), &entries);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("release web 1.0"), "{stdout}");
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_create_refuses_a_program_that_is_not_executable() {
+    let coordinator = TestCoordinator::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, _, stderr) = release_create(
+        &coordinator,
+        dir.path(),
+        "1.0",
+        &web_spec(None),
+        &[("bin/web", 0o644, None)],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bin/web in the tarball is not executable by the app's user (mode 0644)")
+            && stderr.contains("chmod 755 bin/web"),
+        "{stderr}"
+    );
+    // Executable by its owner (root) only: a dynamic user cannot run it.
+    let (code, _, stderr) = release_create(
+        &coordinator,
+        dir.path(),
+        "1.1",
+        &web_spec(None),
+        &[("bin/web", 0o700, None)],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("(mode 0700)"), "{stderr}");
+    // A directory where the program should be.
+    let (code, _, stderr) = release_create(
+        &coordinator,
+        dir.path(),
+        "1.2",
+        &web_spec(None),
+        &[("bin/web/x", 0o755, None)],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(blob_count(&coordinator), 0, "{stderr}");
+    assert!(release_versions(&coordinator).await.is_empty());
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_create_warns_about_a_user_a_fresh_host_lacks() {
+    let coordinator = TestCoordinator::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let entries = [("bin/web", 0o755, None)];
+    let (code, _, stderr) = release_create(&coordinator, dir.path(), "1.0", &web_spec(Some("web")), &entries);
+    assert_eq!(code, Some(0), "a warning, not a refusal: {stderr}");
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("[service] user = \"web\": the agent does not create users"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = release_create(&coordinator, dir.path(), "1.1", &web_spec(Some("nobody")), &entries);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_a_release_whose_uploaded_tarball_lacks_the_program() {
+    let coordinator = TestCoordinator::start().await;
+    let admin = &coordinator.admin;
+    let create = |digest: &str, version: &str| {
+        json!({"app": "web", "version": version,
+               "spec": {"service": {"command": ["bin/web"]}},
+               "artifact": {"kind": "stored_tarball", "digest": digest}})
+    };
+    let cases = [
+        (
+            tarball(&[("bin/other", 0o755, None)]),
+            "program_not_in_tarball",
+            "the tarball has no bin/web",
+        ),
+        (
+            tarball(&[("bin/web", 0o640, None)]),
+            "program_not_executable",
+            "bin/web in the tarball is not executable",
+        ),
+        (
+            b"not a tarball".to_vec(),
+            "not_a_tarball",
+            "not a gzip-compressed tar archive",
+        ),
+    ];
+    for (bytes, code, message) in cases {
+        let digest = admin.upload(bytes).await;
+        let (status, body) = admin
+            .call(Method::POST, "/v1/admin/releases", Some(create(&digest, "1.0")))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let error: Value = serde_json::from_str(&body).expect("error body");
+        assert_eq!(error["code"], code, "{body}");
+        let text = error["error"].as_str().expect("error text");
+        assert!(
+            text.starts_with(&format!("release web 1.0: uploaded artifact {digest}: {message}")),
+            "{text}"
+        );
+    }
+    assert!(release_versions(&coordinator).await.is_empty(), "nothing created");
+    let good = admin.upload(tarball(&[("bin/web", 0o755, None)])).await;
+    let (status, body) = admin
+        .call(Method::POST, "/v1/admin/releases", Some(create(&good, "1.0")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_program_is_a_symlink_inside_the_tarball_is_accepted() {
+    let coordinator = TestCoordinator::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let entries = [
+        ("bin/web", 0o777, Some("../libexec/web-1.0")),
+        ("libexec/web-1.0", 0o755, None),
+    ];
+    let (code, stdout, stderr) = release_create(&coordinator, dir.path(), "1.0", &web_spec(None), &entries);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("release web 1.0"), "{stdout}");
+    // A symlink out of the release is not a program the agent will run.
+    let entries = [("bin/web", 0o777, Some("../../usr/bin/web"))];
+    let (code, _, stderr) = release_create(&coordinator, dir.path(), "1.1", &web_spec(None), &entries);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bin/web in the tarball is a symlink to ../../usr/bin/web"),
+        "{stderr}"
+    );
+    assert_eq!(release_versions(&coordinator).await, ["1.0"]);
     coordinator.stop().await;
 }

@@ -40,7 +40,7 @@ fn spec_json_len(content_len: usize) -> usize {
 
 fn artifact(dir: &Path) -> PathBuf {
     let path = dir.join("app.tar.gz");
-    std::fs::write(&path, b"not looked at by the coordinator").expect("artifact");
+    std::fs::write(&path, drover_tests::app_tarball(b"app")).expect("artifact");
     path
 }
 
@@ -310,7 +310,7 @@ fn pin_refused_past_the_apps_an_agent_accepts() {
     let agent = enroll(&coordinator, "web-01");
     let admin = Admin::from_data_dir(&coordinator.data_dir, &coordinator.url());
     block_on(async {
-        let digest = admin.upload(b"bytes".to_vec()).await;
+        let digest = admin.upload(drover_tests::app_tarball(b"bytes")).await;
         for index in 0..=MAX_APPS {
             let app = format!("app{index}");
             let release = serde_json::json!({

@@ -110,6 +110,12 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
         path: args.spec.clone(),
         detail: error.to_string(),
     })?;
+    if kind == ArtifactKind::Tarball {
+        // An image's user is one of the image's own accounts; a tarball's is the host's.
+        for warning in crate::tarball_check::account_warnings(&spec) {
+            eprintln!("warning: {}: {warning}", args.spec.display());
+        }
+    }
     // Proves the address and token work before hashing a large file or asking a
     // registry, and finds a version that already exists.
     let releases: Vec<Release> = client.get(&format!("/v1/admin/releases/{}", args.app)).await?;
@@ -118,6 +124,8 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
     let mut resolved_line = None;
     let artifact = match source {
         Source::Tarball(ArtifactSource::File(path)) => {
+            // The program must be in the tarball, executable, before anything is uploaded.
+            check_tarball_program(&spec, &path).await?;
             let (digest, size) = hash_file(&path).await?;
             check_given(args, &digest, size, &path.display().to_string())?;
             refuse_other_artifact(args, existing.as_ref(), &digest)?;
@@ -338,6 +346,32 @@ fn resolved_text(resolution: &Resolution) -> String {
         if resolution.layers == 1 { "" } else { "s" },
         human_size(resolution.size),
     )) + "\n"
+}
+
+/// Refuses (exit 2, naming the path) a local tarball that lacks the spec's program or
+/// whose program the app's user cannot execute: the same check the coordinator runs on
+/// uploads ([`crate::tarball_check`]), here before the upload. A check stopped by its
+/// limits is a warning.
+async fn check_tarball_program(spec: &AppSpec, path: &Path) -> Result<(), Error> {
+    let file = path.to_path_buf();
+    let spec = spec.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::tarball_check::check_program(&spec, || std::fs::File::open(&file).map(std::io::BufReader::new))
+    })
+    .await
+    .map_err(|error| Error::Input(format!("checking {}: {error}", path.display())))?;
+    match checked {
+        Ok(crate::tarball_check::Checked::Inconclusive(reason)) => {
+            eprintln!("warning: --artifact {}: {reason}", path.display());
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(crate::tarball_check::ProgramProblem::Io(_)) => {
+            // Reading it again below gives the error with its cause (not found, permissions).
+            Ok(())
+        }
+        Err(problem) => Err(Error::Input(format!("--artifact {}: {problem}", path.display()))),
+    }
 }
 
 /// Checks a computed digest and size against --digest and --size.

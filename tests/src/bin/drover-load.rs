@@ -1084,7 +1084,7 @@ async fn pin_latency(args: PinArgs) -> anyhow::Result<()> {
 
     // The release to pin, over a warm admin connection (so the timed call pays no handshake).
     let mut admin = Connection::open(&target, tls_config(&ca_pem, None)).await?;
-    let artifact = format!("drover-load artifact {}", args.version).into_bytes();
+    let artifact = drover_tests::app_tarball(format!("drover-load artifact {}", args.version).as_bytes());
     let answer = admin
         .send_body(
             Method::POST,
