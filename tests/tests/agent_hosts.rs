@@ -26,12 +26,6 @@ fn release(
         .expect("release create")
 }
 
-fn release_from(coordinator: &CoordinatorProcess, version: &str, spec: &std::path::Path, artifact: &std::path::Path) {
-    coordinator
-        .release_from(version, spec, artifact)
-        .expect("release create");
-}
-
 /// The envelope of the manifest the host accepted last (in its accepted record).
 fn accepted_envelope(host: &AgentHost) -> Vec<u8> {
     let record = host
@@ -306,10 +300,26 @@ fn hostile_archives_downloads_and_manifests_change_nothing_on_a_real_host() {
         ),
     ];
     for (name, bytes, fragment) in &cases {
-        let path = releases.path().join(format!("{name}.tar.gz"));
-        std::fs::write(&path, bytes).expect("write");
+        // From a URL: `release create` and the coordinator check a local or uploaded
+        // tarball for its program and would refuse these before any host saw them.
+        let server = serve_bytes(bytes.clone(), bytes.len());
         let version = format!("bad-{name}");
-        release_from(&coordinator, &version, &spec, &path);
+        coordinator
+            .drover_ok(&[
+                "release",
+                "create",
+                "web",
+                &version,
+                "--spec",
+                spec.to_str().expect("utf-8"),
+                "--artifact",
+                &format!("http://127.0.0.1:{server}/{name}.tar.gz"),
+                "--digest",
+                drover_protocol::Digest::of(bytes).as_str(),
+                "--size",
+                &bytes.len().to_string(),
+            ])
+            .expect("url release");
         pin(&coordinator, &version);
         let detail = coordinator.wait_reported(&host, &format!("the report on {version}"), CONVERGE, |detail| {
             // `desired` comes from the coordinator's own manifest; the error from the report.

@@ -94,6 +94,24 @@ fn create(coordinator: &CoordinatorProcess, releases: &Releases, app: &str, vers
     );
 }
 
+/// A tar.gz with the sample app's program (executable) and then a fifo, which the agent
+/// does not unpack.
+fn program_then_fifo() -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut program = tar::Header::new_gnu();
+    program.set_mode(0o755);
+    program.set_size(10);
+    builder
+        .append_data(&mut program, "bin/drover-sample-app", &b"#!/bin/sh\n"[..])
+        .expect("program");
+    let mut fifo = tar::Header::new_gnu();
+    fifo.set_entry_type(tar::EntryType::Fifo);
+    fifo.set_mode(0o644);
+    fifo.set_size(0);
+    builder.append_data(&mut fifo, "pipe", std::io::empty()).expect("fifo");
+    builder.into_inner().expect("tar").finish().expect("gzip")
+}
+
 fn create_from(
     coordinator: &CoordinatorProcess,
     app: &str,
@@ -256,9 +274,10 @@ fn a_release_that_cannot_install_backs_off_reports_once_and_is_removed_when_unpi
     let releases = Releases::new().expect("releases");
     let port = free_port();
     create(&coordinator, &releases, "web", "1", Spec::good(port));
-    // Not a tarball: the agent refuses it at unpacking, every time.
+    // The program, then a fifo: the coordinator's program check passes, the agent refuses
+    // the archive at unpacking, every time.
     let refused = releases.path().join("refused.tar.gz");
-    std::fs::write(&refused, b"this is not a gzip stream, the agent refuses it").expect("artifact");
+    std::fs::write(&refused, program_then_fifo()).expect("artifact");
     create_from(
         &coordinator,
         "api",
