@@ -1859,6 +1859,7 @@ impl Coordinator {
             created: created.then_some((active.created_by.as_str(), active.created_at)),
             finished_at: finished.then_some(now),
             pins: &pins,
+            pin_origin: (&actor.who, now, actor.reason.as_deref()),
             history: &history,
             manifests: &manifests,
         };

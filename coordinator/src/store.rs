@@ -225,6 +225,9 @@ pub struct RolloutCommit<'a> {
     pub finished_at: Option<Timestamp>,
     /// Pin changes of the rollout's app, applied in order (`None` removes the pin).
     pub pins: &'a [(Scope, Option<Version>)],
+    /// Who the pins it sets are set by, when and why (`drover pins`): the operator of a
+    /// command, or the controller for a step of its own.
+    pub pin_origin: (&'a str, Timestamp, Option<&'a str>),
     /// History lines.
     pub history: &'a [HistoryRecord],
     /// The manifests the pin changes render.
@@ -871,8 +874,17 @@ impl Store {
                     .await?;
             }
         }
+        let (who, at, reason) = commit.pin_origin;
+        let origin = HistoryRecord {
+            app: Some(app.clone()),
+            rollout: Some(commit.rollout.id().to_owned()),
+            at,
+            who: who.to_owned(),
+            what: String::new(),
+            reason: reason.map(str::to_owned),
+        };
         for (scope, version) in commit.pins {
-            write_pin(&mut transaction, app, scope, version.as_ref(), commit.history.first()).await?;
+            write_pin(&mut transaction, app, scope, version.as_ref(), Some(&origin)).await?;
         }
         insert_history(&mut transaction, commit.history).await?;
         commit_with_manifests(transaction, commit.manifests).await

@@ -4,8 +4,12 @@
 //! did that?". Each test runs a real `drover serve` (a child process with its own data
 //! directory) and the real `drover` binary; hosts join as simulated agents over mTLS.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use drover_protocol::report::{AppReport, AppState};
 
 use drover_tests::e2e::CoordinatorProcess;
 use drover_tests::fleet::{Admin, Agent};
@@ -321,4 +325,95 @@ fn drover_pins_lists_fleet_group_and_host_pins_and_holds_with_who() {
         drover_ok(&coordinator, &["pins", "nothing"]),
         "No pins for nothing. Pin a release: drover pin APP VERSION\n"
     );
+}
+
+/// `drover pins web -o json`'s host pins: host id to (version, set_by, rollout).
+fn host_pins(coordinator: &CoordinatorProcess) -> BTreeMap<String, (String, String, String)> {
+    let list = json(&drover_ok(coordinator, &["pins", "web", "-o", "json"]));
+    list["pins"]
+        .as_array()
+        .expect("pins")
+        .iter()
+        .filter(|pin| pin["scope"]["kind"] == "host")
+        .map(|pin| {
+            let text = |value: &serde_json::Value| value.as_str().unwrap_or("-").to_owned();
+            (
+                text(&pin["scope"]["name"]),
+                (text(&pin["version"]), text(&pin["set_by"]), text(&pin["rollout"])),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn drover_pins_names_the_rollout_that_set_a_pin() {
+    let coordinator = CoordinatorProcess::start().expect("drover serve");
+    let agents = [join(&coordinator, "web-01", &[]), join(&coordinator, "web-02", &[])];
+    releases(&coordinator);
+    drover_ok(&coordinator, &["pin", "web", "1.0.0", "--reason", "first"]);
+    drover_ok(
+        &coordinator,
+        &[
+            "rollout",
+            "start",
+            "web",
+            "2.0.0",
+            "--stages",
+            "100%",
+            "--max-in-flight",
+            "1",
+            "--reason",
+            "fixes #812",
+        ],
+    );
+    let status = json(&drover_ok(&coordinator, &["rollout", "status", "web", "-o", "json"]));
+    let rollout = status["rollout"].as_str().expect("rollout id").to_owned();
+    // The first host is pinned at once, by the operator who started the rollout, with
+    // the rollout's reason.
+    let list = json(&drover_ok(&coordinator, &["pins", "web", "-o", "json"]));
+    let pins = list["pins"].as_array().expect("pins");
+    assert_eq!(pins.len(), 2, "{list:#}");
+    assert_eq!(
+        (&pins[0]["scope"]["kind"], &pins[0]["reason"], &pins[0]["rollout"]),
+        (
+            &serde_json::json!("fleet"),
+            &serde_json::json!("first"),
+            &serde_json::Value::Null
+        ),
+        "{list:#}"
+    );
+    assert_eq!(pins[1]["reason"], "fixes #812", "{list:#}");
+    let first = host_pins(&coordinator);
+    let (first_host, pin) = first.iter().next().expect("one host pinned");
+    assert_eq!(pin, &("2.0.0".to_owned(), "admin".to_owned(), rollout.clone()));
+
+    // It reports healthy on 2.0.0: the controller pins the next host by itself.
+    let agent = agents
+        .iter()
+        .find(|agent| agent.host.as_str() == first_host)
+        .expect("agent");
+    let healthy = AppReport {
+        current: Some("2.0.0".parse().expect("version")),
+        desired: Some("2.0.0".parse().expect("version")),
+        state: AppState::Healthy,
+        health: None,
+        last_error: None,
+        bad_versions: Vec::new(),
+    };
+    let (status, body) = block_on(agent.report(&agent.app_report(None, &"web".parse().expect("app"), healthy)));
+    assert!(status.is_success(), "{status} {body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let both = loop {
+        let pins = host_pins(&coordinator);
+        if pins.len() == 2 || Instant::now() > deadline {
+            break pins;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let second = both
+        .iter()
+        .find(|(host, _)| *host != first_host)
+        .unwrap_or_else(|| panic!("the second host was not pinned: {both:?}"))
+        .1;
+    assert_eq!(second, &("2.0.0".to_owned(), "controller".to_owned(), rollout));
 }
