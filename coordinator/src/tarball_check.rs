@@ -98,9 +98,16 @@ impl ProgramProblem {
 
 /// Checks that the tarball `open` reads (it is opened once per pass) holds `spec`'s
 /// program as a file its user may execute.
-pub fn check_program<R: Read>(
+pub fn check_program<R: Read>(spec: &AppSpec, open: impl FnMut() -> io::Result<R>) -> Result<Checked, ProgramProblem> {
+    check_within(spec, open, MAX_SCAN_BYTES, MAX_SCAN_ENTRIES)
+}
+
+/// [`check_program`] with the limits as arguments (the tests use small ones).
+fn check_within<R: Read>(
     spec: &AppSpec,
     mut open: impl FnMut() -> io::Result<R>,
+    max_bytes: u64,
+    max_entries: u64,
 ) -> Result<Checked, ProgramProblem> {
     let Some(command) = &spec.service.command else {
         // A tarball without a command is refused by `AppSpec::check` before this runs.
@@ -113,8 +120,8 @@ pub fn check_program<R: Read>(
     let user = spec.service.user.as_ref().map(|user| user.as_str());
     let runs_as_root = matches!(user, Some("root" | "0"));
     let mut budget = Budget {
-        bytes: Cell::new(MAX_SCAN_BYTES),
-        entries: MAX_SCAN_ENTRIES,
+        bytes: Cell::new(max_bytes),
+        entries: max_entries,
     };
     let mut wanted = components(program.as_bytes()).ok_or_else(|| ProgramProblem::Missing {
         program: program.clone(),
@@ -285,10 +292,9 @@ impl<R: Read> Read for Metered<'_, R> {
 /// One pass over the archive for `wanted`.
 fn find<R: Read>(reader: R, wanted: &[Vec<u8>], budget: &mut Budget) -> Result<Found, ProgramProblem> {
     let bytes_limit = || {
-        Found::Limit(format!(
-            "read {} GiB of the unpacked archive without finding the program; not checked",
-            MAX_SCAN_BYTES >> 30
-        ))
+        Found::Limit(
+            "read as much of the unpacked archive as the check may without finding the program; not checked".into(),
+        )
     };
     let corrupt = |error: io::Error| ProgramProblem::NotATarball {
         detail: error.to_string(),
@@ -310,9 +316,9 @@ fn find<R: Read>(reader: R, wanted: &[Vec<u8>], budget: &mut Budget) -> Result<F
         };
         seen += 1;
         if seen > budget.entries {
-            return Ok(Found::Limit(format!(
-                "read {MAX_SCAN_ENTRIES} archive entries without finding the program; not checked"
-            )));
+            return Ok(Found::Limit(
+                "read as many archive entries as the check may without finding the program; not checked".into(),
+            ));
         }
         let header = entry.header();
         let entry_type = header.entry_type();
@@ -550,6 +556,28 @@ mod tests {
             check(&plain, "bin/web", None).map_err(|problem| problem.code()),
             Err("not_a_tarball")
         );
+    }
+
+    #[test]
+    fn a_check_stopped_by_its_limits_is_inconclusive_not_a_refusal() {
+        let entries: Vec<String> = (0..20).map(|index| format!("data/{index}")).collect();
+        let mut items: Vec<Item<'_>> = entries.iter().map(|path| Item::File(path, 0o644)).collect();
+        items.push(Item::File("bin/web", 0o755));
+        let bytes = tarball(&items);
+        let open = || Ok(Cursor::new(bytes.clone()));
+        let spec = spec("bin/web", None);
+        assert!(matches!(
+            check_within(&spec, open, MAX_SCAN_BYTES, 10),
+            Ok(Checked::Inconclusive(reason)) if reason.contains("entries")
+        ));
+        assert!(matches!(
+            check_within(&spec, open, 4096, MAX_SCAN_ENTRIES),
+            Ok(Checked::Inconclusive(reason)) if reason.contains("unpacked archive")
+        ));
+        assert!(matches!(
+            check_within(&spec, open, MAX_SCAN_BYTES, 21),
+            Ok(Checked::Executable { .. })
+        ));
     }
 
     #[test]
