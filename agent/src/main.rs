@@ -40,7 +40,14 @@ fn main() -> ExitCode {
         .with_ansi(false)
         .with_target(false);
     if journald {
-        logging.without_time().init();
+        // Each line starts with its syslog priority (`<4>` for WARN), which journald reads.
+        let format = tracing_subscriber::fmt::format()
+            .with_ansi(false)
+            .with_target(false)
+            .without_time();
+        logging
+            .event_format(drover_agent::systemd::JournalPriority(format))
+            .init();
     } else {
         logging.init();
     }

@@ -372,6 +372,40 @@ fn signal_name(signal: i32) -> Option<&'static str> {
     })
 }
 
+/// Log lines for the journal with their priority: journald reads a `<N>` prefix on a
+/// service's stderr as the line's syslog priority (`SyslogLevelPrefix=`, on by default),
+/// so `journalctl -u drover-agent -p warning` shows the agent's WARN and ERROR lines.
+/// Without it every line is priority 6 (info).
+#[derive(Debug)]
+pub struct JournalPriority<F>(pub F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPriority<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        context: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "<{}>", journal_priority(*event.metadata().level()))?;
+        self.0.format_event(context, writer, event)
+    }
+}
+
+/// The syslog priority of a log level: ERROR 3 (err), WARN 4 (warning), INFO 6, else 7.
+fn journal_priority(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
 /// A connection to systemd (PID 1) over the system bus.
 #[derive(Clone, Debug)]
 pub struct Systemd {
@@ -608,6 +642,14 @@ mod tests {
             assert_eq!(JobOutcome::from_result(text), outcome);
             assert_eq!(outcome.to_string(), text);
         }
+    }
+
+    #[test]
+    fn journal_lines_carry_the_syslog_priority_of_their_level() {
+        assert_eq!(journal_priority(tracing::Level::ERROR), 3);
+        assert_eq!(journal_priority(tracing::Level::WARN), 4);
+        assert_eq!(journal_priority(tracing::Level::INFO), 6);
+        assert_eq!(journal_priority(tracing::Level::DEBUG), 7);
     }
 
     fn status_with(result: &str, main_exit: Option<MainExit>) -> UnitStatus {
