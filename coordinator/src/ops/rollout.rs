@@ -223,3 +223,55 @@ pub(crate) fn status_text(status: &RolloutStatus, now: Timestamp) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-host fleet's rollout paused by the breaker: the canary failed, the other
+    /// stages have no hosts.
+    fn paused_one_host() -> RolloutStatus {
+        let stage = |label: &str, status: &str, total: usize, failed: usize| {
+            serde_json::json!({"label": label, "status": status, "bake_remaining": null, "total": total,
+                               "waiting": 0, "in_flight": 0, "done": 0, "failed": failed, "removed": 0})
+        };
+        serde_json::from_value(serde_json::json!({
+            "rollout": "web-2.0-1", "app": "web", "version": "2.0",
+            "phase": "paused_by_breaker", "phase_text": "paused by the failure breaker",
+            "stage": 0,
+            "stages": [stage("canary", "failed", 1, 1), stage("50%", "not_started", 0, 0), stage("100%", "not_started", 0, 0)],
+            "failures": 1, "failure_budget": 0, "in_flight": 0, "max_in_flight": 1, "eta": null,
+            "created_by": "ci", "created_at": "2026-11-27T12:00:00Z", "finished_at": null,
+            "failed_hosts": [{"host": "h01", "stage": 0, "at": "2026-11-27T12:00:30Z",
+                              "reason": "reported rolled_back", "state": "rolled_back",
+                              "error": "job Failed (status=217/USER)\n\u{1b}[2J"}],
+        }))
+        .expect("a status")
+    }
+
+    #[test]
+    fn status_names_failed_hosts_and_empty_stages() {
+        let text = status_text(&paused_one_host(), Timestamp::from_unix(1_800_000_000));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].ends_with(", stage 1 of 3 (stages 2-3 have no hosts)"),
+            "{text}"
+        );
+        let row = |label: &str| {
+            lines
+                .iter()
+                .find(|line| line.contains(label))
+                .copied()
+                .unwrap_or_default()
+        };
+        assert!(row("50%").contains("no hosts"), "{text}");
+        assert!(row("canary").contains("failed"), "{text}");
+        assert!(text.contains("failed hosts (1 of 1):"), "{text}");
+        let host = row("h01");
+        assert!(
+            host.starts_with("h01   1      2026-11-27T12:00:30Z  reported rolled_back  rolled_back  job Failed (status=217/USER)\\n\\u{1b}[2J"),
+            "{host:?}"
+        );
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+    }
+}
