@@ -417,3 +417,53 @@ fn drover_pins_names_the_rollout_that_set_a_pin() {
         .1;
     assert_eq!(second, &("2.0.0".to_owned(), "controller".to_owned(), rollout));
 }
+
+// --- what ships -----------------------------------------------------------------------
+
+/// Starts `drover serve` on 127.0.0.1 with `env`, waits until it logs that it listens,
+/// stops it and returns its log.
+fn serve_log(env: &[(&str, &str)]) -> String {
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let log_path = scratch.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut command = Command::new(binary("drover"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(scratch.path().join("data"))
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("DROVER_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("drover serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("listening") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("listening"), "drover serve did not start:\n{text}");
+    text
+}
+
+#[test]
+fn drover_serve_under_systemd_leaves_the_timestamp_to_the_journal() {
+    let starts_with_a_timestamp = |line: &str| line.starts_with("20") && line.get(10..11) == Some("T");
+    // Under systemd (JOURNAL_STREAM set): journald stamps each line, tracing does not.
+    let journal = serve_log(&[("JOURNAL_STREAM", "8:12345")]);
+    assert!(journal.lines().all(|line| !starts_with_a_timestamp(line)), "{journal}");
+    assert!(
+        journal.lines().any(|line| line.trim_start().starts_with("INFO")),
+        "{journal}"
+    );
+    // In a terminal or a file of its own, the lines keep theirs.
+    let plain = serve_log(&[]);
+    assert!(plain.lines().all(starts_with_a_timestamp), "{plain}");
+}
