@@ -15,6 +15,9 @@
 //! | `# drover.toml for an image` | the same, for an OCI image release (`service.command` may be left out) |
 //! | `# drover.toml excerpt` | a part of a spec: completed with `[service] command = ["bin/app"]` when it has no `[service]` table, then as above |
 //! | `# /etc/drover/agent.toml` | the agent's config: `drover_agent::config::load`, as `drover-agent check` runs it; the secret and CA files it names are made (0600) in a scratch directory first |
+//!
+//! And the README's example spec runs, exactly as written, on a fresh real systemd host
+//! (needs root, `systemd-nspawn` and `dist/drover-agent_*.deb` like the `*_hosts` tests).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -456,4 +459,94 @@ fn the_docs_checks_catch_broken_links_anchors_and_specs() {
     assert_eq!(spec_problem(root, no_command, ArtifactKind::Image), None);
     let good = "[service]\ncommand = [\"bin/web\"]\n";
     assert_eq!(spec_problem(root, good, ArtifactKind::Tarball), None);
+}
+
+/// The README's example spec, exactly as written, on a fresh real systemd host with the
+/// agent from its .deb (issue 14: it said `user = "web"`, and on a host without that user
+/// the release failed with `job Failed`). Its `bin/web` is the sample app behind a
+/// wrapper that takes the README's `--port 8080`. The host shares the machine's network,
+/// so port 8080 must be free here.
+#[test]
+fn the_readme_example_spec_runs_as_written_on_a_fresh_host() {
+    use drover_tests::e2e::{AgentHost, CoordinatorProcess};
+    use drover_tests::hosts::HostOptions;
+
+    let readme = std::fs::read_to_string(repository().join("README.md")).expect("README.md");
+    let spec = split_markdown(&readme)
+        .1
+        .into_iter()
+        .find(|block| block.info == "toml" && toml_example(block) == Some(TomlExample::Spec(ArtifactKind::Tarball)))
+        .expect("README.md has a ```toml block starting with `# drover.toml`")
+        .text;
+    assert!(
+        spec.contains(r#"command = ["bin/web", "--port", "8080"]"#) && spec.contains("http://127.0.0.1:8080/healthz"),
+        "this test runs an app as `bin/web --port 8080` checked on 127.0.0.1:8080; change it with the README:\n{spec}"
+    );
+    if let Err(error) = std::net::TcpListener::bind(("127.0.0.1", 8080)) {
+        panic!(
+            "port 8080 on this machine is taken ({error}); the README's app listens there on a host sharing its network"
+        );
+    }
+
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let tree = scratch.path().join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("bin/");
+    std::fs::copy(
+        drover_tests::binary("drover-sample-app"),
+        tree.join("bin/drover-sample-app"),
+    )
+    .expect("sample app");
+    std::fs::write(
+        tree.join("bin/web"),
+        "#!/bin/sh\n# bin/web --port PORT: the sample app on 127.0.0.1:PORT\n[ \"$1\" = --port ] || exit 64\nexec \"$(dirname \"$0\")/drover-sample-app\" --listen \"127.0.0.1:$2\"\n",
+    )
+    .expect("bin/web");
+    std::fs::set_permissions(tree.join("bin/web"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(tree.join("VERSION"), "1.0.0").expect("VERSION");
+    let artifact = scratch.path().join("web-1.0.0.tar.gz");
+    drover_tests::e2e::run_ok(
+        std::process::Command::new("tar")
+            .arg("-czf")
+            .arg(&artifact)
+            .arg("-C")
+            .arg(&tree)
+            .arg("."),
+    )
+    .expect("tar");
+    let spec_path = scratch.path().join("drover.toml");
+    std::fs::write(&spec_path, &spec).expect("drover.toml");
+
+    let coordinator = CoordinatorProcess::start().expect("coordinator");
+    coordinator
+        .release_from("1.0.0", &spec_path, &artifact)
+        .expect("release create");
+    let host = AgentHost::start("e2e-readme", &coordinator, &HostOptions::default()).expect("agent host");
+    assert!(
+        host.host.exec(&["getent", "passwd", "web"]).stdout.is_empty(),
+        "the host must be fresh: no user web"
+    );
+    coordinator.drover_ok(&["pin", "web", "1.0.0"]).expect("pin");
+    if let Err(error) = host.wait_healthy("web", "1.0.0", std::time::Duration::from_secs(60)) {
+        panic!(
+            "the README's spec did not become healthy: {error}\nagent status: {:?}\n{}",
+            host.app_status("web"),
+            host.host.journal_lines(Some("drover-web.service"), 30)
+        );
+    }
+    assert_eq!(AgentHost::get(8080, "/").as_deref(), Some("drover-sample-app 1.0.0"));
+    assert_eq!(
+        host.host
+            .check(&[
+                "systemctl",
+                "show",
+                "-p",
+                "DynamicUser",
+                "--value",
+                "drover-web.service"
+            ])
+            .expect("systemctl show")
+            .trim(),
+        "yes",
+        "no user in the spec: a dynamic user"
+    );
 }
