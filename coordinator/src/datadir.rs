@@ -111,6 +111,22 @@ fn encode_secret(mut bytes: [u8; 32]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The root key files (`root-*.key`) in a key directory, sorted; none when it cannot be
+/// read (the start fails later, naming what is missing).
+fn root_keys_in(keys: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(keys)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                .filter(|name| name.starts_with("root-") && name.ends_with(".key"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Creates what is missing (on first start) and loads everything. `keys_dir` overrides
 /// `<data-dir>/keys` with a directory made by `drover keys init` elsewhere (only its
 /// manifest.key and trust.json are needed; root keys can stay offline).
@@ -141,9 +157,16 @@ pub fn prepare(data: &DataDir, keys_dir: Option<&Path>, now: Timestamp) -> Resul
     let keys = keys_dir.map_or_else(|| data.keys(), Path::to_path_buf);
     if keys_dir.is_none() && !keys.join(MANIFEST_KEY_FILE).exists() {
         crate::keys::create_key_dir(&keys, 1, 1, Duration::from_secs(5 * 365 * 86_400), now)?;
+        tracing::info!(dir = %keys.display(), "created the CA, a root key, the manifest key and the trust document");
+    }
+    // At every start, not only the first: a root key left beside the online manifest key
+    // hands whoever takes this machine the power to change what every host trusts.
+    let root_keys_here = root_keys_in(&keys);
+    if !root_keys_here.is_empty() {
         tracing::warn!(
             dir = %keys.display(),
-            "created a root key on this machine; for production, move root-1.key offline or start with --keys from `drover keys init`"
+            keys = %root_keys_here.join(","),
+            "root keys are on this machine; for production, move them offline (docs/runbook.md, \"Moving root keys offline\"): the coordinator needs only manifest.key and trust.json"
         );
     }
     let manifest_key = read_signing_key(&keys.join(MANIFEST_KEY_FILE))?;
@@ -191,6 +214,24 @@ pub fn new_secret() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The warning at every start is about what is in the key directory now: a first
+    /// start's root key counts, and moving it away ends the warning.
+    #[test]
+    fn root_keys_left_in_the_key_directory_are_found_at_every_start() {
+        let root = std::env::temp_dir().join(format!("drover-datadir-root-keys-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = DataDir::new(root.join("data"));
+        prepare(&dir, None, Timestamp::from_unix(1_800_000_000)).expect("first start");
+        assert_eq!(root_keys_in(&dir.keys()), vec!["root-1.key".to_owned()]);
+        prepare(&dir, None, Timestamp::from_unix(1_800_000_100)).expect("second start");
+        assert_eq!(root_keys_in(&dir.keys()), vec!["root-1.key".to_owned()]);
+        let offline = root.join("root-1.key.offline");
+        fs::rename(dir.keys().join("root-1.key"), &offline).expect("move the root key away");
+        prepare(&dir, None, Timestamp::from_unix(1_800_000_200)).expect("start without the root key");
+        assert!(root_keys_in(&dir.keys()).is_empty());
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
 
     #[test]
     fn secrets_never_start_with_a_dash() {
