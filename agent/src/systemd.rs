@@ -19,6 +19,11 @@
 //!   217/USER unknown user, 226/NAMESPACE missing `ReadWritePaths=`, 200/CHDIR a state
 //!   directory other users cannot traverse); the unit then also enters `auto-restart`.
 //! - `canceled`: another job replaced it (a stop during a slow restart).
+//!
+//! A job result says only *that* a start failed. [`UnitStatus::failure_cause`] says why,
+//! from the unit's `Result` and `ExecMainCode`/`ExecMainStatus`, as `systemctl status`
+//! would (`exit-code, status=217/USER`), with a hint in the terms of `drover.toml` for
+//! systemd's own exit statuses; every failed or rolled-back event and `last_error` carry it.
 
 use std::collections::HashMap;
 use std::fmt;
