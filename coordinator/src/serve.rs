@@ -125,9 +125,10 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     let store = Store::open(&data.database())
         .await
         .map_err(|error| Error::Input(error.to_string()))?;
-    let loopback_trap = public_url_is_loopback_while_listening_elsewhere(&public_url, addr);
-    if loopback_trap {
-        tracing::warn!("{}", loopback_public_url_problem(&public_url, addr));
+    let loopback_trap = public_url_is_loopback_while_listening_elsewhere(&public_url, addr)
+        .then(|| loopback_public_url_problem(&public_url, addr));
+    if let Some(problem) = &loopback_trap {
+        tracing::warn!("{problem}");
     }
     let config = Config {
         loopback_trap,

@@ -47,10 +47,10 @@ pub struct Config {
     pub public_url: String,
     /// The address it listens on.
     pub listen: std::net::SocketAddr,
-    /// The public URL is a loopback address while it listens on others
-    /// ([`crate::serve::public_url_is_loopback_while_listening_elsewhere`]): token
-    /// creation refuses unless the request allows it.
-    pub loopback_trap: bool,
+    /// What is wrong when the public URL is a loopback address while the coordinator
+    /// listens on others (`serve` decides, and words it for the operator): token creation
+    /// refuses with it unless the request allows it.
+    pub loopback_trap: Option<String>,
     /// How long a signed manifest is valid.
     pub manifest_ttl: Duration,
     /// How often the refresher looks for manifests to re-sign before they expire.
@@ -757,12 +757,11 @@ impl Coordinator {
             ));
         }
         check_labels(&request.labels)?;
-        if self.config.loopback_trap && !request.allow_loopback {
+        if let Some(problem) = self.config.loopback_trap.as_deref().filter(|_| !request.allow_loopback) {
             return Err(ServiceError::BadRequest(
                 drover_protocol::api::LOOPBACK_PUBLIC_URL,
                 format!(
-                    "refusing to make a join line that works only on this machine: {}. Or pass --allow-loopback to get it anyway",
-                    crate::serve::loopback_public_url_problem(&self.config.public_url, self.config.listen)
+                    "refusing to make a join line that works only on this machine: {problem}. Or pass --allow-loopback to get it anyway"
                 ),
             ));
         }
