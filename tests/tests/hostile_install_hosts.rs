@@ -17,10 +17,21 @@ fn pin(coordinator: &CoordinatorProcess, version: &str) {
     coordinator.drover_ok(&["pin", "web", version]).expect("pin");
 }
 
-/// The archive: one file under `depth` directories `a`.
+/// The archive: the spec's program, then one file under `depth` directories `a`.
 fn deep_tarball(depth: usize) -> Vec<u8> {
     let path = format!("{}/file", vec!["a"; depth].join("/"));
     let mut builder = tar::Builder::new(Vec::new());
+    // The spec's program first, so `release create`'s check that the tarball holds it
+    // passes and the archive reaches the agent, whose unpacker refuses the deep path.
+    let mut program = tar::Header::new_gnu();
+    program.set_mode(0o755);
+    program.set_uid(0);
+    program.set_gid(0);
+    program.set_mtime(1_700_000_000);
+    program.set_size(10);
+    builder
+        .append_data(&mut program, "bin/drover-sample-app", &b"#!/bin/sh\n"[..])
+        .expect("append");
     let mut header = tar::Header::new_gnu();
     header.set_mode(0o644);
     header.set_uid(0);
