@@ -2,10 +2,8 @@
 
 use std::path::PathBuf;
 
-use drover_protocol::{KeyError, Rejection};
+use drover_protocol::{Digest, KeyError, Rejection};
 use thiserror::Error;
-
-use crate::image::ImageError;
 
 /// Exit codes of `drover` (SPEC.md §6).
 pub mod exit {
@@ -193,4 +191,93 @@ impl Error {
             } => exit::FAILURE,
         }
     }
+}
+
+/// What went wrong resolving an image.
+#[derive(Debug, Error)]
+pub enum ImageError {
+    /// `--image REF` is not a reference drover accepts.
+    #[error("--image {text}: {problem}")]
+    BadReference {
+        /// The reference as typed (made printable).
+        text: String,
+        /// What is wrong and how to write it.
+        problem: String,
+    },
+    /// `--platform` is not `OS/ARCH[/VARIANT]`.
+    #[error("--platform {text}: {problem}")]
+    BadPlatform {
+        /// The platform as typed (made printable).
+        text: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The registry client could not be set up (a CA that is not a certificate).
+    #[error("setting up the registry client: {detail}")]
+    Setup {
+        /// Why.
+        detail: String,
+    },
+    /// Talking to the registry failed: connection, TLS, an HTTP error.
+    #[error("{operation} {reference}: {detail}{hint}")]
+    Registry {
+        /// What was being done.
+        operation: &'static str,
+        /// The reference or blob concerned.
+        reference: String,
+        /// The error chain.
+        detail: String,
+        /// What the operator may have to add.
+        hint: &'static str,
+    },
+    /// The registry wants other credentials.
+    #[error("{reference}: the registry refused access ({detail}); {hint}")]
+    Unauthorized {
+        /// The reference concerned.
+        reference: String,
+        /// The registry's words.
+        detail: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// The registry does not have the manifest (tag or digest) or the repository.
+    #[error("{reference}: not found in the registry ({detail}); check the repository name and the tag or digest")]
+    NotFound {
+        /// The reference concerned.
+        reference: String,
+        /// The registry's words.
+        detail: String,
+    },
+    /// Content whose sha256 is not the one asked for.
+    #[error(
+        "{reference}: the registry sent content with digest {actual}, not {expected}; nothing was created (a broken or tampered registry?)"
+    )]
+    DigestMismatch {
+        /// What was fetched.
+        reference: String,
+        /// The digest asked for.
+        expected: Digest,
+        /// The sha256 of what came.
+        actual: Digest,
+    },
+    /// What the registry has is not a container image drover can run.
+    #[error("{reference}: {problem}")]
+    NotAnImage {
+        /// The reference concerned.
+        reference: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// An image index without an image for the wanted platform.
+    #[error(
+        "{reference} is an image index with no image for {wanted}; it has {available}. Name one with --platform OS/ARCH[/VARIANT]"
+    )]
+    NoPlatform {
+        /// The index's reference.
+        reference: String,
+        /// The platform asked for (`linux/amd64`).
+        wanted: String,
+        /// The platforms it has, for people.
+        available: String,
+    },
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser as _;
-use drover_coordinator::{cli::Cli, run};
+use drover_coordinator::{Cli, run};
 use drover_protocol::Timestamp;
 
 fn main() -> ExitCode {

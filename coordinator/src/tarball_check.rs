@@ -383,7 +383,7 @@ fn components(raw: &[u8]) -> Option<Vec<Vec<u8>>> {
 
 fn join(parts: &[Vec<u8>]) -> String {
     let bytes: Vec<u8> = parts.join(&b'/');
-    crate::client::printable(&String::from_utf8_lossy(&bytes))
+    crate::text::printable(&String::from_utf8_lossy(&bytes))
 }
 
 #[cfg(test)]

@@ -91,6 +91,20 @@ pub fn renewal_due_at(not_before: Timestamp, not_after: Timestamp) -> Timestamp 
     Timestamp::from_unix(not_after.unix() - lifetime / 3)
 }
 
+/// A certificate expiring sooner than this is counted in the coordinator's
+/// `drover_host_certificates_expiring_soon` and marked in `drover hosts list`.
+pub const CERTIFICATE_EXPIRING_SOON: Duration = Duration::from_secs(30 * 86_400);
+
+/// Largest artifact a coordinator stores: the server refuses bigger uploads and
+/// `drover release create` refuses them before uploading.
+pub const MAX_ARTIFACT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
+/// True when every label of a group's `selector` is on the host with the same value: how
+/// the coordinator resolves groups and how `drover groups list` counts their hosts.
+pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(key, value)| labels.get(key) == Some(value))
+}
+
 /// `POST /v1/admin/tokens`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

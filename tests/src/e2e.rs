@@ -607,12 +607,12 @@ impl Impostor {
     pub fn start(data_dir: &Path, port: u16) -> anyhow::Result<Impostor> {
         let ca_pem = std::fs::read_to_string(data_dir.join("ca.pem")).context("ca.pem")?;
         let ca_key = std::fs::read_to_string(data_dir.join("ca.key")).context("ca.key")?;
-        let ca = drover_coordinator::pki::Ca::load(&ca_pem, &ca_key).context("loading the CA")?;
+        let ca = drover_coordinator::server::pki::Ca::load(&ca_pem, &ca_key).context("loading the CA")?;
         let now = drover_protocol::Timestamp::from_system(std::time::SystemTime::now());
         let (cert, key) = ca
             .issue_server(&["127.0.0.1".to_owned()], now)
             .context("issuing a server certificate")?;
-        let tls = drover_coordinator::server::tls_config(ca.cert_der(), &format!("{cert}{ca_pem}"), &key)
+        let tls = drover_coordinator::server::http::tls_config(ca.cert_der(), &format!("{cert}{ca_pem}"), &key)
             .map_err(anyhow::Error::msg)?;
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).context("binding the impostor")?;
         listener.set_nonblocking(true)?;

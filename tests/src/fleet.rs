@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use drover_coordinator::serve::{Running, ServeOptions, start};
+use drover_coordinator::server::serve::{Running, ServeOptions, start};
 use drover_protocol::api::{JoinRequest, JoinResponse, TokenRequest, TokenResponse};
 use drover_protocol::report::{AgentFacts, AppReport, REPORT_SCHEMA};
 use drover_protocol::{AppName, Duration, HostId, HostReport, Trust};
@@ -79,8 +79,8 @@ impl TestCoordinator {
             keys: None,
             manifest_ttl: Duration::from_secs(86_400),
             server_names: Vec::new(),
-            host_certificate_validity: drover_coordinator::pki::DEFAULT_LEAF_VALIDITY,
-            server_certificate_validity: drover_coordinator::pki::DEFAULT_LEAF_VALIDITY,
+            host_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
+            server_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
         })
         .await
         .expect("coordinator starts");
@@ -287,7 +287,7 @@ impl Agent {
     /// Joins `host` with `token`; returns the error status and body when refused.
     pub async fn join(url: &str, ca_pem: &str, token: &str, host: &str) -> Result<Agent, (StatusCode, String)> {
         let host: HostId = host.parse().expect("host id");
-        let (csr_pem, key_pem) = drover_coordinator::pki::make_host_csr(&host).expect("CSR");
+        let (csr_pem, key_pem) = drover_coordinator::server::pki::make_host_csr(&host).expect("CSR");
         let request = JoinRequest {
             token: token.to_owned(),
             host_id: host.clone(),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use drover_coordinator::pki::Ca;
+use drover_coordinator::server::pki::Ca;
 
 pub use image::{ImageConfig, LayerOp, OciImage, SampleImage, TarLayer};
 pub use proxy::{BlobFetch, FaultyProxy};

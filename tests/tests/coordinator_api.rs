@@ -366,7 +366,7 @@ async fn hostile_enrollment_is_refused_and_changes_nothing() {
 
     // A CSR for another host id than the one joining.
     let token = admin.token(&[], None).await;
-    let (csr_pem, _) = drover_coordinator::pki::make_host_csr(&host("web-04")).expect("csr");
+    let (csr_pem, _) = drover_coordinator::server::pki::make_host_csr(&host("web-04")).expect("csr");
     let request = json!({"token": token.token, "host_id": "web-05", "csr_pem": csr_pem, "facts": facts()});
     let anonymous = http_client(tls_client(&admin.ca_pem, None));
     let response = anonymous
@@ -607,15 +607,15 @@ async fn refresher_re_signs_manifests_before_they_expire() {
     // expiring and the refresher must re-sign it with a higher serial, same content.
     // (The service reads the real clock; this is the one test that waits for it.)
     let scratch = tempfile::tempdir().expect("scratch");
-    let running = drover_coordinator::serve::start(drover_coordinator::serve::ServeOptions {
+    let running = drover_coordinator::server::serve::start(drover_coordinator::server::serve::ServeOptions {
         listen: ([127, 0, 0, 1], 0).into(),
         data_dir: scratch.path().join("data"),
         public_url: None,
         keys: None,
         manifest_ttl: drover_protocol::Duration::from_secs(2),
         server_names: Vec::new(),
-        host_certificate_validity: drover_coordinator::pki::DEFAULT_LEAF_VALIDITY,
-        server_certificate_validity: drover_coordinator::pki::DEFAULT_LEAF_VALIDITY,
+        host_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
+        server_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
     })
     .await
     .expect("coordinator starts");

@@ -24,7 +24,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
 
 use drover_agent::config::{Overrides, load};
-use drover_coordinator::ops::read_spec;
+use drover_coordinator::cli::ops::read_spec;
 use drover_protocol::spec::ArtifactKind;
 
 /// The repository's root (this crate is `tests/`).

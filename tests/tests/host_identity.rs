@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use drover_coordinator::pki::{csr_for_key, make_host_csr, validity_of, validity_of_der};
+use drover_coordinator::server::pki::{csr_for_key, make_host_csr, validity_of, validity_of_der};
 use drover_protocol::api::{
     HostDetail, HostHistoryEntry, HostSummary, JoinRequest, JoinResponse, RenewResponse, TokenResponse,
 };
@@ -203,7 +203,9 @@ fn history_kinds(detail: &HostDetail) -> Vec<(String, String)> {
 }
 
 fn certificate_sha256(pem: &str) -> String {
-    drover_coordinator::pki::sha256_hex(&drover_coordinator::pki::certificate_der(pem).expect("certificate der"))
+    drover_coordinator::server::pki::sha256_hex(
+        &drover_coordinator::server::pki::certificate_der(pem).expect("certificate der"),
+    )
 }
 
 #[test]
@@ -583,7 +585,7 @@ fn the_server_certificate_is_renewed_while_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_enrolled_before_keys_were_recorded_is_known_by_its_certificate_until_its_key_is_learned() {
     use drover_coordinator::datadir::DataDir;
-    use drover_coordinator::store::{HostChange, HostRecord, Store, StoredManifest};
+    use drover_coordinator::server::store::{HostChange, HostRecord, Store, StoredManifest};
     use drover_tests::fleet::TestCoordinator;
 
     let scratch = tempfile::tempdir().expect("scratch");

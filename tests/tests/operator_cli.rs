@@ -16,8 +16,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drover_coordinator::client::{Origin, tls_config};
-use drover_coordinator::pki::make_host_csr;
+use drover_coordinator::cli::client::{Origin, tls_config};
+use drover_coordinator::server::pki::make_host_csr;
 use drover_protocol::api::{
     FleetStatus, Group, HostDetail, HostSummary, JoinRequest, JoinResponse, Release, TokenResponse,
 };
@@ -984,9 +984,10 @@ fn credential_and_connection_failures_say_what_to_fix() {
     fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).expect("chmod");
 
     // A CA that did not sign the coordinator's certificate: refused, never ignored.
-    let (other_ca, _) =
-        drover_coordinator::pki::Ca::create(drover_protocol::Timestamp::from_system(std::time::SystemTime::now()))
-            .expect("another CA");
+    let (other_ca, _) = drover_coordinator::server::pki::Ca::create(drover_protocol::Timestamp::from_system(
+        std::time::SystemTime::now(),
+    ))
+    .expect("another CA");
     let other = coordinator.write("other-ca.pem", other_ca.cert_pem().as_bytes());
     let error = coordinator.drover_env(&["status"], &[("DROVER_CA", &other)]).fails(1);
     assert!(error.contains("TLS") && error.contains(&other), "{error}");

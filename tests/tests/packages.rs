@@ -92,17 +92,17 @@ fn the_agent_package_installs_joins_deploys_upgrades_and_purges_cleanly() {
         "the edited config survived the upgrade"
     );
 
-    // Removed from the coordinator: refused at once; the app keeps serving.
+    // Removed from the coordinator: refused at once, the journal says how to come back,
+    // and the app keeps serving.
     coordinator
         .drover_ok(&["hosts", "remove", &agent.id])
         .expect("hosts remove");
     agent
         .host
         .wait_until("the agent to be refused", CONVERGE, Duration::from_millis(300), || {
-            agent
-                .host
-                .journal_lines(Some("drover-agent.service"), 50)
-                .contains("HTTP 403")
+            let journal = agent.host.journal_lines(Some("drover-agent.service"), 50);
+            journal.contains("this host was removed from the coordinator (host_removed")
+                && journal.contains(&format!("drover token create --replace {}", agent.id))
         })
         .expect("refused");
     assert_eq!(AgentHost::get(port, "/").as_deref(), Some("drover-sample-app 2"));

@@ -54,8 +54,8 @@ const EXCHANGE_TIMEOUT: StdDuration = StdDuration::from_secs(60);
 /// How long after its planned end a load phase may take to wind down before it counts
 /// as hung.
 const WIND_DOWN: StdDuration = StdDuration::from_secs(30);
-/// Events the coordinator keeps per host (`drover_coordinator::store::EVENTS_PER_HOST`).
-const EVENTS_KEPT_PER_HOST: u64 = drover_coordinator::store::EVENTS_PER_HOST as u64;
+/// Events the coordinator keeps per host (`drover_coordinator::server::store::EVENTS_PER_HOST`).
+const EVENTS_KEPT_PER_HOST: u64 = drover_coordinator::server::store::EVENTS_PER_HOST as u64;
 
 /// Load generator for the drover coordinator (loopback only).
 #[derive(Debug, Parser)]
@@ -487,8 +487,8 @@ async fn join_one(shared: &EnrollShared, connection: &mut Connection, host: &str
         serde_json::from_slice(&answer.body).map_err(|error| JoinFailure::Refused(error.into()))?;
     let refused = |error: anyhow::Error| JoinFailure::Refused(error);
     let host_id: HostId = host.parse().map_err(|error| refused(anyhow::anyhow!("{error}")))?;
-    let (csr_pem, key_pem) =
-        drover_coordinator::pki::make_host_csr(&host_id).map_err(|error| refused(anyhow::anyhow!("CSR: {error}")))?;
+    let (csr_pem, key_pem) = drover_coordinator::server::pki::make_host_csr(&host_id)
+        .map_err(|error| refused(anyhow::anyhow!("CSR: {error}")))?;
     let request = JoinRequest {
         token: token.token,
         host_id,

@@ -73,9 +73,12 @@ impl FaultyProxy {
                 let (cert, key) = ca
                     .issue_server(&["127.0.0.1".to_owned()], crate::now_real())
                     .context("issuing the proxy certificate")?;
-                let server =
-                    drover_coordinator::server::tls_config(ca.cert_der(), &format!("{cert}{}", ca.cert_pem()), &key)
-                        .map_err(anyhow::Error::msg)?;
+                let server = drover_coordinator::server::http::tls_config(
+                    ca.cert_der(),
+                    &format!("{cert}{}", ca.cert_pem()),
+                    &key,
+                )
+                .map_err(anyhow::Error::msg)?;
                 let client = crate::fleet::tls_client(ca.cert_pem(), None);
                 (
                     Some(tokio_rustls::TlsAcceptor::from(server)),

@@ -57,8 +57,8 @@ use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::Layer as _;
 
-use crate::pki::PeerIdentity;
-use crate::service::{Coordinator, Operator, RolloutCommand, ServiceError};
+use crate::server::pki::PeerIdentity;
+use crate::server::service::{Coordinator, Operator, RolloutCommand, ServiceError};
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: StdDuration = StdDuration::from_secs(10);
@@ -897,7 +897,7 @@ fn parse_wait(query: Option<&str>) -> Result<u64, ServiceError> {
     Ok(wait)
 }
 
-fn manifest_response(published: &crate::service::Published) -> Response {
+fn manifest_response(published: &crate::server::service::Published) -> Response {
     (
         StatusCode::OK,
         [
@@ -956,7 +956,7 @@ async fn artifact(
         )
         .into());
     }
-    let path = crate::blobs::path_of(&state.coordinator.data().blobs(), &digest);
+    let path = crate::server::blobs::path_of(&state.coordinator.data().blobs(), &digest);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -979,7 +979,7 @@ async fn artifact(
         })?
         .len();
     let range_header = headers.get(header::RANGE).and_then(|value| value.to_str().ok());
-    let range = crate::blobs::resolve_range(range_header, size)?;
+    let range = crate::server::blobs::resolve_range(range_header, size)?;
     let (status, start, length) = match range {
         Some(range) => (StatusCode::PARTIAL_CONTENT, range.start, range.end - range.start + 1),
         None => (StatusCode::OK, 0, size),
@@ -1169,7 +1169,7 @@ async fn upload_artifact(
     // Uploads can be large: they get the rate floor, not a total deadline.
     let failure = Arc::new(OnceLock::new());
     let stream = paced(body, BODY_PACE, failure.clone());
-    let stored = crate::blobs::put(&state.coordinator.data().blobs(), stream, expected.as_ref()).await;
+    let stored = crate::server::blobs::put(&state.coordinator.data().blobs(), stream, expected.as_ref()).await;
     match (stored, failure.get()) {
         (Ok(info), _) => Ok((StatusCode::CREATED, Json(info)).into_response()),
         // The body's own error (408), not the "upload interrupted" that put made of it.

@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use clap::Args;
 use std::sync::Arc;
 
 use drover_protocol::keyfile::write_atomic;
@@ -12,10 +14,63 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::datadir::{DataDir, prepare};
+use crate::datadir::DataDir;
 use crate::error::Error;
-use crate::service::{Config, Coordinator};
-use crate::store::Store;
+use crate::server::service::{Config, Coordinator};
+use crate::server::setup::prepare;
+use crate::server::store::Store;
+
+/// Arguments of `drover serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Data directory (database, CA, keys, admin token, artifacts).
+    #[arg(long, env = "DROVER_DATA_DIR", default_value = crate::datadir::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// The URL hosts use to reach this coordinator; it goes into join commands and
+    /// artifact URLs (default: https://<listen address>, 127.0.0.1 for 0.0.0.0).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// A key directory made by `drover keys init` (needs manifest.key and trust.json;
+    /// root keys can stay offline). Default: <data-dir>/keys, created on first start.
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
+    /// How long each signed manifest is valid; manifests are re-signed at half of it.
+    #[arg(long, default_value = "24h")]
+    pub manifest_ttl: Duration,
+    /// Extra DNS names or IP addresses for the server certificate (repeatable).
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
+    /// How long each host client certificate is valid (1m to 1095d). Agents renew
+    /// theirs over mTLS when a third of it is left, keeping their key; a host that cannot
+    /// reach the coordinator until its certificate expires must be re-joined. The CA that
+    /// signs them lasts 10 years from the first start.
+    #[arg(long, default_value = "365d", value_parser = parse_certificate_validity, value_name = "DURATION")]
+    pub host_certificate_validity: Duration,
+    /// How long the coordinator's own TLS certificate is valid (1m to 1095d). It is made
+    /// at each start and renewed while serving when a third of it is left (written to
+    /// <data-dir>/server.pem); clients trust it through the CA.
+    #[arg(long, default_value = "365d", value_parser = parse_certificate_validity, value_name = "DURATION")]
+    pub server_certificate_validity: Duration,
+}
+
+/// A certificate lifetime within [`MIN_LEAF_VALIDITY`](crate::server::pki::MIN_LEAF_VALIDITY)
+/// and [`MAX_LEAF_VALIDITY`](crate::server::pki::MAX_LEAF_VALIDITY).
+fn parse_certificate_validity(text: &str) -> Result<Duration, String> {
+    let validity: Duration = text.parse().map_err(|error| format!("{error}"))?;
+    let (min, max) = (
+        crate::server::pki::MIN_LEAF_VALIDITY,
+        crate::server::pki::MAX_LEAF_VALIDITY,
+    );
+    if validity < min || validity > max {
+        return Err(format!(
+            "a certificate validity must be between {min} and {max} (renewal starts when a third is left)"
+        ));
+    }
+    Ok(validity)
+}
 
 /// What `drover serve` needs.
 #[derive(Clone, Debug)]
@@ -116,9 +171,9 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     let issued = issue_server_certificate(&credentials.ca, &names, options.server_certificate_validity, now())
         .map_err(|error| Error::Input(format!("server certificate: {error}")))?;
     let server_certificate =
-        crate::server::ServerCertificate::new(&issued.chain_pem, &issued.key_pem).map_err(Error::Input)?;
-    let tls =
-        crate::server::tls_config_with(credentials.ca.cert_der(), server_certificate.clone()).map_err(Error::Input)?;
+        crate::server::http::ServerCertificate::new(&issued.chain_pem, &issued.key_pem).map_err(Error::Input)?;
+    let tls = crate::server::http::tls_config_with(credentials.ca.cert_der(), server_certificate.clone())
+        .map_err(Error::Input)?;
     let server_file = options.data_dir.join(SERVER_CERTIFICATE_FILE);
     write_atomic(&server_file, issued.file_text().as_bytes(), 0o600)?;
 
@@ -144,7 +199,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     write_atomic(&data.address(), format!("{public_url}\n").as_bytes(), 0o644)?;
 
     let (shutdown, receiver) = watch::channel(false);
-    let server = tokio::spawn(crate::server::serve(
+    let server = tokio::spawn(crate::server::http::serve(
         listener,
         coordinator.clone(),
         tls,
@@ -199,7 +254,7 @@ impl IssuedServerCertificate {
 }
 
 fn issue_server_certificate(
-    ca: &crate::pki::Ca,
+    ca: &crate::server::pki::Ca,
     names: &[String],
     validity: Duration,
     now: Timestamp,
@@ -207,8 +262,8 @@ fn issue_server_certificate(
     let (cert_pem, key_pem) = ca
         .issue_server_valid_for(names, now, validity)
         .map_err(|error| error.to_string())?;
-    let (not_before, not_after) =
-        crate::pki::validity_of(&cert_pem).ok_or_else(|| "the issued certificate cannot be read back".to_owned())?;
+    let (not_before, not_after) = crate::server::pki::validity_of(&cert_pem)
+        .ok_or_else(|| "the issued certificate cannot be read back".to_owned())?;
     Ok(IssuedServerCertificate {
         chain_pem: format!("{cert_pem}{}", ca.cert_pem()),
         key_pem,
@@ -222,7 +277,7 @@ struct ServerRenewal {
     coordinator: Arc<Coordinator>,
     names: Vec<String>,
     validity: Duration,
-    certificate: Arc<crate::server::ServerCertificate>,
+    certificate: Arc<crate::server::http::ServerCertificate>,
     file: PathBuf,
     /// not_before and not_after of the certificate in use.
     current: (Timestamp, Timestamp),
@@ -292,7 +347,7 @@ async fn renew_server_certificate(mut renewal: ServerRenewal, mut shutdown: watc
 
 /// Below this many open files the coordinator warns at start: every connected agent holds
 /// a descriptor (its long-poll), and up to
-/// [`MAX_UNAUTHENTICATED_CONNECTIONS`](crate::server::MAX_UNAUTHENTICATED_CONNECTIONS)
+/// [`MAX_UNAUTHENTICATED_CONNECTIONS`](crate::server::http::MAX_UNAUTHENTICATED_CONNECTIONS)
 /// more may be held by clients without a certificate. The packaged unit sets 65536.
 const FEW_DESCRIPTORS: u64 = 4096;
 

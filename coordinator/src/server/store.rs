@@ -19,16 +19,16 @@ use drover_protocol::api::{
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
 use sqlx::Row as _;
 
-use crate::rollout::Rollout;
+use crate::server::rollout::Rollout;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../migrations/0001_initial.sql"),
-    include_str!("../migrations/0002_rollouts.sql"),
-    include_str!("../migrations/0003_admin_tokens.sql"),
-    include_str!("../migrations/0004_host_identity.sql"),
-    include_str!("../migrations/0005_pin_origins.sql"),
+    include_str!("../../migrations/0001_initial.sql"),
+    include_str!("../../migrations/0002_rollouts.sql"),
+    include_str!("../../migrations/0003_admin_tokens.sql"),
+    include_str!("../../migrations/0004_host_identity.sql"),
+    include_str!("../../migrations/0005_pin_origins.sql"),
 ];
 
 /// Events kept per host; older ones are deleted as new ones arrive.

@@ -2,7 +2,7 @@
 //! command, each printing a table for people or JSON (the API's own types) for scripts.
 //!
 //! Text that came from hosts (facts, errors, event messages) goes through
-//! [`crate::client::printable`] before it reaches a terminal: a hostile host must not be
+//! [`crate::text::printable`] before it reaches a terminal: a hostile host must not be
 //! able to forge lines or repaint the operator's screen.
 
 mod admin_tokens;
@@ -16,7 +16,6 @@ use std::io::{IsTerminal as _, Write};
 use std::path::PathBuf;
 
 use drover_protocol::Timestamp;
-use drover_protocol::api::Labels;
 use serde::Serialize;
 
 pub use admin_tokens::{admin_token_create, admin_token_list, admin_token_revoke};
@@ -28,8 +27,8 @@ pub use hosts::{
 pub use release::{read_spec, release_create, release_list};
 pub use rollout::rollout;
 
-use crate::client::printable;
 use crate::error::Error;
+use crate::text::printable;
 
 /// The error of a failed write to stdout.
 pub(crate) fn stdout_error(source: std::io::Error) -> Error {
@@ -103,18 +102,6 @@ impl Table {
         }
         text
     }
-}
-
-/// `env=prod,region=eu`, or `-` for none.
-pub(crate) fn labels_text(labels: &Labels) -> String {
-    if labels.is_empty() {
-        return "-".into();
-    }
-    labels
-        .iter()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// How long ago `then` was, in the largest whole unit: `12s ago`, `5m ago`, `3d ago`.

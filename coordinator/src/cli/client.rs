@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 
 use crate::datadir::DataDir;
 use crate::error::{ApiFailure, Error};
+use crate::text::{error_chain, printable};
 
 /// The coordinator's URL, overriding `<data-dir>/address`.
 pub const ADDR_ENV: &str = "DROVER_ADDR";
@@ -419,44 +420,6 @@ fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// An error and its causes on one line, without reqwest's own "error sending request
-/// for url (...)" (the caller names the address) and without repeated parts.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cause = error.source();
-    while let Some(current) = cause {
-        let text = current.to_string();
-        // hyper's "client error (Connect)" layer says nothing the next one does not.
-        let wrapper = text.starts_with("client error (") && current.source().is_some();
-        if !wrapper && !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        cause = current.source();
-    }
-    if parts.is_empty() {
-        parts.push(error.to_string());
-    }
-    printable(&parts.join(": "))
-}
-
-/// Text from the network made safe for a terminal: control characters escaped, length
-/// bounded, so a hostile answer cannot forge lines or repaint the screen.
-pub fn printable(text: &str) -> String {
-    let mut clean = String::new();
-    for (count, c) in text.chars().enumerate() {
-        if count >= 2000 {
-            clean.push('…');
-            break;
-        }
-        if c.is_control() {
-            clean.extend(c.escape_default());
-        } else {
-            clean.push(c);
-        }
-    }
-    clean
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,13 +444,12 @@ mod tests {
 
     #[test]
     fn environment_wins_over_the_data_directory() {
-        let ca = crate::pki::Ca::create(drover_protocol::Timestamp::from_unix(1_800_000_000))
-            .expect("ca")
-            .0;
+        // Any CA certificate will do: the CLI only loads it into its TLS roots.
+        let ca = rcgen::generate_simple_self_signed(vec!["drover-test-ca".to_owned()]).expect("ca");
         let directory = std::env::temp_dir().join(format!("drover-client-test-{}", std::process::id()));
         std::fs::create_dir_all(&directory).expect("scratch directory");
         let ca_path = directory.join("elsewhere.pem");
-        std::fs::write(&ca_path, ca.cert_pem()).expect("write ca");
+        std::fs::write(&ca_path, ca.cert.pem()).expect("write ca");
         let ca_text = ca_path.display().to_string();
         let env = |name: &str| match name {
             ADDR_ENV => Some("https://deploy.example.com:8443/".to_owned()),
@@ -508,10 +470,5 @@ mod tests {
         let message = missing.to_string();
         assert!(message.contains("address") && message.contains(ADDR_ENV), "{message}");
         let _ = std::fs::remove_dir_all(&directory);
-    }
-
-    #[test]
-    fn printable_escapes_control_characters() {
-        assert_eq!(printable("ok\n\u{1b}[2J"), "ok\\n\\u{1b}[2J");
     }
 }

@@ -9,9 +9,10 @@ use drover_protocol::api::{
 use reqwest::Method;
 
 use super::{Table, emit, print_json};
-use crate::cli::{Output, RolloutCommand, RolloutSpecArgs};
-use crate::client::{AdminClient, printable};
+use crate::cli::args::{Output, RolloutCommand, RolloutSpecArgs};
+use crate::cli::client::AdminClient;
 use crate::error::Error;
+use crate::text::printable;
 
 /// Runs one `drover rollout` command.
 pub async fn rollout(

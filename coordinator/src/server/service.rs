@@ -27,18 +27,19 @@ use drover_protocol::spec::ArtifactKind;
 use drover_protocol::{AppName, Artifact, Digest, Duration, HostId, HostReport, SigningKey, Timestamp, Version};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 
-use crate::datadir::{Credentials, DataDir};
-use crate::fleet::{Fleet, Resolved, sign_manifest};
-use crate::metrics::{CertificateExpiry, Metrics};
-use crate::ops::labels_text;
-use crate::pki::{PeerIdentity, sha256_hex};
-use crate::rollout::{
+use crate::datadir::DataDir;
+use crate::server::fleet::{Fleet, Resolved, sign_manifest};
+use crate::server::metrics::{CertificateExpiry, Metrics};
+use crate::server::pki::{PeerIdentity, sha256_hex};
+use crate::server::rollout::{
     Action, Event, PauseReason, Phase, Plan, PlanError, PlanHost, Rollout, RolloutSpec, SpecText, StageStatus,
 };
-use crate::store::{
+use crate::server::setup::Credentials;
+use crate::server::store::{
     AdminTokenRecord, HistoryRecord, HostChange, HostRecord, RolloutCommit, Store, StoreError, StoredManifest,
     StoredRollout, TokenProblem,
 };
+use crate::text::labels_text;
 
 /// Settings of a running coordinator.
 #[derive(Clone, Debug)]
@@ -946,8 +947,10 @@ impl Coordinator {
                 self.config.host_certificate_validity,
             )
             .map_err(|error| match error {
-                crate::pki::PkiError::CsrKeyMismatch => ServiceError::BadRequest("csr_key_mismatch", error.to_string()),
-                crate::pki::PkiError::CsrHostMismatch { .. } => {
+                crate::server::pki::PkiError::CsrKeyMismatch => {
+                    ServiceError::BadRequest("csr_key_mismatch", error.to_string())
+                }
+                crate::server::pki::PkiError::CsrHostMismatch { .. } => {
                     ServiceError::BadRequest("csr_host_mismatch", error.to_string())
                 }
                 _ => ServiceError::BadRequest("bad_csr", error.to_string()),
@@ -1327,7 +1330,7 @@ impl Coordinator {
         }
         let artifact = match request.artifact {
             ReleaseArtifact::StoredTarball { digest } => {
-                let size = crate::blobs::size_of(&self.data.blobs(), &digest)?.ok_or_else(|| {
+                let size = crate::server::blobs::size_of(&self.data.blobs(), &digest)?.ok_or_else(|| {
                     ServiceError::NotFound(
                         "artifact_not_found",
                         format!("no uploaded artifact {digest}; upload it first (drover release create --artifact FILE does)"),
@@ -1341,7 +1344,7 @@ impl Coordinator {
             }
             ReleaseArtifact::RemoteTarball { url, digest, size } => Artifact::Tarball { url, digest, size },
             ReleaseArtifact::Image { reference } => {
-                crate::image::check_pinned(&reference).map_err(|problem| {
+                crate::reference::check_pinned(&reference).map_err(|problem| {
                     ServiceError::BadRequest(
                         "bad_image_reference",
                         format!("image reference {}: {problem}", reference.as_str()),
@@ -1405,7 +1408,7 @@ impl Coordinator {
         if created_before {
             return Ok(());
         }
-        let path = crate::blobs::path_of(&self.data.blobs(), digest);
+        let path = crate::server::blobs::path_of(&self.data.blobs(), digest);
         let owned_spec = spec.clone();
         let checked = tokio::task::spawn_blocking(move || {
             crate::tarball_check::check_program(&owned_spec, || std::fs::File::open(&path).map(std::io::BufReader::new))
@@ -1629,7 +1632,7 @@ impl Coordinator {
             refuse_oversized(&what, &host, size, 1)?;
             refuse_too_many_apps(&what, &host, apps)?;
         }
-        let plan = crate::rollout::plan(&spec, &rollout_id, &hosts).map_err(|error| match error {
+        let plan = crate::server::rollout::plan(&spec, &rollout_id, &hosts).map_err(|error| match error {
             PlanError::NoHosts { .. } => ServiceError::Conflict("no_hosts", error.to_string()),
             PlanError::EmptyGroup { .. } => ServiceError::BadRequest("empty_group", error.to_string()),
             PlanError::DuplicateHost { .. } => ServiceError::BadRequest("duplicate_host", error.to_string()),

@@ -9,13 +9,15 @@ use drover_protocol::api::{
 };
 use reqwest::Method;
 
-use super::{Table, ago, emit, hosts_count, labels_text, path_segment, print_json};
-use crate::cli::{
+use super::{Table, ago, emit, hosts_count, path_segment, print_json};
+use crate::cli::args::{
     GroupCreateArgs, GroupNameArgs, HostIdArgs, HostLabelArgs, HostShowArgs, LabelChange, Output, OutputArgs,
     TokenCreateArgs,
 };
-use crate::client::{AdminClient, printable};
+use crate::cli::client::AdminClient;
 use crate::error::Error;
+use crate::text::labels_text;
+use crate::text::printable;
 
 /// `drover token create`: the join command alone on stdout (so `$(drover token create)`
 /// is the command), how long it works on stderr.
@@ -99,7 +101,7 @@ pub(crate) fn certificate_expiry_text(not_after: Option<Timestamp>, now: Timesta
         3600..86_400 => (seconds / 3600, "h"),
         _ => (seconds / 86_400, "d"),
     };
-    let soon = not_after <= now.plus(crate::metrics::EXPIRING_SOON);
+    let soon = not_after <= now.plus(drover_protocol::api::CERTIFICATE_EXPIRING_SOON);
     format!("in {amount}{unit}{}", if soon { " !" } else { "" })
 }
 
@@ -323,7 +325,7 @@ pub async fn groups_list(client: &AdminClient, args: &OutputArgs, out: &mut dyn 
     for group in &groups {
         let matching = hosts
             .iter()
-            .filter(|host| crate::fleet::selector_matches(&group.selector, &host.labels))
+            .filter(|host| drover_protocol::api::selector_matches(&group.selector, &host.labels))
             .count();
         table.row(vec![
             group.name.clone(),

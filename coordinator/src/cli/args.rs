@@ -2,44 +2,14 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use drover_protocol::api::{Labels, Scope, TokenName};
 use drover_protocol::{AppName, Digest, Duration, HostId, Version};
 
-/// drover: pull-based deployments for fleets of Linux hosts.
-///
-/// The coordinator signs a desired-state manifest per host; agents verify it against
-/// their pinned trust document and converge. This binary runs the coordinator
-/// (`drover serve`) and is the operator's CLI.
-///
-/// The operator commands (token, admin-token, hosts, groups, release, pin, hold, rollout,
-/// status) talk to the coordinator's admin API. On the coordinator's machine they find
-/// its address, admin token and CA in its data directory (--data-dir, default
-/// /var/lib/drover-coordinator); from elsewhere, set DROVER_ADDR, DROVER_TOKEN (a named
-/// token from `drover admin-token create`) and DROVER_CA. Every change is recorded with
-/// the token's name, and --reason where given: see `drover rollout history`.
-///
-/// Exit codes: 0 ok, 1 failure, 2 usage (bad arguments or spec), 3 not found, 4 refused
-/// because of existing state.
-#[derive(Debug, Parser)]
-#[command(name = "drover", version, propagate_version = true, max_term_width = 100)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Top-level commands.
+/// The operator commands: everything but `drover serve`, which the entry point gives to
+/// the server ([`crate::Command`]).
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the coordinator: HTTPS API for agents and operators.
-    ///
-    /// On first start it creates, in the data directory: the CA, the manifest-signing key
-    /// and trust document (or uses --keys), the admin token and the SQLite database, all
-    /// private files 0600. Later starts reuse them. SIGTERM drains and exits.
-    ///
-    /// Example: drover serve --listen 0.0.0.0:8443 --public-url https://deploy.example.com:8443
-    Serve(ServeArgs),
     /// Create, inspect and use signing keys and trust documents.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -848,55 +818,6 @@ pub fn parse_label_change(text: &str) -> Result<LabelChange, String> {
     }
 }
 
-/// Arguments of `drover serve`.
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Address and port to listen on.
-    #[arg(long, default_value = "0.0.0.0:8443")]
-    pub listen: std::net::SocketAddr,
-    /// Data directory (database, CA, keys, admin token, artifacts).
-    #[arg(long, env = "DROVER_DATA_DIR", default_value = crate::datadir::DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
-    /// The URL hosts use to reach this coordinator; it goes into join commands and
-    /// artifact URLs (default: https://<listen address>, 127.0.0.1 for 0.0.0.0).
-    #[arg(long)]
-    pub public_url: Option<String>,
-    /// A key directory made by `drover keys init` (needs manifest.key and trust.json;
-    /// root keys can stay offline). Default: <data-dir>/keys, created on first start.
-    #[arg(long)]
-    pub keys: Option<PathBuf>,
-    /// How long each signed manifest is valid; manifests are re-signed at half of it.
-    #[arg(long, default_value = "24h")]
-    pub manifest_ttl: Duration,
-    /// Extra DNS names or IP addresses for the server certificate (repeatable).
-    #[arg(long = "server-name")]
-    pub server_names: Vec<String>,
-    /// How long each host client certificate is valid (1m to 1095d). Agents renew
-    /// theirs over mTLS when a third of it is left, keeping their key; a host that cannot
-    /// reach the coordinator until its certificate expires must be re-joined. The CA that
-    /// signs them lasts 10 years from the first start.
-    #[arg(long, default_value = "365d", value_parser = parse_certificate_validity, value_name = "DURATION")]
-    pub host_certificate_validity: Duration,
-    /// How long the coordinator's own TLS certificate is valid (1m to 1095d). It is made
-    /// at each start and renewed while serving when a third of it is left (written to
-    /// <data-dir>/server.pem); clients trust it through the CA.
-    #[arg(long, default_value = "365d", value_parser = parse_certificate_validity, value_name = "DURATION")]
-    pub server_certificate_validity: Duration,
-}
-
-/// A certificate lifetime within [`MIN_LEAF_VALIDITY`](crate::pki::MIN_LEAF_VALIDITY)
-/// and [`MAX_LEAF_VALIDITY`](crate::pki::MAX_LEAF_VALIDITY).
-fn parse_certificate_validity(text: &str) -> Result<Duration, String> {
-    let validity: Duration = text.parse().map_err(|error| format!("{error}"))?;
-    let (min, max) = (crate::pki::MIN_LEAF_VALIDITY, crate::pki::MAX_LEAF_VALIDITY);
-    if validity < min || validity > max {
-        return Err(format!(
-            "a certificate validity must be between {min} and {max} (renewal starts when a third is left)"
-        ));
-    }
-    Ok(validity)
-}
-
 /// `drover keys ...`
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -979,12 +900,6 @@ pub enum Output {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_command_line_is_consistent() {
-        use clap::CommandFactory as _;
-        Cli::command().debug_assert();
-    }
 
     #[test]
     fn labels_and_label_changes() {

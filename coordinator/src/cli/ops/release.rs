@@ -1,12 +1,13 @@
 //! `drover release create` and `drover release list`: the spec is parsed before anything
 //! else, artifacts are hashed and uploaded as streams (never held in memory), images are
-//! resolved to a digest here (see [`crate::image`]), and a version that exists with
+//! resolved to a digest here (see [`crate::cli::image`]), and a version that exists with
 //! another artifact is refused before a long upload.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration as StdDuration;
 
+use drover_protocol::api::MAX_ARTIFACT_BYTES;
 use drover_protocol::api::{MAX_JSON_BODY, Release, ReleaseArtifact, ReleaseRequest};
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::spec::ArtifactKind;
@@ -16,11 +17,12 @@ use reqwest::Method;
 use tokio::io::AsyncReadExt as _;
 
 use super::{Progress, Table, emit, human_size, print_json};
-use crate::blobs::MAX_ARTIFACT_BYTES;
-use crate::cli::{Output, ReleaseCreateArgs, ReleaseListArgs};
-use crate::client::{AdminClient, error_chain, printable};
+use crate::cli::args::{Output, ReleaseCreateArgs, ReleaseListArgs};
+use crate::cli::client::AdminClient;
+use crate::cli::image::{self, Credentials, Platform, RegistryAccess, Resolution, Transport};
 use crate::error::Error;
-use crate::image::{self, Credentials, ImageRef, Platform, RegistryAccess, Resolution, Transport};
+use crate::reference::ImageRef;
+use crate::text::{error_chain, printable};
 
 /// Bytes read per step while hashing and uploading.
 const CHUNK: usize = 256 * 1024;

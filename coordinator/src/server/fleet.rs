@@ -7,13 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use drover_protocol::api::{Labels, Release, Scope};
+use drover_protocol::api::{Labels, Release, Scope, selector_matches};
 use drover_protocol::manifest::MANIFEST_SCHEMA;
 use drover_protocol::{
     AppName, AppRelease, Artifact, Digest, Duration, HostId, Manifest, SigningKey, Timestamp, Version,
 };
 
-use crate::store::{HostRecord, Snapshot, StoredManifest};
+use crate::server::store::{HostRecord, Snapshot, StoredManifest};
 
 /// What one host should run, by name: the hold flag and the version of each app.
 /// Releases are immutable, so (app, version) fixes the artifact and spec; this small
@@ -29,7 +29,7 @@ pub struct Resolved {
 impl Resolved {
     /// A stable hash of the content, to tell a real change from a refresh.
     pub fn content_hash(&self) -> String {
-        crate::pki::sha256_hex(&serde_json::to_vec(self).expect("resolved state serializes"))
+        crate::server::pki::sha256_hex(&serde_json::to_vec(self).expect("resolved state serializes"))
     }
 }
 
@@ -55,11 +55,6 @@ pub struct Fleet {
     pub holds: BTreeSet<Scope>,
     /// Releases by (app, version).
     pub releases: HashMap<(AppName, Version), Release>,
-}
-
-/// True when every label of `selector` is on the host with the same value.
-pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
-    selector.iter().all(|(key, value)| labels.get(key) == Some(value))
 }
 
 impl Fleet {

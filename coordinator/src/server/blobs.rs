@@ -10,10 +10,9 @@ use drover_protocol::api::BlobInfo;
 use futures_util::{Stream, StreamExt as _};
 use tokio::io::AsyncWriteExt as _;
 
-use crate::service::ServiceError;
+use crate::server::service::ServiceError;
 
-/// Largest artifact accepted (a hard cap on disk use per upload).
-pub const MAX_ARTIFACT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+pub use drover_protocol::api::MAX_ARTIFACT_BYTES;
 
 fn io(operation: &'static str) -> impl FnOnce(std::io::Error) -> ServiceError {
     move |source| ServiceError::Io { operation, source }

@@ -8,8 +8,8 @@ use drover_protocol::api::{AdminTokenCreated, AdminTokenInfo, AdminTokenRequest,
 use reqwest::Method;
 
 use super::{Table, ago, emit, path_segment, print_json};
-use crate::cli::{AdminTokenCreateArgs, AdminTokenNameArgs, Output, OutputArgs};
-use crate::client::{ADDR_ENV, AdminClient, CA_ENV, TOKEN_ENV};
+use crate::cli::args::{AdminTokenCreateArgs, AdminTokenNameArgs, Output, OutputArgs};
+use crate::cli::client::{ADDR_ENV, AdminClient, CA_ENV, TOKEN_ENV};
 use crate::error::Error;
 
 const PATH: &str = "/v1/admin/admin-tokens";

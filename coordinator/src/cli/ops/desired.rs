@@ -11,9 +11,10 @@ use drover_protocol::api::{
 use reqwest::Method;
 
 use super::{Table, ago, emit, hosts_count, path_segment, print_json};
-use crate::cli::{HoldArgs, Output, PinArgs, PinsArgs, StatusArgs, UnpinArgs};
-use crate::client::{AdminClient, printable};
+use crate::cli::args::{HoldArgs, Output, PinArgs, PinsArgs, StatusArgs, UnpinArgs};
+use crate::cli::client::AdminClient;
 use crate::error::Error;
+use crate::text::printable;
 
 /// Whether `hold` sets or lifts a hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

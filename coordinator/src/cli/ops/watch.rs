@@ -9,9 +9,10 @@ use drover_protocol::Timestamp;
 use drover_protocol::api::{RolloutFailedHost, RolloutPhase, RolloutStageStatus, RolloutStatus};
 
 use super::emit;
-use crate::cli::Output;
-use crate::client::{AdminClient, printable};
+use crate::cli::args::Output;
+use crate::cli::client::AdminClient;
 use crate::error::Error;
+use crate::text::printable;
 
 /// Cells of a stage's bar.
 const BAR_WIDTH: usize = 10;

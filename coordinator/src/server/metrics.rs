@@ -58,9 +58,7 @@ pub struct Metrics {
     pub server_certificate_not_after: AtomicI64,
 }
 
-/// A host certificate expiring sooner than this is counted in
-/// `drover_host_certificates_expiring_soon` and marked in `drover hosts list`.
-pub const EXPIRING_SOON: drover_protocol::Duration = drover_protocol::Duration::from_secs(30 * 86_400);
+use drover_protocol::api::CERTIFICATE_EXPIRING_SOON as EXPIRING_SOON;
 
 /// The host certificates' expiry, for the gauges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
