@@ -802,6 +802,279 @@ pub struct HistoryEntry {
     pub reason: Option<String>,
 }
 
+// --- The audit trail: `drover history` and the reasons of changes without a body field ---
+
+/// Longest `--reason` the coordinator records, in characters (after trimming).
+pub const MAX_REASON_CHARS: usize = 500;
+/// How many lines `GET /v1/admin/history` returns when no `limit` is given.
+pub const HISTORY_LIMIT_DEFAULT: u32 = 100;
+/// The most lines one `GET /v1/admin/history` returns: the view is bounded so that a
+/// large fleet's history costs one bounded query per source, never a full scan into memory.
+pub const HISTORY_LIMIT_MAX: u32 = 1000;
+/// Longest `who` filter, in characters (token names have 32; `drover serve` and the
+/// controller's name are shorter).
+pub const MAX_WHO_CHARS: usize = 64;
+
+/// Checks a `--reason`: trimmed, an empty one is none; at most [`MAX_REASON_CHARS`]
+/// characters of one line (no control characters, which could forge lines in a log or on
+/// a terminal). The error says what to change.
+pub fn check_reason(reason: Option<&str>) -> Result<Option<String>, String> {
+    let Some(reason) = reason.map(str::trim).filter(|reason| !reason.is_empty()) else {
+        return Ok(None);
+    };
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(format!("--reason is limited to {MAX_REASON_CHARS} characters"));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err("--reason must be one line of printable text (no control characters or newlines)".into());
+    }
+    Ok(Some(reason.to_owned()))
+}
+
+/// The `?reason=` of the admin changes whose request body has no field for one (existing
+/// bodies keep their shape): `DELETE /v1/admin/hosts/{id}`, `PUT
+/// /v1/admin/hosts/{id}/labels`, `POST /v1/admin/groups`, `DELETE
+/// /v1/admin/groups/{name}`, `POST /v1/admin/admin-tokens` and `DELETE
+/// /v1/admin/admin-tokens/{name}`. Pins, holds and rollouts carry theirs in the body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeReason {
+    /// Why, as given with `--reason` (checked by [`check_reason`]).
+    pub reason: Option<String>,
+}
+
+impl ChangeReason {
+    /// The query to append to the path: `?reason=...` (percent-encoded), or nothing.
+    pub fn to_query(&self) -> String {
+        match &self.reason {
+            Some(reason) => format!("?reason={}", percent_encode(reason)),
+            None => String::new(),
+        }
+    }
+
+    /// Parses a request's query (the part after `?`, if any): only `reason`, at most once,
+    /// checked by [`check_reason`]; anything else is refused with what to change.
+    pub fn from_query(query: Option<&str>) -> Result<ChangeReason, String> {
+        let mut change = ChangeReason::default();
+        let mut seen = false;
+        for (key, value) in query_pairs(query)? {
+            match key.as_str() {
+                "reason" if !seen => {
+                    seen = true;
+                    change.reason = check_reason(Some(&value))?;
+                }
+                "reason" => return Err("reason is given twice".into()),
+                other => return Err(format!("unknown query parameter {other:?}; only reason is accepted")),
+            }
+        }
+        Ok(change)
+    }
+}
+
+/// `GET /v1/admin/history?app=&host=&who=&since=&limit=`: which lines of the fleet-wide
+/// history to return, newest first. Filters combine (all must match).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only lines about this app (holds, which stop every app, included, as in `drover
+    /// rollout history APP`).
+    pub app: Option<AppName>,
+    /// Only lines about this host id: its joins, replacements, renewals, removal and
+    /// label changes.
+    pub host: Option<HostId>,
+    /// Only lines by this admin token name (or `controller`, or `host` for renewals).
+    pub who: Option<String>,
+    /// Only lines at or after this instant.
+    pub since: Option<Timestamp>,
+    /// At most this many lines, 1 to [`HISTORY_LIMIT_MAX`].
+    pub limit: u32,
+}
+
+impl Default for HistoryQuery {
+    fn default() -> HistoryQuery {
+        HistoryQuery {
+            app: None,
+            host: None,
+            who: None,
+            since: None,
+            limit: HISTORY_LIMIT_DEFAULT,
+        }
+    }
+}
+
+/// Checks a `who` filter: 1 to [`MAX_WHO_CHARS`] characters without control characters.
+pub fn check_who(who: &str) -> Result<(), String> {
+    if who.is_empty() || who.chars().count() > MAX_WHO_CHARS {
+        return Err(format!(
+            "who must be 1 to {MAX_WHO_CHARS} characters (an admin token's name, controller, or host)"
+        ));
+    }
+    if who.chars().any(char::is_control) {
+        return Err("who must not hold control characters".into());
+    }
+    Ok(())
+}
+
+/// Checks a history limit: 1 to [`HISTORY_LIMIT_MAX`].
+pub fn check_history_limit(limit: u32) -> Result<u32, String> {
+    if (1..=HISTORY_LIMIT_MAX).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(format!(
+            "limit must be between 1 and {HISTORY_LIMIT_MAX} (narrow the view with since, app, host or who)"
+        ))
+    }
+}
+
+impl HistoryQuery {
+    /// The query to append to `/v1/admin/history`: `?limit=...&...` (percent-encoded).
+    pub fn to_query(&self) -> String {
+        let mut pairs = vec![format!("limit={}", self.limit)];
+        if let Some(app) = &self.app {
+            pairs.push(format!("app={}", percent_encode(app.as_str())));
+        }
+        if let Some(host) = &self.host {
+            pairs.push(format!("host={}", percent_encode(host.as_str())));
+        }
+        if let Some(who) = &self.who {
+            pairs.push(format!("who={}", percent_encode(who)));
+        }
+        if let Some(since) = self.since {
+            pairs.push(format!("since={}", percent_encode(&since.to_string())));
+        }
+        format!("?{}", pairs.join("&"))
+    }
+
+    /// Parses a request's query: each known parameter at most once and valid; unknown
+    /// parameters are refused. The error names the parameter and what it must be.
+    pub fn from_query(query: Option<&str>) -> Result<HistoryQuery, String> {
+        let mut parsed = HistoryQuery::default();
+        let mut seen: Vec<String> = Vec::new();
+        for (key, value) in query_pairs(query)? {
+            if seen.contains(&key) {
+                return Err(format!("{key} is given twice"));
+            }
+            seen.push(key.clone());
+            match key.as_str() {
+                "app" => parsed.app = Some(value.parse().map_err(|error: NameError| format!("app: {error}"))?),
+                "host" => parsed.host = Some(value.parse().map_err(|error: NameError| format!("host: {error}"))?),
+                "who" => {
+                    check_who(&value)?;
+                    parsed.who = Some(value);
+                }
+                "since" => parsed.since = Some(value.parse().map_err(|error: NameError| format!("since: {error}"))?),
+                "limit" => {
+                    let limit = value
+                        .parse::<u32>()
+                        .map_err(|_| check_history_limit(0).expect_err("0 is refused"))?;
+                    parsed.limit = check_history_limit(limit)?;
+                }
+                other => {
+                    return Err(format!(
+                        "unknown query parameter {other:?}; the history takes app, host, who, since and limit"
+                    ));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// Where a line of the fleet-wide history was recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSource {
+    /// An app's history (`drover rollout history APP`): rollouts, pins, holds.
+    App,
+    /// A host id's history (`drover hosts history HOST`): joins, replacements,
+    /// renewals, removals.
+    Host,
+    /// The fleet's admin changes: label changes, groups, admin tokens.
+    Admin,
+}
+
+/// One line of `GET /v1/admin/history`, newest first: who changed what, when and why,
+/// from every history the coordinator keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When.
+    pub at: Timestamp,
+    /// Who: the admin token's name, `controller` for what rollouts did by themselves, or
+    /// `host` for a certificate renewal the host asked for.
+    pub who: String,
+    /// What happened.
+    pub what: String,
+    /// Why, as given with `--reason`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The app it concerns, if one (none for holds, which stop every app).
+    #[serde(default)]
+    pub app: Option<AppName>,
+    /// The host id it concerns, if one.
+    #[serde(default)]
+    pub host: Option<HostId>,
+    /// The rollout it belongs to, if any.
+    #[serde(default)]
+    pub rollout: Option<String>,
+    /// Which history it comes from.
+    pub source: AuditSource,
+}
+
+/// Percent-encodes a query value: everything but `A-Za-z0-9-._~` as `%XX` of its UTF-8 bytes.
+fn percent_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// Decodes a percent-encoded query part (`+` is a space, as in forms); the bytes must be UTF-8.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' => {
+                let hex = bytes
+                    .get(index + 1..index + 3)
+                    .and_then(|pair| std::str::from_utf8(pair).ok())
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                    .ok_or_else(|| format!("{text:?}: % must be followed by two hex digits"))?;
+                decoded.push(hex);
+                index += 3;
+            }
+            b'+' => {
+                decoded.push(b' ');
+                index += 1;
+            }
+            byte => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).map_err(|_| format!("{text:?} is not UTF-8 once decoded"))
+}
+
+/// The decoded `key=value` pairs of a query; a pair without `=` is refused.
+fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("query parameter {pair:?} has no value (key=value)"))?;
+            Ok((percent_decode(key)?, percent_decode(value)?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -894,5 +1167,98 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<ReleaseArtifact>(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reasons_travel_in_the_query_and_are_checked_once() {
+        let reason = ChangeReason {
+            reason: Some("incident 4711: été & co=1".into()),
+        };
+        let query = reason.to_query();
+        assert_eq!(query, "?reason=incident%204711%3A%20%C3%A9t%C3%A9%20%26%20co%3D1");
+        assert_eq!(ChangeReason::from_query(query.strip_prefix('?')), Ok(reason));
+        assert_eq!(ChangeReason::default().to_query(), "");
+        assert_eq!(ChangeReason::from_query(None), Ok(ChangeReason::default()));
+        assert_eq!(
+            ChangeReason::from_query(Some("reason=+spaced+")).map(|change| change.reason),
+            Ok(Some("spaced".into()))
+        );
+        assert_eq!(ChangeReason::from_query(Some("reason=")), Ok(ChangeReason::default()));
+        for bad in [
+            "reason=a&reason=b",
+            "why=a",
+            "reason",
+            "reason=%zz",
+            "reason=%ff",
+            "reason=line%0Aforged",
+            &format!("reason={}", "a".repeat(MAX_REASON_CHARS + 1)),
+        ] {
+            assert!(ChangeReason::from_query(Some(bad)).is_err(), "{bad}");
+        }
+        let at_limit = format!("reason={}", "é".repeat(MAX_REASON_CHARS));
+        assert!(ChangeReason::from_query(Some(&at_limit)).is_ok());
+    }
+
+    #[test]
+    fn history_queries_round_trip_and_refuse_odd_input() {
+        let query = HistoryQuery {
+            app: Some("web".parse().expect("app")),
+            host: Some("web-01".parse().expect("host")),
+            who: Some("drover serve".into()),
+            since: Some("2026-12-07T10:00:00Z".parse().expect("since")),
+            limit: 7,
+        };
+        let text = query.to_query();
+        assert_eq!(
+            text,
+            "?limit=7&app=web&host=web-01&who=drover%20serve&since=2026-12-07T10%3A00%3A00Z"
+        );
+        assert_eq!(HistoryQuery::from_query(text.strip_prefix('?')), Ok(query));
+        assert_eq!(HistoryQuery::from_query(None), Ok(HistoryQuery::default()));
+        assert_eq!(HistoryQuery::default().limit, HISTORY_LIMIT_DEFAULT);
+        assert_eq!(
+            HistoryQuery::from_query(Some("limit=1000")).map(|query| query.limit),
+            Ok(HISTORY_LIMIT_MAX)
+        );
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=99999999999999999999",
+            "limit=-1",
+            "limit=ten",
+            "app=Web",
+            "app=../x",
+            "host=a..b",
+            "who=",
+            "who=a%0Ab",
+            &format!("who={}", "a".repeat(MAX_WHO_CHARS + 1)),
+            "since=yesterday",
+            "since=2h",
+            "app=web&app=api",
+            "order=asc",
+            "app",
+        ] {
+            let error = HistoryQuery::from_query(Some(bad)).expect_err(bad);
+            assert!(!error.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn audit_entries_keep_their_wire_form() {
+        let entry = AuditEntry {
+            at: "2026-12-07T10:00:00Z".parse().expect("at"),
+            who: "alice".into(),
+            what: "labels of web-01: set env=prod".into(),
+            reason: Some("moving to prod".into()),
+            app: None,
+            host: Some("web-01".parse().expect("host")),
+            rollout: None,
+            source: AuditSource::Admin,
+        };
+        let json = serde_json::to_value(&entry).expect("json");
+        assert_eq!(json["source"], "admin");
+        assert_eq!(json["host"], "web-01");
+        assert_eq!(json["app"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<AuditEntry>(json).expect("parse"), entry);
     }
 }
