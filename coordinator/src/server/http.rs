@@ -30,7 +30,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration as StdDuration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, RawQuery, Request, State};
+use axum::extract::{Extension, FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -795,15 +796,29 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Checks the request's admin token; returns whose it is, the `who` of what it changes.
-/// A valid token takes the connection out of the unauthenticated budget, so an operator's
-/// long upload is never closed to make room for anonymous clients.
-async fn admin(state: &AppState, connection: &Connection, headers: &HeaderMap) -> Result<Operator, ServiceError> {
-    let operator = state.coordinator.check_admin(bearer(headers)).await?;
-    if let Some(admission) = &connection.admission {
-        admission.authenticated();
+/// An admin request's operator: the bearer token was checked before the handler runs,
+/// and the [`Operator`] is the `who` of whatever the request changes. Every admin route
+/// takes one, so none can forget the check, and the check runs before the body is read
+/// (the body extractor comes last): an anonymous client never makes the server read an
+/// admin body. A valid token takes the connection out of the unauthenticated budget, so
+/// an operator's long upload is never closed to make room for anonymous clients.
+#[derive(Debug)]
+struct Admin(Operator);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, ApiError> {
+        let operator = state.coordinator.check_admin(bearer(&parts.headers)).await?;
+        if let Some(admission) = parts
+            .extensions
+            .get::<Connection>()
+            .and_then(|connection| connection.admission.as_ref())
+        {
+            admission.authenticated();
+        }
+        Ok(Admin(operator))
     }
-    Ok(operator)
 }
 
 fn parse_path<T: std::str::FromStr>(text: &str, what: &'static str) -> Result<T, ServiceError>
@@ -1013,13 +1028,7 @@ async fn artifact(
     Ok(response)
 }
 
-async fn create_admin_token(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let operator = admin(&state, &connection, &headers).await?;
+async fn create_admin_token(State(state): State<AppState>, Admin(operator): Admin, body: Body) -> ApiResult<Response> {
     let request: AdminTokenRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok((
         StatusCode::CREATED,
@@ -1028,33 +1037,20 @@ async fn create_admin_token(
         .into_response())
 }
 
-async fn list_admin_tokens(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn list_admin_tokens(State(state): State<AppState>, _: Admin) -> ApiResult<Response> {
     Ok(Json(state.coordinator.admin_tokens()).into_response())
 }
 
 async fn revoke_admin_token(
     State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
+    Admin(operator): Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let operator = admin(&state, &connection, &headers).await?;
     let name: TokenName = parse_path(&name, "bad_token_name")?;
     Ok(Json(state.coordinator.revoke_admin_token(&name, &operator).await?).into_response())
 }
 
-async fn create_token(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let operator = admin(&state, &connection, &headers).await?;
+async fn create_token(State(state): State<AppState>, Admin(operator): Admin, body: Body) -> ApiResult<Response> {
     let request: TokenRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok((
         StatusCode::CREATED,
@@ -1063,44 +1059,25 @@ async fn create_token(
         .into_response())
 }
 
-async fn list_hosts(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn list_hosts(State(state): State<AppState>, _: Admin) -> ApiResult<Response> {
     Ok(Json(state.coordinator.hosts().await).into_response())
 }
 
-async fn show_host(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn show_host(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> ApiResult<Response> {
     let id: HostId = parse_path(&id, "bad_host_id")?;
     Ok(Json(state.coordinator.host(&id).await?).into_response())
 }
 
-async fn host_history(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn host_history(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> ApiResult<Response> {
     let id: HostId = parse_path(&id, "bad_host_id")?;
     Ok(Json(state.coordinator.host_history(&id).await?).into_response())
 }
 
 async fn remove_host(
     State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
+    Admin(operator): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let operator = admin(&state, &connection, &headers).await?;
     let id: HostId = parse_path(&id, "bad_host_id")?;
     state.coordinator.remove_host(&id, &operator).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -1108,44 +1085,25 @@ async fn remove_host(
 
 async fn label_host(
     State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
     let id: HostId = parse_path(&id, "bad_host_id")?;
     let request: LabelRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok(Json(state.coordinator.label_host(&id, request.set, request.remove).await?).into_response())
 }
 
-async fn list_groups(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn list_groups(State(state): State<AppState>, _: Admin) -> ApiResult<Response> {
     Ok(Json(state.coordinator.groups().await).into_response())
 }
 
-async fn put_group(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn put_group(State(state): State<AppState>, _: Admin, body: Body) -> ApiResult<Response> {
     let group: Group = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok(Json(state.coordinator.put_group(group).await?).into_response())
 }
 
-async fn delete_group(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
-    admin(&state, &connection, &headers).await?;
+async fn delete_group(State(state): State<AppState>, _: Admin, Path(name): Path<String>) -> ApiResult<StatusCode> {
     state.coordinator.delete_group(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1154,11 +1112,10 @@ async fn delete_group(
 /// `X-Drover-Digest` header names the digest the client expects.
 async fn upload_artifact(
     State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
+    _: Admin,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
     let expected = match headers.get("x-drover-digest").map(HeaderValue::to_str) {
         None => None,
         Some(Ok(text)) => Some(parse_path::<Digest>(text, "bad_digest")?),
@@ -1178,13 +1135,7 @@ async fn upload_artifact(
     }
 }
 
-async fn create_release(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn create_release(State(state): State<AppState>, _: Admin, body: Body) -> ApiResult<Response> {
     let request: ReleaseRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok((
         StatusCode::CREATED,
@@ -1193,24 +1144,12 @@ async fn create_release(
         .into_response())
 }
 
-async fn list_releases(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    Path(app): Path<String>,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn list_releases(State(state): State<AppState>, _: Admin, Path(app): Path<String>) -> ApiResult<Response> {
     let app: AppName = parse_path(&app, "bad_app_name")?;
     Ok(Json(state.coordinator.releases(&app).await).into_response())
 }
 
-async fn pin(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let operator = admin(&state, &connection, &headers).await?;
+async fn pin(State(state): State<AppState>, Admin(operator): Admin, body: Body) -> ApiResult<Response> {
     let request: PinRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     let pin = Pin {
         app: request.app,
@@ -1221,13 +1160,7 @@ async fn pin(
     Ok(Json(state.coordinator.pin(pin, &operator, reason).await?).into_response())
 }
 
-async fn unpin(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let operator = admin(&state, &connection, &headers).await?;
+async fn unpin(State(state): State<AppState>, Admin(operator): Admin, body: Body) -> ApiResult<Response> {
     let request: UnpinRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     let reason = request.reason.as_deref();
     Ok(Json(
@@ -1239,79 +1172,39 @@ async fn unpin(
     .into_response())
 }
 
-async fn hold(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let operator = admin(&state, &connection, &headers).await?;
+async fn hold(State(state): State<AppState>, Admin(operator): Admin, body: Body) -> ApiResult<Response> {
     let request: HoldRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     let reason = request.reason.as_deref();
     Ok(Json(state.coordinator.hold(request.scope, true, &operator, reason).await?).into_response())
 }
 
-async fn unhold(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let operator = admin(&state, &connection, &headers).await?;
+async fn unhold(State(state): State<AppState>, Admin(operator): Admin, body: Body) -> ApiResult<Response> {
     let request: HoldRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     let reason = request.reason.as_deref();
     Ok(Json(state.coordinator.hold(request.scope, false, &operator, reason).await?).into_response())
 }
 
 /// `GET /v1/admin/pins`: every app's pins and the holds.
-async fn list_pins(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn list_pins(State(state): State<AppState>, _: Admin) -> ApiResult<Response> {
     Ok(Json(state.coordinator.pins(None).await?).into_response())
 }
 
 /// `GET /v1/admin/pins/{app}`: one app's pins and the holds.
-async fn list_app_pins(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    Path(app): Path<String>,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn list_app_pins(State(state): State<AppState>, _: Admin, Path(app): Path<String>) -> ApiResult<Response> {
     let app: AppName = parse_path(&app, "bad_app_name")?;
     Ok(Json(state.coordinator.pins(Some(&app)).await?).into_response())
 }
 
-async fn status(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn status(State(state): State<AppState>, _: Admin) -> ApiResult<Response> {
     Ok(Json(state.coordinator.status().await).into_response())
 }
 
-async fn plan_rollout(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn plan_rollout(State(state): State<AppState>, _: Admin, body: Body) -> ApiResult<Response> {
     let request: RolloutRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok(Json(state.coordinator.plan_rollout(&request).await?).into_response())
 }
 
-async fn start_rollout(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let operator = admin(&state, &connection, &headers).await?;
+async fn start_rollout(State(state): State<AppState>, Admin(operator): Admin, body: Body) -> ApiResult<Response> {
     let request: RolloutRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok((
         StatusCode::CREATED,
@@ -1320,24 +1213,12 @@ async fn start_rollout(
         .into_response())
 }
 
-async fn rollout_status(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    Path(app): Path<String>,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn rollout_status(State(state): State<AppState>, _: Admin, Path(app): Path<String>) -> ApiResult<Response> {
     let app: AppName = parse_path(&app, "bad_app_name")?;
     Ok(Json(state.coordinator.rollout_status(&app).await?).into_response())
 }
 
-async fn rollout_history(
-    State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
-    Path(app): Path<String>,
-) -> ApiResult<Response> {
-    admin(&state, &connection, &headers).await?;
+async fn rollout_history(State(state): State<AppState>, _: Admin, Path(app): Path<String>) -> ApiResult<Response> {
     let app: AppName = parse_path(&app, "bad_app_name")?;
     Ok(Json(state.coordinator.rollout_history(&app).await?).into_response())
 }
@@ -1346,12 +1227,10 @@ async fn rollout_history(
 /// the reason, and for abort `rollback`.
 async fn rollout_command(
     State(state): State<AppState>,
-    Extension(connection): Extension<Connection>,
-    headers: HeaderMap,
+    Admin(operator): Admin,
     Path((app, command)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult<Response> {
-    let operator = admin(&state, &connection, &headers).await?;
     let app: AppName = parse_path(&app, "bad_app_name")?;
     let (command, reason) = match command.as_str() {
         "abort" => {
