@@ -1,0 +1,284 @@
+//! Admin tokens and who acts: [`Coordinator::check_admin`] turns a bearer token into an
+//! [`Operator`], the `who` of every change; named tokens are created, listed and revoked
+//! here (the last valid one never).
+
+use drover_protocol::api::{
+    AdminTokenCreated, AdminTokenInfo, AdminTokenRequest, AdminTokenState, BOOTSTRAP_TOKEN_NAME, TokenName,
+};
+use drover_protocol::{Duration, Timestamp};
+
+use super::error::ServiceError;
+use super::{Coordinator, hash_secret, now};
+use crate::server::store::AdminTokenRecord;
+
+/// Who made a request: the name of the admin token it came with, made only by
+/// [`Coordinator::check_admin`] (and [`Operator::new`] for in-process callers). It is the
+/// `who` of everything the request records in the history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operator(TokenName);
+
+impl Operator {
+    /// An operator by token name, for callers inside the coordinator's process.
+    pub fn new(name: TokenName) -> Operator {
+        Operator(name)
+    }
+
+    /// The token's name.
+    pub fn name(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// Who took a step and why, for the history: an operator, or the controller by itself.
+#[derive(Debug)]
+pub(super) struct Actor {
+    pub(super) who: String,
+    pub(super) reason: Option<String>,
+}
+
+impl Actor {
+    pub(super) fn of(operator: &Operator, reason: Option<String>) -> Actor {
+        Actor {
+            who: operator.name().to_owned(),
+            reason,
+        }
+    }
+}
+
+/// How precisely "last used" of an admin token is kept: at most one write per token per
+/// this many seconds, so admin requests do not each cost a database write.
+pub(super) const LAST_USED_PRECISION_SECONDS: i64 = 60;
+
+/// The longest `--ttl` of an admin token (no `--ttl`: valid until revoked).
+pub(super) const MAX_ADMIN_TOKEN_TTL_DAYS: u64 = 3650;
+
+pub(super) fn admin_token_info(token: &AdminTokenRecord, now: Timestamp) -> AdminTokenInfo {
+    let state = if token.revoked_at.is_some() {
+        AdminTokenState::Revoked
+    } else if token.expired(now) {
+        AdminTokenState::Expired
+    } else {
+        AdminTokenState::Active
+    };
+    AdminTokenInfo {
+        name: token.name.clone(),
+        state,
+        created_at: token.created_at,
+        created_by: token.created_by.clone(),
+        expires_at: token.expires_at,
+        last_used_at: token.last_used_at,
+        revoked_at: token.revoked_at,
+        revoked_by: token.revoked_by.clone(),
+    }
+}
+
+pub(super) fn check_reason(reason: Option<&str>) -> Result<Option<String>, ServiceError> {
+    match reason.map(str::trim).filter(|reason| !reason.is_empty()) {
+        Some(reason) if reason.chars().count() > 500 => Err(ServiceError::BadRequest(
+            "bad_reason",
+            "--reason is limited to 500 characters".into(),
+        )),
+        other => Ok(other.map(str::to_owned)),
+    }
+}
+
+impl Coordinator {
+    /// Checks an admin bearer token and returns whose it is: the name every change the
+    /// request makes is recorded under. Revoked and expired tokens are refused at once.
+    pub async fn check_admin(&self, token: Option<&str>) -> Result<Operator, ServiceError> {
+        let Some(token) = token else {
+            return Err(ServiceError::Unauthorized(
+                "admin_token_missing",
+                "this endpoint needs an admin token: Authorization: Bearer <token> (the CLI reads it from the data directory or DROVER_TOKEN)".into(),
+            ));
+        };
+        // Looking the secret up by its digest keeps the timing independent of the secret.
+        let hash = hash_secret(token);
+        let now = now();
+        let (name, touch) = {
+            let tokens = self.admin_tokens.read().expect("admin tokens lock");
+            let Some(record) = tokens.iter().find(|token| token.hash == hash) else {
+                return Err(ServiceError::Unauthorized(
+                    "admin_token_invalid",
+                    "the admin token is wrong".into(),
+                ));
+            };
+            if let Some(revoked_at) = record.revoked_at {
+                return Err(ServiceError::Unauthorized(
+                    "admin_token_revoked",
+                    format!(
+                        "the admin token {} was revoked at {revoked_at}; ask an operator for a new one (drover admin-token create NAME)",
+                        record.name
+                    ),
+                ));
+            }
+            if let Some(expires_at) = record.expires_at.filter(|_| record.expired(now)) {
+                return Err(ServiceError::Unauthorized(
+                    "admin_token_expired",
+                    format!(
+                        "the admin token {} expired at {expires_at}; ask an operator for a new one (drover admin-token create NAME)",
+                        record.name
+                    ),
+                ));
+            }
+            let stale = record
+                .last_used_at
+                .is_none_or(|last| now.unix() - last.unix() >= LAST_USED_PRECISION_SECONDS);
+            (record.name.clone(), stale)
+        };
+        if touch {
+            if let Some(record) = self
+                .admin_tokens
+                .write()
+                .expect("admin tokens lock")
+                .iter_mut()
+                .find(|token| token.hash == hash)
+            {
+                record.last_used_at = Some(now);
+            }
+            // Informational only: a failed write must not refuse the request.
+            if let Err(error) = self.store.touch_admin_token(&hash, now).await {
+                tracing::warn!(%error, token = %name, "noting when the admin token was last used failed");
+            }
+        }
+        Ok(Operator(name))
+    }
+
+    /// `drover admin-token create`: a named admin token; the secret is returned once and
+    /// stored only hashed. A name is unique among the tokens not revoked; an expired token
+    /// of the same name is revoked in the same transaction.
+    pub async fn create_admin_token(
+        &self,
+        request: AdminTokenRequest,
+        operator: &Operator,
+    ) -> Result<AdminTokenCreated, ServiceError> {
+        if request.name.as_str() == BOOTSTRAP_TOKEN_NAME {
+            return Err(ServiceError::BadRequest(
+                "reserved_token_name",
+                format!(
+                    "{BOOTSTRAP_TOKEN_NAME} is the name of the token in the coordinator's admin.token; choose another name"
+                ),
+            ));
+        }
+        if let Some(ttl) = request.ttl
+            && (ttl.as_millis() < 1000 || ttl > Duration::from_secs(MAX_ADMIN_TOKEN_TTL_DAYS * 86_400))
+        {
+            return Err(ServiceError::BadRequest(
+                "bad_ttl",
+                format!("--ttl must be between 1s and {MAX_ADMIN_TOKEN_TTL_DAYS}d (or absent: valid until revoked)"),
+            ));
+        }
+        let _changing = self.admin_token_changes.lock().await;
+        let now = now();
+        let existing = self
+            .admin_tokens
+            .read()
+            .expect("admin tokens lock")
+            .iter()
+            .find(|token| token.name == request.name && token.revoked_at.is_none())
+            .cloned();
+        if let Some(existing) = existing.as_ref().filter(|token| !token.expired(now)) {
+            return Err(ServiceError::Conflict(
+                "admin_token_exists",
+                format!(
+                    "an admin token named {} exists (created {} by {}); revoke it first or choose another name",
+                    existing.name, existing.created_at, existing.created_by
+                ),
+            ));
+        }
+        let secret = crate::datadir::new_secret();
+        let record = AdminTokenRecord {
+            name: request.name,
+            hash: hash_secret(&secret),
+            created_at: now,
+            created_by: operator.name().to_owned(),
+            expires_at: request.ttl.map(|ttl| now.plus(ttl)),
+            revoked_at: None,
+            revoked_by: None,
+            last_used_at: None,
+        };
+        self.store.insert_admin_token(&record).await?;
+        let mut tokens = self.admin_tokens.write().expect("admin tokens lock");
+        if let Some(expired) = existing.and_then(|expired| tokens.iter_mut().find(|token| token.hash == expired.hash)) {
+            expired.revoked_at = Some(now);
+            expired.revoked_by = Some(record.created_by.clone());
+        }
+        tokens.push(record.clone());
+        Ok(AdminTokenCreated {
+            name: record.name,
+            token: secret,
+            created_at: now,
+            expires_at: record.expires_at,
+        })
+    }
+
+    /// `drover admin-token list`: every admin token, revoked ones too, oldest first.
+    pub fn admin_tokens(&self) -> Vec<AdminTokenInfo> {
+        let now = now();
+        self.admin_tokens
+            .read()
+            .expect("admin tokens lock")
+            .iter()
+            .map(|token| admin_token_info(token, now))
+            .collect()
+    }
+
+    /// `drover admin-token revoke`: requests with the token are refused from now on.
+    /// Refused (409) for the last valid token, which would lock every operator out.
+    pub async fn revoke_admin_token(
+        &self,
+        name: &TokenName,
+        operator: &Operator,
+    ) -> Result<AdminTokenInfo, ServiceError> {
+        let _changing = self.admin_token_changes.lock().await;
+        let now = now();
+        let (target, others_valid, ever) = {
+            let tokens = self.admin_tokens.read().expect("admin tokens lock");
+            let target = tokens
+                .iter()
+                .find(|token| &token.name == name && token.revoked_at.is_none())
+                .cloned();
+            let others_valid = tokens
+                .iter()
+                .filter(|token| &token.name != name && token.valid(now))
+                .count();
+            let ever = tokens.iter().any(|token| &token.name == name);
+            (target, others_valid, ever)
+        };
+        let Some(target) = target else {
+            return Err(if ever {
+                ServiceError::Conflict(
+                    "admin_token_revoked",
+                    format!("the admin token {name} is already revoked"),
+                )
+            } else {
+                ServiceError::NotFound(
+                    "admin_token_not_found",
+                    format!("no admin token named {name}; see drover admin-token list"),
+                )
+            });
+        };
+        if target.valid(now) && others_valid == 0 {
+            return Err(ServiceError::Conflict(
+                "last_admin_token",
+                format!(
+                    "{name} is the last valid admin token; create another first (drover admin-token create NAME), or nobody could use the admin API"
+                ),
+            ));
+        }
+        if !self.store.revoke_admin_token(name, now, operator.name()).await? {
+            return Err(ServiceError::Conflict(
+                "admin_token_revoked",
+                format!("the admin token {name} is already revoked"),
+            ));
+        }
+        let mut tokens = self.admin_tokens.write().expect("admin tokens lock");
+        let record = tokens
+            .iter_mut()
+            .find(|token| token.hash == target.hash)
+            .expect("looked up above");
+        record.revoked_at = Some(now);
+        record.revoked_by = Some(operator.name().to_owned());
+        Ok(admin_token_info(record, now))
+    }
+}

@@ -1,0 +1,374 @@
+//! Desired state: rendering and signing each host's manifest, publishing it to the
+//! host's long-polls, and the operator's pins, holds and the refresher.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use drover_protocol::api::{ChangeResult, Pin, Scope};
+use drover_protocol::manifest::{MAX_APPS, MAX_MANIFEST_BYTES};
+use drover_protocol::{AppName, Duration, HostId, SigningKey, Timestamp, Version};
+
+use super::admin::{Actor, Operator, check_reason};
+use super::error::ServiceError;
+use super::hosts::active_host;
+use super::rollouts::refuse_during_rollout;
+use super::{Coordinator, Model, Published, now};
+use crate::server::fleet::{Fleet, Resolved, sign_manifest};
+use crate::server::store::{HistoryRecord, HostRecord, StoredManifest};
+
+/// Which hosts [`Coordinator::render`] re-signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RenderMode {
+    /// Those whose desired state changed.
+    Changed,
+    /// Those that changed or expire within half their lifetime.
+    Refresh,
+    /// All given hosts (a join: the host gets a fresh serial whatever it ran before).
+    Force,
+}
+
+/// What the rendering remembers per host: enough to tell a change from a no-op.
+#[derive(Clone, Debug)]
+pub(super) struct Rendered {
+    pub(super) serial: u64,
+    pub(super) content_hash: String,
+    pub(super) expires_at: Timestamp,
+}
+
+impl Rendered {
+    pub(super) fn of(manifest: &StoredManifest) -> Rendered {
+        Rendered {
+            serial: manifest.serial,
+            content_hash: manifest.content_hash.clone(),
+            expires_at: manifest.expires_at,
+        }
+    }
+}
+
+pub(super) fn manual_history(app: Option<&AppName>, what: String, actor: &Actor) -> HistoryRecord {
+    HistoryRecord {
+        app: app.cloned(),
+        rollout: None,
+        at: now(),
+        who: actor.who.clone(),
+        what,
+        reason: actor.reason.clone(),
+    }
+}
+
+pub(super) fn restore_pin(fleet: &mut Fleet, key: (AppName, Scope), previous: Option<Version>) {
+    match previous {
+        Some(version) => fleet.pins.insert(key, version),
+        None => fleet.pins.remove(&key),
+    };
+}
+
+/// Refuses a change that would give a host a signed manifest larger than agents accept
+/// ([`MAX_MANIFEST_BYTES`]): that host's agent would refuse every manifest from then on,
+/// changes to its other apps included, until the change was undone.
+/// The same for the number of apps ([`MAX_APPS`]), which agents refuse past as well.
+pub(super) fn check_manifests(fleet: &Fleet, manifests: &[StoredManifest], what: &str) -> Result<(), ServiceError> {
+    for manifest in manifests {
+        let apps = fleet
+            .hosts
+            .get(&manifest.host)
+            .map_or(0, |host| fleet.resolve(host).versions.len());
+        refuse_too_many_apps(what, &manifest.host, apps)?;
+    }
+    let over: Vec<&StoredManifest> = manifests
+        .iter()
+        .filter(|manifest| manifest.envelope.len() > MAX_MANIFEST_BYTES)
+        .collect();
+    match over.iter().max_by_key(|manifest| manifest.envelope.len()) {
+        Some(largest) => refuse_oversized(what, &largest.host, largest.envelope.len(), over.len()),
+        None => Ok(()),
+    }
+}
+
+pub(super) fn refuse_too_many_apps(what: &str, host: &HostId, apps: usize) -> Result<(), ServiceError> {
+    if apps <= MAX_APPS {
+        return Ok(());
+    }
+    Err(ServiceError::BadRequest(
+        "too_many_apps",
+        format!(
+            "{what} would give host {host} {apps} apps, over the {MAX_APPS} agents accept in one manifest; nothing was changed"
+        ),
+    ))
+}
+
+pub(super) fn refuse_oversized(what: &str, host: &HostId, size: usize, hosts: usize) -> Result<(), ServiceError> {
+    if size <= MAX_MANIFEST_BYTES {
+        return Ok(());
+    }
+    let others = match hosts {
+        0 | 1 => String::new(),
+        more => format!(" (and {} more hosts over)", more - 1),
+    };
+    Err(ServiceError::BadRequest(
+        "manifest_too_large",
+        format!(
+            "{what} would give host {host} a signed manifest of {size} bytes{others}, over the {MAX_MANIFEST_BYTES} bytes agents accept; nothing was changed. Make the specs smaller (config_files content counts) or put fewer apps on those hosts"
+        ),
+    ))
+}
+
+/// The signed manifest sizes (and numbers of apps) active hosts would get with `app` at `target` (what a
+/// rollout ends with), as an upper bound computed without signing: per distinct desired
+/// state, with the longest host id among its hosts and the largest serial.
+pub(super) fn manifests_with(fleet: &Fleet, app: &AppName, target: &Version) -> Vec<(HostId, usize, usize)> {
+    let mut longest: HashMap<BTreeMap<AppName, Version>, &HostId> = HashMap::new();
+    for host in fleet.active_hosts() {
+        let mut resolved = fleet.resolve(host);
+        resolved.versions.insert(app.clone(), target.clone());
+        let entry = longest.entry(resolved.versions).or_insert(&host.id);
+        if host.id.as_str().len() > entry.as_str().len() {
+            *entry = &host.id;
+        }
+    }
+    longest
+        .into_iter()
+        .map(|(versions, host)| {
+            let resolved = Resolved { hold: false, versions };
+            let manifest = drover_protocol::Manifest {
+                schema: drover_protocol::MANIFEST_SCHEMA,
+                host: host.clone(),
+                serial: u64::MAX,
+                issued_at: Timestamp::EPOCH,
+                expires_at: Timestamp::EPOCH,
+                hold: false,
+                apps: fleet.expand(&resolved).apps,
+            };
+            // Timestamps print at a fixed width, so EPOCH stands for any of them.
+            let size = drover_protocol::manifest::signed_size(manifest.to_payload().len(), 1);
+            (host.clone(), size, manifest.apps.len())
+        })
+        .collect()
+}
+
+impl Coordinator {
+    /// Renders `hosts` and returns the manifests that must be re-signed (see
+    /// [`RenderMode`]), each with the host's serial + 1. Nothing is changed: the caller
+    /// commits them to the store, then calls [`Coordinator::applied`].
+    pub(super) fn render(
+        &self,
+        model: &Model,
+        hosts: &[HostRecord],
+        now: Timestamp,
+        mode: RenderMode,
+    ) -> Vec<StoredManifest> {
+        let key: &SigningKey = &self.credentials.manifest_key;
+        let ttl = self.config.manifest_ttl;
+        let refresh_before = now.plus(Duration::from_millis(ttl.as_millis() / 2));
+        let work: Vec<(&HostRecord, u64, Resolved)> = hosts
+            .iter()
+            .filter_map(|host| {
+                let resolved = model.fleet.resolve(host);
+                let previous = model.rendered.get(&host.id);
+                let unchanged = previous.is_some_and(|previous| match mode {
+                    RenderMode::Changed => previous.content_hash == resolved.content_hash(),
+                    RenderMode::Refresh => {
+                        previous.content_hash == resolved.content_hash() && previous.expires_at > refresh_before
+                    }
+                    RenderMode::Force => false,
+                });
+                (!unchanged).then(|| (host, previous.map_or(0, |previous| previous.serial) + 1, resolved))
+            })
+            .collect();
+        // Signing is CPU-bound: off the async workers, and spread over the cores when
+        // there is enough of it to be worth the threads. The full manifest of each host is
+        // built inside the signing loop and dropped there, so a fleet-wide change never
+        // holds 10,000 expanded manifests at once.
+        let fleet = &model.fleet;
+        let sign = |(host, serial, resolved): &(&HostRecord, u64, Resolved)| {
+            sign_manifest(fleet, &host.id, *serial, resolved, now, ttl, key)
+        };
+        if work.len() < 512 {
+            let signed: Vec<StoredManifest> = work.iter().map(sign).collect();
+            self.metrics.manifests_signed.add(signed.len());
+            return signed;
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(4);
+        let chunk = work.len().div_ceil(threads).max(1);
+        let signed: Vec<StoredManifest> = tokio::task::block_in_place(|| {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = work
+                    .chunks(chunk)
+                    .map(|part| scope.spawn(move || part.iter().map(sign).collect::<Vec<_>>()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|handle| handle.join().expect("signing thread"))
+                    .collect()
+            })
+        });
+        self.metrics.manifests_signed.add(signed.len());
+        signed
+    }
+
+    /// Records committed manifests as rendered and publishes them: long-polls of those
+    /// hosts wake now.
+    pub(super) fn applied(&self, model: &mut Model, manifests: &[StoredManifest]) -> ChangeResult {
+        for manifest in manifests {
+            model.rendered.insert(manifest.host.clone(), Rendered::of(manifest));
+        }
+        self.publish(model, manifests);
+        ChangeResult {
+            hosts_changed: manifests.len(),
+        }
+    }
+
+    pub(super) fn publish(&self, model: &Model, manifests: &[StoredManifest]) {
+        let slots = self.slots.read().expect("slots lock");
+        for manifest in manifests {
+            let (Some(slot), Some(host)) = (slots.get(&manifest.host), model.fleet.hosts.get(&manifest.host)) else {
+                continue;
+            };
+            let resolved = model.fleet.resolve(host);
+            slot.manifest
+                .send_replace(Arc::new(Published::of(manifest, &resolved, &model.fleet)));
+        }
+    }
+
+    /// Re-renders the active hosts a scope covers after a change already applied to the
+    /// model; returns the manifests to commit.
+    pub(super) fn render_scope(&self, model: &Model, scopes: &[Scope], now: Timestamp) -> Vec<StoredManifest> {
+        let mut ids: Vec<HostId> = scopes.iter().flat_map(|scope| model.fleet.hosts_in(scope)).collect();
+        ids.sort();
+        ids.dedup();
+        let hosts: Vec<HostRecord> = ids.iter().filter_map(|id| model.fleet.hosts.get(id).cloned()).collect();
+        self.render(model, &hosts, now, RenderMode::Changed)
+    }
+
+    pub(super) fn check_scope(fleet: &Fleet, scope: &Scope) -> Result<(), ServiceError> {
+        match scope {
+            Scope::Fleet => Ok(()),
+            Scope::Group(name) if fleet.groups.contains_key(name) => Ok(()),
+            Scope::Group(name) => Err(ServiceError::NotFound(
+                "group_not_found",
+                format!("no group named {name}; create it with drover groups create"),
+            )),
+            Scope::Host(id) => active_host(fleet, id).map(|_| ()),
+        }
+    }
+
+    /// `drover pin`.
+    pub async fn pin(&self, pin: Pin, operator: &Operator, reason: Option<&str>) -> Result<ChangeResult, ServiceError> {
+        let actor = Actor::of(operator, check_reason(reason)?);
+        let mut model = self.model.lock().await;
+        refuse_during_rollout(&model, &pin.app, "pin")?;
+        Self::check_scope(&model.fleet, &pin.scope)?;
+        if !model
+            .fleet
+            .releases
+            .contains_key(&(pin.app.clone(), pin.version.clone()))
+        {
+            return Err(ServiceError::NotFound(
+                "release_not_found",
+                format!(
+                    "no release {} {}; create it with drover release create",
+                    pin.app, pin.version
+                ),
+            ));
+        }
+        let key = (pin.app.clone(), pin.scope.clone());
+        let previous = model.fleet.pins.insert(key.clone(), pin.version.clone());
+        let manifests = self.render_scope(&model, std::slice::from_ref(&pin.scope), now());
+        let history = [manual_history(
+            Some(&pin.app),
+            format!("pinned {} {} for the {}", pin.app, pin.version, pin.scope),
+            &actor,
+        )];
+        let what = format!("pinning {} {} for the {}", pin.app, pin.version, pin.scope);
+        let outcome = match check_manifests(&model.fleet, &manifests, &what) {
+            Ok(()) => self
+                .store
+                .change_pin(&pin.app, &pin.scope, Some(&pin.version), &history, &manifests)
+                .await
+                .map_err(ServiceError::from),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = outcome {
+            restore_pin(&mut model.fleet, key, previous);
+            return Err(error);
+        }
+        Ok(self.applied(&mut model, &manifests))
+    }
+
+    /// `drover unpin`.
+    pub async fn unpin(
+        &self,
+        app: AppName,
+        scope: Scope,
+        operator: &Operator,
+        reason: Option<&str>,
+    ) -> Result<ChangeResult, ServiceError> {
+        let actor = Actor::of(operator, check_reason(reason)?);
+        let mut model = self.model.lock().await;
+        refuse_during_rollout(&model, &app, "unpin")?;
+        let key = (app.clone(), scope.clone());
+        let Some(previous) = model.fleet.pins.remove(&key) else {
+            return Err(ServiceError::NotFound(
+                "pin_not_found",
+                format!("{app} is not pinned for the {scope}"),
+            ));
+        };
+        let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now());
+        let history = [manual_history(
+            Some(&app),
+            format!("unpinned {app} for the {scope}"),
+            &actor,
+        )];
+        if let Err(error) = self.store.change_pin(&app, &scope, None, &history, &manifests).await {
+            restore_pin(&mut model.fleet, key, Some(previous));
+            return Err(error.into());
+        }
+        Ok(self.applied(&mut model, &manifests))
+    }
+
+    /// `drover hold` / `drover unhold`. A hold stops every app on its hosts, so its
+    /// history line belongs to no app and shows in every app's history. Holding what is
+    /// held already (or lifting no hold) changes nothing and records nothing.
+    pub async fn hold(
+        &self,
+        scope: Scope,
+        held: bool,
+        operator: &Operator,
+        reason: Option<&str>,
+    ) -> Result<ChangeResult, ServiceError> {
+        let actor = Actor::of(operator, check_reason(reason)?);
+        let mut model = self.model.lock().await;
+        Self::check_scope(&model.fleet, &scope)?;
+        let changed = if held {
+            model.fleet.holds.insert(scope.clone())
+        } else {
+            model.fleet.holds.remove(&scope)
+        };
+        if !changed {
+            return Ok(ChangeResult { hosts_changed: 0 });
+        }
+        let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now());
+        let verb = if held { "held" } else { "released the hold on" };
+        let history = [manual_history(None, format!("{verb} the {scope}"), &actor)];
+        if let Err(error) = self.store.change_hold(&scope, held, &history, &manifests).await {
+            if held {
+                model.fleet.holds.remove(&scope);
+            } else {
+                model.fleet.holds.insert(scope);
+            }
+            return Err(error.into());
+        }
+        Ok(self.applied(&mut model, &manifests))
+    }
+
+    /// Re-signs manifests that expire within half their lifetime.
+    pub async fn refresh(&self) -> Result<usize, ServiceError> {
+        let mut model = self.model.lock().await;
+        let hosts: Vec<HostRecord> = model.fleet.active_hosts().cloned().collect();
+        let manifests = self.render(&model, &hosts, now(), RenderMode::Refresh);
+        self.store.save_manifests(&manifests).await?;
+        Ok(self.applied(&mut model, &manifests).hosts_changed)
+    }
+}

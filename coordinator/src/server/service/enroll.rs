@@ -1,0 +1,368 @@
+//! Enrollment and host identity: join tokens, `join`, certificate renewal, and
+//! [`Coordinator::host_slot`], which proves each agent request's client certificate.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use drover_protocol::api::{HostHistoryEntry, JoinRequest, JoinResponse, RenewResponse, TokenRequest, TokenResponse};
+use drover_protocol::{Duration, Timestamp};
+use tokio::sync::watch;
+
+use super::admin::Operator;
+use super::desired::{RenderMode, Rendered, check_manifests};
+use super::error::ServiceError;
+use super::hosts::check_labels;
+use super::{Coordinator, HOST_RENEWAL_ACTOR, HostSlot, Published, SlotIdentity, hash_secret, now};
+use crate::server::metrics::CertificateExpiry;
+use crate::server::pki::PeerIdentity;
+use crate::server::store::{HostChange, HostRecord, TokenProblem};
+use crate::text::labels_text;
+
+pub(super) fn token_error(problem: TokenProblem) -> ServiceError {
+    match problem {
+        TokenProblem::Unknown => ServiceError::Unauthorized("token_unknown", "the join token is not valid".into()),
+        TokenProblem::Used => ServiceError::Gone(
+            "token_used",
+            "the join token was already used; create a new one with drover token create".into(),
+        ),
+        TokenProblem::Expired => ServiceError::Gone(
+            "token_expired",
+            "the join token expired; create a new one with drover token create".into(),
+        ),
+    }
+}
+
+impl Coordinator {
+    /// The live slot of the host a client certificate names, refusing removed hosts and
+    /// certificates that are no longer the host's (replaced by a re-join).
+    pub fn host_slot(&self, identity: Option<&PeerIdentity>) -> Result<Arc<HostSlot>, ServiceError> {
+        let Some(identity) = identity else {
+            return Err(ServiceError::Unauthorized(
+                "client_certificate_required",
+                "agent endpoints need the host's client certificate (join first)".into(),
+            ));
+        };
+        let slot = self.slots.read().expect("slots lock").get(&identity.host).cloned();
+        match slot {
+            Some(slot) if slot.identity.read().expect("slot identity lock").proves(identity) => {
+                slot.last_seen.store(now().unix(), Ordering::Relaxed);
+                self.learn_key(&slot, identity);
+                Ok(slot)
+            }
+            Some(_) => Err(ServiceError::Forbidden(
+                "certificate_replaced",
+                format!(
+                    "host {} re-joined with a new key; this certificate is no longer valid",
+                    identity.host
+                ),
+            )),
+            None => Err(ServiceError::Forbidden(
+                "host_removed",
+                format!(
+                    "host {} is not enrolled (removed); to bring it back, join it with a token from `drover token create --replace {}`",
+                    identity.host, identity.host
+                ),
+            )),
+        }
+    }
+
+    /// For a host enrolled before keys were recorded: its first request proves the key
+    /// (the certificate is the one recorded), so the key and expiry are kept from now on,
+    /// in memory at once and in the store in the background (a failed write is retried
+    /// by the next start's first request).
+    pub(super) fn learn_key(&self, slot: &HostSlot, identity: &PeerIdentity) {
+        {
+            let mut known = slot.identity.write().expect("slot identity lock");
+            if known.key_sha256.is_some() || known.cert_sha256 != identity.fingerprint {
+                return;
+            }
+            known.key_sha256 = Some(identity.key_sha256.clone());
+            known.not_after = Some(identity.not_after);
+        }
+        let store = self.store.clone();
+        let identity = identity.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store
+                .record_host_key(
+                    &identity.host,
+                    &identity.fingerprint,
+                    &identity.key_sha256,
+                    identity.not_after,
+                )
+                .await
+            {
+                tracing::warn!(%error, host = %identity.host, "recording the key of a host enrolled by an older coordinator failed; it is retried after the next restart");
+            }
+        });
+    }
+
+    /// When each enrolled host's newest certificate expires, summed up for `/metrics`.
+    pub fn certificate_expiry(&self, now: Timestamp) -> CertificateExpiry {
+        let mut expiry = CertificateExpiry::default();
+        for slot in self.slots.read().expect("slots lock").values() {
+            if let Some(not_after) = slot.identity.read().expect("slot identity lock").not_after {
+                expiry.add(not_after, now);
+            }
+        }
+        expiry
+    }
+
+    /// `drover token create`.
+    pub async fn create_token(
+        &self,
+        request: TokenRequest,
+        operator: &Operator,
+    ) -> Result<TokenResponse, ServiceError> {
+        if request.ttl.as_millis() == 0 || request.ttl > Duration::from_secs(30 * 86_400) {
+            return Err(ServiceError::BadRequest(
+                "bad_ttl",
+                "--ttl must be between 1s and 30d".into(),
+            ));
+        }
+        check_labels(&request.labels)?;
+        if let Some(problem) = self.config.loopback_trap.as_deref().filter(|_| !request.allow_loopback) {
+            return Err(ServiceError::BadRequest(
+                drover_protocol::api::LOOPBACK_PUBLIC_URL,
+                format!(
+                    "refusing to make a join line that works only on this machine: {problem}. Or pass --allow-loopback to get it anyway"
+                ),
+            ));
+        }
+        let now = now();
+        let token = crate::datadir::new_secret();
+        let expires_at = now.plus(request.ttl);
+        self.store
+            .insert_token(
+                &hash_secret(&token),
+                &request.labels,
+                request.replace.as_ref(),
+                operator.name(),
+                expires_at,
+                now,
+            )
+            .await?;
+        let join_command = format!(
+            "drover-agent join {} --token={token} --ca-sha256 {}",
+            self.config.public_url,
+            self.credentials.ca.sha256()
+        );
+        Ok(TokenResponse {
+            token,
+            expires_at,
+            join_command,
+        })
+    }
+
+    /// `POST /v1/join`. A plain token enrolls only a host id never used; a token from
+    /// `--replace HOST` enrolls only HOST, taking it over from its old key when enrolled
+    /// or bringing a removed id back. Either way the id keeps its serial, host pins and
+    /// holds, and the join is in the id's history. A refused join leaves the token unused.
+    pub async fn join(&self, request: JoinRequest) -> Result<JoinResponse, ServiceError> {
+        let now = now();
+        let token_hash = hash_secret(&request.token);
+        let token = self.store.check_token(&token_hash, now).await?.map_err(token_error)?;
+        let id = &request.host_id;
+        if let Some(target) = &token.replace
+            && target != id
+        {
+            return Err(ServiceError::Forbidden(
+                "token_for_another_host",
+                format!(
+                    "this token may only re-enroll host {target}, not {id}; it is still unused. To enroll {id}, create a token for it (with --replace {id} if the id is taken)"
+                ),
+            ));
+        }
+        let issued = self
+            .credentials
+            .ca
+            .issue_host(id, &request.csr_pem, None, now, self.config.host_certificate_validity)
+            .map_err(|error| ServiceError::BadRequest("bad_csr", error.to_string()))?;
+
+        let mut model = self.model.lock().await;
+        let before = model.fleet.hosts.get(id);
+        let change = match (before, &token.replace) {
+            (None, _) => HostChange::Joined,
+            (Some(host), Some(_)) if host.cert_sha256.is_some() => HostChange::Replaced,
+            (Some(_), Some(_)) => HostChange::Rejoined,
+            (Some(host), None) if host.cert_sha256.is_some() => {
+                let older = if token.replace_any {
+                    " (this token was made by an older drover as \"replace any host\", which is no longer honoured)"
+                } else {
+                    ""
+                };
+                return Err(ServiceError::Conflict(
+                    "host_exists",
+                    format!(
+                        "host id {id} is already enrolled{older}; to re-enroll it (a reinstalled machine), create a token with `drover token create --replace {id}`; the token is still unused"
+                    ),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(ServiceError::Conflict(
+                    "host_id_removed",
+                    format!(
+                        "host id {id} was removed; its id is reused only on purpose, because it keeps the id's host pins and holds: create a token with `drover token create --replace {id}`, or join under a new id; the token is still unused"
+                    ),
+                ));
+            }
+        };
+        let old_certificate = before.and_then(|host| host.cert_sha256.clone());
+        let who = token.created_by.clone().unwrap_or_else(|| "join token".to_owned());
+        let what = match change {
+            HostChange::Replaced => {
+                "re-joined with a new key (a --replace token); the old key and its certificates stop working".to_owned()
+            }
+            HostChange::Rejoined => {
+                "joined again after its removal (a --replace token), keeping the id's host pins and holds".to_owned()
+            }
+            _ => "joined with a join token".to_owned(),
+        };
+        let history = HostHistoryEntry {
+            at: now,
+            who,
+            what: format!("{what}; labels {}", labels_text(&token.labels)),
+            old_certificate,
+            new_certificate: Some(issued.sha256.clone()),
+        };
+        let record = HostRecord {
+            id: id.clone(),
+            labels: token.labels.clone(),
+            cert_sha256: Some(issued.sha256.clone()),
+            key_sha256: Some(issued.key_sha256.clone()),
+            cert_not_after: Some(issued.not_after),
+            joined_at: now,
+        };
+        let previous = model.fleet.hosts.insert(record.id.clone(), record.clone());
+        // A re-join gets a new serial even when nothing changed (Force).
+        let manifests = self.render(&model, std::slice::from_ref(&record), now, RenderMode::Force);
+        // The pins its labels bring could give it a manifest its agent would refuse: the
+        // join fails (the token stays unused) rather than enrolling a host that can never
+        // apply anything.
+        let what = format!("joining host {} with labels {:?}", record.id, record.labels);
+        if let Err(error) = check_manifests(&model.fleet, &manifests, &what) {
+            match previous {
+                Some(previous) => model.fleet.hosts.insert(record.id.clone(), previous),
+                None => model.fleet.hosts.remove(&record.id),
+            };
+            return Err(error);
+        }
+        let manifest = manifests.first().expect("a joining host is always rendered").clone();
+        let stored = self
+            .store
+            .join_host(&token_hash, &record, &manifest, (change, &history), now)
+            .await;
+        if !matches!(stored, Ok(Ok(()))) {
+            // Nothing was committed (another join used the token first, or the store
+            // failed): put the model back as it was.
+            match previous {
+                Some(previous) => model.fleet.hosts.insert(record.id.clone(), previous),
+                None => model.fleet.hosts.remove(&record.id),
+            };
+            return Err(match stored {
+                Ok(Err(problem)) => token_error(problem),
+                Err(error) => error.into(),
+                Ok(Ok(())) => unreachable!("matched above"),
+            });
+        }
+        model.rendered.insert(record.id.clone(), Rendered::of(&manifest));
+        let resolved = model.fleet.resolve(&record);
+        let (sender, _) = watch::channel(Arc::new(Published::of(&manifest, &resolved, &model.fleet)));
+        let slot = HostSlot {
+            identity: RwLock::new(SlotIdentity::of(&record)),
+            manifest: sender,
+            last_seen: AtomicI64::new(now.unix()),
+        };
+        // Replacing the slot drops the old sender: long-polls on the old certificate end.
+        self.slots
+            .write()
+            .expect("slots lock")
+            .insert(record.id.clone(), Arc::new(slot));
+        self.reports.lock().expect("reports lock").remove(&record.id);
+        self.metrics.joins.add(1);
+        Ok(JoinResponse {
+            host_id: record.id,
+            certificate_pem: issued.pem,
+            ca_pem: self.credentials.ca.cert_pem().to_owned(),
+            trust: String::from_utf8_lossy(self.credentials.trust.envelope_bytes()).into_owned(),
+            labels: record.labels,
+        })
+    }
+
+    /// `POST /v1/agent/certificate`: a new certificate for the key of the certificate the
+    /// host presented (`identity`, already proven by [`Coordinator::host_slot`]). The
+    /// certificates it had stay valid until they expire: they carry the same key, so an
+    /// agent that dies before writing the new one still gets in with the old one.
+    pub async fn renew_certificate(
+        &self,
+        identity: &PeerIdentity,
+        csr_pem: &str,
+    ) -> Result<RenewResponse, ServiceError> {
+        let now = now();
+        let issued = self
+            .credentials
+            .ca
+            .issue_host(
+                &identity.host,
+                csr_pem,
+                Some(&identity.key_sha256),
+                now,
+                self.config.host_certificate_validity,
+            )
+            .map_err(|error| match error {
+                crate::server::pki::PkiError::CsrKeyMismatch => {
+                    ServiceError::BadRequest("csr_key_mismatch", error.to_string())
+                }
+                crate::server::pki::PkiError::CsrHostMismatch { .. } => {
+                    ServiceError::BadRequest("csr_host_mismatch", error.to_string())
+                }
+                _ => ServiceError::BadRequest("bad_csr", error.to_string()),
+            })?;
+        // Under the model lock, so a join or removal of this host cannot interleave.
+        let mut model = self.model.lock().await;
+        let slot = self.host_slot(Some(identity))?;
+        let old_certificate = slot.identity.read().expect("slot identity lock").cert_sha256.clone();
+        let history = HostHistoryEntry {
+            at: now,
+            who: HOST_RENEWAL_ACTOR.to_owned(),
+            what: format!("renewed its certificate (same key), valid until {}", issued.not_after),
+            old_certificate: Some(old_certificate),
+            new_certificate: Some(issued.sha256.clone()),
+        };
+        let recorded = self
+            .store
+            .renew_host(
+                &identity.host,
+                &issued.key_sha256,
+                &issued.sha256,
+                issued.not_after,
+                &history,
+            )
+            .await?;
+        if !recorded {
+            return Err(ServiceError::Forbidden(
+                "certificate_replaced",
+                format!(
+                    "host {} was removed or re-joined with a new key meanwhile; this certificate is no longer valid",
+                    identity.host
+                ),
+            ));
+        }
+        {
+            let mut known = slot.identity.write().expect("slot identity lock");
+            known.key_sha256 = Some(issued.key_sha256.clone());
+            known.cert_sha256 = issued.sha256.clone();
+            known.not_after = Some(issued.not_after);
+        }
+        if let Some(record) = model.fleet.hosts.get_mut(&identity.host) {
+            record.cert_sha256 = Some(issued.sha256.clone());
+            record.key_sha256 = Some(issued.key_sha256.clone());
+            record.cert_not_after = Some(issued.not_after);
+        }
+        self.metrics.certificate_renewals.add(1);
+        tracing::info!(host = %identity.host, not_after = %issued.not_after, "renewed a host certificate");
+        Ok(RenewResponse {
+            certificate_pem: issued.pem,
+            not_after: issued.not_after,
+        })
+    }
+}

@@ -1,0 +1,312 @@
+//! The coordinator's operations, independent of HTTP: enrollment, desired-state changes
+//! that re-sign exactly the affected hosts' manifests, manifest publication with
+//! long-poll wake-ups, reports, releases and the fleet status.
+//!
+//! Consistency: every desired-state change runs under one async mutex (`model`), commits
+//! to the store first, then updates memory and publishes the new manifests. Readers
+//! (polls) never take that mutex: each host has a `watch` channel holding its current
+//! signed manifest, so a poll is a map lookup and a pointer clone.
+
+mod admin;
+mod background;
+mod desired;
+mod enroll;
+mod error;
+mod hosts;
+mod releases;
+mod reports;
+mod rollouts;
+mod views;
+
+pub use admin::Operator;
+pub use error::ServiceError;
+pub use rollouts::{RolloutCommand, rollout_defaults};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, RwLock};
+
+use drover_protocol::{AppName, Digest, Duration, HostId, HostReport, Timestamp, Version};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
+
+use crate::datadir::DataDir;
+use crate::server::fleet::{Fleet, Resolved};
+use crate::server::metrics::Metrics;
+use crate::server::pki::{PeerIdentity, sha256_hex};
+use crate::server::rollout::Rollout;
+use crate::server::setup::Credentials;
+use crate::server::store::{AdminTokenRecord, HostRecord, Store, StoredManifest};
+use desired::{RenderMode, Rendered};
+
+/// Settings of a running coordinator.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The URL hosts and the CLI use to reach this coordinator, e.g. `https://10.0.0.5:8443`.
+    pub public_url: String,
+    /// The address it listens on.
+    pub listen: std::net::SocketAddr,
+    /// What is wrong when the public URL is a loopback address while the coordinator
+    /// listens on others (`serve` decides, and words it for the operator): token creation
+    /// refuses with it unless the request allows it.
+    pub loopback_trap: Option<String>,
+    /// How long a signed manifest is valid.
+    pub manifest_ttl: Duration,
+    /// How often the refresher looks for manifests to re-sign before they expire.
+    pub refresh_interval: Duration,
+    /// How long each host certificate (at join and at renewal) is valid.
+    pub host_certificate_validity: Duration,
+}
+
+/// Who a host history line names for a renewal: the host itself asked for it.
+pub const HOST_RENEWAL_ACTOR: &str = "host";
+
+/// A host's current signed manifest as served to polls.
+#[derive(Debug)]
+pub struct Published {
+    /// Its serial.
+    pub serial: u64,
+    /// The ETag (quoted).
+    pub etag: String,
+    /// The envelope bytes.
+    pub envelope: axum::body::Bytes,
+    /// Whether it holds the host.
+    pub held: bool,
+    /// The version of each app it asks for.
+    pub versions: BTreeMap<AppName, Version>,
+    /// The artifacts it references: the only ones this host may download.
+    pub digests: BTreeSet<Digest>,
+}
+
+impl Published {
+    fn of(manifest: &StoredManifest, resolved: &Resolved, fleet: &Fleet) -> Published {
+        Published {
+            serial: manifest.serial,
+            etag: format!("\"{}\"", manifest.serial),
+            envelope: manifest.envelope.clone(),
+            held: resolved.hold,
+            versions: resolved.versions.clone(),
+            digests: fleet.digests(resolved),
+        }
+    }
+}
+
+/// One enrolled host's live entry.
+#[derive(Debug)]
+pub struct HostSlot {
+    identity: RwLock<SlotIdentity>,
+    manifest: watch::Sender<Arc<Published>>,
+    last_seen: AtomicI64,
+}
+
+/// What proves a host: its key, and what is known of its newest certificate.
+#[derive(Clone, Debug)]
+struct SlotIdentity {
+    /// The key (SubjectPublicKeyInfo sha256); `None` for a host enrolled before keys
+    /// were recorded, until its first request (then read from its certificate).
+    key_sha256: Option<String>,
+    /// The newest certificate's sha256.
+    cert_sha256: String,
+    /// When the newest certificate expires, if known.
+    not_after: Option<Timestamp>,
+}
+
+impl SlotIdentity {
+    fn of(host: &HostRecord) -> SlotIdentity {
+        SlotIdentity {
+            key_sha256: host.key_sha256.clone(),
+            cert_sha256: host.cert_sha256.clone().unwrap_or_default(),
+            not_after: host.cert_not_after,
+        }
+    }
+
+    /// Whether `peer`'s certificate is this host's: its key when the key is known, else
+    /// the one certificate recorded.
+    fn proves(&self, peer: &PeerIdentity) -> bool {
+        match &self.key_sha256 {
+            Some(key) => *key == peer.key_sha256,
+            None => self.cert_sha256 == peer.fingerprint,
+        }
+    }
+}
+
+impl HostSlot {
+    /// Whether this host's current manifest references `digest`.
+    pub fn may_download(&self, digest: &Digest) -> bool {
+        self.manifest.borrow().digests.contains(digest)
+    }
+
+    /// A receiver of this host's manifest changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
+        self.manifest.subscribe()
+    }
+}
+
+/// The desired state, the rendering state and the active rollouts (which change pins),
+/// changed together under one lock.
+#[derive(Debug, Default)]
+struct Model {
+    fleet: Fleet,
+    rendered: HashMap<HostId, Rendered>,
+    rollouts: BTreeMap<AppName, ActiveRollout>,
+}
+
+/// A rollout that has not finished, with who started it.
+#[derive(Debug)]
+struct ActiveRollout {
+    rollout: Rollout,
+    created_by: String,
+    created_at: Timestamp,
+}
+
+/// The running coordinator.
+#[derive(Debug)]
+pub struct Coordinator {
+    config: Config,
+    store: Store,
+    data: DataDir,
+    credentials: Credentials,
+    /// Every admin token, revoked ones too (to say so), in the order they were made. A
+    /// handful: looked up by the sha256 of the secret.
+    admin_tokens: RwLock<Vec<AdminTokenRecord>>,
+    /// Serializes admin token changes (the last valid token must stay).
+    admin_token_changes: Mutex<()>,
+    model: Mutex<Model>,
+    slots: RwLock<HashMap<HostId, Arc<HostSlot>>>,
+    reports: std::sync::Mutex<HashMap<HostId, (HostReport, Timestamp)>>,
+    report_queue: mpsc::Sender<(HostReport, Timestamp)>,
+    /// Hosts whose reported app states changed since the rollout driver last looked.
+    rollout_dirty: std::sync::Mutex<BTreeSet<HostId>>,
+    /// Wakes the rollout driver (a report changed, or a step moved the next timer).
+    rollout_signal: Notify,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+}
+
+/// The background work a coordinator needs: the report writer and the refresher.
+#[derive(Debug)]
+pub struct Background {
+    report_receiver: mpsc::Receiver<(HostReport, Timestamp)>,
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_system(std::time::SystemTime::now())
+}
+
+fn hash_secret(secret: &str) -> String {
+    sha256_hex(secret.as_bytes())
+}
+
+impl Coordinator {
+    /// Loads the store, renders any host whose manifest is missing, and publishes every
+    /// enrolled host's manifest.
+    pub async fn start(
+        config: Config,
+        store: Store,
+        data: DataDir,
+        credentials: Credentials,
+    ) -> Result<(Arc<Coordinator>, Background), ServiceError> {
+        let snapshot = store.load().await?;
+        store
+            .bootstrap_admin_token(&hash_secret(&credentials.admin_token), now())
+            .await?;
+        let admin_tokens = store.admin_tokens().await?;
+        let mut model = Model {
+            fleet: Fleet::from_snapshot(&snapshot),
+            rendered: HashMap::new(),
+            rollouts: BTreeMap::new(),
+        };
+        for stored in store.active_rollouts().await? {
+            model.rollouts.insert(
+                stored.rollout.spec().app.clone(),
+                ActiveRollout {
+                    rollout: stored.rollout,
+                    created_by: stored.created_by,
+                    created_at: stored.created_at,
+                },
+            );
+        }
+        // Reports that arrived just before a stop may not have reached the rollouts yet:
+        // feeding every last report again is harmless (the controller counts a host once).
+        let dirty: BTreeSet<HostId> = snapshot.reports.iter().map(|(report, _)| report.host.clone()).collect();
+        let stored: HashMap<HostId, StoredManifest> = snapshot
+            .manifests
+            .into_iter()
+            .map(|manifest| (manifest.host.clone(), manifest))
+            .collect();
+        for manifest in stored.values() {
+            model.rendered.insert(manifest.host.clone(), Rendered::of(manifest));
+        }
+        let (report_queue, report_receiver) = mpsc::channel(16_384);
+        let coordinator = Coordinator {
+            admin_tokens: RwLock::new(admin_tokens),
+            admin_token_changes: Mutex::new(()),
+            config,
+            store,
+            data,
+            credentials,
+            model: Mutex::new(Model::default()),
+            slots: RwLock::new(HashMap::new()),
+            reports: std::sync::Mutex::new(
+                snapshot
+                    .reports
+                    .into_iter()
+                    .map(|(report, at)| (report.host.clone(), (report, at)))
+                    .collect(),
+            ),
+            report_queue,
+            rollout_dirty: std::sync::Mutex::new(dirty),
+            rollout_signal: Notify::new(),
+            metrics: Metrics::default(),
+        };
+        // Publish what was stored; re-render hosts whose desired state no longer matches
+        // (e.g. the database was restored) so the published state is always current.
+        let hosts: Vec<HostRecord> = model.fleet.active_hosts().cloned().collect();
+        let changed = coordinator.render(&model, &hosts, now(), RenderMode::Changed);
+        coordinator.store.save_manifests(&changed).await?;
+        for manifest in &changed {
+            model.rendered.insert(manifest.host.clone(), Rendered::of(manifest));
+        }
+        {
+            let mut slots = coordinator.slots.write().expect("slots lock");
+            for host in &hosts {
+                let resolved = model.fleet.resolve(host);
+                let manifest = changed
+                    .iter()
+                    .find(|manifest| manifest.host == host.id)
+                    .or_else(|| stored.get(&host.id))
+                    .expect("every active host has a manifest after rendering");
+                let (sender, _) = watch::channel(Arc::new(Published::of(manifest, &resolved, &model.fleet)));
+                slots.insert(
+                    host.id.clone(),
+                    Arc::new(HostSlot {
+                        identity: RwLock::new(SlotIdentity::of(host)),
+                        manifest: sender,
+                        last_seen: AtomicI64::new(0),
+                    }),
+                );
+            }
+        }
+        *coordinator.model.lock().await = model;
+        Ok((Arc::new(coordinator), Background { report_receiver }))
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// The CA, for the TLS setup.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The number of enrolled hosts (for `/metrics`).
+    pub fn host_count(&self) -> usize {
+        self.slots.read().expect("slots lock").len()
+    }
+}

@@ -1,0 +1,151 @@
+//! Releases: immutable (app, version) → artifact + spec, checked as agents check them.
+
+use drover_protocol::api::{Release, ReleaseArtifact, ReleaseRequest};
+use drover_protocol::manifest::HttpUrl;
+use drover_protocol::spec::ArtifactKind;
+use drover_protocol::{AppName, Artifact, Digest, Version};
+
+use super::error::ServiceError;
+use super::{Coordinator, now};
+
+impl Coordinator {
+    /// `drover release create`. Releases are immutable: the same version with other
+    /// content is refused; the identical request again is accepted (idempotent).
+    pub async fn create_release(&self, request: ReleaseRequest) -> Result<Release, ServiceError> {
+        let kind = match &request.artifact {
+            ReleaseArtifact::StoredTarball { .. } | ReleaseArtifact::RemoteTarball { .. } => ArtifactKind::Tarball,
+            ReleaseArtifact::Image { .. } => ArtifactKind::Image,
+        };
+        // The agent runs this same check on every manifest: what passes here runs there.
+        if let Err(error) = request.spec.check(kind) {
+            let code = if kind == ArtifactKind::Tarball && request.spec.service.command.is_none() {
+                "command_required"
+            } else {
+                "bad_spec"
+            };
+            return Err(ServiceError::BadRequest(
+                code,
+                format!("release {} {}: {error}", request.app, request.version),
+            ));
+        }
+        let artifact = match request.artifact {
+            ReleaseArtifact::StoredTarball { digest } => {
+                let size = crate::server::blobs::size_of(&self.data.blobs(), &digest)?.ok_or_else(|| {
+                    ServiceError::NotFound(
+                        "artifact_not_found",
+                        format!("no uploaded artifact {digest}; upload it first (drover release create --artifact FILE does)"),
+                    )
+                })?;
+                self.check_uploaded_program(&request.app, &request.version, &request.spec, &digest)
+                    .await?;
+                let url = HttpUrl::try_from(format!("{}/v1/artifacts/{digest}", self.config.public_url))
+                    .map_err(|error| ServiceError::BadRequest("bad_public_url", error.to_string()))?;
+                Artifact::Tarball { url, digest, size }
+            }
+            ReleaseArtifact::RemoteTarball { url, digest, size } => Artifact::Tarball { url, digest, size },
+            ReleaseArtifact::Image { reference } => {
+                crate::reference::check_pinned(&reference).map_err(|problem| {
+                    ServiceError::BadRequest(
+                        "bad_image_reference",
+                        format!("image reference {}: {problem}", reference.as_str()),
+                    )
+                })?;
+                Artifact::Oci {
+                    digest: reference.digest(),
+                    reference,
+                }
+            }
+        };
+        let release = Release {
+            app: request.app,
+            version: request.version,
+            artifact,
+            spec: request.spec,
+            created_at: now(),
+        };
+        let mut model = self.model.lock().await;
+        let key = (release.app.clone(), release.version.clone());
+        if let Some(existing) = model.fleet.releases.get(&key) {
+            if existing.artifact == release.artifact && existing.spec == release.spec {
+                return Ok(existing.clone());
+            }
+            return Err(ServiceError::Conflict(
+                "release_exists",
+                format!(
+                    "release {} {} already exists with another artifact or spec (digest {}); releases are immutable: use a new version",
+                    release.app,
+                    release.version,
+                    existing.artifact.digest()
+                ),
+            ));
+        }
+        self.store.insert_release(&release).await?;
+        model.fleet.releases.insert(key, release.clone());
+        Ok(release)
+    }
+
+    /// Refuses a release made from an upload whose tarball lacks the spec's program, or
+    /// whose program the app's user cannot execute (400 `program_not_in_tarball`,
+    /// `program_not_executable`, `not_a_tarball`): the check `drover release create` runs
+    /// before uploading ([`crate::tarball_check`]), here for every client. The same release
+    /// created again is not checked again (its answer is the existing release); a check
+    /// stopped by its limits is logged and the release accepted.
+    pub(super) async fn check_uploaded_program(
+        &self,
+        app: &AppName,
+        version: &Version,
+        spec: &drover_protocol::AppSpec,
+        digest: &Digest,
+    ) -> Result<(), ServiceError> {
+        let created_before = {
+            let model = self.model.lock().await;
+            model
+                .fleet
+                .releases
+                .get(&(app.clone(), version.clone()))
+                .is_some_and(|existing| existing.artifact.digest() == digest && &existing.spec == spec)
+        };
+        if created_before {
+            return Ok(());
+        }
+        let path = crate::server::blobs::path_of(&self.data.blobs(), digest);
+        let owned_spec = spec.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::tarball_check::check_program(&owned_spec, || std::fs::File::open(&path).map(std::io::BufReader::new))
+        })
+        .await
+        .map_err(|error| ServiceError::Io {
+            operation: "checking an uploaded artifact",
+            source: std::io::Error::other(error.to_string()),
+        })?;
+        match checked {
+            Ok(crate::tarball_check::Checked::Inconclusive(reason)) => {
+                tracing::warn!(%app, %version, %digest, "release created without checking its program: {reason}");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(crate::tarball_check::ProgramProblem::Io(detail)) => Err(ServiceError::Io {
+                operation: "reading an uploaded artifact",
+                source: std::io::Error::other(detail),
+            }),
+            Err(problem) => Err(ServiceError::BadRequest(
+                problem.code(),
+                format!("release {app} {version}: uploaded artifact {digest}: {problem}"),
+            )),
+        }
+    }
+
+    /// `drover release list APP`, newest first.
+    pub async fn releases(&self, app: &AppName) -> Vec<Release> {
+        let model = self.model.lock().await;
+        let mut releases: Vec<Release> = model
+            .fleet
+            .releases
+            .values()
+            .filter(|release| &release.app == app)
+            .cloned()
+            .collect();
+        releases.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.version.cmp(&a.version)));
+        releases
+    }
+}
