@@ -462,6 +462,11 @@ pub async fn serve(
 }
 
 fn routes(state: AppState) -> Router {
+    with_layers(api_routes(), state)
+}
+
+/// Every route of the API, before the layers that every request goes through.
+fn api_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -498,9 +503,61 @@ fn routes(state: AppState) -> Router {
         .route("/v1/admin/rollouts/{app}/history", get(rollout_history))
         .route("/v1/admin/rollouts/{app}/{command}", post(rollout_command))
         .fallback(|| async { ApiError::Service(ServiceError::NotFound("no_such_route", "no such endpoint".into())) })
+}
+
+/// The layers every request goes through, innermost first: a panicking handler becomes
+/// a 500 ([`contain_panics`]) before the request is counted, so `/metrics` counts it as
+/// an error; body limits are each route's own ([`BodyLimit`]).
+fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
+    routes
+        .layer(axum::middleware::from_fn(contain_panics))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// How much of a request's path a panic's log line and answer show.
+const MAX_LOGGED_PATH: usize = 200;
+
+/// The `ErrorBody.code` of a request whose handler panicked.
+pub const PANIC_CODE: &str = "internal";
+
+/// Turns a panic in a handler (a bug) into a 500 with an [`ErrorBody`] and an ERROR log
+/// line naming the route. Without it the panic would end the connection's task: the
+/// client would see the connection drop with no answer, and an agent's connection would
+/// go with it. Later requests still work: the service's locks do not poison. What a
+/// handler changed in memory before it panicked is not undone, which is one more reason
+/// the line says it is a bug. The panic's message and place are printed by the panic
+/// hook just before this line; the client is told only that it was logged, not what it
+/// said (the client may be anonymous).
+async fn contain_panics(request: Request, next: axum::middleware::Next) -> Response {
+    use futures_util::FutureExt as _;
+    let method = request.method().clone();
+    // hyper refuses control characters and spaces in a path; a long one is cut.
+    let route: String = request.uri().path().chars().take(MAX_LOGGED_PATH).collect();
+    match std::panic::AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(payload) => {
+            let panic = payload
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            tracing::error!(
+                %method,
+                route,
+                panic,
+                "a request handler panicked (a bug in the coordinator): answered 500; please report this line and the panic message before it"
+            );
+            let body = ErrorBody {
+                code: PANIC_CODE.to_owned(),
+                error: format!(
+                    "internal error in the coordinator while handling {method} {route}; it was logged there (please report it). A change this request asked for may or may not have been made: look before retrying"
+                ),
+            };
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+        }
+    }
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: axum::middleware::Next) -> Response {
@@ -1273,6 +1330,195 @@ async fn rollout_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scratch directory removed on drop.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_nanos());
+            let path = std::env::temp_dir().join(format!("drover-http-{name}-{}-{nanos}", std::process::id()));
+            std::fs::create_dir(&path).expect("scratch directory");
+            Scratch(path)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A real coordinator over a fresh data directory (listening on 127.0.0.1:0, which
+    /// these tests do not use: they call the router directly).
+    async fn test_coordinator(scratch: &Scratch) -> crate::server::serve::Running {
+        crate::server::serve::start(crate::server::serve::ServeOptions {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            data_dir: scratch.0.join("data"),
+            public_url: None,
+            keys: None,
+            manifest_ttl: drover_protocol::Duration::from_secs(3600),
+            server_names: Vec::new(),
+            host_certificate_validity: drover_protocol::Duration::from_secs(86_400),
+            server_certificate_validity: drover_protocol::Duration::from_secs(86_400),
+        })
+        .await
+        .expect("coordinator starts")
+    }
+
+    /// The real routes and layers plus `extra` routes, as one connection without a
+    /// client certificate sees them.
+    fn router_with(
+        extra: Router<AppState>,
+        coordinator: Arc<Coordinator>,
+        admission: Option<Arc<Admission>>,
+    ) -> impl tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone {
+        let (_, shutdown) = watch::channel(false);
+        let router = with_layers(api_routes().merge(extra), AppState { coordinator, shutdown });
+        Extension(Connection {
+            identity: None,
+            admission,
+        })
+        .layer(router)
+    }
+
+    async fn call<S>(router: &S, method: &str, path: &str, token: Option<&str>) -> (StatusCode, String)
+    where
+        S: tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone,
+    {
+        use tower::ServiceExt as _;
+        let mut request = axum::http::Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Body::empty()).expect("request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("response body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn error_code(body: &str) -> String {
+        serde_json::from_str::<ErrorBody>(body)
+            .map(|error| error.code)
+            .unwrap_or_else(|_| format!("(not an ErrorBody: {body})"))
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_500_and_the_next_requests_are_served() {
+        let scratch = Scratch::new("panic");
+        let running = test_coordinator(&scratch).await;
+        let token = running.coordinator.credentials().admin_token.clone();
+        let errors_before = running.coordinator.metrics.request_errors.get();
+        async fn panicking(_: Admin) -> StatusCode {
+            panic!("a deliberate panic in a test handler")
+        }
+        let panicking = Router::new().route("/v1/admin/test-panic", get(panicking));
+        let router = router_with(panicking, running.coordinator.clone(), None);
+
+        let (status, body) = call(&router, "GET", "/v1/admin/test-panic", Some(&token)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert_eq!(error_code(&body), PANIC_CODE);
+        assert!(body.contains("logged"), "{body}");
+        assert!(body.contains("GET /v1/admin/test-panic"), "the route: {body}");
+        assert!(
+            !body.contains("deliberate"),
+            "the panic message stays in the log: {body}"
+        );
+        assert_eq!(
+            running.coordinator.metrics.request_errors.get(),
+            errors_before + 1,
+            "counted as a failed request"
+        );
+
+        // The same router (and coordinator) keeps serving, anonymous and admin requests.
+        let (status, body) = call(&router, "GET", "/healthz", None).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
+        let (status, body) = call(&router, "GET", "/v1/admin/hosts", Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = call(&router, "GET", "/v1/admin/test-panic", Some(&token)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "a second panic too: {body}");
+        let (status, body) = call(&router, "GET", "/v1/admin/status", Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn every_admin_route_refuses_a_request_without_a_valid_token() {
+        let scratch = Scratch::new("admin");
+        let running = test_coordinator(&scratch).await;
+        let router = router_with(Router::new(), running.coordinator.clone(), None);
+        let admin_routes = [
+            ("POST", "/v1/admin/tokens"),
+            ("GET", "/v1/admin/admin-tokens"),
+            ("POST", "/v1/admin/admin-tokens"),
+            ("DELETE", "/v1/admin/admin-tokens/ops"),
+            ("GET", "/v1/admin/hosts"),
+            ("GET", "/v1/admin/hosts/web-1"),
+            ("DELETE", "/v1/admin/hosts/web-1"),
+            ("PUT", "/v1/admin/hosts/web-1/labels"),
+            ("GET", "/v1/admin/hosts/web-1/history"),
+            ("GET", "/v1/admin/groups"),
+            ("POST", "/v1/admin/groups"),
+            ("DELETE", "/v1/admin/groups/eu"),
+            ("POST", "/v1/admin/artifacts"),
+            ("POST", "/v1/admin/releases"),
+            ("GET", "/v1/admin/releases/web"),
+            ("GET", "/v1/admin/pins"),
+            ("PUT", "/v1/admin/pins"),
+            ("DELETE", "/v1/admin/pins"),
+            ("GET", "/v1/admin/pins/web"),
+            ("PUT", "/v1/admin/holds"),
+            ("DELETE", "/v1/admin/holds"),
+            ("GET", "/v1/admin/status"),
+            ("POST", "/v1/admin/rollouts"),
+            ("POST", "/v1/admin/rollouts/plan"),
+            ("GET", "/v1/admin/rollouts/web"),
+            ("GET", "/v1/admin/rollouts/web/history"),
+            ("POST", "/v1/admin/rollouts/web/pause"),
+        ];
+        for (method, path) in admin_routes {
+            let (status, body) = call(&router, method, path, None).await;
+            assert_eq!(
+                (status, error_code(&body).as_str()),
+                (StatusCode::UNAUTHORIZED, "admin_token_missing"),
+                "{method} {path}: {body}"
+            );
+            let (status, body) = call(&router, method, path, Some("wrong")).await;
+            assert_eq!(
+                (status, error_code(&body).as_str()),
+                (StatusCode::UNAUTHORIZED, "admin_token_invalid"),
+                "{method} {path}: {body}"
+            );
+        }
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_valid_admin_token_takes_the_connection_out_of_the_unauthenticated_budget() {
+        let scratch = Scratch::new("budget");
+        let running = test_coordinator(&scratch).await;
+        let token = running.coordinator.credentials().admin_token.clone();
+        let budget = Unauthenticated::new(4);
+        let (admission, _) = budget.admit();
+        let router = router_with(Router::new(), running.coordinator.clone(), Some(Arc::new(admission)));
+        let (status, _) = call(&router, "GET", "/v1/admin/hosts", Some("wrong")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            budget.evict_oldest(),
+            "a wrong token leaves the connection in the budget"
+        );
+        let (admission, _) = budget.admit();
+        let router = router_with(Router::new(), running.coordinator.clone(), Some(Arc::new(admission)));
+        let (status, body) = call(&router, "GET", "/v1/admin/hosts", Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(!budget.evict_oldest(), "the operator's connection left the budget");
+        running.stop().await;
+    }
 
     fn authorization(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
