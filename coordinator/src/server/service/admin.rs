@@ -282,3 +282,126 @@ impl Coordinator {
         Ok(admin_token_info(record, now))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use drover_protocol::api::{AdminTokenRequest, AdminTokenState, BOOTSTRAP_TOKEN_NAME};
+    use drover_protocol::{Duration, Timestamp};
+
+    use super::{admin_token_info, check_reason};
+    use crate::server::service::testing::{code, coordinator, name, operator};
+    use crate::server::store::AdminTokenRecord;
+
+    #[test]
+    fn a_reason_is_trimmed_an_empty_one_is_none_and_a_long_one_refused() {
+        assert_eq!(check_reason(None).expect("none"), None);
+        assert_eq!(check_reason(Some("   ")).expect("blank"), None);
+        assert_eq!(
+            check_reason(Some("  disk full on web-3 ")).expect("reason"),
+            Some("disk full on web-3".to_owned())
+        );
+        assert!(
+            check_reason(Some(&"é".repeat(500))).is_ok(),
+            "500 characters, not bytes"
+        );
+        let error = check_reason(Some(&"x".repeat(501))).expect_err("too long");
+        assert_eq!(code(&error), "bad_reason");
+    }
+
+    #[test]
+    fn a_token_is_active_then_expired_and_revoked_wins() {
+        let created = Timestamp::from_unix(1_000_000);
+        let mut token = AdminTokenRecord {
+            name: name("ci"),
+            hash: "00".repeat(32),
+            created_at: created,
+            created_by: "admin".to_owned(),
+            expires_at: Some(created.plus(Duration::from_secs(60))),
+            revoked_at: None,
+            revoked_by: None,
+            last_used_at: None,
+        };
+        assert_eq!(admin_token_info(&token, created).state, AdminTokenState::Active);
+        let later = created.plus(Duration::from_secs(60));
+        assert_eq!(admin_token_info(&token, later).state, AdminTokenState::Expired);
+        token.revoked_at = Some(created);
+        assert_eq!(admin_token_info(&token, later).state, AdminTokenState::Revoked);
+    }
+
+    #[tokio::test]
+    async fn check_admin_names_the_token_and_refuses_missing_wrong_and_revoked_ones() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        let admin = service
+            .check_admin(Some(&test.admin_secret))
+            .await
+            .expect("bootstrap token");
+        assert_eq!(admin.name(), BOOTSTRAP_TOKEN_NAME);
+        assert_eq!(
+            code(&service.check_admin(None).await.expect_err("missing")),
+            "admin_token_missing"
+        );
+        assert_eq!(
+            code(&service.check_admin(Some("not-a-token")).await.expect_err("wrong")),
+            "admin_token_invalid"
+        );
+        let created = service
+            .create_admin_token(
+                AdminTokenRequest {
+                    name: name("ci"),
+                    ttl: None,
+                },
+                &admin,
+            )
+            .await
+            .expect("create");
+        assert_eq!(
+            service.check_admin(Some(&created.token)).await.expect("ci").name(),
+            "ci"
+        );
+        service.revoke_admin_token(&name("ci"), &admin).await.expect("revoke");
+        assert_eq!(
+            code(&service.check_admin(Some(&created.token)).await.expect_err("revoked")),
+            "admin_token_revoked"
+        );
+    }
+
+    #[tokio::test]
+    async fn admin_token_names_are_unique_and_the_last_valid_token_stays() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        let error = service
+            .create_admin_token(
+                AdminTokenRequest {
+                    name: name(BOOTSTRAP_TOKEN_NAME),
+                    ttl: None,
+                },
+                &operator(),
+            )
+            .await
+            .expect_err("reserved");
+        assert_eq!(code(&error), "reserved_token_name");
+        let error = service
+            .create_admin_token(
+                AdminTokenRequest {
+                    name: name("ci"),
+                    ttl: Some(Duration::from_millis(500)),
+                },
+                &operator(),
+            )
+            .await
+            .expect_err("ttl under a second");
+        assert_eq!(code(&error), "bad_ttl");
+        let error = service
+            .revoke_admin_token(&name(BOOTSTRAP_TOKEN_NAME), &operator())
+            .await
+            .expect_err("the last valid token");
+        assert_eq!(code(&error), "last_admin_token");
+        let error = service
+            .revoke_admin_token(&name("nobody"), &operator())
+            .await
+            .expect_err("unknown");
+        assert_eq!(code(&error), "admin_token_not_found");
+        assert_eq!(service.admin_tokens().len(), 1, "nothing was created or revoked");
+    }
+}

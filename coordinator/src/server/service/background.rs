@@ -69,3 +69,51 @@ pub(super) fn until(at: Timestamp) -> std::time::Duration {
     let millis = u64::try_from(at_millis.saturating_sub(now_millis)).unwrap_or(u64::MAX);
     std::time::Duration::from_millis(millis.saturating_add(20))
 }
+
+#[cfg(test)]
+mod tests {
+    use drover_protocol::api::Pin;
+    use drover_protocol::report::AppState;
+    use drover_protocol::{Duration, Timestamp};
+    use tokio::sync::watch;
+
+    use super::until;
+    use crate::server::service::testing::{coordinator, name, operator, report};
+
+    #[test]
+    fn a_timer_in_the_past_is_due_at_once_and_one_ahead_waits_for_it() {
+        let now = Timestamp::from_system(std::time::SystemTime::now());
+        assert_eq!(
+            until(now.minus(Duration::from_secs(10))),
+            std::time::Duration::from_millis(20)
+        );
+        let ahead = until(now.plus(Duration::from_secs(3)));
+        assert!(ahead > std::time::Duration::from_secs(1) && ahead <= std::time::Duration::from_millis(3020));
+    }
+
+    #[tokio::test]
+    async fn reports_still_queued_at_shutdown_are_stored() {
+        let mut test = coordinator().await;
+        let service = test.coordinator.clone();
+        test.join("web-1", &[]).await;
+        test.release("web", "1.0.0").await;
+        let pin = Pin {
+            app: name("web"),
+            version: name("1.0.0"),
+            scope: drover_protocol::api::Scope::Fleet,
+        };
+        service.pin(pin, &operator(), None).await.expect("pin");
+        service
+            .report(&name("web-1"), report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
+            .expect("report");
+        // Told to stop before it starts: all it does is flush the queue.
+        let (shutdown, receiver) = watch::channel(false);
+        shutdown.send_replace(true);
+        drop(shutdown);
+        let background = test.background.take().expect("background");
+        background.run(service.clone(), receiver).await;
+        let stored = service.store.load().await.expect("load").reports;
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert_eq!(stored[0].0.host.as_str(), "web-1");
+    }
+}

@@ -372,3 +372,134 @@ impl Coordinator {
         Ok(self.applied(&mut model, &manifests).hosts_changed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use drover_protocol::api::{Pin, Scope};
+    use drover_protocol::manifest::{MAX_APPS, MAX_MANIFEST_BYTES};
+    use drover_protocol::{AppName, HostId};
+
+    use super::{manifests_with, refuse_oversized, refuse_too_many_apps};
+    use crate::server::service::testing::{code, coordinator, name, operator};
+
+    fn pin(app: &str, version: &str, scope: Scope) -> Pin {
+        Pin {
+            app: name(app),
+            version: name(version),
+            scope,
+        }
+    }
+
+    #[test]
+    fn manifests_over_the_agents_limits_are_refused_naming_the_host() {
+        let host: HostId = name("web-1");
+        refuse_too_many_apps("pinning", &host, MAX_APPS).expect("at the limit");
+        let error = refuse_too_many_apps("pinning", &host, MAX_APPS + 1).expect_err("over");
+        assert_eq!(code(&error), "too_many_apps");
+        assert!(error.to_string().contains("web-1"), "{error}");
+        refuse_oversized("pinning", &host, MAX_MANIFEST_BYTES, 1).expect("at the limit");
+        let error = refuse_oversized("pinning", &host, MAX_MANIFEST_BYTES + 1, 3).expect_err("over");
+        assert_eq!(code(&error), "manifest_too_large");
+        assert!(error.to_string().contains("and 2 more hosts over"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_pin_re_signs_only_what_changes_and_publishes_it() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        let web1 = test.join("web-1", &[]).await;
+        test.join("web-2", &[]).await;
+        test.release("web", "1.0.0").await;
+        let slot = service.host_slot(Some(&web1)).expect("slot");
+        let mut updates = slot.subscribe();
+        let changed = service
+            .pin(pin("web", "1.0.0", Scope::Host(name("web-1"))), &operator(), None)
+            .await
+            .expect("pin");
+        assert_eq!(changed.hosts_changed, 1, "only web-1 is re-signed");
+        assert!(updates.has_changed().expect("sender alive"), "web-1's long-polls wake");
+        let published = updates.borrow_and_update().clone();
+        assert_eq!(published.serial, 2);
+        assert_eq!(published.versions.get(&name::<AppName>("web")), Some(&name("1.0.0")));
+        assert_eq!(published.digests.len(), 1, "the release's artifact may be downloaded");
+        // The fleet pin changes web-2 only: web-1's host pin outranks it.
+        let changed = service
+            .pin(pin("web", "1.0.0", Scope::Fleet), &operator(), Some("everyone"))
+            .await
+            .expect("fleet pin");
+        assert_eq!(changed.hosts_changed, 1);
+        assert!(!updates.has_changed().expect("sender alive"));
+        assert_eq!(service.refresh().await.expect("refresh"), 0, "nothing is near expiry");
+    }
+
+    #[tokio::test]
+    async fn pins_and_holds_refuse_what_does_not_exist_and_a_repeated_hold_records_nothing() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        test.join("web-1", &[]).await;
+        test.release("web", "1.0.0").await;
+        let refused = [
+            (pin("web", "9.9.9", Scope::Fleet), "release_not_found"),
+            (pin("web", "1.0.0", Scope::Group("nope".to_owned())), "group_not_found"),
+            (pin("web", "1.0.0", Scope::Host(name("web-9"))), "host_not_found"),
+        ];
+        for (request, expected) in refused {
+            let error = service.pin(request, &operator(), None).await.expect_err("refused");
+            assert_eq!(code(&error), expected);
+        }
+        let error = service
+            .unpin(name("web"), Scope::Fleet, &operator(), None)
+            .await
+            .expect_err("no pin");
+        assert_eq!(code(&error), "pin_not_found");
+        let error = service
+            .pin(pin("web", "1.0.0", Scope::Fleet), &operator(), Some(&"x".repeat(501)))
+            .await
+            .expect_err("long reason");
+        assert_eq!(code(&error), "bad_reason");
+
+        assert_eq!(
+            service
+                .hold(Scope::Fleet, true, &operator(), None)
+                .await
+                .expect("hold")
+                .hosts_changed,
+            1
+        );
+        assert_eq!(
+            service
+                .hold(Scope::Fleet, true, &operator(), None)
+                .await
+                .expect("again")
+                .hosts_changed,
+            0
+        );
+        let holds = service.pins(None).await.expect("pins").holds;
+        assert_eq!(holds.len(), 1, "{holds:?}");
+        assert_eq!(
+            service
+                .hold(Scope::Fleet, false, &operator(), None)
+                .await
+                .expect("unhold")
+                .hosts_changed,
+            1
+        );
+        assert!(service.pins(None).await.expect("pins").holds.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_size_bound_of_a_rollout_counts_each_distinct_desired_state_once() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        test.join("web-1", &[]).await;
+        test.join("web-22", &[]).await;
+        test.release("web", "1.0.0").await;
+        let model = service.model.lock().await;
+        let sizes = manifests_with(&model.fleet, &name("web"), &name("1.0.0"));
+        assert_eq!(sizes.len(), 1, "both hosts would get the same desired state");
+        let (host, size, apps) = &sizes[0];
+        assert_eq!(host.as_str(), "web-22", "the longest id stands for them");
+        assert_eq!(*apps, 1);
+        assert!(*size > 0 && *size < MAX_MANIFEST_BYTES);
+    }
+}

@@ -366,3 +366,132 @@ impl Coordinator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use drover_protocol::api::{JoinRequest, TokenRequest};
+    use drover_protocol::{Duration, HostId};
+
+    use super::token_error;
+    use crate::server::pki::make_host_csr;
+    use crate::server::service::testing::{code, coordinator, facts, name, operator};
+    use crate::server::store::TokenProblem;
+
+    fn token_request(ttl: Duration, replace: Option<HostId>) -> TokenRequest {
+        TokenRequest {
+            labels: Default::default(),
+            ttl,
+            replace,
+            allow_loopback: false,
+        }
+    }
+
+    #[test]
+    fn token_problems_map_to_their_codes() {
+        assert_eq!(code(&token_error(TokenProblem::Unknown)), "token_unknown");
+        assert_eq!(code(&token_error(TokenProblem::Used)), "token_used");
+        assert_eq!(code(&token_error(TokenProblem::Expired)), "token_expired");
+    }
+
+    #[tokio::test]
+    async fn a_join_token_is_refused_outside_1s_to_30d() {
+        let test = coordinator().await;
+        for ttl in [Duration::from_secs(0), Duration::from_secs(30 * 86_400 + 1)] {
+            let error = test
+                .coordinator
+                .create_token(token_request(ttl, None), &operator())
+                .await
+                .expect_err("bad ttl");
+            assert_eq!(code(&error), "bad_ttl");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_enrolls_once_and_a_taken_id_needs_a_replace_token() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        let identity = test.join("web-1", &[("role", "web")]).await;
+        let slot = service
+            .host_slot(Some(&identity))
+            .expect("the new certificate proves the host");
+        assert_eq!(slot.subscribe().borrow().serial, 1);
+
+        let token = service
+            .create_token(token_request(Duration::from_secs(600), None), &operator())
+            .await
+            .expect("token");
+        let join = |token: &str| JoinRequest {
+            token: token.to_owned(),
+            host_id: name("web-1"),
+            csr_pem: make_host_csr(&name("web-1")).expect("csr").0,
+            facts: facts(),
+        };
+        let error = service.join(join(&token.token)).await.expect_err("id taken");
+        assert_eq!(code(&error), "host_exists");
+        // The refused join left the token unused: it still enrolls another id.
+        let mut other = join(&token.token);
+        other.host_id = name("web-2");
+        other.csr_pem = make_host_csr(&name("web-2")).expect("csr").0;
+        service.join(other).await.expect("web-2 joins with the same token");
+        let error = service.join(join(&token.token)).await.expect_err("used");
+        assert_eq!(code(&error), "token_used");
+
+        let replace = service
+            .create_token(
+                token_request(Duration::from_secs(600), Some(name("web-1"))),
+                &operator(),
+            )
+            .await
+            .expect("replace token");
+        let replaced = service.join(join(&replace.token)).await.expect("re-join");
+        assert_eq!(replaced.host_id.as_str(), "web-1");
+        let error = service.host_slot(Some(&identity)).expect_err("the old key is out");
+        assert_eq!(code(&error), "certificate_replaced");
+        assert_eq!(
+            code(&service.host_slot(None).expect_err("no certificate")),
+            "client_certificate_required"
+        );
+    }
+
+    #[tokio::test]
+    async fn renewal_keeps_the_key_and_is_in_the_host_history() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        let host: HostId = name("web-1");
+        let token = service
+            .create_token(token_request(Duration::from_secs(600), None), &operator())
+            .await
+            .expect("token");
+        let (csr_pem, key_pem) = make_host_csr(&host).expect("csr");
+        let joined = service
+            .join(JoinRequest {
+                token: token.token,
+                host_id: host.clone(),
+                csr_pem,
+                facts: facts(),
+            })
+            .await
+            .expect("join");
+        let identity = crate::server::pki::PeerIdentity::from_certificate(
+            &crate::server::pki::certificate_der(&joined.certificate_pem).expect("pem"),
+        )
+        .expect("identity");
+        let other_key = make_host_csr(&host).expect("csr").0;
+        let error = service
+            .renew_certificate(&identity, &other_key)
+            .await
+            .expect_err("another key");
+        assert_eq!(code(&error), "csr_key_mismatch");
+        let same_key = crate::server::pki::csr_for_key(&host, &key_pem).expect("csr");
+        service.renew_certificate(&identity, &same_key).await.expect("renewal");
+        // The old certificate carries the same key: it still proves the host.
+        service.host_slot(Some(&identity)).expect("old certificate still valid");
+        let history = service.host_history(&host).await.expect("history");
+        assert!(
+            history
+                .iter()
+                .any(|entry| entry.who == crate::server::service::HOST_RENEWAL_ACTOR),
+            "{history:?}"
+        );
+    }
+}

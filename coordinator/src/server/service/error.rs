@@ -43,3 +43,24 @@ pub enum ServiceError {
         source: std::io::Error,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceError;
+
+    #[test]
+    fn the_message_is_what_the_operator_reads() {
+        let error = ServiceError::Conflict("group_in_use", "group eu has pins or holds".into());
+        assert_eq!(error.to_string(), "group eu has pins or holds");
+        let error = ServiceError::Io {
+            operation: "reading an uploaded artifact",
+            source: std::io::Error::other("disk gone"),
+        };
+        assert_eq!(error.to_string(), "reading an uploaded artifact: disk gone");
+        let error = ServiceError::RangeNotSatisfiable {
+            message: "range starts past the end".into(),
+            size: 10,
+        };
+        assert_eq!(error.to_string(), "range starts past the end");
+    }
+}

@@ -297,3 +297,110 @@ impl Coordinator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use drover_protocol::api::{Group, Labels, Pin, Scope};
+    use drover_protocol::{HostId, Version};
+
+    use super::{check_group_name, check_labels};
+    use crate::server::service::testing::{code, coordinator, name, operator};
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn labels_are_short_plain_words_and_at_most_64() {
+        check_labels(&labels(&[("role", "web"), ("zone", "eu-west/1.a_b")])).expect("plain labels");
+        for bad in [("", "web"), ("role", ""), ("role", "web server"), ("rôle", "web")] {
+            let error = check_labels(&labels(&[bad])).expect_err("bad label");
+            assert_eq!(code(&error), "bad_labels", "{bad:?}");
+        }
+        let long = "x".repeat(64);
+        assert_eq!(
+            code(&check_labels(&labels(&[("role", &long)])).expect_err("64 long")),
+            "bad_labels"
+        );
+        let many: Labels = (0..65).map(|n| (format!("k{n}"), "v".to_owned())).collect();
+        assert_eq!(code(&check_labels(&many).expect_err("65 labels")), "bad_labels");
+        // A hostile label is quoted and cut in the message.
+        let error = check_labels(&labels(&[(&"\n".repeat(200), "v")])).expect_err("newlines");
+        assert!(error.to_string().len() < 600, "{error}");
+    }
+
+    #[test]
+    fn group_names_are_app_names() {
+        check_group_name("web-eu").expect("plain");
+        for bad in ["", "Web", "web eu", "../x"] {
+            assert_eq!(
+                code(&check_group_name(bad).expect_err("bad")),
+                "bad_group_name",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn labels_move_a_host_into_a_groups_pin() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        test.join("web-1", &[]).await;
+        test.release("web", "1.0.0").await;
+        let group = Group {
+            name: "eu".to_owned(),
+            selector: labels(&[("zone", "eu")]),
+        };
+        assert_eq!(service.put_group(group).await.expect("group").hosts_changed, 0);
+        let pin = Pin {
+            app: name("web"),
+            version: name("1.0.0"),
+            scope: Scope::Group("eu".to_owned()),
+        };
+        assert_eq!(service.pin(pin, &operator(), None).await.expect("pin").hosts_changed, 0);
+        let host: HostId = name("web-1");
+        let changed = service
+            .label_host(&host, labels(&[("zone", "eu")]), Vec::new())
+            .await
+            .expect("label");
+        assert_eq!(changed.hosts_changed, 1);
+        let summary = service.host(&host).await.expect("host").summary;
+        let desired = summary.apps.get(&name("web")).and_then(|app| app.desired.clone());
+        assert_eq!(desired, Some(name::<Version>("1.0.0")));
+        let error = service.delete_group("eu").await.expect_err("pinned group");
+        assert_eq!(code(&error), "group_in_use");
+        let error = service
+            .put_group(Group {
+                name: "all".to_owned(),
+                selector: Labels::new(),
+            })
+            .await
+            .expect_err("empty selector");
+        assert_eq!(code(&error), "empty_selector");
+    }
+
+    #[tokio::test]
+    async fn a_removed_host_is_gone_from_the_list_and_its_certificate_refused() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        let identity = test.join("web-1", &[]).await;
+        let host: HostId = name("web-1");
+        service.remove_host(&host, &operator()).await.expect("remove");
+        assert!(service.hosts().await.is_empty());
+        assert_eq!(
+            code(&service.host_slot(Some(&identity)).expect_err("removed")),
+            "host_removed"
+        );
+        assert_eq!(code(&service.host(&host).await.expect_err("removed")), "host_not_found");
+        // Its history stays.
+        let history = service.host_history(&host).await.expect("history");
+        assert!(history.iter().any(|entry| entry.who == "tester"), "{history:?}");
+        assert_eq!(
+            code(&service.remove_host(&host, &operator()).await.expect_err("twice")),
+            "host_not_found"
+        );
+    }
+}

@@ -310,3 +310,199 @@ impl Coordinator {
         self.slots.read().expect("slots lock").len()
     }
 }
+
+/// A coordinator over a store in a temporary directory, for the modules' unit tests, and
+/// the few requests they need to set up a fleet (join a host, create a release).
+#[cfg(test)]
+mod testing {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use drover_protocol::api::{JoinRequest, Labels, ReleaseArtifact, ReleaseRequest, TokenRequest};
+    use drover_protocol::report::{AgentFacts, AppReport, AppState};
+    use drover_protocol::{AppName, AppSpec, Digest, Duration, HostId, HostReport, Timestamp, Version};
+
+    use super::{Background, Config, Coordinator, Operator, ServiceError};
+    use crate::datadir::DataDir;
+    use crate::server::pki::{PeerIdentity, certificate_der, make_host_csr};
+    use crate::server::store::Store;
+
+    /// A started coordinator; its data directory is deleted when dropped.
+    #[derive(Debug)]
+    pub(crate) struct TestCoordinator {
+        pub(crate) coordinator: Arc<Coordinator>,
+        /// The background tasks, not running: tests drive what they need by hand.
+        pub(crate) background: Option<Background>,
+        /// The bootstrap admin token's secret.
+        pub(crate) admin_secret: String,
+        dir: PathBuf,
+    }
+
+    impl Drop for TestCoordinator {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// The API code of an error (the first field of the coded variants).
+    pub(crate) fn code(error: &ServiceError) -> &'static str {
+        match error {
+            ServiceError::BadRequest(code, _)
+            | ServiceError::Unauthorized(code, _)
+            | ServiceError::Forbidden(code, _)
+            | ServiceError::NotFound(code, _)
+            | ServiceError::Conflict(code, _)
+            | ServiceError::Gone(code, _)
+            | ServiceError::TooLarge(code, _)
+            | ServiceError::Unavailable(code, _) => code,
+            other => panic!("no code: {other}"),
+        }
+    }
+
+    /// The operator every test change is made by.
+    pub(crate) fn operator() -> Operator {
+        Operator::new("tester".parse().expect("token name"))
+    }
+
+    pub(crate) fn name<T: std::str::FromStr>(text: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        text.parse().expect("a valid name")
+    }
+
+    /// Starts a coordinator over a fresh data directory.
+    pub(crate) async fn coordinator() -> TestCoordinator {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "drover-service-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = DataDir::new(&dir);
+        let now = Timestamp::from_system(std::time::SystemTime::now());
+        let credentials = crate::server::setup::prepare(&data, None, now).expect("data directory");
+        let admin_secret = credentials.admin_token.clone();
+        let store = Store::open(&data.database()).await.expect("store");
+        let config = Config {
+            public_url: "https://10.0.0.5:8443".to_owned(),
+            listen: "10.0.0.5:8443".parse().expect("address"),
+            loopback_trap: None,
+            manifest_ttl: Duration::from_secs(3600),
+            refresh_interval: Duration::from_secs(60),
+            host_certificate_validity: Duration::from_secs(30 * 86_400),
+        };
+        let (coordinator, background) = Coordinator::start(config, store, data, credentials)
+            .await
+            .expect("coordinator starts");
+        TestCoordinator {
+            coordinator,
+            background: Some(background),
+            admin_secret,
+            dir,
+        }
+    }
+
+    impl TestCoordinator {
+        /// Joins `host` with `labels` through a join token, as an agent does; returns the
+        /// identity its client certificate proves.
+        pub(crate) async fn join(&self, host: &str, labels: &[(&str, &str)]) -> PeerIdentity {
+            let labels: Labels = labels
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect();
+            let token = self
+                .coordinator
+                .create_token(
+                    TokenRequest {
+                        labels,
+                        ttl: Duration::from_secs(600),
+                        replace: None,
+                        allow_loopback: false,
+                    },
+                    &operator(),
+                )
+                .await
+                .expect("token");
+            let host_id: HostId = name(host);
+            let (csr_pem, _key) = make_host_csr(&host_id).expect("csr");
+            let joined = self
+                .coordinator
+                .join(JoinRequest {
+                    token: token.token,
+                    host_id,
+                    csr_pem,
+                    facts: facts(),
+                })
+                .await
+                .expect("join");
+            PeerIdentity::from_certificate(&certificate_der(&joined.certificate_pem).expect("pem")).expect("identity")
+        }
+
+        /// Creates release `app` `version` of a remote tarball.
+        pub(crate) async fn release(&self, app: &str, version: &str) {
+            self.coordinator
+                .create_release(release_request(app, version, "bin/app"))
+                .await
+                .expect("release");
+        }
+    }
+
+    /// A release request of a remote tarball whose spec runs `program`.
+    pub(crate) fn release_request(app: &str, version: &str, program: &str) -> ReleaseRequest {
+        let spec: AppSpec = toml::from_str(&format!("[service]\ncommand = [\"{program}\"]\n")).expect("spec");
+        ReleaseRequest {
+            app: name(app),
+            version: name(version),
+            spec,
+            artifact: ReleaseArtifact::RemoteTarball {
+                url: format!("https://artifacts.example/{app}-{version}.tar.gz")
+                    .try_into()
+                    .expect("url"),
+                digest: Digest::of(format!("{app} {version}").as_bytes()),
+                size: 1000,
+            },
+        }
+    }
+
+    pub(crate) fn facts() -> AgentFacts {
+        AgentFacts {
+            agent_version: "test".to_owned(),
+            os: "linux".to_owned(),
+            arch: "x86_64".to_owned(),
+        }
+    }
+
+    /// A report of `host` running each `(app, version, state)`.
+    pub(crate) fn report(host: &str, apps: &[(&str, &str, AppState)]) -> HostReport {
+        HostReport {
+            schema: drover_protocol::report::REPORT_SCHEMA,
+            host: name(host),
+            sent_at: Timestamp::from_system(std::time::SystemTime::now()),
+            manifest_serial: None,
+            held: false,
+            manifest_rejection: None,
+            facts: facts(),
+            apps: apps
+                .iter()
+                .map(|(app, version, state)| {
+                    let version: Version = name(version);
+                    (
+                        name::<AppName>(app),
+                        AppReport {
+                            current: Some(version.clone()),
+                            desired: Some(version),
+                            state: *state,
+                            health: None,
+                            last_error: None,
+                            bad_versions: Vec::new(),
+                        },
+                    )
+                })
+                .collect(),
+            events: Vec::new(),
+        }
+    }
+}

@@ -149,3 +149,64 @@ impl Coordinator {
         releases
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use drover_protocol::AppName;
+
+    use crate::server::service::testing::{code, coordinator, name, release_request};
+
+    #[tokio::test]
+    async fn releases_are_immutable_and_the_same_request_again_is_accepted() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        let first = service
+            .create_release(release_request("web", "1.0.0", "bin/app"))
+            .await
+            .expect("create");
+        let again = service
+            .create_release(release_request("web", "1.0.0", "bin/app"))
+            .await
+            .expect("the identical request again");
+        assert_eq!(first, again);
+        let error = service
+            .create_release(release_request("web", "1.0.0", "bin/other"))
+            .await
+            .expect_err("other spec");
+        assert_eq!(code(&error), "release_exists");
+        service
+            .create_release(release_request("web", "1.1.0", "bin/app"))
+            .await
+            .expect("next version");
+        let versions: Vec<String> = service
+            .releases(&name::<AppName>("web"))
+            .await
+            .iter()
+            .map(|release| release.version.to_string())
+            .collect();
+        assert_eq!(versions.len(), 2);
+        assert!(versions.contains(&"1.0.0".to_owned()) && versions.contains(&"1.1.0".to_owned()));
+        assert!(service.releases(&name::<AppName>("api")).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_upload_must_exist_and_a_spec_agents_refuse_is_refused() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        let mut request = release_request("web", "1.0.0", "bin/app");
+        request.artifact = drover_protocol::api::ReleaseArtifact::StoredTarball {
+            digest: drover_protocol::Digest::of(b"never uploaded"),
+        };
+        assert_eq!(
+            code(&service.create_release(request).await.expect_err("no upload")),
+            "artifact_not_found"
+        );
+        let mut request = release_request("web", "1.0.0", "bin/app");
+        request.spec.service.command = None;
+        assert_eq!(
+            code(&service.create_release(request).await.expect_err("no command")),
+            "command_required"
+        );
+        assert!(service.releases(&name::<AppName>("web")).await.is_empty());
+    }
+}

@@ -116,3 +116,56 @@ impl Coordinator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use drover_protocol::report::AppState;
+
+    use super::same_app_states;
+    use crate::server::service::testing::{code, coordinator, report};
+
+    #[test]
+    fn only_current_desired_and_state_make_a_report_new_for_rollouts() {
+        let old = report("web-1", &[("web", "1.0.0", AppState::Healthy)]);
+        let mut same = old.clone();
+        same.sent_at = same.sent_at.plus(drover_protocol::Duration::from_secs(30));
+        same.apps
+            .values_mut()
+            .for_each(|app| app.health = Some("ok".to_owned()));
+        assert!(same_app_states(&old, &same));
+        let failed = report("web-1", &[("web", "1.0.0", AppState::Failed)]);
+        assert!(!same_app_states(&old, &failed));
+        let upgraded = report("web-1", &[("web", "1.1.0", AppState::Healthy)]);
+        assert!(!same_app_states(&old, &upgraded));
+        let another_app = report(
+            "web-1",
+            &[("web", "1.0.0", AppState::Healthy), ("api", "2.0.0", AppState::Healthy)],
+        );
+        assert!(!same_app_states(&old, &another_app));
+    }
+
+    #[tokio::test]
+    async fn a_host_reports_only_for_itself_and_only_apps_it_was_given() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        test.join("web-1", &[]).await;
+        test.release("web", "1.0.0").await;
+        let error = service
+            .report(
+                &"web-2".parse().expect("id"),
+                report("web-1", &[("web", "1.0.0", AppState::Healthy)]),
+            )
+            .expect_err("another host's report");
+        assert_eq!(code(&error), "wrong_host");
+        // Nothing pins web to web-1: a report of it is invented and dropped.
+        service
+            .report(
+                &"web-1".parse().expect("id"),
+                report("web-1", &[("web", "1.0.0", AppState::Healthy)]),
+            )
+            .expect("report");
+        assert_eq!(service.metrics.report_apps_ignored.get(), 1);
+        let host = service.host(&"web-1".parse().expect("id")).await.expect("host");
+        assert!(host.summary.apps.is_empty(), "{:?}", host.summary.apps);
+    }
+}

@@ -459,3 +459,131 @@ impl Coordinator {
             .min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use drover_protocol::api::{Pin, RolloutPhase, RolloutRequest, Scope};
+    use drover_protocol::report::AppState;
+    use drover_protocol::{AppName, HostId};
+
+    use super::{refuse_pins_in_the_way, rollout_spec};
+    use crate::server::fleet::Fleet;
+    use crate::server::rollout::PlanHost;
+    use crate::server::service::RolloutCommand;
+    use crate::server::service::testing::{code, coordinator, name, operator, report};
+
+    fn request(stages: &str) -> RolloutRequest {
+        RolloutRequest {
+            app: "web".to_owned(),
+            version: "1.0.0".to_owned(),
+            stages: Some(stages.to_owned()),
+            ..RolloutRequest::default()
+        }
+    }
+
+    fn plan_host(id: &str, groups: &[&str]) -> PlanHost {
+        PlanHost {
+            id: name(id),
+            groups: groups.iter().map(|group| (*group).to_owned()).collect::<BTreeSet<_>>(),
+            current: None,
+        }
+    }
+
+    #[test]
+    fn the_defaults_make_a_valid_spec_and_every_bad_field_is_named() {
+        let spec = rollout_spec(&RolloutRequest {
+            app: "web".to_owned(),
+            version: "1.0.0".to_owned(),
+            ..RolloutRequest::default()
+        })
+        .expect("the defaults parse");
+        assert_eq!(spec.app.as_str(), "web");
+        let error = rollout_spec(&RolloutRequest {
+            bake: Some("soon".to_owned()),
+            max_in_flight: Some("-3".to_owned()),
+            ..request("canary")
+        })
+        .expect_err("bad fields");
+        assert_eq!(code(&error), "bad_rollout_spec");
+        let message = error.to_string();
+        assert!(message.contains("bake") && message.contains("max"), "{message}");
+    }
+
+    #[test]
+    fn host_and_group_pins_over_moved_hosts_are_in_the_way() {
+        let mut fleet = Fleet::default();
+        let hosts = [plan_host("web-1", &["eu"]), plan_host("web-2", &[])];
+        let app: AppName = name("web");
+        refuse_pins_in_the_way(&fleet, &app, &hosts).expect("no pins");
+        fleet
+            .pins
+            .insert((name("api"), Scope::Host(name("web-1"))), name("2.0.0"));
+        fleet
+            .pins
+            .insert((app.clone(), Scope::Group("us".to_owned())), name("0.9.0"));
+        fleet.pins.insert((app.clone(), Scope::Fleet), name("0.9.0"));
+        refuse_pins_in_the_way(&fleet, &app, &hosts).expect("another app's pin, an unrelated group, the fleet pin");
+        fleet
+            .pins
+            .insert((app.clone(), Scope::Host(name("web-2"))), name("0.9.0"));
+        fleet
+            .pins
+            .insert((app.clone(), Scope::Group("eu".to_owned())), name("0.8.0"));
+        let error = refuse_pins_in_the_way(&fleet, &app, &hosts).expect_err("in the way");
+        assert_eq!(code(&error), "pins_in_the_way");
+        let message = error.to_string();
+        assert!(message.contains("--host web-2 (pinned to 0.9.0)"), "{message}");
+        assert!(message.contains("--group eu (pinned to 0.8.0)"), "{message}");
+        assert!(message.contains("drover unpin web --group eu"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_rollout_owns_the_apps_pins_until_it_completes_on_a_healthy_report() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        test.join("web-1", &[]).await;
+        test.release("web", "1.0.0").await;
+        let app: AppName = name("web");
+        assert_eq!(
+            code(&service.rollout_status(&app).await.expect_err("none yet")),
+            "rollout_not_found"
+        );
+        let status = service
+            .start_rollout(&request("100%"), &operator())
+            .await
+            .expect("start");
+        assert_eq!(status.phase, RolloutPhase::Running);
+        let error = service
+            .start_rollout(&request("100%"), &operator())
+            .await
+            .expect_err("second");
+        assert_eq!(code(&error), "rollout_active");
+        let manual = Pin {
+            app: app.clone(),
+            version: name("1.0.0"),
+            scope: Scope::Fleet,
+        };
+        assert_eq!(
+            code(&service.pin(manual, &operator(), None).await.expect_err("during")),
+            "rollout_active"
+        );
+        let host: HostId = name("web-1");
+        service
+            .report(&host, report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
+            .expect("report");
+        service.drive_rollouts().await;
+        let status = service.rollout_status(&app).await.expect("status");
+        assert_eq!(status.phase, RolloutPhase::Completed, "{status:?}");
+        let error = service
+            .rollout_command(&app, RolloutCommand::Pause, &operator(), None)
+            .await
+            .expect_err("finished");
+        assert_eq!(code(&error), "rollout_finished");
+        let pins = service.pins(Some(&app)).await.expect("pins").pins;
+        assert_eq!(pins.len(), 1, "the fleet pin, the host pin given back: {pins:?}");
+        let history = service.rollout_history(&app).await.expect("history");
+        assert!(history.iter().any(|entry| entry.who == "tester"), "{history:?}");
+    }
+}

@@ -200,3 +200,107 @@ impl Coordinator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use drover_protocol::api::{RolloutPhase, Scope};
+    use drover_protocol::report::AppState;
+    use drover_protocol::{Timestamp, Version};
+
+    use super::{plan_view, status_view};
+    use crate::server::rollout::{PlanHost, Rollout, RolloutSpec, SpecText, plan};
+    use crate::server::service::testing::{coordinator, name, operator, report};
+
+    fn rollout() -> Rollout {
+        let spec = RolloutSpec::parse(&SpecText {
+            app: "web",
+            target: "1.0.0",
+            stages: "canary,100%",
+            max_in_flight: "1",
+            bake: "10m",
+            max_failures: "0",
+            on_failure: "pause",
+            approve_each_stage: false,
+            host_deadline: "10m",
+        })
+        .expect("spec");
+        let hosts: Vec<PlanHost> = ["web-1", "web-2", "web-3"]
+            .into_iter()
+            .map(|id| PlanHost {
+                id: name(id),
+                groups: Default::default(),
+                current: Some(name::<Version>("0.9.0")),
+            })
+            .collect();
+        let plan = plan(&spec, "web-1.0.0-1", &hosts).expect("plan");
+        Rollout::new(spec, plan)
+    }
+
+    #[test]
+    fn the_plan_view_lists_every_host_once_with_its_version() {
+        let view = plan_view(&rollout());
+        assert_eq!(view.rollout, "web-1.0.0-1");
+        assert_eq!(view.stages.first().map(|stage| stage.label.as_str()), Some("canary"));
+        let mut hosts: Vec<String> = view
+            .stages
+            .iter()
+            .flat_map(|stage| stage.hosts.iter().map(|host| host.id.to_string()))
+            .collect();
+        hosts.sort();
+        assert_eq!(hosts, ["web-1", "web-2", "web-3"]);
+        assert!(
+            view.stages
+                .iter()
+                .flat_map(|stage| &stage.hosts)
+                .all(|host| host.current.is_some())
+        );
+        assert_eq!(view.max_in_flight, 1);
+    }
+
+    #[test]
+    fn a_rollout_not_started_is_pending_with_no_stage_begun() {
+        let created = Timestamp::from_unix(1_000_000);
+        let status = status_view(&rollout(), "tester", created, None, created);
+        assert_eq!(status.phase, RolloutPhase::Pending);
+        assert_eq!(status.created_by, "tester");
+        assert_eq!(status.finished_at, None);
+        assert!(
+            status.stages.iter().all(|stage| stage.status == "not_started"),
+            "{status:?}"
+        );
+        assert_eq!(status.stages.iter().map(|stage| stage.total).sum::<usize>(), 3);
+        assert!(status.failed_hosts.is_empty());
+    }
+
+    #[tokio::test]
+    async fn fleet_status_counts_desired_and_reported_versions_and_apps_without_hosts() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        test.join("web-1", &[]).await;
+        test.join("web-2", &[]).await;
+        test.release("web", "1.0.0").await;
+        test.release("api", "2.0.0").await;
+        let pin = drover_protocol::api::Pin {
+            app: name("web"),
+            version: name("1.0.0"),
+            scope: Scope::Fleet,
+        };
+        service.pin(pin, &operator(), None).await.expect("pin");
+        service
+            .hold(Scope::Host(name("web-2")), true, &operator(), None)
+            .await
+            .expect("hold");
+        service
+            .report(&name("web-1"), report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
+            .expect("report");
+        let status = service.status().await;
+        assert_eq!((status.hosts, status.held), (2, 1));
+        let web = &status.apps[&name("web")];
+        assert_eq!(web.desired_hosts, 2);
+        assert_eq!(web.versions.get("1.0.0"), Some(&1));
+        assert_eq!(web.states.get("healthy"), Some(&1));
+        assert_eq!(web.fleet_pin, Some(name("1.0.0")));
+        let api = &status.apps[&name("api")];
+        assert_eq!((api.releases, api.desired_hosts), (1, 0), "listed without hosts");
+    }
+}
