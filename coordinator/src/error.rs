@@ -47,6 +47,17 @@ pub enum Error {
     /// Input that is not what the command needs.
     #[error("{0}")]
     Input(String),
+    /// `drover serve` could not start: its database, its listening address, its
+    /// certificates or the state it loads failed. Not a usage error (exit 1, not 2): the
+    /// command line was fine, what it names is not. Made by [`Error::start`].
+    #[error("cannot start the coordinator: {step}: {cause}")]
+    Start {
+        /// What was being done, naming the file or address (`opening the database
+        /// /var/lib/drover-coordinator/coordinator.db`).
+        step: String,
+        /// Why: the whole chain of causes, and what to check when it is known.
+        cause: String,
+    },
     /// An app spec file (`drover.toml`) that does not parse; `detail` names the line.
     #[error("{path}: {detail}")]
     Spec { path: PathBuf, detail: String },
@@ -116,6 +127,37 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// A start-up failure of `drover serve`: `step` says what was being done (naming the
+    /// file or address), `error` why, with every cause under it; `hint`, when not empty,
+    /// what to check.
+    pub fn start(step: impl Into<String>, error: &(dyn std::error::Error + 'static), hint: &str) -> Error {
+        let mut cause = error_chain(error);
+        if !hint.is_empty() {
+            cause = format!("{cause}; {hint}");
+        }
+        Error::Start {
+            step: step.into(),
+            cause,
+        }
+    }
+}
+
+/// An error and its sources as one line, `outer: inner: innermost`, leaving out a source
+/// whose text the line already holds (an error that prints its source itself).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        source = cause.source();
+    }
+    line
+}
+
 /// What an HTTP error status of the admin API means for the operator, one class per
 /// exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +214,7 @@ impl Error {
             Error::Key(_)
             | Error::Trust { .. }
             | Error::Io { .. }
+            | Error::Start { .. }
             | Error::Credentials { .. }
             | Error::Connect { .. }
             | Error::Tls { .. }

@@ -135,16 +135,12 @@ fn now() -> Timestamp {
 pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     let data = DataDir::new(&options.data_dir);
     let credentials = prepare(&data, options.keys.as_deref(), now())?;
-    let listener = TcpListener::bind(options.listen).await.map_err(|source| Error::Io {
-        operation: "listening on",
-        path: PathBuf::from(options.listen.to_string()),
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| Error::Io {
-        operation: "reading the address of",
-        path: PathBuf::from(options.listen.to_string()),
-        source,
-    })?;
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|error| Error::start(format!("listening on {}", options.listen), &error, listen_hint(&error)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|error| Error::start(format!("reading the address of {}", options.listen), &error, ""))?;
     let public_url = options.public_url.clone().unwrap_or_else(|| {
         let host = if addr.ip().is_unspecified() {
             "127.0.0.1".to_owned()
@@ -168,18 +164,27 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     names.extend(options.server_names.iter().cloned());
     names.sort();
     names.dedup();
+    let certificate_failed = |cause: String| Error::Start {
+        step: format!("issuing the server certificate for {}", names.join(", ")),
+        cause,
+    };
     let issued = issue_server_certificate(&credentials.ca, &names, options.server_certificate_validity, now())
-        .map_err(|error| Error::Input(format!("server certificate: {error}")))?;
+        .map_err(certificate_failed)?;
     let server_certificate =
-        crate::server::http::ServerCertificate::new(&issued.chain_pem, &issued.key_pem).map_err(Error::Input)?;
+        crate::server::http::ServerCertificate::new(&issued.chain_pem, &issued.key_pem).map_err(certificate_failed)?;
     let tls = crate::server::http::tls_config_with(credentials.ca.cert_der(), server_certificate.clone())
-        .map_err(Error::Input)?;
+        .map_err(certificate_failed)?;
     let server_file = options.data_dir.join(SERVER_CERTIFICATE_FILE);
     write_atomic(&server_file, issued.file_text().as_bytes(), 0o600)?;
 
-    let store = Store::open(&data.database())
-        .await
-        .map_err(|error| Error::Input(error.to_string()))?;
+    let database = data.database();
+    let store = Store::open(&database).await.map_err(|error| {
+        Error::start(
+            format!("opening the database {}", database.display()),
+            &error,
+            "it must be a SQLite database file the coordinator's user can read and write, or absent (a new one is made)",
+        )
+    })?;
     let loopback_trap = public_url_is_loopback_while_listening_elsewhere(&public_url, addr)
         .then(|| loopback_public_url_problem(&public_url, addr));
     if let Some(problem) = &loopback_trap {
@@ -195,7 +200,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
     };
     let (coordinator, background) = Coordinator::start(config, store, data.clone(), credentials)
         .await
-        .map_err(|error| Error::Input(error.to_string()))?;
+        .map_err(|error| Error::start(format!("loading the state in {}", database.display()), &error, ""))?;
     write_atomic(&data.address(), format!("{public_url}\n").as_bytes(), 0o644)?;
 
     let (shutdown, receiver) = watch::channel(false);
@@ -235,6 +240,22 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         server,
         background,
     })
+}
+
+/// What to check when the listening socket cannot be opened.
+fn listen_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another process listens there (another `drover serve`?): stop it, or choose another address with --listen"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "no network interface of this machine has that address: choose one it has with --listen (0.0.0.0 for all)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need CAP_NET_BIND_SERVICE, which the packaged unit does not grant: choose a port above 1023 with --listen (the default is 8443)"
+        }
+        _ => "",
+    }
 }
 
 /// A server certificate just issued.

@@ -62,9 +62,16 @@ pub fn prepare(data: &DataDir, keys_dir: Option<&Path>, now: Timestamp) -> Resul
         let cert = fs::read_to_string(data.ca_cert()).map_err(io("reading", &data.ca_cert()))?;
         // The key file goes through the same mode check as every other private key.
         let key = read_private_file(&data.ca_key())?;
-        Ca::load(&cert, &key).map_err(|error| Error::Input(format!("{}: {error}", data.ca_key().display())))?
+        Ca::load(&cert, &key).map_err(|error| {
+            let step = format!(
+                "loading the CA from {} and {}",
+                data.ca_cert().display(),
+                data.ca_key().display()
+            );
+            Error::start(step, &error, "")
+        })?
     } else {
-        let (ca, key_pem) = Ca::create(now).map_err(|error| Error::Input(error.to_string()))?;
+        let (ca, key_pem) = Ca::create(now).map_err(|error| Error::start("creating the CA", &error, ""))?;
         write_atomic(&data.ca_cert(), ca.cert_pem().as_bytes(), 0o644)?;
         write_new_key_file(&data.ca_key(), &key_pem)?;
         ca
