@@ -1,248 +1,50 @@
-//! Durable state: SQLite in the data directory, through this one module, so that the
-//! HTTP handlers never see SQL and a PostgreSQL backend can be added beside it.
-//!
-//! Everything the coordinator must not forget lives here: hosts and their certificate
-//! fingerprints, enrollment and admin tokens (hashed), releases, groups, pins, holds, the
-//! last signed manifest and serial of every host, reports, a bounded event history,
-//! rollouts and who changed what.
-//! Writes that belong together are one transaction. The database runs in WAL mode with
-//! `synchronous=FULL`, so a committed manifest serial survives power loss and is never
-//! handed out twice.
+//! The SQLite backend: every SQL statement of the store. One file in the data directory
+//! in WAL mode with `synchronous=FULL` (a commit is on disk before it is acknowledged), a
+//! pool of four connections, foreign keys on, and a 10 s busy timeout so that a writer
+//! waits for another instead of failing.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::str::FromStr;
 
 use drover_protocol::api::{
     BOOTSTRAP_TOKEN_NAME, HistoryEntry, HoldInfo, HostHistoryEntry, Labels, PinInfo, Release, Scope, TokenName,
 };
+use drover_protocol::report::ReportEvent;
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
 use sqlx::Row as _;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 
-use crate::server::rollout::Rollout;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use super::{
+    AdminTokenRecord, BOOTSTRAP_CREATOR, DatabaseError, EVENTS_PER_HOST, HistoryRecord, HostChange, HostRecord,
+    RENEWALS_KEPT_PER_HOST, RolloutCommit, Snapshot, StoreError, StoredManifest, StoredRollout, TokenProblem,
+    TokenRecord, corrupt, json, parse, to_json, unix,
+};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/0001_initial.sql"),
-    include_str!("../../migrations/0002_rollouts.sql"),
-    include_str!("../../migrations/0003_admin_tokens.sql"),
-    include_str!("../../migrations/0004_host_identity.sql"),
-    include_str!("../../migrations/0005_pin_origins.sql"),
+    include_str!("../../../migrations/0001_initial.sql"),
+    include_str!("../../../migrations/0002_rollouts.sql"),
+    include_str!("../../../migrations/0003_admin_tokens.sql"),
+    include_str!("../../../migrations/0004_host_identity.sql"),
+    include_str!("../../../migrations/0005_pin_origins.sql"),
 ];
 
-/// Events kept per host; older ones are deleted as new ones arrive.
-pub const EVENTS_PER_HOST: i64 = 200;
-
-/// A store failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database failed.
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    /// A stored value could not be read back (a bug or a hand-edited database).
-    #[error("database holds an unreadable {what}: {detail}")]
-    Corrupt { what: &'static str, detail: String },
-}
-
-fn corrupt(what: &'static str) -> impl Fn(String) -> StoreError {
-    move |detail| StoreError::Corrupt { what, detail }
-}
-
-fn json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|error| corrupt(what)(error.to_string()))
-}
-
-fn parse<T: FromStr>(what: &'static str, text: &str) -> Result<T, StoreError>
-where
-    T::Err: std::fmt::Display,
-{
-    text.parse().map_err(|error: T::Err| corrupt(what)(error.to_string()))
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("stored values serialize")
-}
-
-fn unix(at: Timestamp) -> i64 {
-    at.unix()
-}
-
-/// A host as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostRecord {
-    /// Its id.
-    pub id: HostId,
-    /// Its labels.
-    pub labels: Labels,
-    /// The sha256 of its newest client certificate; `None` once removed.
-    pub cert_sha256: Option<String>,
-    /// The sha256 of its key (SubjectPublicKeyInfo): every unexpired certificate of the
-    /// CA for this host with this key is the host. `None` for a host enrolled before
-    /// keys were recorded (known by `cert_sha256` until it renews) or removed.
-    pub key_sha256: Option<String>,
-    /// When its newest certificate expires, if known.
-    pub cert_not_after: Option<Timestamp>,
-    /// When it joined.
-    pub joined_at: Timestamp,
-}
-
-/// A host's last signed manifest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredManifest {
-    /// The host.
-    pub host: HostId,
-    /// Its serial (never goes down for a host id, across removals and re-joins).
-    pub serial: u64,
-    /// The envelope bytes (shared with what polls are answered from).
-    pub envelope: axum::body::Bytes,
-    /// A hash of what was rendered (hold + apps), to tell a change from a refresh.
-    pub content_hash: String,
-    /// When it was issued.
-    pub issued_at: Timestamp,
-    /// When it expires.
-    pub expires_at: Timestamp,
-}
-
-/// An enrollment token as stored (hashed).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenRecord {
-    /// Labels for the joining host.
-    pub labels: Labels,
-    /// The one taken host id it may enroll (`--replace HOST`).
-    pub replace: Option<HostId>,
-    /// Made by an older coordinator as "replace any host": now refused for taken ids.
-    pub replace_any: bool,
-    /// The admin token that made it (none: made by an older coordinator).
-    pub created_by: Option<String>,
-}
-
-/// Why a token could not be used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenProblem {
-    /// No such token.
-    Unknown,
-    /// It was used already.
-    Used,
-    /// It expired.
-    Expired,
-}
-
-/// An admin token as stored: its secret only as sha256.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AdminTokenRecord {
-    /// Its name (unique among the tokens not revoked).
-    pub name: TokenName,
-    /// The hex sha256 of its secret.
-    pub hash: String,
-    /// When it was made.
-    pub created_at: Timestamp,
-    /// The token that made it, or [`BOOTSTRAP_CREATOR`].
-    pub created_by: String,
-    /// When it stops working, if ever.
-    pub expires_at: Option<Timestamp>,
-    /// When it was revoked.
-    pub revoked_at: Option<Timestamp>,
-    /// The token that revoked it, or [`BOOTSTRAP_CREATOR`] (a replaced `admin.token`).
-    pub revoked_by: Option<String>,
-    /// When a request last came with it (kept to the minute).
-    pub last_used_at: Option<Timestamp>,
-}
-
-impl AdminTokenRecord {
-    /// Whether it expired by `now`.
-    pub fn expired(&self, now: Timestamp) -> bool {
-        self.expires_at.is_some_and(|expires_at| expires_at <= now)
-    }
-
-    /// Whether requests with it are accepted at `now`.
-    pub fn valid(&self, now: Timestamp) -> bool {
-        self.revoked_at.is_none() && !self.expired(now)
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> StoreError {
+        StoreError::Database(DatabaseError::new(error))
     }
 }
 
-/// Who creates (and, when `admin.token` was replaced, revokes) the bootstrap admin token.
-pub const BOOTSTRAP_CREATOR: &str = "drover serve";
-
-/// Everything loaded at start-up.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Hosts, including removed ones (whose serials must continue).
-    pub hosts: Vec<HostRecord>,
-    /// Groups by name.
-    pub groups: BTreeMap<String, Labels>,
-    /// Pins.
-    pub pins: BTreeMap<(AppName, Scope), Version>,
-    /// Holds.
-    pub holds: BTreeSet<Scope>,
-    /// Releases.
-    pub releases: Vec<Release>,
-    /// The last manifest of every host.
-    pub manifests: Vec<StoredManifest>,
-    /// The latest report of every host.
-    pub reports: Vec<(HostReport, Timestamp)>,
-}
-
-/// A rollout as stored: the controller's state and who started it when.
+/// A SQLite database.
 #[derive(Clone, Debug)]
-pub struct StoredRollout {
-    /// The controller's whole state.
-    pub rollout: Rollout,
-    /// The token name that started it.
-    pub created_by: String,
-    /// When.
-    pub created_at: Timestamp,
-    /// When it finished, if it did.
-    pub finished_at: Option<Timestamp>,
-}
-
-/// A line for the history table.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HistoryRecord {
-    /// The app it concerns (`None`: every app, e.g. a hold).
-    pub app: Option<AppName>,
-    /// The rollout it belongs to, if any.
-    pub rollout: Option<String>,
-    /// When.
-    pub at: Timestamp,
-    /// Who.
-    pub who: String,
-    /// What.
-    pub what: String,
-    /// Why.
-    pub reason: Option<String>,
-}
-
-/// One rollout step to commit: the rollout's new state, the pins its actions changed (in
-/// order), its history lines and the manifests they render, all in one transaction.
-#[derive(Debug)]
-pub struct RolloutCommit<'a> {
-    /// The rollout after the step.
-    pub rollout: &'a Rollout,
-    /// `Some((created_by, created_at))` when the rollout row is new.
-    pub created: Option<(&'a str, Timestamp)>,
-    /// When it finished, if this step finished it.
-    pub finished_at: Option<Timestamp>,
-    /// Pin changes of the rollout's app, applied in order (`None` removes the pin).
-    pub pins: &'a [(Scope, Option<Version>)],
-    /// Who the pins it sets are set by, when and why (`drover pins`): the operator of a
-    /// command, or the controller for a step of its own.
-    pub pin_origin: (&'a str, Timestamp, Option<&'a str>),
-    /// History lines.
-    pub history: &'a [HistoryRecord],
-    /// The manifests the pin changes render.
-    pub manifests: &'a [StoredManifest],
-}
-
-/// The SQLite store.
-#[derive(Clone, Debug)]
-pub struct Store {
+pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-impl Store {
-    /// Opens (creating if needed) the database and applies pending migrations.
-    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub(super) async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -254,36 +56,51 @@ impl Store {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        let store = Store { pool };
-        store.migrate().await?;
+        let store = SqliteStore { pool };
+        store.migrate(path).await?;
         Ok(store)
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
+    /// Brings the schema up to [`MIGRATIONS`], all in one transaction that holds the
+    /// database's write lock from the version check to the commit: `BEGIN IMMEDIATE`
+    /// takes the lock before the first read, so a second coordinator opening the same
+    /// file waits (up to the busy timeout) and then finds every migration applied, instead
+    /// of reading the same old version and applying them again. A failed migration rolls
+    /// all of them back. A schema newer than this binary knows is refused before anything
+    /// is written. (PostgreSQL will take `pg_advisory_xact_lock` with a constant key as
+    /// the first statement of the same kind of transaction; its DDL is transactional too.)
+    async fn migrate(&self, path: &Path) -> Result<(), StoreError> {
+        let known = MIGRATIONS.len();
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            .execute(&self.pool)
+            .execute(&mut *transaction)
             .await?;
         let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *transaction)
             .await?;
+        if usize::try_from(current).is_ok_and(|current| current > known) {
+            return Err(StoreError::SchemaTooNew {
+                path: path.to_owned(),
+                found: current,
+                known,
+            });
+        }
         for (index, migration) in MIGRATIONS.iter().enumerate() {
             let version = i64::try_from(index + 1).expect("few migrations");
             if version <= current {
                 continue;
             }
-            let mut transaction = self.pool.begin().await?;
             sqlx::raw_sql(migration).execute(&mut *transaction).await?;
             sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
                 .bind(version)
                 .execute(&mut *transaction)
                 .await?;
-            transaction.commit().await?;
         }
+        transaction.commit().await?;
         Ok(())
     }
 
-    /// Loads everything the coordinator keeps in memory.
-    pub async fn load(&self) -> Result<Snapshot, StoreError> {
+    pub(super) async fn load(&self) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot::default();
         for row in sqlx::query("SELECT id, labels, cert_sha256, joined_at, key_sha256, cert_not_after FROM hosts")
             .fetch_all(&self.pool)
@@ -352,8 +169,7 @@ impl Store {
         Ok(snapshot)
     }
 
-    /// Stores a new enrollment token by its hash.
-    pub async fn insert_token(
+    pub(super) async fn insert_token(
         &self,
         hash: &str,
         labels: &Labels,
@@ -377,8 +193,7 @@ impl Store {
         Ok(())
     }
 
-    /// Looks a token up without using it.
-    pub async fn check_token(
+    pub(super) async fn check_token(
         &self,
         hash: &str,
         now: Timestamp,
@@ -410,11 +225,7 @@ impl Store {
         }))
     }
 
-    /// Enrolls a host in one transaction: uses the token (only if still unused and
-    /// unexpired), stores the host with its certificate and key fingerprints, its first
-    /// manifest and the history line. Returns the token problem if another join won the
-    /// race.
-    pub async fn join_host(
+    pub(super) async fn join_host(
         &self,
         token_hash: &str,
         host: &HostRecord,
@@ -458,9 +269,7 @@ impl Store {
         Ok(Ok(()))
     }
 
-    /// Marks a host removed, with its history line: its key and certificates stop
-    /// working; its serial, host pins and holds are kept for an explicit re-join of the id.
-    pub async fn remove_host(&self, host: &HostId, history: &HostHistoryEntry) -> Result<(), StoreError> {
+    pub(super) async fn remove_host(&self, host: &HostId, history: &HostHistoryEntry) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         sqlx::query("UPDATE hosts SET cert_sha256 = NULL, key_sha256 = NULL, cert_not_after = NULL WHERE id = ?")
             .bind(host.as_str())
@@ -471,11 +280,7 @@ impl Store {
         Ok(())
     }
 
-    /// Records a renewed certificate of an enrolled host (same key) with its history
-    /// line; `false` (and nothing written) when the host is no longer enrolled with this
-    /// key (removed or replaced meanwhile). A host without a recorded key must still have
-    /// the line's `old_certificate` as its newest certificate.
-    pub async fn renew_host(
+    pub(super) async fn renew_host(
         &self,
         host: &HostId,
         key_sha256: &str,
@@ -504,9 +309,7 @@ impl Store {
         Ok(true)
     }
 
-    /// Records the key and expiry of a host enrolled before keys were recorded, read
-    /// from the certificate it presented (the one stored as `cert_sha256`).
-    pub async fn record_host_key(
+    pub(super) async fn record_host_key(
         &self,
         host: &HostId,
         cert_sha256: &str,
@@ -525,9 +328,7 @@ impl Store {
         Ok(())
     }
 
-    /// A host id's history (joins, replacements, renewals, removals), oldest first, at
-    /// most the newest `limit` lines.
-    pub async fn host_history(&self, host: &HostId, limit: u32) -> Result<Vec<HostHistoryEntry>, StoreError> {
+    pub(super) async fn host_history(&self, host: &HostId, limit: u32) -> Result<Vec<HostHistoryEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT at, who, what, old_cert, new_cert FROM (
                SELECT id, at, who, what, old_cert, new_cert FROM host_history WHERE host = ? ORDER BY id DESC LIMIT ?
@@ -549,8 +350,7 @@ impl Store {
             .collect())
     }
 
-    /// Replaces a host's labels and stores the manifests that changed, in one transaction.
-    pub async fn set_labels(
+    pub(super) async fn set_labels(
         &self,
         host: &HostId,
         labels: &Labels,
@@ -565,8 +365,7 @@ impl Store {
         commit_with_manifests(transaction, manifests).await
     }
 
-    /// Creates or replaces a group and stores the manifests that changed, in one transaction.
-    pub async fn put_group(
+    pub(super) async fn put_group(
         &self,
         name: &str,
         selector: &Labels,
@@ -581,8 +380,7 @@ impl Store {
         commit_with_manifests(transaction, manifests).await
     }
 
-    /// Deletes a group.
-    pub async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
+    pub(super) async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM groups WHERE name = ?")
             .bind(name)
             .execute(&self.pool)
@@ -590,8 +388,7 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a release; it must not exist yet (releases are immutable).
-    pub async fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
+    pub(super) async fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO releases (app, version, release, created_at) VALUES (?, ?, ?, ?)")
             .bind(release.app.as_str())
             .bind(release.version.as_str())
@@ -602,9 +399,7 @@ impl Store {
         Ok(())
     }
 
-    /// Sets or clears a pin (`version: None` clears) and stores the manifests it changed,
-    /// in one transaction.
-    pub async fn change_pin(
+    pub(super) async fn change_pin(
         &self,
         app: &AppName,
         scope: &Scope,
@@ -618,8 +413,7 @@ impl Store {
         commit_with_manifests(transaction, manifests).await
     }
 
-    /// Sets or clears a hold and stores the manifests it changed, in one transaction.
-    pub async fn change_hold(
+    pub(super) async fn change_hold(
         &self,
         scope: &Scope,
         held: bool,
@@ -648,15 +442,12 @@ impl Store {
         commit_with_manifests(transaction, manifests).await
     }
 
-    /// Stores re-signed manifests (labels, groups or expiry refresh changed them).
-    pub async fn save_manifests(&self, manifests: &[StoredManifest]) -> Result<(), StoreError> {
+    pub(super) async fn save_manifests(&self, manifests: &[StoredManifest]) -> Result<(), StoreError> {
         let transaction = self.pool.begin().await?;
         commit_with_manifests(transaction, manifests).await
     }
 
-    /// Stores a batch of reports (latest per host) and their events, trimming each
-    /// host's history to [`EVENTS_PER_HOST`].
-    pub async fn save_reports(&self, reports: &[(HostReport, Timestamp)]) -> Result<(), StoreError> {
+    pub(super) async fn save_reports(&self, reports: &[(HostReport, Timestamp)]) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         for (report, received_at) in reports {
             sqlx::query(
@@ -691,15 +482,14 @@ impl Store {
         Ok(())
     }
 
-    /// A host's recent events, oldest first.
-    pub async fn events(&self, host: &HostId) -> Result<Vec<drover_protocol::report::ReportEvent>, StoreError> {
+    pub(super) async fn events(&self, host: &HostId) -> Result<Vec<ReportEvent>, StoreError> {
         let rows = sqlx::query("SELECT at, app, message FROM events WHERE host = ? ORDER BY id")
             .bind(host.as_str())
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter()
             .map(|row| {
-                Ok(drover_protocol::report::ReportEvent {
+                Ok(ReportEvent {
                     at: Timestamp::from_unix(row.get(0)),
                     app: row.get::<Option<&str>, _>(1).map(|app| parse("app", app)).transpose()?,
                     message: row.get(2),
@@ -707,15 +497,8 @@ impl Store {
             })
             .collect()
     }
-}
 
-impl Store {
-    /// Records the data directory's admin token as `admin`, unless this secret is known
-    /// already (then nothing changes, so a revoked `admin` stays revoked across restarts).
-    /// A new secret (the file was deleted and made again) revokes the earlier `admin`:
-    /// whoever can write the data directory holds the CA and the manifest key anyway, and
-    /// this is the way back in when every named token was lost.
-    pub async fn bootstrap_admin_token(&self, hash: &str, now: Timestamp) -> Result<(), StoreError> {
+    pub(super) async fn bootstrap_admin_token(&self, hash: &str, now: Timestamp) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         let known: Option<i64> = sqlx::query_scalar("SELECT id FROM admin_tokens WHERE hash = ?")
             .bind(hash)
@@ -741,8 +524,7 @@ impl Store {
         Ok(())
     }
 
-    /// Every admin token, revoked ones included, oldest first.
-    pub async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+    pub(super) async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT name, hash, created_at, created_by, expires_at, revoked_at, revoked_by, last_used_at
              FROM admin_tokens ORDER BY id",
@@ -766,9 +548,7 @@ impl Store {
             .collect()
     }
 
-    /// Stores a new admin token; an expired one of the same name is revoked by the same
-    /// transaction (its creator is the revoker), so the name can be used again.
-    pub async fn insert_admin_token(&self, token: &AdminTokenRecord) -> Result<(), StoreError> {
+    pub(super) async fn insert_admin_token(&self, token: &AdminTokenRecord) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         sqlx::query(
             "UPDATE admin_tokens SET revoked_at = ?, revoked_by = ?
@@ -792,8 +572,12 @@ impl Store {
         Ok(())
     }
 
-    /// Revokes the admin token `name` that is not revoked yet; false when there is none.
-    pub async fn revoke_admin_token(&self, name: &TokenName, at: Timestamp, by: &str) -> Result<bool, StoreError> {
+    pub(super) async fn revoke_admin_token(
+        &self,
+        name: &TokenName,
+        at: Timestamp,
+        by: &str,
+    ) -> Result<bool, StoreError> {
         let done =
             sqlx::query("UPDATE admin_tokens SET revoked_at = ?, revoked_by = ? WHERE name = ? AND revoked_at IS NULL")
                 .bind(unix(at))
@@ -804,8 +588,7 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Notes when the admin token with this hash was last used.
-    pub async fn touch_admin_token(&self, hash: &str, at: Timestamp) -> Result<(), StoreError> {
+    pub(super) async fn touch_admin_token(&self, hash: &str, at: Timestamp) -> Result<(), StoreError> {
         sqlx::query("UPDATE admin_tokens SET last_used_at = ? WHERE hash = ?")
             .bind(unix(at))
             .bind(hash)
@@ -813,11 +596,8 @@ impl Store {
             .await?;
         Ok(())
     }
-}
 
-impl Store {
-    /// The rollouts that have not finished, to resume at start.
-    pub async fn active_rollouts(&self) -> Result<Vec<StoredRollout>, StoreError> {
+    pub(super) async fn active_rollouts(&self) -> Result<Vec<StoredRollout>, StoreError> {
         let rows = sqlx::query(
             "SELECT state, created_by, created_at, finished_at FROM rollouts WHERE finished_at IS NULL ORDER BY created_at",
         )
@@ -826,8 +606,7 @@ impl Store {
         rows.iter().map(stored_rollout).collect()
     }
 
-    /// The newest rollout of `app`, finished or not.
-    pub async fn latest_rollout(&self, app: &AppName) -> Result<Option<StoredRollout>, StoreError> {
+    pub(super) async fn latest_rollout(&self, app: &AppName) -> Result<Option<StoredRollout>, StoreError> {
         let row = sqlx::query(
             "SELECT state, created_by, created_at, finished_at FROM rollouts WHERE app = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
         )
@@ -837,8 +616,7 @@ impl Store {
         row.as_ref().map(stored_rollout).transpose()
     }
 
-    /// How many rollouts `app` has had (the next one's sequence number is this + 1).
-    pub async fn rollout_count(&self, app: &AppName) -> Result<u64, StoreError> {
+    pub(super) async fn rollout_count(&self, app: &AppName) -> Result<u64, StoreError> {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rollouts WHERE app = ?")
             .bind(app.as_str())
             .fetch_one(&self.pool)
@@ -846,8 +624,7 @@ impl Store {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
-    /// Commits one rollout step (see [`RolloutCommit`]).
-    pub async fn commit_rollout(&self, commit: &RolloutCommit<'_>) -> Result<(), StoreError> {
+    pub(super) async fn commit_rollout(&self, commit: &RolloutCommit<'_>) -> Result<(), StoreError> {
         let app = &commit.rollout.spec().app;
         let mut transaction = self.pool.begin().await?;
         let state = to_json(commit.rollout);
@@ -890,8 +667,7 @@ impl Store {
         commit_with_manifests(transaction, commit.manifests).await
     }
 
-    /// The pins in force (of `app`, or all), with who set them, ordered by app and scope.
-    pub async fn pins(&self, app: Option<&AppName>) -> Result<Vec<PinInfo>, StoreError> {
+    pub(super) async fn pins(&self, app: Option<&AppName>) -> Result<Vec<PinInfo>, StoreError> {
         let rows = sqlx::query(
             "SELECT app, scope, version, set_by, set_at, rollout, reason FROM pins WHERE ?1 IS NULL OR app = ?1",
         )
@@ -916,8 +692,7 @@ impl Store {
         Ok(pins)
     }
 
-    /// The holds in force with who set them, ordered by scope.
-    pub async fn holds(&self) -> Result<Vec<HoldInfo>, StoreError> {
+    pub(super) async fn holds(&self) -> Result<Vec<HoldInfo>, StoreError> {
         let rows = sqlx::query("SELECT scope, set_by, set_at, reason FROM holds")
             .fetch_all(&self.pool)
             .await?;
@@ -936,9 +711,7 @@ impl Store {
         Ok(holds)
     }
 
-    /// The history of `app` (including holds, which cover every app), oldest first, at
-    /// most the newest `limit` lines.
-    pub async fn history(&self, app: &AppName, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+    pub(super) async fn history(&self, app: &AppName, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT at, who, rollout, what, reason, app FROM (
                SELECT id, at, who, rollout, what, reason, app FROM rollout_history
@@ -964,7 +737,7 @@ impl Store {
     }
 }
 
-fn stored_rollout(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRollout, StoreError> {
+fn stored_rollout(row: &SqliteRow) -> Result<StoredRollout, StoreError> {
     Ok(StoredRollout {
         rollout: json("rollout", row.get::<&str, _>(0))?,
         created_by: row.get(1),
@@ -1026,37 +799,6 @@ async fn insert_history(
             .await?;
     }
     Ok(())
-}
-
-/// Renewal lines kept per host in `host_history` (joins, replacements and removals are
-/// all kept).
-pub const RENEWALS_KEPT_PER_HOST: i64 = 100;
-
-/// What a host history line records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostChange {
-    /// A new host id enrolled.
-    Joined,
-    /// An enrolled host id taken over by a new key (`--replace HOST`).
-    Replaced,
-    /// A removed host id enrolled again (`--replace HOST`).
-    Rejoined,
-    /// The host removed.
-    Removed,
-    /// A new certificate for the same key.
-    Renewed,
-}
-
-impl HostChange {
-    fn as_str(self) -> &'static str {
-        match self {
-            HostChange::Joined => "joined",
-            HostChange::Replaced => "replaced",
-            HostChange::Rejoined => "rejoined",
-            HostChange::Removed => "removed",
-            HostChange::Renewed => "renewed",
-        }
-    }
 }
 
 async fn insert_host_history(
@@ -1128,60 +870,92 @@ async fn save_manifest(
 
 #[cfg(test)]
 mod tests {
+    use drover_protocol::HostId;
+    use drover_protocol::api::HostHistoryEntry;
+
     use super::*;
+    use crate::server::store::tests::{at, scratch};
+    use crate::server::store::{Backend, Store};
 
-    fn at(seconds: i64) -> Timestamp {
-        Timestamp::from_unix(1_800_000_000 + seconds)
+    fn pool(store: &Store) -> &SqlitePool {
+        match &store.backend {
+            Backend::Sqlite(sqlite) => &sqlite.pool,
+        }
     }
 
-    /// A fresh database in its own directory, removed by the caller.
-    async fn scratch(name: &str) -> (Store, std::path::PathBuf) {
-        let directory = std::env::temp_dir().join(format!("drover-store-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
-        std::fs::create_dir_all(&directory).expect("scratch directory");
-        let store = Store::open(&directory.join("coordinator.db")).await.expect("open");
-        (store, directory)
+    /// Each recorded schema version with how many times it was recorded.
+    async fn recorded_versions(store: &Store) -> Vec<(i64, i64)> {
+        sqlx::query_as("SELECT version, COUNT(*) FROM schema_version GROUP BY version ORDER BY version")
+            .fetch_all(pool(store))
+            .await
+            .expect("schema versions")
     }
 
-    fn state(tokens: &[AdminTokenRecord]) -> Vec<(String, String, bool)> {
-        tokens
-            .iter()
-            .map(|token| (token.name.to_string(), token.hash.clone(), token.revoked_at.is_some()))
+    fn every_version_once() -> Vec<(i64, i64)> {
+        (1..=i64::try_from(MIGRATIONS.len()).expect("few"))
+            .map(|version| (version, 1))
             .collect()
     }
 
-    #[tokio::test]
-    async fn a_revoked_bootstrap_token_stays_revoked_and_a_new_admin_token_file_replaces_it() {
-        let (store, directory) = scratch("bootstrap").await;
-        store.bootstrap_admin_token("first", at(0)).await.expect("bootstrap");
-        store.bootstrap_admin_token("first", at(1)).await.expect("again");
-        let tokens = store.admin_tokens().await.expect("tokens");
-        assert_eq!(state(&tokens), [("admin".into(), "first".into(), false)]);
-        assert_eq!(tokens[0].created_by, BOOTSTRAP_CREATOR);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn coordinators_opening_one_new_database_at_once_all_succeed_and_apply_each_migration_once() {
+        // Defect: the runner read MAX(version) and applied the rest without a lock, so a
+        // second coordinator starting at the same moment applied migration 1 again and
+        // failed (`table hosts already exists`), or recorded a version twice.
+        for round in 0..8 {
+            let directory = std::env::temp_dir().join(format!("drover-store-race-{round}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&directory);
+            std::fs::create_dir_all(&directory).expect("scratch directory");
+            let path = directory.join("coordinator.db");
+            // Each connection runs on its own SQLite worker thread, so the three opens
+            // race in the database even though one task polls them.
+            let (first, second, third) = tokio::join!(Store::open(&path), Store::open(&path), Store::open(&path));
+            let stores: Vec<Store> = [first, second, third]
+                .into_iter()
+                .map(|opened| opened.unwrap_or_else(|error| panic!("round {round}: {error}")))
+                .collect();
+            for store in &stores {
+                assert_eq!(recorded_versions(store).await, every_version_once(), "round {round}");
+            }
+            drop(stores);
+            let _ = std::fs::remove_dir_all(&directory);
+        }
+    }
 
-        let admin: TokenName = "admin".parse().expect("name");
-        assert!(store.revoke_admin_token(&admin, at(2), "alice").await.expect("revoke"));
-        assert!(!store.revoke_admin_token(&admin, at(3), "alice").await.expect("twice"));
-        // The next start with the same admin.token: still revoked, nothing new.
-        store.bootstrap_admin_token("first", at(4)).await.expect("restart");
-        assert_eq!(
-            state(&store.admin_tokens().await.expect("tokens")),
-            [("admin".into(), "first".into(), true)]
+    #[tokio::test]
+    async fn a_database_with_a_newer_schema_than_this_binary_is_refused_and_left_unchanged() {
+        let (store, directory) = scratch("newer-schema").await;
+        let newer = i64::try_from(MIGRATIONS.len() + 1).expect("few");
+        sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+            .bind(newer)
+            .execute(pool(&store))
+            .await
+            .expect("a newer drover's version");
+        drop(store);
+        let path = directory.join("coordinator.db");
+        let error = Store::open(&path).await.expect_err("newer schema");
+        assert!(
+            matches!(error, StoreError::SchemaTooNew { found, known, .. } if found == newer && known == MIGRATIONS.len()),
+            "{error:?}"
         );
-        // A new admin.token (the old one deleted): a new `admin`.
-        store.bootstrap_admin_token("second", at(5)).await.expect("new file");
-        // And another: the second `admin` is revoked by the start that replaced it.
-        store.bootstrap_admin_token("third", at(6)).await.expect("newer file");
-        let tokens = store.admin_tokens().await.expect("tokens");
-        assert_eq!(
-            state(&tokens),
-            [
-                ("admin".into(), "first".into(), true),
-                ("admin".into(), "second".into(), true),
-                ("admin".into(), "third".into(), false),
-            ]
+        let message = error.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(
+            message.contains(&format!(
+                "schema is version {newer}, newer than the {} this drover knows",
+                MIGRATIONS.len()
+            )),
+            "{message}"
         );
-        assert_eq!(tokens[1].revoked_by.as_deref(), Some(BOOTSTRAP_CREATOR));
+        // Refused before anything was written: the versions are as the newer drover left them.
+        let options = SqliteConnectOptions::new().filename(&path);
+        let pool = SqlitePoolOptions::new().connect_with(options).await.expect("reopen");
+        let max: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&pool)
+            .await
+            .expect("max");
+        assert_eq!(max, newer);
+        pool.close().await;
         let _ = std::fs::remove_dir_all(&directory);
     }
 
@@ -1190,7 +964,7 @@ mod tests {
         let (store, directory) = scratch("legacy-host").await;
         // As an older coordinator left it: the certificate's sha256, no key.
         sqlx::query("INSERT INTO hosts (id, labels, cert_sha256, joined_at) VALUES ('web-01', '{}', 'cert-1', 0)")
-            .execute(&store.pool)
+            .execute(pool(&store))
             .await
             .expect("legacy row");
         let host: HostId = "web-01".parse().expect("host id");
@@ -1237,42 +1011,6 @@ mod tests {
         };
         store.remove_host(&host, &removal).await.expect("remove");
         assert!(!renew("key-a", "cert-3", "cert-4").await);
-        let _ = std::fs::remove_dir_all(&directory);
-    }
-
-    #[tokio::test]
-    async fn a_name_is_unique_among_tokens_not_revoked_and_an_expired_one_is_replaced() {
-        let (store, directory) = scratch("names").await;
-        let token = |hash: &str, created: i64, ttl: Option<i64>| AdminTokenRecord {
-            name: "ci".parse().expect("name"),
-            hash: hash.into(),
-            created_at: at(created),
-            created_by: "admin".into(),
-            expires_at: ttl.map(|ttl| at(created + ttl)),
-            revoked_at: None,
-            revoked_by: None,
-            last_used_at: None,
-        };
-        store
-            .insert_admin_token(&token("one", 0, Some(60)))
-            .await
-            .expect("insert");
-        // While valid, a second `ci` is refused by the unique index (the service says so first).
-        assert!(store.insert_admin_token(&token("two", 10, None)).await.is_err());
-        // Once expired, creating `ci` again revokes the old one in the same transaction.
-        store
-            .insert_admin_token(&token("three", 120, None))
-            .await
-            .expect("replace");
-        store.touch_admin_token("three", at(130)).await.expect("touch");
-        let tokens = store.admin_tokens().await.expect("tokens");
-        assert_eq!(
-            state(&tokens),
-            [("ci".into(), "one".into(), true), ("ci".into(), "three".into(), false)]
-        );
-        assert_eq!(tokens[0].revoked_by.as_deref(), Some("admin"));
-        assert_eq!(tokens[1].last_used_at, Some(at(130)));
-        assert!(tokens[0].expired(at(61)) && !tokens[1].expired(at(1_000_000)));
         let _ = std::fs::remove_dir_all(&directory);
     }
 }

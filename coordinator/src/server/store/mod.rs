@@ -1,0 +1,567 @@
+//! Durable state, behind one interface: [`Store`], its records and [`StoreError`]. The
+//! service sees only these; no SQL, no database driver type and no HTTP type crosses
+//! this module, so a backend can be added without touching the service.
+//!
+//! Everything the coordinator must not forget lives here: hosts and their certificate
+//! fingerprints, enrollment and admin tokens (hashed), releases, groups, pins, holds, the
+//! last signed manifest and serial of every host, reports, a bounded event history,
+//! rollouts and who changed what.
+//! Writes that belong together are one transaction (a change and the manifests it
+//! renders are durable together or not at all), and a committed manifest serial survives
+//! power loss, so it is never handed out twice. Schema migrations run at open, under a
+//! lock that spans the version check and every migration, so coordinators starting at
+//! once on one database apply each migration exactly once; a database whose schema is
+//! newer than this binary is refused.
+//!
+//! Backends: [`sqlite`] today (a file in the data directory); PostgreSQL next (issue 16),
+//! for several coordinators on one database.
+//!
+//! Design decision: **an enum of backends, not a trait.** `Store` is a concrete type
+//! holding one `Backend` variant, and each method forwards to the same method of the
+//! backend in use (the `backend!` macro). Why:
+//! - the service keeps naming one concrete, cloneable `Store` with plain `async fn`
+//!   methods: no `dyn` (async trait methods are not object-safe without boxing every
+//!   future, which would allocate on every poll-path call), no generic parameter spread
+//!   through `Coordinator`, no `async-trait` dependency;
+//! - the backends are a closed set chosen at start-up from configuration, which is what
+//!   an enum says; adding PostgreSQL is one variant, one arm in `backend!`, and a
+//!   `postgres.rs` with the same methods: the compiler then refuses to build until every
+//!   method the service uses exists on it with the same signature.
+//!
+//! A backend turns its driver's errors into [`StoreError::Database`] (keeping the
+//! message, hiding the type) and its rows into these records, decoding stored text with
+//! the helpers below ([`StoreError::Corrupt`] names what could not be read back).
+
+pub mod sqlite;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use drover_protocol::api::{HistoryEntry, HoldInfo, HostHistoryEntry, Labels, PinInfo, Release, Scope, TokenName};
+use drover_protocol::report::ReportEvent;
+use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
+
+use crate::server::rollout::Rollout;
+use sqlite::SqliteStore;
+
+/// Events kept per host; older ones are deleted as new ones arrive.
+pub const EVENTS_PER_HOST: i64 = 200;
+
+/// Renewal lines kept per host in `host_history` (joins, replacements and removals are
+/// all kept).
+pub const RENEWALS_KEPT_PER_HOST: i64 = 100;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed (could not be opened, reached, read or written).
+    #[error("database: {0}")]
+    Database(DatabaseError),
+    /// A stored value could not be read back (a bug or a hand-edited database).
+    #[error("database holds an unreadable {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    /// The database was migrated by a newer coordinator; this one would misread it.
+    #[error(
+        "database {path}: its schema is version {found}, newer than the {known} this drover knows; \
+         a newer drover has used it. Run that version (or newer), or restore the backup taken before the upgrade"
+    )]
+    SchemaTooNew { path: PathBuf, found: i64, known: usize },
+}
+
+/// The database's own error, with its message and cause chain; the driver's type stays
+/// inside the backend.
+#[derive(Debug)]
+pub struct DatabaseError(Box<dyn std::error::Error + Send + Sync>);
+
+impl DatabaseError {
+    /// Wraps a backend driver's error.
+    fn new(error: impl std::error::Error + Send + Sync + 'static) -> DatabaseError {
+        DatabaseError(Box::new(error))
+    }
+}
+
+impl std::fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for DatabaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// A host as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRecord {
+    /// Its id.
+    pub id: HostId,
+    /// Its labels.
+    pub labels: Labels,
+    /// The sha256 of its newest client certificate; `None` once removed.
+    pub cert_sha256: Option<String>,
+    /// The sha256 of its key (SubjectPublicKeyInfo): every unexpired certificate of the
+    /// CA for this host with this key is the host. `None` for a host enrolled before
+    /// keys were recorded (known by `cert_sha256` until it renews) or removed.
+    pub key_sha256: Option<String>,
+    /// When its newest certificate expires, if known.
+    pub cert_not_after: Option<Timestamp>,
+    /// When it joined.
+    pub joined_at: Timestamp,
+}
+
+/// A host's last signed manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredManifest {
+    /// The host.
+    pub host: HostId,
+    /// Its serial (never goes down for a host id, across removals and re-joins).
+    pub serial: u64,
+    /// The envelope bytes (shared with what polls are answered from).
+    pub envelope: bytes::Bytes,
+    /// A hash of what was rendered (hold + apps), to tell a change from a refresh.
+    pub content_hash: String,
+    /// When it was issued.
+    pub issued_at: Timestamp,
+    /// When it expires.
+    pub expires_at: Timestamp,
+}
+
+/// An enrollment token as stored (hashed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Labels for the joining host.
+    pub labels: Labels,
+    /// The one taken host id it may enroll (`--replace HOST`).
+    pub replace: Option<HostId>,
+    /// Made by an older coordinator as "replace any host": now refused for taken ids.
+    pub replace_any: bool,
+    /// The admin token that made it (none: made by an older coordinator).
+    pub created_by: Option<String>,
+}
+
+/// Why a token could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// No such token.
+    Unknown,
+    /// It was used already.
+    Used,
+    /// It expired.
+    Expired,
+}
+
+/// An admin token as stored: its secret only as sha256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminTokenRecord {
+    /// Its name (unique among the tokens not revoked).
+    pub name: TokenName,
+    /// The hex sha256 of its secret.
+    pub hash: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// The token that made it, or [`BOOTSTRAP_CREATOR`].
+    pub created_by: String,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Timestamp>,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+    /// The token that revoked it, or [`BOOTSTRAP_CREATOR`] (a replaced `admin.token`).
+    pub revoked_by: Option<String>,
+    /// When a request last came with it (kept to the minute).
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl AdminTokenRecord {
+    /// Whether it expired by `now`.
+    pub fn expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|expires_at| expires_at <= now)
+    }
+
+    /// Whether requests with it are accepted at `now`.
+    pub fn valid(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && !self.expired(now)
+    }
+}
+
+/// Who creates (and, when `admin.token` was replaced, revokes) the bootstrap admin token.
+pub const BOOTSTRAP_CREATOR: &str = "drover serve";
+
+/// Everything loaded at start-up.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Hosts, including removed ones (whose serials must continue).
+    pub hosts: Vec<HostRecord>,
+    /// Groups by name.
+    pub groups: BTreeMap<String, Labels>,
+    /// Pins.
+    pub pins: BTreeMap<(AppName, Scope), Version>,
+    /// Holds.
+    pub holds: BTreeSet<Scope>,
+    /// Releases.
+    pub releases: Vec<Release>,
+    /// The last manifest of every host.
+    pub manifests: Vec<StoredManifest>,
+    /// The latest report of every host.
+    pub reports: Vec<(HostReport, Timestamp)>,
+}
+
+/// A rollout as stored: the controller's state and who started it when.
+#[derive(Clone, Debug)]
+pub struct StoredRollout {
+    /// The controller's whole state.
+    pub rollout: Rollout,
+    /// The token name that started it.
+    pub created_by: String,
+    /// When.
+    pub created_at: Timestamp,
+    /// When it finished, if it did.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// A line for the history table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRecord {
+    /// The app it concerns (`None`: every app, e.g. a hold).
+    pub app: Option<AppName>,
+    /// The rollout it belongs to, if any.
+    pub rollout: Option<String>,
+    /// When.
+    pub at: Timestamp,
+    /// Who.
+    pub who: String,
+    /// What.
+    pub what: String,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// One rollout step to commit: the rollout's new state, the pins its actions changed (in
+/// order), its history lines and the manifests they render, all in one transaction.
+#[derive(Debug)]
+pub struct RolloutCommit<'a> {
+    /// The rollout after the step.
+    pub rollout: &'a Rollout,
+    /// `Some((created_by, created_at))` when the rollout row is new.
+    pub created: Option<(&'a str, Timestamp)>,
+    /// When it finished, if this step finished it.
+    pub finished_at: Option<Timestamp>,
+    /// Pin changes of the rollout's app, applied in order (`None` removes the pin).
+    pub pins: &'a [(Scope, Option<Version>)],
+    /// Who the pins it sets are set by, when and why (`drover pins`): the operator of a
+    /// command, or the controller for a step of its own.
+    pub pin_origin: (&'a str, Timestamp, Option<&'a str>),
+    /// History lines.
+    pub history: &'a [HistoryRecord],
+    /// The manifests the pin changes render.
+    pub manifests: &'a [StoredManifest],
+}
+
+/// What a host history line records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostChange {
+    /// A new host id enrolled.
+    Joined,
+    /// An enrolled host id taken over by a new key (`--replace HOST`).
+    Replaced,
+    /// A removed host id enrolled again (`--replace HOST`).
+    Rejoined,
+    /// The host removed.
+    Removed,
+    /// A new certificate for the same key.
+    Renewed,
+}
+
+impl HostChange {
+    fn as_str(self) -> &'static str {
+        match self {
+            HostChange::Joined => "joined",
+            HostChange::Replaced => "replaced",
+            HostChange::Rejoined => "rejoined",
+            HostChange::Removed => "removed",
+            HostChange::Renewed => "renewed",
+        }
+    }
+}
+
+/// The coordinator's store: one backend, chosen when it is opened (see the module
+/// documentation for why this is an enum and not a trait).
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// The backends a store can be.
+#[derive(Clone, Debug)]
+enum Backend {
+    /// A SQLite file.
+    Sqlite(SqliteStore),
+}
+
+/// Calls the method of whichever backend `$store` is, bound to `$backend`: every backend
+/// has every method with the same signature, which the compiler checks at each call.
+macro_rules! backend {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($backend) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and applies pending
+    /// migrations under the database's write lock; refuses a schema newer than this
+    /// binary knows.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Sqlite(SqliteStore::open(path).await?),
+        })
+    }
+
+    /// Loads everything the coordinator keeps in memory.
+    pub async fn load(&self) -> Result<Snapshot, StoreError> {
+        backend!(self, backend => backend.load().await)
+    }
+
+    /// Stores a new enrollment token by its hash.
+    pub async fn insert_token(
+        &self,
+        hash: &str,
+        labels: &Labels,
+        replace: Option<&HostId>,
+        created_by: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        backend!(self, backend => backend.insert_token(hash, labels, replace, created_by, expires_at, now).await)
+    }
+
+    /// Looks a token up without using it.
+    pub async fn check_token(
+        &self,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<Result<TokenRecord, TokenProblem>, StoreError> {
+        backend!(self, backend => backend.check_token(hash, now).await)
+    }
+
+    /// Enrolls a host in one transaction: uses the token (only if still unused and
+    /// unexpired), stores the host with its certificate and key fingerprints, its first
+    /// manifest and the history line. Returns the token problem if another join won the
+    /// race.
+    pub async fn join_host(
+        &self,
+        token_hash: &str,
+        host: &HostRecord,
+        manifest: &StoredManifest,
+        history: (HostChange, &HostHistoryEntry),
+        now: Timestamp,
+    ) -> Result<Result<(), TokenProblem>, StoreError> {
+        backend!(self, backend => backend.join_host(token_hash, host, manifest, history, now).await)
+    }
+
+    /// Marks a host removed, with its history line: its key and certificates stop
+    /// working; its serial, host pins and holds are kept for an explicit re-join of the id.
+    pub async fn remove_host(&self, host: &HostId, history: &HostHistoryEntry) -> Result<(), StoreError> {
+        backend!(self, backend => backend.remove_host(host, history).await)
+    }
+
+    /// Records a renewed certificate of an enrolled host (same key) with its history
+    /// line; `false` (and nothing written) when the host is no longer enrolled with this
+    /// key (removed or replaced meanwhile). A host without a recorded key must still have
+    /// the line's `old_certificate` as its newest certificate.
+    pub async fn renew_host(
+        &self,
+        host: &HostId,
+        key_sha256: &str,
+        cert_sha256: &str,
+        not_after: Timestamp,
+        history: &HostHistoryEntry,
+    ) -> Result<bool, StoreError> {
+        backend!(self, backend => backend.renew_host(host, key_sha256, cert_sha256, not_after, history).await)
+    }
+
+    /// Records the key and expiry of a host enrolled before keys were recorded, read
+    /// from the certificate it presented (the one stored as `cert_sha256`).
+    pub async fn record_host_key(
+        &self,
+        host: &HostId,
+        cert_sha256: &str,
+        key_sha256: &str,
+        not_after: Timestamp,
+    ) -> Result<(), StoreError> {
+        backend!(self, backend => backend.record_host_key(host, cert_sha256, key_sha256, not_after).await)
+    }
+
+    /// A host id's history (joins, replacements, renewals, removals), oldest first, at
+    /// most the newest `limit` lines.
+    pub async fn host_history(&self, host: &HostId, limit: u32) -> Result<Vec<HostHistoryEntry>, StoreError> {
+        backend!(self, backend => backend.host_history(host, limit).await)
+    }
+
+    /// Replaces a host's labels and stores the manifests that changed, in one transaction.
+    pub async fn set_labels(
+        &self,
+        host: &HostId,
+        labels: &Labels,
+        manifests: &[StoredManifest],
+    ) -> Result<(), StoreError> {
+        backend!(self, backend => backend.set_labels(host, labels, manifests).await)
+    }
+
+    /// Creates or replaces a group and stores the manifests that changed, in one transaction.
+    pub async fn put_group(
+        &self,
+        name: &str,
+        selector: &Labels,
+        manifests: &[StoredManifest],
+    ) -> Result<(), StoreError> {
+        backend!(self, backend => backend.put_group(name, selector, manifests).await)
+    }
+
+    /// Deletes a group.
+    pub async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
+        backend!(self, backend => backend.delete_group(name).await)
+    }
+
+    /// Stores a release; it must not exist yet (releases are immutable).
+    pub async fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
+        backend!(self, backend => backend.insert_release(release).await)
+    }
+
+    /// Sets or clears a pin (`version: None` clears) and stores the manifests it changed,
+    /// in one transaction.
+    pub async fn change_pin(
+        &self,
+        app: &AppName,
+        scope: &Scope,
+        version: Option<&Version>,
+        history: &[HistoryRecord],
+        manifests: &[StoredManifest],
+    ) -> Result<(), StoreError> {
+        backend!(self, backend => backend.change_pin(app, scope, version, history, manifests).await)
+    }
+
+    /// Sets or clears a hold and stores the manifests it changed, in one transaction.
+    pub async fn change_hold(
+        &self,
+        scope: &Scope,
+        held: bool,
+        history: &[HistoryRecord],
+        manifests: &[StoredManifest],
+    ) -> Result<(), StoreError> {
+        backend!(self, backend => backend.change_hold(scope, held, history, manifests).await)
+    }
+
+    /// Stores re-signed manifests (labels, groups or expiry refresh changed them).
+    pub async fn save_manifests(&self, manifests: &[StoredManifest]) -> Result<(), StoreError> {
+        backend!(self, backend => backend.save_manifests(manifests).await)
+    }
+
+    /// Stores a batch of reports (latest per host) and their events, trimming each
+    /// host's history to [`EVENTS_PER_HOST`].
+    pub async fn save_reports(&self, reports: &[(HostReport, Timestamp)]) -> Result<(), StoreError> {
+        backend!(self, backend => backend.save_reports(reports).await)
+    }
+
+    /// A host's recent events, oldest first.
+    pub async fn events(&self, host: &HostId) -> Result<Vec<ReportEvent>, StoreError> {
+        backend!(self, backend => backend.events(host).await)
+    }
+
+    /// Records the data directory's admin token as `admin`, unless this secret is known
+    /// already (then nothing changes, so a revoked `admin` stays revoked across restarts).
+    /// A new secret (the file was deleted and made again) revokes the earlier `admin`:
+    /// whoever can write the data directory holds the CA and the manifest key anyway, and
+    /// this is the way back in when every named token was lost.
+    pub async fn bootstrap_admin_token(&self, hash: &str, now: Timestamp) -> Result<(), StoreError> {
+        backend!(self, backend => backend.bootstrap_admin_token(hash, now).await)
+    }
+
+    /// Every admin token, revoked ones included, oldest first.
+    pub async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        backend!(self, backend => backend.admin_tokens().await)
+    }
+
+    /// Stores a new admin token; an expired one of the same name is revoked by the same
+    /// transaction (its creator is the revoker), so the name can be used again.
+    pub async fn insert_admin_token(&self, token: &AdminTokenRecord) -> Result<(), StoreError> {
+        backend!(self, backend => backend.insert_admin_token(token).await)
+    }
+
+    /// Revokes the admin token `name` that is not revoked yet; false when there is none.
+    pub async fn revoke_admin_token(&self, name: &TokenName, at: Timestamp, by: &str) -> Result<bool, StoreError> {
+        backend!(self, backend => backend.revoke_admin_token(name, at, by).await)
+    }
+
+    /// Notes when the admin token with this hash was last used.
+    pub async fn touch_admin_token(&self, hash: &str, at: Timestamp) -> Result<(), StoreError> {
+        backend!(self, backend => backend.touch_admin_token(hash, at).await)
+    }
+
+    /// The rollouts that have not finished, to resume at start.
+    pub async fn active_rollouts(&self) -> Result<Vec<StoredRollout>, StoreError> {
+        backend!(self, backend => backend.active_rollouts().await)
+    }
+
+    /// The newest rollout of `app`, finished or not.
+    pub async fn latest_rollout(&self, app: &AppName) -> Result<Option<StoredRollout>, StoreError> {
+        backend!(self, backend => backend.latest_rollout(app).await)
+    }
+
+    /// How many rollouts `app` has had (the next one's sequence number is this + 1).
+    pub async fn rollout_count(&self, app: &AppName) -> Result<u64, StoreError> {
+        backend!(self, backend => backend.rollout_count(app).await)
+    }
+
+    /// Commits one rollout step (see [`RolloutCommit`]).
+    pub async fn commit_rollout(&self, commit: &RolloutCommit<'_>) -> Result<(), StoreError> {
+        backend!(self, backend => backend.commit_rollout(commit).await)
+    }
+
+    /// The pins in force (of `app`, or all), with who set them, ordered by app and scope.
+    pub async fn pins(&self, app: Option<&AppName>) -> Result<Vec<PinInfo>, StoreError> {
+        backend!(self, backend => backend.pins(app).await)
+    }
+
+    /// The holds in force with who set them, ordered by scope.
+    pub async fn holds(&self) -> Result<Vec<HoldInfo>, StoreError> {
+        backend!(self, backend => backend.holds().await)
+    }
+
+    /// The history of `app` (including holds, which cover every app), oldest first, at
+    /// most the newest `limit` lines.
+    pub async fn history(&self, app: &AppName, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+        backend!(self, backend => backend.history(app, limit).await)
+    }
+}
+
+// --- For the backends: decoding what was stored -------------------------------------
+
+fn corrupt(what: &'static str) -> impl Fn(String) -> StoreError {
+    move |detail| StoreError::Corrupt { what, detail }
+}
+
+fn json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|error| corrupt(what)(error.to_string()))
+}
+
+fn parse<T: FromStr>(what: &'static str, text: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|error: T::Err| corrupt(what)(error.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("stored values serialize")
+}
+
+fn unix(at: Timestamp) -> i64 {
+    at.unix()
+}
