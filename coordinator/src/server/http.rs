@@ -37,7 +37,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use drover_protocol::api::{
-    AdminTokenRequest, ErrorBody, Group, HoldRequest, JoinRequest, LabelRequest, MAX_JSON_BODY, MAX_WAIT_SECONDS, Pin,
+    AdminTokenRequest, ChangeReason, ErrorBody, Group, HistoryQuery, HoldRequest, JoinRequest, LabelRequest, MAX_JSON_BODY, MAX_WAIT_SECONDS, Pin,
     PinRequest, ReleaseRequest, RenewRequest, RenewResponse, RolloutAbortRequest, RolloutCommandRequest,
     RolloutRequest, TokenName, TokenRequest, UnpinRequest,
 };
@@ -52,12 +52,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::Layer as _;
 
+use crate::server::blobs::BlobError;
 use crate::server::pki::PeerIdentity;
 use crate::server::service::{Coordinator, Operator, RolloutCommand, ServiceError};
 
@@ -501,6 +501,7 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/admin/rollouts/plan", post(plan_rollout))
         .route("/v1/admin/rollouts/{app}", get(rollout_status))
         .route("/v1/admin/rollouts/{app}/history", get(rollout_history))
+        .route("/v1/admin/history", get(fleet_history))
         .route("/v1/admin/rollouts/{app}/{command}", post(rollout_command))
         .fallback(|| async { ApiError::Service(ServiceError::NotFound("no_such_route", "no such endpoint".into())) })
 }
@@ -605,6 +606,13 @@ enum ApiError {
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> ApiError {
         ApiError::Service(error)
+    }
+}
+
+/// The artifact store's errors reach the client as the service words them.
+impl From<BlobError> for ApiError {
+    fn from(error: BlobError) -> ApiError {
+        ApiError::Service(error.into())
     }
 }
 
@@ -1028,47 +1036,20 @@ async fn artifact(
         )
         .into());
     }
-    let path = crate::server::blobs::path_of(&state.coordinator.data().blobs(), &digest);
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ServiceError::NotFound("artifact_not_found", format!("no artifact {digest}")).into());
-        }
-        Err(source) => {
-            return Err(ServiceError::Io {
-                operation: "opening artifact",
-                source,
-            }
-            .into());
-        }
-    };
-    let size = file
-        .metadata()
-        .await
-        .map_err(|source| ServiceError::Io {
-            operation: "reading artifact",
-            source,
-        })?
-        .len();
-    let range_header = headers.get(header::RANGE).and_then(|value| value.to_str().ok());
-    let range = crate::server::blobs::resolve_range(range_header, size)?;
-    let (status, start, length) = match range {
-        Some(range) => (StatusCode::PARTIAL_CONTENT, range.start, range.end - range.start + 1),
-        None => (StatusCode::OK, 0, size),
-    };
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(|source| ServiceError::Io {
-            operation: "seeking artifact",
-            source,
-        })?;
+    let range = headers.get(header::RANGE).and_then(|value| value.to_str().ok());
+    let download = crate::server::blobs::open(&state.coordinator.data().blobs(), &digest, range).await?;
     state
         .coordinator
         .metrics
         .artifact_bytes_served
-        .add(usize::try_from(length).unwrap_or(usize::MAX));
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(length), 256 * 1024);
-    let mut response = Response::new(Body::from_stream(stream));
+        .add(usize::try_from(download.length).unwrap_or(usize::MAX));
+    let status = if download.range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let (length, content_range) = (download.length, download.content_range());
+    let mut response = Response::new(Body::from_stream(download.into_stream()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -1077,19 +1058,28 @@ async fn artifact(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    if let Some(range) = range
-        && let Ok(value) = HeaderValue::from_str(&format!("bytes {}-{}/{size}", range.start, range.end))
-    {
+    if let Some(value) = content_range.and_then(|text| HeaderValue::from_str(&text).ok()) {
         headers.insert(header::CONTENT_RANGE, value);
     }
     Ok(response)
 }
 
-async fn create_admin_token(State(state): State<AppState>, Admin(operator): Admin, body: Body) -> ApiResult<Response> {
+async fn create_admin_token(
+    State(state): State<AppState>,
+    Admin(operator): Admin,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    let reason = change_reason(query.as_deref())?;
     let request: AdminTokenRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
     Ok((
         StatusCode::CREATED,
-        Json(state.coordinator.create_admin_token(request, &operator).await?),
+        Json(
+            state
+                .coordinator
+                .create_admin_token(request, &operator, reason.as_deref())
+                .await?,
+        ),
     )
         .into_response())
 }
@@ -1102,9 +1092,17 @@ async fn revoke_admin_token(
     State(state): State<AppState>,
     Admin(operator): Admin,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let name: TokenName = parse_path(&name, "bad_token_name")?;
-    Ok(Json(state.coordinator.revoke_admin_token(&name, &operator).await?).into_response())
+    let reason = change_reason(query.as_deref())?;
+    Ok(Json(
+        state
+            .coordinator
+            .revoke_admin_token(&name, &operator, reason.as_deref())
+            .await?,
+    )
+    .into_response())
 }
 
 async fn create_token(State(state): State<AppState>, Admin(operator): Admin, body: Body) -> ApiResult<Response> {
@@ -1134,35 +1132,71 @@ async fn remove_host(
     State(state): State<AppState>,
     Admin(operator): Admin,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<StatusCode> {
     let id: HostId = parse_path(&id, "bad_host_id")?;
-    state.coordinator.remove_host(&id, &operator).await?;
+    let reason = change_reason(query.as_deref())?;
+    state.coordinator.remove_host(&id, &operator, reason.as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn label_host(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(operator): Admin,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
     body: Body,
 ) -> ApiResult<Response> {
     let id: HostId = parse_path(&id, "bad_host_id")?;
+    let reason = change_reason(query.as_deref())?;
     let request: LabelRequest = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
-    Ok(Json(state.coordinator.label_host(&id, request.set, request.remove).await?).into_response())
+    let changed = state
+        .coordinator
+        .label_host(&id, request.set, request.remove, &operator, reason.as_deref())
+        .await?;
+    Ok(Json(changed).into_response())
 }
 
 async fn list_groups(State(state): State<AppState>, _: Admin) -> ApiResult<Response> {
     Ok(Json(state.coordinator.groups().await).into_response())
 }
 
-async fn put_group(State(state): State<AppState>, _: Admin, body: Body) -> ApiResult<Response> {
+async fn put_group(
+    State(state): State<AppState>,
+    Admin(operator): Admin,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    let reason = change_reason(query.as_deref())?;
     let group: Group = read_json(body, BodyLimit::authenticated(MAX_JSON_BODY)).await?;
-    Ok(Json(state.coordinator.put_group(group).await?).into_response())
+    Ok(Json(state.coordinator.put_group(group, &operator, reason.as_deref()).await?).into_response())
 }
 
-async fn delete_group(State(state): State<AppState>, _: Admin, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    state.coordinator.delete_group(&name).await?;
+async fn delete_group(
+    State(state): State<AppState>,
+    Admin(operator): Admin,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<StatusCode> {
+    let reason = change_reason(query.as_deref())?;
+    state.coordinator.delete_group(&name, &operator, reason.as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `?reason=` of a change whose body has no reason field ([`ChangeReason`]); any
+/// other query, or a reason over the limit, is 400 `bad_reason`.
+fn change_reason(query: Option<&str>) -> Result<Option<String>, ServiceError> {
+    ChangeReason::from_query(query)
+        .map(|change| change.reason)
+        .map_err(|error| ServiceError::BadRequest("bad_reason", error))
+}
+
+/// `GET /v1/admin/history?app=&host=&who=&since=&limit=`: the fleet-wide history, newest
+/// first; a bad filter is 400 `bad_history_query` saying which and why.
+async fn fleet_history(State(state): State<AppState>, _: Admin, RawQuery(query): RawQuery) -> ApiResult<Response> {
+    let query = HistoryQuery::from_query(query.as_deref())
+        .map_err(|error| ServiceError::BadRequest("bad_history_query", error))?;
+    Ok(Json(state.coordinator.history(&query).await?).into_response())
 }
 
 /// `POST /v1/admin/artifacts`: the body is the artifact, streamed to disk. The optional

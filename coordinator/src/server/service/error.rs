@@ -1,5 +1,6 @@
 //! [`ServiceError`]: why an operation failed, with a stable code for the API.
 
+use crate::server::blobs::BlobError;
 use crate::server::store::StoreError;
 
 /// Why an operation failed; the HTTP layer maps each to a status in one `match`.
@@ -42,6 +43,21 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The artifact store's errors with their API codes (the store knows nothing of them).
+impl From<BlobError> for ServiceError {
+    fn from(error: BlobError) -> ServiceError {
+        let message = error.to_string();
+        match error {
+            BlobError::NotFound { .. } => ServiceError::NotFound("artifact_not_found", message),
+            BlobError::RangeNotSatisfiable { size, .. } => ServiceError::RangeNotSatisfiable { message, size },
+            BlobError::UploadInterrupted { .. } => ServiceError::BadRequest("upload_interrupted", message),
+            BlobError::TooLarge => ServiceError::TooLarge("artifact_too_large", message),
+            BlobError::DigestMismatch { .. } => ServiceError::BadRequest("digest_mismatch", message),
+            BlobError::Io { operation, source } => ServiceError::Io { operation, source },
+        }
+    }
 }
 
 #[cfg(test)]
