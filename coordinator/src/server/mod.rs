@@ -5,6 +5,7 @@
 //! artifacts ([`blobs`]), issues certificates ([`pki`]) and counts ([`metrics`]).
 
 pub mod blobs;
+pub mod clock;
 pub mod fleet;
 pub mod http;
 pub mod metrics;

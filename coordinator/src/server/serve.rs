@@ -197,6 +197,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         manifest_ttl: options.manifest_ttl,
         refresh_interval: Duration::from_secs(60),
         host_certificate_validity: options.host_certificate_validity,
+        clock: Arc::new(crate::server::clock::SystemClock),
     };
     let (coordinator, background) = Coordinator::start(config, store, data.clone(), credentials)
         .await

@@ -8,7 +8,7 @@ use drover_protocol::api::{
 use drover_protocol::{Duration, Timestamp};
 
 use super::error::ServiceError;
-use super::{Coordinator, hash_secret, now};
+use super::{Coordinator, hash_secret};
 use crate::server::store::AdminTokenRecord;
 
 /// Who made a request: the name of the admin token it came with, made only by
@@ -94,7 +94,7 @@ impl Coordinator {
         };
         // Looking the secret up by its digest keeps the timing independent of the secret.
         let hash = hash_secret(token);
-        let now = now();
+        let now = self.now();
         let (name, touch) = {
             let tokens = self.admin_tokens.read().expect("admin tokens lock");
             let Some(record) = tokens.iter().find(|token| token.hash == hash) else {
@@ -169,7 +169,7 @@ impl Coordinator {
             ));
         }
         let _changing = self.admin_token_changes.lock().await;
-        let now = now();
+        let now = self.now();
         let existing = self
             .admin_tokens
             .read()
@@ -214,7 +214,7 @@ impl Coordinator {
 
     /// `drover admin-token list`: every admin token, revoked ones too, oldest first.
     pub fn admin_tokens(&self) -> Vec<AdminTokenInfo> {
-        let now = now();
+        let now = self.now();
         self.admin_tokens
             .read()
             .expect("admin tokens lock")
@@ -231,7 +231,7 @@ impl Coordinator {
         operator: &Operator,
     ) -> Result<AdminTokenInfo, ServiceError> {
         let _changing = self.admin_token_changes.lock().await;
-        let now = now();
+        let now = self.now();
         let (target, others_valid, ever) = {
             let tokens = self.admin_tokens.read().expect("admin tokens lock");
             let target = tokens

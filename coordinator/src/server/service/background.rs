@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use drover_protocol::Timestamp;
 use tokio::sync::watch;
 
 use super::reports::store_reports;
@@ -50,8 +49,12 @@ pub(super) async fn drive_rollouts(coordinator: Arc<Coordinator>, mut shutdown: 
         if *shutdown.borrow() {
             break;
         }
-        let wake = coordinator.drive_rollouts().await;
-        let sleep = wake.map_or(std::time::Duration::from_secs(3600), until);
+        let wake = coordinator.drive_once().await;
+        // How long to wait is the only thing the real time decides; what is due when it
+        // ends is decided by the coordinator's clock in `drive_once`.
+        let sleep = wake.map_or(std::time::Duration::from_secs(3600), |at| {
+            coordinator.config.clock.until(at)
+        });
         tokio::select! {
             () = coordinator.rollout_signal.notified() => {}
             () = tokio::time::sleep(sleep) => {}
@@ -60,36 +63,13 @@ pub(super) async fn drive_rollouts(coordinator: Arc<Coordinator>, mut shutdown: 
     }
 }
 
-/// How long until `at` (whole seconds), plus a little so that `now()` has reached it.
-pub(super) fn until(at: Timestamp) -> std::time::Duration {
-    let now_millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis());
-    let at_millis = u128::try_from(at.unix()).unwrap_or(0) * 1000;
-    let millis = u64::try_from(at_millis.saturating_sub(now_millis)).unwrap_or(u64::MAX);
-    std::time::Duration::from_millis(millis.saturating_add(20))
-}
-
 #[cfg(test)]
 mod tests {
     use drover_protocol::api::Pin;
     use drover_protocol::report::AppState;
-    use drover_protocol::{Duration, Timestamp};
     use tokio::sync::watch;
 
-    use super::until;
     use crate::server::service::testing::{coordinator, name, operator, report};
-
-    #[test]
-    fn a_timer_in_the_past_is_due_at_once_and_one_ahead_waits_for_it() {
-        let now = Timestamp::from_system(std::time::SystemTime::now());
-        assert_eq!(
-            until(now.minus(Duration::from_secs(10))),
-            std::time::Duration::from_millis(20)
-        );
-        let ahead = until(now.plus(Duration::from_secs(3)));
-        assert!(ahead > std::time::Duration::from_secs(1) && ahead <= std::time::Duration::from_millis(3020));
-    }
 
     #[tokio::test]
     async fn reports_still_queued_at_shutdown_are_stored() {

@@ -12,7 +12,7 @@ use super::admin::{Actor, Operator, check_reason};
 use super::error::ServiceError;
 use super::hosts::active_host;
 use super::rollouts::refuse_during_rollout;
-use super::{Coordinator, Model, Published, now};
+use super::{Coordinator, Model, Published};
 use crate::server::fleet::{Fleet, Resolved, sign_manifest};
 use crate::server::store::{HistoryRecord, HostRecord, StoredManifest};
 
@@ -45,11 +45,11 @@ impl Rendered {
     }
 }
 
-pub(super) fn manual_history(app: Option<&AppName>, what: String, actor: &Actor) -> HistoryRecord {
+pub(super) fn manual_history(app: Option<&AppName>, what: String, actor: &Actor, at: Timestamp) -> HistoryRecord {
     HistoryRecord {
         app: app.cloned(),
         rollout: None,
-        at: now(),
+        at,
         who: actor.who.clone(),
         what,
         reason: actor.reason.clone(),
@@ -275,11 +275,13 @@ impl Coordinator {
         }
         let key = (pin.app.clone(), pin.scope.clone());
         let previous = model.fleet.pins.insert(key.clone(), pin.version.clone());
-        let manifests = self.render_scope(&model, std::slice::from_ref(&pin.scope), now());
+        let now = self.now();
+        let manifests = self.render_scope(&model, std::slice::from_ref(&pin.scope), now);
         let history = [manual_history(
             Some(&pin.app),
             format!("pinned {} {} for the {}", pin.app, pin.version, pin.scope),
             &actor,
+            now,
         )];
         let what = format!("pinning {} {} for the {}", pin.app, pin.version, pin.scope);
         let outcome = match check_manifests(&model.fleet, &manifests, &what) {
@@ -315,11 +317,13 @@ impl Coordinator {
                 format!("{app} is not pinned for the {scope}"),
             ));
         };
-        let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now());
+        let now = self.now();
+        let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now);
         let history = [manual_history(
             Some(&app),
             format!("unpinned {app} for the {scope}"),
             &actor,
+            now,
         )];
         if let Err(error) = self.store.change_pin(&app, &scope, None, &history, &manifests).await {
             restore_pin(&mut model.fleet, key, Some(previous));
@@ -349,9 +353,10 @@ impl Coordinator {
         if !changed {
             return Ok(ChangeResult { hosts_changed: 0 });
         }
-        let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now());
+        let now = self.now();
+        let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now);
         let verb = if held { "held" } else { "released the hold on" };
-        let history = [manual_history(None, format!("{verb} the {scope}"), &actor)];
+        let history = [manual_history(None, format!("{verb} the {scope}"), &actor, now)];
         if let Err(error) = self.store.change_hold(&scope, held, &history, &manifests).await {
             if held {
                 model.fleet.holds.remove(&scope);
@@ -367,7 +372,7 @@ impl Coordinator {
     pub async fn refresh(&self) -> Result<usize, ServiceError> {
         let mut model = self.model.lock().await;
         let hosts: Vec<HostRecord> = model.fleet.active_hosts().cloned().collect();
-        let manifests = self.render(&model, &hosts, now(), RenderMode::Refresh);
+        let manifests = self.render(&model, &hosts, self.now(), RenderMode::Refresh);
         self.store.save_manifests(&manifests).await?;
         Ok(self.applied(&mut model, &manifests).hosts_changed)
     }
@@ -501,5 +506,26 @@ mod tests {
         assert_eq!(host.as_str(), "web-22", "the longest id stands for them");
         assert_eq!(*apps, 1);
         assert!(*size > 0 && *size < MAX_MANIFEST_BYTES);
+    }
+
+    #[tokio::test]
+    async fn the_refresher_re_signs_a_manifest_at_half_its_lifetime() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        let identity = test.join("web-1", &[]).await;
+        let ttl = service.config().manifest_ttl;
+        let almost_half = drover_protocol::Duration::from_millis(ttl.as_millis() / 2 - 1000);
+        let slot = service.host_slot(Some(&identity)).expect("slot");
+        let serial = slot.subscribe().borrow().serial;
+        test.clock.advance(almost_half);
+        assert_eq!(
+            service.refresh().await.expect("refresh"),
+            0,
+            "more than half its lifetime left"
+        );
+        test.clock.advance(drover_protocol::Duration::from_secs(1));
+        assert_eq!(service.refresh().await.expect("refresh"), 1);
+        assert_eq!(slot.subscribe().borrow().serial, serial + 1);
+        assert_eq!(service.refresh().await.expect("refresh"), 0, "fresh again");
     }
 }

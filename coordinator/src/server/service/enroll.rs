@@ -12,7 +12,7 @@ use super::admin::Operator;
 use super::desired::{RenderMode, Rendered, check_manifests};
 use super::error::ServiceError;
 use super::hosts::check_labels;
-use super::{Coordinator, HOST_RENEWAL_ACTOR, HostSlot, Published, SlotIdentity, hash_secret, now};
+use super::{Coordinator, HOST_RENEWAL_ACTOR, HostSlot, Published, SlotIdentity, hash_secret};
 use crate::server::metrics::CertificateExpiry;
 use crate::server::pki::PeerIdentity;
 use crate::server::store::{HostChange, HostRecord, TokenProblem};
@@ -45,7 +45,7 @@ impl Coordinator {
         let slot = self.slots.read().expect("slots lock").get(&identity.host).cloned();
         match slot {
             Some(slot) if slot.identity.read().expect("slot identity lock").proves(identity) => {
-                slot.last_seen.store(now().unix(), Ordering::Relaxed);
+                slot.last_seen.store(self.now().unix(), Ordering::Relaxed);
                 self.learn_key(&slot, identity);
                 Ok(slot)
             }
@@ -128,7 +128,7 @@ impl Coordinator {
                 ),
             ));
         }
-        let now = now();
+        let now = self.now();
         let token = crate::datadir::new_secret();
         let expires_at = now.plus(request.ttl);
         self.store
@@ -158,7 +158,7 @@ impl Coordinator {
     /// or bringing a removed id back. Either way the id keeps its serial, host pins and
     /// holds, and the join is in the id's history. A refused join leaves the token unused.
     pub async fn join(&self, request: JoinRequest) -> Result<JoinResponse, ServiceError> {
-        let now = now();
+        let now = self.now();
         let token_hash = hash_secret(&request.token);
         let token = self.store.check_token(&token_hash, now).await?.map_err(token_error)?;
         let id = &request.host_id;
@@ -297,7 +297,7 @@ impl Coordinator {
         identity: &PeerIdentity,
         csr_pem: &str,
     ) -> Result<RenewResponse, ServiceError> {
-        let now = now();
+        let now = self.now();
         let issued = self
             .credentials
             .ca
@@ -373,6 +373,7 @@ mod tests {
     use drover_protocol::{Duration, HostId};
 
     use super::token_error;
+    use crate::server::clock::Clock;
     use crate::server::pki::make_host_csr;
     use crate::server::service::testing::{code, coordinator, facts, name, operator};
     use crate::server::store::TokenProblem;
@@ -493,5 +494,42 @@ mod tests {
                 .any(|entry| entry.who == crate::server::service::HOST_RENEWAL_ACTOR),
             "{history:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_join_token_expires_by_the_coordinators_clock() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        let token = service
+            .create_token(token_request(Duration::from_secs(600), None), &operator())
+            .await
+            .expect("token");
+        assert_eq!(token.expires_at, test.clock.now().plus(Duration::from_secs(600)));
+        let join = |host: &str| JoinRequest {
+            token: token.token.clone(),
+            host_id: name(host),
+            csr_pem: make_host_csr(&name(host)).expect("csr").0,
+            facts: facts(),
+        };
+        test.clock.advance(Duration::from_secs(600));
+        let error = service.join(join("web-1")).await.expect_err("expired");
+        assert_eq!(code(&error), "token_expired");
+        // Back a second before its end, the same token still works: the clock decided.
+        test.clock.set(token.expires_at.minus(Duration::from_secs(1)));
+        service.join(join("web-1")).await.expect("join before expiry");
+    }
+
+    #[tokio::test]
+    async fn a_hosts_last_seen_is_its_last_request_by_the_clock() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        let identity = test.join("web-1", &[]).await;
+        let joined_at = test.clock.now();
+        test.clock.advance(Duration::from_secs(3600));
+        let summary = service.host(&name("web-1")).await.expect("host").summary;
+        assert_eq!(summary.last_seen, Some(joined_at), "an hour without a request");
+        service.host_slot(Some(&identity)).expect("a poll");
+        let summary = service.host(&name("web-1")).await.expect("host").summary;
+        assert_eq!(summary.last_seen, Some(test.clock.now()));
     }
 }

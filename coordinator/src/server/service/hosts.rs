@@ -10,7 +10,7 @@ use drover_protocol::{AppName, HostId, Timestamp};
 use super::admin::{Actor, Operator};
 use super::desired::{RenderMode, check_manifests};
 use super::error::ServiceError;
-use super::{Coordinator, Model, now};
+use super::{Coordinator, Model};
 use crate::server::fleet::Fleet;
 use crate::server::rollout::Event;
 use crate::server::store::HostRecord;
@@ -169,7 +169,7 @@ impl Coordinator {
         }
         record.labels.extend(set);
         let previous = model.fleet.hosts.insert(id.clone(), record.clone());
-        let manifests = self.render(&model, &[record.clone()], now(), RenderMode::Changed);
+        let manifests = self.render(&model, &[record.clone()], self.now(), RenderMode::Changed);
         let outcome = match check_manifests(&model.fleet, &manifests, &format!("labelling host {id}")) {
             Ok(()) => self
                 .store
@@ -192,7 +192,7 @@ impl Coordinator {
         let mut model = self.model.lock().await;
         let old_certificate = active_host(&model.fleet, id)?.cert_sha256.clone();
         let history = HostHistoryEntry {
-            at: now(),
+            at: self.now(),
             who: operator.name().to_owned(),
             what: "removed: its key and certificates stop working; the id, with its host pins and holds, comes back only with `drover token create --replace HOST`".to_owned(),
             old_certificate,
@@ -206,7 +206,7 @@ impl Coordinator {
         }
         self.slots.write().expect("slots lock").remove(id);
         self.reports.lock().expect("reports lock").remove(id);
-        let now = now();
+        let now = self.now();
         let apps: Vec<AppName> = model
             .rollouts
             .iter()
@@ -256,7 +256,7 @@ impl Coordinator {
         let previous = model.fleet.groups.insert(group.name.clone(), group.selector.clone());
         let mut scopes: Vec<Scope> = before.into_iter().map(Scope::Host).collect();
         scopes.push(scope);
-        let manifests = self.render_scope(&model, &scopes, now());
+        let manifests = self.render_scope(&model, &scopes, self.now());
         let outcome = match check_manifests(&model.fleet, &manifests, &format!("group {}", group.name)) {
             Ok(()) => self
                 .store

@@ -30,6 +30,7 @@ use drover_protocol::{AppName, Digest, Duration, HostId, HostReport, Timestamp, 
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 
 use crate::datadir::DataDir;
+use crate::server::clock::Clock;
 use crate::server::fleet::{Fleet, Resolved};
 use crate::server::metrics::Metrics;
 use crate::server::pki::{PeerIdentity, sha256_hex};
@@ -55,6 +56,9 @@ pub struct Config {
     pub refresh_interval: Duration,
     /// How long each host certificate (at join and at renewal) is valid.
     pub host_certificate_validity: Duration,
+    /// Where every "now" of the service comes from ([`SystemClock`](crate::server::clock::SystemClock)
+    /// in `serve`, a [`ManualClock`](crate::server::clock::ManualClock) in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Who a host history line names for a renewal: the host itself asked for it.
@@ -188,10 +192,6 @@ pub struct Background {
     report_receiver: mpsc::Receiver<(HostReport, Timestamp)>,
 }
 
-fn now() -> Timestamp {
-    Timestamp::from_system(std::time::SystemTime::now())
-}
-
 fn hash_secret(secret: &str) -> String {
     sha256_hex(secret.as_bytes())
 }
@@ -207,7 +207,7 @@ impl Coordinator {
     ) -> Result<(Arc<Coordinator>, Background), ServiceError> {
         let snapshot = store.load().await?;
         store
-            .bootstrap_admin_token(&hash_secret(&credentials.admin_token), now())
+            .bootstrap_admin_token(&hash_secret(&credentials.admin_token), config.clock.now())
             .await?;
         let admin_tokens = store.admin_tokens().await?;
         let mut model = Model {
@@ -261,7 +261,7 @@ impl Coordinator {
         // Publish what was stored; re-render hosts whose desired state no longer matches
         // (e.g. the database was restored) so the published state is always current.
         let hosts: Vec<HostRecord> = model.fleet.active_hosts().cloned().collect();
-        let changed = coordinator.render(&model, &hosts, now(), RenderMode::Changed);
+        let changed = coordinator.render(&model, &hosts, coordinator.now(), RenderMode::Changed);
         coordinator.store.save_manifests(&changed).await?;
         for manifest in &changed {
             model.rendered.insert(manifest.host.clone(), Rendered::of(manifest));
@@ -288,6 +288,11 @@ impl Coordinator {
         }
         *coordinator.model.lock().await = model;
         Ok((Arc::new(coordinator), Background { report_receiver }))
+    }
+
+    /// The time now, by the clock the coordinator was started with.
+    pub fn now(&self) -> Timestamp {
+        self.config.clock.now()
     }
 
     /// The settings.
@@ -325,6 +330,7 @@ mod testing {
 
     use super::{Background, Config, Coordinator, Operator, ServiceError};
     use crate::datadir::DataDir;
+    use crate::server::clock::ManualClock;
     use crate::server::pki::{PeerIdentity, certificate_der, make_host_csr};
     use crate::server::store::Store;
 
@@ -332,6 +338,8 @@ mod testing {
     #[derive(Debug)]
     pub(crate) struct TestCoordinator {
         pub(crate) coordinator: Arc<Coordinator>,
+        /// Its clock: time moves only when a test moves it.
+        pub(crate) clock: Arc<ManualClock>,
         /// The background tasks, not running: tests drive what they need by hand.
         pub(crate) background: Option<Background>,
         /// The bootstrap admin token's secret.
@@ -383,6 +391,7 @@ mod testing {
         let _ = std::fs::remove_dir_all(&dir);
         let data = DataDir::new(&dir);
         let now = Timestamp::from_system(std::time::SystemTime::now());
+        let clock = Arc::new(ManualClock::new(now));
         let credentials = crate::server::setup::prepare(&data, None, now).expect("data directory");
         let admin_secret = credentials.admin_token.clone();
         let store = Store::open(&data.database()).await.expect("store");
@@ -393,12 +402,14 @@ mod testing {
             manifest_ttl: Duration::from_secs(3600),
             refresh_interval: Duration::from_secs(60),
             host_certificate_validity: Duration::from_secs(30 * 86_400),
+            clock: clock.clone(),
         };
         let (coordinator, background) = Coordinator::start(config, store, data, credentials)
             .await
             .expect("coordinator starts");
         TestCoordinator {
             coordinator,
+            clock,
             background: Some(background),
             admin_secret,
             dir,

@@ -5,8 +5,8 @@ use drover_protocol::manifest::HttpUrl;
 use drover_protocol::spec::ArtifactKind;
 use drover_protocol::{AppName, Artifact, Digest, Version};
 
+use super::Coordinator;
 use super::error::ServiceError;
-use super::{Coordinator, now};
 
 impl Coordinator {
     /// `drover release create`. Releases are immutable: the same version with other
@@ -61,7 +61,7 @@ impl Coordinator {
             version: request.version,
             artifact,
             spec: request.spec,
-            created_at: now(),
+            created_at: self.now(),
         };
         let mut model = self.model.lock().await;
         let key = (release.app.clone(), release.version.clone());

@@ -8,7 +8,7 @@ use drover_protocol::report::MAX_REPORT_EVENTS;
 use drover_protocol::{HostId, HostReport, Timestamp};
 
 use super::error::ServiceError;
-use super::{Coordinator, Published, now};
+use super::{Coordinator, Published};
 
 /// Whether two reports say the same about every app's current, desired and state.
 pub(super) fn same_app_states(old: &HostReport, new: &HostReport) -> bool {
@@ -59,7 +59,7 @@ impl Coordinator {
             .check()
             .map_err(|detail| ServiceError::BadRequest("bad_report", detail))?;
         self.drop_apps_never_given(&mut report);
-        let received_at = now();
+        let received_at = self.now();
         // Queue first: a report the store will not see must not show in status either.
         let permit = self.report_queue.try_reserve().map_err(|_| {
             ServiceError::Unavailable(

@@ -10,7 +10,7 @@ use super::admin::{Actor, Operator, check_reason};
 use super::desired::{manifests_with, refuse_oversized, refuse_too_many_apps, restore_pin};
 use super::error::ServiceError;
 use super::views::{plan_view, status_view};
-use super::{ActiveRollout, Coordinator, Model, now};
+use super::{ActiveRollout, Coordinator, Model};
 use crate::server::fleet::Fleet;
 use crate::server::rollout::{Action, Event, Plan, PlanError, PlanHost, Rollout, RolloutSpec, SpecText};
 use crate::server::store::{HistoryRecord, RolloutCommit, StoredRollout};
@@ -215,7 +215,7 @@ impl Coordinator {
                 ),
             ));
         }
-        let now = now();
+        let now = self.now();
         model.rollouts.insert(
             app.clone(),
             ActiveRollout {
@@ -271,7 +271,7 @@ impl Coordinator {
             RolloutCommand::Abort { rollback } => Event::Abort { rollback },
         };
         let actor = Actor::of(operator, reason);
-        self.step_rollout(&mut guard, app, vec![event], now(), &actor, false)
+        self.step_rollout(&mut guard, app, vec![event], self.now(), &actor, false)
             .await?;
         drop(guard);
         self.rollout_status(app).await
@@ -279,7 +279,7 @@ impl Coordinator {
 
     /// `drover rollout status`: the app's active rollout, else its last one.
     pub async fn rollout_status(&self, app: &AppName) -> Result<RolloutStatus, ServiceError> {
-        let now = now();
+        let now = self.now();
         {
             let model = self.model.lock().await;
             if let Some(active) = model.rollouts.get(app) {
@@ -404,13 +404,15 @@ impl Coordinator {
         Ok(())
     }
 
-    /// One pass of the rollout driver: feeds changed reports and due timers to the active
-    /// rollouts; returns when it should run again at the latest.
-    pub(super) async fn drive_rollouts(&self) -> Option<Timestamp> {
+    /// One pass of the rollout driver: feeds changed reports and the timers due by the
+    /// coordinator's clock to the active rollouts; returns when it should run again at the
+    /// latest. The driver task calls it on every wake-up; tests call it after moving a
+    /// [`ManualClock`](crate::server::clock::ManualClock) on.
+    pub async fn drive_once(&self) -> Option<Timestamp> {
         let dirty = std::mem::take(&mut *self.rollout_dirty.lock().expect("rollout dirty lock"));
         let mut guard = self.model.lock().await;
         let model = &mut *guard;
-        let now = now();
+        let now = self.now();
         let mut retry = None;
         let apps: Vec<AppName> = model.rollouts.keys().cloned().collect();
         for app in apps {
@@ -469,6 +471,7 @@ mod tests {
     use drover_protocol::{AppName, HostId};
 
     use super::{refuse_pins_in_the_way, rollout_spec};
+    use crate::server::clock::Clock;
     use crate::server::fleet::Fleet;
     use crate::server::rollout::PlanHost;
     use crate::server::service::RolloutCommand;
@@ -573,7 +576,7 @@ mod tests {
         service
             .report(&host, report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
             .expect("report");
-        service.drive_rollouts().await;
+        service.drive_once().await;
         let status = service.rollout_status(&app).await.expect("status");
         assert_eq!(status.phase, RolloutPhase::Completed, "{status:?}");
         let error = service
@@ -585,5 +588,96 @@ mod tests {
         assert_eq!(pins.len(), 1, "the fleet pin, the host pin given back: {pins:?}");
         let history = service.rollout_history(&app).await.expect("history");
         assert!(history.iter().any(|entry| entry.who == "tester"), "{history:?}");
+    }
+
+    /// The hosts `app` is pinned to by host pins (the rollout's pins).
+    async fn host_pins(service: &crate::server::service::Coordinator, app: &AppName) -> Vec<HostId> {
+        let model = service.model.lock().await;
+        model
+            .fleet
+            .pins
+            .keys()
+            .filter(|(pinned, _)| pinned == app)
+            .filter_map(|(_, scope)| match scope {
+                Scope::Host(host) => Some(host.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_bake_ends_and_the_next_stage_starts_when_the_clock_says_so() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        test.join("web-1", &[]).await;
+        test.join("web-2", &[]).await;
+        test.release("web", "1.0.0").await;
+        let app: AppName = name("web");
+        let started = RolloutRequest {
+            bake: Some("10m".to_owned()),
+            ..request("canary,100%")
+        };
+        service.start_rollout(&started, &operator()).await.expect("start");
+        let canary = host_pins(service, &app).await;
+        assert_eq!(canary.len(), 1, "the canary first: {canary:?}");
+        service
+            .report(
+                &canary[0],
+                report(canary[0].as_str(), &[("web", "1.0.0", AppState::Healthy)]),
+            )
+            .expect("report");
+        let baked_from = test.clock.now();
+        let wake = service.drive_once().await;
+        assert_eq!(wake, Some(baked_from.plus(drover_protocol::Duration::from_secs(600))));
+        let status = service.rollout_status(&app).await.expect("status");
+        assert_eq!(status.stages[0].status, "baking", "{status:?}");
+        assert_eq!(
+            status.stages[0].bake_remaining,
+            Some(drover_protocol::Duration::from_secs(600))
+        );
+
+        test.clock.advance(drover_protocol::Duration::from_secs(599));
+        service.drive_once().await;
+        assert_eq!(
+            host_pins(service, &app).await,
+            canary,
+            "still baking a second before its end"
+        );
+        let status = service.rollout_status(&app).await.expect("status");
+        assert_eq!(
+            status.stages[0].bake_remaining,
+            Some(drover_protocol::Duration::from_secs(1))
+        );
+
+        test.clock.advance(drover_protocol::Duration::from_secs(1));
+        service.drive_once().await;
+        let status = service.rollout_status(&app).await.expect("status");
+        assert_eq!(status.stages[0].status, "passed", "{status:?}");
+        assert_eq!(status.stage, Some(1));
+        let pinned = host_pins(service, &app).await;
+        assert_eq!(pinned.len(), 2, "the second stage's host is pinned too: {pinned:?}");
+    }
+
+    #[tokio::test]
+    async fn a_host_that_misses_its_deadline_fails_by_the_clock() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        test.join("web-1", &[]).await;
+        test.release("web", "1.0.0").await;
+        let app: AppName = name("web");
+        let started = RolloutRequest {
+            host_deadline: Some("5m".to_owned()),
+            ..request("100%")
+        };
+        service.start_rollout(&started, &operator()).await.expect("start");
+        test.clock.advance(drover_protocol::Duration::from_secs(299));
+        service.drive_once().await;
+        assert_eq!(service.rollout_status(&app).await.expect("status").failures, 0);
+        test.clock.advance(drover_protocol::Duration::from_secs(1));
+        service.drive_once().await;
+        let status = service.rollout_status(&app).await.expect("status");
+        assert_eq!(status.failures, 1, "{status:?}");
+        assert_eq!(status.phase, RolloutPhase::PausedByBreaker, "{status:?}");
+        assert_eq!(status.failed_hosts.len(), 1);
     }
 }
