@@ -37,9 +37,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use drover_protocol::api::{
-    AdminTokenRequest, ChangeReason, ErrorBody, Group, HistoryQuery, HoldRequest, JoinRequest, LabelRequest, MAX_JSON_BODY, MAX_WAIT_SECONDS, Pin,
-    PinRequest, ReleaseRequest, RenewRequest, RenewResponse, RolloutAbortRequest, RolloutCommandRequest,
-    RolloutRequest, TokenName, TokenRequest, UnpinRequest,
+    AdminTokenRequest, ChangeReason, ErrorBody, Group, HistoryQuery, HoldRequest, JoinRequest, LabelRequest,
+    MAX_JSON_BODY, MAX_WAIT_SECONDS, Pin, PinRequest, ReleaseRequest, RenewRequest, RenewResponse, RolloutAbortRequest,
+    RolloutCommandRequest, RolloutRequest, TokenName, TokenRequest, UnpinRequest,
 };
 use drover_protocol::report::MAX_REPORT_BYTES;
 use drover_protocol::{AppName, Digest, HostId, HostReport};
@@ -124,7 +124,7 @@ impl Unauthenticated {
 
     /// Admits a new connection; says whether an older one had to be closed for it.
     fn admit(self: &Arc<Self>) -> (Admission, bool) {
-        let mut open = self.open.lock().expect("connection budget lock");
+        let mut open = self.lock();
         let evicted = open.by_age.len() >= self.capacity && evict(&mut open);
         let id = open.next_id;
         open.next_id += 1;
@@ -140,11 +140,19 @@ impl Unauthenticated {
 
     /// Closes the oldest unauthenticated connection, if there is one.
     fn evict_oldest(&self) -> bool {
-        evict(&mut self.open.lock().expect("connection budget lock"))
+        evict(&mut self.lock())
+    }
+
+    /// The open connections. A panic while the lock was held (in this short, allocation-
+    /// only code, hardly possible) leaves the map as it was or with one entry more or
+    /// less, which is still a valid budget: the lock is taken back instead of failing
+    /// every later connection.
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenConnections> {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn release(&self, id: u64) {
-        self.open.lock().expect("connection budget lock").by_age.remove(&id);
+        self.lock().by_age.remove(&id);
     }
 }
 
@@ -290,14 +298,21 @@ impl ServerCertificate {
     /// Serves `chain_pem` with `key_pem` from the next handshake on.
     pub fn replace(&self, chain_pem: &str, key_pem: &str) -> Result<(), String> {
         let key = certified_key(chain_pem, key_pem)?;
-        *self.current.write().expect("server certificate lock") = key;
+        // A swap of one Arc cannot leave a half-written value: a poisoned lock holds the
+        // old certificate or the new one, either of which is fine to serve.
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = key;
         Ok(())
     }
 }
 
 impl ResolvesServerCert for ServerCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().expect("server certificate lock").clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
     }
 }
 
@@ -1179,7 +1194,10 @@ async fn delete_group(
     RawQuery(query): RawQuery,
 ) -> ApiResult<StatusCode> {
     let reason = change_reason(query.as_deref())?;
-    state.coordinator.delete_group(&name, &operator, reason.as_deref()).await?;
+    state
+        .coordinator
+        .delete_group(&name, &operator, reason.as_deref())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1646,6 +1664,24 @@ mod tests {
         assert_eq!(next.log, Some(99), "the next line counts the failures it did not log");
         backoff.succeeded();
         assert_eq!(backoff.failed(start + StdDuration::from_secs(11)).pause.as_millis(), 10);
+    }
+
+    #[test]
+    fn the_connection_budget_keeps_working_after_a_panic_while_it_was_locked() {
+        let budget = Unauthenticated::new(2);
+        let (first, _) = budget.admit();
+        let poisoner = budget.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = poisoner.open.lock();
+            panic!("a deliberate panic while holding the connection budget lock");
+        })
+        .join();
+        assert!(panicked.is_err() && budget.open.is_poisoned());
+        let (_second, evicted) = budget.admit();
+        assert!(!evicted, "the budget still counts the first connection only");
+        drop(first);
+        assert!(budget.evict_oldest(), "the second is open");
+        assert!(!budget.evict_oldest());
     }
 
     #[test]
