@@ -169,8 +169,36 @@ impl Sim {
         if matches!(before_phase, Phase::Paused { .. }) && !matches!(event, Event::Resume | Event::Approve) {
             prop_assert!(pins.is_empty(), "pinned {pins:?} while {before_phase}");
         }
-        if matches!(self.rollout.phase(), Phase::Paused { .. }) || self.rollout.phase().is_finished() {
-            prop_assert!(pins.is_empty(), "pinned {pins:?} and ended {}", self.rollout.phase());
+        // Within a step, pins come before the step's pause or end: a stage whose hosts
+        // were all on the target settles as they are pinned, and with no bake it passes
+        // at once, so the step ends awaiting approval or completed. Such a step pins only
+        // hosts already on the target, and completion unpins them again after it. Any
+        // other pause or end pins nothing.
+        match self.rollout.phase() {
+            Phase::Completed { .. }
+            | Phase::Paused {
+                reason: PauseReason::AwaitingApproval,
+            } => {
+                for host in &pins {
+                    prop_assert!(
+                        self.on_target.contains(host),
+                        "pinned {} and ended {}",
+                        host,
+                        self.rollout.phase()
+                    );
+                }
+                if matches!(self.rollout.phase(), Phase::Completed { .. }) {
+                    let unpins = unpinned(&actions);
+                    prop_assert!(
+                        pins.iter().all(|host| unpins.contains(host)),
+                        "pinned {pins:?}, unpinned {unpins:?}"
+                    );
+                }
+            }
+            phase @ (Phase::Paused { .. } | Phase::Aborted { .. } | Phase::RolledBack { .. }) => {
+                prop_assert!(pins.is_empty(), "pinned {pins:?} and ended {phase}");
+            }
+            Phase::Pending | Phase::Running => {}
         }
         // A stage starts only when every host of the earlier ones settled.
         if let (Some(previous), Some(current)) = (before_stage, self.rollout.current_stage())
@@ -385,6 +413,31 @@ fn limit_text(limit: (bool, u8)) -> String {
     match limit {
         (true, percent) => format!("{}%", percent % 101),
         (false, count) => format!("{count}"),
+    }
+}
+
+/// Found by `a_good_release_always_completes_on_every_host` (1 host, already on the
+/// target, one stage, no bake): the host gets its pin and the stage passes and completes
+/// in the same step, which unpins it again. The simulator took that pin for one issued by
+/// a finished rollout; now it checks what such a step may pin.
+#[test]
+fn a_stage_already_on_the_target_passes_in_the_step_that_pins_it() {
+    for (stages, approve) in [("100%", false), ("50%,100%", true)] {
+        let raw = [(0, 0, 0, 1, 1), (0, 0, 0, 1, 1)];
+        let hosts = build_hosts(&raw, true);
+        let spec = RolloutSpec::parse(&SpecText {
+            stages,
+            approve_each_stage: approve,
+            bake: "0s",
+            max_in_flight: "1",
+            ..text("100%")
+        })
+        .expect("spec");
+        let behaviours = raw.iter().map(|host| behaviour(0, *host)).collect();
+        let mut sim = Sim::new(spec, &hosts, behaviours);
+        sim.run(&[]).unwrap_or_else(|error| panic!("{stages}: {error}"));
+        assert!(matches!(sim.rollout.phase(), Phase::Completed { .. }), "{stages}");
+        assert!(sim.pinned.is_empty(), "{stages}: {:?}", sim.pinned);
     }
 }
 
