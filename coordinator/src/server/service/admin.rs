@@ -96,7 +96,7 @@ impl Coordinator {
         let hash = hash_secret(token);
         let now = self.now();
         let (name, touch) = {
-            let tokens = self.admin_tokens.read().expect("admin tokens lock");
+            let tokens = self.admin_tokens.read();
             let Some(record) = tokens.iter().find(|token| token.hash == hash) else {
                 return Err(ServiceError::Unauthorized(
                     "admin_token_invalid",
@@ -127,13 +127,7 @@ impl Coordinator {
             (record.name.clone(), stale)
         };
         if touch {
-            if let Some(record) = self
-                .admin_tokens
-                .write()
-                .expect("admin tokens lock")
-                .iter_mut()
-                .find(|token| token.hash == hash)
-            {
+            if let Some(record) = self.admin_tokens.write().iter_mut().find(|token| token.hash == hash) {
                 record.last_used_at = Some(now);
             }
             // Informational only: a failed write must not refuse the request.
@@ -173,7 +167,6 @@ impl Coordinator {
         let existing = self
             .admin_tokens
             .read()
-            .expect("admin tokens lock")
             .iter()
             .find(|token| token.name == request.name && token.revoked_at.is_none())
             .cloned();
@@ -198,7 +191,7 @@ impl Coordinator {
             last_used_at: None,
         };
         self.store.insert_admin_token(&record).await?;
-        let mut tokens = self.admin_tokens.write().expect("admin tokens lock");
+        let mut tokens = self.admin_tokens.write();
         if let Some(expired) = existing.and_then(|expired| tokens.iter_mut().find(|token| token.hash == expired.hash)) {
             expired.revoked_at = Some(now);
             expired.revoked_by = Some(record.created_by.clone());
@@ -217,7 +210,6 @@ impl Coordinator {
         let now = self.now();
         self.admin_tokens
             .read()
-            .expect("admin tokens lock")
             .iter()
             .map(|token| admin_token_info(token, now))
             .collect()
@@ -233,7 +225,7 @@ impl Coordinator {
         let _changing = self.admin_token_changes.lock().await;
         let now = self.now();
         let (target, others_valid, ever) = {
-            let tokens = self.admin_tokens.read().expect("admin tokens lock");
+            let tokens = self.admin_tokens.read();
             let target = tokens
                 .iter()
                 .find(|token| &token.name == name && token.revoked_at.is_none())
@@ -272,7 +264,7 @@ impl Coordinator {
                 format!("the admin token {name} is already revoked"),
             ));
         }
-        let mut tokens = self.admin_tokens.write().expect("admin tokens lock");
+        let mut tokens = self.admin_tokens.write();
         let record = tokens
             .iter_mut()
             .find(|token| token.hash == target.hash)

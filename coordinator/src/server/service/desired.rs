@@ -221,7 +221,7 @@ impl Coordinator {
     }
 
     pub(super) fn publish(&self, model: &Model, manifests: &[StoredManifest]) {
-        let slots = self.slots.read().expect("slots lock");
+        let slots = self.slots.read();
         for manifest in manifests {
             let (Some(slot), Some(host)) = (slots.get(&manifest.host), model.fleet.hosts.get(&manifest.host)) else {
                 continue;

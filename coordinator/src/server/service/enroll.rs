@@ -1,8 +1,8 @@
 //! Enrollment and host identity: join tokens, `join`, certificate renewal, and
 //! [`Coordinator::host_slot`], which proves each agent request's client certificate.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
 
 use drover_protocol::api::{HostHistoryEntry, JoinRequest, JoinResponse, RenewResponse, TokenRequest, TokenResponse};
 use drover_protocol::{Duration, Timestamp};
@@ -12,6 +12,7 @@ use super::admin::Operator;
 use super::desired::{RenderMode, Rendered, check_manifests};
 use super::error::ServiceError;
 use super::hosts::check_labels;
+use super::locks::RwLock;
 use super::{Coordinator, HOST_RENEWAL_ACTOR, HostSlot, Published, SlotIdentity, hash_secret};
 use crate::server::metrics::CertificateExpiry;
 use crate::server::pki::PeerIdentity;
@@ -42,9 +43,9 @@ impl Coordinator {
                 "agent endpoints need the host's client certificate (join first)".into(),
             ));
         };
-        let slot = self.slots.read().expect("slots lock").get(&identity.host).cloned();
+        let slot = self.slots.read().get(&identity.host).cloned();
         match slot {
-            Some(slot) if slot.identity.read().expect("slot identity lock").proves(identity) => {
+            Some(slot) if slot.identity.read().proves(identity) => {
                 slot.last_seen.store(self.now().unix(), Ordering::Relaxed);
                 self.learn_key(&slot, identity);
                 Ok(slot)
@@ -72,7 +73,7 @@ impl Coordinator {
     /// by the next start's first request).
     pub(super) fn learn_key(&self, slot: &HostSlot, identity: &PeerIdentity) {
         {
-            let mut known = slot.identity.write().expect("slot identity lock");
+            let mut known = slot.identity.write();
             if known.key_sha256.is_some() || known.cert_sha256 != identity.fingerprint {
                 return;
             }
@@ -99,8 +100,8 @@ impl Coordinator {
     /// When each enrolled host's newest certificate expires, summed up for `/metrics`.
     pub fn certificate_expiry(&self, now: Timestamp) -> CertificateExpiry {
         let mut expiry = CertificateExpiry::default();
-        for slot in self.slots.read().expect("slots lock").values() {
-            if let Some(not_after) = slot.identity.read().expect("slot identity lock").not_after {
+        for slot in self.slots.read().values() {
+            if let Some(not_after) = slot.identity.read().not_after {
                 expiry.add(not_after, now);
             }
         }
@@ -273,11 +274,8 @@ impl Coordinator {
             last_seen: AtomicI64::new(now.unix()),
         };
         // Replacing the slot drops the old sender: long-polls on the old certificate end.
-        self.slots
-            .write()
-            .expect("slots lock")
-            .insert(record.id.clone(), Arc::new(slot));
-        self.reports.lock().expect("reports lock").remove(&record.id);
+        self.slots.write().insert(record.id.clone(), Arc::new(slot));
+        self.reports.lock().remove(&record.id);
         self.metrics.joins.add(1);
         Ok(JoinResponse {
             host_id: record.id,
@@ -320,7 +318,7 @@ impl Coordinator {
         // Under the model lock, so a join or removal of this host cannot interleave.
         let mut model = self.model.lock().await;
         let slot = self.host_slot(Some(identity))?;
-        let old_certificate = slot.identity.read().expect("slot identity lock").cert_sha256.clone();
+        let old_certificate = slot.identity.read().cert_sha256.clone();
         let history = HostHistoryEntry {
             at: now,
             who: HOST_RENEWAL_ACTOR.to_owned(),
@@ -348,7 +346,7 @@ impl Coordinator {
             ));
         }
         {
-            let mut known = slot.identity.write().expect("slot identity lock");
+            let mut known = slot.identity.write();
             known.key_sha256 = Some(issued.key_sha256.clone());
             known.cert_sha256 = issued.sha256.clone();
             known.not_after = Some(issued.not_after);

@@ -68,9 +68,9 @@ pub(super) fn check_group_name(name: &str) -> Result<(), ServiceError> {
 
 impl Coordinator {
     pub(super) fn summary(&self, model: &Model, host: &HostRecord) -> HostSummary {
-        let slot = self.slots.read().expect("slots lock").get(&host.id).cloned();
+        let slot = self.slots.read().get(&host.id).cloned();
         let published = slot.as_ref().map(|slot| slot.manifest.borrow().clone());
-        let reports = self.reports.lock().expect("reports lock");
+        let reports = self.reports.lock();
         let report = reports.get(&host.id).map(|(report, _)| report);
         let mut apps: BTreeMap<AppName, HostApp> = BTreeMap::new();
         if let Some(published) = &published {
@@ -102,9 +102,8 @@ impl Coordinator {
             certificate_not_after: self
                 .slots
                 .read()
-                .expect("slots lock")
                 .get(&host.id)
-                .and_then(|slot| slot.identity.read().expect("slot identity lock").not_after)
+                .and_then(|slot| slot.identity.read().not_after)
                 .or(host.cert_not_after),
         }
     }
@@ -129,7 +128,6 @@ impl Coordinator {
         let manifest_rejection = self
             .reports
             .lock()
-            .expect("reports lock")
             .get(id)
             .and_then(|(report, _)| report.manifest_rejection.clone());
         let events = self.store.events(id).await?;
@@ -204,8 +202,8 @@ impl Coordinator {
             record.key_sha256 = None;
             record.cert_not_after = None;
         }
-        self.slots.write().expect("slots lock").remove(id);
-        self.reports.lock().expect("reports lock").remove(id);
+        self.slots.write().remove(id);
+        self.reports.lock().remove(id);
         let now = self.now();
         let apps: Vec<AppName> = model
             .rollouts

@@ -13,6 +13,7 @@ mod desired;
 mod enroll;
 mod error;
 mod hosts;
+mod locks;
 mod releases;
 mod reports;
 mod rollouts;
@@ -23,8 +24,8 @@ pub use error::ServiceError;
 pub use rollouts::{RolloutCommand, rollout_defaults};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
-use std::sync::{Arc, RwLock};
 
 use drover_protocol::{AppName, Digest, Duration, HostId, HostReport, Timestamp, Version};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
@@ -38,6 +39,7 @@ use crate::server::rollout::Rollout;
 use crate::server::setup::Credentials;
 use crate::server::store::{AdminTokenRecord, HostRecord, Store, StoredManifest};
 use desired::{RenderMode, Rendered};
+use locks::RwLock;
 
 /// Settings of a running coordinator.
 #[derive(Clone, Debug)]
@@ -176,10 +178,10 @@ pub struct Coordinator {
     admin_token_changes: Mutex<()>,
     model: Mutex<Model>,
     slots: RwLock<HashMap<HostId, Arc<HostSlot>>>,
-    reports: std::sync::Mutex<HashMap<HostId, (HostReport, Timestamp)>>,
+    reports: locks::Mutex<HashMap<HostId, (HostReport, Timestamp)>>,
     report_queue: mpsc::Sender<(HostReport, Timestamp)>,
     /// Hosts whose reported app states changed since the rollout driver last looked.
-    rollout_dirty: std::sync::Mutex<BTreeSet<HostId>>,
+    rollout_dirty: locks::Mutex<BTreeSet<HostId>>,
     /// Wakes the rollout driver (a report changed, or a step moved the next timer).
     rollout_signal: Notify,
     /// Counters for `/metrics`.
@@ -246,7 +248,7 @@ impl Coordinator {
             credentials,
             model: Mutex::new(Model::default()),
             slots: RwLock::new(HashMap::new()),
-            reports: std::sync::Mutex::new(
+            reports: locks::Mutex::new(
                 snapshot
                     .reports
                     .into_iter()
@@ -254,7 +256,7 @@ impl Coordinator {
                     .collect(),
             ),
             report_queue,
-            rollout_dirty: std::sync::Mutex::new(dirty),
+            rollout_dirty: locks::Mutex::new(dirty),
             rollout_signal: Notify::new(),
             metrics: Metrics::default(),
         };
@@ -267,7 +269,7 @@ impl Coordinator {
             model.rendered.insert(manifest.host.clone(), Rendered::of(manifest));
         }
         {
-            let mut slots = coordinator.slots.write().expect("slots lock");
+            let mut slots = coordinator.slots.write();
             for host in &hosts {
                 let resolved = model.fleet.resolve(host);
                 let manifest = changed
@@ -312,7 +314,7 @@ impl Coordinator {
 
     /// The number of enrolled hosts (for `/metrics`).
     pub fn host_count(&self) -> usize {
-        self.slots.read().expect("slots lock").len()
+        self.slots.read().len()
     }
 }
 

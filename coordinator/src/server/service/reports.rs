@@ -71,15 +71,11 @@ impl Coordinator {
         let previous = self
             .reports
             .lock()
-            .expect("reports lock")
             .insert(report.host.clone(), (report.clone(), received_at));
         // Rollouts advance on changes of an app's current/desired/state, not on every
         // periodic report.
         if previous.is_none_or(|(old, _)| !same_app_states(&old, &report)) {
-            self.rollout_dirty
-                .lock()
-                .expect("rollout dirty lock")
-                .insert(report.host.clone());
+            self.rollout_dirty.lock().insert(report.host.clone());
             self.rollout_signal.notify_one();
         }
         permit.send((report, received_at));
@@ -95,12 +91,11 @@ impl Coordinator {
         let given: Option<Arc<Published>> = self
             .slots
             .read()
-            .expect("slots lock")
             .get(&report.host)
             .map(|slot| Arc::clone(&slot.manifest.borrow()));
         let before = report.apps.len();
         {
-            let reports = self.reports.lock().expect("reports lock");
+            let reports = self.reports.lock();
             let reported_before = reports.get(&report.host).map(|(previous, _)| &previous.apps);
             report.apps.retain(|app, _| {
                 given
@@ -167,5 +162,32 @@ mod tests {
         assert_eq!(service.metrics.report_apps_ignored.get(), 1);
         let host = service.host(&"web-1".parse().expect("id")).await.expect("host");
         assert!(host.summary.apps.is_empty(), "{:?}", host.summary.apps);
+    }
+
+    /// One request that panics while it holds the service's locks (a bug anywhere in
+    /// those sections) must not take every later request down with it.
+    #[tokio::test]
+    async fn a_request_that_panicked_holding_the_locks_does_not_fail_later_requests() {
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        test.join("web-1", &[]).await;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _tokens = service.admin_tokens.write();
+            let _slots = service.slots.write();
+            let _reports = service.reports.lock();
+            let _dirty = service.rollout_dirty.lock();
+            panic!("a bug while holding the service's locks");
+        }));
+        assert!(panicked.is_err());
+        service
+            .report(&"web-1".parse().expect("id"), report("web-1", &[]))
+            .expect("a report after the panic");
+        assert_eq!(service.hosts().await.len(), 1);
+        assert_eq!(service.status().await.hosts, 1);
+        assert_eq!(service.host_count(), 1);
+        service
+            .check_admin(Some(&test.admin_secret))
+            .await
+            .expect("an admin request after the panic");
     }
 }

@@ -153,7 +153,7 @@ impl Coordinator {
         let sequence = self.store.rollout_count(&spec.app).await? + 1;
         let rollout_id = format!("{}-{}-{sequence}", spec.app, spec.target);
         let hosts = {
-            let reports = self.reports.lock().expect("reports lock");
+            let reports = self.reports.lock();
             model
                 .fleet
                 .active_hosts()
@@ -409,7 +409,7 @@ impl Coordinator {
     /// latest. The driver task calls it on every wake-up; tests call it after moving a
     /// [`ManualClock`](crate::server::clock::ManualClock) on.
     pub async fn drive_once(&self) -> Option<Timestamp> {
-        let dirty = std::mem::take(&mut *self.rollout_dirty.lock().expect("rollout dirty lock"));
+        let dirty = std::mem::take(&mut *self.rollout_dirty.lock());
         let mut guard = self.model.lock().await;
         let model = &mut *guard;
         let now = self.now();
@@ -419,7 +419,7 @@ impl Coordinator {
             let mut events = Vec::new();
             {
                 let rollout = &model.rollouts[&app].rollout;
-                let reports = self.reports.lock().expect("reports lock");
+                let reports = self.reports.lock();
                 for host in &dirty {
                     if rollout.host_status(host).is_none() {
                         continue;
@@ -446,10 +446,7 @@ impl Coordinator {
             };
             if let Err(error) = self.step_rollout(model, &app, events, now, &actor, false).await {
                 tracing::error!(%error, %app, "rollout step failed; retrying in a second");
-                self.rollout_dirty
-                    .lock()
-                    .expect("rollout dirty lock")
-                    .extend(dirty.iter().cloned());
+                self.rollout_dirty.lock().extend(dirty.iter().cloned());
                 retry = Some(now.plus(Duration::from_secs(1)));
             }
         }

@@ -119,7 +119,7 @@ impl Coordinator {
     /// host's words (a removed host has no report left).
     pub(super) fn failed_hosts_view(&self, rollout: &Rollout) -> Vec<RolloutFailedHost> {
         let app = &rollout.spec().app;
-        let reports = self.reports.lock().expect("reports lock");
+        let reports = self.reports.lock();
         rollout
             .failed_hosts()
             .into_iter()
@@ -141,8 +141,8 @@ impl Coordinator {
     /// `drover status`.
     pub async fn status(&self) -> FleetStatus {
         let model = self.model.lock().await;
-        let slots = self.slots.read().expect("slots lock");
-        let reports = self.reports.lock().expect("reports lock");
+        let slots = self.slots.read();
+        let reports = self.reports.lock();
         let mut status = FleetStatus {
             hosts: 0,
             held: 0,
