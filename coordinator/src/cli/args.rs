@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
-use drover_protocol::api::{Labels, Scope, TokenName};
-use drover_protocol::{AppName, Digest, Duration, HostId, Version};
+use drover_protocol::api::{HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, Labels, Scope, TokenName};
+use drover_protocol::{AppName, Digest, Duration, HostId, Timestamp, Version};
 
 /// The operator commands: everything but `drover serve`, which the entry point gives to
 /// the server ([`crate::Command`]).
@@ -116,6 +116,27 @@ pub enum Command {
     ///
     /// Example: drover pins web
     Pins(PinsArgs),
+    /// Who changed what in the fleet, when and why: every recorded change, newest first.
+    ///
+    /// One view over every history the coordinator keeps: each app's (rollouts, pins,
+    /// holds; `drover rollout history APP`), each host id's (joins, replacements,
+    /// certificate renewals, removals; `drover hosts history HOST`) and the fleet's admin
+    /// changes (label changes, groups, admin tokens). WHO is the admin token's name
+    /// (`controller` for what rollouts did by themselves, `host` for a renewal the host
+    /// asked for); REASON is the --reason given. Filters combine. --app includes holds,
+    /// which stop every app; --host shows the host id's own history and label changes
+    /// (pins and holds of one host are in its app's lines). At most --limit lines, the
+    /// newest: narrow with --since to go further back.
+    ///
+    /// Examples:
+    ///   drover history
+    ///   drover history --host web-01 --since 7d
+    ///   drover history --who alice --since 2026-12-01T00:00:00Z -o json
+    #[command(
+        verbatim_doc_comment,
+        about = "Who changed what in the fleet, when and why: every recorded change, newest first"
+    )]
+    History(HistoryArgs),
 }
 
 /// Where the operator commands find the coordinator.
@@ -204,6 +225,7 @@ pub enum AdminTokenCommand {
     ///
     /// Give it to the person or pipeline as DROVER_TOKEN, with DROVER_ADDR and DROVER_CA.
     /// Names are unique among tokens not revoked; an expired token's name can be reused.
+    /// Recorded with the creating token's name and --reason in `drover history`.
     ///
     /// Examples:
     ///   drover admin-token create alice
@@ -218,14 +240,15 @@ pub enum AdminTokenCommand {
     ///
     /// Example: drover admin-token list -o json
     List(OutputArgs),
-    /// Revoke an admin token: requests with it are refused at once (HTTP 401).
+    /// Revoke an admin token: requests with it are refused at once (HTTP 401). Recorded
+    /// with the revoking token's name and --reason in `drover history`.
     ///
     /// The last valid token cannot be revoked (exit 4): create another first. The
     /// data directory's `admin` can be revoked like any other once another exists; it
     /// stays revoked across restarts. Locked out? Delete admin.token in the data directory
     /// and restart `drover serve`: it makes a new `admin` token.
     ///
-    /// Example: drover admin-token revoke alice
+    /// Example: drover admin-token revoke alice --reason "left the team"
     Revoke(AdminTokenNameArgs),
 }
 
@@ -237,16 +260,22 @@ pub struct AdminTokenCreateArgs {
     /// How long it is valid (1s to 3650d). Default: until revoked.
     #[arg(long)]
     pub ttl: Option<Duration>,
+    /// Why, for the history (`drover history`).
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: Option<String>,
     /// Output format: the secret with how to use it, or JSON.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
 
-/// Arguments naming one admin token.
+/// Arguments of `drover admin-token revoke`.
 #[derive(Debug, Args)]
 pub struct AdminTokenNameArgs {
     /// The token's name.
     pub name: TokenName,
+    /// Why, for the history (`drover history`).
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: Option<String>,
 }
 
 /// `drover hosts ...`
@@ -285,15 +314,17 @@ pub enum HostsCommand {
     /// Set or remove labels of a host: k=v sets, k- removes.
     ///
     /// Labels decide which groups a host is in, so its pins and holds may change with them;
-    /// the command prints whether the host got a new manifest.
+    /// the command prints whether the host got a new manifest. Recorded with the token's
+    /// name and --reason in `drover history`.
     ///
-    /// Example: drover hosts label web-01 env=prod region=eu canary-
+    /// Example: drover hosts label web-01 env=prod region=eu canary- --reason "moved to eu"
     Label(HostLabelArgs),
     /// Remove a host: its key and certificates stop working at once. Its id stays
     /// reserved (with its host pins and holds): to bring it back, create a token with
-    /// `drover token create --replace HOST` and join it again. Recorded in `hosts show`.
+    /// `drover token create --replace HOST` and join it again. Recorded with the token's
+    /// name and --reason in `hosts show` and `drover history`.
     ///
-    /// Example: drover hosts remove web-01
+    /// Example: drover hosts remove web-01 --reason "decommissioned, ticket 4711"
     Remove(HostIdArgs),
     /// The history of a host id, also while it is removed: every join, replacement
     /// (--replace), certificate renewal and removal, with who did it (the admin token that
@@ -330,13 +361,19 @@ pub struct HostLabelArgs {
     /// Changes: `key=value` sets a label, `key-` removes one.
     #[arg(required = true, value_parser = parse_label_change, value_name = "K=V|K-")]
     pub changes: Vec<LabelChange>,
+    /// Why, for the history (`drover history`).
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: Option<String>,
 }
 
-/// Arguments naming one host.
+/// Arguments of `drover hosts remove`.
 #[derive(Debug, Args)]
 pub struct HostIdArgs {
     /// The host id.
     pub id: HostId,
+    /// Why, for the history (`drover history`, `drover hosts history`).
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: Option<String>,
 }
 
 /// One label change of `drover hosts label`.
@@ -369,13 +406,15 @@ pub enum GroupsCommand {
     /// Create a group, or change the selector of an existing one.
     ///
     /// A host is in the group when it has every label of the selector. Hosts that enter
-    /// or leave the group get new manifests when the group has pins or holds.
+    /// or leave the group get new manifests when the group has pins or holds. Recorded
+    /// with the token's name and --reason in `drover history`.
     ///
     /// Example: drover groups create prod-eu --selector env=prod,region=eu
     Create(GroupCreateArgs),
     /// Delete a group. Refused (exit 4) while pins or holds use it: unpin and unhold first.
+    /// Recorded with the token's name and --reason in `drover history`.
     ///
-    /// Example: drover groups delete prod-eu
+    /// Example: drover groups delete prod-eu --reason "region closed"
     Delete(GroupNameArgs),
 }
 
@@ -387,13 +426,19 @@ pub struct GroupCreateArgs {
     /// Labels a host must all have to be in the group, e.g. env=prod,region=eu.
     #[arg(long, required = true, value_parser = parse_labels, value_name = "K=V,...")]
     pub selector: Labels,
+    /// Why, for the history (`drover history`).
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: Option<String>,
 }
 
-/// Arguments naming one group.
+/// Arguments of `drover groups delete`.
 #[derive(Debug, Args)]
 pub struct GroupNameArgs {
     /// The group's name.
     pub name: String,
+    /// Why, for the history (`drover history`).
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: Option<String>,
 }
 
 /// `drover release ...`
@@ -614,6 +659,78 @@ pub struct PinsArgs {
     /// Where the coordinator is.
     #[command(flatten)]
     pub connection: ConnectionArgs,
+}
+
+/// Arguments of `drover history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only lines about this app (and holds, which stop every app).
+    #[arg(long)]
+    pub app: Option<AppName>,
+    /// Only lines about this host id: joins, replacements, renewals, removal, labels.
+    #[arg(long)]
+    pub host: Option<HostId>,
+    /// Only lines by this admin token name (or `controller`, or `host`).
+    #[arg(long, value_parser = parse_who, value_name = "NAME")]
+    pub who: Option<String>,
+    /// Only lines since then: a duration back from now (`30m`, `7d`) or an instant in
+    /// RFC 3339 UTC (`2026-12-01T00:00:00Z`).
+    #[arg(long, value_parser = parse_since, value_name = "DURATION|RFC3339")]
+    pub since: Option<Since>,
+    /// At most this many lines, the newest (1 to 1000).
+    #[arg(
+        long,
+        default_value_t = HISTORY_LIMIT_DEFAULT,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(HISTORY_LIMIT_MAX))
+    )]
+    pub limit: u32,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// The `--since` of `drover history`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// This long before now.
+    Ago(Duration),
+    /// From this instant.
+    At(Timestamp),
+}
+
+impl Since {
+    /// The instant it names, given the command's clock reading.
+    pub fn at(self, now: Timestamp) -> Timestamp {
+        match self {
+            Since::Ago(duration) => now.minus(duration),
+            Since::At(at) => at,
+        }
+    }
+}
+
+/// Parses `--since`: a duration (`7d`) or an RFC 3339 instant.
+pub fn parse_since(text: &str) -> Result<Since, String> {
+    if let Ok(duration) = text.parse::<Duration>() {
+        return Ok(Since::Ago(duration));
+    }
+    text.parse::<Timestamp>().map(Since::At).map_err(|_| {
+        format!("{text:?} is neither a duration (30m, 7d) nor an instant in RFC 3339 UTC (2026-12-01T00:00:00Z)")
+    })
+}
+
+/// Parses `--who`, with the coordinator's rule ([`drover_protocol::api::check_who`]).
+pub fn parse_who(text: &str) -> Result<String, String> {
+    drover_protocol::api::check_who(text).map(|()| text.to_owned())
+}
+
+/// Parses `--reason` with the coordinator's rule ([`drover_protocol::api::check_reason`]),
+/// so a reason it would refuse fails here (exit 2) before anything changes; the text is
+/// trimmed, and blank means none.
+pub fn parse_reason(text: &str) -> Result<String, String> {
+    drover_protocol::api::check_reason(Some(text)).map(Option::unwrap_or_default)
 }
 
 /// `drover rollout ...`
@@ -918,6 +1035,25 @@ mod tests {
         for bad in ["env", "-", "=x", "env="] {
             assert!(parse_label_change(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn history_filters_and_reasons_parse_or_say_why_not() {
+        let now: Timestamp = "2026-12-07T12:00:00Z".parse().expect("now");
+        let since = parse_since("2h").expect("duration");
+        assert_eq!(since.at(now), "2026-12-07T10:00:00Z".parse().expect("at"));
+        let since = parse_since("2026-12-01T00:00:00Z").expect("instant");
+        assert_eq!(since.at(now), "2026-12-01T00:00:00Z".parse().expect("at"));
+        for bad in ["", "yesterday", "2026-12-01", "-2h"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_who("alice"), Ok("alice".into()));
+        assert!(parse_who("").is_err());
+        assert!(parse_who("a\nb").is_err());
+        assert_eq!(parse_reason("  moved to eu "), Ok("moved to eu".into()));
+        assert_eq!(parse_reason("   "), Ok(String::new()));
+        assert!(parse_reason(&"x".repeat(501)).is_err());
+        assert!(parse_reason("two\nlines").is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use drover_protocol::Timestamp;
 use drover_protocol::api::{AdminTokenCreated, AdminTokenInfo, AdminTokenRequest, AdminTokenState};
 use reqwest::Method;
 
-use super::{Table, ago, emit, path_segment, print_json};
+use super::{Table, ago, emit, path_segment, print_json, reason_query};
 use crate::cli::args::{AdminTokenCreateArgs, AdminTokenNameArgs, Output, OutputArgs};
 use crate::cli::client::{ADDR_ENV, AdminClient, CA_ENV, TOKEN_ENV};
 use crate::error::Error;
@@ -25,7 +25,8 @@ pub async fn admin_token_create(
         name: args.name.clone(),
         ttl: args.ttl,
     };
-    let created: AdminTokenCreated = client.send_json(Method::POST, PATH, &request).await?;
+    let path = format!("{PATH}{}", reason_query(&args.reason));
+    let created: AdminTokenCreated = client.send_json(Method::POST, &path, &request).await?;
     match args.output {
         Output::Json => print_json(out, &created),
         Output::Table => {
@@ -63,7 +64,11 @@ pub async fn admin_token_revoke(
     args: &AdminTokenNameArgs,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
-    let path = format!("{PATH}/{}", path_segment(args.name.as_str()));
+    let path = format!(
+        "{PATH}/{}{}",
+        path_segment(args.name.as_str()),
+        reason_query(&args.reason)
+    );
     let revoked: AdminTokenInfo = client.send_json(Method::DELETE, &path, &()).await?;
     emit(
         out,

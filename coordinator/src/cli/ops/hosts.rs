@@ -9,7 +9,7 @@ use drover_protocol::api::{
 };
 use reqwest::Method;
 
-use super::{Table, ago, emit, hosts_count, path_segment, print_json};
+use super::{Table, ago, emit, hosts_count, path_segment, print_json, reason_query};
 use crate::cli::args::{
     GroupCreateArgs, GroupNameArgs, HostIdArgs, HostLabelArgs, HostShowArgs, LabelChange, Output, OutputArgs,
     TokenCreateArgs,
@@ -283,9 +283,8 @@ pub async fn hosts_label(client: &AdminClient, args: &HostLabelArgs, out: &mut d
             LabelChange::Remove(key) => request.remove.push(key.clone()),
         }
     }
-    let changed: ChangeResult = client
-        .send_json(Method::PUT, &format!("/v1/admin/hosts/{}/labels", args.id), &request)
-        .await?;
+    let path = format!("/v1/admin/hosts/{}/labels{}", args.id, reason_query(&args.reason));
+    let changed: ChangeResult = client.send_json(Method::PUT, &path, &request).await?;
     emit(
         out,
         &format!(
@@ -298,7 +297,9 @@ pub async fn hosts_label(client: &AdminClient, args: &HostLabelArgs, out: &mut d
 
 /// `drover hosts remove`.
 pub async fn hosts_remove(client: &AdminClient, args: &HostIdArgs, out: &mut dyn Write) -> Result<(), Error> {
-    client.delete(&format!("/v1/admin/hosts/{}", args.id)).await?;
+    client
+        .delete(&format!("/v1/admin/hosts/{}{}", args.id, reason_query(&args.reason)))
+        .await?;
     emit(
         out,
         &format!(
@@ -342,7 +343,8 @@ pub async fn groups_create(client: &AdminClient, args: &GroupCreateArgs, out: &m
         name: args.name.clone(),
         selector: args.selector.clone(),
     };
-    let changed: ChangeResult = client.send_json(Method::POST, "/v1/admin/groups", &group).await?;
+    let path = format!("/v1/admin/groups{}", reason_query(&args.reason));
+    let changed: ChangeResult = client.send_json(Method::POST, &path, &group).await?;
     emit(
         out,
         &format!(
@@ -357,7 +359,11 @@ pub async fn groups_create(client: &AdminClient, args: &GroupCreateArgs, out: &m
 /// `drover groups delete`.
 pub async fn groups_delete(client: &AdminClient, args: &GroupNameArgs, out: &mut dyn Write) -> Result<(), Error> {
     client
-        .delete(&format!("/v1/admin/groups/{}", path_segment(&args.name)))
+        .delete(&format!(
+            "/v1/admin/groups/{}{}",
+            path_segment(&args.name),
+            reason_query(&args.reason)
+        ))
         .await?;
     emit(out, &format!("deleted group {}\n", printable(&args.name)))
 }

@@ -7,6 +7,7 @@
 
 mod admin_tokens;
 mod desired;
+mod history;
 mod hosts;
 mod release;
 mod rollout;
@@ -20,6 +21,7 @@ use serde::Serialize;
 
 pub use admin_tokens::{admin_token_create, admin_token_list, admin_token_revoke};
 pub use desired::{HoldChange, hold, pin, pins, status, unpin};
+pub use history::history;
 pub use hosts::{
     groups_create, groups_delete, groups_list, hosts_history, hosts_label, hosts_list, hosts_remove, hosts_show,
     token_create,
@@ -230,6 +232,15 @@ impl Progress {
             let _ = writeln!(std::io::stderr());
         }
     }
+}
+
+/// The `?reason=...` of a change whose request body has no reason field (nothing when
+/// there is no reason; `--reason` was checked when the command line was parsed).
+pub(crate) fn reason_query(reason: &Option<String>) -> String {
+    drover_protocol::api::ChangeReason {
+        reason: reason.clone().filter(|reason| !reason.is_empty()),
+    }
+    .to_query()
 }
 
 /// Percent-encodes a path segment (group names are checked only by the coordinator).

@@ -145,7 +145,9 @@ impl Coordinator {
         &self,
         request: AdminTokenRequest,
         operator: &Operator,
+        reason: Option<&str>,
     ) -> Result<AdminTokenCreated, ServiceError> {
+        let reason = super::audit::checked_reason(reason)?;
         if request.name.as_str() == BOOTSTRAP_TOKEN_NAME {
             return Err(ServiceError::BadRequest(
                 "reserved_token_name",
@@ -190,7 +192,9 @@ impl Coordinator {
             revoked_by: None,
             last_used_at: None,
         };
-        self.store.insert_admin_token(&record).await?;
+        let what = super::audit::admin_token_created(&record.name, record.expires_at);
+        let change = super::audit::admin_change(now, operator, None, what, reason);
+        self.store.insert_admin_token(&record, &change).await?;
         let mut tokens = self.admin_tokens.write();
         if let Some(expired) = existing.and_then(|expired| tokens.iter_mut().find(|token| token.hash == expired.hash)) {
             expired.revoked_at = Some(now);
@@ -221,7 +225,9 @@ impl Coordinator {
         &self,
         name: &TokenName,
         operator: &Operator,
+        reason: Option<&str>,
     ) -> Result<AdminTokenInfo, ServiceError> {
+        let reason = super::audit::checked_reason(reason)?;
         let _changing = self.admin_token_changes.lock().await;
         let now = self.now();
         let (target, others_valid, ever) = {
@@ -258,7 +264,12 @@ impl Coordinator {
                 ),
             ));
         }
-        if !self.store.revoke_admin_token(name, now, operator.name()).await? {
+        let change = super::audit::admin_change(now, operator, None, super::audit::admin_token_revoked(name), reason);
+        if !self
+            .store
+            .revoke_admin_token(name, now, operator.name(), &change)
+            .await?
+        {
             return Err(ServiceError::Conflict(
                 "admin_token_revoked",
                 format!("the admin token {name} is already revoked"),
@@ -344,6 +355,7 @@ mod tests {
                     ttl: None,
                 },
                 &admin,
+                None,
             )
             .await
             .expect("create");
@@ -351,7 +363,10 @@ mod tests {
             service.check_admin(Some(&created.token)).await.expect("ci").name(),
             "ci"
         );
-        service.revoke_admin_token(&name("ci"), &admin).await.expect("revoke");
+        service
+            .revoke_admin_token(&name("ci"), &admin, None)
+            .await
+            .expect("revoke");
         assert_eq!(
             code(&service.check_admin(Some(&created.token)).await.expect_err("revoked")),
             "admin_token_revoked"
@@ -369,6 +384,7 @@ mod tests {
                     ttl: None,
                 },
                 &operator(),
+                None,
             )
             .await
             .expect_err("reserved");
@@ -380,17 +396,18 @@ mod tests {
                     ttl: Some(Duration::from_millis(500)),
                 },
                 &operator(),
+                None,
             )
             .await
             .expect_err("ttl under a second");
         assert_eq!(code(&error), "bad_ttl");
         let error = service
-            .revoke_admin_token(&name(BOOTSTRAP_TOKEN_NAME), &operator())
+            .revoke_admin_token(&name(BOOTSTRAP_TOKEN_NAME), &operator(), None)
             .await
             .expect_err("the last valid token");
         assert_eq!(code(&error), "last_admin_token");
         let error = service
-            .revoke_admin_token(&name("nobody"), &operator())
+            .revoke_admin_token(&name("nobody"), &operator(), None)
             .await
             .expect_err("unknown");
         assert_eq!(code(&error), "admin_token_not_found");

@@ -8,6 +8,7 @@ use drover_protocol::api::{ChangeResult, Group, HostApp, HostDetail, HostHistory
 use drover_protocol::{AppName, HostId, Timestamp};
 
 use super::admin::{Actor, Operator};
+use super::audit;
 use super::desired::{RenderMode, check_manifests};
 use super::error::ServiceError;
 use super::{Coordinator, Model};
@@ -152,26 +153,33 @@ impl Coordinator {
         Ok(self.store.host_history(id, 10_000).await?)
     }
 
-    /// `drover hosts label`.
+    /// `drover hosts label`, recorded under the operator's name with `reason` (`drover
+    /// history`) in the same transaction.
     pub async fn label_host(
         &self,
         id: &HostId,
         set: Labels,
         remove: Vec<String>,
+        operator: &Operator,
+        reason: Option<&str>,
     ) -> Result<ChangeResult, ServiceError> {
         check_labels(&set)?;
+        let reason = audit::checked_reason(reason)?;
         let mut model = self.model.lock().await;
         let mut record = active_host(&model.fleet, id)?.clone();
         for key in &remove {
             record.labels.remove(key);
         }
-        record.labels.extend(set);
+        record.labels.extend(set.clone());
+        let what = audit::labels_changed(id, &set, &remove, &record.labels);
         let previous = model.fleet.hosts.insert(id.clone(), record.clone());
-        let manifests = self.render(&model, &[record.clone()], self.now(), RenderMode::Changed);
+        let now = self.now();
+        let change = audit::admin_change(now, operator, Some(id), what, reason);
+        let manifests = self.render(&model, &[record.clone()], now, RenderMode::Changed);
         let outcome = match check_manifests(&model.fleet, &manifests, &format!("labelling host {id}")) {
             Ok(()) => self
                 .store
-                .set_labels(id, &record.labels, &manifests)
+                .set_labels(id, &record.labels, &manifests, &change)
                 .await
                 .map_err(ServiceError::from),
             Err(error) => Err(error),
@@ -185,8 +193,15 @@ impl Coordinator {
         Ok(self.applied(&mut model, &manifests))
     }
 
-    /// `drover hosts remove`: the host's certificate stops working at once.
-    pub async fn remove_host(&self, id: &HostId, operator: &Operator) -> Result<(), ServiceError> {
+    /// `drover hosts remove`: the host's certificate stops working at once. Recorded in
+    /// the id's history under the operator's name, with `reason`.
+    pub async fn remove_host(
+        &self,
+        id: &HostId,
+        operator: &Operator,
+        reason: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let reason = audit::checked_reason(reason)?;
         let mut model = self.model.lock().await;
         let old_certificate = active_host(&model.fleet, id)?.cert_sha256.clone();
         let history = HostHistoryEntry {
@@ -196,7 +211,7 @@ impl Coordinator {
             old_certificate,
             new_certificate: None,
         };
-        self.store.remove_host(id, &history).await?;
+        self.store.remove_host(id, &history, reason.as_deref()).await?;
         if let Some(record) = model.fleet.hosts.get_mut(id) {
             record.cert_sha256 = None;
             record.key_sha256 = None;
@@ -238,10 +253,17 @@ impl Coordinator {
             .collect()
     }
 
-    /// `drover groups create`: re-renders hosts the old or new selector matched.
-    pub async fn put_group(&self, group: Group) -> Result<ChangeResult, ServiceError> {
+    /// `drover groups create`: re-renders hosts the old or new selector matched. Recorded
+    /// under the operator's name with `reason`, in the same transaction.
+    pub async fn put_group(
+        &self,
+        group: Group,
+        operator: &Operator,
+        reason: Option<&str>,
+    ) -> Result<ChangeResult, ServiceError> {
         check_group_name(&group.name)?;
         check_labels(&group.selector)?;
+        let reason = audit::checked_reason(reason)?;
         if group.selector.is_empty() {
             return Err(ServiceError::BadRequest(
                 "empty_selector",
@@ -254,11 +276,14 @@ impl Coordinator {
         let previous = model.fleet.groups.insert(group.name.clone(), group.selector.clone());
         let mut scopes: Vec<Scope> = before.into_iter().map(Scope::Host).collect();
         scopes.push(scope);
-        let manifests = self.render_scope(&model, &scopes, self.now());
+        let now = self.now();
+        let what = audit::group_put(&group.name, &group.selector, previous.as_ref());
+        let change = audit::admin_change(now, operator, None, what, reason);
+        let manifests = self.render_scope(&model, &scopes, now);
         let outcome = match check_manifests(&model.fleet, &manifests, &format!("group {}", group.name)) {
             Ok(()) => self
                 .store
-                .put_group(&group.name, &group.selector, &manifests)
+                .put_group(&group.name, &group.selector, &manifests, &change)
                 .await
                 .map_err(ServiceError::from),
             Err(error) => Err(error),
@@ -273,15 +298,23 @@ impl Coordinator {
         Ok(self.applied(&mut model, &manifests))
     }
 
-    /// `drover groups delete`: refused while pins or holds use the group.
-    pub async fn delete_group(&self, name: &str) -> Result<(), ServiceError> {
+    /// `drover groups delete`: refused while pins or holds use the group. Recorded under
+    /// the operator's name with `reason`, in the same transaction.
+    pub async fn delete_group(
+        &self,
+        name: &str,
+        operator: &Operator,
+        reason: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let reason = audit::checked_reason(reason)?;
         let mut model = self.model.lock().await;
-        if !model.fleet.groups.contains_key(name) {
+        let Some(selector) = model.fleet.groups.get(name) else {
             return Err(ServiceError::NotFound(
                 "group_not_found",
                 format!("no group named {name}"),
             ));
-        }
+        };
+        let what = audit::group_deleted(name, selector);
         let scope = Scope::Group(name.to_owned());
         let pinned = model.fleet.pins.keys().any(|(_, pin_scope)| pin_scope == &scope);
         if pinned || model.fleet.holds.contains(&scope) {
@@ -290,7 +323,8 @@ impl Coordinator {
                 format!("group {name} has pins or holds; unpin and unhold it first"),
             ));
         }
-        self.store.delete_group(name).await?;
+        let change = audit::admin_change(self.now(), operator, None, what, reason);
+        self.store.delete_group(name, &change).await?;
         model.fleet.groups.remove(name);
         Ok(())
     }
@@ -352,7 +386,14 @@ mod tests {
             name: "eu".to_owned(),
             selector: labels(&[("zone", "eu")]),
         };
-        assert_eq!(service.put_group(group).await.expect("group").hosts_changed, 0);
+        assert_eq!(
+            service
+                .put_group(group, &operator(), None)
+                .await
+                .expect("group")
+                .hosts_changed,
+            0
+        );
         let pin = Pin {
             app: name("web"),
             version: name("1.0.0"),
@@ -361,20 +402,27 @@ mod tests {
         assert_eq!(service.pin(pin, &operator(), None).await.expect("pin").hosts_changed, 0);
         let host: HostId = name("web-1");
         let changed = service
-            .label_host(&host, labels(&[("zone", "eu")]), Vec::new())
+            .label_host(&host, labels(&[("zone", "eu")]), Vec::new(), &operator(), None)
             .await
             .expect("label");
         assert_eq!(changed.hosts_changed, 1);
         let summary = service.host(&host).await.expect("host").summary;
         let desired = summary.apps.get(&name("web")).and_then(|app| app.desired.clone());
         assert_eq!(desired, Some(name::<Version>("1.0.0")));
-        let error = service.delete_group("eu").await.expect_err("pinned group");
+        let error = service
+            .delete_group("eu", &operator(), None)
+            .await
+            .expect_err("pinned group");
         assert_eq!(code(&error), "group_in_use");
         let error = service
-            .put_group(Group {
-                name: "all".to_owned(),
-                selector: Labels::new(),
-            })
+            .put_group(
+                Group {
+                    name: "all".to_owned(),
+                    selector: Labels::new(),
+                },
+                &operator(),
+                None,
+            )
             .await
             .expect_err("empty selector");
         assert_eq!(code(&error), "empty_selector");
@@ -386,7 +434,7 @@ mod tests {
         let service = &test.coordinator;
         let identity = test.join("web-1", &[]).await;
         let host: HostId = name("web-1");
-        service.remove_host(&host, &operator()).await.expect("remove");
+        service.remove_host(&host, &operator(), None).await.expect("remove");
         assert!(service.hosts().await.is_empty());
         assert_eq!(
             code(&service.host_slot(Some(&identity)).expect_err("removed")),
@@ -397,7 +445,7 @@ mod tests {
         let history = service.host_history(&host).await.expect("history");
         assert!(history.iter().any(|entry| entry.who == "tester"), "{history:?}");
         assert_eq!(
-            code(&service.remove_host(&host, &operator()).await.expect_err("twice")),
+            code(&service.remove_host(&host, &operator(), None).await.expect_err("twice")),
             "host_not_found"
         );
     }

@@ -8,6 +8,7 @@
 //! signed manifest, so a poll is a map lookup and a pointer clone.
 
 mod admin;
+mod audit;
 mod background;
 mod desired;
 mod enroll;

@@ -41,7 +41,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use drover_protocol::api::{HistoryEntry, HoldInfo, HostHistoryEntry, Labels, PinInfo, Release, Scope, TokenName};
+use drover_protocol::api::{
+    AuditEntry, HistoryEntry, HistoryQuery, HoldInfo, HostHistoryEntry, Labels, PinInfo, Release, Scope, TokenName,
+};
 use drover_protocol::report::ReportEvent;
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
 
@@ -224,6 +226,22 @@ pub struct StoredRollout {
     pub finished_at: Option<Timestamp>,
 }
 
+/// A line of the admin changes that belong to no app (label changes, groups, admin
+/// tokens), written in the same transaction as the change: `drover history` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminChange {
+    /// When.
+    pub at: Timestamp,
+    /// Who: the admin token's name.
+    pub who: String,
+    /// The host it is about, if one (label changes), for `drover history --host`.
+    pub host: Option<HostId>,
+    /// What changed.
+    pub what: String,
+    /// Why, as given with `--reason`.
+    pub reason: Option<String>,
+}
+
 /// A line for the history table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryRecord {
@@ -367,8 +385,13 @@ impl Store {
 
     /// Marks a host removed, with its history line: its key and certificates stop
     /// working; its serial, host pins and holds are kept for an explicit re-join of the id.
-    pub async fn remove_host(&self, host: &HostId, history: &HostHistoryEntry) -> Result<(), StoreError> {
-        backend!(self, backend => backend.remove_host(host, history).await)
+    pub async fn remove_host(
+        &self,
+        host: &HostId,
+        history: &HostHistoryEntry,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        backend!(self, backend => backend.remove_host(host, history, reason).await)
     }
 
     /// Records a renewed certificate of an enrolled host (same key) with its history
@@ -410,8 +433,9 @@ impl Store {
         host: &HostId,
         labels: &Labels,
         manifests: &[StoredManifest],
+        change: &AdminChange,
     ) -> Result<(), StoreError> {
-        backend!(self, backend => backend.set_labels(host, labels, manifests).await)
+        backend!(self, backend => backend.set_labels(host, labels, manifests, change).await)
     }
 
     /// Creates or replaces a group and stores the manifests that changed, in one transaction.
@@ -420,13 +444,14 @@ impl Store {
         name: &str,
         selector: &Labels,
         manifests: &[StoredManifest],
+        change: &AdminChange,
     ) -> Result<(), StoreError> {
-        backend!(self, backend => backend.put_group(name, selector, manifests).await)
+        backend!(self, backend => backend.put_group(name, selector, manifests, change).await)
     }
 
-    /// Deletes a group.
-    pub async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
-        backend!(self, backend => backend.delete_group(name).await)
+    /// Deletes a group, with the change's line, in one transaction.
+    pub async fn delete_group(&self, name: &str, change: &AdminChange) -> Result<(), StoreError> {
+        backend!(self, backend => backend.delete_group(name, change).await)
     }
 
     /// Stores a release; it must not exist yet (releases are immutable).
@@ -490,13 +515,20 @@ impl Store {
 
     /// Stores a new admin token; an expired one of the same name is revoked by the same
     /// transaction (its creator is the revoker), so the name can be used again.
-    pub async fn insert_admin_token(&self, token: &AdminTokenRecord) -> Result<(), StoreError> {
-        backend!(self, backend => backend.insert_admin_token(token).await)
+    pub async fn insert_admin_token(&self, token: &AdminTokenRecord, change: &AdminChange) -> Result<(), StoreError> {
+        backend!(self, backend => backend.insert_admin_token(token, change).await)
     }
 
-    /// Revokes the admin token `name` that is not revoked yet; false when there is none.
-    pub async fn revoke_admin_token(&self, name: &TokenName, at: Timestamp, by: &str) -> Result<bool, StoreError> {
-        backend!(self, backend => backend.revoke_admin_token(name, at, by).await)
+    /// Revokes the admin token `name` that is not revoked yet, with the change's line, in
+    /// one transaction; false (and nothing written) when there is none.
+    pub async fn revoke_admin_token(
+        &self,
+        name: &TokenName,
+        at: Timestamp,
+        by: &str,
+        change: &AdminChange,
+    ) -> Result<bool, StoreError> {
+        backend!(self, backend => backend.revoke_admin_token(name, at, by, change).await)
     }
 
     /// Notes when the admin token with this hash was last used.
@@ -538,6 +570,13 @@ impl Store {
     /// most the newest `limit` lines.
     pub async fn history(&self, app: &AppName, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
         backend!(self, backend => backend.history(app, limit).await)
+    }
+
+    /// The fleet-wide history (`drover history`): the newest `query.limit` lines of every
+    /// app's history, every host id's and the admin changes that match `query`, newest
+    /// first.
+    pub async fn fleet_history(&self, query: &HistoryQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        backend!(self, backend => backend.fleet_history(query).await)
     }
 }
 

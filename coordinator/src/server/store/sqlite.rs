@@ -3,6 +3,8 @@
 //! pool of four connections, foreign keys on, and a 10 s busy timeout so that a writer
 //! waits for another instead of failing.
 
+mod audit;
+
 use std::path::Path;
 
 use drover_protocol::api::{
@@ -16,9 +18,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AdminTokenRecord, BOOTSTRAP_CREATOR, DatabaseError, EVENTS_PER_HOST, HistoryRecord, HostChange, HostRecord,
-    RENEWALS_KEPT_PER_HOST, RolloutCommit, Snapshot, StoreError, StoredManifest, StoredRollout, TokenProblem,
-    TokenRecord, corrupt, json, parse, to_json, unix,
+    AdminChange, AdminTokenRecord, BOOTSTRAP_CREATOR, DatabaseError, EVENTS_PER_HOST, HistoryRecord, HostChange,
+    HostRecord, RENEWALS_KEPT_PER_HOST, RolloutCommit, Snapshot, StoreError, StoredManifest, StoredRollout,
+    TokenProblem, TokenRecord, corrupt, json, parse, to_json, unix,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
@@ -28,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/0003_admin_tokens.sql"),
     include_str!("../../../migrations/0004_host_identity.sql"),
     include_str!("../../../migrations/0005_pin_origins.sql"),
+    include_str!("../../../migrations/0006_audit.sql"),
 ];
 
 impl From<sqlx::Error> for StoreError {
@@ -259,7 +262,7 @@ impl SqliteStore {
         .bind(host.cert_not_after.map(unix))
         .execute(&mut *transaction)
         .await?;
-        insert_host_history(&mut transaction, &host.id, history.0, history.1).await?;
+        insert_host_history(&mut transaction, &host.id, history.0, history.1, None).await?;
         sqlx::query("DELETE FROM reports WHERE host = ?")
             .bind(host.id.as_str())
             .execute(&mut *transaction)
@@ -269,13 +272,18 @@ impl SqliteStore {
         Ok(Ok(()))
     }
 
-    pub(super) async fn remove_host(&self, host: &HostId, history: &HostHistoryEntry) -> Result<(), StoreError> {
+    pub(super) async fn remove_host(
+        &self,
+        host: &HostId,
+        history: &HostHistoryEntry,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         sqlx::query("UPDATE hosts SET cert_sha256 = NULL, key_sha256 = NULL, cert_not_after = NULL WHERE id = ?")
             .bind(host.as_str())
             .execute(&mut *transaction)
             .await?;
-        insert_host_history(&mut transaction, host, HostChange::Removed, history).await?;
+        insert_host_history(&mut transaction, host, HostChange::Removed, history, reason).await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -304,7 +312,7 @@ impl SqliteStore {
         if updated.rows_affected() != 1 {
             return Ok(false);
         }
-        insert_host_history(&mut transaction, host, HostChange::Renewed, history).await?;
+        insert_host_history(&mut transaction, host, HostChange::Renewed, history, None).await?;
         transaction.commit().await?;
         Ok(true)
     }
@@ -355,6 +363,7 @@ impl SqliteStore {
         host: &HostId,
         labels: &Labels,
         manifests: &[StoredManifest],
+        change: &AdminChange,
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         sqlx::query("UPDATE hosts SET labels = ? WHERE id = ?")
@@ -362,6 +371,7 @@ impl SqliteStore {
             .bind(host.as_str())
             .execute(&mut *transaction)
             .await?;
+        audit::insert_admin_change(&mut transaction, change).await?;
         commit_with_manifests(transaction, manifests).await
     }
 
@@ -370,6 +380,7 @@ impl SqliteStore {
         name: &str,
         selector: &Labels,
         manifests: &[StoredManifest],
+        change: &AdminChange,
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         sqlx::query("INSERT INTO groups (name, selector) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET selector = excluded.selector")
@@ -377,14 +388,18 @@ impl SqliteStore {
             .bind(to_json(selector))
             .execute(&mut *transaction)
             .await?;
+        audit::insert_admin_change(&mut transaction, change).await?;
         commit_with_manifests(transaction, manifests).await
     }
 
-    pub(super) async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
+    pub(super) async fn delete_group(&self, name: &str, change: &AdminChange) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
         sqlx::query("DELETE FROM groups WHERE name = ?")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *transaction)
             .await?;
+        audit::insert_admin_change(&mut transaction, change).await?;
+        transaction.commit().await?;
         Ok(())
     }
 
@@ -548,7 +563,11 @@ impl SqliteStore {
             .collect()
     }
 
-    pub(super) async fn insert_admin_token(&self, token: &AdminTokenRecord) -> Result<(), StoreError> {
+    pub(super) async fn insert_admin_token(
+        &self,
+        token: &AdminTokenRecord,
+        change: &AdminChange,
+    ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         sqlx::query(
             "UPDATE admin_tokens SET revoked_at = ?, revoked_by = ?
@@ -568,6 +587,7 @@ impl SqliteStore {
             .bind(token.expires_at.map(unix))
             .execute(&mut *transaction)
             .await?;
+        audit::insert_admin_change(&mut transaction, change).await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -577,15 +597,22 @@ impl SqliteStore {
         name: &TokenName,
         at: Timestamp,
         by: &str,
+        change: &AdminChange,
     ) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin().await?;
         let done =
             sqlx::query("UPDATE admin_tokens SET revoked_at = ?, revoked_by = ? WHERE name = ? AND revoked_at IS NULL")
                 .bind(unix(at))
                 .bind(by)
                 .bind(name.as_str())
-                .execute(&self.pool)
+                .execute(&mut *transaction)
                 .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        audit::insert_admin_change(&mut transaction, change).await?;
+        transaction.commit().await?;
+        Ok(true)
     }
 
     pub(super) async fn touch_admin_token(&self, hash: &str, at: Timestamp) -> Result<(), StoreError> {
@@ -806,9 +833,10 @@ async fn insert_host_history(
     host: &HostId,
     kind: HostChange,
     line: &HostHistoryEntry,
+    reason: Option<&str>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO host_history (host, kind, at, who, what, old_cert, new_cert) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO host_history (host, kind, at, who, what, old_cert, new_cert, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(host.as_str())
     .bind(kind.as_str())
@@ -817,6 +845,7 @@ async fn insert_host_history(
     .bind(&line.what)
     .bind(line.old_certificate.as_deref())
     .bind(line.new_certificate.as_deref())
+    .bind(reason)
     .execute(&mut **transaction)
     .await?;
     if kind == HostChange::Renewed {
@@ -1009,7 +1038,7 @@ mod tests {
             new_certificate: None,
             ..line("cert-3", "-")
         };
-        store.remove_host(&host, &removal).await.expect("remove");
+        store.remove_host(&host, &removal, None).await.expect("remove");
         assert!(!renew("key-a", "cert-3", "cert-4").await);
         let _ = std::fs::remove_dir_all(&directory);
     }

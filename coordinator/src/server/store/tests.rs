@@ -21,7 +21,7 @@ pub(super) async fn scratch(name: &str) -> (Store, PathBuf) {
 }
 
 /// An admin change's line by `who`.
-pub(super) fn change(at: Timestamp, who: &str, what: &str) -> AdminChange {
+pub(super) fn admin_change(at: Timestamp, who: &str, what: &str) -> AdminChange {
     AdminChange {
         at,
         who: who.into(),
@@ -48,9 +48,19 @@ async fn a_revoked_bootstrap_token_stays_revoked_and_a_new_admin_token_file_repl
     assert_eq!(tokens[0].created_by, BOOTSTRAP_CREATOR);
 
     let admin: TokenName = "admin".parse().expect("name");
-    let revoked = change(at(2), "alice", "revoked admin token admin");
-    assert!(store.revoke_admin_token(&admin, at(2), "alice", &revoked).await.expect("revoke"));
-    assert!(!store.revoke_admin_token(&admin, at(3), "alice", &revoked).await.expect("twice"));
+    let revoked = admin_change(at(2), "alice", "revoked admin token admin");
+    assert!(
+        store
+            .revoke_admin_token(&admin, at(2), "alice", &revoked)
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        !store
+            .revoke_admin_token(&admin, at(3), "alice", &revoked)
+            .await
+            .expect("twice")
+    );
     // The next start with the same admin.token: still revoked, nothing new.
     store.bootstrap_admin_token("first", at(4)).await.expect("restart");
     assert_eq!(
@@ -88,19 +98,22 @@ async fn a_name_is_unique_among_tokens_not_revoked_and_an_expired_one_is_replace
         last_used_at: None,
     };
     store
-        .insert_admin_token(&token("one", 0, Some(60)), &change(at(0), "admin", "created ci"))
+        .insert_admin_token(&token("one", 0, Some(60)), &admin_change(at(0), "admin", "created ci"))
         .await
         .expect("insert");
     // While valid, a second `ci` is refused by the unique index (the service says so first).
     assert!(
         store
-            .insert_admin_token(&token("two", 10, None), &change(at(10), "admin", "created ci"))
+            .insert_admin_token(&token("two", 10, None), &admin_change(at(10), "admin", "created ci"))
             .await
             .is_err()
     );
     // Once expired, creating `ci` again revokes the old one in the same transaction.
     store
-        .insert_admin_token(&token("three", 120, None), &change(at(120), "admin", "created ci"))
+        .insert_admin_token(
+            &token("three", 120, None),
+            &admin_change(at(120), "admin", "created ci"),
+        )
         .await
         .expect("replace");
     store.touch_admin_token("three", at(130)).await.expect("touch");
@@ -289,18 +302,28 @@ async fn a_stored_manifest_serial_never_goes_down_and_labels_commit_with_their_m
     assert_eq!(snapshot.manifests, [manifest(&web, 5)]);
     let labels = Labels::from([("tier".to_owned(), "edge".to_owned())]);
     store
-        .set_labels(&web, &labels, &[manifest(&web, 6)], &change(at(6), "admin", "labels"))
+        .set_labels(
+            &web,
+            &labels,
+            &[manifest(&web, 6)],
+            &admin_change(at(6), "admin", "labels"),
+        )
         .await
         .expect("labels");
     store
-        .put_group("edge", &labels, &[manifest(&web, 7)], &change(at(7), "admin", "group"))
+        .put_group(
+            "edge",
+            &labels,
+            &[manifest(&web, 7)],
+            &admin_change(at(7), "admin", "group"),
+        )
         .await
         .expect("group");
     let snapshot = store.load().await.expect("load");
     assert_eq!(snapshot.manifests, [manifest(&web, 7)]);
     assert_eq!(snapshot.groups, BTreeMap::from([("edge".to_owned(), labels)]));
     store
-        .delete_group("edge", &change(at(8), "admin", "deleted group"))
+        .delete_group("edge", &admin_change(at(8), "admin", "deleted group"))
         .await
         .expect("delete group");
     assert!(store.load().await.expect("load").groups.is_empty());
@@ -317,7 +340,7 @@ fn version(text: &str) -> Version {
     text.parse().expect("version")
 }
 
-fn change(app_name: Option<&str>, at: Timestamp, who: &str, what: &str, reason: Option<&str>) -> HistoryRecord {
+fn app_line(app_name: Option<&str>, at: Timestamp, who: &str, what: &str, reason: Option<&str>) -> HistoryRecord {
     HistoryRecord {
         app: app_name.map(app),
         rollout: None,
@@ -333,7 +356,7 @@ async fn pins_and_holds_round_trip_with_who_when_and_why_and_the_history_is_per_
     let (store, directory) = scratch("pins").await;
     let (web, db) = (app("web"), app("db"));
     let edge = Scope::Group("edge".into());
-    let pin_web = change(
+    let pin_web = app_line(
         Some("web"),
         at(1),
         "alice",
@@ -350,12 +373,12 @@ async fn pins_and_holds_round_trip_with_who_when_and_why_and_the_history_is_per_
         )
         .await
         .expect("pin");
-    let pin_edge = change(Some("web"), at(2), "bob", "pinned web 1.1 on group edge", None);
+    let pin_edge = app_line(Some("web"), at(2), "bob", "pinned web 1.1 on group edge", None);
     store
         .change_pin(&web, &edge, Some(&version("1.1")), std::slice::from_ref(&pin_edge), &[])
         .await
         .expect("pin");
-    let pin_db = change(Some("db"), at(3), "carol", "pinned db 9 on the fleet", None);
+    let pin_db = app_line(Some("db"), at(3), "carol", "pinned db 9 on the fleet", None);
     store
         .change_pin(&db, &Scope::Fleet, Some(&version("9")), &[pin_db], &[])
         .await
@@ -387,12 +410,12 @@ async fn pins_and_holds_round_trip_with_who_when_and_why_and_the_history_is_per_
     assert_eq!(store.pins(None).await.expect("pins").len(), 3);
 
     // A hold keeps who set it first; holding again changes nothing.
-    let hold = change(None, at(4), "dave", "held the fleet", Some("incident"));
+    let hold = app_line(None, at(4), "dave", "held the fleet", Some("incident"));
     store
         .change_hold(&Scope::Fleet, true, std::slice::from_ref(&hold), &[])
         .await
         .expect("hold");
-    let again = change(None, at(5), "erin", "held the fleet", None);
+    let again = app_line(None, at(5), "erin", "held the fleet", None);
     store
         .change_hold(&Scope::Fleet, true, std::slice::from_ref(&again), &[])
         .await
@@ -411,12 +434,12 @@ async fn pins_and_holds_round_trip_with_who_when_and_why_and_the_history_is_per_
     assert_eq!(snapshot.pins.get(&(web.clone(), edge.clone())), Some(&version("1.1")));
 
     // Cleared: gone from the pins, the holds and the snapshot.
-    let unpin = change(Some("web"), at(6), "bob", "unpinned web on group edge", None);
+    let unpin = app_line(Some("web"), at(6), "bob", "unpinned web on group edge", None);
     store
         .change_pin(&web, &edge, None, std::slice::from_ref(&unpin), &[])
         .await
         .expect("unpin");
-    let unhold = change(None, at(7), "dave", "released the fleet", None);
+    let unhold = app_line(None, at(7), "dave", "released the fleet", None);
     store
         .change_hold(&Scope::Fleet, false, std::slice::from_ref(&unhold), &[])
         .await
@@ -552,7 +575,7 @@ async fn a_rollout_step_commits_its_state_pins_history_and_manifests_together_or
     let first = started_rollout("web-1");
     let line = HistoryRecord {
         rollout: Some("web-1".into()),
-        ..change(
+        ..app_line(
             Some("web"),
             at(0),
             "alice",
@@ -600,7 +623,7 @@ async fn a_rollout_step_commits_its_state_pins_history_and_manifests_together_or
             finished_at: None,
             pins: &[(Scope::Fleet, Some(version("2.0")))],
             pin_origin: ("bob", at(5), None),
-            history: &[change(Some("web"), at(5), "bob", "rollout web-2 started", None)],
+            history: &[app_line(Some("web"), at(5), "bob", "rollout web-2 started", None)],
             manifests: &[manifest(&host_web, 2)],
         })
         .await;
