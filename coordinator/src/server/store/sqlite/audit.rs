@@ -128,3 +128,146 @@ impl SqliteStore {
         Ok(lines)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use drover_protocol::api::{AuditSource, HistoryQuery};
+
+    use crate::server::store::Backend;
+    use crate::server::store::tests::{admin_change, at, scratch};
+
+    /// Rows as the three histories hold them, at `at(seconds)`: (table, seconds, who,
+    /// app, host, reason).
+    const ROWS: [(&str, i64, &str, Option<&str>, Option<&str>, Option<&str>); 8] = [
+        ("admin_history", 5, "admin", None, None, None),
+        ("rollout_history", 10, "alice", Some("web"), None, Some("release day")),
+        ("host_history", 15, "admin", None, Some("web-01"), None),
+        ("rollout_history", 20, "bob", None, None, Some("incident")),
+        ("host_history", 25, "host", None, Some("web-02"), None),
+        ("rollout_history", 30, "alice", Some("api"), None, None),
+        ("admin_history", 35, "alice", None, Some("web-01"), Some("to prod")),
+        ("host_history", 40, "alice", None, Some("web-01"), Some("disk died")),
+    ];
+
+    async fn filled() -> (crate::server::store::Store, std::path::PathBuf) {
+        let (store, directory) = scratch("fleet-history").await;
+        let Backend::Sqlite(sqlite) = &store.backend;
+        for (table, seconds, who, app, host, reason) in ROWS {
+            let what = format!("{table} at {seconds}");
+            let statement = match table {
+                "rollout_history" => {
+                    sqlx::query("INSERT INTO rollout_history (app, at, who, what, reason) VALUES (?, ?, ?, ?, ?)")
+                        .bind(app)
+                }
+                "host_history" => sqlx::query(
+                    "INSERT INTO host_history (host, kind, at, who, what, reason) VALUES (?, 'removed', ?, ?, ?, ?)",
+                )
+                .bind(host),
+                _ => sqlx::query("INSERT INTO admin_history (host, at, who, what, reason) VALUES (?, ?, ?, ?, ?)")
+                    .bind(host),
+            };
+            statement
+                .bind(super::unix(at(seconds)))
+                .bind(who)
+                .bind(what)
+                .bind(reason)
+                .execute(&sqlite.pool)
+                .await
+                .expect("insert");
+        }
+        (store, directory)
+    }
+
+    /// The seconds (after `at(0)`) of the lines `query` selects, in order.
+    async fn seconds(store: &crate::server::store::Store, query: HistoryQuery) -> Vec<i64> {
+        store
+            .fleet_history(&query)
+            .await
+            .expect("history")
+            .iter()
+            .map(|line| line.at.unix() - at(0).unix())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_fleet_history_merges_every_source_newest_first_filtered_and_bounded() {
+        let (store, directory) = filled().await;
+        let all = store.fleet_history(&HistoryQuery::default()).await.expect("all");
+        assert_eq!(
+            all.iter().map(|line| line.at.unix() - at(0).unix()).collect::<Vec<_>>(),
+            [40, 35, 30, 25, 20, 15, 10, 5]
+        );
+        assert_eq!(
+            (all[0].source, all[1].source, all[2].source),
+            (AuditSource::Host, AuditSource::Admin, AuditSource::App)
+        );
+        assert_eq!(all[0].reason.as_deref(), Some("disk died"));
+        assert_eq!(all[1].host.as_ref().map(|host| host.as_str()), Some("web-01"));
+        assert_eq!(all[2].app.as_ref().map(|app| app.as_str()), Some("api"));
+
+        let query = |edit: fn(&mut HistoryQuery)| {
+            let mut query = HistoryQuery::default();
+            edit(&mut query);
+            query
+        };
+        // Bounded across sources: the newest lines whichever history holds them.
+        assert_eq!(seconds(&store, query(|q| q.limit = 3)).await, [40, 35, 30]);
+        // An app's lines and the holds (no app), as in `rollout history APP`; no host lines.
+        assert_eq!(
+            seconds(&store, query(|q| q.app = Some("web".parse().expect("app")))).await,
+            [20, 10]
+        );
+        // A host id's history and its admin lines; app lines have no host.
+        assert_eq!(
+            seconds(&store, query(|q| q.host = Some("web-01".parse().expect("host")))).await,
+            [40, 35, 15]
+        );
+        assert_eq!(
+            seconds(&store, query(|q| q.who = Some("alice".into()))).await,
+            [40, 35, 30, 10]
+        );
+        assert_eq!(
+            seconds(&store, query(|q| q.since = Some(at(25)))).await,
+            [40, 35, 30, 25]
+        );
+        assert_eq!(
+            seconds(
+                &store,
+                query(|q| {
+                    q.who = Some("alice".into());
+                    q.host = Some("web-01".parse().expect("host"));
+                    q.since = Some(at(36));
+                })
+            )
+            .await,
+            [40]
+        );
+        assert!(
+            seconds(&store, query(|q| q.who = Some("nobody".into())))
+                .await
+                .is_empty()
+        );
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+
+    #[tokio::test]
+    async fn a_refused_revocation_writes_no_line() {
+        let (store, directory) = scratch("audit-refused").await;
+        let name = "nobody".parse().expect("name");
+        let change = admin_change(at(1), "alice", "revoked admin token nobody");
+        assert!(
+            !store
+                .revoke_admin_token(&name, at(1), "alice", &change)
+                .await
+                .expect("revoke")
+        );
+        assert!(
+            store
+                .fleet_history(&HistoryQuery::default())
+                .await
+                .expect("history")
+                .is_empty()
+        );
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+}
