@@ -136,23 +136,55 @@ mod tests {
     use crate::server::store::Backend;
     use crate::server::store::tests::{admin_change, at, scratch};
 
-    /// Rows as the three histories hold them, at `at(seconds)`: (table, seconds, who,
-    /// app, host, reason).
-    const ROWS: [(&str, i64, &str, Option<&str>, Option<&str>, Option<&str>); 8] = [
-        ("admin_history", 5, "admin", None, None, None),
-        ("rollout_history", 10, "alice", Some("web"), None, Some("release day")),
-        ("host_history", 15, "admin", None, Some("web-01"), None),
-        ("rollout_history", 20, "bob", None, None, Some("incident")),
-        ("host_history", 25, "host", None, Some("web-02"), None),
-        ("rollout_history", 30, "alice", Some("api"), None, None),
-        ("admin_history", 35, "alice", None, Some("web-01"), Some("to prod")),
-        ("host_history", 40, "alice", None, Some("web-01"), Some("disk died")),
+    /// A row as one of the three histories holds it, at `at(seconds)`.
+    struct Row {
+        table: &'static str,
+        seconds: i64,
+        who: &'static str,
+        app: Option<&'static str>,
+        host: Option<&'static str>,
+        reason: Option<&'static str>,
+    }
+
+    const fn row(
+        table: &'static str,
+        seconds: i64,
+        who: &'static str,
+        (app, host, reason): (Option<&'static str>, Option<&'static str>, Option<&'static str>),
+    ) -> Row {
+        Row {
+            table,
+            seconds,
+            who,
+            app,
+            host,
+            reason,
+        }
+    }
+
+    const ROWS: [Row; 8] = [
+        row("admin_history", 5, "admin", (None, None, None)),
+        row("rollout_history", 10, "alice", (Some("web"), None, Some("release day"))),
+        row("host_history", 15, "admin", (None, Some("web-01"), None)),
+        row("rollout_history", 20, "bob", (None, None, Some("incident"))),
+        row("host_history", 25, "host", (None, Some("web-02"), None)),
+        row("rollout_history", 30, "alice", (Some("api"), None, None)),
+        row("admin_history", 35, "alice", (None, Some("web-01"), Some("to prod"))),
+        row("host_history", 40, "alice", (None, Some("web-01"), Some("disk died"))),
     ];
 
     async fn filled() -> (crate::server::store::Store, std::path::PathBuf) {
         let (store, directory) = scratch("fleet-history").await;
         let Backend::Sqlite(sqlite) = &store.backend;
-        for (table, seconds, who, app, host, reason) in ROWS {
+        for Row {
+            table,
+            seconds,
+            who,
+            app,
+            host,
+            reason,
+        } in ROWS
+        {
             let what = format!("{table} at {seconds}");
             let statement = match table {
                 "rollout_history" => {
