@@ -1016,7 +1016,7 @@ async fn report(
         .map(|identity| identity.host.clone())
         .expect("checked by host_slot");
     let report: HostReport = read_json(body, BodyLimit::authenticated(MAX_REPORT_BYTES)).await?;
-    state.coordinator.report(&host, report)?;
+    state.coordinator.report(&host, report).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1532,6 +1532,7 @@ mod tests {
             ("GET", "/v1/admin/rollouts/web"),
             ("GET", "/v1/admin/rollouts/web/history"),
             ("POST", "/v1/admin/rollouts/web/pause"),
+            ("GET", "/v1/admin/history"),
         ];
         for (method, path) in admin_routes {
             let (status, body) = call(&router, method, path, None).await;

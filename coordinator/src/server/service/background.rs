@@ -2,28 +2,27 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use super::reports::store_reports;
+use super::reports::{QueuedReport, store_reports};
 use super::{Background, Coordinator};
 
 impl Background {
     /// Runs the report writer, the manifest refresher and the rollout driver until
-    /// `shutdown` fires, then flushes the reports still queued.
-    pub async fn run(mut self, coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bool>) {
+    /// `shutdown` fires; the writer then stores (and answers) the reports still queued.
+    pub async fn run(self, coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bool>) {
         let driver = tokio::spawn(drive_rollouts(coordinator.clone(), shutdown.clone()));
+        // Its own task: a refresh re-signing the whole fleet must not hold up the commits
+        // that report requests wait for.
+        let writer = tokio::spawn(write_reports(
+            coordinator.clone(),
+            self.report_receiver,
+            shutdown.clone(),
+        ));
         let mut refresh = tokio::time::interval(coordinator.config.refresh_interval.to_std());
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::new();
         loop {
             tokio::select! {
-                received = self.report_receiver.recv_many(&mut batch, 2048) => {
-                    if received == 0 {
-                        break;
-                    }
-                    // Keep only the newest report per host; every event is kept.
-                    store_reports(&coordinator, std::mem::take(&mut batch)).await;
-                }
                 _ = refresh.tick() => {
                     match coordinator.refresh().await {
                         Ok(0) => {}
@@ -34,11 +33,34 @@ impl Background {
                 _ = shutdown.changed() => break,
             }
         }
-        self.report_receiver.close();
-        while self.report_receiver.recv_many(&mut batch, 2048).await > 0 {
-            store_reports(&coordinator, std::mem::take(&mut batch)).await;
-        }
+        let _ = writer.await;
         let _ = driver.await;
+    }
+}
+
+/// The report writer: stores the queued reports a batch at a time, each batch in one
+/// transaction, so reports arriving while a commit runs share the next one (group
+/// commit). At shutdown it stops taking new reports and stores those already queued.
+async fn write_reports(
+    coordinator: Arc<Coordinator>,
+    mut receiver: mpsc::Receiver<QueuedReport>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            received = receiver.recv_many(&mut batch, 2048) => {
+                if received == 0 {
+                    break;
+                }
+                store_reports(&coordinator, std::mem::take(&mut batch)).await;
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    receiver.close();
+    while receiver.recv_many(&mut batch, 2048).await > 0 {
+        store_reports(&coordinator, std::mem::take(&mut batch)).await;
     }
 }
 
@@ -84,7 +106,7 @@ mod tests {
         };
         service.pin(pin, &operator(), None).await.expect("pin");
         service
-            .report(&name("web-1"), report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
+            .accept_report(&name("web-1"), report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
             .expect("report");
         // Told to stop before it starts: all it does is flush the queue.
         let (shutdown, receiver) = watch::channel(false);

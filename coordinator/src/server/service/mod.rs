@@ -41,6 +41,7 @@ use crate::server::setup::Credentials;
 use crate::server::store::{AdminTokenRecord, HostRecord, Store, StoredManifest};
 use desired::{RenderMode, Rendered};
 use locks::RwLock;
+use reports::QueuedReport;
 
 /// Settings of a running coordinator.
 #[derive(Clone, Debug)]
@@ -180,7 +181,7 @@ pub struct Coordinator {
     model: Mutex<Model>,
     slots: RwLock<HashMap<HostId, Arc<HostSlot>>>,
     reports: locks::Mutex<HashMap<HostId, (HostReport, Timestamp)>>,
-    report_queue: mpsc::Sender<(HostReport, Timestamp)>,
+    report_queue: mpsc::Sender<QueuedReport>,
     /// Hosts whose reported app states changed since the rollout driver last looked.
     rollout_dirty: locks::Mutex<BTreeSet<HostId>>,
     /// Wakes the rollout driver (a report changed, or a step moved the next timer).
@@ -192,7 +193,7 @@ pub struct Coordinator {
 /// The background work a coordinator needs: the report writer and the refresher.
 #[derive(Debug)]
 pub struct Background {
-    report_receiver: mpsc::Receiver<(HostReport, Timestamp)>,
+    report_receiver: mpsc::Receiver<QueuedReport>,
 }
 
 fn hash_secret(secret: &str) -> String {
@@ -330,6 +331,7 @@ mod testing {
     use drover_protocol::api::{JoinRequest, Labels, ReleaseArtifact, ReleaseRequest, TokenRequest};
     use drover_protocol::report::{AgentFacts, AppReport, AppState};
     use drover_protocol::{AppName, AppSpec, Digest, Duration, HostId, HostReport, Timestamp, Version};
+    use tokio::sync::watch;
 
     use super::{Background, Config, Coordinator, Operator, ServiceError};
     use crate::datadir::DataDir;
@@ -420,6 +422,15 @@ mod testing {
     }
 
     impl TestCoordinator {
+        /// Starts the background tasks (report writer, refresher, rollout driver); they
+        /// stop, storing what is queued, when the returned sender sends `true` or is dropped.
+        pub(crate) fn run_background(&mut self) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+            let (shutdown, receiver) = watch::channel(false);
+            let background = self.background.take().expect("background not started yet");
+            let task = tokio::spawn(background.run(self.coordinator.clone(), receiver));
+            (shutdown, task)
+        }
+
         /// Joins `host` with `labels` through a join token, as an agent does; returns the
         /// identity its client certificate proves.
         pub(crate) async fn join(&self, host: &str, labels: &[(&str, &str)]) -> PeerIdentity {

@@ -571,7 +571,7 @@ mod tests {
         );
         let host: HostId = name("web-1");
         service
-            .report(&host, report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
+            .accept_report(&host, report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
             .expect("report");
         service.drive_once().await;
         let status = service.rollout_status(&app).await.expect("status");
@@ -618,7 +618,7 @@ mod tests {
         let canary = host_pins(service, &app).await;
         assert_eq!(canary.len(), 1, "the canary first: {canary:?}");
         service
-            .report(
+            .accept_report(
                 &canary[0],
                 report(canary[0].as_str(), &[("web", "1.0.0", AppState::Healthy)]),
             )

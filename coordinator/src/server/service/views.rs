@@ -291,7 +291,7 @@ mod tests {
             .await
             .expect("hold");
         service
-            .report(&name("web-1"), report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
+            .accept_report(&name("web-1"), report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
             .expect("report");
         let status = service.status().await;
         assert_eq!((status.hosts, status.held), (2, 1));
