@@ -20,8 +20,8 @@
 //! holding one `Backend` variant, and each method forwards to the same method of the
 //! backend in use (the `backend!` macro). Why:
 //! - the service keeps naming one concrete, cloneable `Store` with plain `async fn`
-//!   methods: no `dyn` (async trait methods are not object-safe without boxing every
-//!   future, which would allocate on every poll-path call), no generic parameter spread
+//!   methods: no `dyn` (a trait with async methods is usable as `dyn` only by boxing
+//!   every returned future, an allocation per store call), no generic parameter spread
 //!   through `Coordinator`, no `async-trait` dependency;
 //! - the backends are a closed set chosen at start-up from configuration, which is what
 //!   an enum says; adding PostgreSQL is one variant, one arm in `backend!`, and a
