@@ -10,8 +10,6 @@ use drover_protocol::{AppName, Duration, HostId, SigningKey, Timestamp, Version}
 
 use super::admin::{Actor, Operator, check_reason};
 use super::error::ServiceError;
-use super::hosts::active_host;
-use super::rollouts::refuse_during_rollout;
 use super::{Coordinator, Model, Published};
 use crate::server::fleet::{Fleet, Resolved, sign_manifest};
 use crate::server::store::{HistoryRecord, HostRecord, StoredManifest};
@@ -375,6 +373,34 @@ impl Coordinator {
         let manifests = self.render(&model, &hosts, self.now(), RenderMode::Refresh);
         self.store.save_manifests(&manifests).await?;
         Ok(self.applied(&mut model, &manifests).hosts_changed)
+    }
+}
+
+/// The enrolled host `id` (not a removed one), or 404: what a pin, hold or host change
+/// may name.
+pub(super) fn active_host<'a>(fleet: &'a Fleet, id: &HostId) -> Result<&'a HostRecord, ServiceError> {
+    fleet
+        .hosts
+        .get(id)
+        .filter(|host| host.cert_sha256.is_some())
+        .ok_or_else(|| ServiceError::NotFound("host_not_found", format!("no enrolled host {id}")))
+}
+
+/// Pins of an app are the rollout controller's while the app has an active rollout (it
+/// moves hosts with host pins and gives them back on abort): a manual pin or unpin then
+/// is refused (409), pointing at the rollout commands. Holds stay allowed: they are the
+/// kill switch.
+pub(super) fn refuse_during_rollout(model: &Model, app: &AppName, verb: &str) -> Result<(), ServiceError> {
+    match model.rollouts.get(app) {
+        Some(active) => Err(ServiceError::Conflict(
+            "rollout_active",
+            format!(
+                "cannot {verb} {app} while rollout {} is {}; use drover rollout pause|abort {app} (or drover hold to stop hosts at once)",
+                active.rollout.id(),
+                active.rollout.phase()
+            ),
+        )),
+        None => Ok(()),
     }
 }
 

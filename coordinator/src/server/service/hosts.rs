@@ -9,10 +9,9 @@ use drover_protocol::{AppName, HostId, Timestamp};
 
 use super::admin::{Actor, Operator};
 use super::audit;
-use super::desired::{RenderMode, check_manifests};
+use super::desired::{RenderMode, active_host, check_manifests};
 use super::error::ServiceError;
 use super::{Coordinator, Model};
-use crate::server::fleet::Fleet;
 use crate::server::rollout::Event;
 use crate::server::store::HostRecord;
 
@@ -23,14 +22,6 @@ pub(super) fn empty_app() -> HostApp {
         state: None,
         last_error: None,
     }
-}
-
-pub(super) fn active_host<'a>(fleet: &'a Fleet, id: &HostId) -> Result<&'a HostRecord, ServiceError> {
-    fleet
-        .hosts
-        .get(id)
-        .filter(|host| host.cert_sha256.is_some())
-        .ok_or_else(|| ServiceError::NotFound("host_not_found", format!("no enrolled host {id}")))
 }
 
 pub(super) fn check_labels(labels: &Labels) -> Result<(), ServiceError> {

@@ -67,24 +67,6 @@ pub(super) fn no_rollout(app: &AppName) -> ServiceError {
     )
 }
 
-/// Pins of an app are the rollout controller's while the app has an active rollout (it
-/// moves hosts with host pins and gives them back on abort): a manual pin or unpin then
-/// is refused (409), pointing at the rollout commands. Holds stay allowed: they are the
-/// kill switch.
-pub(super) fn refuse_during_rollout(model: &Model, app: &AppName, verb: &str) -> Result<(), ServiceError> {
-    match model.rollouts.get(app) {
-        Some(active) => Err(ServiceError::Conflict(
-            "rollout_active",
-            format!(
-                "cannot {verb} {app} while rollout {} is {}; use drover rollout pause|abort {app} (or drover hold to stop hosts at once)",
-                active.rollout.id(),
-                active.rollout.phase()
-            ),
-        )),
-        None => Ok(()),
-    }
-}
-
 /// A rollout moves hosts with host pins and ends in the app's fleet pin, so a host pin of
 /// the app on a host it would touch (which the rollout would overwrite and could not give
 /// back on abort) or a group pin of the app over such a host (which outranks the fleet pin,
