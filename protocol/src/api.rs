@@ -870,8 +870,10 @@ impl ChangeReason {
     }
 }
 
-/// `GET /v1/admin/history?app=&host=&who=&since=&limit=`: which lines of the fleet-wide
-/// history to return, newest first. Filters combine (all must match).
+/// `GET /v1/admin/history?app=&host=&who=&since=&until=&limit=`: which lines of the
+/// fleet-wide history to return, newest first. Filters combine (all must match); `until`
+/// pages back past the limit (the instant of the last line shown: lines of that second
+/// come again rather than being skipped).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryQuery {
     /// Only lines about this app (holds, which stop every app, included, as in `drover
@@ -884,6 +886,8 @@ pub struct HistoryQuery {
     pub who: Option<String>,
     /// Only lines at or after this instant.
     pub since: Option<Timestamp>,
+    /// Only lines at or before this instant.
+    pub until: Option<Timestamp>,
     /// At most this many lines, 1 to [`HISTORY_LIMIT_MAX`].
     pub limit: u32,
 }
@@ -895,6 +899,7 @@ impl Default for HistoryQuery {
             host: None,
             who: None,
             since: None,
+            until: None,
             limit: HISTORY_LIMIT_DEFAULT,
         }
     }
@@ -940,6 +945,9 @@ impl HistoryQuery {
         if let Some(since) = self.since {
             pairs.push(format!("since={}", percent_encode(&since.to_string())));
         }
+        if let Some(until) = self.until {
+            pairs.push(format!("until={}", percent_encode(&until.to_string())));
+        }
         format!("?{}", pairs.join("&"))
     }
 
@@ -961,6 +969,7 @@ impl HistoryQuery {
                     parsed.who = Some(value);
                 }
                 "since" => parsed.since = Some(value.parse().map_err(|error: NameError| format!("since: {error}"))?),
+                "until" => parsed.until = Some(value.parse().map_err(|error: NameError| format!("until: {error}"))?),
                 "limit" => {
                     let limit = value
                         .parse::<u32>()
@@ -969,10 +978,15 @@ impl HistoryQuery {
                 }
                 other => {
                     return Err(format!(
-                        "unknown query parameter {other:?}; the history takes app, host, who, since and limit"
+                        "unknown query parameter {other:?}; the history takes app, host, who, since, until and limit"
                     ));
                 }
             }
+        }
+        if let (Some(since), Some(until)) = (parsed.since, parsed.until)
+            && since > until
+        {
+            return Err(format!("since ({since}) is after until ({until}): no line can match"));
         }
         Ok(parsed)
     }
@@ -1206,12 +1220,13 @@ mod tests {
             host: Some("web-01".parse().expect("host")),
             who: Some("drover serve".into()),
             since: Some("2026-12-07T10:00:00Z".parse().expect("since")),
+            until: Some("2026-12-07T11:00:00Z".parse().expect("until")),
             limit: 7,
         };
         let text = query.to_query();
         assert_eq!(
             text,
-            "?limit=7&app=web&host=web-01&who=drover%20serve&since=2026-12-07T10%3A00%3A00Z"
+            "?limit=7&app=web&host=web-01&who=drover%20serve&since=2026-12-07T10%3A00%3A00Z&until=2026-12-07T11%3A00%3A00Z"
         );
         assert_eq!(HistoryQuery::from_query(text.strip_prefix('?')), Ok(query));
         assert_eq!(HistoryQuery::from_query(None), Ok(HistoryQuery::default()));
@@ -1234,6 +1249,8 @@ mod tests {
             &format!("who={}", "a".repeat(MAX_WHO_CHARS + 1)),
             "since=yesterday",
             "since=2h",
+            "until=now",
+            "since=2026-12-07T11:00:01Z&until=2026-12-07T11:00:00Z",
             "app=web&app=api",
             "order=asc",
             "app",

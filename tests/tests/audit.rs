@@ -368,6 +368,14 @@ fn history_filters_select_by_app_host_who_and_since_newest_first() {
     assert_eq!(two, all[..2], "the two newest");
     let table = coordinator.drover_ok(&["history", "--limit", "2"]).expect("history");
     assert!(table.contains("the newest 2 lines"), "{table}");
+    // Paging back: --until the second newest line's instant has it and everything older.
+    let until = all[1].at.to_string();
+    let older = history(&coordinator, &["--until", &until]);
+    assert!(
+        older.contains(&all[1]) && older.iter().all(|line| line.at <= all[1].at),
+        "{older:#?}"
+    );
+    assert!(all[1..].iter().all(|line| older.contains(line)), "{older:#?}");
 }
 
 #[test]
@@ -382,6 +390,8 @@ fn odd_history_filters_and_reasons_are_usage_errors_that_change_nothing() {
         &["history", "--app", "Web"],
         &["history", "--host", "../etc"],
         &["history", "--who", ""],
+        &["history", "--since", "1h", "--until", "2h"],
+        &["history", "--until", "tomorrow"],
     ] {
         fails(coordinator.drover(args), 2, &args.join(" "));
     }
@@ -406,6 +416,7 @@ fn odd_history_filters_and_reasons_are_usage_errors_that_change_nothing() {
         "?limit=%ff",
         "?app=..%2Fx",
         "?since=2h",
+        "?since=2026-12-07T11:00:01Z&until=2026-12-07T11:00:00Z",
         "?who=a%0Ab",
         "?order=asc",
         "?app=web&app=api",

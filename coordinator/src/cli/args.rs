@@ -8,7 +8,7 @@ use drover_protocol::{AppName, Digest, Duration, HostId, Version};
 
 mod values;
 
-pub use values::{LabelChange, Since, parse_label_change, parse_labels, parse_reason, parse_since, parse_who};
+pub use values::{LabelChange, When, parse_label_change, parse_labels, parse_reason, parse_when, parse_who};
 
 /// The operator commands: everything but `drover serve`, which the entry point gives to
 /// the server ([`crate::Command`]).
@@ -130,7 +130,7 @@ pub enum Command {
     /// asked for); REASON is the --reason given. Filters combine. --app includes holds,
     /// which stop every app; --host shows the host id's own history and label changes
     /// (pins and holds of one host are in its app's lines). At most --limit lines, the
-    /// newest: narrow with --since to go further back.
+    /// newest: page back with --until (the AT of the last line shown).
     ///
     /// Examples:
     ///   drover history
@@ -670,8 +670,12 @@ pub struct HistoryArgs {
     pub who: Option<String>,
     /// Only lines since then: a duration back from now (`30m`, `7d`) or an instant in
     /// RFC 3339 UTC (`2026-12-01T00:00:00Z`).
-    #[arg(long, value_parser = parse_since, value_name = "DURATION|RFC3339")]
-    pub since: Option<Since>,
+    #[arg(long, value_parser = parse_when, value_name = "DURATION|RFC3339")]
+    pub since: Option<When>,
+    /// Only lines until then (that second included), like --since: to page back past
+    /// --limit, give the AT of the last line shown.
+    #[arg(long, value_parser = parse_when, value_name = "DURATION|RFC3339")]
+    pub until: Option<When>,
     /// At most this many lines, the newest (1 to 1000).
     #[arg(
         long,

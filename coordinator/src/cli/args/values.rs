@@ -1,5 +1,5 @@
 //! The value parsers of `drover`'s arguments (clap's `value_parser`s) and the values they
-//! make: labels and label changes, `--since`, `--who` and `--reason` (the last two with
+//! make: labels and label changes, `--since` and `--until`, `--who` and `--reason` (the last two with
 //! the coordinator's own rules from `drover-protocol`, so a value it would refuse fails
 //! here with exit 2 before anything is sent).
 
@@ -15,31 +15,31 @@ pub enum LabelChange {
     Remove(String),
 }
 
-/// The `--since` of `drover history`.
+/// The `--since` and `--until` of `drover history`: a time back from now, or an instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Since {
+pub enum When {
     /// This long before now.
     Ago(Duration),
     /// From this instant.
     At(Timestamp),
 }
 
-impl Since {
+impl When {
     /// The instant it names, given the command's clock reading.
     pub fn at(self, now: Timestamp) -> Timestamp {
         match self {
-            Since::Ago(duration) => now.minus(duration),
-            Since::At(at) => at,
+            When::Ago(duration) => now.minus(duration),
+            When::At(at) => at,
         }
     }
 }
 
-/// Parses `--since`: a duration (`7d`) or an RFC 3339 instant.
-pub fn parse_since(text: &str) -> Result<Since, String> {
+/// Parses `--since` and `--until`: a duration back from now (`7d`) or an RFC 3339 instant.
+pub fn parse_when(text: &str) -> Result<When, String> {
     if let Ok(duration) = text.parse::<Duration>() {
-        return Ok(Since::Ago(duration));
+        return Ok(When::Ago(duration));
     }
-    text.parse::<Timestamp>().map(Since::At).map_err(|_| {
+    text.parse::<Timestamp>().map(When::At).map_err(|_| {
         format!("{text:?} is neither a duration (30m, 7d) nor an instant in RFC 3339 UTC (2026-12-01T00:00:00Z)")
     })
 }
@@ -116,12 +116,12 @@ mod tests {
     #[test]
     fn history_filters_and_reasons_parse_or_say_why_not() {
         let now: Timestamp = "2026-12-07T12:00:00Z".parse().expect("now");
-        let since = parse_since("2h").expect("duration");
+        let since = parse_when("2h").expect("duration");
         assert_eq!(since.at(now), "2026-12-07T10:00:00Z".parse().expect("at"));
-        let since = parse_since("2026-12-01T00:00:00Z").expect("instant");
+        let since = parse_when("2026-12-01T00:00:00Z").expect("instant");
         assert_eq!(since.at(now), "2026-12-01T00:00:00Z".parse().expect("at"));
         for bad in ["", "yesterday", "2026-12-01", "-2h"] {
-            assert!(parse_since(bad).is_err(), "{bad}");
+            assert!(parse_when(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_who("alice"), Ok("alice".into()));
         assert!(parse_who("").is_err());

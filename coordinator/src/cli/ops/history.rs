@@ -26,6 +26,7 @@ pub async fn history(
         host: args.host.clone(),
         who: args.who.clone(),
         since: args.since.map(|since| since.at(now)),
+        until: args.until.map(|until| until.at(now)),
         limit: args.limit,
     };
     let lines: Vec<AuditEntry> = client.get(&format!("{PATH}{}", query.to_query())).await?;
@@ -53,10 +54,13 @@ fn history_text(lines: &[AuditEntry], query: &HistoryQuery) -> String {
         ]);
     }
     let mut text = table.render();
-    if lines.len() >= usize::try_from(query.limit).unwrap_or(usize::MAX) {
+    if let Some(last) = lines.last()
+        && lines.len() >= usize::try_from(query.limit).unwrap_or(usize::MAX)
+    {
         text.push_str(&format!(
-            "(the newest {} lines; older ones with --since, --app, --host or --who, or --limit up to {})\n",
+            "(the newest {} lines; older ones with --until {} (that second's lines come again), or --limit up to {})\n",
             query.limit,
+            last.at,
             drover_protocol::api::HISTORY_LIMIT_MAX
         ));
     }
@@ -101,7 +105,10 @@ mod tests {
         assert_eq!(rows.len(), 2, "{one}");
         let two = history_text(&[line("bob", "evil\nline", None), line("bob", "x", None)], &query);
         assert!(two.contains("evil\\nline"), "{two}");
-        assert!(two.contains("the newest 2 lines"), "{two}");
+        assert!(
+            two.contains("the newest 2 lines; older ones with --until 2026-12-07T10:00:00Z"),
+            "{two}"
+        );
         assert_eq!(history_text(&[], &query), "No recorded changes match.\n");
     }
 }

@@ -84,6 +84,9 @@ impl SqliteStore {
             if query.since.is_some() {
                 conditions.push("at >= ?".to_owned());
             }
+            if query.until.is_some() {
+                conditions.push("at <= ?".to_owned());
+            }
             let filter = if conditions.is_empty() {
                 String::new()
             } else {
@@ -102,6 +105,9 @@ impl SqliteStore {
             }
             if let Some(since) = query.since {
                 statement = statement.bind(unix(since));
+            }
+            if let Some(until) = query.until {
+                statement = statement.bind(unix(until));
             }
             for row in statement.bind(query.limit).fetch_all(&self.pool).await? {
                 lines.push(AuditEntry {
@@ -261,6 +267,18 @@ mod tests {
         assert_eq!(
             seconds(&store, query(|q| q.since = Some(at(25)))).await,
             [40, 35, 30, 25]
+        );
+        // Paging back past the limit: until the last line shown, that second included.
+        assert_eq!(
+            seconds(
+                &store,
+                query(|q| {
+                    q.until = Some(at(30));
+                    q.limit = 3;
+                })
+            )
+            .await,
+            [30, 25, 20]
         );
         assert_eq!(
             seconds(
