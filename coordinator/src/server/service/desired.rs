@@ -255,7 +255,7 @@ impl Coordinator {
     /// `drover pin`.
     pub async fn pin(&self, pin: Pin, operator: &Operator, reason: Option<&str>) -> Result<ChangeResult, ServiceError> {
         let actor = Actor::of(operator, check_reason(reason)?);
-        let mut model = self.model.lock().await;
+        let mut model = self.model().await;
         refuse_during_rollout(&model, &pin.app, "pin")?;
         Self::check_scope(&model.fleet, &pin.scope)?;
         if !model
@@ -306,7 +306,7 @@ impl Coordinator {
         reason: Option<&str>,
     ) -> Result<ChangeResult, ServiceError> {
         let actor = Actor::of(operator, check_reason(reason)?);
-        let mut model = self.model.lock().await;
+        let mut model = self.model().await;
         refuse_during_rollout(&model, &app, "unpin")?;
         let key = (app.clone(), scope.clone());
         let Some(previous) = model.fleet.pins.remove(&key) else {
@@ -341,7 +341,7 @@ impl Coordinator {
         reason: Option<&str>,
     ) -> Result<ChangeResult, ServiceError> {
         let actor = Actor::of(operator, check_reason(reason)?);
-        let mut model = self.model.lock().await;
+        let mut model = self.model().await;
         Self::check_scope(&model.fleet, &scope)?;
         let changed = if held {
             model.fleet.holds.insert(scope.clone())
@@ -368,7 +368,7 @@ impl Coordinator {
 
     /// Re-signs manifests that expire within half their lifetime.
     pub async fn refresh(&self) -> Result<usize, ServiceError> {
-        let mut model = self.model.lock().await;
+        let mut model = self.model().await;
         let hosts: Vec<HostRecord> = model.fleet.active_hosts().cloned().collect();
         let manifests = self.render(&model, &hosts, self.now(), RenderMode::Refresh);
         self.store.save_manifests(&manifests).await?;

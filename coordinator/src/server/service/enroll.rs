@@ -179,7 +179,7 @@ impl Coordinator {
             .issue_host(id, &request.csr_pem, None, now, self.config.host_certificate_validity)
             .map_err(|error| ServiceError::BadRequest("bad_csr", error.to_string()))?;
 
-        let mut model = self.model.lock().await;
+        let mut model = self.model().await;
         let before = model.fleet.hosts.get(id);
         let change = match (before, &token.replace) {
             (None, _) => HostChange::Joined,
@@ -316,7 +316,7 @@ impl Coordinator {
                 _ => ServiceError::BadRequest("bad_csr", error.to_string()),
             })?;
         // Under the model lock, so a join or removal of this host cannot interleave.
-        let mut model = self.model.lock().await;
+        let mut model = self.model().await;
         let slot = self.host_slot(Some(identity))?;
         let old_certificate = slot.identity.read().cert_sha256.clone();
         let history = HostHistoryEntry {

@@ -102,7 +102,7 @@ impl Coordinator {
 
     /// `drover hosts list`.
     pub async fn hosts(&self) -> Vec<HostSummary> {
-        let model = self.model.lock().await;
+        let model = self.model().await;
         model
             .fleet
             .active_hosts()
@@ -113,7 +113,7 @@ impl Coordinator {
     /// `drover hosts show`.
     pub async fn host(&self, id: &HostId) -> Result<HostDetail, ServiceError> {
         let summary = {
-            let model = self.model.lock().await;
+            let model = self.model().await;
             let host = active_host(&model.fleet, id)?;
             self.summary(&model, host)
         };
@@ -135,7 +135,7 @@ impl Coordinator {
     /// `drover hosts history`: the id's joins, replacements, renewals and removals, also
     /// while it is removed.
     pub async fn host_history(&self, id: &HostId) -> Result<Vec<HostHistoryEntry>, ServiceError> {
-        if !self.model.lock().await.fleet.hosts.contains_key(id) {
+        if !self.model().await.fleet.hosts.contains_key(id) {
             return Err(ServiceError::NotFound(
                 "host_not_found",
                 format!("no host with id {id} was ever enrolled"),
@@ -156,7 +156,7 @@ impl Coordinator {
     ) -> Result<ChangeResult, ServiceError> {
         check_labels(&set)?;
         let reason = audit::checked_reason(reason)?;
-        let mut model = self.model.lock().await;
+        let mut model = self.model().await;
         let mut record = active_host(&model.fleet, id)?.clone();
         for key in &remove {
             record.labels.remove(key);
@@ -193,7 +193,7 @@ impl Coordinator {
         reason: Option<&str>,
     ) -> Result<(), ServiceError> {
         let reason = audit::checked_reason(reason)?;
-        let mut model = self.model.lock().await;
+        let mut model = self.model().await;
         let old_certificate = active_host(&model.fleet, id)?.cert_sha256.clone();
         let history = HostHistoryEntry {
             at: self.now(),
@@ -232,7 +232,7 @@ impl Coordinator {
 
     /// `drover groups list`.
     pub async fn groups(&self) -> Vec<Group> {
-        let model = self.model.lock().await;
+        let model = self.model().await;
         model
             .fleet
             .groups
@@ -261,7 +261,7 @@ impl Coordinator {
                 "a group needs at least one label in its selector (use the fleet scope for every host)".into(),
             ));
         }
-        let mut model = self.model.lock().await;
+        let mut model = self.model().await;
         let scope = Scope::Group(group.name.clone());
         let before = model.fleet.hosts_in(&scope);
         let previous = model.fleet.groups.insert(group.name.clone(), group.selector.clone());
@@ -298,7 +298,7 @@ impl Coordinator {
         reason: Option<&str>,
     ) -> Result<(), ServiceError> {
         let reason = audit::checked_reason(reason)?;
-        let mut model = self.model.lock().await;
+        let mut model = self.model().await;
         let Some(selector) = model.fleet.groups.get(name) else {
             return Err(ServiceError::NotFound(
                 "group_not_found",

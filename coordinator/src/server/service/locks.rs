@@ -10,8 +10,16 @@
 //! memory aborts rather than unwinds). So a panic while a guard is held leaves the value
 //! as it was before the section or as the section left it, never half-changed, and the
 //! next holder may use it. Keep it so: compute first, then take the lock and store.
+//!
+//! The fleet model's async lock is another matter: its holders change the model, commit,
+//! and put it back if the commit fails, over several steps. [`ModelGuard`] covers it: a
+//! panic while it is held marks the model unsettled, and the next holder loads it again
+//! from the store.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::{MutexGuard, PoisonError, RwLockReadGuard, RwLockWriteGuard};
+
+use super::{Coordinator, Model};
 
 /// A mutex whose `lock` recovers from poisoning (see the module documentation).
 #[derive(Debug, Default)]
@@ -49,6 +57,56 @@ impl<T> RwLock<T> {
     }
 }
 
+/// The model's lock as every operation takes it ([`Coordinator::model`]). The model (the
+/// fleet, the rendering state, the active rollouts) is changed in memory, committed, and
+/// put back if the commit fails: a panic halfway (a bug) would leave a change in memory
+/// that was never committed, and tokio's mutex does not poison, so later requests would
+/// build on it. This guard marks the model unsettled when a panic drops it, and the next
+/// holder loads the model again from the store, which holds only committed changes.
+#[derive(Debug)]
+pub(super) struct ModelGuard<'a>(tokio::sync::MutexGuard<'a, Model>);
+
+impl Deref for ModelGuard<'_> {
+    type Target = Model;
+
+    fn deref(&self) -> &Model {
+        &self.0
+    }
+}
+
+impl DerefMut for ModelGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Model {
+        &mut self.0
+    }
+}
+
+impl Drop for ModelGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.unsettled = true;
+        }
+    }
+}
+
+impl Coordinator {
+    /// Takes the model's lock; if the last holder panicked, loads the model from the store
+    /// first (a failed load is logged and tried again by the next holder).
+    pub(super) async fn model(&self) -> ModelGuard<'_> {
+        let mut guard = self.model.lock().await;
+        if guard.unsettled {
+            match self.reload_model(&mut guard).await {
+                Ok(()) => tracing::warn!(
+                    "a request panicked while holding the fleet model; it was loaded again from the store"
+                ),
+                Err(error) => {
+                    tracing::error!(%error, "loading the fleet model again after a panic failed; the next request tries again");
+                }
+            }
+        }
+        ModelGuard(guard)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -75,5 +133,38 @@ mod tests {
         assert_eq!(*lock.read(), "before");
         lock.write().push_str(", after");
         assert_eq!(*lock.read(), "before, after");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_panicked_halfway_through_a_change_leaves_no_trace_of_it() {
+        use drover_protocol::api::{Pin, Scope};
+        use futures_util::FutureExt as _;
+
+        use crate::server::service::testing::{coordinator, name, operator};
+
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        test.join("web-1", &[]).await;
+        test.release("web", "1.0.0").await;
+        let panicked = AssertUnwindSafe(async {
+            let mut model = service.model().await;
+            model.fleet.pins.insert((name("web"), Scope::Fleet), name("1.0.0"));
+            panic!("a bug after changing the model, before the commit");
+        })
+        .catch_unwind()
+        .await;
+        assert!(panicked.is_err());
+        let status = service.status().await;
+        let web = status.apps.get(&name("web")).expect("web has a release");
+        assert_eq!(web.fleet_pin, None, "the uncommitted pin is gone");
+        assert_eq!(web.desired_hosts, 0);
+        // The same pin made properly changes the host: memory did not claim it already.
+        let pin = Pin {
+            app: name("web"),
+            version: name("1.0.0"),
+            scope: Scope::Fleet,
+        };
+        assert_eq!(service.pin(pin, &operator(), None).await.expect("pin").hosts_changed, 1);
+        assert_eq!(service.pins(None).await.expect("pins").pins.len(), 1);
     }
 }

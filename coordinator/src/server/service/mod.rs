@@ -38,7 +38,7 @@ use crate::server::metrics::Metrics;
 use crate::server::pki::{PeerIdentity, sha256_hex};
 use crate::server::rollout::Rollout;
 use crate::server::setup::Credentials;
-use crate::server::store::{AdminTokenRecord, HostRecord, Store, StoredManifest};
+use crate::server::store::{AdminTokenRecord, HostRecord, Snapshot, Store, StoreError, StoredManifest, StoredRollout};
 use desired::{RenderMode, Rendered};
 use locks::RwLock;
 use reports::QueuedReport;
@@ -156,6 +156,38 @@ struct Model {
     fleet: Fleet,
     rendered: HashMap<HostId, Rendered>,
     rollouts: BTreeMap<AppName, ActiveRollout>,
+    /// Set when a holder of the lock panicked (see [`locks::ModelGuard`]): the model may
+    /// hold a change that was never committed, so the next holder loads it again.
+    unsettled: bool,
+}
+
+impl Model {
+    /// The model as committed: the fleet, what each host was last rendered with, the
+    /// rollouts not finished.
+    fn from_stored(snapshot: &Snapshot, rollouts: Vec<StoredRollout>) -> Model {
+        Model {
+            fleet: Fleet::from_snapshot(snapshot),
+            rendered: snapshot
+                .manifests
+                .iter()
+                .map(|manifest| (manifest.host.clone(), Rendered::of(manifest)))
+                .collect(),
+            rollouts: rollouts
+                .into_iter()
+                .map(|stored| {
+                    (
+                        stored.rollout.spec().app.clone(),
+                        ActiveRollout {
+                            rollout: stored.rollout,
+                            created_by: stored.created_by,
+                            created_at: stored.created_at,
+                        },
+                    )
+                })
+                .collect(),
+            unsettled: false,
+        }
+    }
 }
 
 /// A rollout that has not finished, with who started it.
@@ -214,21 +246,7 @@ impl Coordinator {
             .bootstrap_admin_token(&hash_secret(&credentials.admin_token), config.clock.now())
             .await?;
         let admin_tokens = store.admin_tokens().await?;
-        let mut model = Model {
-            fleet: Fleet::from_snapshot(&snapshot),
-            rendered: HashMap::new(),
-            rollouts: BTreeMap::new(),
-        };
-        for stored in store.active_rollouts().await? {
-            model.rollouts.insert(
-                stored.rollout.spec().app.clone(),
-                ActiveRollout {
-                    rollout: stored.rollout,
-                    created_by: stored.created_by,
-                    created_at: stored.created_at,
-                },
-            );
-        }
+        let mut model = Model::from_stored(&snapshot, store.active_rollouts().await?);
         // Reports that arrived just before a stop may not have reached the rollouts yet:
         // feeding every last report again is harmless (the controller counts a host once).
         let dirty: BTreeSet<HostId> = snapshot.reports.iter().map(|(report, _)| report.host.clone()).collect();
@@ -237,9 +255,6 @@ impl Coordinator {
             .into_iter()
             .map(|manifest| (manifest.host.clone(), manifest))
             .collect();
-        for manifest in stored.values() {
-            model.rendered.insert(manifest.host.clone(), Rendered::of(manifest));
-        }
         let (report_queue, report_receiver) = mpsc::channel(16_384);
         let coordinator = Coordinator {
             admin_tokens: RwLock::new(admin_tokens),
@@ -292,6 +307,30 @@ impl Coordinator {
         }
         *coordinator.model.lock().await = model;
         Ok((Arc::new(coordinator), Background { report_receiver }))
+    }
+
+    /// Loads the model again from the store, after a panic left it unsettled, and
+    /// publishes the stored manifest of any host whose published one differs (a panic
+    /// between a commit and its publication).
+    async fn reload_model(&self, model: &mut Model) -> Result<(), StoreError> {
+        let snapshot = self.store.load().await?;
+        let fresh = Model::from_stored(&snapshot, self.store.active_rollouts().await?);
+        {
+            let slots = self.slots.read();
+            for manifest in &snapshot.manifests {
+                let (Some(slot), Some(host)) = (slots.get(&manifest.host), fresh.fleet.hosts.get(&manifest.host))
+                else {
+                    continue;
+                };
+                if slot.manifest.borrow().serial != manifest.serial {
+                    let resolved = fresh.fleet.resolve(host);
+                    slot.manifest
+                        .send_replace(Arc::new(Published::of(manifest, &resolved, &fresh.fleet)));
+                }
+            }
+        }
+        *model = fresh;
+        Ok(())
     }
 
     /// The time now, by the clock the coordinator was started with.

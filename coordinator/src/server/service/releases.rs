@@ -63,7 +63,7 @@ impl Coordinator {
             spec: request.spec,
             created_at: self.now(),
         };
-        let mut model = self.model.lock().await;
+        let mut model = self.model().await;
         let key = (release.app.clone(), release.version.clone());
         if let Some(existing) = model.fleet.releases.get(&key) {
             if existing.artifact == release.artifact && existing.spec == release.spec {
@@ -98,7 +98,7 @@ impl Coordinator {
         digest: &Digest,
     ) -> Result<(), ServiceError> {
         let created_before = {
-            let model = self.model.lock().await;
+            let model = self.model().await;
             model
                 .fleet
                 .releases
@@ -137,7 +137,7 @@ impl Coordinator {
 
     /// `drover release list APP`, newest first.
     pub async fn releases(&self, app: &AppName) -> Vec<Release> {
-        let model = self.model.lock().await;
+        let model = self.model().await;
         let mut releases: Vec<Release> = model
             .fleet
             .releases

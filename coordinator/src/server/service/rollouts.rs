@@ -169,7 +169,7 @@ impl Coordinator {
 
     /// `drover rollout plan`: which host is in which stage, without changing anything.
     pub async fn plan_rollout(&self, request: &RolloutRequest) -> Result<RolloutPlan, ServiceError> {
-        let model = self.model.lock().await;
+        let model = self.model().await;
         let (spec, plan) = self.plan_rollout_in(&model, request).await?;
         let preview = Rollout::new(spec, plan);
         Ok(plan_view(&preview))
@@ -183,7 +183,7 @@ impl Coordinator {
         operator: &Operator,
     ) -> Result<RolloutStatus, ServiceError> {
         let reason = check_reason(request.reason.as_deref())?;
-        let mut guard = self.model.lock().await;
+        let mut guard = self.model().await;
         let model = &mut *guard;
         let (spec, plan) = self.plan_rollout_in(model, request).await?;
         let app = spec.app.clone();
@@ -228,7 +228,7 @@ impl Coordinator {
         reason: Option<&str>,
     ) -> Result<RolloutStatus, ServiceError> {
         let reason = check_reason(reason)?;
-        let mut guard = self.model.lock().await;
+        let mut guard = self.model().await;
         if !guard.rollouts.contains_key(app) {
             drop(guard);
             return Err(match self.store.latest_rollout(app).await? {
@@ -263,7 +263,7 @@ impl Coordinator {
     pub async fn rollout_status(&self, app: &AppName) -> Result<RolloutStatus, ServiceError> {
         let now = self.now();
         {
-            let model = self.model.lock().await;
+            let model = self.model().await;
             if let Some(active) = model.rollouts.get(app) {
                 let mut status = status_view(&active.rollout, &active.created_by, active.created_at, None, now);
                 status.failed_hosts = self.failed_hosts_view(&active.rollout);
@@ -392,7 +392,7 @@ impl Coordinator {
     /// [`ManualClock`](crate::server::clock::ManualClock) on.
     pub async fn drive_once(&self) -> Option<Timestamp> {
         let dirty = std::mem::take(&mut *self.rollout_dirty.lock());
-        let mut guard = self.model.lock().await;
+        let mut guard = self.model().await;
         let model = &mut *guard;
         let now = self.now();
         let mut retry = None;

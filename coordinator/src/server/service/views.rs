@@ -140,7 +140,7 @@ impl Coordinator {
 
     /// `drover status`.
     pub async fn status(&self) -> FleetStatus {
-        let model = self.model.lock().await;
+        let model = self.model().await;
         let slots = self.slots.read();
         let reports = self.reports.lock();
         let mut status = FleetStatus {
