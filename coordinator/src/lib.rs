@@ -42,7 +42,7 @@ pub use error::Error;
 /// its address, admin token and CA in its data directory (--data-dir, default
 /// /var/lib/drover-coordinator); from elsewhere, set DROVER_ADDR, DROVER_TOKEN (a named
 /// token from `drover admin-token create`) and DROVER_CA. Every change is recorded with
-/// the token's name, and --reason where given: see `drover rollout history`.
+/// the token's name, and --reason where given: see `drover history`.
 ///
 /// Exit codes: 0 ok, 1 failure, 2 usage (bad arguments or spec), 3 not found, 4 refused
 /// because of existing state.
