@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::NameError;
+use crate::names::NameError;
 use crate::names::{AppName, Digest, HostId, Version, validated_string};
 use crate::report::{AgentFacts, AppState, ReportEvent};
 use crate::spec::AppSpec;

@@ -7,25 +7,6 @@ use thiserror::Error;
 use crate::names::{HostId, KeyId};
 use crate::time::{Duration, Timestamp};
 
-/// A string that is not a valid value of one of the validated types.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("invalid {what} {value:?}: expected {expected}")]
-pub struct NameError {
-    /// What was being parsed ("app name", "digest", ...).
-    pub what: &'static str,
-    /// The refused text, shortened to 80 characters.
-    pub value: String,
-    /// What a valid value looks like.
-    pub expected: &'static str,
-}
-
-impl NameError {
-    pub(crate) fn new(what: &'static str, value: &str, expected: &'static str) -> NameError {
-        let value = value.chars().take(80).collect();
-        NameError { what, value, expected }
-    }
-}
-
 /// Which signed document a [`Rejection`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DocumentKind {

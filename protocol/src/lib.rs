@@ -24,9 +24,10 @@ pub mod trust;
 
 pub use accept::{LastAccepted, MAX_CLOCK_SKEW, VerifiedManifest, accept};
 pub use dsse::{Envelope, EnvelopeSignature, Role, pae};
-pub use error::{DocumentKind, KeyError, NameError, Rejection};
+pub use error::{DocumentKind, KeyError, Rejection};
 pub use keys::{PublicKey, SigningKey};
 pub use manifest::{AppRelease, Artifact, MANIFEST_PAYLOAD_TYPE, MANIFEST_SCHEMA, Manifest};
+pub use names::NameError;
 pub use names::{AppName, Digest, HostId, KeyId, Version};
 pub use report::HostReport;
 pub use spec::AppSpec;

@@ -7,8 +7,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::dsse::Envelope;
-use crate::error::NameError;
 use crate::keys::SigningKey;
+use crate::names::NameError;
 use crate::names::{AppName, Digest, HostId, Version};
 use crate::spec::AppSpec;
 use crate::time::Timestamp;

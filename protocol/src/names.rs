@@ -9,8 +9,26 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
-use crate::error::NameError;
+/// A string that is not a valid value of one of the validated types.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid {what} {value:?}: expected {expected}")]
+pub struct NameError {
+    /// What was being parsed ("app name", "digest", ...).
+    pub what: &'static str,
+    /// The refused text, shortened to 80 characters.
+    pub value: String,
+    /// What a valid value looks like.
+    pub expected: &'static str,
+}
+
+impl NameError {
+    pub(crate) fn new(what: &'static str, value: &str, expected: &'static str) -> NameError {
+        let value = value.chars().take(80).collect();
+        NameError { what, value, expected }
+    }
+}
 
 /// Defines a string newtype with `FromStr`, `Display`, `AsRef<str>` and serde support
 /// that goes through the validating constructor.

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::NameError;
+use crate::names::NameError;
 use crate::names::validated_string;
 use crate::time::Duration;
 

@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::NameError;
+use crate::names::NameError;
 
 /// An instant, in whole seconds since 1970-01-01T00:00:00Z, between the years 1970 and 9999.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
