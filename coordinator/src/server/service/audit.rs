@@ -88,13 +88,7 @@ pub(super) fn admin_token_revoked(name: &TokenName) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-            .collect()
-    }
+    use crate::server::service::testing::labels;
 
     #[test]
     fn lines_say_what_changed() {

@@ -327,14 +327,7 @@ mod tests {
     use drover_protocol::{HostId, Version};
 
     use super::{check_group_name, check_labels};
-    use crate::server::service::testing::{code, coordinator, name, operator};
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-            .collect()
-    }
+    use crate::server::service::testing::{code, coordinator, labels, name, operator};
 
     #[test]
     fn labels_are_short_plain_words_and_at_most_64() {

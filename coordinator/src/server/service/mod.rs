@@ -397,6 +397,14 @@ mod testing {
         }
     }
 
+    /// Labels from `key, value` pairs.
+    pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
     /// The API code of an error (the first field of the coded variants).
     pub(crate) fn code(error: &ServiceError) -> &'static str {
         match error {
