@@ -45,16 +45,50 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+/// How long a connection waits for another's lock, and how long opening retries a busy
+/// database.
+const OPEN_BUSY_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the database said SQLITE_BUSY (primary code 5, any extended code).
+fn is_busy(error: &StoreError) -> bool {
+    let StoreError::Database(database) = error else {
+        return false;
+    };
+    database
+        .0
+        .downcast_ref::<sqlx::Error>()
+        .and_then(sqlx::Error::as_database_error)
+        .and_then(|database| database.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == 5)
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and migrates it.
+    /// Opens (creating if needed) the database at `path` and migrates it. Coordinators
+    /// starting together on a new file can get SQLITE_BUSY without SQLite's busy handler
+    /// waiting (switching a new file to WAL needs an exclusive lock, and SQLite refuses at
+    /// once where waiting could deadlock), so a busy open is retried from the start for
+    /// as long as the busy timeout, [`OPEN_BUSY_BUDGET`].
     pub(super) async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let started = std::time::Instant::now();
+        loop {
+            match SqliteStore::open_once(path).await {
+                Err(error) if is_busy(&error) && started.elapsed() < OPEN_BUSY_BUDGET => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn open_once(path: &Path) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
+            .busy_timeout(OPEN_BUSY_BUDGET);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
