@@ -13,7 +13,7 @@ use drover_protocol::{
     AppName, AppRelease, Artifact, Digest, Duration, HostId, Manifest, SigningKey, Timestamp, Version,
 };
 
-use crate::server::store::{HostRecord, Snapshot, StoredManifest};
+use crate::server::records::{HostRecord, Snapshot, StoredManifest};
 
 /// What one host should run, by name: the hold flag and the version of each app.
 /// Releases are immutable, so (app, version) fixes the artifact and spec; this small

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod pki;
+pub mod records;
 pub mod rollout;
 pub mod serve;
 pub mod service;

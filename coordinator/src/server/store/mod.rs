@@ -37,7 +37,6 @@ pub mod sqlite;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -47,6 +46,7 @@ use drover_protocol::api::{
 use drover_protocol::report::ReportEvent;
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
 
+pub use crate::server::records::{HostRecord, Snapshot, StoredManifest};
 use crate::server::rollout::Rollout;
 use sqlite::SqliteStore;
 
@@ -96,42 +96,6 @@ impl std::error::Error for DatabaseError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.0.source()
     }
-}
-
-/// A host as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostRecord {
-    /// Its id.
-    pub id: HostId,
-    /// Its labels.
-    pub labels: Labels,
-    /// The sha256 of its newest client certificate; `None` once removed.
-    pub cert_sha256: Option<String>,
-    /// The sha256 of its key (SubjectPublicKeyInfo): every unexpired certificate of the
-    /// CA for this host with this key is the host. `None` for a host enrolled before
-    /// keys were recorded (known by `cert_sha256` until it renews) or removed.
-    pub key_sha256: Option<String>,
-    /// When its newest certificate expires, if known.
-    pub cert_not_after: Option<Timestamp>,
-    /// When it joined.
-    pub joined_at: Timestamp,
-}
-
-/// A host's last signed manifest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredManifest {
-    /// The host.
-    pub host: HostId,
-    /// Its serial (never goes down for a host id, across removals and re-joins).
-    pub serial: u64,
-    /// The envelope bytes (shared with what polls are answered from).
-    pub envelope: bytes::Bytes,
-    /// A hash of what was rendered (hold + apps), to tell a change from a refresh.
-    pub content_hash: String,
-    /// When it was issued.
-    pub issued_at: Timestamp,
-    /// When it expires.
-    pub expires_at: Timestamp,
 }
 
 /// An enrollment token as stored (hashed).
@@ -193,25 +157,6 @@ impl AdminTokenRecord {
 
 /// Who creates (and, when `admin.token` was replaced, revokes) the bootstrap admin token.
 pub const BOOTSTRAP_CREATOR: &str = "drover serve";
-
-/// Everything loaded at start-up.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Hosts, including removed ones (whose serials must continue).
-    pub hosts: Vec<HostRecord>,
-    /// Groups by name.
-    pub groups: BTreeMap<String, Labels>,
-    /// Pins.
-    pub pins: BTreeMap<(AppName, Scope), Version>,
-    /// Holds.
-    pub holds: BTreeSet<Scope>,
-    /// Releases.
-    pub releases: Vec<Release>,
-    /// The last manifest of every host.
-    pub manifests: Vec<StoredManifest>,
-    /// The latest report of every host.
-    pub reports: Vec<(HostReport, Timestamp)>,
-}
 
 /// A rollout as stored: the controller's state and who started it when.
 #[derive(Clone, Debug)]

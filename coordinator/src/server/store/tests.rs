@@ -2,6 +2,8 @@
 //! backend must do. SQLite-only matters (migrations, rows as older coordinators left
 //! them) are tested in `sqlite.rs`.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use drover_protocol::Timestamp;
 use drover_protocol::api::TokenName;
 
