@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use drover_coordinator::server::serve::{Running, ServeOptions, start};
+use drover_coordinator::server::clock::{Clock, ManualClock, SystemClock};
+use drover_coordinator::server::serve::{Running, ServeOptions, start_with_clock};
 use drover_protocol::api::{JoinRequest, JoinResponse, TokenRequest, TokenResponse};
 use drover_protocol::report::{AgentFacts, AppReport, REPORT_SCHEMA};
 use drover_protocol::{AppName, Duration, HostId, HostReport, Trust};
@@ -57,22 +58,42 @@ pub struct TestCoordinator {
     pub data_dir: PathBuf,
     /// The admin client.
     pub admin: Admin,
+    /// The clock the service reads (kept across restarts).
+    clock: Arc<dyn Clock>,
     _scratch: Option<tempfile::TempDir>,
 }
 
 impl TestCoordinator {
     /// Starts a coordinator in a fresh temporary data directory.
     pub async fn start() -> TestCoordinator {
+        TestCoordinator::start_with_clock(Arc::new(SystemClock)).await
+    }
+
+    /// Starts a coordinator in a fresh temporary data directory whose service reads a
+    /// [`ManualClock`] showing the real time now: the test ages manifests, tokens and
+    /// rollouts by moving it (`advance`, then `Coordinator::drive_once` or `refresh`)
+    /// instead of sleeping. Join hosts before moving it far: their certificates are
+    /// issued at its time and checked against the real one.
+    pub async fn start_manual() -> (TestCoordinator, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(crate::now_real()));
+        (TestCoordinator::start_with_clock(clock.clone()).await, clock)
+    }
+
+    async fn start_with_clock(clock: Arc<dyn Clock>) -> TestCoordinator {
         let scratch = tempfile::tempdir().expect("scratch directory");
         let data_dir = scratch.path().join("data");
-        let mut coordinator = TestCoordinator::start_in(&data_dir, 0).await;
+        let mut coordinator = TestCoordinator::start_in_with_clock(&data_dir, 0, clock).await;
         coordinator._scratch = Some(scratch);
         coordinator
     }
 
     /// Starts a coordinator on `data_dir` (port 0 picks a free port).
     pub async fn start_in(data_dir: &Path, port: u16) -> TestCoordinator {
-        let running = start(ServeOptions {
+        TestCoordinator::start_in_with_clock(data_dir, port, Arc::new(SystemClock)).await
+    }
+
+    async fn start_in_with_clock(data_dir: &Path, port: u16, clock: Arc<dyn Clock>) -> TestCoordinator {
+        let options = ServeOptions {
             listen: ([127, 0, 0, 1], port).into(),
             data_dir: data_dir.to_path_buf(),
             public_url: None,
@@ -81,16 +102,23 @@ impl TestCoordinator {
             server_names: Vec::new(),
             host_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
             server_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
-        })
-        .await
-        .expect("coordinator starts");
+        };
+        let running = start_with_clock(options, clock.clone())
+            .await
+            .expect("coordinator starts");
         let admin = Admin::from_data_dir(data_dir, &running.public_url);
         TestCoordinator {
             running: Some(running),
             data_dir: data_dir.to_path_buf(),
             admin,
+            clock,
             _scratch: None,
         }
+    }
+
+    /// The coordinator itself, for what tests do in-process (`drive_once`, `refresh`).
+    pub fn coordinator(&self) -> &Arc<drover_coordinator::server::service::Coordinator> {
+        &self.running.as_ref().expect("running").coordinator
     }
 
     /// The base URL.
@@ -110,7 +138,7 @@ impl TestCoordinator {
         let port = running.addr.port();
         running.stop().await;
         tokio::time::sleep(gap).await;
-        let again = TestCoordinator::start_in(&self.data_dir, port).await;
+        let again = TestCoordinator::start_in_with_clock(&self.data_dir, port, self.clock.clone()).await;
         self.running = again.running;
         self.admin = again.admin;
     }

@@ -3,10 +3,12 @@
 //! across restarts, and every hostile request answered with a precise 4xx and a JSON
 //! error body that leaves the store unchanged.
 
+use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
+use drover_coordinator::server::clock::{Clock as _, ManualClock};
 use drover_protocol::report::{AppReport, AppState, HostReport, REPORT_SCHEMA};
-use drover_protocol::{HostId, LastAccepted, accept};
+use drover_protocol::{HostId, LastAccepted, Timestamp, accept};
 use drover_tests::fleet::{Agent, Poll, TestCoordinator, facts, http_client, tls_client};
 use drover_tests::now_real;
 use reqwest::{Method, StatusCode};
@@ -43,17 +45,29 @@ fn report_for(agent: &Agent, serial: u64, app: &str, version: &str, state: AppSt
 
 /// Unwraps a new manifest, verifies it exactly as an agent would, returns (serial, etag, apps).
 fn verified(agent: &Agent, poll: Poll, last: Option<LastAccepted>) -> (u64, String, Vec<String>) {
+    let (serial, etag, apps, _) = verified_at(agent, poll, last, now_real());
+    (serial, etag, apps)
+}
+
+/// [`verified`] by an agent whose clock shows `now`; also returns the manifest's
+/// (issued_at, expires_at).
+fn verified_at(
+    agent: &Agent,
+    poll: Poll,
+    last: Option<LastAccepted>,
+    now: Timestamp,
+) -> (u64, String, Vec<String>, (Timestamp, Timestamp)) {
     let Poll::Changed(envelope, etag) = poll else {
         panic!("expected a new manifest, got {poll:?}");
     };
-    let verified = accept(&envelope, &agent.trust(), &agent.host, last, now_real()).expect("manifest verifies");
-    let apps = verified
-        .manifest()
+    let verified = accept(&envelope, &agent.trust(), &agent.host, last, now).expect("manifest verifies");
+    let manifest = verified.manifest();
+    let apps = manifest
         .apps
         .iter()
         .map(|(app, release)| format!("{app}={}", release.version))
         .collect();
-    (verified.manifest().serial, etag, apps)
+    (manifest.serial, etag, apps, (manifest.issued_at, manifest.expires_at))
 }
 
 /// Asserts an error answer read from a response: the status and the JSON error code.
@@ -603,50 +617,67 @@ async fn artifacts_stream_with_ranges_and_bad_uploads_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresher_re_signs_manifests_before_they_expire() {
-    // A 2 s manifest lifetime: after 1 s a manifest is within half its lifetime of
-    // expiring and the refresher must re-sign it with a higher serial, same content.
-    // (The service reads the real clock; this is the one test that waits for it.)
+    // A 1 h manifest lifetime on a manual clock: until half of it has passed the
+    // refresher leaves a manifest alone; from then on it re-signs it with a higher serial,
+    // the same content and the new times, which the next poll serves and an agent accepts.
+    // (When the refresher runs is a real timer of `serve`; what is due is the clock's.)
     let scratch = tempfile::tempdir().expect("scratch");
-    let running = drover_coordinator::server::serve::start(drover_coordinator::server::serve::ServeOptions {
+    let clock = Arc::new(ManualClock::new(now_real()));
+    let started = clock.now();
+    let ttl = drover_protocol::Duration::from_secs(3600);
+    let options = drover_coordinator::server::serve::ServeOptions {
         listen: ([127, 0, 0, 1], 0).into(),
         data_dir: scratch.path().join("data"),
         public_url: None,
         keys: None,
-        manifest_ttl: drover_protocol::Duration::from_secs(2),
+        manifest_ttl: ttl,
         server_names: Vec::new(),
         host_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
         server_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
-    })
-    .await
-    .expect("coordinator starts");
+    };
+    let running = drover_coordinator::server::serve::start_with_clock(options, clock.clone())
+        .await
+        .expect("coordinator starts");
     let admin = drover_tests::fleet::Admin::from_data_dir(&scratch.path().join("data"), &running.public_url);
     let token = admin.token(&[], None).await;
     let agent = Agent::join(&running.public_url, &admin.ca_pem, &token.token, "web-01")
         .await
         .expect("join");
-    let (serial, etag, apps) = verified(&agent, agent.poll(None, 0).await, None);
+    let (serial, etag, apps, (issued_at, expires_at)) = verified_at(&agent, agent.poll(None, 0).await, None, started);
+    assert_eq!(
+        (issued_at, expires_at),
+        (started, started.plus(ttl)),
+        "signed at the clock's time"
+    );
 
     assert_eq!(
         running.coordinator.refresh().await.expect("refresh"),
         0,
         "a fresh manifest is left alone"
     );
-    tokio::time::sleep(StdDuration::from_millis(2100)).await;
+    clock.advance(drover_protocol::Duration::from_secs(1799));
+    assert_eq!(
+        running.coordinator.refresh().await.expect("refresh"),
+        0,
+        "a manifest with more than half its lifetime left is left alone"
+    );
+    assert!(matches!(agent.poll(Some(&etag), 0).await, Poll::NotModified));
+    clock.advance(drover_protocol::Duration::from_secs(1));
     assert_eq!(
         running.coordinator.refresh().await.expect("refresh"),
         1,
         "an aging manifest is re-signed"
     );
-    let (new_serial, new_etag, new_apps) = verified(
+    let now = clock.now();
+    let (new_serial, new_etag, new_apps, (new_issued_at, new_expires_at)) = verified_at(
         &agent,
         agent.poll(Some(&etag), 0).await,
-        Some(LastAccepted {
-            serial,
-            issued_at: now_real(),
-        }),
+        Some(LastAccepted { serial, issued_at }),
+        now,
     );
     assert!(new_serial > serial);
     assert_ne!(new_etag, etag);
     assert_eq!(new_apps, apps);
+    assert_eq!((new_issued_at, new_expires_at), (now, now.plus(ttl)));
     running.stop().await;
 }

@@ -133,6 +133,18 @@ fn now() -> Timestamp {
 
 /// Starts the coordinator and returns once it listens.
 pub async fn start(options: ServeOptions) -> Result<Running, Error> {
+    start_with_clock(options, Arc::new(crate::server::clock::SystemClock)).await
+}
+
+/// [`start`] with the service reading `clock` (tests pass a
+/// [`ManualClock`](crate::server::clock::ManualClock) to age manifests, tokens and rollouts
+/// without sleeping). The CA and the server certificate keep the real time, since peers
+/// check certificates against theirs; host certificates are issued at `clock`'s time, so
+/// a test that moves it far joins its hosts first.
+pub async fn start_with_clock(
+    options: ServeOptions,
+    clock: Arc<dyn crate::server::clock::Clock>,
+) -> Result<Running, Error> {
     let data = DataDir::new(&options.data_dir);
     let credentials = prepare(&data, options.keys.as_deref(), now())?;
     let listener = TcpListener::bind(options.listen)
@@ -197,7 +209,7 @@ pub async fn start(options: ServeOptions) -> Result<Running, Error> {
         manifest_ttl: options.manifest_ttl,
         refresh_interval: Duration::from_secs(60),
         host_certificate_validity: options.host_certificate_validity,
-        clock: Arc::new(crate::server::clock::SystemClock),
+        clock,
     };
     let (coordinator, background) = Coordinator::start(config, store, data.clone(), credentials)
         .await
