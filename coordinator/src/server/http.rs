@@ -518,7 +518,7 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/admin/rollouts/{app}/history", get(rollout_history))
         .route("/v1/admin/history", get(fleet_history))
         .route("/v1/admin/rollouts/{app}/{command}", post(rollout_command))
-        .fallback(|| async { ApiError::Service(ServiceError::NotFound("no_such_route", "no such endpoint".into())) })
+        .fallback(|| async { ApiError::Service(ServiceError::Unknown("no_such_route", "no such endpoint".into())) })
 }
 
 /// The layers every request goes through, innermost first: a panicking handler becomes
@@ -640,31 +640,37 @@ impl From<BodyError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
-            ApiError::Service(ServiceError::BadRequest(code, _)) => (StatusCode::BAD_REQUEST, *code),
-            ApiError::Service(ServiceError::Unauthorized(code, _)) => (StatusCode::UNAUTHORIZED, *code),
-            ApiError::Service(ServiceError::Forbidden(code, _)) => (StatusCode::FORBIDDEN, *code),
-            ApiError::Service(ServiceError::NotFound(code, _)) => (StatusCode::NOT_FOUND, *code),
-            ApiError::Service(ServiceError::Conflict(code, _)) => (StatusCode::CONFLICT, *code),
-            ApiError::Service(ServiceError::Gone(code, _)) => (StatusCode::GONE, *code),
+            ApiError::Service(ServiceError::Invalid(code, _)) => (StatusCode::BAD_REQUEST, *code),
+            ApiError::Service(ServiceError::Unauthenticated(code, _)) => (StatusCode::UNAUTHORIZED, *code),
+            ApiError::Service(ServiceError::NotAllowed(code, _)) => (StatusCode::FORBIDDEN, *code),
+            ApiError::Service(ServiceError::Unknown(code, _)) => (StatusCode::NOT_FOUND, *code),
+            ApiError::Service(ServiceError::Conflicting(code, _)) => (StatusCode::CONFLICT, *code),
+            ApiError::Service(ServiceError::Expired(code, _)) => (StatusCode::GONE, *code),
             ApiError::Service(ServiceError::TooLarge(code, _)) => (StatusCode::PAYLOAD_TOO_LARGE, *code),
-            ApiError::Service(ServiceError::Unavailable(code, _)) => (StatusCode::SERVICE_UNAVAILABLE, *code),
-            ApiError::Service(ServiceError::RangeNotSatisfiable { .. }) => {
+            ApiError::Service(ServiceError::Busy(code, _)) => (StatusCode::SERVICE_UNAVAILABLE, *code),
+            ApiError::Service(ServiceError::PastEnd { .. }) => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
-            ApiError::Service(ServiceError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "store_failed"),
+            ApiError::Service(ServiceError::Store { .. }) => (StatusCode::INTERNAL_SERVER_ERROR, "store_failed"),
             ApiError::Service(ServiceError::Io { .. }) => (StatusCode::INTERNAL_SERVER_ERROR, "io_failed"),
             ApiError::Body(BodyError::TooLarge { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Body(BodyError::TooSlow { .. }) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::Body(BodyError::Unreadable(_)) => (StatusCode::BAD_REQUEST, "body_unreadable"),
         };
         let message = match &self {
+            // The client reads what the store said, as it always has; which operation it
+            // interrupted is for the operator's log below.
+            ApiError::Service(ServiceError::Store { source, .. }) => source.to_string(),
             ApiError::Service(error) => error.to_string(),
             ApiError::Body(error) => error.to_string(),
         };
         // 503 is expected back-pressure (counted in /metrics); logging each one would turn
         // an overload into a log storm.
         if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %message, "request failed");
+            match &self {
+                ApiError::Service(error) => tracing::error!(error = %error, "request failed"),
+                ApiError::Body(error) => tracing::error!(error = %error, "request failed"),
+            }
         }
         let body = ErrorBody {
             code: code.to_owned(),
@@ -672,7 +678,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(body)).into_response();
         match &self {
-            ApiError::Service(ServiceError::RangeNotSatisfiable { size, .. }) => {
+            ApiError::Service(ServiceError::PastEnd { size, .. }) => {
                 if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     response.headers_mut().insert(header::CONTENT_RANGE, value);
                 }
@@ -862,7 +868,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ServiceError> {
             .filter(|c| !c.is_control())
             .take(300)
             .collect();
-        ServiceError::BadRequest("bad_json", format!("invalid request body: {detail}"))
+        ServiceError::Invalid("bad_json", format!("invalid request body: {detail}"))
     })
 }
 
@@ -906,7 +912,7 @@ where
     T::Err: std::fmt::Display,
 {
     text.parse()
-        .map_err(|error: T::Err| ServiceError::BadRequest(what, error.to_string()))
+        .map_err(|error: T::Err| ServiceError::Invalid(what, error.to_string()))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -953,7 +959,7 @@ async fn manifest(
             changed = receiver.changed() => {
                 if changed.is_err() {
                     // The slot was dropped: the host was removed or re-joined.
-                    return Err(ServiceError::Forbidden("host_removed", "this host was removed or re-joined while waiting".into()).into());
+                    return Err(ServiceError::NotAllowed("host_removed", "this host was removed or re-joined while waiting".into()).into());
                 }
                 let current = receiver.borrow_and_update().clone();
                 if known.as_deref() != Some(current.etag.as_str()) {
@@ -978,11 +984,11 @@ fn parse_wait(query: Option<&str>) -> Result<u64, ServiceError> {
                     .ok()
                     .filter(|seconds| *seconds <= MAX_WAIT_SECONDS)
                     .ok_or_else(|| {
-                        ServiceError::BadRequest("bad_wait", format!("wait must be 0 to {MAX_WAIT_SECONDS} seconds"))
+                        ServiceError::Invalid("bad_wait", format!("wait must be 0 to {MAX_WAIT_SECONDS} seconds"))
                     })?;
             }
             _ => {
-                return Err(ServiceError::BadRequest(
+                return Err(ServiceError::Invalid(
                     "bad_query",
                     "the only query parameter is wait=SECONDS".into(),
                 ));
@@ -1045,7 +1051,7 @@ async fn artifact(
     let digest: Digest = parse_path(&digest, "bad_digest")?;
     if !slot.may_download(&digest) {
         // Artifacts may hold secrets of other apps: a host gets only what its manifest lists.
-        return Err(ServiceError::Forbidden(
+        return Err(ServiceError::NotAllowed(
             "artifact_not_in_manifest",
             format!("artifact {digest} is not in this host's manifest"),
         )
@@ -1206,14 +1212,14 @@ async fn delete_group(
 fn change_reason(query: Option<&str>) -> Result<Option<String>, ServiceError> {
     ChangeReason::from_query(query)
         .map(|change| change.reason)
-        .map_err(|error| ServiceError::BadRequest("bad_reason", error))
+        .map_err(|error| ServiceError::Invalid("bad_reason", error))
 }
 
 /// `GET /v1/admin/history?app=&host=&who=&since=&limit=`: the fleet-wide history, newest
 /// first; a bad filter is 400 `bad_history_query` saying which and why.
 async fn fleet_history(State(state): State<AppState>, _: Admin, RawQuery(query): RawQuery) -> ApiResult<Response> {
     let query = HistoryQuery::from_query(query.as_deref())
-        .map_err(|error| ServiceError::BadRequest("bad_history_query", error))?;
+        .map_err(|error| ServiceError::Invalid("bad_history_query", error))?;
     Ok(Json(state.coordinator.history(&query).await?).into_response())
 }
 
@@ -1229,7 +1235,7 @@ async fn upload_artifact(
         None => None,
         Some(Ok(text)) => Some(parse_path::<Digest>(text, "bad_digest")?),
         Some(Err(_)) => {
-            return Err(ServiceError::BadRequest("bad_digest", "X-Drover-Digest is not text".into()).into());
+            return Err(ServiceError::Invalid("bad_digest", "X-Drover-Digest is not text".into()).into());
         }
     };
     // Uploads can be large: they get the rate floor, not a total deadline.
@@ -1363,7 +1369,7 @@ async fn rollout_command(
             (command, request.reason)
         }
         _ => {
-            return Err(ServiceError::NotFound(
+            return Err(ServiceError::Unknown(
                 "no_such_route",
                 "rollout commands are pause, resume, approve and abort".into(),
             )
@@ -1719,5 +1725,163 @@ mod tests {
         drop(third);
         assert!(budget.evict_oldest(), "the fourth is still open");
         assert!(!budget.evict_oldest(), "and nothing else is");
+    }
+
+    /// Which variant an error is, by a `match` without a wildcard: a new variant does not
+    /// compile until the table below answers for it.
+    fn variant(error: &ApiError) -> &'static str {
+        match error {
+            ApiError::Service(ServiceError::Invalid(..)) => "Invalid",
+            ApiError::Service(ServiceError::Unauthenticated(..)) => "Unauthenticated",
+            ApiError::Service(ServiceError::NotAllowed(..)) => "NotAllowed",
+            ApiError::Service(ServiceError::Unknown(..)) => "Unknown",
+            ApiError::Service(ServiceError::Conflicting(..)) => "Conflicting",
+            ApiError::Service(ServiceError::Expired(..)) => "Expired",
+            ApiError::Service(ServiceError::TooLarge(..)) => "TooLarge",
+            ApiError::Service(ServiceError::Busy(..)) => "Busy",
+            ApiError::Service(ServiceError::PastEnd { .. }) => "PastEnd",
+            ApiError::Service(ServiceError::Store { .. }) => "Store",
+            ApiError::Service(ServiceError::Io { .. }) => "Io",
+            ApiError::Body(BodyError::TooLarge { .. }) => "Body::TooLarge",
+            ApiError::Body(BodyError::TooSlow { .. }) => "Body::TooSlow",
+            ApiError::Body(BodyError::Unreadable(_)) => "Body::Unreadable",
+        }
+    }
+
+    /// Every error answers with the status, code and message it answered with before the
+    /// service's errors were named by what failed (issue 15): clients see no change. A
+    /// store failure's answer is the store's message alone, as before; the operation it
+    /// interrupted goes only to the log.
+    #[tokio::test]
+    async fn every_error_answers_with_the_status_code_and_message_it_always_had() {
+        use crate::server::store::StoreError;
+        let store_failure = StoreError::Corrupt {
+            what: "host",
+            detail: "bad certificate".into(),
+        };
+        let table: Vec<(ApiError, StatusCode, &str, &str)> = vec![
+            (
+                ServiceError::Invalid("bad_labels", "at most 64 labels".into()).into(),
+                StatusCode::BAD_REQUEST,
+                "bad_labels",
+                "at most 64 labels",
+            ),
+            (
+                ServiceError::Unauthenticated("bad_token", "no such token".into()).into(),
+                StatusCode::UNAUTHORIZED,
+                "bad_token",
+                "no such token",
+            ),
+            (
+                ServiceError::NotAllowed("host_removed", "this host was removed".into()).into(),
+                StatusCode::FORBIDDEN,
+                "host_removed",
+                "this host was removed",
+            ),
+            (
+                ServiceError::Unknown("host_not_found", "no host web-1".into()).into(),
+                StatusCode::NOT_FOUND,
+                "host_not_found",
+                "no host web-1",
+            ),
+            (
+                ServiceError::Conflicting("group_in_use", "group eu has pins".into()).into(),
+                StatusCode::CONFLICT,
+                "group_in_use",
+                "group eu has pins",
+            ),
+            (
+                ServiceError::Expired("token_expired", "the token expired".into()).into(),
+                StatusCode::GONE,
+                "token_expired",
+                "the token expired",
+            ),
+            (
+                ServiceError::TooLarge("artifact_too_large", "over 1 GiB".into()).into(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "artifact_too_large",
+                "over 1 GiB",
+            ),
+            (
+                ServiceError::Busy("too_many_waiting", "retry later".into()).into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_waiting",
+                "retry later",
+            ),
+            (
+                ServiceError::PastEnd {
+                    message: "range starts past the end".into(),
+                    size: 10,
+                }
+                .into(),
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                "range starts past the end",
+            ),
+            (
+                ServiceError::Store {
+                    operation: "recording a report",
+                    source: store_failure,
+                }
+                .into(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_failed",
+                "database holds an unreadable host: bad certificate",
+            ),
+            (
+                ServiceError::Io {
+                    operation: "reading an uploaded artifact",
+                    source: std::io::Error::other("disk gone"),
+                }
+                .into(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "io_failed",
+                "reading an uploaded artifact: disk gone",
+            ),
+            (
+                BodyError::TooLarge { limit: 10 }.into(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is over the limit of 10 bytes",
+            ),
+            (
+                BodyError::TooSlow {
+                    received: 1,
+                    elapsed_ms: 2,
+                    grace_s: 3,
+                    min_rate: 4,
+                    stall_s: 5,
+                }
+                .into(),
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body came too slowly: 1 bytes in 2 ms (a body may take 3 s plus 1 s per 4 bytes, and pause at most 5 s); the connection is closed",
+            ),
+            (
+                BodyError::Unreadable("reset".into()).into(),
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                "the request body could not be read: reset",
+            ),
+        ];
+        let mut answered = std::collections::BTreeSet::new();
+        for (error, status, code, message) in table {
+            let name = variant(&error);
+            assert!(answered.insert(name), "{name} is in the table twice");
+            let closes = matches!(error, ApiError::Body(_));
+            let response = error.into_response();
+            assert_eq!(response.status(), status, "{name}");
+            let content_range = response.headers().get(header::CONTENT_RANGE).cloned();
+            let connection = response.headers().get(header::CONNECTION).cloned();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("response body");
+            let body: ErrorBody = serde_json::from_slice(&body).expect("an ErrorBody");
+            assert_eq!((body.code.as_str(), body.error.as_str()), (code, message), "{name}");
+            let expected_range = (name == "PastEnd").then(|| HeaderValue::from_static("bytes */10"));
+            assert_eq!(content_range, expected_range, "{name}");
+            assert_eq!(connection, closes.then(|| HeaderValue::from_static("close")), "{name}");
+        }
+        assert_eq!(answered.len(), 14, "every variant is in the table: {answered:?}");
     }
 }

@@ -7,7 +7,7 @@ use drover_protocol::api::{
 };
 use drover_protocol::{Duration, Timestamp};
 
-use super::error::ServiceError;
+use super::error::{During as _, ServiceError};
 use super::{Coordinator, hash_secret};
 use crate::server::store::AdminTokenRecord;
 
@@ -74,7 +74,7 @@ pub(super) fn admin_token_info(token: &AdminTokenRecord, now: Timestamp) -> Admi
 
 pub(super) fn check_reason(reason: Option<&str>) -> Result<Option<String>, ServiceError> {
     match reason.map(str::trim).filter(|reason| !reason.is_empty()) {
-        Some(reason) if reason.chars().count() > 500 => Err(ServiceError::BadRequest(
+        Some(reason) if reason.chars().count() > 500 => Err(ServiceError::Invalid(
             "bad_reason",
             "--reason is limited to 500 characters".into(),
         )),
@@ -87,7 +87,7 @@ impl Coordinator {
     /// request makes is recorded under. Revoked and expired tokens are refused at once.
     pub async fn check_admin(&self, token: Option<&str>) -> Result<Operator, ServiceError> {
         let Some(token) = token else {
-            return Err(ServiceError::Unauthorized(
+            return Err(ServiceError::Unauthenticated(
                 "admin_token_missing",
                 "this endpoint needs an admin token: Authorization: Bearer <token> (the CLI reads it from the data directory or DROVER_TOKEN)".into(),
             ));
@@ -98,13 +98,13 @@ impl Coordinator {
         let (name, touch) = {
             let tokens = self.admin_tokens.read();
             let Some(record) = tokens.iter().find(|token| token.hash == hash) else {
-                return Err(ServiceError::Unauthorized(
+                return Err(ServiceError::Unauthenticated(
                     "admin_token_invalid",
                     "the admin token is wrong".into(),
                 ));
             };
             if let Some(revoked_at) = record.revoked_at {
-                return Err(ServiceError::Unauthorized(
+                return Err(ServiceError::Unauthenticated(
                     "admin_token_revoked",
                     format!(
                         "the admin token {} was revoked at {revoked_at}; ask an operator for a new one (drover admin-token create NAME)",
@@ -113,7 +113,7 @@ impl Coordinator {
                 ));
             }
             if let Some(expires_at) = record.expires_at.filter(|_| record.expired(now)) {
-                return Err(ServiceError::Unauthorized(
+                return Err(ServiceError::Unauthenticated(
                     "admin_token_expired",
                     format!(
                         "the admin token {} expired at {expires_at}; ask an operator for a new one (drover admin-token create NAME)",
@@ -149,7 +149,7 @@ impl Coordinator {
     ) -> Result<AdminTokenCreated, ServiceError> {
         let reason = super::audit::checked_reason(reason)?;
         if request.name.as_str() == BOOTSTRAP_TOKEN_NAME {
-            return Err(ServiceError::BadRequest(
+            return Err(ServiceError::Invalid(
                 "reserved_token_name",
                 format!(
                     "{BOOTSTRAP_TOKEN_NAME} is the name of the token in the coordinator's admin.token; choose another name"
@@ -159,7 +159,7 @@ impl Coordinator {
         if let Some(ttl) = request.ttl
             && (ttl.as_millis() < 1000 || ttl > Duration::from_secs(MAX_ADMIN_TOKEN_TTL_DAYS * 86_400))
         {
-            return Err(ServiceError::BadRequest(
+            return Err(ServiceError::Invalid(
                 "bad_ttl",
                 format!("--ttl must be between 1s and {MAX_ADMIN_TOKEN_TTL_DAYS}d (or absent: valid until revoked)"),
             ));
@@ -173,7 +173,7 @@ impl Coordinator {
             .find(|token| token.name == request.name && token.revoked_at.is_none())
             .cloned();
         if let Some(existing) = existing.as_ref().filter(|token| !token.expired(now)) {
-            return Err(ServiceError::Conflict(
+            return Err(ServiceError::Conflicting(
                 "admin_token_exists",
                 format!(
                     "an admin token named {} exists (created {} by {}); revoke it first or choose another name",
@@ -194,7 +194,10 @@ impl Coordinator {
         };
         let what = super::audit::admin_token_created(&record.name, record.expires_at);
         let change = super::audit::admin_change(now, operator, None, what, reason);
-        self.store.insert_admin_token(&record, &change).await?;
+        self.store
+            .insert_admin_token(&record, &change)
+            .await
+            .during("creating an admin token")?;
         let mut tokens = self.admin_tokens.write();
         if let Some(expired) = existing.and_then(|expired| tokens.iter_mut().find(|token| token.hash == expired.hash)) {
             expired.revoked_at = Some(now);
@@ -245,19 +248,19 @@ impl Coordinator {
         };
         let Some(target) = target else {
             return Err(if ever {
-                ServiceError::Conflict(
+                ServiceError::Conflicting(
                     "admin_token_revoked",
                     format!("the admin token {name} is already revoked"),
                 )
             } else {
-                ServiceError::NotFound(
+                ServiceError::Unknown(
                     "admin_token_not_found",
                     format!("no admin token named {name}; see drover admin-token list"),
                 )
             });
         };
         if target.valid(now) && others_valid == 0 {
-            return Err(ServiceError::Conflict(
+            return Err(ServiceError::Conflicting(
                 "last_admin_token",
                 format!(
                     "{name} is the last valid admin token; create another first (drover admin-token create NAME), or nobody could use the admin API"
@@ -268,9 +271,10 @@ impl Coordinator {
         if !self
             .store
             .revoke_admin_token(name, now, operator.name(), &change)
-            .await?
+            .await
+            .during("revoking an admin token")?
         {
-            return Err(ServiceError::Conflict(
+            return Err(ServiceError::Conflicting(
                 "admin_token_revoked",
                 format!("the admin token {name} is already revoked"),
             ));

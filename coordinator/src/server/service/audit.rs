@@ -6,6 +6,7 @@
 use drover_protocol::api::{AuditEntry, HistoryQuery, Labels, TokenName, check_reason};
 use drover_protocol::{HostId, Timestamp};
 
+use super::error::During as _;
 use super::{Coordinator, Operator, ServiceError};
 use crate::server::store::AdminChange;
 use crate::text::labels_text;
@@ -14,14 +15,14 @@ impl Coordinator {
     /// `drover history`: every history the coordinator keeps (each app's, each host id's
     /// and the admin changes), merged newest first, filtered and bounded by `query`.
     pub async fn history(&self, query: &HistoryQuery) -> Result<Vec<AuditEntry>, ServiceError> {
-        Ok(self.store.fleet_history(query).await?)
+        self.store.fleet_history(query).await.during("reading the history")
     }
 }
 
 /// A request's `--reason`, checked by the one rule ([`check_reason`]): 400 `bad_reason`
 /// otherwise.
 pub(super) fn checked_reason(reason: Option<&str>) -> Result<Option<String>, ServiceError> {
-    check_reason(reason).map_err(|error| ServiceError::BadRequest("bad_reason", error))
+    check_reason(reason).map_err(|error| ServiceError::Invalid("bad_reason", error))
 }
 
 /// The line an admin change records.
@@ -130,7 +131,7 @@ mod tests {
         assert_eq!(checked_reason(Some(" ")).expect("blank"), None);
         assert!(matches!(
             checked_reason(Some(&"x".repeat(501))),
-            Err(ServiceError::BadRequest("bad_reason", _))
+            Err(ServiceError::Invalid("bad_reason", _))
         ));
     }
 }

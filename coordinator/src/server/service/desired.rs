@@ -9,7 +9,7 @@ use drover_protocol::manifest::{MAX_APPS, MAX_MANIFEST_BYTES};
 use drover_protocol::{AppName, Duration, HostId, SigningKey, Timestamp, Version};
 
 use super::admin::{Actor, Operator, check_reason};
-use super::error::ServiceError;
+use super::error::{During as _, ServiceError};
 use super::{Coordinator, Model, Published};
 use crate::server::fleet::{Fleet, Resolved, sign_manifest};
 use crate::server::store::{HistoryRecord, HostRecord, StoredManifest};
@@ -87,7 +87,7 @@ pub(super) fn refuse_too_many_apps(what: &str, host: &HostId, apps: usize) -> Re
     if apps <= MAX_APPS {
         return Ok(());
     }
-    Err(ServiceError::BadRequest(
+    Err(ServiceError::Invalid(
         "too_many_apps",
         format!(
             "{what} would give host {host} {apps} apps, over the {MAX_APPS} agents accept in one manifest; nothing was changed"
@@ -103,7 +103,7 @@ pub(super) fn refuse_oversized(what: &str, host: &HostId, size: usize, hosts: us
         0 | 1 => String::new(),
         more => format!(" (and {} more hosts over)", more - 1),
     };
-    Err(ServiceError::BadRequest(
+    Err(ServiceError::Invalid(
         "manifest_too_large",
         format!(
             "{what} would give host {host} a signed manifest of {size} bytes{others}, over the {MAX_MANIFEST_BYTES} bytes agents accept; nothing was changed. Make the specs smaller (config_files content counts) or put fewer apps on those hosts"
@@ -244,7 +244,7 @@ impl Coordinator {
         match scope {
             Scope::Fleet => Ok(()),
             Scope::Group(name) if fleet.groups.contains_key(name) => Ok(()),
-            Scope::Group(name) => Err(ServiceError::NotFound(
+            Scope::Group(name) => Err(ServiceError::Unknown(
                 "group_not_found",
                 format!("no group named {name}; create it with drover groups create"),
             )),
@@ -263,7 +263,7 @@ impl Coordinator {
             .releases
             .contains_key(&(pin.app.clone(), pin.version.clone()))
         {
-            return Err(ServiceError::NotFound(
+            return Err(ServiceError::Unknown(
                 "release_not_found",
                 format!(
                     "no release {} {}; create it with drover release create",
@@ -287,7 +287,7 @@ impl Coordinator {
                 .store
                 .change_pin(&pin.app, &pin.scope, Some(&pin.version), &history, &manifests)
                 .await
-                .map_err(ServiceError::from),
+                .during("pinning a release"),
             Err(error) => Err(error),
         };
         if let Err(error) = outcome {
@@ -310,7 +310,7 @@ impl Coordinator {
         refuse_during_rollout(&model, &app, "unpin")?;
         let key = (app.clone(), scope.clone());
         let Some(previous) = model.fleet.pins.remove(&key) else {
-            return Err(ServiceError::NotFound(
+            return Err(ServiceError::Unknown(
                 "pin_not_found",
                 format!("{app} is not pinned for the {scope}"),
             ));
@@ -323,9 +323,14 @@ impl Coordinator {
             &actor,
             now,
         )];
-        if let Err(error) = self.store.change_pin(&app, &scope, None, &history, &manifests).await {
+        if let Err(error) = self
+            .store
+            .change_pin(&app, &scope, None, &history, &manifests)
+            .await
+            .during("removing a pin")
+        {
             restore_pin(&mut model.fleet, key, Some(previous));
-            return Err(error.into());
+            return Err(error);
         }
         Ok(self.applied(&mut model, &manifests))
     }
@@ -355,13 +360,18 @@ impl Coordinator {
         let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now);
         let verb = if held { "held" } else { "released the hold on" };
         let history = [manual_history(None, format!("{verb} the {scope}"), &actor, now)];
-        if let Err(error) = self.store.change_hold(&scope, held, &history, &manifests).await {
+        if let Err(error) = self
+            .store
+            .change_hold(&scope, held, &history, &manifests)
+            .await
+            .during(if held { "holding" } else { "removing a hold" })
+        {
             if held {
                 model.fleet.holds.remove(&scope);
             } else {
                 model.fleet.holds.insert(scope);
             }
-            return Err(error.into());
+            return Err(error);
         }
         Ok(self.applied(&mut model, &manifests))
     }
@@ -371,7 +381,10 @@ impl Coordinator {
         let mut model = self.model().await;
         let hosts: Vec<HostRecord> = model.fleet.active_hosts().cloned().collect();
         let manifests = self.render(&model, &hosts, self.now(), RenderMode::Refresh);
-        self.store.save_manifests(&manifests).await?;
+        self.store
+            .save_manifests(&manifests)
+            .await
+            .during("saving refreshed manifests")?;
         Ok(self.applied(&mut model, &manifests).hosts_changed)
     }
 }
@@ -383,7 +396,7 @@ pub(super) fn active_host<'a>(fleet: &'a Fleet, id: &HostId) -> Result<&'a HostR
         .hosts
         .get(id)
         .filter(|host| host.cert_sha256.is_some())
-        .ok_or_else(|| ServiceError::NotFound("host_not_found", format!("no enrolled host {id}")))
+        .ok_or_else(|| ServiceError::Unknown("host_not_found", format!("no enrolled host {id}")))
 }
 
 /// Pins of an app are the rollout controller's while the app has an active rollout (it
@@ -392,7 +405,7 @@ pub(super) fn active_host<'a>(fleet: &'a Fleet, id: &HostId) -> Result<&'a HostR
 /// kill switch.
 pub(super) fn refuse_during_rollout(model: &Model, app: &AppName, verb: &str) -> Result<(), ServiceError> {
     match model.rollouts.get(app) {
-        Some(active) => Err(ServiceError::Conflict(
+        Some(active) => Err(ServiceError::Conflicting(
             "rollout_active",
             format!(
                 "cannot {verb} {app} while rollout {} is {}; use drover rollout pause|abort {app} (or drover hold to stop hosts at once)",

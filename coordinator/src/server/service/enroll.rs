@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::admin::Operator;
 use super::desired::{RenderMode, Rendered, check_manifests};
-use super::error::ServiceError;
+use super::error::{During as _, ServiceError};
 use super::hosts::check_labels;
 use super::locks::RwLock;
 use super::{Coordinator, HOST_RENEWAL_ACTOR, HostSlot, Published, SlotIdentity, hash_secret};
@@ -21,12 +21,12 @@ use crate::text::labels_text;
 
 pub(super) fn token_error(problem: TokenProblem) -> ServiceError {
     match problem {
-        TokenProblem::Unknown => ServiceError::Unauthorized("token_unknown", "the join token is not valid".into()),
-        TokenProblem::Used => ServiceError::Gone(
+        TokenProblem::Unknown => ServiceError::Unauthenticated("token_unknown", "the join token is not valid".into()),
+        TokenProblem::Used => ServiceError::Expired(
             "token_used",
             "the join token was already used; create a new one with drover token create".into(),
         ),
-        TokenProblem::Expired => ServiceError::Gone(
+        TokenProblem::Expired => ServiceError::Expired(
             "token_expired",
             "the join token expired; create a new one with drover token create".into(),
         ),
@@ -38,7 +38,7 @@ impl Coordinator {
     /// certificates that are no longer the host's (replaced by a re-join).
     pub fn host_slot(&self, identity: Option<&PeerIdentity>) -> Result<Arc<HostSlot>, ServiceError> {
         let Some(identity) = identity else {
-            return Err(ServiceError::Unauthorized(
+            return Err(ServiceError::Unauthenticated(
                 "client_certificate_required",
                 "agent endpoints need the host's client certificate (join first)".into(),
             ));
@@ -50,14 +50,14 @@ impl Coordinator {
                 self.learn_key(&slot, identity);
                 Ok(slot)
             }
-            Some(_) => Err(ServiceError::Forbidden(
+            Some(_) => Err(ServiceError::NotAllowed(
                 "certificate_replaced",
                 format!(
                     "host {} re-joined with a new key; this certificate is no longer valid",
                     identity.host
                 ),
             )),
-            None => Err(ServiceError::Forbidden(
+            None => Err(ServiceError::NotAllowed(
                 "host_removed",
                 format!(
                     "host {} is not enrolled (removed); to bring it back, join it with a token from `drover token create --replace {}`",
@@ -115,14 +115,14 @@ impl Coordinator {
         operator: &Operator,
     ) -> Result<TokenResponse, ServiceError> {
         if request.ttl.as_millis() == 0 || request.ttl > Duration::from_secs(30 * 86_400) {
-            return Err(ServiceError::BadRequest(
+            return Err(ServiceError::Invalid(
                 "bad_ttl",
                 "--ttl must be between 1s and 30d".into(),
             ));
         }
         check_labels(&request.labels)?;
         if let Some(problem) = self.config.loopback_trap.as_deref().filter(|_| !request.allow_loopback) {
-            return Err(ServiceError::BadRequest(
+            return Err(ServiceError::Invalid(
                 drover_protocol::api::LOOPBACK_PUBLIC_URL,
                 format!(
                     "refusing to make a join line that works only on this machine: {problem}. Or pass --allow-loopback to get it anyway"
@@ -141,7 +141,8 @@ impl Coordinator {
                 expires_at,
                 now,
             )
-            .await?;
+            .await
+            .during("creating a join token")?;
         let join_command = format!(
             "drover-agent join {} --token={token} --ca-sha256 {}",
             self.config.public_url,
@@ -161,12 +162,17 @@ impl Coordinator {
     pub async fn join(&self, request: JoinRequest) -> Result<JoinResponse, ServiceError> {
         let now = self.now();
         let token_hash = hash_secret(&request.token);
-        let token = self.store.check_token(&token_hash, now).await?.map_err(token_error)?;
+        let token = self
+            .store
+            .check_token(&token_hash, now)
+            .await
+            .during("checking a join token")?
+            .map_err(token_error)?;
         let id = &request.host_id;
         if let Some(target) = &token.replace
             && target != id
         {
-            return Err(ServiceError::Forbidden(
+            return Err(ServiceError::NotAllowed(
                 "token_for_another_host",
                 format!(
                     "this token may only re-enroll host {target}, not {id}; it is still unused. To enroll {id}, create a token for it (with --replace {id} if the id is taken)"
@@ -177,7 +183,7 @@ impl Coordinator {
             .credentials
             .ca
             .issue_host(id, &request.csr_pem, None, now, self.config.host_certificate_validity)
-            .map_err(|error| ServiceError::BadRequest("bad_csr", error.to_string()))?;
+            .map_err(|error| ServiceError::Invalid("bad_csr", error.to_string()))?;
 
         let mut model = self.model().await;
         let before = model.fleet.hosts.get(id);
@@ -191,7 +197,7 @@ impl Coordinator {
                 } else {
                     ""
                 };
-                return Err(ServiceError::Conflict(
+                return Err(ServiceError::Conflicting(
                     "host_exists",
                     format!(
                         "host id {id} is already enrolled{older}; to re-enroll it (a reinstalled machine), create a token with `drover token create --replace {id}`; the token is still unused"
@@ -199,7 +205,7 @@ impl Coordinator {
                 ));
             }
             (Some(_), None) => {
-                return Err(ServiceError::Conflict(
+                return Err(ServiceError::Conflicting(
                     "host_id_removed",
                     format!(
                         "host id {id} was removed; its id is reused only on purpose, because it keeps the id's host pins and holds: create a token with `drover token create --replace {id}`, or join under a new id; the token is still unused"
@@ -261,7 +267,10 @@ impl Coordinator {
             };
             return Err(match stored {
                 Ok(Err(problem)) => token_error(problem),
-                Err(error) => error.into(),
+                Err(source) => ServiceError::Store {
+                    operation: "recording a join",
+                    source,
+                },
                 Ok(Ok(())) => unreachable!("matched above"),
             });
         }
@@ -308,12 +317,12 @@ impl Coordinator {
             )
             .map_err(|error| match error {
                 crate::server::pki::PkiError::CsrKeyMismatch => {
-                    ServiceError::BadRequest("csr_key_mismatch", error.to_string())
+                    ServiceError::Invalid("csr_key_mismatch", error.to_string())
                 }
                 crate::server::pki::PkiError::CsrHostMismatch { .. } => {
-                    ServiceError::BadRequest("csr_host_mismatch", error.to_string())
+                    ServiceError::Invalid("csr_host_mismatch", error.to_string())
                 }
-                _ => ServiceError::BadRequest("bad_csr", error.to_string()),
+                _ => ServiceError::Invalid("bad_csr", error.to_string()),
             })?;
         // Under the model lock, so a join or removal of this host cannot interleave.
         let mut model = self.model().await;
@@ -335,9 +344,10 @@ impl Coordinator {
                 issued.not_after,
                 &history,
             )
-            .await?;
+            .await
+            .during("recording a renewed certificate")?;
         if !recorded {
-            return Err(ServiceError::Forbidden(
+            return Err(ServiceError::NotAllowed(
                 "certificate_replaced",
                 format!(
                     "host {} was removed or re-joined with a new key meanwhile; this certificate is no longer valid",

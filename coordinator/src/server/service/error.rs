@@ -1,41 +1,56 @@
-//! [`ServiceError`]: why an operation failed, with a stable code for the API.
+//! [`ServiceError`]: why an operation failed, in the service's own terms, with a stable
+//! code for the API. Which HTTP status each variant becomes is decided in one `match` in
+//! the HTTP layer; nothing here knows of HTTP.
 
 use crate::server::blobs::BlobError;
 use crate::server::store::StoreError;
 
-/// Why an operation failed; the HTTP layer maps each to a status in one `match`.
+/// Why an operation failed. Each variant names what the service refused (or what broke),
+/// not how a transport reports it; the `&'static str` is the stable `ErrorBody.code`
+/// clients match on, the `String` the message the operator reads.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// The request is malformed or invalid.
+    /// The request carries something the service does not accept: a malformed name,
+    /// value or body, a spec an agent would refuse, an artifact whose digest differs.
     #[error("{1}")]
-    BadRequest(&'static str, String),
-    /// Missing or wrong credentials.
+    Invalid(&'static str, String),
+    /// The caller did not prove who it is: no, malformed or unknown credentials (admin
+    /// token, join token, client certificate).
     #[error("{1}")]
-    Unauthorized(&'static str, String),
-    /// Authenticated, but not allowed to touch this resource.
+    Unauthenticated(&'static str, String),
+    /// The caller is known but may not do this: a removed host, a replaced certificate,
+    /// a host asking about another.
     #[error("{1}")]
-    Forbidden(&'static str, String),
-    /// Something named does not exist.
+    NotAllowed(&'static str, String),
+    /// Something the request names does not exist (host, app, release, rollout, route,
+    /// artifact).
     #[error("{1}")]
-    NotFound(&'static str, String),
-    /// Conflicts with existing state.
+    Unknown(&'static str, String),
+    /// The request contradicts the state it would change: a name already taken, a
+    /// group still in use, a rollout already running.
     #[error("{1}")]
-    Conflict(&'static str, String),
-    /// A token that was valid once but is not any more.
+    Conflicting(&'static str, String),
+    /// A token that was valid once but is not any more (expired or used up).
     #[error("{1}")]
-    Gone(&'static str, String),
-    /// A body over its limit.
+    Expired(&'static str, String),
+    /// Something over its limit (an artifact, a spec, a report).
     #[error("{1}")]
     TooLarge(&'static str, String),
-    /// Temporarily overloaded; the client should retry later.
+    /// The service is at a limit that passes (too many waiting clients, a full
+    /// queue); the client should retry later.
     #[error("{1}")]
-    Unavailable(&'static str, String),
-    /// A Range past the end of an artifact.
+    Busy(&'static str, String),
+    /// A requested range starts past the end of an artifact of `size` bytes.
     #[error("{message}")]
-    RangeNotSatisfiable { message: String, size: u64 },
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    PastEnd { message: String, size: u64 },
+    /// The store failed while the service was `operation` ("recording a report").
+    /// Built only through [`During::during`], so every store call names its operation.
+    #[error("{operation}: {source}")]
+    Store {
+        operation: &'static str,
+        #[source]
+        source: StoreError,
+    },
     /// Local I/O failed (artifact store).
     #[error("{operation}: {source}")]
     Io {
@@ -45,16 +60,30 @@ pub enum ServiceError {
     },
 }
 
+/// Names the operation a store call was part of, so that its failure says what the
+/// coordinator was doing (there is deliberately no `From<StoreError>`: a bare `?` on a
+/// store result does not compile).
+pub(crate) trait During<T> {
+    /// `operation` is a gerund phrase: "recording a report", "loading the fleet".
+    fn during(self, operation: &'static str) -> Result<T, ServiceError>;
+}
+
+impl<T> During<T> for Result<T, StoreError> {
+    fn during(self, operation: &'static str) -> Result<T, ServiceError> {
+        self.map_err(|source| ServiceError::Store { operation, source })
+    }
+}
+
 /// The artifact store's errors with their API codes (the store knows nothing of them).
 impl From<BlobError> for ServiceError {
     fn from(error: BlobError) -> ServiceError {
         let message = error.to_string();
         match error {
-            BlobError::NotFound { .. } => ServiceError::NotFound("artifact_not_found", message),
-            BlobError::RangeNotSatisfiable { size, .. } => ServiceError::RangeNotSatisfiable { message, size },
-            BlobError::UploadInterrupted { .. } => ServiceError::BadRequest("upload_interrupted", message),
+            BlobError::NotFound { .. } => ServiceError::Unknown("artifact_not_found", message),
+            BlobError::RangeNotSatisfiable { size, .. } => ServiceError::PastEnd { message, size },
+            BlobError::UploadInterrupted { .. } => ServiceError::Invalid("upload_interrupted", message),
             BlobError::TooLarge => ServiceError::TooLarge("artifact_too_large", message),
-            BlobError::DigestMismatch { .. } => ServiceError::BadRequest("digest_mismatch", message),
+            BlobError::DigestMismatch { .. } => ServiceError::Invalid("digest_mismatch", message),
             BlobError::Io { operation, source } => ServiceError::Io { operation, source },
         }
     }
@@ -62,21 +91,40 @@ impl From<BlobError> for ServiceError {
 
 #[cfg(test)]
 mod tests {
-    use super::ServiceError;
+    use super::{During as _, ServiceError};
+    use crate::server::store::StoreError;
 
     #[test]
     fn the_message_is_what_the_operator_reads() {
-        let error = ServiceError::Conflict("group_in_use", "group eu has pins or holds".into());
+        let error = ServiceError::Conflicting("group_in_use", "group eu has pins or holds".into());
         assert_eq!(error.to_string(), "group eu has pins or holds");
         let error = ServiceError::Io {
             operation: "reading an uploaded artifact",
             source: std::io::Error::other("disk gone"),
         };
         assert_eq!(error.to_string(), "reading an uploaded artifact: disk gone");
-        let error = ServiceError::RangeNotSatisfiable {
+        let error = ServiceError::PastEnd {
             message: "range starts past the end".into(),
             size: 10,
         };
         assert_eq!(error.to_string(), "range starts past the end");
+    }
+
+    #[test]
+    fn a_store_failure_names_the_operation_it_interrupted() {
+        let failed: Result<(), StoreError> = Err(StoreError::Corrupt {
+            what: "host",
+            detail: "bad certificate".into(),
+        });
+        let error = failed.during("recording a report").expect_err("the store failed");
+        assert_eq!(
+            error.to_string(),
+            "recording a report: database holds an unreadable host: bad certificate"
+        );
+        let ServiceError::Store { operation, source } = &error else {
+            panic!("a store failure stays a store failure: {error:?}");
+        };
+        assert_eq!(*operation, "recording a report");
+        assert_eq!(source.to_string(), "database holds an unreadable host: bad certificate");
     }
 }

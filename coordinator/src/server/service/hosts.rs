@@ -10,7 +10,7 @@ use drover_protocol::{AppName, HostId, Timestamp};
 use super::admin::{Actor, Operator};
 use super::audit;
 use super::desired::{RenderMode, active_host, check_manifests};
-use super::error::ServiceError;
+use super::error::{During as _, ServiceError};
 use super::{Coordinator, Model};
 use crate::server::rollout::Event;
 use crate::server::store::HostRecord;
@@ -32,11 +32,11 @@ pub(super) fn check_labels(labels: &Labels) -> Result<(), ServiceError> {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
     };
     if labels.len() > 64 {
-        return Err(ServiceError::BadRequest("bad_labels", "at most 64 labels".into()));
+        return Err(ServiceError::Invalid("bad_labels", "at most 64 labels".into()));
     }
     for (key, value) in labels {
         if !valid(key) || !valid(value) {
-            return Err(ServiceError::BadRequest(
+            return Err(ServiceError::Invalid(
                 "bad_labels",
                 format!(
                     "invalid label {:?}={:?}: keys and values are 1 to 63 characters of letters, digits, '-', '_', '.', '/'",
@@ -51,7 +51,7 @@ pub(super) fn check_labels(labels: &Labels) -> Result<(), ServiceError> {
 
 pub(super) fn check_group_name(name: &str) -> Result<(), ServiceError> {
     name.parse::<AppName>().map(|_| ()).map_err(|_| {
-        ServiceError::BadRequest(
+        ServiceError::Invalid(
             "bad_group_name",
             format!("invalid group name {name:?}: use a-z, 0-9 and '-'"),
         )
@@ -122,8 +122,12 @@ impl Coordinator {
             .lock()
             .get(id)
             .and_then(|(report, _)| report.manifest_rejection.clone());
-        let events = self.store.events(id).await?;
-        let history = self.store.host_history(id, 1_000).await?;
+        let events = self.store.events(id).await.during("reading a host's events")?;
+        let history = self
+            .store
+            .host_history(id, 1_000)
+            .await
+            .during("reading a host's history")?;
         Ok(HostDetail {
             summary,
             manifest_rejection,
@@ -136,12 +140,15 @@ impl Coordinator {
     /// while it is removed.
     pub async fn host_history(&self, id: &HostId) -> Result<Vec<HostHistoryEntry>, ServiceError> {
         if !self.model().await.fleet.hosts.contains_key(id) {
-            return Err(ServiceError::NotFound(
+            return Err(ServiceError::Unknown(
                 "host_not_found",
                 format!("no host with id {id} was ever enrolled"),
             ));
         }
-        Ok(self.store.host_history(id, 10_000).await?)
+        self.store
+            .host_history(id, 10_000)
+            .await
+            .during("reading a host's history")
     }
 
     /// `drover hosts label`, recorded under the operator's name with `reason` (`drover
@@ -172,7 +179,7 @@ impl Coordinator {
                 .store
                 .set_labels(id, &record.labels, &manifests, &change)
                 .await
-                .map_err(ServiceError::from),
+                .during("labelling a host"),
             Err(error) => Err(error),
         };
         if let Err(error) = outcome {
@@ -202,7 +209,10 @@ impl Coordinator {
             old_certificate,
             new_certificate: None,
         };
-        self.store.remove_host(id, &history, reason.as_deref()).await?;
+        self.store
+            .remove_host(id, &history, reason.as_deref())
+            .await
+            .during("removing a host")?;
         if let Some(record) = model.fleet.hosts.get_mut(id) {
             record.cert_sha256 = None;
             record.key_sha256 = None;
@@ -256,7 +266,7 @@ impl Coordinator {
         check_labels(&group.selector)?;
         let reason = audit::checked_reason(reason)?;
         if group.selector.is_empty() {
-            return Err(ServiceError::BadRequest(
+            return Err(ServiceError::Invalid(
                 "empty_selector",
                 "a group needs at least one label in its selector (use the fleet scope for every host)".into(),
             ));
@@ -276,7 +286,7 @@ impl Coordinator {
                 .store
                 .put_group(&group.name, &group.selector, &manifests, &change)
                 .await
-                .map_err(ServiceError::from),
+                .during("saving a group"),
             Err(error) => Err(error),
         };
         if let Err(error) = outcome {
@@ -300,7 +310,7 @@ impl Coordinator {
         let reason = audit::checked_reason(reason)?;
         let mut model = self.model().await;
         let Some(selector) = model.fleet.groups.get(name) else {
-            return Err(ServiceError::NotFound(
+            return Err(ServiceError::Unknown(
                 "group_not_found",
                 format!("no group named {name}"),
             ));
@@ -309,13 +319,16 @@ impl Coordinator {
         let scope = Scope::Group(name.to_owned());
         let pinned = model.fleet.pins.keys().any(|(_, pin_scope)| pin_scope == &scope);
         if pinned || model.fleet.holds.contains(&scope) {
-            return Err(ServiceError::Conflict(
+            return Err(ServiceError::Conflicting(
                 "group_in_use",
                 format!("group {name} has pins or holds; unpin and unhold it first"),
             ));
         }
         let change = audit::admin_change(self.now(), operator, None, what, reason);
-        self.store.delete_group(name, &change).await?;
+        self.store
+            .delete_group(name, &change)
+            .await
+            .during("deleting a group")?;
         model.fleet.groups.remove(name);
         Ok(())
     }

@@ -40,6 +40,7 @@ use crate::server::rollout::Rollout;
 use crate::server::setup::Credentials;
 use crate::server::store::{AdminTokenRecord, HostRecord, Snapshot, Store, StoreError, StoredManifest, StoredRollout};
 use desired::{RenderMode, Rendered};
+use error::During as _;
 use locks::RwLock;
 use reports::QueuedReport;
 
@@ -241,12 +242,16 @@ impl Coordinator {
         data: DataDir,
         credentials: Credentials,
     ) -> Result<(Arc<Coordinator>, Background), ServiceError> {
-        let snapshot = store.load().await?;
+        let snapshot = store.load().await.during("loading the fleet")?;
         store
             .bootstrap_admin_token(&hash_secret(&credentials.admin_token), config.clock.now())
-            .await?;
-        let admin_tokens = store.admin_tokens().await?;
-        let mut model = Model::from_stored(&snapshot, store.active_rollouts().await?);
+            .await
+            .during("storing the bootstrap admin token")?;
+        let admin_tokens = store.admin_tokens().await.during("loading the admin tokens")?;
+        let mut model = Model::from_stored(
+            &snapshot,
+            store.active_rollouts().await.during("loading the active rollouts")?,
+        );
         // Reports that arrived just before a stop may not have reached the rollouts yet:
         // feeding every last report again is harmless (the controller counts a host once).
         let dirty: BTreeSet<HostId> = snapshot.reports.iter().map(|(report, _)| report.host.clone()).collect();
@@ -281,7 +286,11 @@ impl Coordinator {
         // (e.g. the database was restored) so the published state is always current.
         let hosts: Vec<HostRecord> = model.fleet.active_hosts().cloned().collect();
         let changed = coordinator.render(&model, &hosts, coordinator.now(), RenderMode::Changed);
-        coordinator.store.save_manifests(&changed).await?;
+        coordinator
+            .store
+            .save_manifests(&changed)
+            .await
+            .during("saving manifests re-rendered at start")?;
         for manifest in &changed {
             model.rendered.insert(manifest.host.clone(), Rendered::of(manifest));
         }
@@ -408,14 +417,14 @@ mod testing {
     /// The API code of an error (the first field of the coded variants).
     pub(crate) fn code(error: &ServiceError) -> &'static str {
         match error {
-            ServiceError::BadRequest(code, _)
-            | ServiceError::Unauthorized(code, _)
-            | ServiceError::Forbidden(code, _)
-            | ServiceError::NotFound(code, _)
-            | ServiceError::Conflict(code, _)
-            | ServiceError::Gone(code, _)
+            ServiceError::Invalid(code, _)
+            | ServiceError::Unauthenticated(code, _)
+            | ServiceError::NotAllowed(code, _)
+            | ServiceError::Unknown(code, _)
+            | ServiceError::Conflicting(code, _)
+            | ServiceError::Expired(code, _)
             | ServiceError::TooLarge(code, _)
-            | ServiceError::Unavailable(code, _) => code,
+            | ServiceError::Busy(code, _) => code,
             other => panic!("no code: {other}"),
         }
     }

@@ -6,7 +6,7 @@ use drover_protocol::spec::ArtifactKind;
 use drover_protocol::{AppName, Artifact, Digest, Version};
 
 use super::Coordinator;
-use super::error::ServiceError;
+use super::error::{During as _, ServiceError};
 
 impl Coordinator {
     /// `drover release create`. Releases are immutable: the same version with other
@@ -23,7 +23,7 @@ impl Coordinator {
             } else {
                 "bad_spec"
             };
-            return Err(ServiceError::BadRequest(
+            return Err(ServiceError::Invalid(
                 code,
                 format!("release {} {}: {error}", request.app, request.version),
             ));
@@ -31,7 +31,7 @@ impl Coordinator {
         let artifact = match request.artifact {
             ReleaseArtifact::StoredTarball { digest } => {
                 let size = crate::server::blobs::size_of(&self.data.blobs(), &digest)?.ok_or_else(|| {
-                    ServiceError::NotFound(
+                    ServiceError::Unknown(
                         "artifact_not_found",
                         format!("no uploaded artifact {digest}; upload it first (drover release create --artifact FILE does)"),
                     )
@@ -39,13 +39,13 @@ impl Coordinator {
                 self.check_uploaded_program(&request.app, &request.version, &request.spec, &digest)
                     .await?;
                 let url = HttpUrl::try_from(format!("{}/v1/artifacts/{digest}", self.config.public_url))
-                    .map_err(|error| ServiceError::BadRequest("bad_public_url", error.to_string()))?;
+                    .map_err(|error| ServiceError::Invalid("bad_public_url", error.to_string()))?;
                 Artifact::Tarball { url, digest, size }
             }
             ReleaseArtifact::RemoteTarball { url, digest, size } => Artifact::Tarball { url, digest, size },
             ReleaseArtifact::Image { reference } => {
                 crate::reference::check_pinned(&reference).map_err(|problem| {
-                    ServiceError::BadRequest(
+                    ServiceError::Invalid(
                         "bad_image_reference",
                         format!("image reference {}: {problem}", reference.as_str()),
                     )
@@ -69,7 +69,7 @@ impl Coordinator {
             if existing.artifact == release.artifact && existing.spec == release.spec {
                 return Ok(existing.clone());
             }
-            return Err(ServiceError::Conflict(
+            return Err(ServiceError::Conflicting(
                 "release_exists",
                 format!(
                     "release {} {} already exists with another artifact or spec (digest {}); releases are immutable: use a new version",
@@ -79,7 +79,10 @@ impl Coordinator {
                 ),
             ));
         }
-        self.store.insert_release(&release).await?;
+        self.store
+            .insert_release(&release)
+            .await
+            .during("recording a release")?;
         model.fleet.releases.insert(key, release.clone());
         Ok(release)
     }
@@ -128,7 +131,7 @@ impl Coordinator {
                 operation: "reading an uploaded artifact",
                 source: std::io::Error::other(detail),
             }),
-            Err(problem) => Err(ServiceError::BadRequest(
+            Err(problem) => Err(ServiceError::Invalid(
                 problem.code(),
                 format!("release {app} {version}: uploaded artifact {digest}: {problem}"),
             )),

@@ -45,11 +45,11 @@ impl ReportReceipt {
     pub(super) async fn stored(self) -> Result<(), ServiceError> {
         match self.0.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(ServiceError::Unavailable(
+            Ok(Err(error)) => Err(ServiceError::Busy(
                 "report_not_stored",
                 format!("the coordinator could not store the report ({error}); retry"),
             )),
-            Err(_) => Err(ServiceError::Unavailable(
+            Err(_) => Err(ServiceError::Busy(
                 "report_not_stored",
                 "the coordinator is stopping and did not store the report; retry".into(),
             )),
@@ -113,19 +113,19 @@ impl Coordinator {
         mut report: HostReport,
     ) -> Result<ReportReceipt, ServiceError> {
         if &report.host != slot_host {
-            return Err(ServiceError::Forbidden(
+            return Err(ServiceError::NotAllowed(
                 "wrong_host",
                 format!("host {slot_host} cannot report for host {}", report.host),
             ));
         }
         report
             .check()
-            .map_err(|detail| ServiceError::BadRequest("bad_report", detail))?;
+            .map_err(|detail| ServiceError::Invalid("bad_report", detail))?;
         self.drop_apps_never_given(&mut report);
         let received_at = self.now();
         // Queue first: a report the store will not see must not show in status either.
         let permit = self.report_queue.try_reserve().map_err(|_| {
-            ServiceError::Unavailable(
+            ServiceError::Busy(
                 "report_queue_full",
                 "the coordinator is behind on storing reports; retry".into(),
             )

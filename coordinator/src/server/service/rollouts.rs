@@ -8,7 +8,7 @@ use drover_protocol::{AppName, Duration, Timestamp, Version};
 
 use super::admin::{Actor, Operator, check_reason};
 use super::desired::{manifests_with, refuse_oversized, refuse_too_many_apps, restore_pin};
-use super::error::ServiceError;
+use super::error::{During as _, ServiceError};
 use super::views::{plan_view, status_view};
 use super::{ActiveRollout, Coordinator, Model};
 use crate::server::fleet::Fleet;
@@ -57,11 +57,11 @@ pub(super) fn rollout_spec(request: &RolloutRequest) -> Result<RolloutSpec, Serv
         approve_each_stage: request.approve_each_stage,
         host_deadline: request.host_deadline.as_deref().unwrap_or(default::HOST_DEADLINE),
     };
-    RolloutSpec::parse(&text).map_err(|errors| ServiceError::BadRequest("bad_rollout_spec", errors.to_string()))
+    RolloutSpec::parse(&text).map_err(|errors| ServiceError::Invalid("bad_rollout_spec", errors.to_string()))
 }
 
 pub(super) fn no_rollout(app: &AppName) -> ServiceError {
-    ServiceError::NotFound(
+    ServiceError::Unknown(
         "rollout_not_found",
         format!("{app} has no rollout; plan one with drover rollout plan {app} VERSION"),
     )
@@ -94,7 +94,7 @@ pub(super) fn refuse_pins_in_the_way(fleet: &Fleet, app: &AppName, hosts: &[Plan
         .collect();
     let more = in_the_way.len().saturating_sub(shown.len());
     let first = &in_the_way.first().expect("not empty").0;
-    Err(ServiceError::Conflict(
+    Err(ServiceError::Conflicting(
         "pins_in_the_way",
         format!(
             "{app} has {} group or host pin(s) over hosts this rollout would move: {}{}; a rollout ends in the app's fleet pin, which they would outrank; remove them first (drover unpin {app} {first})",
@@ -124,7 +124,7 @@ impl Coordinator {
             .releases
             .contains_key(&(spec.app.clone(), spec.target.clone()))
         {
-            return Err(ServiceError::NotFound(
+            return Err(ServiceError::Unknown(
                 "release_not_found",
                 format!(
                     "no release {} {}; create it with drover release create",
@@ -132,7 +132,12 @@ impl Coordinator {
                 ),
             ));
         }
-        let sequence = self.store.rollout_count(&spec.app).await? + 1;
+        let sequence = self
+            .store
+            .rollout_count(&spec.app)
+            .await
+            .during("counting an app's rollouts")?
+            + 1;
         let rollout_id = format!("{}-{}-{sequence}", spec.app, spec.target);
         let hosts = {
             let reports = self.reports.lock();
@@ -160,9 +165,9 @@ impl Coordinator {
             refuse_too_many_apps(&what, &host, apps)?;
         }
         let plan = crate::server::rollout::plan(&spec, &rollout_id, &hosts).map_err(|error| match error {
-            PlanError::NoHosts { .. } => ServiceError::Conflict("no_hosts", error.to_string()),
-            PlanError::EmptyGroup { .. } => ServiceError::BadRequest("empty_group", error.to_string()),
-            PlanError::DuplicateHost { .. } => ServiceError::BadRequest("duplicate_host", error.to_string()),
+            PlanError::NoHosts { .. } => ServiceError::Conflicting("no_hosts", error.to_string()),
+            PlanError::EmptyGroup { .. } => ServiceError::Invalid("empty_group", error.to_string()),
+            PlanError::DuplicateHost { .. } => ServiceError::Invalid("duplicate_host", error.to_string()),
         })?;
         Ok((spec, plan))
     }
@@ -188,7 +193,7 @@ impl Coordinator {
         let (spec, plan) = self.plan_rollout_in(model, request).await?;
         let app = spec.app.clone();
         if let Some(active) = model.rollouts.get(&app) {
-            return Err(ServiceError::Conflict(
+            return Err(ServiceError::Conflicting(
                 "rollout_active",
                 format!(
                     "{app} already has an active rollout {} ({}); see drover rollout status {app}, or abort it first",
@@ -231,8 +236,13 @@ impl Coordinator {
         let mut guard = self.model().await;
         if !guard.rollouts.contains_key(app) {
             drop(guard);
-            return Err(match self.store.latest_rollout(app).await? {
-                Some(stored) => ServiceError::Conflict(
+            let latest = self
+                .store
+                .latest_rollout(app)
+                .await
+                .during("reading the latest rollout")?;
+            return Err(match latest {
+                Some(stored) => ServiceError::Conflicting(
                     "rollout_finished",
                     format!(
                         "the last rollout of {app}, {}, is already {}; start a new one with drover rollout start",
@@ -270,7 +280,12 @@ impl Coordinator {
                 return Ok(status);
             }
         }
-        let stored: StoredRollout = self.store.latest_rollout(app).await?.ok_or_else(|| no_rollout(app))?;
+        let stored: StoredRollout = self
+            .store
+            .latest_rollout(app)
+            .await
+            .during("reading the latest rollout")?
+            .ok_or_else(|| no_rollout(app))?;
         let mut status = status_view(
             &stored.rollout,
             &stored.created_by,
@@ -284,7 +299,7 @@ impl Coordinator {
 
     /// `drover rollout history`: rollouts, commands, pins and holds, oldest first.
     pub async fn rollout_history(&self, app: &AppName) -> Result<Vec<HistoryEntry>, ServiceError> {
-        Ok(self.store.history(app, 10_000).await?)
+        self.store.history(app, 10_000).await.during("reading an app's history")
     }
 
     /// Feeds `events` to `app`'s active rollout and carries out its actions: the new
@@ -312,7 +327,7 @@ impl Coordinator {
                 Ok(more) => actions.extend(more),
                 Err(error) => {
                     active.rollout = before;
-                    return Err(ServiceError::Conflict(error.code(), error.to_string()));
+                    return Err(ServiceError::Conflicting(error.code(), error.to_string()));
                 }
             }
         }
@@ -368,14 +383,19 @@ impl Coordinator {
             history: &history,
             manifests: &manifests,
         };
-        if let Err(error) = self.store.commit_rollout(&commit).await {
+        if let Err(error) = self
+            .store
+            .commit_rollout(&commit)
+            .await
+            .during("recording a rollout step")
+        {
             for (key, previous) in undo.into_iter().rev() {
                 restore_pin(&mut model.fleet, key, previous);
             }
             if let Some(active) = model.rollouts.get_mut(app) {
                 active.rollout = before;
             }
-            return Err(error.into());
+            return Err(error);
         }
         self.applied(model, &manifests);
         if finished {

@@ -10,7 +10,7 @@ use drover_protocol::api::{MAX_FAILED_HOSTS_SHOWN, RolloutFailedHost};
 use drover_protocol::{AppName, Timestamp};
 
 use super::Coordinator;
-use super::error::ServiceError;
+use super::error::{During as _, ServiceError};
 use crate::server::rollout::{PauseReason, Phase, Rollout, StageStatus};
 
 pub(super) fn plan_view(rollout: &Rollout) -> RolloutPlan {
@@ -195,8 +195,8 @@ impl Coordinator {
     /// and why, and the holds, as committed.
     pub async fn pins(&self, app: Option<&AppName>) -> Result<PinList, ServiceError> {
         Ok(PinList {
-            pins: self.store.pins(app).await?,
-            holds: self.store.holds().await?,
+            pins: self.store.pins(app).await.during("reading the pins")?,
+            holds: self.store.holds().await.during("reading the holds")?,
         })
     }
 }
