@@ -9,10 +9,11 @@
 //! a thousand tasks and a coordinator, and CI has two cores.
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration as StdDuration, Instant};
 
-use drover_protocol::api::{HistoryEntry, RolloutPhase, RolloutPlan, RolloutStatus};
+use drover_coordinator::server::clock::ManualClock;
+use drover_protocol::api::{HistoryEntry, HostSummary, RolloutPhase, RolloutPlan, RolloutStatus};
 use drover_protocol::report::AppState;
 use drover_protocol::{HostId, Version};
 use drover_tests::e2e::CoordinatorProcess;
@@ -53,6 +54,37 @@ async fn fleet() -> (TestCoordinator, Simulator) {
     let coordinator = TestCoordinator::start().await;
     let sim = populate(&coordinator.url(), &coordinator.admin).await;
     (coordinator, sim)
+}
+
+/// [`fleet`] on a coordinator whose service reads a manual clock, for scenarios that show
+/// what does (not) happen when time passes without waiting for it.
+async fn fleet_on_manual_clock() -> (TestCoordinator, Simulator, Arc<ManualClock>) {
+    let (coordinator, clock) = TestCoordinator::start_manual().await;
+    let sim = populate(&coordinator.url(), &coordinator.admin).await;
+    (coordinator, sim, clock)
+}
+
+/// Moves the coordinator's clock on by an hour, past any bake or host deadline of these
+/// rollouts, and runs a pass of the rollout driver at that time.
+async fn an_hour_later(coordinator: &TestCoordinator, clock: &ManualClock) {
+    clock.advance(drover_protocol::Duration::from_secs(3600));
+    coordinator.coordinator().drive_once().await;
+}
+
+/// The hosts whose published manifest names web `version`, by the coordinator (no
+/// waiting for agents to fetch it).
+async fn desired_on(admin: &Admin, version: &Version) -> BTreeSet<HostId> {
+    let hosts: Vec<HostSummary> =
+        serde_json::from_value(admin.ok(Method::GET, "/v1/admin/hosts", None).await).expect("hosts");
+    hosts
+        .into_iter()
+        .filter(|host| {
+            host.apps
+                .get(&"web".parse().expect("app"))
+                .is_some_and(|app| app.desired.as_ref() == Some(version))
+        })
+        .map(|host| host.id)
+        .collect()
 }
 
 /// Releases web 1.0 and 2.0, pins 1.0 for the fleet and enrolls [`HOSTS`] simulated hosts.
@@ -219,7 +251,7 @@ fn a_good_release_completes_every_stage_at_1000_hosts() {
 #[test]
 fn a_release_failing_everywhere_stops_at_the_canary_at_1000_hosts() {
     run("failing everywhere", async {
-        let (coordinator, sim) = fleet().await;
+        let (coordinator, sim, clock) = fleet_on_manual_clock().await;
         let (_, canary) = canary(&coordinator.admin, json!({"max_failures": "5%"})).await;
         sim.assign(
             7,
@@ -235,8 +267,14 @@ fn a_release_failing_everywhere_stops_at_the_canary_at_1000_hosts() {
         for stage in &stopped.stages[1..] {
             assert_eq!(stage.waiting, stage.total, "{stage:?}");
         }
-        // A while later still nobody else was ever offered 2.0, and the canary runs 1.0.
-        tokio::time::sleep(StdDuration::from_secs(1)).await;
+        // An hour later (every timer of the rollout due) still nobody else was ever offered
+        // 2.0, and the canary runs 1.0.
+        an_hour_later(&coordinator, &clock).await;
+        assert_eq!(
+            desired_on(&coordinator.admin, &version("2.0")).await,
+            BTreeSet::from([canary.clone()]),
+            "the breaker leaves the canary pinned (it rolled itself back) and pins nobody else"
+        );
         assert_eq!(sim.offered(&version("2.0")), BTreeSet::from([canary.clone()]));
         let view = sim.view(&canary).expect("canary");
         assert_eq!(view.current, Some(version("1.0")));
@@ -288,7 +326,7 @@ fn three_percent_failures_within_a_five_percent_budget_complete() {
 #[test]
 fn ten_percent_failures_pause_the_rollout() {
     run("10 % failures", async {
-        let (coordinator, sim) = fleet().await;
+        let (coordinator, sim, clock) = fleet_on_manual_clock().await;
         let extra = json!({"max_failures": "5%"});
         let (plan, canary) = canary(&coordinator.admin, extra.clone()).await;
         sim.assign(
@@ -306,8 +344,18 @@ fn ten_percent_failures_pause_the_rollout() {
             paused.failures,
             paused.failure_budget
         );
-        // Hosts in flight when the breaker tripped may still fail, never more than those.
-        tokio::time::sleep(StdDuration::from_secs(1)).await;
+        // Hosts in flight when the breaker tripped may still fail, never more than those:
+        // once each has reported where it ended up, and the driver took the reports.
+        sim.wait_all("in flight ended", StdDuration::from_secs(30), |view| {
+            view.desired != Some(version("2.0"))
+                || (view.reported
+                    && matches!(
+                        view.state,
+                        Some(AppState::Healthy | AppState::RolledBack | AppState::Failed)
+                    ))
+        })
+        .await;
+        coordinator.coordinator().drive_once().await;
         let later = status(&coordinator.admin).await;
         assert_eq!(later.phase, RolloutPhase::PausedByBreaker);
         assert!(
@@ -317,10 +365,13 @@ fn ten_percent_failures_pause_the_rollout() {
             later.failure_budget,
             later.max_in_flight
         );
-        // A paused rollout offers the target to nobody new, and nobody outside the
-        // stages started so far ever saw it.
+        // A paused rollout offers the target to nobody new, however much time passes, and
+        // nobody outside the stages started so far ever saw it.
         let offered = sim.offered(&version("2.0"));
-        tokio::time::sleep(StdDuration::from_secs(1)).await;
+        let desired = desired_on(&coordinator.admin, &version("2.0")).await;
+        an_hour_later(&coordinator, &clock).await;
+        assert_eq!(desired_on(&coordinator.admin, &version("2.0")).await, desired);
+        assert_eq!(status(&coordinator.admin).await, later, "nothing changed");
         assert_eq!(sim.offered(&version("2.0")), offered);
         let stage = later.stage.expect("a stage started");
         // About one host in ten fails, so the 51st failure comes about 510 hosts in.
