@@ -315,6 +315,10 @@ fn history_filters_select_by_app_host_who_and_since_newest_first() {
     coordinator
         .drover_ok(&["pin", "api", "1.0.0", "--reason", "api to 1.0.0"])
         .expect("pin api");
+    // A pin scoped to one host is in that host's history, not in the others'.
+    coordinator
+        .drover_ok(&["pin", "web", "1.0.0", "--host", "web-02", "--reason", "web-02 first"])
+        .expect("pin web on web-02");
     ok(
         drover_as(
             &coordinator,
@@ -353,6 +357,10 @@ fn history_filters_select_by_app_host_who_and_since_newest_first() {
             .all(|line| line.host.as_ref().is_some_and(|id| id.as_str() == "web-01")),
         "{host:#?}"
     );
+
+    assert!(!host.iter().any(|line| line.reason.as_deref() == Some("web-02 first")));
+    let second = history(&coordinator, &["--host", "web-02"]);
+    line_with_reason(&second, "web-02 first");
 
     let by_alice = history(&coordinator, &["--who", "alice"]);
     let reasons: Vec<&str> = by_alice.iter().filter_map(|line| line.reason.as_deref()).collect();

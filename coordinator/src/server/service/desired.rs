@@ -43,9 +43,21 @@ impl Rendered {
     }
 }
 
-pub(super) fn manual_history(app: Option<&AppName>, what: String, actor: &Actor, at: Timestamp) -> HistoryRecord {
+/// A history line for an operator's change of `scope`, found by `history --host` when the
+/// scope is one host.
+pub(super) fn manual_history(
+    app: Option<&AppName>,
+    scope: &Scope,
+    what: String,
+    actor: &Actor,
+    at: Timestamp,
+) -> HistoryRecord {
     HistoryRecord {
         app: app.cloned(),
+        host: match scope {
+            Scope::Host(host) => Some(host.clone()),
+            Scope::Fleet | Scope::Group(_) => None,
+        },
         rollout: None,
         at,
         who: actor.who.clone(),
@@ -277,6 +289,7 @@ impl Coordinator {
         let manifests = self.render_scope(&model, std::slice::from_ref(&pin.scope), now);
         let history = [manual_history(
             Some(&pin.app),
+            &pin.scope,
             format!("pinned {} {} for the {}", pin.app, pin.version, pin.scope),
             &actor,
             now,
@@ -319,6 +332,7 @@ impl Coordinator {
         let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now);
         let history = [manual_history(
             Some(&app),
+            &scope,
             format!("unpinned {app} for the {scope}"),
             &actor,
             now,
@@ -359,7 +373,7 @@ impl Coordinator {
         let now = self.now();
         let manifests = self.render_scope(&model, std::slice::from_ref(&scope), now);
         let verb = if held { "held" } else { "released the hold on" };
-        let history = [manual_history(None, format!("{verb} the {scope}"), &actor, now)];
+        let history = [manual_history(None, &scope, format!("{verb} the {scope}"), &actor, now)];
         if let Err(error) = self
             .store
             .change_hold(&scope, held, &history, &manifests)

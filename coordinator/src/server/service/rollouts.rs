@@ -346,6 +346,7 @@ impl Coordinator {
                 Action::WakeAt { .. } => {}
                 Action::Record { what } => history.push(HistoryRecord {
                     app: Some(app.clone()),
+                    host: None,
                     rollout: Some(rollout_id.clone()),
                     at: now,
                     who: actor.who.clone(),

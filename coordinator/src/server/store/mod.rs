@@ -192,6 +192,8 @@ pub struct AdminChange {
 pub struct HistoryRecord {
     /// The app it concerns (`None`: every app, e.g. a hold).
     pub app: Option<AppName>,
+    /// The one host it concerns (a pin or hold scoped to a host), for `history --host`.
+    pub host: Option<HostId>,
     /// The rollout it belongs to, if any.
     pub rollout: Option<String>,
     /// When.

@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/0004_host_identity.sql"),
     include_str!("../../../migrations/0005_pin_origins.sql"),
     include_str!("../../../migrations/0006_audit.sql"),
+    include_str!("../../../migrations/0007_history_host.sql"),
 ];
 
 impl From<sqlx::Error> for StoreError {
@@ -715,6 +716,7 @@ impl SqliteStore {
         let (who, at, reason) = commit.pin_origin;
         let origin = HistoryRecord {
             app: Some(app.clone()),
+            host: None,
             rollout: Some(commit.rollout.id().to_owned()),
             at,
             who: who.to_owned(),
@@ -849,8 +851,9 @@ async fn insert_history(
     history: &[HistoryRecord],
 ) -> Result<(), StoreError> {
     for line in history {
-        sqlx::query("INSERT INTO rollout_history (app, rollout, at, who, what, reason) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO rollout_history (app, host, rollout, at, who, what, reason) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(line.app.as_ref().map(AppName::as_str))
+            .bind(line.host.as_ref().map(HostId::as_str))
             .bind(line.rollout.as_deref())
             .bind(unix(line.at))
             .bind(&line.who)

@@ -345,6 +345,7 @@ fn version(text: &str) -> Version {
 fn app_line(app_name: Option<&str>, at: Timestamp, who: &str, what: &str, reason: Option<&str>) -> HistoryRecord {
     HistoryRecord {
         app: app_name.map(app),
+        host: None,
         rollout: None,
         at,
         who: who.into(),

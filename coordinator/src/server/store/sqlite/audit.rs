@@ -41,9 +41,9 @@ struct Source {
 const SOURCES: [Source; 3] = [
     Source {
         source: AuditSource::App,
-        select: "SELECT at, who, what, reason, app, NULL, rollout FROM rollout_history",
+        select: "SELECT at, who, what, reason, app, host, rollout FROM rollout_history",
         app: Some("app"),
-        host: None,
+        host: Some("host"),
     },
     Source {
         source: AuditSource::Host,
@@ -168,9 +168,11 @@ mod tests {
         }
     }
 
-    const ROWS: [Row; 8] = [
+    const ROWS: [Row; 9] = [
         row("admin_history", 5, "admin", (None, None, None)),
         row("rollout_history", 10, "alice", (Some("web"), None, Some("release day"))),
+        // A pin scoped to one host: in that host's history too.
+        row("rollout_history", 12, "carol", (Some("web"), Some("web-01"), None)),
         row("host_history", 15, "admin", (None, Some("web-01"), None)),
         row("rollout_history", 20, "bob", (None, None, Some("incident"))),
         row("host_history", 25, "host", (None, Some("web-02"), None)),
@@ -193,10 +195,11 @@ mod tests {
         {
             let what = format!("{table} at {seconds}");
             let statement = match table {
-                "rollout_history" => {
-                    sqlx::query("INSERT INTO rollout_history (app, at, who, what, reason) VALUES (?, ?, ?, ?, ?)")
-                        .bind(app)
-                }
+                "rollout_history" => sqlx::query(
+                    "INSERT INTO rollout_history (app, host, at, who, what, reason) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(app)
+                .bind(host),
                 "host_history" => sqlx::query(
                     "INSERT INTO host_history (host, kind, at, who, what, reason) VALUES (?, 'removed', ?, ?, ?, ?)",
                 )
@@ -233,7 +236,7 @@ mod tests {
         let all = store.fleet_history(&HistoryQuery::default()).await.expect("all");
         assert_eq!(
             all.iter().map(|line| line.at.unix() - at(0).unix()).collect::<Vec<_>>(),
-            [40, 35, 30, 25, 20, 15, 10, 5]
+            [40, 35, 30, 25, 20, 15, 12, 10, 5]
         );
         assert_eq!(
             (all[0].source, all[1].source, all[2].source),
@@ -253,12 +256,13 @@ mod tests {
         // An app's lines and the holds (no app), as in `rollout history APP`; no host lines.
         assert_eq!(
             seconds(&store, query(|q| q.app = Some("web".parse().expect("app")))).await,
-            [20, 10]
+            [20, 12, 10]
         );
-        // A host id's history and its admin lines; app lines have no host.
+        // A host id's history, its admin lines and the pins and holds scoped to it; no
+        // fleet-wide or group app lines.
         assert_eq!(
             seconds(&store, query(|q| q.host = Some("web-01".parse().expect("host")))).await,
-            [40, 35, 15]
+            [40, 35, 15, 12]
         );
         assert_eq!(
             seconds(&store, query(|q| q.who = Some("alice".into()))).await,
