@@ -44,7 +44,7 @@ pub enum ServiceError {
     #[error("{message}")]
     PastEnd { message: String, size: u64 },
     /// The store failed while the service was `operation` ("recording a report").
-    /// Built only through [`During::during`], so every store call names its operation.
+    /// Built only through `During::during`, so every store call names its operation.
     #[error("{operation}: {source}")]
     Store {
         operation: &'static str,
