@@ -573,9 +573,8 @@ mod tests {
             "rollout_active"
         );
         let host: HostId = name("web-1");
-        service
-            .accept_report(&host, report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
-            .expect("report");
+        test.report_stored(&host, report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
+            .await;
         service.drive_once().await;
         let status = service.rollout_status(&app).await.expect("status");
         assert_eq!(status.phase, RolloutPhase::Completed, "{status:?}");
@@ -620,12 +619,11 @@ mod tests {
         service.start_rollout(&started, &operator()).await.expect("start");
         let canary = host_pins(service, &app).await;
         assert_eq!(canary.len(), 1, "the canary first: {canary:?}");
-        service
-            .accept_report(
-                &canary[0],
-                report(canary[0].as_str(), &[("web", "1.0.0", AppState::Healthy)]),
-            )
-            .expect("report");
+        test.report_stored(
+            &canary[0],
+            report(canary[0].as_str(), &[("web", "1.0.0", AppState::Healthy)]),
+        )
+        .await;
         let baked_from = test.clock.now();
         let wake = service.drive_once().await;
         assert_eq!(wake, Some(baked_from.plus(drover_protocol::Duration::from_secs(600))));
