@@ -35,6 +35,10 @@
 # Knobs (env): HOSTS=10000 DURATION=10 REPS=5 CONNS=64 WAITERS=500 PIN_REPS=3
 #   REPORT_CONNS=1000 REPORT_RATE=3000 ENROLL_PARALLEL=16 DROVER_PORT=18600
 #   NGINX_PORT=18643 QUIET_WAIT=60 QUIET_BUDGET=300 BENCH_TMP=/tmp/drover-bench
+#   BIN_DIR=   (prebuilt release binaries `drover` and `drover-load`; no build then. To
+#              compare two trees in one session, build each in its own worktree and
+#              target dir and alternate runs: BENCHMARKS.md, issue 15)
+#   LABEL=     (names the run: output goes to $BENCH_TMP/coordinator-$LABEL)
 # Needs: root for apt-get when nginx, wrk, sqlite3, curl or openssl are missing.
 # Takes about 9 minutes with the defaults on a quiet machine (plus the build and at most
 # QUIET_BUDGET of waiting).
@@ -69,6 +73,9 @@ die() { log "FATAL: $*"; exit 1; }
 (( WAITERS >= 1 && WAITERS <= 4096 )) || die "WAITERS out of range 1..4096"
 (( REPORT_RATE >= 1 && REPORT_RATE <= 100000 )) || die "REPORT_RATE out of range 1..100000"
 (( REPORT_CONNS > HOSTS )) && REPORT_CONNS="$HOSTS"
+# LABEL becomes part of a directory the script empties with rm -rf: one path component.
+[[ "${LABEL:-}" =~ ^[A-Za-z0-9._-]{0,64}$ && "${LABEL:-}" != .* ]] \
+    || die "LABEL must be up to 64 letters, digits, '.', '_' or '-', not starting with '.'"
 (( WAITERS > HOSTS )) && WAITERS="$HOSTS"
 
 # --- what it needs ----------------------------------------------------------------------
@@ -87,21 +94,27 @@ if (( ${#missing[@]} )); then apt_install "${missing[@]}"; fi
 # readers, wait_quiet and start_drover.
 . scripts/bench-lib.sh
 
-W="$BENCH_TMP/coordinator"
+W="$BENCH_TMP/coordinator${LABEL:+-$LABEL}"
 RAW="$W/raw"
 for p in "$DROVER_PORT" "$NGINX_PORT"; do port_free "$p" || die "port $p is already in use"; done
 rm -rf "$W"
 mkdir -p "$W" "$RAW" "$W/nginx"/{www,tmp,logs}
 
 # --- build --------------------------------------------------------------------------------
-log "building release binaries (cargo build --release --workspace --bins)"
-cargo build --release --workspace --bins
-BIN="$ROOT/target/release"
+if [[ -n "${BIN_DIR:-}" ]]; then
+    BIN="$(cd "$BIN_DIR" && pwd)"
+    for b in drover drover-load; do [[ -x "$BIN/$b" ]] || die "BIN_DIR=$BIN_DIR has no executable $b: build it with cargo build --release -p drover-coordinator -p drover-tests --bins"; done
+    log "using prebuilt binaries in $BIN (no build)"
+else
+    log "building release binaries (cargo build --release --workspace --bins)"
+    cargo build --release --workspace --bins
+    BIN="$ROOT/target/release"
+fi
 LOAD=(taskset -c 1 "$BIN/drover-load")
 
 {
     echo "date: $(date -u +%FT%TZ)  host: $(nproc) cores, $(uname -r), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
-    echo "drover: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)  rustc: $(rustc --version)"
+    echo "drover: $(drover_revision)  binaries: $BIN${LABEL:+  label: $LABEL}  rustc: $(rustc --version)"
     echo "nginx: $(nginx -v 2>&1)  wrk: $(dpkg-query -W -f='${Version}' wrk 2>/dev/null || echo unknown)  sqlite3: $(sqlite3 --version | cut -d' ' -f1)"
     echo "HOSTS=$HOSTS DURATION=$DURATION REPS=$REPS CONNS=$CONNS WAITERS=$WAITERS PIN_REPS=$PIN_REPS REPORT_CONNS=$REPORT_CONNS REPORT_RATE=$REPORT_RATE ENROLL_PARALLEL=$ENROLL_PARALLEL"
 } >"$W/meta.txt"

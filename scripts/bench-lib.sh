@@ -3,9 +3,9 @@
 # /proc readers (cpu_s, mem_kib); wait_quiet (waits, bounded, until other work leaves
 # the CPUs alone); start_drover (a coordinator pinned to CPU 0).
 #
-# Expects from the caller: log, die, and for wait_quiet RAW, QUIET_WAIT, QUIET_BUDGET;
-# for start_drover W (its data directory is $W/data), BIN and DROVER_PORT; for memory
-# DROVER_PID and RAW.
+# Expects from the caller: log, die; for drover_revision ROOT (the checkout) and BIN_DIR
+# if set; for wait_quiet RAW, QUIET_WAIT, QUIET_BUDGET; for start_drover W (its data
+# directory is $W/data), BIN and DROVER_PORT; for memory DROVER_PID and RAW.
 # shellcheck shell=bash
 
 # --- processes this script starts, stopped by PID on exit --------------------------------
@@ -88,6 +88,14 @@ memory() {
     local rss hwm
     rss=$(mem_kib "$DROVER_PID" VmRSS); hwm=$(mem_kib "$DROVER_PID" VmHWM)
     printf '  %-44s VmRSS %7s MiB   VmHWM %7s MiB\n' "$1" "$(mib "$rss")" "$(mib "$hwm")" | tee -a "$RAW/memory.txt" >&2
+}
+# drover_revision: the tree the measured binaries were built from: this checkout's, or
+# with BIN_DIR (prebuilt binaries, maybe from another worktree) the tree BIN_DIR lies in,
+# if any; the LABEL of such runs should name it.
+drover_revision() {
+    local dir="$ROOT"
+    [[ -n "${BIN_DIR:-}" ]] && dir="$BIN_DIR"
+    git -C "$dir" describe --always --dirty 2>/dev/null || echo "unknown (prebuilt in ${BIN_DIR:-?})"
 }
 # start_drover LOG: starts the coordinator pinned to CPU 0; returns once it answers HTTPS.
 start_drover() {

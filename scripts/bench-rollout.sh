@@ -18,6 +18,9 @@
 # Knobs (env): HOSTS=10000 REPS=3 STAGES=canary,10%,50%,100% MAX_IN_FLIGHT=10%
 #   INSTALL_MIN_MS=0 INSTALL_MAX_MS=0 DROVER_PORT=18700 QUIET_WAIT=60 QUIET_BUDGET=180
 #   BENCH_TMP=/tmp/drover-bench
+#   BIN_DIR=   (prebuilt release binaries `drover` and `drover-rollout-bench`; no build
+#              then: BENCHMARKS.md, issue 15, compares two trees this way)
+#   LABEL=     (names the run: output goes to $BENCH_TMP/rollout-$LABEL)
 # Needs: root for apt-get when curl or taskset are missing; 2 CPUs.
 # Takes about 2 minutes with the defaults (plus the build).
 set -euo pipefail
@@ -42,6 +45,9 @@ die() { log "FATAL: $*"; exit 1; }
 (( REPS >= 1 && REPS <= 20 )) || die "REPS out of range 1..20"
 (( INSTALL_MIN_MS >= 0 && INSTALL_MAX_MS >= INSTALL_MIN_MS && INSTALL_MAX_MS <= 60000 )) \
     || die "need 0 <= INSTALL_MIN_MS <= INSTALL_MAX_MS <= 60000"
+# LABEL becomes part of a directory the script empties with rm -rf: one path component.
+[[ "${LABEL:-}" =~ ^[A-Za-z0-9._-]{0,64}$ && "${LABEL:-}" != .* ]] \
+    || die "LABEL must be up to 64 letters, digits, '.', '_' or '-', not starting with '.'"
 
 . scripts/prereqs.sh
 missing=()
@@ -56,19 +62,25 @@ if (( ${#missing[@]} )); then apt_install "${missing[@]}"; fi
 ulimit -n "$(ulimit -Hn)"
 (( $(ulimit -n) >= HOSTS + 500 )) || die "open-file limit $(ulimit -n) is too low for $HOSTS hosts"
 
-W="$BENCH_TMP/rollout"
+W="$BENCH_TMP/rollout${LABEL:+-$LABEL}"
 RAW="$W/raw"
 port_free "$DROVER_PORT" || die "port $DROVER_PORT is already in use"
 rm -rf "$W"
 mkdir -p "$W" "$RAW"
 
-log "building release binaries (cargo build --release -p drover-coordinator -p drover-tests --bins)"
-cargo build --release -p drover-coordinator -p drover-tests --bins
-BIN="$ROOT/target/release"
+if [[ -n "${BIN_DIR:-}" ]]; then
+    BIN="$(cd "$BIN_DIR" && pwd)"
+    for b in drover drover-rollout-bench; do [[ -x "$BIN/$b" ]] || die "BIN_DIR=$BIN_DIR has no executable $b: build it with cargo build --release -p drover-coordinator -p drover-tests --bins"; done
+    log "using prebuilt binaries in $BIN (no build)"
+else
+    log "building release binaries (cargo build --release -p drover-coordinator -p drover-tests --bins)"
+    cargo build --release -p drover-coordinator -p drover-tests --bins
+    BIN="$ROOT/target/release"
+fi
 
 {
     echo "date: $(date -u +%FT%TZ)  host: $(nproc) cores, $(uname -r), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
-    echo "drover: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)  rustc: $(rustc --version)"
+    echo "drover: $(drover_revision)  binaries: $BIN${LABEL:+  label: $LABEL}  rustc: $(rustc --version)"
     echo "HOSTS=$HOSTS REPS=$REPS STAGES=$STAGES MAX_IN_FLIGHT=$MAX_IN_FLIGHT INSTALL_MS=$INSTALL_MIN_MS..$INSTALL_MAX_MS"
 } | tee "$RAW/env.txt" >&2
 
