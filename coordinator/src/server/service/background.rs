@@ -112,7 +112,7 @@ mod tests {
         let (shutdown, receiver) = watch::channel(false);
         shutdown.send_replace(true);
         drop(shutdown);
-        let background = test.background.get_mut().take().expect("background");
+        let background = test.background.take().expect("background");
         background.run(service.clone(), receiver).await;
         let stored = service.store.load().await.expect("load").reports;
         assert_eq!(stored.len(), 1, "{stored:?}");

@@ -215,12 +215,8 @@ pub struct Coordinator {
     slots: RwLock<HashMap<HostId, Arc<HostSlot>>>,
     reports: locks::Mutex<HashMap<HostId, (HostReport, Timestamp)>>,
     report_queue: mpsc::Sender<QueuedReport>,
-    /// Hosts whose reported app states changed, in a stored report, since the rollout
-    /// driver last looked.
+    /// Hosts whose reported app states changed since the rollout driver last looked.
     rollout_dirty: locks::Mutex<BTreeSet<HostId>>,
-    /// Hosts with a changed report whose commit failed: their next report counts as a
-    /// change even if it says the same (it is the agent sending it again).
-    rollout_unstored: locks::Mutex<BTreeSet<HostId>>,
     /// Wakes the rollout driver (a report changed, or a step moved the next timer).
     rollout_signal: Notify,
     /// Counters for `/metrics`.
@@ -283,7 +279,6 @@ impl Coordinator {
             ),
             report_queue,
             rollout_dirty: locks::Mutex::new(dirty),
-            rollout_unstored: locks::Mutex::new(BTreeSet::new()),
             rollout_signal: Notify::new(),
             metrics: Metrics::default(),
         };
@@ -398,9 +393,8 @@ mod testing {
         pub(crate) coordinator: Arc<Coordinator>,
         /// Its clock: time moves only when a test moves it.
         pub(crate) clock: Arc<ManualClock>,
-        /// The background tasks, not running: tests drive what they need by hand
-        /// ([`TestCoordinator::report_stored`] does the report writer's part).
-        pub(crate) background: tokio::sync::Mutex<Option<Background>>,
+        /// The background tasks, not running: tests drive what they need by hand.
+        pub(crate) background: Option<Background>,
         /// The bootstrap admin token's secret.
         pub(crate) admin_secret: String,
         dir: PathBuf,
@@ -477,7 +471,7 @@ mod testing {
         TestCoordinator {
             coordinator,
             clock,
-            background: tokio::sync::Mutex::new(Some(background)),
+            background: Some(background),
             admin_secret,
             dir,
         }
@@ -488,22 +482,9 @@ mod testing {
         /// stop, storing what is queued, when the returned sender sends `true` or is dropped.
         pub(crate) fn run_background(&mut self) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
             let (shutdown, receiver) = watch::channel(false);
-            let background = self.background.get_mut().take().expect("background not started yet");
+            let background = self.background.take().expect("background not started yet");
             let task = tokio::spawn(background.run(self.coordinator.clone(), receiver));
             (shutdown, task)
-        }
-
-        /// A report from `host`, taken and stored as the report writer does (one batch,
-        /// one commit), so the rollout driver has heard of it; for tests that drive the
-        /// coordinator by hand.
-        pub(crate) async fn report_stored(&self, host: &HostId, report: HostReport) {
-            let receipt = self.coordinator.accept_report(host, report).expect("report accepted");
-            let mut background = self.background.lock().await;
-            let background = background.as_mut().expect("the report writer is not running");
-            let mut batch = Vec::new();
-            background.report_receiver.recv_many(&mut batch, 64).await;
-            super::reports::store_reports(&self.coordinator, batch).await;
-            receipt.stored().await.expect("report stored");
         }
 
         /// Joins `host` with `labels` through a join token, as an agent does; returns the

@@ -29,9 +29,6 @@ pub(super) fn same_app_states(old: &HostReport, new: &HostReport) -> bool {
 pub(super) struct QueuedReport {
     report: HostReport,
     received_at: Timestamp,
-    /// Whether it changes an app's current, desired or state: the rollout driver hears of
-    /// it once it is stored (a rollout never acts on a report a crash could lose).
-    moves_rollouts: bool,
     /// Answered once the batch holding the report is committed, or failed.
     stored: oneshot::Sender<Result<(), String>>,
 }
@@ -67,17 +64,12 @@ pub(super) async fn store_reports(coordinator: &Coordinator, batch: Vec<QueuedRe
     let mut latest: HashMap<HostId, (HostReport, Timestamp)> = HashMap::new();
     let mut events: HashMap<HostId, Vec<drover_protocol::report::ReportEvent>> = HashMap::new();
     let mut waiting = Vec::with_capacity(batch.len());
-    let mut moved = Vec::new();
     for QueuedReport {
         report,
         received_at,
-        moves_rollouts,
         stored,
     } in batch
     {
-        if moves_rollouts {
-            moved.push(report.host.clone());
-        }
         events
             .entry(report.host.clone())
             .or_default()
@@ -98,14 +90,6 @@ pub(super) async fn store_reports(coordinator: &Coordinator, batch: Vec<QueuedRe
         tracing::error!(%error, count = merged.len(), "storing reports failed; the latest reports stay in memory and their agents send them again");
         error.to_string()
     });
-    if !moved.is_empty() {
-        if outcome.is_ok() {
-            coordinator.rollout_dirty.lock().extend(moved);
-            coordinator.rollout_signal.notify_one();
-        } else {
-            coordinator.rollout_unstored.lock().extend(moved);
-        }
-    }
     for stored in waiting {
         // A request that gave up waiting (its connection closed) needs no answer.
         let _ = stored.send(outcome.clone());
@@ -152,14 +136,15 @@ impl Coordinator {
             .lock()
             .insert(report.host.clone(), (report.clone(), received_at));
         // Rollouts advance on changes of an app's current/desired/state, not on every
-        // periodic report; a report sent again after its commit failed is a change still.
-        let resent = self.rollout_unstored.lock().remove(&report.host);
-        let moves_rollouts = resent || previous.is_none_or(|(old, _)| !same_app_states(&old, &report));
+        // periodic report.
+        if previous.is_none_or(|(old, _)| !same_app_states(&old, &report)) {
+            self.rollout_dirty.lock().insert(report.host.clone());
+            self.rollout_signal.notify_one();
+        }
         let (stored, receipt) = oneshot::channel();
         permit.send(QueuedReport {
             report,
             received_at,
-            moves_rollouts,
             stored,
         });
         Ok(ReportReceipt(receipt))
@@ -368,72 +353,5 @@ mod tests {
         assert!(error.to_string().contains("retry"), "{error}");
         shutdown.send_replace(true);
         background.await.expect("background");
-    }
-
-    /// Takes what the report writer would: every queued report.
-    async fn queued(background: &mut crate::server::service::Background) -> Vec<super::QueuedReport> {
-        let mut batch = Vec::new();
-        background.report_receiver.recv_many(&mut batch, 64).await;
-        batch
-    }
-
-    /// A rollout passes stages on reports: it must never act on one that a kill -9
-    /// before the commit would lose, so the driver hears of a change once it is stored.
-    #[tokio::test]
-    async fn a_rollout_hears_of_a_changed_report_only_once_it_is_stored() {
-        let mut test = coordinator().await;
-        fleet_running_web(&test, &["web-1"]).await;
-        let mut background = test.background.get_mut().take().expect("background");
-        let service = &test.coordinator;
-        let host: drover_protocol::HostId = "web-1".parse().expect("id");
-        let healthy = report("web-1", &[("web", "1.0.0", AppState::Healthy)]);
-        let receipt = service.accept_report(&host, healthy.clone()).expect("accepted");
-        assert!(service.rollout_dirty.lock().is_empty(), "heard of before it was stored");
-        super::store_reports(service, queued(&mut background).await).await;
-        receipt.stored().await.expect("stored");
-        assert!(service.rollout_dirty.lock().contains(&host), "not heard of once stored");
-
-        // The same states again (a periodic report) move nothing.
-        service.rollout_dirty.lock().clear();
-        let receipt = service.accept_report(&host, healthy).expect("accepted");
-        super::store_reports(service, queued(&mut background).await).await;
-        receipt.stored().await.expect("stored");
-        assert!(service.rollout_dirty.lock().is_empty());
-    }
-
-    /// A changed report whose commit failed is not heard of; the agent sends it again
-    /// (503), and that copy, the same as what memory holds, still counts as the change.
-    #[tokio::test]
-    async fn a_changed_report_whose_commit_failed_moves_the_rollout_when_sent_again() {
-        let mut test = coordinator().await;
-        fleet_running_web(&test, &["web-1"]).await;
-        let mut background = test.background.get_mut().take().expect("background");
-        let service = &test.coordinator;
-        let host: drover_protocol::HostId = "web-1".parse().expect("id");
-        let database = service.data().database();
-        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&database);
-        let pool = sqlx::SqlitePool::connect_with(options)
-            .await
-            .expect("open the database");
-        sqlx::query("DROP TABLE reports")
-            .execute(&pool)
-            .await
-            .expect("drop reports");
-        pool.close().await;
-        let healthy = report("web-1", &[("web", "1.0.0", AppState::Healthy)]);
-        let receipt = service.accept_report(&host, healthy.clone()).expect("accepted");
-        super::store_reports(service, queued(&mut background).await).await;
-        assert_eq!(
-            code(&receipt.stored().await.expect_err("not stored")),
-            "report_not_stored"
-        );
-        assert!(
-            service.rollout_dirty.lock().is_empty(),
-            "heard of a report never stored"
-        );
-
-        service.accept_report(&host, healthy).expect("sent again");
-        let again = queued(&mut background).await;
-        assert!(again[0].moves_rollouts, "the resent report must count as the change");
     }
 }

@@ -573,8 +573,9 @@ mod tests {
             "rollout_active"
         );
         let host: HostId = name("web-1");
-        test.report_stored(&host, report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
-            .await;
+        service
+            .accept_report(&host, report("web-1", &[("web", "1.0.0", AppState::Healthy)]))
+            .expect("report");
         service.drive_once().await;
         let status = service.rollout_status(&app).await.expect("status");
         assert_eq!(status.phase, RolloutPhase::Completed, "{status:?}");
@@ -619,11 +620,12 @@ mod tests {
         service.start_rollout(&started, &operator()).await.expect("start");
         let canary = host_pins(service, &app).await;
         assert_eq!(canary.len(), 1, "the canary first: {canary:?}");
-        test.report_stored(
-            &canary[0],
-            report(canary[0].as_str(), &[("web", "1.0.0", AppState::Healthy)]),
-        )
-        .await;
+        service
+            .accept_report(
+                &canary[0],
+                report(canary[0].as_str(), &[("web", "1.0.0", AppState::Healthy)]),
+            )
+            .expect("report");
         let baked_from = test.clock.now();
         let wake = service.drive_once().await;
         assert_eq!(wake, Some(baked_from.plus(drover_protocol::Duration::from_secs(600))));
