@@ -1183,3 +1183,34 @@ async fn watch_waits_out_a_coordinator_restart() {
     );
     coordinator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_wakes_on_its_own_when_a_host_deadline_passes() {
+    // The real timer, once: `serve`'s driver task on the system clock. A host that never
+    // reports fails when its 1 s deadline passes with no report or command to wake the
+    // driver (status reads change nothing). How deadlines count is tested on a manual
+    // clock (rollout_sim's silent hosts, the service's unit tests).
+    let (coordinator, _agents) = fleet(1).await;
+    start(&coordinator, json!({"stages": "100%", "host_deadline": "1s"})).await;
+    let deadline = Instant::now() + StdDuration::from_secs(30);
+    let stopped = loop {
+        let current = status(&coordinator).await;
+        if current["phase"] != "running" {
+            break current;
+        }
+        assert!(Instant::now() < deadline, "still running after 30 s: {current}");
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    };
+    let at = |value: &Value| -> drover_protocol::Timestamp { serde_json::from_value(value.clone()).expect("time") };
+    assert!(
+        at(&stopped["failed_hosts"][0]["at"])
+            >= at(&stopped["created_at"]).plus(drover_protocol::Duration::from_secs(1)),
+        "{stopped}"
+    );
+    assert_eq!(stopped["failures"], 1, "{stopped}");
+    assert_eq!(
+        stopped["failed_hosts"][0]["reason"], "not healthy within the deadline",
+        "{stopped}"
+    );
+    coordinator.stop().await;
+}
