@@ -49,6 +49,10 @@ pub fn http_client(config: rustls::ClientConfig) -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// How far behind the real time [`TestCoordinator::start_manual`]'s clock starts: how far
+/// a test may move it on.
+pub const MANUAL_CLOCK_LEAD: Duration = Duration::from_secs(2 * 3600);
+
 /// A coordinator running in this process on 127.0.0.1 with its own data directory.
 #[derive(Debug)]
 pub struct TestCoordinator {
@@ -70,12 +74,14 @@ impl TestCoordinator {
     }
 
     /// Starts a coordinator in a fresh temporary data directory whose service reads a
-    /// [`ManualClock`] showing the real time now: the test ages manifests, tokens and
-    /// rollouts by moving it (`advance`, then `Coordinator::drive_once` or `refresh`)
-    /// instead of sleeping. Join hosts before moving it far: their certificates are
-    /// issued at its time and checked against the real one.
+    /// [`ManualClock`]: the test ages manifests, tokens and rollouts by moving it
+    /// (`advance`, then `Coordinator::drive_once` or `refresh`) instead of sleeping.
+    /// The clock starts [`MANUAL_CLOCK_LEAD`] behind the real time, because agents check
+    /// what it signs against theirs: moved on by up to that, it still issues manifests
+    /// and host certificates that are not from the future (an agent refuses a manifest
+    /// issued more than 5 minutes ahead).
     pub async fn start_manual() -> (TestCoordinator, Arc<ManualClock>) {
-        let clock = Arc::new(ManualClock::new(crate::now_real()));
+        let clock = Arc::new(ManualClock::new(crate::now_real().minus(MANUAL_CLOCK_LEAD)));
         (TestCoordinator::start_with_clock(clock.clone()).await, clock)
     }
 
