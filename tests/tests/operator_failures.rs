@@ -2,6 +2,7 @@
 //! rollout counts as failed with what they reported (escaped), and `release create`
 //! refuses a tarball that lacks its program, on the CLI and on the server.
 
+use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use drover_protocol::report::{AppReport, AppState};
@@ -377,5 +378,113 @@ async fn a_release_whose_program_is_a_symlink_inside_the_tarball_is_accepted() {
         "{stderr}"
     );
     assert_eq!(release_versions(&coordinator).await, ["1.0"]);
+    coordinator.stop().await;
+}
+
+/// A TCP relay in front of the coordinator that closes its first connection the moment
+/// the client sends its request (its second TLS application-data record: the first is the
+/// client's TLS 1.3 Finished), without an answer, as a coordinator shedding connections
+/// that have not shown a token yet does; later connections are relayed untouched.
+/// Returns its address, how many connections it took, and whether it closed one.
+async fn closing_relay(
+    upstream: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (counter, flag) = (accepted.clone(), closed.clone());
+    tokio::spawn(async move {
+        // Bounded: the test makes a handful of connections.
+        for _ in 0..16 {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                if !first {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    return;
+                }
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let answers = tokio::spawn(async move { tokio::io::copy(&mut server_read, &mut client_write).await });
+                // Client to server, record by record, until the second application-data one.
+                let mut application_records = 0;
+                loop {
+                    let mut header = [0u8; 5];
+                    if client_read.read_exact(&mut header).await.is_err() {
+                        break;
+                    }
+                    let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+                    let mut record = vec![0u8; length];
+                    if client_read.read_exact(&mut record).await.is_err() {
+                        break;
+                    }
+                    if header[0] == 23 {
+                        application_records += 1;
+                        if application_records == 2 {
+                            flag.store(true, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                    if server_write.write_all(&header).await.is_err() || server_write.write_all(&record).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                // Dropping both halves closes the client's connection with no answer.
+                answers.abort();
+            });
+        }
+    });
+    (address, accepted, closed)
+}
+
+/// `drover status` while the coordinator closes the connection before answering (it
+/// sheds connections that have not shown a token when a whole fleet reconnects at once):
+/// a read is asked again and succeeds; before, the operator got "peer closed connection".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_connection_closed_before_the_answer_is_asked_again() {
+    let coordinator = TestCoordinator::start().await;
+    let upstream: std::net::SocketAddr = coordinator
+        .url()
+        .trim_start_matches("https://")
+        .parse()
+        .expect("coordinator address");
+    let (relay, accepted, closed) = closing_relay(upstream).await;
+    let output = tokio::task::spawn_blocking({
+        let data_dir = coordinator.data_dir.clone();
+        move || {
+            std::process::Command::new(drover_tests::binary("drover"))
+                .args(["status"])
+                .env("DROVER_DATA_DIR", &data_dir)
+                .env("DROVER_ADDR", format!("https://{relay}"))
+                .env_remove("DROVER_TOKEN")
+                .env_remove("DROVER_CA")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run drover")
+        }
+    })
+    .await
+    .expect("drover ran");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        closed.load(std::sync::atomic::Ordering::SeqCst),
+        "the relay never closed a request: the test proves nothing ({stderr})"
+    );
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     coordinator.stop().await;
 }

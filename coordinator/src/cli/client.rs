@@ -37,6 +37,17 @@ const CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(10);
 const REQUEST_TIMEOUT: StdDuration = StdDuration::from_secs(60);
 /// Largest CA file read.
 const MAX_CA_BYTES: u64 = 1024 * 1024;
+/// A read is sent again, after these pauses, when the connection closed before any answer
+/// came: a coordinator shedding connections that have not shown a token yet (its budget
+/// for them fills while a whole fleet reconnects after a restart) closes them without one.
+/// Reads change nothing, so sending one again is safe; changes are never resent (the
+/// first may have been applied), and a refused connection, a TLS failure or a timeout is
+/// reported at once.
+const READ_RETRY_PAUSES: [StdDuration; 3] = [
+    StdDuration::from_millis(200),
+    StdDuration::from_millis(500),
+    StdDuration::from_secs(1),
+];
 
 /// Where a setting came from, so an error can say which one to fix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -275,10 +286,19 @@ impl AdminClient {
     }
 
     /// `GET path`, decoding the JSON answer.
+    /// A connection closed before the answer is tried again ([`READ_RETRY_PAUSES`]).
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
-        let response = self
-            .send(self.request(Method::GET, path).timeout(REQUEST_TIMEOUT))
-            .await?;
+        let mut pauses = READ_RETRY_PAUSES.iter();
+        let response = loop {
+            let sent = self.request(Method::GET, path).timeout(REQUEST_TIMEOUT).send().await;
+            match (sent, pauses.next()) {
+                (Err(error), Some(pause)) if closed_without_answer(&error) => {
+                    tracing::debug!(path, error = %error_chain(&error), "the connection closed before an answer; asking again");
+                    tokio::time::sleep(*pause).await;
+                }
+                (sent, _) => break self.checked(sent).await?,
+            }
+        };
         self.decode(path, response).await
     }
 
@@ -318,7 +338,12 @@ impl AdminClient {
 
     /// Sends a request; a non-2xx answer becomes [`Error::Api`].
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, Error> {
-        let response = request.send().await.map_err(|error| self.transport_error(&error))?;
+        self.checked(request.send().await).await
+    }
+
+    /// A sent request's outcome; a non-2xx answer becomes [`Error::Api`].
+    async fn checked(&self, sent: reqwest::Result<Response>) -> Result<Response, Error> {
+        let response = sent.map_err(|error| self.transport_error(&error))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -401,6 +426,13 @@ impl AdminClient {
             detail,
         }
     }
+}
+
+/// Whether the coordinator closed the connection before answering a request it was sent:
+/// not a refused connection, a TLS failure or a timeout, which asking again would not mend
+/// or would only prolong.
+fn closed_without_answer(error: &reqwest::Error) -> bool {
+    error.is_request() && !error.is_connect() && !error.is_timeout() && !is_tls_failure(error)
 }
 
 /// Whether a TLS error (bad certificate, failed handshake) is among an error's causes.
