@@ -194,21 +194,32 @@ impl Admin {
         }
     }
 
-    /// Sends `method path` with an optional JSON body; returns status and body text.
+    /// Sends `method path` with an optional JSON body; returns status and body text. A
+    /// read whose connection closed before any answer is sent again, as `drover` does (a
+    /// coordinator that a whole fleet reconnects to sheds connections without a token yet).
     pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (StatusCode, String) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("admin request");
+        let mut retries = if method == reqwest::Method::GET { 3 } else { 0 };
+        let response = loop {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.url))
+                .bearer_auth(&self.token);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            match request.send().await {
+                Err(error) if retries > 0 && error.is_request() && !error.is_connect() && !error.is_timeout() => {
+                    retries -= 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                sent => break sent.expect("admin request"),
+            }
+        };
         let status = response.status();
         (status, response.text().await.expect("admin response body"))
     }
