@@ -851,16 +851,18 @@ async fn insert_history(
     history: &[HistoryRecord],
 ) -> Result<(), StoreError> {
     for line in history {
-        sqlx::query("INSERT INTO rollout_history (app, host, rollout, at, who, what, reason) VALUES (?, ?, ?, ?, ?, ?, ?)")
-            .bind(line.app.as_ref().map(AppName::as_str))
-            .bind(line.host.as_ref().map(HostId::as_str))
-            .bind(line.rollout.as_deref())
-            .bind(unix(line.at))
-            .bind(&line.who)
-            .bind(&line.what)
-            .bind(line.reason.as_deref())
-            .execute(&mut **transaction)
-            .await?;
+        sqlx::query(
+            "INSERT INTO rollout_history (app, host, rollout, at, who, what, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(line.app.as_ref().map(AppName::as_str))
+        .bind(line.host.as_ref().map(HostId::as_str))
+        .bind(line.rollout.as_deref())
+        .bind(unix(line.at))
+        .bind(&line.who)
+        .bind(&line.what)
+        .bind(line.reason.as_deref())
+        .execute(&mut **transaction)
+        .await?;
     }
     Ok(())
 }
