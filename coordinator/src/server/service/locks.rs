@@ -167,4 +167,48 @@ mod tests {
         assert_eq!(service.pin(pin, &operator(), None).await.expect("pin").hosts_changed, 1);
         assert_eq!(service.pins(None).await.expect("pins").pins.len(), 1);
     }
+
+    /// A panic between a commit and the host slots (a join whose slot was never made, a
+    /// removal whose slot stayed): the next change loads the model again and mends the
+    /// slots from the store, so the joined host is served and the removed one is not.
+    #[tokio::test]
+    async fn a_panic_between_a_commit_and_the_host_slots_is_mended_from_the_store() {
+        use futures_util::FutureExt as _;
+
+        use crate::server::service::testing::{coordinator, name, operator};
+
+        let test = coordinator().await;
+        let service = &test.coordinator;
+        test.join("web-1", &[]).await;
+        test.join("web-2", &[]).await;
+        let stale = service.slots.read().get(&name("web-1")).cloned().expect("web-1's slot");
+        let panicked = AssertUnwindSafe(async {
+            let _model = service.model().await;
+            // As if web-2's join committed and panicked before making its slot ...
+            service.slots.write().remove(&name("web-2"));
+            panic!("a bug between a commit and the slots");
+        })
+        .catch_unwind()
+        .await;
+        assert!(panicked.is_err());
+        // ... and web-1's removal committed, with its slot left behind by a second panic.
+        service
+            .remove_host(&name("web-1"), &operator(), None)
+            .await
+            .expect("remove web-1");
+        service.slots.write().insert(name("web-1"), stale);
+        let panicked = AssertUnwindSafe(async {
+            let _model = service.model().await;
+            panic!("another bug");
+        })
+        .catch_unwind()
+        .await;
+        assert!(panicked.is_err());
+
+        service.status().await;
+        let slots = service.slots.read();
+        assert!(slots.contains_key(&name("web-2")), "the joined host has its slot again");
+        assert!(!slots.contains_key(&name("web-1")), "the removed host's slot is gone");
+        assert_eq!(slots.len(), 1);
+    }
 }

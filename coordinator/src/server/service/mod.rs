@@ -318,23 +318,47 @@ impl Coordinator {
         Ok((Arc::new(coordinator), Background { report_receiver }))
     }
 
-    /// Loads the model again from the store, after a panic left it unsettled, and
-    /// publishes the stored manifest of any host whose published one differs (a panic
-    /// between a commit and its publication).
+    /// Loads the model again from the store, after a panic left it unsettled, and brings
+    /// the host slots in line with it (a panic between a commit and its publication):
+    /// a slot for every enrolled host (a join or re-join committed before its slot was
+    /// made), none for a removed one, each with the stored certificate and manifest.
     async fn reload_model(&self, model: &mut Model) -> Result<(), StoreError> {
         let snapshot = self.store.load().await?;
         let fresh = Model::from_stored(&snapshot, self.store.active_rollouts().await?);
+        let manifests: HashMap<&HostId, &StoredManifest> = snapshot
+            .manifests
+            .iter()
+            .map(|manifest| (&manifest.host, manifest))
+            .collect();
         {
-            let slots = self.slots.read();
-            for manifest in &snapshot.manifests {
-                let (Some(slot), Some(host)) = (slots.get(&manifest.host), fresh.fleet.hosts.get(&manifest.host))
-                else {
+            let mut slots = self.slots.write();
+            slots.retain(|id, _| fresh.fleet.hosts.get(id).is_some_and(|host| host.cert_sha256.is_some()));
+            for host in fresh.fleet.active_hosts() {
+                let Some(manifest) = manifests.get(&host.id) else {
+                    tracing::error!(host = %host.id, "an enrolled host has no stored manifest; it is served again once a change renders one");
                     continue;
                 };
-                if slot.manifest.borrow().serial != manifest.serial {
-                    let resolved = fresh.fleet.resolve(host);
-                    slot.manifest
-                        .send_replace(Arc::new(Published::of(manifest, &resolved, &fresh.fleet)));
+                let published = || Arc::new(Published::of(manifest, &fresh.fleet.resolve(host), &fresh.fleet));
+                match slots.get(&host.id) {
+                    None => {
+                        let (sender, _) = watch::channel(published());
+                        slots.insert(
+                            host.id.clone(),
+                            Arc::new(HostSlot {
+                                identity: RwLock::new(SlotIdentity::of(host)),
+                                manifest: sender,
+                                last_seen: AtomicI64::new(0),
+                            }),
+                        );
+                    }
+                    Some(slot) => {
+                        if slot.identity.read().cert_sha256 != host.cert_sha256.clone().unwrap_or_default() {
+                            *slot.identity.write() = SlotIdentity::of(host);
+                        }
+                        if slot.manifest.borrow().serial != manifest.serial {
+                            slot.manifest.send_replace(published());
+                        }
+                    }
                 }
             }
         }
