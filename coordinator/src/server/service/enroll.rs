@@ -2,18 +2,16 @@
 //! [`Coordinator::host_slot`], which proves each agent request's client certificate.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 
 use drover_protocol::api::{HostHistoryEntry, JoinRequest, JoinResponse, RenewResponse, TokenRequest, TokenResponse};
 use drover_protocol::{Duration, Timestamp};
-use tokio::sync::watch;
 
 use super::admin::Operator;
 use super::desired::{RenderMode, Rendered, check_manifests};
 use super::error::{During as _, ServiceError};
 use super::hosts::check_labels;
-use super::locks::RwLock;
-use super::{Coordinator, HOST_RENEWAL_ACTOR, HostSlot, Published, SlotIdentity, hash_secret};
+use super::{Coordinator, HOST_RENEWAL_ACTOR, HostSlot, Published, hash_secret};
 use crate::server::metrics::CertificateExpiry;
 use crate::server::pki::PeerIdentity;
 use crate::server::store::{HostChange, HostRecord, TokenProblem};
@@ -276,14 +274,10 @@ impl Coordinator {
         }
         model.rendered.insert(record.id.clone(), Rendered::of(&manifest));
         let resolved = model.fleet.resolve(&record);
-        let (sender, _) = watch::channel(Arc::new(Published::of(&manifest, &resolved, &model.fleet)));
-        let slot = HostSlot {
-            identity: RwLock::new(SlotIdentity::of(&record)),
-            manifest: sender,
-            last_seen: AtomicI64::new(now.unix()),
-        };
+        let published = Arc::new(Published::of(&manifest, &resolved, &model.fleet));
+        let slot = HostSlot::new(&record, published, now.unix());
         // Replacing the slot drops the old sender: long-polls on the old certificate end.
-        self.slots.write().insert(record.id.clone(), Arc::new(slot));
+        self.slots.write().insert(record.id.clone(), slot);
         self.reports.lock().remove(&record.id);
         self.metrics.joins.add(1);
         Ok(JoinResponse {

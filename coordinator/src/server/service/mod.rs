@@ -139,6 +139,17 @@ impl SlotIdentity {
 }
 
 impl HostSlot {
+    /// The slot of enrolled `host`, publishing `published`; `last_seen` in unix seconds
+    /// (0: not seen since start).
+    fn new(host: &HostRecord, published: Arc<Published>, last_seen: i64) -> Arc<HostSlot> {
+        let (sender, _) = watch::channel(published);
+        Arc::new(HostSlot {
+            identity: RwLock::new(SlotIdentity::of(host)),
+            manifest: sender,
+            last_seen: AtomicI64::new(last_seen),
+        })
+    }
+
     /// Whether this host's current manifest references `digest`.
     pub fn may_download(&self, digest: &Digest) -> bool {
         self.manifest.borrow().digests.contains(digest)
@@ -303,15 +314,8 @@ impl Coordinator {
                     .find(|manifest| manifest.host == host.id)
                     .or_else(|| stored.get(&host.id))
                     .expect("every active host has a manifest after rendering");
-                let (sender, _) = watch::channel(Arc::new(Published::of(manifest, &resolved, &model.fleet)));
-                slots.insert(
-                    host.id.clone(),
-                    Arc::new(HostSlot {
-                        identity: RwLock::new(SlotIdentity::of(host)),
-                        manifest: sender,
-                        last_seen: AtomicI64::new(0),
-                    }),
-                );
+                let published = Arc::new(Published::of(manifest, &resolved, &model.fleet));
+                slots.insert(host.id.clone(), HostSlot::new(host, published, 0));
             }
         }
         *coordinator.model.lock().await = model;
@@ -341,18 +345,10 @@ impl Coordinator {
                 let published = || Arc::new(Published::of(manifest, &fresh.fleet.resolve(host), &fresh.fleet));
                 match slots.get(&host.id) {
                     None => {
-                        let (sender, _) = watch::channel(published());
-                        slots.insert(
-                            host.id.clone(),
-                            Arc::new(HostSlot {
-                                identity: RwLock::new(SlotIdentity::of(host)),
-                                manifest: sender,
-                                last_seen: AtomicI64::new(0),
-                            }),
-                        );
+                        slots.insert(host.id.clone(), HostSlot::new(host, published(), 0));
                     }
                     Some(slot) => {
-                        if slot.identity.read().cert_sha256 != host.cert_sha256.clone().unwrap_or_default() {
+                        if slot.identity.read().cert_sha256 != host.cert_sha256.as_deref().unwrap_or_default() {
                             *slot.identity.write() = SlotIdentity::of(host);
                         }
                         if slot.manifest.borrow().serial != manifest.serial {
