@@ -79,7 +79,7 @@ impl Fleet {
 
     /// Hosts that are enrolled now (not removed).
     pub fn active_hosts(&self) -> impl Iterator<Item = &HostRecord> {
-        self.hosts.values().filter(|host| host.cert_sha256.is_some())
+        self.hosts.values().filter(|host| host.is_active())
     }
 
     /// The groups whose selector matches `labels`, by name.

@@ -27,6 +27,14 @@ pub struct HostRecord {
     pub joined_at: Timestamp,
 }
 
+impl HostRecord {
+    /// Whether it is enrolled: it has a certificate (a removed host keeps its record, so
+    /// its serials continue, but not its certificate).
+    pub fn is_active(&self) -> bool {
+        self.cert_sha256.is_some()
+    }
+}
+
 /// A host's last signed manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredManifest {

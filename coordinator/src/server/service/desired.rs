@@ -409,7 +409,7 @@ pub(super) fn active_host<'a>(fleet: &'a Fleet, id: &HostId) -> Result<&'a HostR
     fleet
         .hosts
         .get(id)
-        .filter(|host| host.cert_sha256.is_some())
+        .filter(|host| host.is_active())
         .ok_or_else(|| ServiceError::Unknown("host_not_found", format!("no enrolled host {id}")))
 }
 

@@ -187,9 +187,9 @@ impl Coordinator {
         let before = model.fleet.hosts.get(id);
         let change = match (before, &token.replace) {
             (None, _) => HostChange::Joined,
-            (Some(host), Some(_)) if host.cert_sha256.is_some() => HostChange::Replaced,
+            (Some(host), Some(_)) if host.is_active() => HostChange::Replaced,
             (Some(_), Some(_)) => HostChange::Rejoined,
-            (Some(host), None) if host.cert_sha256.is_some() => {
+            (Some(host), None) if host.is_active() => {
                 let older = if token.replace_any {
                     " (this token was made by an older drover as \"replace any host\", which is no longer honoured)"
                 } else {

@@ -336,7 +336,7 @@ impl Coordinator {
             .collect();
         {
             let mut slots = self.slots.write();
-            slots.retain(|id, _| fresh.fleet.hosts.get(id).is_some_and(|host| host.cert_sha256.is_some()));
+            slots.retain(|id, _| fresh.fleet.hosts.get(id).is_some_and(HostRecord::is_active));
             for host in fresh.fleet.active_hosts() {
                 let Some(manifest) = manifests.get(&host.id) else {
                     tracing::error!(host = %host.id, "an enrolled host has no stored manifest; it is served again once a change renders one");
