@@ -39,3 +39,8 @@ command -v htpasswd >/dev/null 2>&1 || missing_oci+=(apache2-utils)
 command -v umoci >/dev/null 2>&1 || missing_oci+=(umoci)
 command -v skopeo >/dev/null 2>&1 || missing_oci+=(skopeo)
 if [ "${#missing_oci[@]}" -gt 0 ]; then apt_install "${missing_oci[@]}"; fi
+
+# PostgreSQL for the store tests on both backends and the several-coordinators suite:
+# the tests start clusters of their own (coordinator/src/testing.rs), never the
+# package's own cluster.
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || apt_install postgresql

@@ -22,6 +22,8 @@ pub mod keydir;
 pub mod reference;
 pub mod server;
 pub mod tarball_check;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod text;
 
 use std::io::{Read, Write};
