@@ -9,6 +9,7 @@
 
 pub mod accept;
 pub mod api;
+pub mod coordinators;
 pub mod dsse;
 pub mod error;
 pub mod hex;
