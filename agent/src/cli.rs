@@ -21,10 +21,14 @@ pub enum Command {
     ///
     /// Makes the host's own key (it never leaves the host), pins the coordinator's CA by
     /// the given sha256, and stores the client certificate, the CA and the trust
-    /// document under the state directory; writes the coordinator URL and host id to the
-    /// config file. The CA answer must be exactly the one certificate with that sha256.
+    /// document under the state directory; writes the coordinator URL(s) and host id to
+    /// the config file. The CA answer must be exactly the one certificate with that sha256.
+    /// Several URLs (replicas of one coordinator, comma-separated) are tried in order
+    /// until one answers; the agent keeps them all and fails over between them.
     ///
     /// Example: drover-agent join https://deploy.example.com:8443 --token 3q2+... --ca-sha256 9f86d0...
+    ///
+    /// Example: drover-agent join https://deploy-a:8443,https://deploy-b:8443 --token 3q2+... --ca-sha256 9f86d0...
     Join(JoinArgs),
     /// Run the agent: poll the coordinator, install what it signed, report.
     ///
@@ -79,7 +83,9 @@ pub struct ConfigArgs {
 /// Arguments of `drover-agent join`.
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// The coordinator URL.
+    /// The coordinator URL, or several comma-separated (URL,URL,...): replicas of one
+    /// coordinator, tried in this order.
+    #[arg(value_name = "URL[,URL...]")]
     pub url: String,
     /// The one-time enrollment token.
     #[arg(long)]
@@ -101,9 +107,9 @@ pub struct JoinArgs {
 /// Arguments of `drover-agent run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Override the coordinator URL.
-    #[arg(long)]
-    pub coordinator: Option<String>,
+    /// Override the coordinator URLs (repeat for several; replaces the config's list).
+    #[arg(long, value_name = "URL")]
+    pub coordinator: Vec<String>,
     /// Override the heartbeat / poll interval (e.g. 30s).
     #[arg(long)]
     pub poll_interval: Option<String>,
@@ -185,5 +191,36 @@ mod tests {
             panic!("a join");
         };
         assert_eq!(args.token, "-evfvSS3XpNaGwGnMZ4SxJ");
+    }
+
+    #[test]
+    fn a_join_takes_several_coordinators_as_one_comma_separated_argument() {
+        let cli = Cli::try_parse_from([
+            "drover-agent",
+            "join",
+            "https://a:8443,https://b:8443",
+            "--token",
+            "t",
+            "--ca-sha256",
+            "ab",
+        ])
+        .expect("parses");
+        let Command::Join(args) = cli.command else {
+            panic!("a join");
+        };
+        assert_eq!(args.url, "https://a:8443,https://b:8443");
+        let cli = Cli::try_parse_from([
+            "drover-agent",
+            "run",
+            "--coordinator",
+            "https://a:8443",
+            "--coordinator",
+            "https://b:8443",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("a run");
+        };
+        assert_eq!(args.coordinator, ["https://a:8443", "https://b:8443"]);
     }
 }

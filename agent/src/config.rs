@@ -3,7 +3,8 @@
 //! reported at once; the binary exits 64 on any of them.
 //!
 //! ```toml
-//! coordinator = "https://deploy.example.com:8443"   # set by `drover-agent join`
+//! coordinators = ["https://deploy-a.example.com:8443", "https://deploy-b.example.com:8443"]
+//!                                                    # set by `drover-agent join`
 //! host_id = "web-01"                                 # default: the machine's hostname
 //! state_dir = "/var/lib/drover"
 //! poll_interval = "30s"                              # idle fleet: one request per interval
@@ -17,6 +18,14 @@
 //! [registries."127.0.0.1:5000"]
 //! insecure = true                                    # plain HTTP: only where this says so
 //! ```
+//!
+//! `coordinators` lists the replicas of one coordinator (they share a CA and a database;
+//! issue 16), or one load-balanced URL: at most 16 distinct `https://` URLs
+//! (`drover_protocol::coordinators`). The agent starts at the first, moves to the next when
+//! one is unreachable and stays where it is answered ([`crate::coordinators`]). The single
+//! `coordinator = "URL"` of earlier agents is the same as a list of one and stays valid;
+//! `join` writes it for a single URL. Setting both keys is an error naming both: which one
+//! was meant cannot be guessed, and a merged list would hide a stale entry.
 //!
 //! A registry without a section is pulled from anonymously over HTTPS with the system's
 //! roots. `token_file` instead of `username` + `password_file` sends a bearer token.
@@ -38,8 +47,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/drover";
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// The coordinator URL.
+    /// The coordinator URL (a list of one; earlier agents knew only this key).
     pub coordinator: Option<String>,
+    /// The coordinator URLs, tried in order (replicas, or one load-balanced URL).
+    pub coordinators: Option<Vec<String>>,
     /// The host id (default: hostname).
     pub host_id: Option<String>,
     /// Where the agent keeps its identity, trust and releases.
@@ -128,8 +139,8 @@ impl Default for RegistryConfig {
 /// Flags that override the file (each `None` when not given).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
-    /// `--coordinator`.
-    pub coordinator: Option<String>,
+    /// `--coordinator` (repeatable): replaces the file's list when not empty.
+    pub coordinators: Vec<String>,
     /// `--host-id`.
     pub host_id: Option<String>,
     /// `--state-dir`.
@@ -141,8 +152,9 @@ pub struct Overrides {
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
-    /// The coordinator URL (https), if known (it is after `join`).
-    pub coordinator: Option<String>,
+    /// The coordinator URLs (https, distinct, without trailing `/`), in the order they are
+    /// tried; empty until `join`.
+    pub coordinators: Vec<String>,
     /// This host's id.
     pub host_id: HostId,
     /// The state directory.
@@ -192,12 +204,28 @@ pub fn load(path: &Path, required: bool, overrides: &Overrides, hostname: &str) 
 /// Validates a parsed file with overrides applied; returns every problem.
 pub fn validate(file: ConfigFile, overrides: &Overrides, hostname: &str) -> Result<AgentConfig, Vec<String>> {
     let mut problems = Vec::new();
-    let coordinator = overrides.coordinator.clone().or(file.coordinator);
-    if let Some(url) = &coordinator
-        && !(url.starts_with("https://") && url.len() > "https://".len() && !url.contains(char::is_whitespace))
-    {
-        problems.push(format!("coordinator {url:?} must be an https:// URL"));
-    }
+    let listed = match (file.coordinator, file.coordinators) {
+        (Some(one), Some(list)) => {
+            problems.push(format!(
+                "both coordinator = {one:?} and coordinators = {list:?} are set; keep one of the two keys (coordinators = [...] takes a list)"
+            ));
+            None
+        }
+        (Some(one), None) => Some(vec![one]),
+        (None, list) => list,
+    };
+    let listed = if overrides.coordinators.is_empty() {
+        listed
+    } else {
+        Some(overrides.coordinators.clone())
+    };
+    let coordinators = match listed {
+        None => Vec::new(),
+        Some(list) => drover_protocol::coordinators::check_coordinator_urls(&list).unwrap_or_else(|found| {
+            problems.extend(found);
+            Vec::new()
+        }),
+    };
     let host_text = overrides
         .host_id
         .clone()
@@ -268,7 +296,7 @@ pub fn validate(file: ConfigFile, overrides: &Overrides, hostname: &str) -> Resu
     }
     match (problems.is_empty(), host_id) {
         (true, Some(host_id)) => Ok(AgentConfig {
-            coordinator,
+            coordinators,
             host_id,
             state_dir,
             poll_interval,
@@ -416,23 +444,38 @@ fn check_secret_file(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes the agent config after a join: the coordinator URL and host id, keeping other
-/// settings of an existing file. Atomic.
-pub fn write_after_join(path: &Path, coordinator: &str, host_id: &HostId) -> std::io::Result<()> {
+/// Writes the agent config after a join: the coordinator URLs and host id, keeping other
+/// settings of an existing file. One URL is written `coordinator = "URL"`, as earlier
+/// agents read it; several `coordinators = [...]`. Atomic.
+pub fn write_after_join(path: &Path, coordinators: &[String], host_id: &HostId) -> std::io::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
-    let mut kept: Vec<&str> = existing
-        .lines()
-        .filter(|line| {
-            let key = line.split('=').next().unwrap_or("").trim();
-            key != "coordinator" && key != "host_id"
-        })
-        .collect();
+    let mut kept: Vec<&str> = Vec::new();
+    // Inside a `coordinators = [` that spans lines: dropped up to its closing `]`.
+    let mut in_replaced_list = false;
+    for line in existing.lines() {
+        if in_replaced_list {
+            in_replaced_list = !line.contains(']');
+            continue;
+        }
+        let (key, value) = line.split_once('=').unwrap_or((line, ""));
+        match key.trim() {
+            "coordinators" => in_replaced_list = value.contains('[') && !value.contains(']'),
+            "coordinator" | "host_id" => {}
+            _ => kept.push(line),
+        }
+    }
     while kept.first().is_some_and(|line| line.trim().is_empty()) {
         kept.remove(0);
     }
     let text = format!(
-        "# Written by `drover-agent join`; other settings are kept.\ncoordinator = {}\nhost_id = {}\n{}{}",
-        toml_string(coordinator),
+        "# Written by `drover-agent join`; other settings are kept.\n{}\nhost_id = {}\n{}{}",
+        match coordinators {
+            [one] => format!("coordinator = {}", toml_string(one)),
+            many => format!(
+                "coordinators = [{}]",
+                many.iter().map(|url| toml_string(url)).collect::<Vec<_>>().join(", ")
+            ),
+        },
         toml_string(host_id.as_str()),
         if kept.is_empty() { "" } else { "\n" },
         kept.iter()
@@ -468,7 +511,7 @@ mod tests {
         assert_eq!(config.host_id.as_str(), "web-01");
         assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(config.poll_interval, Duration::from_secs(30));
-        assert_eq!(config.coordinator, None);
+        assert!(config.coordinators.is_empty());
     }
 
     #[test]
@@ -596,5 +639,66 @@ mod tests {
         let config = validate(file, &overrides, "h").expect("valid");
         assert_eq!(config.host_id.as_str(), "b");
         assert_eq!(config.poll_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_single_coordinator_of_earlier_agents_is_a_list_of_one() {
+        let config = parse("coordinator = \"https://deploy.example.com:8443/\"").expect("valid");
+        assert_eq!(config.coordinators, ["https://deploy.example.com:8443"]);
+    }
+
+    #[test]
+    fn a_list_of_coordinators_parses_in_its_order() {
+        let config = parse("coordinators = [\"https://b:8443\", \"https://a:8443\"]").expect("valid");
+        assert_eq!(config.coordinators, ["https://b:8443", "https://a:8443"]);
+    }
+
+    #[test]
+    fn bad_coordinator_lists_are_refused_naming_each_problem() {
+        let problems = parse("coordinators = [\"https://a\", \"http://b\", \"https://a/\"]").expect_err("invalid");
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|problem| problem.contains("\"http://b\" must be an https:// URL"))
+        );
+        assert!(problems.iter().any(|problem| problem.contains("listed twice")));
+        let problems = parse("coordinators = []").expect_err("empty");
+        assert!(problems[0].contains("empty"), "{problems:#?}");
+        let problems = parse("coordinator = \"https://a\"\ncoordinators = [\"https://b\"]").expect_err("both");
+        assert!(
+            problems[0].contains("coordinator = ") && problems[0].contains("coordinators = "),
+            "{problems:#?}"
+        );
+        let many: Vec<String> = (0..17).map(|index| format!("\"https://c{index}\"")).collect();
+        let problems = parse(&format!("coordinators = [{}]", many.join(", "))).expect_err("too many");
+        assert!(problems[0].contains("at most 16"), "{problems:#?}");
+    }
+
+    #[test]
+    fn a_join_writes_the_list_and_keeps_every_other_setting() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "coordinators = [\n  \"https://old-a\",\n  \"https://old-b\",\n]\nhost_id = \"old\"\npoll_interval = \"10s\"\n[labels]\nrack = \"r1\"\n",
+        )
+        .expect("write");
+        let host: HostId = "web-01".parse().expect("host");
+        write_after_join(&path, &["https://a:8443".into(), "https://b:8443".into()], &host).expect("written");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let config = validate(toml::from_str(&text).expect("toml"), &Overrides::default(), "h").expect("valid");
+        assert_eq!(config.coordinators, ["https://a:8443", "https://b:8443"], "{text}");
+        assert_eq!(config.host_id.as_str(), "web-01");
+        assert_eq!(config.poll_interval, Duration::from_secs(10));
+        assert_eq!(config.labels["rack"], "r1");
+        assert!(!text.contains("old"), "{text}");
+        write_after_join(&path, &["https://one:8443".into()], &host).expect("written");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            text.contains("\ncoordinator = \"https://one:8443\"\n"),
+            "one URL as earlier agents read it: {text}"
+        );
+        assert!(!text.contains("coordinators"), "{text}");
     }
 }

@@ -1,7 +1,10 @@
-//! `drover-agent join URL --token T --ca-sha256 H`: enroll this host. The agent makes its
-//! own key (it never leaves the host), sends a CSR with the one-time token over TLS to a
-//! coordinator whose CA it pins by hash, checks what comes back (the CA's hash again, a
-//! trust document that verifies, a certificate for this host id), and stores it all.
+//! `drover-agent join URL[,URL...] --token T --ca-sha256 H`: enroll this host. The agent
+//! makes its own key (it never leaves the host), sends a CSR with the one-time token over
+//! TLS to a coordinator whose CA it pins by hash, checks what comes back (the CA's hash
+//! again, a trust document that verifies, a certificate for this host id), and stores it
+//! all. Several URLs (replicas over one database) are tried in order until one answers,
+//! by the rule the running agent fails over by ([`crate::coordinators`]); an answer that
+//! refuses the join is final (another replica would refuse it too).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,15 +26,15 @@ use crate::tls::{join_config, sha256_hex};
 /// What `join` needs.
 #[derive(Debug, Clone)]
 pub struct JoinOptions {
-    /// The coordinator URL.
-    pub url: String,
+    /// The coordinator URLs, tried in order.
+    pub urls: Vec<String>,
     /// The one-time token.
     pub token: String,
     /// The pinned CA hash.
     pub ca_sha256: String,
     /// Replace an existing identity in the state directory.
     pub force: bool,
-    /// Where to write the coordinator URL and host id.
+    /// Where to write the coordinator URLs and host id.
     pub config_path: PathBuf,
 }
 
@@ -132,10 +135,8 @@ pub async fn join(
     now: Timestamp,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
-    let url = options.url.trim_end_matches('/');
-    if !url.starts_with("https://") {
-        return Err(Error::Join(format!("{url:?} is not an https:// URL")));
-    }
+    let urls = drover_protocol::coordinators::check_coordinator_urls(&options.urls)
+        .map_err(|problems| Error::Join(problems.join("; ")))?;
     let pinned = options.ca_sha256.to_lowercase();
     if pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::Join(
@@ -165,17 +166,37 @@ pub async fn join(
         csr_pem,
         facts: facts(),
     };
-    let response = client
-        .post(format!("{url}/v1/join"))
-        .json(&request)
-        .send()
-        .await
-        .map_err(|error| {
-            Error::Join(format!(
-                "cannot reach the coordinator at {url}: {}",
-                crate::error::chain(&error)
-            ))
-        })?;
+    let mut unreachable = Vec::new();
+    let mut answer = None;
+    for url in &urls {
+        match client.post(format!("{url}/v1/join")).json(&request).send().await {
+            Ok(response) if crate::coordinators::unreachable_status(response.status().as_u16()) => {
+                unreachable.push(format!("{url}: HTTP {}", response.status()));
+            }
+            Ok(response) => {
+                answer = Some((url, response));
+                break;
+            }
+            Err(error) if crate::coordinators::unreachable_error(&error) => {
+                unreachable.push(format!("{url}: {}", crate::error::chain(&error)));
+            }
+            Err(error) => {
+                return Err(Error::Join(format!(
+                    "cannot send the join to {url}: {}",
+                    crate::error::chain(&error)
+                )));
+            }
+        }
+        if let Some(next) = urls.get(unreachable.len()) {
+            tracing::info!("coordinator {url} unreachable; trying {next}");
+        }
+    }
+    let Some((url, response)) = answer else {
+        return Err(Error::Join(match &unreachable[..] {
+            [one] => format!("cannot reach the coordinator at {one}"),
+            all => format!("cannot reach any coordinator: {}", all.join("; ")),
+        }));
+    };
     let status = response.status();
     let body = response
         .bytes()
@@ -222,11 +243,13 @@ pub async fn join(
         certificate_pem: joined.certificate_pem,
         ca_pem: joined.ca_pem,
     })?;
-    config::write_after_join(&options.config_path, url, &config.host_id).map_err(|source| Error::Io {
+    config::write_after_join(&options.config_path, &urls, &config.host_id).map_err(|source| Error::Io {
         operation: "writing",
         path: options.config_path.clone(),
         source,
     })?;
+    // The agent starts at the coordinator that answered.
+    crate::coordinators::remember(&config.state_dir, url);
     // A refusal kept from the old identity (removed, replaced) no longer holds.
     if let Err(error) = crate::reporting::Refusal::clear(&config.state_dir) {
         tracing::warn!(

@@ -9,6 +9,7 @@ pub mod accepted;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod coordinators;
 pub mod error;
 pub mod executor;
 pub mod faults;
@@ -85,7 +86,7 @@ pub async fn run(
     match cli.command {
         cli::Command::Run(args) => {
             let overrides = config::Overrides {
-                coordinator: args.coordinator.clone(),
+                coordinators: args.coordinator.clone(),
                 poll_interval: args.poll_interval.clone(),
                 ..config::Overrides::default()
             };
@@ -96,7 +97,7 @@ pub async fn run(
         cli::Command::Join(args) => {
             let config = load_config(&args.config, false)?;
             let options = join::JoinOptions {
-                url: args.url,
+                urls: args.url.split(',').map(str::to_owned).collect(),
                 token: args.token,
                 ca_sha256: args.ca_sha256,
                 force: args.force,
@@ -131,7 +132,11 @@ fn check(config: &config::AgentConfig, now: Timestamp, out: &mut dyn Write) -> R
         path: state.accepted(),
         source: std::io::Error::other(detail),
     })?;
-    let coordinator = config.coordinator.as_deref().unwrap_or("(none: run drover-agent join)");
+    let coordinator = if config.coordinators.is_empty() {
+        "(none: run drover-agent join)".to_owned()
+    } else {
+        config.coordinators.join(", ")
+    };
     let identity = state.load_identity()?;
     let certificate = renew::Validity::of_pem(&identity.certificate_pem).map_err(|detail| Error::Io {
         operation: "reading",

@@ -150,8 +150,8 @@ pub fn csr_for_key(host: &HostId, key_pem: &str) -> Result<String, String> {
 /// What the renewal task needs.
 #[derive(Debug)]
 pub struct Renewer {
-    /// `<coordinator>/v1/agent/certificate`.
-    pub url: String,
+    /// Where renewals go: `/v1/agent/certificate` on the current coordinator.
+    pub coordinators: Arc<crate::coordinators::Coordinators>,
     /// The host client (presents `identity`).
     pub client: reqwest::Client,
     /// The host id (the CSR's common name).
@@ -225,19 +225,23 @@ impl Renewer {
         let request = RenewRequest {
             csr_pem: csr_for_key(&self.host, &self.key_pem)?,
         };
-        let response = self
+        let attempt = self.coordinators.attempt("/v1/agent/certificate");
+        let sent = self
             .client
-            .post(&self.url)
+            .post(&attempt.url)
             .json(&request)
             .timeout(StdDuration::from_secs(30))
             .send()
-            .await
-            .map_err(|error| format!("cannot reach the coordinator: {}", crate::error::chain(&error)))?;
+            .await;
+        self.coordinators
+            .observe(&attempt, sent.as_ref().map(reqwest::Response::status));
+        let response =
+            sent.map_err(|error| format!("cannot reach the coordinator: {}", crate::error::chain(&error)))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|error| format!("reading the answer: {}", crate::error::chain(&error)))?;
+        let body = response.bytes().await.map_err(|error| {
+            self.coordinators.observe(&attempt, Err(&error));
+            format!("reading the answer: {}", crate::error::chain(&error))
+        })?;
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|error| error.error)

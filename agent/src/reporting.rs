@@ -313,8 +313,8 @@ impl Shared {
 /// Where and how the reporter sends.
 #[derive(Debug, Clone)]
 pub struct Reporter {
-    /// `https://coordinator/v1/agent/report`.
-    pub url: String,
+    /// Where reports go: `/v1/agent/report` on the current coordinator.
+    pub coordinators: Arc<crate::coordinators::Coordinators>,
     /// The mTLS client.
     pub client: reqwest::Client,
     /// This host.
@@ -368,14 +368,17 @@ impl Reporter {
         if let Err(error) = drover_protocol::keyfile::write_atomic(&self.status_file, &body, 0o600) {
             tracing::warn!("writing {}: {error}", self.status_file.display());
         }
+        let attempt = self.coordinators.attempt("/v1/agent/report");
         let outcome = self
             .client
-            .post(&self.url)
+            .post(&attempt.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
             .timeout(StdDuration::from_secs(20))
             .send()
             .await;
+        self.coordinators
+            .observe(&attempt, outcome.as_ref().map(reqwest::Response::status));
         match outcome {
             Ok(response) if response.status().is_success() => {
                 shared.sent(count);

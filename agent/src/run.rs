@@ -5,7 +5,9 @@
 //!   accepted record ([`crate::accepted`]) *before* handing it on (a failed write, say
 //!   a full disk, keeps the previous manifest and is retried), and backs off with jitter
 //!   while the coordinator is unreachable (the host keeps running what it runs); any
-//!   successful exchange (a report getting through) ends a back-off at once;
+//!   successful exchange (a report getting through) ends a back-off at once. Every task
+//!   talks to the current one of the configured coordinators ([`crate::coordinators`]):
+//!   an unreachable one moves them all to the next;
 //! - the **reconciler** runs one task per app (at most [`APP_CONCURRENCY`] in a step at
 //!   once): each finishes its app's interrupted switch (the journal), then brings the app
 //!   to the latest accepted manifest, retrying a failed install after its journaled
@@ -32,6 +34,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::AgentConfig;
+use crate::coordinators::Coordinators;
 use crate::error::Error;
 use crate::executor::{APP_CONCURRENCY, AppNext, Executor, UNIT_DIR};
 use crate::fetch::Cache;
@@ -60,10 +63,10 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
     if !state.joined() {
         return Err(Error::NotJoined(state.root().to_path_buf()));
     }
-    let Some(coordinator) = config.coordinator.clone() else {
+    if config.coordinators.is_empty() {
         return Err(Error::NotJoined(state.root().to_path_buf()));
-    };
-    let coordinator = coordinator.trim_end_matches('/').to_owned();
+    }
+    let coordinators = Arc::new(Coordinators::open(config.coordinators.clone(), &config.state_dir));
     let identity = state.load_identity()?;
     let trust_bytes = std::fs::read(state.trust()).map_err(|source| Error::Io {
         operation: "reading",
@@ -125,7 +128,7 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let reporter = Reporter {
-        url: format!("{coordinator}/v1/agent/report"),
+        coordinators: Arc::clone(&coordinators),
         client: client.clone(),
         host: config.host_id.clone(),
         facts: crate::join::facts(),
@@ -134,7 +137,7 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
     };
     let reporter_task = tokio::spawn(reporter.run(status.clone(), stop_rx.clone()));
     let renewer = crate::renew::Renewer {
-        url: format!("{coordinator}/v1/agent/certificate"),
+        coordinators: Arc::clone(&coordinators),
         client: client.clone(),
         host: config.host_id.clone(),
         state: state.clone(),
@@ -158,7 +161,7 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
         unit_dir: UNIT_DIR.into(),
         cache: Cache::new(config.state_dir.join("cache")),
         client: client.clone(),
-        coordinator: coordinator.clone(),
+        coordinators: Arc::clone(&coordinators),
         public,
         registries: Arc::new(crate::oci::registry::Registries::new(
             config.registries.clone(),
@@ -177,12 +180,17 @@ pub async fn run(config: &AgentConfig, shutdown: impl Future<Output = ()>) -> Re
     let notifier = Notifier::from_env();
     notifier.notify("READY=1");
     tracing::info!(
-        "drover-agent {} polling {coordinator} as {}",
+        "drover-agent {} polling {} as {}{}",
         env!("CARGO_PKG_VERSION"),
-        config.host_id
+        coordinators.current(),
+        config.host_id,
+        match coordinators.urls() {
+            [_] => String::new(),
+            all => format!(" (coordinators: {})", all.join(", ")),
+        }
     );
     let poller = Poller {
-        url: format!("{coordinator}/v1/agent/manifest"),
+        coordinators,
         client,
         wait: config.long_poll.to_std().as_secs().min(MAX_WAIT_SECONDS),
         interval: config.poll_interval.to_std(),
@@ -474,7 +482,7 @@ enum PollOutcome {
 
 #[derive(Debug)]
 struct Poller {
-    url: String,
+    coordinators: Arc<Coordinators>,
     client: reqwest::Client,
     wait: u64,
     interval: StdDuration,
@@ -482,19 +490,28 @@ struct Poller {
 }
 
 impl Poller {
+    /// One poll of the current coordinator; an unreachable one moves the agent to the
+    /// next ([`Coordinators::observe`]), which the back-off after a failure then polls.
     async fn poll(&self) -> PollOutcome {
+        let attempt = self
+            .coordinators
+            .attempt(&format!("/v1/agent/manifest?wait={}", self.wait));
         let mut request = self
             .client
-            .get(format!("{}?wait={}", self.url, self.wait))
+            .get(&attempt.url)
             .timeout(StdDuration::from_secs(self.wait + 30));
         if let Some(etag) = &self.etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
         let mut response = match request.send().await {
             Ok(response) => response,
-            Err(error) => return PollOutcome::Failed(crate::error::chain(&error)),
+            Err(error) => {
+                self.coordinators.observe(&attempt, Err(&error));
+                return PollOutcome::Failed(crate::error::chain(&error));
+            }
         };
         let status = response.status();
+        self.coordinators.observe(&attempt, Ok(status));
         if status == reqwest::StatusCode::NOT_MODIFIED {
             return PollOutcome::NotModified;
         }
@@ -524,7 +541,10 @@ impl Poller {
                     }
                 }
                 Ok(None) => break,
-                Err(error) => return PollOutcome::Failed(crate::error::chain(&error)),
+                Err(error) => {
+                    self.coordinators.observe(&attempt, Err(&error));
+                    return PollOutcome::Failed(crate::error::chain(&error));
+                }
             }
         }
         PollOutcome::Manifest { bytes, etag }

@@ -1,5 +1,6 @@
 //! `drover-agent status`: the host as this agent sees it, from its own files only (no
-//! network): the host certificate's expiry and when its renewal starts, the last accepted
+//! network): the coordinator it talks to (of several, the one it last moved to or
+//! started at, `<state>/coordinator`), the host certificate's expiry and when its renewal starts, the last accepted
 //! manifest, and per app the current and previous release, the state and health last
 //! reported, bad versions and an interrupted switch if any; and, while the coordinator
 //! refuses this host's certificate (removed or replaced), that and how to re-join. `-o json` prints the same as
@@ -68,9 +69,12 @@ pub fn status(config: &AgentConfig, output: Output, out: &mut dyn Write) -> Resu
         .ok()
         .and_then(|pem| crate::renew::Validity::of_pem(&pem).ok());
     let refusal = crate::reporting::Refusal::load(&config.state_dir);
+    // The coordinator in use when the agent last moved or started (`<state>/coordinator`).
+    let coordinator = crate::coordinators::current_of(&config.coordinators, &config.state_dir);
     let document = json!({
         "host": config.host_id,
-        "coordinator": config.coordinator,
+        "coordinator": coordinator,
+        "coordinators": config.coordinators,
         // Set while the coordinator refuses this host's certificate (removed, replaced).
         "refused": refusal.as_ref().map(|refusal| json!({
             "code": refusal.code,
@@ -97,9 +101,13 @@ pub fn status(config: &AgentConfig, output: Output, out: &mut dyn Write) -> Resu
     };
     writeln!(
         out,
-        "host {} -> {}\nmanifest serial {} (issued {}){}{}",
+        "host {} -> {}{}\nmanifest serial {} (issued {}){}{}",
         config.host_id,
-        config.coordinator.as_deref().unwrap_or("(not joined)"),
+        coordinator.as_deref().unwrap_or("(not joined)"),
+        match &config.coordinators[..] {
+            [] | [_] => String::new(),
+            all => format!(" (of {})", all.join(", ")),
+        },
         text(&document["manifest_serial"]),
         text(&document["manifest_issued_at"]),
         if document["held"] == true { ", HELD" } else { "" },

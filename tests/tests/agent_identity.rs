@@ -405,7 +405,7 @@ async fn a_renewal_keeps_the_key_writes_the_certificate_and_new_connections_pres
     let identity =
         std::sync::Arc::new(ClientIdentity::new(&joined.joined.certificate_pem, &joined.key_pem).expect("identity"));
     let renewer = Renewer {
-        url: format!("{}/v1/agent/certificate", coordinator.url()),
+        coordinators: std::sync::Arc::new(drover_agent::coordinators::Coordinators::new(vec![coordinator.url()])),
         client: client_for(&identity),
         host: host(HOST),
         state: state.clone(),
