@@ -206,6 +206,11 @@ pub struct TokenCreateArgs {
     /// and says where to set --public-url.
     #[arg(long)]
     pub allow_loopback: bool,
+    /// Every coordinator URL the host should know (replicas over one database, in the
+    /// order the host tries them): the printed join line names them all instead of this
+    /// coordinator's --public-url alone. Also read from DROVER_COORDINATORS.
+    #[arg(long, env = "DROVER_COORDINATORS", value_delimiter = ',', value_name = "URL,...")]
+    pub coordinators: Vec<String>,
     /// Output format: the join command alone, or the whole token as JSON.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -20,15 +20,27 @@ use crate::text::labels_text;
 use crate::text::printable;
 
 /// `drover token create`: the join command alone on stdout (so `$(drover token create)`
-/// is the command), how long it works on stderr.
+/// is the command), how long it works on stderr. With --coordinators the join command
+/// names those URLs (checked as the agent checks them) instead of the coordinator's own.
 pub async fn token_create(client: &AdminClient, args: &TokenCreateArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let coordinators: Vec<&String> = args.coordinators.iter().filter(|url| !url.is_empty()).collect();
+    let coordinators = match coordinators[..] {
+        [] => None,
+        _ => Some(
+            drover_protocol::coordinators::check_coordinator_urls(&coordinators)
+                .map_err(|problems| Error::Input(format!("--coordinators: {}", problems.join("; "))))?,
+        ),
+    };
     let request = TokenRequest {
         labels: args.labels.clone().unwrap_or_default(),
         ttl: args.ttl,
         replace: args.replace.clone(),
         allow_loopback: args.allow_loopback,
     };
-    let token: TokenResponse = client.send_json(Method::POST, "/v1/admin/tokens", &request).await?;
+    let mut token: TokenResponse = client.send_json(Method::POST, "/v1/admin/tokens", &request).await?;
+    if let Some(coordinators) = coordinators {
+        token.join_command = join_command_for(&token.join_command, &coordinators)?;
+    }
     match args.output {
         Output::Json => print_json(out, &token),
         Output::Table => {
@@ -40,6 +52,18 @@ pub async fn token_create(client: &AdminClient, args: &TokenCreateArgs, out: &mu
             Ok(())
         }
     }
+}
+
+/// The coordinator's join command (`drover-agent join URL --token=... --ca-sha256 ...`)
+/// naming `coordinators` (comma-separated, the form `drover-agent join` takes) in place of
+/// its one URL. Pure.
+fn join_command_for(join_command: &str, coordinators: &[String]) -> Result<String, Error> {
+    let rest = join_command
+        .strip_prefix("drover-agent join ")
+        .and_then(|rest| rest.split_once(' '))
+        .map(|(_url, rest)| rest)
+        .ok_or_else(|| Error::Input(format!("the coordinator answered an unexpected join command: {join_command}")))?;
+    Ok(format!("drover-agent join {} {rest}", coordinators.join(",")))
 }
 
 /// `drover hosts list`.
@@ -371,6 +395,17 @@ pub async fn groups_delete(client: &AdminClient, args: &GroupNameArgs, out: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_join_line_names_every_coordinator_given() {
+        let line = "drover-agent join https://a:8443 --token=-x_y --ca-sha256 ab12";
+        let all = ["https://a:8443".to_owned(), "https://b:8443".to_owned()];
+        assert_eq!(
+            join_command_for(line, &all).expect("rewritten"),
+            "drover-agent join https://a:8443,https://b:8443 --token=-x_y --ca-sha256 ab12"
+        );
+        assert!(join_command_for("something else", &all).is_err());
+    }
 
     #[test]
     fn apps_read_as_version_and_state() {
