@@ -569,7 +569,9 @@ impl Executor {
         }
         for release in desired.apps.values() {
             let cached = match &release.artifact {
-                Artifact::Tarball { digest, .. } => self.cache.path_of(digest).is_file(),
+                Artifact::Tarball { digest, .. } | Artifact::OciTarball { digest, .. } => {
+                    self.cache.path_of(digest).is_file()
+                }
                 // Only the whole image: manifest, config and every layer.
                 Artifact::Oci { digest, .. } => crate::oci::pull::is_cached(&self.cache, digest),
             };
@@ -628,6 +630,43 @@ impl Executor {
                     );
                 }
                 Ok(Fetched::Image(Box::new(image)))
+            }
+            Artifact::OciTarball {
+                reference,
+                digest,
+                size,
+            } => {
+                // A tarball, wherever it is kept: checked before downloading what could
+                // never run, installed as one from a URL is.
+                if release.spec.service.command.is_none() {
+                    return Err(StepError::NoCommand {
+                        app: app.clone(),
+                        version: release.version.clone(),
+                    });
+                }
+                self.status
+                    .app_state(app, current, Some(&release.version), AppState::Fetching, None);
+                let tarball = crate::oci::pull::pull_tarball(
+                    &self.registries,
+                    &self.cache,
+                    reference,
+                    digest,
+                    *size,
+                    self.limits.max_total_bytes,
+                )
+                .await?;
+                if tarball.downloaded > 0 {
+                    self.status.event(
+                        now(),
+                        Some(app),
+                        format!(
+                            "fetched the tarball {digest} of {}: {} bytes downloaded",
+                            reference.as_str(),
+                            tarball.downloaded
+                        ),
+                    );
+                }
+                Ok(Fetched::Tarball(tarball.artifact))
             }
         }
     }
@@ -932,7 +971,7 @@ impl Executor {
         let release_dir = crate::install::releases_dir(&self.state_dir, app).join(release.version.as_str());
         let environment_path = local::environment_file(&self.state_dir, app);
         let (unit, environment) = match &release.artifact {
-            Artifact::Tarball { .. } => (
+            Artifact::Tarball { .. } | Artifact::OciTarball { .. } => (
                 crate::unit::render(
                     app,
                     &release.version,
@@ -985,7 +1024,7 @@ impl Executor {
         let release_dir = crate::install::releases_dir(&self.state_dir, app).join(release.version.as_str());
         let spec = &release.spec;
         let image = match &release.artifact {
-            Artifact::Tarball { .. } => None,
+            Artifact::Tarball { .. } | Artifact::OciTarball { .. } => None,
             Artifact::Oci { .. } => {
                 Some(
                     crate::oci::stage::read_record(&release_dir).map_err(|detail| StepError::Io {
@@ -1261,7 +1300,7 @@ fn blobs_in_use(cache: &Cache, state_dir: &Path, desired: &Manifest) -> Vec<Dige
     let mut keep: BTreeSet<Digest> = BTreeSet::new();
     for release in desired.apps.values() {
         match &release.artifact {
-            Artifact::Tarball { digest, .. } => {
+            Artifact::Tarball { digest, .. } | Artifact::OciTarball { digest, .. } => {
                 keep.insert(digest.clone());
             }
             Artifact::Oci { digest, .. } => keep.extend(crate::oci::pull::cached_blobs(cache, digest)),

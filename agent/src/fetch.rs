@@ -282,6 +282,18 @@ impl Cache {
         Ok(received.artifact)
     }
 
+    /// The blob `digest` of exactly `size` bytes when the cache has it (what [`Cache::begin`]
+    /// checks first: a file under its final name was verified before it was renamed).
+    pub fn cached(&self, digest: &Digest, size: u64) -> Option<VerifiedArtifact> {
+        let done = self.path_of(digest);
+        let metadata = std::fs::metadata(&done).ok()?;
+        (metadata.is_file() && metadata.len() == size).then(|| VerifiedArtifact {
+            path: done,
+            digest: digest.clone(),
+            size,
+        })
+    }
+
     /// Starts getting the blob `digest` of exactly `size` bytes into the cache: the
     /// verified blob when the cache has it, else a [`Download`] to feed with the bytes from
     /// [`Download::offset`] on (the part an interrupted download left, hashed again, is

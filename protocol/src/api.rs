@@ -413,6 +413,17 @@ pub enum ReleaseArtifact {
         /// `registry/repository@sha256:<digest of the image manifest>`.
         reference: crate::manifest::OciReference,
     },
+    /// A tarball the CLI pushed to an OCI registry as an artifact
+    /// ([`crate::oci::tarball_artifact_manifest`]); the coordinator never talks to the
+    /// registry, hosts fetch it there by digest.
+    RegistryTarball {
+        /// `registry/repository@sha256:<digest of the artifact manifest>`.
+        reference: crate::manifest::OciReference,
+        /// The tar.gz's sha256 (the artifact's one layer).
+        digest: Digest,
+        /// The tar.gz's size.
+        size: u64,
+    },
 }
 
 /// `POST /v1/admin/releases`.

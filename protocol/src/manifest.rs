@@ -76,21 +76,39 @@ pub enum Artifact {
         /// The image manifest digest.
         digest: Digest,
     },
+    /// A tar.gz kept in an OCI registry: the one layer of the OCI artifact `reference`
+    /// (what `drover release create --artifact FILE --registry REGISTRY/REPO` pushes; see
+    /// [`crate::oci::tarball_artifact_manifest`]). The agent fetches the artifact manifest
+    /// by its digest, checks it names exactly this layer, then downloads the layer by
+    /// `digest` and installs it as any other tarball. Replicas of the coordinator share no
+    /// disk; a registry is where their artifacts live.
+    #[serde(rename = "oci_tarball")]
+    OciTarball {
+        /// `registry/repository@sha256:<digest of the artifact manifest>`.
+        reference: OciReference,
+        /// The sha256 of the tar.gz bytes (the artifact's layer).
+        digest: Digest,
+        /// The exact size of the tar.gz in bytes: a hard cap while downloading.
+        size: u64,
+    },
 }
 
 impl Artifact {
     /// Whether it is a tarball or an image (what [`crate::AppSpec::check`] needs to know).
     pub fn kind(&self) -> crate::spec::ArtifactKind {
         match self {
-            Artifact::Tarball { .. } => crate::spec::ArtifactKind::Tarball,
+            Artifact::Tarball { .. } | Artifact::OciTarball { .. } => crate::spec::ArtifactKind::Tarball,
             Artifact::Oci { .. } => crate::spec::ArtifactKind::Image,
         }
     }
 
-    /// The artifact's digest: the tarball's, or the image manifest's.
+    /// The artifact's digest: the tarball's (also of one kept in a registry), or the image
+    /// manifest's.
     pub fn digest(&self) -> &Digest {
         match self {
-            Artifact::Tarball { digest, .. } | Artifact::Oci { digest, .. } => digest,
+            Artifact::Tarball { digest, .. } | Artifact::Oci { digest, .. } | Artifact::OciTarball { digest, .. } => {
+                digest
+            }
         }
     }
 }
@@ -268,6 +286,85 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LAYER: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const ARTIFACT: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn a_tarball_in_a_registry_round_trips_and_older_kinds_keep_their_spelling() {
+        let artifact = Artifact::OciTarball {
+            reference: OciReference::try_from(format!("127.0.0.1:5000/drover/web@{ARTIFACT}")).expect("reference"),
+            digest: LAYER.parse().expect("digest"),
+            size: 1234,
+        };
+        let json = serde_json::to_value(&artifact).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "kind": "oci_tarball",
+                "reference": format!("127.0.0.1:5000/drover/web@{ARTIFACT}"),
+                "digest": LAYER,
+                "size": 1234,
+            })
+        );
+        let back: Artifact = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, artifact);
+        assert_eq!(back.kind(), crate::spec::ArtifactKind::Tarball);
+        assert_eq!(
+            back.digest().as_str(),
+            LAYER,
+            "a registry tarball is known by the tar.gz's digest"
+        );
+        // The kinds manifests already carry are spelled as before.
+        let tarball: Artifact = serde_json::from_value(serde_json::json!({
+            "kind": "tarball", "url": "https://example.com/web.tar.gz", "digest": LAYER, "size": 1
+        }))
+        .expect("tarball");
+        assert!(matches!(tarball, Artifact::Tarball { .. }));
+        let image: Artifact = serde_json::from_value(serde_json::json!({
+            "kind": "oci", "reference": format!("example.com/web@{ARTIFACT}"), "digest": ARTIFACT
+        }))
+        .expect("image");
+        assert!(matches!(image, Artifact::Oci { .. }));
+    }
+
+    #[test]
+    fn a_tarball_in_a_registry_with_a_malformed_reference_or_field_is_refused() {
+        let with = |reference: &str, digest: &str, extra: Option<(&str, serde_json::Value)>| {
+            let mut json = serde_json::json!({
+                "kind": "oci_tarball", "reference": reference, "digest": digest, "size": 10
+            });
+            if let Some((key, value)) = extra {
+                json[key] = value;
+            }
+            serde_json::from_value::<Artifact>(json)
+        };
+        assert!(with(&format!("example.com/web@{ARTIFACT}"), LAYER, None).is_ok());
+        for reference in [
+            "example.com/web:1.0".to_owned(),               // a tag, not pinned
+            format!("example.com/web@{}", &ARTIFACT[..20]), // a short digest
+            format!("Example.com/Web@{ARTIFACT}"),          // upper case
+            format!("example.com/web @{ARTIFACT}"),         // a space
+            format!("@{ARTIFACT}"),                         // no name
+            format!("example.com/web@md5:{}", "a".repeat(32)),
+        ] {
+            assert!(with(&reference, LAYER, None).is_err(), "{reference} must be refused");
+        }
+        assert!(with(&format!("example.com/web@{ARTIFACT}"), "sha256:xyz", None).is_err());
+        assert!(
+            with(
+                &format!("example.com/web@{ARTIFACT}"),
+                LAYER,
+                Some(("url", "https://x".into()))
+            )
+            .is_err(),
+            "unknown fields are refused"
+        );
+        let missing_size = serde_json::json!({
+            "kind": "oci_tarball", "reference": format!("example.com/web@{ARTIFACT}"), "digest": LAYER
+        });
+        assert!(serde_json::from_value::<Artifact>(missing_size).is_err());
+    }
 
     #[test]
     fn signed_size_is_the_size_of_the_signed_envelope() {

@@ -306,6 +306,92 @@ pub async fn pull(
     })
 }
 
+/// A tarball kept in a registry, verified in the cache: what
+/// [`crate::install::stage`] takes, as a tarball downloaded from a URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PulledTarball {
+    /// The verified tar.gz.
+    pub artifact: VerifiedArtifact,
+    /// Bytes this fetch downloaded (the artifact manifest and the tar.gz; 0 when cached).
+    pub downloaded: u64,
+}
+
+/// Fetches the tar.gz that release artifact `reference` (an OCI artifact pushed by
+/// `drover release create --artifact FILE --registry …`) holds as its one layer, into
+/// `cache`: the artifact manifest by the reference's digest, refused unless its bytes hash
+/// to it and it names exactly the layer `digest` of `size` bytes
+/// ([`drover_protocol::oci::check_tarball_artifact_manifest`]); then that layer by digest,
+/// streamed, sha256-verified, resumable and paced as every blob. A tar.gz already in the
+/// cache is taken without asking the registry. `max_size` is the agent's
+/// `max_release_size`: a bigger tarball is refused before anything is downloaded.
+pub async fn pull_tarball(
+    registries: &Registries,
+    cache: &Cache,
+    reference: &OciReference,
+    digest: &Digest,
+    size: u64,
+    max_size: u64,
+) -> Result<PulledTarball, PullError> {
+    let image = reference.as_str().to_owned();
+    let refused = |problem: String| PullError::Refused {
+        image: image.clone(),
+        problem,
+    };
+    if size > max_size {
+        return Err(refused(format!(
+            "the tarball is {size} bytes, more than this agent's max_release_size of {max_size}"
+        )));
+    }
+    let layer = Descriptor {
+        media_type: drover_protocol::oci::MEDIA_TYPE_TARBALL_LAYER.to_owned(),
+        digest: digest.clone(),
+        size,
+    };
+    if let Some(artifact) = cache.cached(digest, size) {
+        return Ok(PulledTarball {
+            artifact,
+            downloaded: 0,
+        });
+    }
+    let parsed = parse_reference(reference)?;
+    let mut remote = Remote {
+        registries,
+        reference: &parsed,
+        image: &image,
+        client: None,
+    };
+    let manifest_digest = reference.digest();
+    let client = remote.client().await?;
+    let limit = drover_protocol::oci::MAX_TARBALL_ARTIFACT_MANIFEST_BYTES;
+    let (bytes, _digest_the_registry_claims) = remote
+        .bounded(
+            "fetching the artifact manifest",
+            cache.pace().allowance(limit),
+            client
+                .client
+                .pull_manifest_raw(&parsed, &client.auth, &[drover_protocol::oci::MEDIA_TYPE_OCI_MANIFEST]),
+        )
+        .await?;
+    if bytes.len() as u64 > limit {
+        return Err(refused(format!(
+            "the artifact manifest is {} bytes, more than the {limit} a tarball artifact needs",
+            bytes.len()
+        )));
+    }
+    let actual = Digest::of(&bytes);
+    if actual != manifest_digest {
+        return Err(refused(format!(
+            "the registry sent an artifact manifest with digest {actual}, the release names {manifest_digest}; refused"
+        )));
+    }
+    drover_protocol::oci::check_tarball_artifact_manifest(&bytes, digest, size).map_err(&refused)?;
+    let (blob, count) = fetch_blob(&mut remote, cache, &layer).await?;
+    Ok(PulledTarball {
+        artifact: blob.artifact,
+        downloaded: bytes.len() as u64 + count,
+    })
+}
+
 /// One blob into the cache unless it is there; returns it and the bytes downloaded.
 async fn fetch_blob(
     remote: &mut Remote<'_>,
@@ -778,5 +864,145 @@ mod tests {
         // The manifest was fine and stays cached; the image as a whole is not.
         assert!(cache.path_of(&image.digest).is_file());
         assert!(!is_cached(&cache, &image.digest));
+    }
+    /// A tar.gz pushed as `drover release create --artifact FILE --registry` pushes it:
+    /// the tarball and the artifact manifest naming it.
+    fn tarball_artifact() -> (Vec<u8>, Vec<u8>) {
+        let tarball = big_layer("bin/app", 100_000, 7);
+        let manifest = drover_protocol::oci::tarball_artifact_manifest(&Digest::of(&tarball), tarball.len() as u64);
+        (tarball, manifest)
+    }
+
+    #[tokio::test]
+    async fn a_tarball_kept_in_a_registry_is_fetched_by_digest_into_the_cache() {
+        crypto();
+        let registry = TestRegistry::start().await;
+        let (tarball, manifest) = tarball_artifact();
+        let (digest, size) = (Digest::of(&tarball), tarball.len() as u64);
+        registry.put_manifest(&Digest::of(&manifest), &manifest);
+        registry.put_blob(&digest, &tarball);
+        let directory = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(directory.path().join("cache"));
+        let reference = registry.reference("drover/web", &Digest::of(&manifest));
+        let pulled = pull_tarball(&registry.plain_http(), &cache, &reference, &digest, size, 1 << 30)
+            .await
+            .expect("fetched");
+        assert_eq!(pulled.artifact.digest(), &digest);
+        assert_eq!(std::fs::read(pulled.artifact.path()).expect("read"), tarball);
+        assert_eq!(pulled.downloaded, manifest.len() as u64 + size);
+        // Cached: taken without a request to the registry.
+        let before = registry.requests().len();
+        let again = pull_tarball(&registry.plain_http(), &cache, &reference, &digest, size, 1 << 30)
+            .await
+            .expect("fetched again");
+        assert_eq!(again.downloaded, 0);
+        assert_eq!(registry.requests().len(), before);
+    }
+
+    #[tokio::test]
+    async fn a_tampered_tarball_blob_is_refused_and_nothing_is_cached() {
+        crypto();
+        let registry = TestRegistry::start().await;
+        let (tarball, manifest) = tarball_artifact();
+        let (digest, size) = (Digest::of(&tarball), tarball.len() as u64);
+        registry.put_manifest(&Digest::of(&manifest), &manifest);
+        // The registry serves other bytes of the same size for the tarball's digest.
+        let mut tampered = tarball.clone();
+        let middle = tampered.len() / 2;
+        tampered[middle] ^= 0xff;
+        registry.put_blob(&digest, &tampered);
+        let directory = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(directory.path().join("cache"));
+        let reference = registry.reference("drover/web", &Digest::of(&manifest));
+        let error = pull_tarball(&registry.plain_http(), &cache, &reference, &digest, size, 1 << 30)
+            .await
+            .expect_err("tampered");
+        assert!(
+            matches!(
+                &error,
+                PullError::Blob {
+                    source: FetchError::DigestMismatch { .. },
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(reference.as_str()) && message.contains("refused"),
+            "{message}"
+        );
+        assert!(
+            !cache.path_of(&digest).exists(),
+            "nothing unverified under the final name"
+        );
+        assert!(
+            std::fs::read_dir(directory.path().join("cache"))
+                .expect("cache")
+                .next()
+                .is_none(),
+            "no partial file kept of bytes that hash wrong"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_artifact_manifest_naming_another_layer_is_refused_before_any_blob() {
+        crypto();
+        let registry = TestRegistry::start().await;
+        let (tarball, _) = tarball_artifact();
+        let (digest, size) = (Digest::of(&tarball), tarball.len() as u64);
+        let other = big_layer("bin/evil", 100_000, 8);
+        let other_manifest = drover_protocol::oci::tarball_artifact_manifest(&Digest::of(&other), other.len() as u64);
+        registry.put_manifest(&Digest::of(&other_manifest), &other_manifest);
+        registry.put_blob(&Digest::of(&other), &other);
+        registry.put_blob(&digest, &tarball);
+        let directory = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(directory.path().join("cache"));
+        let reference = registry.reference("drover/web", &Digest::of(&other_manifest));
+        let error = pull_tarball(&registry.plain_http(), &cache, &reference, &digest, size, 1 << 30)
+            .await
+            .expect_err("another layer");
+        let message = error.to_string();
+        assert!(matches!(error, PullError::Refused { .. }), "{message}");
+        assert!(message.contains("the release names the tarball"), "{message}");
+        assert!(
+            registry.blob_bytes_sent() == 0,
+            "no blob was asked for: {:?}",
+            registry.requests()
+        );
+        assert!(!cache.path_of(&digest).exists() && !cache.path_of(&Digest::of(&other)).exists());
+    }
+
+    #[tokio::test]
+    async fn an_artifact_manifest_that_is_not_the_pinned_one_or_too_big_is_refused() {
+        crypto();
+        let registry = TestRegistry::start().await;
+        let (tarball, manifest) = tarball_artifact();
+        let (digest, size) = (Digest::of(&tarball), tarball.len() as u64);
+        // The registry serves a different (valid-looking) manifest under the pinned digest.
+        let pinned = Digest::of(&manifest);
+        let mut swapped = manifest.clone();
+        swapped.extend_from_slice(b" ");
+        registry.put_manifest(&pinned, &swapped);
+        registry.put_blob(&digest, &tarball);
+        let directory = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::new(directory.path().join("cache"));
+        let reference = registry.reference("drover/web", &pinned);
+        let error = pull_tarball(&registry.plain_http(), &cache, &reference, &digest, size, 1 << 30)
+            .await
+            .expect_err("swapped manifest");
+        // oci-client checks the digest of a manifest fetched by digest too; either way the
+        // message names what was asked for, and no blob is fetched.
+        assert!(error.to_string().contains(pinned.as_str()), "{error}");
+        assert_eq!(registry.blob_bytes_sent(), 0);
+        assert!(!cache.path_of(&digest).exists());
+        // Bigger than this agent's max_release_size: refused before any request.
+        let before = registry.requests().len();
+        let error = pull_tarball(&registry.plain_http(), &cache, &reference, &digest, size, size - 1)
+            .await
+            .expect_err("too big");
+        assert!(error.to_string().contains("max_release_size"), "{error}");
+        assert_eq!(registry.requests().len(), before);
+        assert_eq!(registry.blob_bytes_sent(), 0);
     }
 }

@@ -475,6 +475,15 @@ pub enum ReleaseCommand {
     /// registry (Docker Hub is docker.io/library/NAME); there is no implicit :latest.
     /// Without service.command the image's Entrypoint and Cmd run.
     ///
+    /// --artifact FILE --registry REGISTRY/REPO (or DROVER_REGISTRY): the file is checked
+    /// and hashed, then pushed from this machine to that OCI registry repository as an
+    /// OCI artifact (one tar.gz layer, tagged APP-VERSION), instead of being uploaded to
+    /// the coordinator; the release records registry/repository@sha256:<artifact manifest
+    /// digest> and the tarball's digest. Hosts fetch it from the registry by digest with
+    /// their own registry settings (agent.toml [registries."HOST[:PORT]"]). For several
+    /// coordinators, which share no disk. --registry-insecure, --registry-ca and
+    /// --registry-user apply as for --image.
+    ///
     /// The spec is checked before anything is uploaded or resolved. Creating the same
     /// version again with the same content succeeds; with another artifact or spec it is
     /// refused (exit 4): use a new version.
@@ -485,6 +494,8 @@ pub enum ReleaseCommand {
     ///              --platform linux/arm64 --registry-user ci --registry-password-file pw.txt
     /// Example: drover release create web 1.4.3 --spec drover.toml --image 10.0.0.5:5000/web:1.4.3 \
     ///              --registry-insecure
+    /// Example: drover release create web 1.4.4 --spec drover.toml --artifact web-1.4.4.tar.gz \
+    ///              --registry registry.example.com/drover/web
     #[command(
         verbatim_doc_comment,
         about = "Create a release: the app spec and a tar.gz or an OCI image, pinned by sha256"
@@ -499,6 +510,7 @@ pub enum ReleaseCommand {
 /// Arguments of `drover release create`: exactly one of --artifact and --image.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["artifact", "image"])))]
+#[command(group(clap::ArgGroup::new("registry_target").multiple(true).args(["image", "push_registry"])))]
 pub struct ReleaseCreateArgs {
     /// The app: a-z, 0-9 and '-', e.g. web.
     pub app: AppName,
@@ -521,35 +533,39 @@ pub struct ReleaseCreateArgs {
     /// registry/repository@sha256:..., resolved here to the digest of its image manifest.
     #[arg(long, value_name = "REF")]
     pub image: Option<String>,
-    /// Registry access for resolving --image.
+    /// Push --artifact FILE to this OCI registry repository (e.g.
+    /// registry.example.com/drover/web) instead of uploading it to the coordinator.
+    #[arg(long = "registry", value_name = "REGISTRY/REPO", env = "DROVER_REGISTRY")]
+    pub push_registry: Option<String>,
+    /// Registry access for resolving --image or pushing to --registry.
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
-/// How `drover release create --image` reaches the registry (this machine only; hosts
-/// have their own registry settings).
+/// How `drover release create --image` (or `--registry`) reaches the registry (this
+/// machine only; hosts have their own registry settings).
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Image (with --image)")]
+#[command(next_help_heading = "Registry (with --image or --registry)")]
 pub struct RegistryArgs {
     /// The platform hosts run: OS/ARCH[/VARIANT]. Picks the entry of an image index, and
     /// must match the image's config [default: linux/amd64]
     #[arg(long, value_name = "OS/ARCH[/VARIANT]", conflicts_with = "artifact")]
     pub platform: Option<String>,
     /// Speak plain HTTP to the registry (only for one on loopback or a private network).
-    #[arg(long, conflicts_with = "artifact")]
+    #[arg(long, requires = "registry_target")]
     pub registry_insecure: bool,
     /// A PEM file with the CA that issued the registry's certificate (trusted besides the
     /// system's roots).
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with = "artifact",
+        requires = "registry_target",
         conflicts_with = "registry_insecure"
     )]
     pub registry_ca: Option<PathBuf>,
     /// The registry user (basic auth); the password comes from --registry-password-file
     /// or the environment variable DROVER_REGISTRY_PASSWORD.
-    #[arg(long, value_name = "USER", conflicts_with = "artifact")]
+    #[arg(long, value_name = "USER", requires = "registry_target")]
     pub registry_user: Option<String>,
     /// A file holding the registry password (one trailing newline is ignored).
     #[arg(long, value_name = "FILE", requires = "registry_user")]

@@ -447,7 +447,7 @@ pub struct RegistryAccess {
 }
 
 impl RegistryAccess {
-    fn client(&self, registry: &str) -> Result<Client, ImageError> {
+    pub(crate) fn client(&self, registry: &str) -> Result<Client, ImageError> {
         let protocol = match self.transport {
             Transport::Https => ClientProtocol::Https,
             Transport::PlainHttp => ClientProtocol::HttpsExcept(vec![registry.to_owned()]),
@@ -476,7 +476,7 @@ impl RegistryAccess {
         })
     }
 
-    fn auth(&self) -> RegistryAuth {
+    pub(crate) fn auth(&self) -> RegistryAuth {
         match &self.credentials {
             Some(credentials) => RegistryAuth::Basic(credentials.user.clone(), credentials.password.clone()),
             None => RegistryAuth::Anonymous,
@@ -671,7 +671,7 @@ async fn fetch_config(
 }
 
 /// Sorts a registry client error into what the operator can act on.
-fn registry_error(
+pub(crate) fn registry_error(
     error: OciDistributionError,
     operation: &'static str,
     shown: &str,

@@ -10,6 +10,7 @@ pub mod client;
 pub mod image;
 pub mod keys;
 pub mod ops;
+pub mod push;
 
 use std::io::{Read, Write};
 

@@ -145,7 +145,7 @@ impl Fleet {
             .filter_map(|(app, version)| self.releases.get(&(app.clone(), version.clone())))
             .filter_map(|release| match &release.artifact {
                 Artifact::Tarball { digest, .. } => Some(digest.clone()),
-                Artifact::Oci { .. } => None,
+                Artifact::Oci { .. } | Artifact::OciTarball { .. } => None,
             })
             .collect()
     }

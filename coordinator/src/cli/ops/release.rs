@@ -20,6 +20,7 @@ use super::{Progress, Table, emit, human_size, print_json};
 use crate::cli::args::{Output, ReleaseCreateArgs, ReleaseListArgs};
 use crate::cli::client::AdminClient;
 use crate::cli::image::{self, Credentials, Platform, RegistryAccess, Resolution, Transport};
+use crate::cli::push::{self, PushTarget};
 use crate::error::Error;
 use crate::reference::ImageRef;
 use crate::text::{error_chain, printable};
@@ -96,8 +97,15 @@ pub fn read_spec(path: &Path) -> Result<AppSpec, Error> {
 pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out: &mut dyn Write) -> Result<(), Error> {
     let spec = read_spec(&args.spec)?;
     let source = match (&args.artifact, &args.image) {
-        (Some(artifact), None) => Source::Tarball(ArtifactSource::parse(artifact)?),
-        (None, Some(image)) => Source::Image(Box::new(ImageRequest::from_args(image, args)?)),
+        (Some(artifact), None) => match (ArtifactSource::parse(artifact)?, push_registry(args)?) {
+            (ArtifactSource::File(path), Some(target)) => Source::Pushed(path, Box::new(target)),
+            (source, _) => Source::Tarball(source),
+        },
+        (None, Some(image)) => {
+            // Refuses an explicit --registry, which would push nothing.
+            push_registry(args)?;
+            Source::Image(Box::new(ImageRequest::from_args(image, args)?))
+        }
         // clap makes these usage errors (exit 2) before anything runs.
         (Some(_), Some(_)) | (None, None) => {
             return Err(Error::Input("give either --artifact FILE|URL or --image REF".into()));
@@ -105,7 +113,7 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
     };
     // The same check the coordinator and every agent run: refused here, before any upload.
     let kind = match source {
-        Source::Tarball(_) => ArtifactKind::Tarball,
+        Source::Tarball(_) | Source::Pushed(..) => ArtifactKind::Tarball,
         Source::Image(_) => ArtifactKind::Image,
     };
     spec.check(kind).map_err(|error| Error::Spec {
@@ -142,6 +150,23 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
                 upload(client, &path, &digest, size).await?;
             }
             ReleaseArtifact::StoredTarball { digest }
+        }
+        Source::Pushed(path, target) => {
+            // The same checks as for an upload, all before anything is pushed.
+            check_tarball_program(&spec, &path).await?;
+            let (digest, size) = hash_file(&path).await?;
+            check_given(args, &digest, size, &path.display().to_string())?;
+            refuse_other_artifact(args, existing.as_ref(), &digest)?;
+            let PushRequest { target, access } = *target;
+            let pushed = push::push_tarball(&target, &access, &path, &digest, size).await?;
+            if let Some(tag) = &pushed.tag {
+                eprintln!("tagged {}:{tag}", target.name());
+            }
+            ReleaseArtifact::RegistryTarball {
+                reference: pushed.reference,
+                digest,
+                size,
+            }
         }
         Source::Tarball(ArtifactSource::Url(url)) => {
             let (digest, size) = match (&args.digest, args.size) {
@@ -183,6 +208,14 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
             human_size(*size),
             printable(url.as_str())
         )),
+        Artifact::OciTarball { reference, size, .. } => text.push_str(&format!(
+            "release {} {}\n  digest:  {}\n  size:    {}\n  oci:     {}\n",
+            release.app,
+            release.version,
+            release.artifact.digest(),
+            human_size(*size),
+            printable(reference.as_str())
+        )),
         Artifact::Oci { reference, digest } => text.push_str(&format!(
             "release {} {}\n  digest:  {digest}\n  image:   {}\n",
             release.app,
@@ -202,6 +235,8 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
 enum Source {
     /// A tar.gz.
     Tarball(ArtifactSource),
+    /// A local tar.gz to push to a registry.
+    Pushed(PathBuf, Box<PushRequest>),
     /// An image to resolve.
     Image(Box<ImageRequest>),
 }
@@ -215,60 +250,102 @@ struct ImageRequest {
     access: RegistryAccess,
 }
 
+/// `--artifact FILE --registry REGISTRY/REPO` with the options that say how to reach
+/// the registry, all checked before any network access.
+#[derive(Debug)]
+struct PushRequest {
+    target: PushTarget,
+    access: RegistryAccess,
+}
+
 /// The environment variable the registry password may come from.
 const REGISTRY_PASSWORD_ENV: &str = "DROVER_REGISTRY_PASSWORD";
+/// The environment variable `--registry` may come from.
+const REGISTRY_ENV: &str = "DROVER_REGISTRY";
+
+/// The registry to push `--artifact FILE` to: `--registry`, or `DROVER_REGISTRY` when the
+/// artifact is a local file. A `--registry` given on the command line with `--image` or
+/// an artifact URL is an error (nothing would be pushed); the environment's is ignored
+/// then, so that one environment serves every kind of release.
+fn push_registry(args: &ReleaseCreateArgs) -> Result<Option<PushRequest>, Error> {
+    let Some(text) = &args.push_registry else {
+        return Ok(None);
+    };
+    let from_environment = std::env::var(REGISTRY_ENV).is_ok_and(|value| &value == text);
+    let is_file = args
+        .artifact
+        .as_deref()
+        .is_some_and(|artifact| matches!(ArtifactSource::parse(artifact), Ok(ArtifactSource::File(_))));
+    match (is_file, from_environment) {
+        (true, _) => Ok(Some(PushRequest {
+            target: PushTarget::parse(text, &args.app, &args.version)?,
+            access: registry_access(args)?,
+        })),
+        (false, true) => Ok(None),
+        (false, false) => Err(Error::Input(format!(
+            "--registry {}: pushes a local --artifact FILE; an --image or an artifact URL is not pushed",
+            printable(text)
+        ))),
+    }
+}
+
+/// How to reach the registry: `--registry-insecure`, `--registry-ca`, `--registry-user`
+/// with the password from its file or the environment.
+fn registry_access(args: &ReleaseCreateArgs) -> Result<RegistryAccess, Error> {
+    let registry = &args.registry;
+    let transport = if registry.registry_insecure {
+        Transport::PlainHttp
+    } else {
+        Transport::Https
+    };
+    let ca_pem = match &registry.registry_ca {
+        Some(path) => Some(read_ca(path)?),
+        None => None,
+    };
+    let credentials = match &registry.registry_user {
+        None => None,
+        Some(user) => {
+            let password = match &registry.registry_password_file {
+                Some(path) => read_password_file(path)?,
+                None => match std::env::var(REGISTRY_PASSWORD_ENV) {
+                    Ok(password) if !password.is_empty() => password,
+                    Ok(_) | Err(_) => {
+                        return Err(Error::Input(format!(
+                            "--registry-user {}: no password; give --registry-password-file FILE or set {REGISTRY_PASSWORD_ENV}",
+                            printable(user)
+                        )));
+                    }
+                },
+            };
+            Some(Credentials {
+                user: user.clone(),
+                password,
+            })
+        }
+    };
+    if credentials.is_some() && transport == Transport::PlainHttp {
+        return Err(Error::Input(
+                "--registry-user with --registry-insecure would send the password in clear text; use the registry over TLS (--registry-ca FILE for a private CA)".into(),
+            ));
+    }
+    Ok(RegistryAccess {
+        transport,
+        ca_pem,
+        credentials,
+    })
+}
 
 impl ImageRequest {
     fn from_args(text: &str, args: &ReleaseCreateArgs) -> Result<ImageRequest, Error> {
-        let registry = &args.registry;
         let image = ImageRef::parse(text)?;
-        let platform = match &registry.platform {
+        let platform = match &args.registry.platform {
             Some(platform) => platform.parse::<Platform>()?,
             None => Platform::default(),
         };
-        let transport = if registry.registry_insecure {
-            Transport::PlainHttp
-        } else {
-            Transport::Https
-        };
-        let ca_pem = match &registry.registry_ca {
-            Some(path) => Some(read_ca(path)?),
-            None => None,
-        };
-        let credentials = match &registry.registry_user {
-            None => None,
-            Some(user) => {
-                let password = match &registry.registry_password_file {
-                    Some(path) => read_password_file(path)?,
-                    None => match std::env::var(REGISTRY_PASSWORD_ENV) {
-                        Ok(password) if !password.is_empty() => password,
-                        Ok(_) | Err(_) => {
-                            return Err(Error::Input(format!(
-                                "--registry-user {}: no password; give --registry-password-file FILE or set {REGISTRY_PASSWORD_ENV}",
-                                printable(user)
-                            )));
-                        }
-                    },
-                };
-                Some(Credentials {
-                    user: user.clone(),
-                    password,
-                })
-            }
-        };
-        if credentials.is_some() && transport == Transport::PlainHttp {
-            return Err(Error::Input(
-                "--registry-user with --registry-insecure would send the password in clear text; use the registry over TLS (--registry-ca FILE for a private CA)".into(),
-            ));
-        }
         Ok(ImageRequest {
             image,
             platform,
-            access: RegistryAccess {
-                transport,
-                ca_pem,
-                credentials,
-            },
+            access: registry_access(args)?,
         })
     }
 }
@@ -597,6 +674,7 @@ pub async fn release_list(client: &AdminClient, args: &ReleaseListArgs, out: &mu
             }
             Artifact::Tarball { url, size, .. } => (human_size(*size), url.to_string()),
             Artifact::Oci { reference, .. } => ("-".into(), reference.as_str().to_owned()),
+            Artifact::OciTarball { reference, size, .. } => (human_size(*size), reference.as_str().to_owned()),
         };
         let digest = release.artifact.digest();
         table.row(vec![

@@ -13,7 +13,9 @@ impl Coordinator {
     /// content is refused; the identical request again is accepted (idempotent).
     pub async fn create_release(&self, request: ReleaseRequest) -> Result<Release, ServiceError> {
         let kind = match &request.artifact {
-            ReleaseArtifact::StoredTarball { .. } | ReleaseArtifact::RemoteTarball { .. } => ArtifactKind::Tarball,
+            ReleaseArtifact::StoredTarball { .. }
+            | ReleaseArtifact::RemoteTarball { .. }
+            | ReleaseArtifact::RegistryTarball { .. } => ArtifactKind::Tarball,
             ReleaseArtifact::Image { .. } => ArtifactKind::Image,
         };
         // The agent runs this same check on every manifest: what passes here runs there.
@@ -53,6 +55,26 @@ impl Coordinator {
                 Artifact::Oci {
                     digest: reference.digest(),
                     reference,
+                }
+            }
+            // Pushed by the CLI, which checked the program before pushing; the
+            // coordinator never talks to the registry (the agent checks the artifact
+            // manifest names exactly this digest and size).
+            ReleaseArtifact::RegistryTarball {
+                reference,
+                digest,
+                size,
+            } => {
+                crate::reference::check_pinned(&reference).map_err(|problem| {
+                    ServiceError::Invalid(
+                        "bad_artifact_reference",
+                        format!("artifact reference {}: {problem}", reference.as_str()),
+                    )
+                })?;
+                Artifact::OciTarball {
+                    reference,
+                    digest,
+                    size,
                 }
             }
         };
