@@ -515,6 +515,10 @@ pub struct ChangeResult {
 /// `GET /v1/admin/status`: the fleet per app.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetStatus {
+    /// The replica that runs the rollouts, when several coordinators share one database
+    /// (absent on a single coordinator, and from older coordinators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
     /// Enrolled hosts.
     pub hosts: usize,
     /// Hosts whose manifest holds them.
@@ -1289,4 +1293,23 @@ mod tests {
         assert_eq!(json["app"], serde_json::Value::Null);
         assert_eq!(serde_json::from_value::<AuditEntry>(json).expect("parse"), entry);
     }
+}
+
+/// One coordinator replica serving the fleet's database (`GET /v1/admin/coordinators`,
+/// `drover coordinators`): several share one PostgreSQL; a coordinator on SQLite lists
+/// itself alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Unique per process: `<hostname>:<port>-<random>`.
+    pub id: String,
+    /// Its public URL.
+    pub address: String,
+    /// Its drover version.
+    pub version: String,
+    /// When its process started.
+    pub started_at: Timestamp,
+    /// When it last said it was alive (every few seconds).
+    pub heartbeat_at: Timestamp,
+    /// Whether it holds the lead (runs the rollout driver and the manifest refresher).
+    pub leader: bool,
 }

@@ -113,6 +113,17 @@ pub enum Command {
     ///
     /// Example: drover status -o json
     Status(StatusArgs),
+    /// List the coordinators serving the fleet's database, and which one leads.
+    ///
+    /// With `drover serve --database postgres://...` several coordinators (replicas) share
+    /// one PostgreSQL: any of them answers agents and operators; one, the leader, runs the
+    /// rollouts and re-signs manifests before they expire. If it stops, another takes the
+    /// lead within seconds. HEARTBEAT says when each replica last said it was alive (every
+    /// 5 s; "(silent)" after 15 s: stopped, or cut off from the database). A coordinator on
+    /// SQLite lists itself alone, as the leader.
+    ///
+    /// Example: drover coordinators -o json
+    Coordinators(StatusArgs),
     /// List pins (fleet, group and host) with who set them, when and why, and the holds.
     ///
     /// The app's history (`drover rollout history APP`) has every change; this is what is

@@ -80,6 +80,9 @@ pub async fn run(command: Command, now: Timestamp, input: &mut dyn Read, out: &m
             ops::rollout(&client, &command, now, out).await
         }
         Command::Status(args) => ops::status(&AdminClient::from_env(&args.connection.data_dir)?, &args, out).await,
+        Command::Coordinators(args) => {
+            ops::coordinators(&AdminClient::from_env(&args.connection.data_dir)?, &args, now, out).await
+        }
         Command::Pins(args) => ops::pins(&AdminClient::from_env(&args.connection.data_dir)?, &args, now, out).await,
         Command::History(args) => {
             ops::history(&AdminClient::from_env(&args.connection.data_dir)?, &args, now, out).await

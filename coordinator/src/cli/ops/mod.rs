@@ -6,6 +6,7 @@
 //! able to forge lines or repaint the operator's screen.
 
 mod admin_tokens;
+mod coordinators;
 mod desired;
 mod history;
 mod hosts;
@@ -20,6 +21,7 @@ use drover_protocol::Timestamp;
 use serde::Serialize;
 
 pub use admin_tokens::{admin_token_create, admin_token_list, admin_token_revoke};
+pub use coordinators::coordinators;
 pub use desired::{HoldChange, hold, pin, pins, status, unpin};
 pub use history::history;
 pub use hosts::{

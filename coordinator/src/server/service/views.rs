@@ -144,6 +144,7 @@ impl Coordinator {
         let slots = self.slots.read();
         let reports = self.reports.lock();
         let mut status = FleetStatus {
+            leader: None,
             hosts: 0,
             held: 0,
             apps: BTreeMap::new(),
