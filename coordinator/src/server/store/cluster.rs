@@ -153,6 +153,14 @@ impl ChangeListener {
     pub fn try_recv(&mut self) -> Vec<Change> {
         self.pending.take()
     }
+
+    /// How many times it has tried to reconnect since it started (for metrics, and to
+    /// show that a dead database is waited out, not hammered).
+    pub fn reconnect_attempts(&self) -> u64 {
+        self.pending
+            .reconnect_attempts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Drop for ChangeListener {
@@ -169,6 +177,7 @@ impl Drop for ChangeListener {
 struct Pending {
     batch: Mutex<Batch>,
     ready: Notify,
+    reconnect_attempts: std::sync::atomic::AtomicU64,
 }
 
 impl Pending {
@@ -261,6 +270,10 @@ struct ListeningConnection {
 impl ListeningConnection {
     async fn open(options: &PgConnectOptions) -> Result<ListeningConnection, sqlx::Error> {
         let open = async {
+            // A pool retries a refused connection on its own, every 10 ms and more, until
+            // its acquire timeout; one plain connection first fails at once instead, so the
+            // reconnect schedule stays the jittered backoff of `listen_forever`.
+            PgConnection::connect_with(options).await?.close().await?;
             let pool = PgPoolOptions::new()
                 .max_connections(1)
                 .min_connections(0)
@@ -344,6 +357,9 @@ async fn listen_forever(options: PgConnectOptions, mut connection: ListeningConn
         );
         connection = loop {
             tokio::time::sleep(backoff.next_delay()).await;
+            pending
+                .reconnect_attempts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match ListeningConnection::open(&options).await {
                 Ok(connection) => break connection,
                 Err(error) => tracing::warn!(

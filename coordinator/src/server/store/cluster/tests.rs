@@ -168,6 +168,31 @@ async fn the_listener_reconnects_after_the_database_restarts_and_says_resync() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_waits_out_a_dead_database_with_bounded_backoff_and_resyncs_when_it_is_back() {
+    let (mut cluster, options, pool) = database().await;
+    drop(pool);
+    let mut listener = ChangeListener::start(options).await.expect("listen");
+    tokio::task::block_in_place(|| cluster.kill());
+    // Nothing to await while the database is down: watch a fixed while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = listener.reconnect_attempts();
+    eprintln!("{attempts} reconnect attempts in 3 s without a database");
+    // Delays of 50-100, 100-200, 200-400, 400-800 ms, 1-2 s: 2 to 6 tries in 3 s.
+    assert!((2..=8).contains(&attempts), "{attempts} reconnect attempts in 3 s");
+    assert_eq!(
+        listener.try_recv(),
+        Vec::<Change>::new(),
+        "a resync before the database is back"
+    );
+
+    tokio::task::block_in_place(|| cluster.restart());
+    assert_eq!(
+        next_batch(&mut listener, Duration::from_secs(10)).await,
+        vec![Change::Resync]
+    );
+}
+
 #[test]
 fn a_batch_merges_what_it_holds_and_a_resync_covers_everything() {
     let mut batch = Batch::default();
