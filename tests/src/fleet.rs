@@ -64,6 +64,8 @@ pub struct TestCoordinator {
     pub admin: Admin,
     /// The clock the service reads (kept across restarts).
     clock: Arc<dyn Clock>,
+    /// The database it keeps its state in (`None`: SQLite in the data directory).
+    database: Option<drover_coordinator::server::store::Database>,
     _scratch: Option<tempfile::TempDir>,
 }
 
@@ -86,19 +88,37 @@ impl TestCoordinator {
     }
 
     async fn start_with_clock(clock: Arc<dyn Clock>) -> TestCoordinator {
+        TestCoordinator::start_with(clock, None).await
+    }
+
+    /// Starts a coordinator in a fresh temporary data directory that keeps its state in
+    /// `database` (`drover serve --database`).
+    pub async fn start_with_database(database: drover_coordinator::server::store::Database) -> TestCoordinator {
+        TestCoordinator::start_with(Arc::new(SystemClock), Some(database)).await
+    }
+
+    async fn start_with(
+        clock: Arc<dyn Clock>,
+        database: Option<drover_coordinator::server::store::Database>,
+    ) -> TestCoordinator {
         let scratch = tempfile::tempdir().expect("scratch directory");
         let data_dir = scratch.path().join("data");
-        let mut coordinator = TestCoordinator::start_in_with_clock(&data_dir, 0, clock).await;
+        let mut coordinator = TestCoordinator::start_in_with_clock(&data_dir, 0, clock, database).await;
         coordinator._scratch = Some(scratch);
         coordinator
     }
 
     /// Starts a coordinator on `data_dir` (port 0 picks a free port).
     pub async fn start_in(data_dir: &Path, port: u16) -> TestCoordinator {
-        TestCoordinator::start_in_with_clock(data_dir, port, Arc::new(SystemClock)).await
+        TestCoordinator::start_in_with_clock(data_dir, port, Arc::new(SystemClock), None).await
     }
 
-    async fn start_in_with_clock(data_dir: &Path, port: u16, clock: Arc<dyn Clock>) -> TestCoordinator {
+    async fn start_in_with_clock(
+        data_dir: &Path,
+        port: u16,
+        clock: Arc<dyn Clock>,
+        database: Option<drover_coordinator::server::store::Database>,
+    ) -> TestCoordinator {
         let options = ServeOptions {
             listen: ([127, 0, 0, 1], port).into(),
             data_dir: data_dir.to_path_buf(),
@@ -108,6 +128,7 @@ impl TestCoordinator {
             server_names: Vec::new(),
             host_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
             server_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
+            database: database.clone(),
         };
         let running = start_with_clock(options, clock.clone())
             .await
@@ -118,6 +139,7 @@ impl TestCoordinator {
             data_dir: data_dir.to_path_buf(),
             admin,
             clock,
+            database,
             _scratch: None,
         }
     }
@@ -144,7 +166,8 @@ impl TestCoordinator {
         let port = running.addr.port();
         running.stop().await;
         tokio::time::sleep(gap).await;
-        let again = TestCoordinator::start_in_with_clock(&self.data_dir, port, self.clock.clone()).await;
+        let again =
+            TestCoordinator::start_in_with_clock(&self.data_dir, port, self.clock.clone(), self.database.clone()).await;
         self.running = again.running;
         self.admin = again.admin;
     }

@@ -634,6 +634,7 @@ async fn refresher_re_signs_manifests_before_they_expire() {
         server_names: Vec::new(),
         host_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
         server_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
+        database: None,
     };
     let running = drover_coordinator::server::serve::start_with_clock(options, clock.clone())
         .await

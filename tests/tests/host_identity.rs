@@ -600,8 +600,10 @@ async fn a_host_enrolled_before_keys_were_recorded_is_known_by_its_certificate_u
     coordinator.stop().await;
 
     // Make the row what an older coordinator left: the certificate's sha256, no key, no
-    // expiry (through the store's own upsert; the serial-0 manifest changes nothing).
+    // expiry (through the store's own upsert, with the next serial: a manifest write never
+    // repeats or lowers a host's serial).
     let store = Store::open(&DataDir::new(&data_dir).database()).await.expect("store");
+    let serial = store.load().await.expect("load").manifests[0].serial + 1;
     let now = now_real();
     store
         .insert_token(
@@ -625,7 +627,7 @@ async fn a_host_enrolled_before_keys_were_recorded_is_known_by_its_certificate_u
     };
     let manifest = StoredManifest {
         host: host.clone(),
-        serial: 0,
+        serial,
         envelope: Default::default(),
         content_hash: String::new(),
         issued_at: now,

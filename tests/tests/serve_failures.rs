@@ -17,12 +17,18 @@ struct Failed {
 /// Runs `drover serve --listen LISTEN --data-dir DATA_DIR` and waits (at most 60 s) for
 /// it to exit; one that starts serving instead is killed and fails the test.
 fn serve_expecting_failure(listen: &str, data_dir: &Path) -> Failed {
+    serve_expecting_failure_with(listen, data_dir, &[])
+}
+
+/// [`serve_expecting_failure`] with `extra` arguments.
+fn serve_expecting_failure_with(listen: &str, data_dir: &Path, extra: &[&str]) -> Failed {
     let scratch = tempfile::tempdir().expect("scratch directory");
     let stderr_path = scratch.path().join("stderr");
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
     let mut child = Command::new(binary("drover"))
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .env_remove("DROVER_DATA_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -149,4 +155,42 @@ fn an_unreadable_ca_fails_the_start_with_exit_1_naming_its_files() {
         !data.join("coordinator.db").exists(),
         "nothing is made after the failure"
     );
+}
+
+#[test]
+fn an_unreachable_postgres_database_fails_the_start_with_exit_1_naming_it_without_its_password() {
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let data = data_dir(&scratch);
+    // A port nothing listens on: bound by the kernel's choice, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("postgres://drover:s3cret@127.0.0.1:{port}/fleet");
+    let failed = serve_expecting_failure_with("127.0.0.1:0", &data, &["--database", &url]);
+    let line = error_line(&failed.stderr);
+    assert_eq!(failed.code, Some(1), "{}", failed.stderr);
+    assert!(
+        line.contains(&format!(
+            "opening the database postgres://drover:***@127.0.0.1:{port}/fleet"
+        )),
+        "{line}"
+    );
+    assert!(line.contains("check that PostgreSQL runs"), "{line}");
+    assert!(!failed.stderr.contains("s3cret"), "{}", failed.stderr);
+    assert!(!data.join("coordinator.db").exists(), "no SQLite file made instead");
+}
+
+#[test]
+fn a_database_url_that_is_not_postgres_is_a_usage_error_naming_the_accepted_forms() {
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let data = data_dir(&scratch);
+    let failed = serve_expecting_failure_with("127.0.0.1:0", &data, &["--database", "mysql://root:hunter2@db/fleet"]);
+    assert_eq!(failed.code, Some(2), "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("postgres://") && failed.stderr.contains("postgresql://"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!failed.stderr.contains("hunter2"), "{}", failed.stderr);
 }

@@ -21,6 +21,7 @@ use crate::error::Error;
 
 /// `drover serve`: starts, serves until SIGTERM or SIGINT, then drains.
 pub async fn run(args: serve::ServeArgs) -> Result<(), Error> {
+    let database = args.database()?;
     let running = serve::start(serve::ServeOptions {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -30,6 +31,7 @@ pub async fn run(args: serve::ServeArgs) -> Result<(), Error> {
         server_names: args.server_names,
         host_certificate_validity: args.host_certificate_validity,
         server_certificate_validity: args.server_certificate_validity,
+        database,
     })
     .await?;
     running.wait(Box::pin(termination())).await;

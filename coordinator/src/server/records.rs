@@ -69,4 +69,7 @@ pub struct Snapshot {
     pub manifests: Vec<StoredManifest>,
     /// The latest report of every host.
     pub reports: Vec<(HostReport, Timestamp)>,
+    /// The database's model generation this was read at (see `store`'s module
+    /// documentation).
+    pub generation: i64,
 }

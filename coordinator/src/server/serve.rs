@@ -18,7 +18,7 @@ use crate::datadir::DataDir;
 use crate::error::Error;
 use crate::server::service::{Config, Coordinator};
 use crate::server::setup::prepare;
-use crate::server::store::Store;
+use crate::server::store::{Database, Store};
 
 /// Arguments of `drover serve`.
 #[derive(Debug, Args)]
@@ -54,6 +54,25 @@ pub struct ServeArgs {
     /// <data-dir>/server.pem); clients trust it through the CA.
     #[arg(long, default_value = "365d", value_parser = parse_certificate_validity, value_name = "DURATION")]
     pub server_certificate_validity: Duration,
+    /// Keep the state in this PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/NAME
+    /// or postgresql://...; it must exist) instead of SQLite in the data directory, so that
+    /// several coordinators can share it. Keys, CA and admin token still come from the
+    /// data directory.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+}
+
+impl ServeArgs {
+    /// `--database`, read: a usage error (exit 2) for anything but a PostgreSQL URL, with
+    /// the forms accepted and without the password it may hold (clap's own message would
+    /// repeat the value as given).
+    pub fn database(&self) -> Result<Option<Database>, Error> {
+        self.database
+            .as_deref()
+            .map(Database::from_url)
+            .transpose()
+            .map_err(Error::Input)
+    }
 }
 
 /// A certificate lifetime within [`MIN_LEAF_VALIDITY`](crate::server::pki::MIN_LEAF_VALIDITY)
@@ -91,6 +110,8 @@ pub struct ServeOptions {
     pub host_certificate_validity: Duration,
     /// How long the server certificate is valid (it is renewed while serving).
     pub server_certificate_validity: Duration,
+    /// The database (`None`: SQLite in the data directory).
+    pub database: Option<Database>,
 }
 
 /// The server certificate and key in use, in the data directory (0600; written atomically
@@ -189,13 +210,23 @@ pub async fn start_with_clock(
     let server_file = options.data_dir.join(SERVER_CERTIFICATE_FILE);
     write_atomic(&server_file, issued.file_text().as_bytes(), 0o600)?;
 
-    let database = data.database();
-    let store = Store::open(&database).await.map_err(|error| {
-        Error::start(
-            format!("opening the database {}", database.display()),
-            &error,
-            "it must be a SQLite database file the coordinator's user can read and write, or absent (a new one is made)",
-        )
+    let database = options
+        .database
+        .clone()
+        .unwrap_or_else(|| Database::Sqlite(data.database()));
+    // Named without its password: the line goes to logs and terminals.
+    let database_name = database.display_name();
+    let store = Store::open_database(&database).await.map_err(|error| {
+        let hint = match database {
+            Database::Sqlite(_) => {
+                "it must be a SQLite database file the coordinator's user can read and write, or absent (a new one is made)"
+            }
+            Database::Postgres(_) => {
+                "check that PostgreSQL runs and accepts connections at that address, that the database exists, \
+                 and that the user and password are right"
+            }
+        };
+        Error::start(format!("opening the database {database_name}"), &error, hint)
     })?;
     let loopback_trap = public_url_is_loopback_while_listening_elsewhere(&public_url, addr)
         .then(|| loopback_public_url_problem(&public_url, addr));
@@ -213,7 +244,7 @@ pub async fn start_with_clock(
     };
     let (coordinator, background) = Coordinator::start(config, store, data.clone(), credentials)
         .await
-        .map_err(|error| Error::start(format!("loading the state in {}", database.display()), &error, ""))?;
+        .map_err(|error| Error::start(format!("loading the state in {database_name}"), &error, ""))?;
     write_atomic(&data.address(), format!("{public_url}\n").as_bytes(), 0o644)?;
 
     let (shutdown, receiver) = watch::channel(false);

@@ -248,6 +248,7 @@ mod testing {
             server_names: Vec::new(),
             host_certificate_validity: drover_protocol::Duration::from_secs(86_400),
             server_certificate_validity: drover_protocol::Duration::from_secs(86_400),
+            database: None,
         })
         .await
         .expect("coordinator starts")

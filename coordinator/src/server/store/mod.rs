@@ -13,8 +13,21 @@
 //! once on one database apply each migration exactly once; a database whose schema is
 //! newer than this binary is refused.
 //!
-//! Backends: [`sqlite`] today (a file in the data directory); PostgreSQL next (issue 16),
-//! for several coordinators on one database.
+//! Backends: [`sqlite`] (a file in the data directory, the default) and [`postgres`]
+//! (`drover serve --database postgres://...`, for several coordinators on one database,
+//! issue 16). Both have the same schema (migrations in `migrations/` and
+//! `migrations/postgres/`, kept in step by a test) and the same semantics, proven by
+//! running every test of `tests.rs` against both.
+//!
+//! Several coordinators on one database (the multi-replica consistency rule): the
+//! database holds a *model generation*, moved on by one by every transaction that changes
+//! the fleet model (hosts, labels, groups, releases, pins, holds, rollouts and the
+//! manifests they render), and only if it still holds the generation this store last read
+//! ([`Store::load`]) or wrote. A coordinator whose model is older than the database's
+//! gets [`StoreError::Stale`] and nothing written: it reloads and retries, so a change
+//! made through another replica is never overwritten by a decision taken on an old model.
+//! A manifest write never lowers or repeats a host's serial (also `Stale`). On PostgreSQL
+//! each such transaction also notifies the other replicas ([`changes`]).
 //!
 //! Design decision: **an enum of backends, not a trait.** `Store` is a concrete type
 //! holding one `Backend` variant, and each method forwards to the same method of the
@@ -32,6 +45,8 @@
 //! message, hiding the type) and its rows into these records, decoding stored text with
 //! the helpers below ([`StoreError::Corrupt`] names what could not be read back).
 
+pub mod changes;
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -39,15 +54,19 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use drover_protocol::api::{
-    AuditEntry, HistoryEntry, HistoryQuery, HoldInfo, HostHistoryEntry, Labels, PinInfo, Release, Scope, TokenName,
+    AuditEntry, HistoryEntry, HistoryQuery, HoldInfo, HostHistoryEntry, Labels, PinInfo, Release,
+    Scope, TokenName,
 };
 use drover_protocol::report::ReportEvent;
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
 
 pub use crate::server::records::{HostRecord, Snapshot, StoredManifest};
 use crate::server::rollout::Rollout;
+use postgres::PostgresStore;
 use sqlite::SqliteStore;
 
 /// Events kept per host; older ones are deleted as new ones arrive.
@@ -68,10 +87,99 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     /// The database was migrated by a newer coordinator; this one would misread it.
     #[error(
-        "database {path}: its schema is version {found}, newer than the {known} this drover knows; \
+        "database {database}: its schema is version {found}, newer than the {known} this drover knows; \
          a newer drover has used it. Run that version (or newer), or restore the backup taken before the upgrade"
     )]
-    SchemaTooNew { path: PathBuf, found: i64, known: usize },
+    SchemaTooNew {
+        /// The database: a file path, or a URL without its password.
+        database: String,
+        found: i64,
+        known: usize,
+    },
+    /// The fleet model changed through another coordinator since this one last read it:
+    /// nothing was written. Reload the model and retry.
+    #[error("the fleet model changed through another coordinator; reload and retry")]
+    Stale,
+}
+
+/// Which database a coordinator keeps its state in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (the default: `coordinator.db` in the data directory).
+    Sqlite(PathBuf),
+    /// A PostgreSQL server, by its `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl Database {
+    /// Reads `--database`: a `postgres://` or `postgresql://` URL; anything else is
+    /// refused with the forms accepted.
+    pub fn from_url(url: &str) -> Result<Database, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Database::Postgres(url.to_owned()))
+        } else {
+            Err(format!(
+                "--database {}: not a database URL drover knows; use postgres://USER:PASSWORD@HOST:PORT/DATABASE \
+                 (or postgresql://...), or leave --database out for SQLite in the data directory",
+                redact_password(url)
+            ))
+        }
+    }
+
+    /// How to name it in messages: the file's path, or the URL without its password.
+    pub fn display_name(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => redact_password(url),
+        }
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***`, for messages
+/// and logs (the URL may come from an operator's command line or configuration).
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => {
+            // A password may also come as a query parameter.
+            let (before, query) = tail.split_once('?').unwrap_or((tail, ""));
+            if query.is_empty() {
+                return url.to_owned();
+            }
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{scheme}://{authority}{before}?{}", query.join("&"))
+        }
+    }
+}
+
+/// The model generation a backend last read or wrote (see the module documentation):
+/// the value its next model change expects to find in the database.
+#[derive(Clone, Debug, Default)]
+struct SeenGeneration(Arc<AtomicI64>);
+
+impl SeenGeneration {
+    fn get(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Notes a generation read by a load or written by a committed change.
+    fn set(&self, generation: i64) {
+        self.0.store(generation, Ordering::SeqCst);
+    }
 }
 
 /// The database's own error, with its message and cause chain; the driver's type stays
@@ -266,6 +374,8 @@ pub struct Store {
 enum Backend {
     /// A SQLite file.
     Sqlite(SqliteStore),
+    /// A PostgreSQL database.
+    Postgres(PostgresStore),
 }
 
 /// Calls the method of whichever backend `$store` is, bound to `$backend`: every backend
@@ -274,6 +384,7 @@ macro_rules! backend {
     ($store:expr, $backend:ident => $call:expr) => {
         match &$store.backend {
             Backend::Sqlite($backend) => $call,
+            Backend::Postgres($backend) => $call,
         }
     };
 }
@@ -288,9 +399,41 @@ impl Store {
         })
     }
 
-    /// Loads everything the coordinator keeps in memory.
+    /// Opens `database` (a SQLite file is created if needed; a PostgreSQL database must
+    /// exist) and applies pending migrations under a lock; refuses a schema newer than
+    /// this binary knows.
+    pub async fn open_database(database: &Database) -> Result<Store, StoreError> {
+        let backend = match database {
+            Database::Sqlite(path) => Backend::Sqlite(SqliteStore::open(path).await?),
+            Database::Postgres(url) => Backend::Postgres(PostgresStore::open(url).await?),
+        };
+        Ok(Store { backend })
+    }
+
+    /// Loads everything the coordinator keeps in memory, in one consistent read, with the
+    /// model generation it was read at (which this store's next model change expects).
     pub async fn load(&self) -> Result<Snapshot, StoreError> {
         backend!(self, backend => backend.load().await)
+    }
+
+    /// Like [`Store::load`], except that only the manifests written after model
+    /// generation `generation` are read, and no reports: what a replica that holds
+    /// `generation` must re-read when another changed the model.
+    pub async fn load_since(&self, generation: i64) -> Result<Snapshot, StoreError> {
+        backend!(self, backend => backend.load_since(generation).await)
+    }
+
+    /// The latest reports of these hosts (those that have one), ordered by host id.
+    pub async fn reports_of(
+        &self,
+        hosts: &[HostId],
+    ) -> Result<Vec<(HostReport, Timestamp)>, StoreError> {
+        backend!(self, backend => backend.reports_of(hosts).await)
+    }
+
+    /// The records of these hosts (those that exist), ordered by host id.
+    pub async fn hosts_of(&self, hosts: &[HostId]) -> Result<Vec<HostRecord>, StoreError> {
+        backend!(self, backend => backend.hosts_of(hosts).await)
     }
 
     /// Stores a new enrollment token by its hash.
@@ -370,7 +513,11 @@ impl Store {
 
     /// A host id's history (joins, replacements, renewals, removals), oldest first, at
     /// most the newest `limit` lines.
-    pub async fn host_history(&self, host: &HostId, limit: u32) -> Result<Vec<HostHistoryEntry>, StoreError> {
+    pub async fn host_history(
+        &self,
+        host: &HostId,
+        limit: u32,
+    ) -> Result<Vec<HostHistoryEntry>, StoreError> {
         backend!(self, backend => backend.host_history(host, limit).await)
     }
 
@@ -437,7 +584,10 @@ impl Store {
 
     /// Stores a batch of reports (latest per host) and their events, trimming each
     /// host's history to [`EVENTS_PER_HOST`].
-    pub async fn save_reports(&self, reports: &[(HostReport, Timestamp)]) -> Result<(), StoreError> {
+    pub async fn save_reports(
+        &self,
+        reports: &[(HostReport, Timestamp)],
+    ) -> Result<(), StoreError> {
         backend!(self, backend => backend.save_reports(reports).await)
     }
 
@@ -451,7 +601,11 @@ impl Store {
     /// A new secret (the file was deleted and made again) revokes the earlier `admin`:
     /// whoever can write the data directory holds the CA and the manifest key anyway, and
     /// this is the way back in when every named token was lost.
-    pub async fn bootstrap_admin_token(&self, hash: &str, now: Timestamp) -> Result<(), StoreError> {
+    pub async fn bootstrap_admin_token(
+        &self,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         backend!(self, backend => backend.bootstrap_admin_token(hash, now).await)
     }
 
@@ -462,7 +616,11 @@ impl Store {
 
     /// Stores a new admin token; an expired one of the same name is revoked by the same
     /// transaction (its creator is the revoker), so the name can be used again.
-    pub async fn insert_admin_token(&self, token: &AdminTokenRecord, change: &AdminChange) -> Result<(), StoreError> {
+    pub async fn insert_admin_token(
+        &self,
+        token: &AdminTokenRecord,
+        change: &AdminChange,
+    ) -> Result<(), StoreError> {
         backend!(self, backend => backend.insert_admin_token(token, change).await)
     }
 
@@ -515,7 +673,11 @@ impl Store {
 
     /// The history of `app` (including holds, which cover every app), oldest first, at
     /// most the newest `limit` lines.
-    pub async fn history(&self, app: &AppName, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+    pub async fn history(
+        &self,
+        app: &AppName,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
         backend!(self, backend => backend.history(app, limit).await)
     }
 
@@ -541,7 +703,8 @@ fn parse<T: FromStr>(what: &'static str, text: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
-    text.parse().map_err(|error: T::Err| corrupt(what)(error.to_string()))
+    text.parse()
+        .map_err(|error: T::Err| corrupt(what)(error.to_string()))
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {

@@ -2,6 +2,10 @@
 //! in WAL mode with `synchronous=FULL` (a commit is on disk before it is acknowledged), a
 //! pool of four connections, foreign keys on, and a 10 s busy timeout so that a writer
 //! waits for another instead of failing.
+//!
+//! Model changes move the model generation on like PostgreSQL's (one coordinator per file
+//! never finds it stale, but the rule and its tests are the same for both backends);
+//! SQLite sends no notifications.
 
 mod audit;
 
@@ -19,12 +23,12 @@ use sqlx::sqlite::{
 
 use super::{
     AdminChange, AdminTokenRecord, BOOTSTRAP_CREATOR, DatabaseError, EVENTS_PER_HOST, HistoryRecord, HostChange,
-    HostRecord, RENEWALS_KEPT_PER_HOST, RolloutCommit, Snapshot, StoreError, StoredManifest, StoredRollout,
-    TokenProblem, TokenRecord, corrupt, json, parse, to_json, unix,
+    HostRecord, RENEWALS_KEPT_PER_HOST, RolloutCommit, SeenGeneration, Snapshot, StoreError, StoredManifest,
+    StoredRollout, TokenProblem, TokenRecord, corrupt, json, parse, to_json, unix,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/0001_initial.sql"),
     include_str!("../../../migrations/0002_rollouts.sql"),
     include_str!("../../../migrations/0003_admin_tokens.sql"),
@@ -32,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/0005_pin_origins.sql"),
     include_str!("../../../migrations/0006_audit.sql"),
     include_str!("../../../migrations/0007_history_host.sql"),
+    include_str!("../../../migrations/0008_replicas.sql"),
 ];
 
 impl From<sqlx::Error> for StoreError {
@@ -43,8 +48,11 @@ impl From<sqlx::Error> for StoreError {
 /// A SQLite database.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
+    seen: SeenGeneration,
 }
+
+type Transaction = sqlx::Transaction<'static, sqlx::Sqlite>;
 
 /// How long a connection waits for another's lock, and how long opening retries a busy
 /// database.
@@ -94,8 +102,15 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        let store = SqliteStore { pool };
+        let store = SqliteStore {
+            pool,
+            seen: SeenGeneration::default(),
+        };
         store.migrate(path).await?;
+        let generation: i64 = sqlx::query_scalar("SELECT generation FROM model_generation WHERE id = 1")
+            .fetch_one(&store.pool)
+            .await?;
+        store.seen.set(generation);
         Ok(store)
     }
 
@@ -118,7 +133,7 @@ impl SqliteStore {
             .await?;
         if usize::try_from(current).is_ok_and(|current| current > known) {
             return Err(StoreError::SchemaTooNew {
-                path: path.to_owned(),
+                database: path.display().to_string(),
                 found: current,
                 known,
             });
@@ -139,22 +154,31 @@ impl SqliteStore {
     }
 
     pub(super) async fn load(&self) -> Result<Snapshot, StoreError> {
-        let mut snapshot = Snapshot::default();
-        for row in sqlx::query("SELECT id, labels, cert_sha256, joined_at, key_sha256, cert_not_after FROM hosts")
-            .fetch_all(&self.pool)
+        self.read_snapshot(None).await
+    }
+
+    pub(super) async fn load_since(&self, generation: i64) -> Result<Snapshot, StoreError> {
+        self.read_snapshot(Some(generation)).await
+    }
+
+    /// Everything, or (`since`) everything but reports and the manifests written at or
+    /// before that generation, in one read transaction (one snapshot of the WAL).
+    async fn read_snapshot(&self, since: Option<i64>) -> Result<Snapshot, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let mut snapshot = Snapshot {
+            generation: sqlx::query_scalar("SELECT generation FROM model_generation WHERE id = 1")
+                .fetch_one(&mut *transaction)
+                .await?,
+            ..Snapshot::default()
+        };
+        for row in sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts"))
+            .fetch_all(&mut *transaction)
             .await?
         {
-            snapshot.hosts.push(HostRecord {
-                id: parse("host id", row.get::<&str, _>(0))?,
-                labels: json("labels", row.get::<&str, _>(1))?,
-                cert_sha256: row.get(2),
-                key_sha256: row.get(4),
-                cert_not_after: row.get::<Option<i64>, _>(5).map(Timestamp::from_unix),
-                joined_at: Timestamp::from_unix(row.get(3)),
-            });
+            snapshot.hosts.push(host_record(&row)?);
         }
         for row in sqlx::query("SELECT name, selector FROM groups")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *transaction)
             .await?
         {
             snapshot
@@ -162,7 +186,7 @@ impl SqliteStore {
                 .insert(row.get(0), json("selector", row.get::<&str, _>(1))?);
         }
         for row in sqlx::query("SELECT app, scope, version FROM pins")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *transaction)
             .await?
         {
             snapshot.pins.insert(
@@ -173,19 +197,25 @@ impl SqliteStore {
                 parse("version", row.get::<&str, _>(2))?,
             );
         }
-        for row in sqlx::query("SELECT scope FROM holds").fetch_all(&self.pool).await? {
+        for row in sqlx::query("SELECT scope FROM holds")
+            .fetch_all(&mut *transaction)
+            .await?
+        {
             snapshot.holds.insert(json("scope", row.get::<&str, _>(0))?);
         }
         for row in sqlx::query("SELECT release FROM releases")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *transaction)
             .await?
         {
             snapshot.releases.push(json("release", row.get::<&str, _>(0))?);
         }
-        let manifests =
-            sqlx::query("SELECT host, serial, envelope, content_hash, issued_at, expires_at FROM manifests")
-                .fetch_all(&self.pool)
-                .await?;
+        let manifests = sqlx::query(
+            "SELECT host, serial, envelope, content_hash, issued_at, expires_at FROM manifests
+             WHERE ?1 IS NULL OR generation > ?1",
+        )
+        .bind(since)
+        .fetch_all(&mut *transaction)
+        .await?;
         for row in manifests {
             snapshot.manifests.push(StoredManifest {
                 host: parse("host id", row.get::<&str, _>(0))?,
@@ -196,15 +226,71 @@ impl SqliteStore {
                 expires_at: Timestamp::from_unix(row.get(5)),
             });
         }
-        for row in sqlx::query("SELECT report, received_at FROM reports")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            snapshot
-                .reports
-                .push((json("report", row.get::<&str, _>(0))?, Timestamp::from_unix(row.get(1))));
+        if since.is_none() {
+            for row in sqlx::query("SELECT report, received_at FROM reports")
+                .fetch_all(&mut *transaction)
+                .await?
+            {
+                snapshot
+                    .reports
+                    .push((json("report", row.get::<&str, _>(0))?, Timestamp::from_unix(row.get(1))));
+            }
         }
+        transaction.commit().await?;
+        self.seen.set(snapshot.generation);
         Ok(snapshot)
+    }
+
+    pub(super) async fn reports_of(&self, hosts: &[HostId]) -> Result<Vec<(HostReport, Timestamp)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT report, received_at FROM reports WHERE host IN (SELECT value FROM json_each(?)) ORDER BY host",
+        )
+        .bind(to_json(&hosts))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| Ok((json("report", row.get::<&str, _>(0))?, Timestamp::from_unix(row.get(1)))))
+            .collect()
+    }
+
+    pub(super) async fn hosts_of(&self, hosts: &[HostId]) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
+        ))
+        .bind(to_json(&hosts))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(host_record).collect()
+    }
+
+    /// Moves the model generation on by one, if it is still the one this store last saw:
+    /// the first statement of every transaction that changes the fleet model. The new
+    /// generation is noted (`commit_model`) only once the transaction commits.
+    async fn next_generation(&self, transaction: &mut Transaction) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "UPDATE model_generation SET generation = generation + 1 WHERE id = 1 AND generation = ? RETURNING generation",
+        )
+        .bind(self.seen.get())
+        .fetch_optional(&mut **transaction)
+        .await?
+        .ok_or(StoreError::Stale)
+    }
+
+    /// Stores `manifests` (written at `generation`) in the same transaction as the model
+    /// change that produced them, and commits: a change and its manifests are durable
+    /// together or not at all.
+    async fn commit_model(
+        &self,
+        mut transaction: Transaction,
+        generation: i64,
+        manifests: &[StoredManifest],
+    ) -> Result<(), StoreError> {
+        for manifest in manifests {
+            save_manifest(&mut transaction, manifest, generation).await?;
+        }
+        transaction.commit().await?;
+        self.seen.set(generation);
+        Ok(())
     }
 
     pub(super) async fn insert_token(
@@ -272,6 +358,7 @@ impl SqliteStore {
         now: Timestamp,
     ) -> Result<Result<(), TokenProblem>, StoreError> {
         let mut transaction = self.pool.begin().await?;
+        let generation = self.next_generation(&mut transaction).await?;
         let used = sqlx::query(
             "UPDATE tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?",
         )
@@ -302,8 +389,8 @@ impl SqliteStore {
             .bind(host.id.as_str())
             .execute(&mut *transaction)
             .await?;
-        save_manifest(&mut transaction, manifest).await?;
-        transaction.commit().await?;
+        self.commit_model(transaction, generation, std::slice::from_ref(manifest))
+            .await?;
         Ok(Ok(()))
     }
 
@@ -314,13 +401,13 @@ impl SqliteStore {
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
+        let generation = self.next_generation(&mut transaction).await?;
         sqlx::query("UPDATE hosts SET cert_sha256 = NULL, key_sha256 = NULL, cert_not_after = NULL WHERE id = ?")
             .bind(host.as_str())
             .execute(&mut *transaction)
             .await?;
         insert_host_history(&mut transaction, host, HostChange::Removed, history, reason).await?;
-        transaction.commit().await?;
-        Ok(())
+        self.commit_model(transaction, generation, &[]).await
     }
 
     pub(super) async fn renew_host(
@@ -401,13 +488,14 @@ impl SqliteStore {
         change: &AdminChange,
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
+        let generation = self.next_generation(&mut transaction).await?;
         sqlx::query("UPDATE hosts SET labels = ? WHERE id = ?")
             .bind(to_json(labels))
             .bind(host.as_str())
             .execute(&mut *transaction)
             .await?;
         audit::insert_admin_change(&mut transaction, change).await?;
-        commit_with_manifests(transaction, manifests).await
+        self.commit_model(transaction, generation, manifests).await
     }
 
     pub(super) async fn put_group(
@@ -418,35 +506,38 @@ impl SqliteStore {
         change: &AdminChange,
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
+        let generation = self.next_generation(&mut transaction).await?;
         sqlx::query("INSERT INTO groups (name, selector) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET selector = excluded.selector")
             .bind(name)
             .bind(to_json(selector))
             .execute(&mut *transaction)
             .await?;
         audit::insert_admin_change(&mut transaction, change).await?;
-        commit_with_manifests(transaction, manifests).await
+        self.commit_model(transaction, generation, manifests).await
     }
 
     pub(super) async fn delete_group(&self, name: &str, change: &AdminChange) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
+        let generation = self.next_generation(&mut transaction).await?;
         sqlx::query("DELETE FROM groups WHERE name = ?")
             .bind(name)
             .execute(&mut *transaction)
             .await?;
         audit::insert_admin_change(&mut transaction, change).await?;
-        transaction.commit().await?;
-        Ok(())
+        self.commit_model(transaction, generation, &[]).await
     }
 
     pub(super) async fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let generation = self.next_generation(&mut transaction).await?;
         sqlx::query("INSERT INTO releases (app, version, release, created_at) VALUES (?, ?, ?, ?)")
             .bind(release.app.as_str())
             .bind(release.version.as_str())
             .bind(to_json(release))
             .bind(unix(release.created_at))
-            .execute(&self.pool)
+            .execute(&mut *transaction)
             .await?;
-        Ok(())
+        self.commit_model(transaction, generation, &[]).await
     }
 
     pub(super) async fn change_pin(
@@ -458,9 +549,10 @@ impl SqliteStore {
         manifests: &[StoredManifest],
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
+        let generation = self.next_generation(&mut transaction).await?;
         insert_history(&mut transaction, history).await?;
         write_pin(&mut transaction, app, scope, version, history.first()).await?;
-        commit_with_manifests(transaction, manifests).await
+        self.commit_model(transaction, generation, manifests).await
     }
 
     pub(super) async fn change_hold(
@@ -471,6 +563,7 @@ impl SqliteStore {
         manifests: &[StoredManifest],
     ) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
+        let generation = self.next_generation(&mut transaction).await?;
         insert_history(&mut transaction, history).await?;
         if held {
             let origin = history.first();
@@ -489,12 +582,17 @@ impl SqliteStore {
                 .execute(&mut *transaction)
                 .await?;
         }
-        commit_with_manifests(transaction, manifests).await
+        self.commit_model(transaction, generation, manifests).await
     }
 
     pub(super) async fn save_manifests(&self, manifests: &[StoredManifest]) -> Result<(), StoreError> {
-        let transaction = self.pool.begin().await?;
-        commit_with_manifests(transaction, manifests).await
+        if manifests.is_empty() {
+            // Nothing changes: no generation to move on.
+            return Ok(());
+        }
+        let mut transaction = self.pool.begin().await?;
+        let generation = self.next_generation(&mut transaction).await?;
+        self.commit_model(transaction, generation, manifests).await
     }
 
     pub(super) async fn save_reports(&self, reports: &[(HostReport, Timestamp)]) -> Result<(), StoreError> {
@@ -689,6 +787,7 @@ impl SqliteStore {
     pub(super) async fn commit_rollout(&self, commit: &RolloutCommit<'_>) -> Result<(), StoreError> {
         let app = &commit.rollout.spec().app;
         let mut transaction = self.pool.begin().await?;
+        let generation = self.next_generation(&mut transaction).await?;
         let state = to_json(commit.rollout);
         match commit.created {
             Some((created_by, created_at)) => {
@@ -727,7 +826,7 @@ impl SqliteStore {
             write_pin(&mut transaction, app, scope, version.as_ref(), Some(&origin)).await?;
         }
         insert_history(&mut transaction, commit.history).await?;
-        commit_with_manifests(transaction, commit.manifests).await
+        self.commit_model(transaction, generation, commit.manifests).await
     }
 
     pub(super) async fn pins(&self, app: Option<&AppName>) -> Result<Vec<PinInfo>, StoreError> {
@@ -812,7 +911,7 @@ fn stored_rollout(row: &SqliteRow) -> Result<StoredRollout, StoreError> {
 /// Sets (`Some`) or clears a pin; `origin` is the history line of the change, whose who,
 /// when, rollout and reason the pin keeps for `drover pins`.
 async fn write_pin(
-    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    transaction: &mut Transaction,
     app: &AppName,
     scope: &Scope,
     version: Option<&Version>,
@@ -846,10 +945,7 @@ async fn write_pin(
     Ok(())
 }
 
-async fn insert_history(
-    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    history: &[HistoryRecord],
-) -> Result<(), StoreError> {
+async fn insert_history(transaction: &mut Transaction, history: &[HistoryRecord]) -> Result<(), StoreError> {
     for line in history {
         sqlx::query(
             "INSERT INTO rollout_history (app, host, rollout, at, who, what, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -868,7 +964,7 @@ async fn insert_history(
 }
 
 async fn insert_host_history(
-    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    transaction: &mut Transaction,
     host: &HostId,
     kind: HostChange,
     line: &HostHistoryEntry,
@@ -901,29 +997,22 @@ async fn insert_host_history(
     Ok(())
 }
 
-/// Stores `manifests` in the same transaction as the change that produced them, and
-/// commits: a change and its manifests are durable together or not at all.
-async fn commit_with_manifests(
-    mut transaction: sqlx::Transaction<'_, sqlx::Sqlite>,
-    manifests: &[StoredManifest],
-) -> Result<(), StoreError> {
-    for manifest in manifests {
-        save_manifest(&mut transaction, manifest).await?;
-    }
-    transaction.commit().await?;
-    Ok(())
-}
-
+/// Stores a host's manifest, written at model `generation`. The serial guard: a serial
+/// not above the stored one (a writer that rendered from an old model) writes nothing and
+/// fails the whole transaction with [`StoreError::Stale`]: a host's serial never goes
+/// down or repeats.
 async fn save_manifest(
-    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    transaction: &mut Transaction,
     manifest: &StoredManifest,
+    generation: i64,
 ) -> Result<(), StoreError> {
-    // The WHERE clause makes a lower serial a no-op: the stored serial never goes down.
-    sqlx::query(
-        "INSERT INTO manifests (host, serial, envelope, content_hash, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)
+    let written = sqlx::query(
+        "INSERT INTO manifests (host, serial, envelope, content_hash, issued_at, expires_at, generation)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (host) DO UPDATE SET serial = excluded.serial, envelope = excluded.envelope,
-           content_hash = excluded.content_hash, issued_at = excluded.issued_at, expires_at = excluded.expires_at
-         WHERE excluded.serial > manifests.serial",
+           content_hash = excluded.content_hash, issued_at = excluded.issued_at, expires_at = excluded.expires_at,
+           generation = excluded.generation
+         WHERE manifests.serial < excluded.serial",
     )
     .bind(manifest.host.as_str())
     .bind(i64::try_from(manifest.serial).unwrap_or(i64::MAX))
@@ -931,9 +1020,27 @@ async fn save_manifest(
     .bind(&manifest.content_hash)
     .bind(unix(manifest.issued_at))
     .bind(unix(manifest.expires_at))
+    .bind(generation)
     .execute(&mut **transaction)
     .await?;
+    if written.rows_affected() == 0 {
+        return Err(StoreError::Stale);
+    }
     Ok(())
+}
+
+/// The columns [`host_record`] reads, in its order.
+const HOST_COLUMNS: &str = "id, labels, cert_sha256, joined_at, key_sha256, cert_not_after";
+
+fn host_record(row: &SqliteRow) -> Result<HostRecord, StoreError> {
+    Ok(HostRecord {
+        id: parse("host id", row.get::<&str, _>(0))?,
+        labels: json("labels", row.get::<&str, _>(1))?,
+        cert_sha256: row.get(2),
+        key_sha256: row.get(4),
+        cert_not_after: row.get::<Option<i64>, _>(5).map(Timestamp::from_unix),
+        joined_at: Timestamp::from_unix(row.get(3)),
+    })
 }
 
 #[cfg(test)]

@@ -1,25 +1,157 @@
-//! The store's behaviour through its interface, on a scratch SQLite database: what any
-//! backend must do. SQLite-only matters (migrations, rows as older coordinators left
-//! them) are tested in `sqlite.rs`.
+//! The store's behaviour through its interface: what any backend must do. Every test
+//! here runs against both backends (`on_both_backends!`: a scratch SQLite file, and a
+//! fresh database on a PostgreSQL cluster of the test binary's own). A backend's own
+//! matters (its migrations' lock, rows as older coordinators left them) are tested in
+//! `sqlite/tests.rs` and `postgres/tests.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Mutex, PoisonError, Weak};
 
 use drover_protocol::Timestamp;
-use drover_protocol::api::TokenName;
+use drover_protocol::api::{AuditSource, TokenName};
 
 use super::*;
+use crate::testing::PostgresCluster;
 
 pub(super) fn at(seconds: i64) -> Timestamp {
     Timestamp::from_unix(1_800_000_000 + seconds)
 }
 
-/// A fresh database in its own directory, removed by the caller.
-pub(super) async fn scratch(name: &str) -> (Store, PathBuf) {
-    let directory = std::env::temp_dir().join(format!("drover-store-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&directory);
-    std::fs::create_dir_all(&directory).expect("scratch directory");
-    let store = Store::open(&directory.join("coordinator.db")).await.expect("open");
-    (store, directory)
+/// A fresh, migrated database of one backend with a store open on it; removed (the file's
+/// directory, or the cluster once no test uses it) when dropped.
+pub(super) struct Scratch {
+    pub(super) store: Store,
+    pub(super) database: Database,
+    /// The SQLite file's directory.
+    directory: Option<PathBuf>,
+    /// The PostgreSQL cluster the database is on, kept running while this lives.
+    _cluster: Option<Arc<PostgresCluster>>,
+}
+
+impl Scratch {
+    /// A new SQLite file in its own directory.
+    pub(super) async fn sqlite(name: &str) -> Scratch {
+        static CREATED: AtomicU32 = AtomicU32::new(0);
+        let directory = std::env::temp_dir().join(format!(
+            "drover-store-{name}-{}-{}",
+            std::process::id(),
+            CREATED.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&directory).expect("scratch directory");
+        let database = Database::Sqlite(directory.join("coordinator.db"));
+        let store = Store::open_database(&database).await.expect("open");
+        Scratch {
+            store,
+            database,
+            directory: Some(directory),
+            _cluster: None,
+        }
+    }
+
+    /// A new database on the shared PostgreSQL cluster.
+    pub(super) async fn postgres() -> Scratch {
+        let (cluster, database) = scratch_postgres_database();
+        let store = Store::open_database(&database).await.expect("open");
+        Scratch {
+            store,
+            database,
+            directory: None,
+            _cluster: Some(cluster),
+        }
+    }
+
+    /// The SQLite file's directory.
+    pub(super) fn directory(&self) -> &Path {
+        self.directory.as_deref().expect("a SQLite scratch database")
+    }
+
+    /// Another store on the same database: another coordinator (replica).
+    pub(super) async fn open_another(&self) -> Store {
+        Store::open_database(&self.database).await.expect("open again")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(directory) = &self.directory {
+            let _ = std::fs::remove_dir_all(directory);
+        }
+    }
+}
+
+/// A new, empty (not migrated) database on the PostgreSQL cluster this test binary shares
+/// between the tests that run at the same time: started by the first, stopped and removed
+/// when the last lets go of it (a cluster in a `static` would outlive the process).
+pub(super) fn scratch_postgres_database() -> (Arc<PostgresCluster>, Database) {
+    static CLUSTER: Mutex<Weak<PostgresCluster>> = Mutex::new(Weak::new());
+    static CREATED: AtomicU32 = AtomicU32::new(0);
+    let cluster = {
+        let mut shared = CLUSTER.lock().unwrap_or_else(PoisonError::into_inner);
+        match shared.upgrade() {
+            Some(cluster) => cluster,
+            None => {
+                let cluster = Arc::new(PostgresCluster::start());
+                *shared = Arc::downgrade(&cluster);
+                cluster
+            }
+        }
+    };
+    let name = format!("store_{}", CREATED.fetch_add(1, Ordering::Relaxed));
+    let url = cluster.create_database(&name);
+    (cluster, Database::Postgres(url))
+}
+
+/// Runs each named `async fn(Scratch)` as two tests, `on_sqlite::NAME` and
+/// `on_postgres::NAME`, each on a fresh database of its backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Scratch::sqlite(stringify!($name)).await).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Scratch::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_revoked_bootstrap_token_stays_revoked_and_a_new_admin_token_file_replaces_it,
+    a_name_is_unique_among_tokens_not_revoked_and_an_expired_one_is_replaced,
+    a_token_enrolls_once_and_a_host_id_keeps_its_joins_removal_rejoin_and_renewals,
+    a_stored_manifest_serial_never_goes_down_and_labels_commit_with_their_manifests,
+    pins_and_holds_round_trip_with_who_when_and_why_and_the_history_is_per_app,
+    the_latest_report_per_host_is_kept_and_events_are_trimmed_to_the_newest,
+    a_rollout_step_commits_its_state_pins_history_and_manifests_together_or_not_at_all,
+    a_host_enrolled_before_keys_were_recorded_renews_by_its_certificate_then_by_its_key,
+    the_fleet_history_merges_every_source_newest_first_filtered_and_bounded,
+    a_refused_revocation_writes_no_line,
+    a_second_coordinator_with_an_old_model_gets_stale_and_writes_nothing,
+    a_manifest_write_that_would_lower_or_repeat_a_serial_is_stale_and_writes_nothing,
+    load_since_reads_the_model_and_only_newer_manifests_and_hosts_and_reports_are_read_by_id,
+);
+
+/// Runs a statement with bound values on whichever backend `$store` is (test fixtures
+/// that write rows as other coordinators or older versions did). Placeholders are `$1`,
+/// `$2`, ... in the order they appear (SQLite reads them as named parameters, bound in
+/// order of first appearance).
+macro_rules! execute {
+    ($store:expr, $sql:expr $(, $value:expr)* $(,)?) => {
+        match &$store.backend {
+            Backend::Sqlite(sqlite) => sqlx::query($sql)$(.bind($value))*.execute(&sqlite.pool).await.map(|_| ()),
+            Backend::Postgres(postgres) => sqlx::query($sql)$(.bind($value))*.execute(&postgres.pool).await.map(|_| ()),
+        }
+    };
 }
 
 /// An admin change's line by `who`.
@@ -40,9 +172,8 @@ fn state(tokens: &[AdminTokenRecord]) -> Vec<(String, String, bool)> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_revoked_bootstrap_token_stays_revoked_and_a_new_admin_token_file_replaces_it() {
-    let (store, directory) = scratch("bootstrap").await;
+async fn a_revoked_bootstrap_token_stays_revoked_and_a_new_admin_token_file_replaces_it(scratch: Scratch) {
+    let store = &scratch.store;
     store.bootstrap_admin_token("first", at(0)).await.expect("bootstrap");
     store.bootstrap_admin_token("first", at(1)).await.expect("again");
     let tokens = store.admin_tokens().await.expect("tokens");
@@ -83,12 +214,10 @@ async fn a_revoked_bootstrap_token_stays_revoked_and_a_new_admin_token_file_repl
         ]
     );
     assert_eq!(tokens[1].revoked_by.as_deref(), Some(BOOTSTRAP_CREATOR));
-    let _ = std::fs::remove_dir_all(&directory);
 }
 
-#[tokio::test]
-async fn a_name_is_unique_among_tokens_not_revoked_and_an_expired_one_is_replaced() {
-    let (store, directory) = scratch("names").await;
+async fn a_name_is_unique_among_tokens_not_revoked_and_an_expired_one_is_replaced(scratch: Scratch) {
+    let store = &scratch.store;
     let token = |hash: &str, created: i64, ttl: Option<i64>| AdminTokenRecord {
         name: "ci".parse().expect("name"),
         hash: hash.into(),
@@ -127,7 +256,6 @@ async fn a_name_is_unique_among_tokens_not_revoked_and_an_expired_one_is_replace
     assert_eq!(tokens[0].revoked_by.as_deref(), Some("admin"));
     assert_eq!(tokens[1].last_used_at, Some(at(130)));
     assert!(tokens[0].expired(at(61)) && !tokens[1].expired(at(1_000_000)));
-    let _ = std::fs::remove_dir_all(&directory);
 }
 
 // --- Hosts, tokens, manifests ----------------------------------------------------------
@@ -174,9 +302,8 @@ async fn only_host(store: &Store) -> (HostRecord, StoredManifest) {
     (snapshot.hosts.remove(0), snapshot.manifests.remove(0))
 }
 
-#[tokio::test]
-async fn a_token_enrolls_once_and_a_host_id_keeps_its_joins_removal_rejoin_and_renewals() {
-    let (store, directory) = scratch("host-lifecycle").await;
+async fn a_token_enrolls_once_and_a_host_id_keeps_its_joins_removal_rejoin_and_renewals(scratch: Scratch) {
+    let store = &scratch.store;
     let web = host("web-01");
     let labels = Labels::from([("env".to_owned(), "prod".to_owned())]);
     store
@@ -226,13 +353,13 @@ async fn a_token_enrolls_once_and_a_host_id_keeps_its_joins_removal_rejoin_and_r
         store.check_token("t1", at(3)).await.expect("check"),
         Err(TokenProblem::Used)
     );
-    assert_eq!(only_host(&store).await, (first, manifest(&web, 1)));
+    assert_eq!(only_host(store).await, (first, manifest(&web, 1)));
     assert!(store.host_history(&intruder, 100).await.expect("history").is_empty());
 
     // Removed: the key and certificates stop counting; the serial stays for a re-join.
     let removed = host_line(at(4), "removed", Some("cert-1"), None);
     store.remove_host(&web, &removed, Some("why")).await.expect("remove");
-    let (record, stored) = only_host(&store).await;
+    let (record, stored) = only_host(store).await;
     assert_eq!(
         (record.cert_sha256, record.key_sha256, record.cert_not_after),
         (None, None, None)
@@ -272,7 +399,7 @@ async fn a_token_enrolls_once_and_a_host_id_keeps_its_joins_removal_rejoin_and_r
             .await
             .expect("renew")
     );
-    let (record, stored) = only_host(&store).await;
+    let (record, stored) = only_host(store).await;
     assert_eq!(
         (
             record.cert_sha256.as_deref(),
@@ -290,16 +417,16 @@ async fn a_token_enrolls_once_and_a_host_id_keeps_its_joins_removal_rejoin_and_r
         [rejoined, renewed],
         "the newest lines, oldest first"
     );
-    let _ = std::fs::remove_dir_all(&directory);
 }
 
-#[tokio::test]
-async fn a_stored_manifest_serial_never_goes_down_and_labels_commit_with_their_manifests() {
-    let (store, directory) = scratch("serials").await;
+async fn a_stored_manifest_serial_never_goes_down_and_labels_commit_with_their_manifests(scratch: Scratch) {
+    let store = &scratch.store;
     let web = host("web-01");
     store.save_manifests(&[manifest(&web, 5)]).await.expect("save");
-    // A lower serial (a slower writer) is a no-op: the stored serial never goes down.
-    store.save_manifests(&[manifest(&web, 3)]).await.expect("save lower");
+    // A lower serial (a writer with an old model) is refused: the stored serial never
+    // goes down (more in the serial guard's own test below).
+    let lower = store.save_manifests(&[manifest(&web, 3)]).await;
+    assert!(matches!(lower, Err(StoreError::Stale)), "{lower:?}");
     let snapshot = store.load().await.expect("load");
     assert_eq!(snapshot.manifests, [manifest(&web, 5)]);
     let labels = Labels::from([("tier".to_owned(), "edge".to_owned())]);
@@ -329,7 +456,6 @@ async fn a_stored_manifest_serial_never_goes_down_and_labels_commit_with_their_m
         .await
         .expect("delete group");
     assert!(store.load().await.expect("load").groups.is_empty());
-    let _ = std::fs::remove_dir_all(&directory);
 }
 
 // --- Pins, holds, history --------------------------------------------------------------
@@ -354,9 +480,8 @@ fn app_line(app_name: Option<&str>, at: Timestamp, who: &str, what: &str, reason
     }
 }
 
-#[tokio::test]
-async fn pins_and_holds_round_trip_with_who_when_and_why_and_the_history_is_per_app() {
-    let (store, directory) = scratch("pins").await;
+async fn pins_and_holds_round_trip_with_who_when_and_why_and_the_history_is_per_app(scratch: Scratch) {
+    let store = &scratch.store;
     let (web, db) = (app("web"), app("db"));
     let edge = Scope::Group("edge".into());
     let pin_web = app_line(
@@ -468,7 +593,6 @@ async fn pins_and_holds_round_trip_with_who_when_and_why_and_the_history_is_per_
         .collect();
     assert_eq!(store.history(&web, 100).await.expect("history"), expected);
     assert_eq!(store.history(&web, 2).await.expect("history"), expected[4..]);
-    let _ = std::fs::remove_dir_all(&directory);
 }
 
 // --- Reports and events ----------------------------------------------------------------
@@ -498,9 +622,8 @@ fn report(id: &HostId, sent_at: Timestamp, events: &[(i64, &str)]) -> HostReport
     }
 }
 
-#[tokio::test]
-async fn the_latest_report_per_host_is_kept_and_events_are_trimmed_to_the_newest() {
-    let (store, directory) = scratch("reports").await;
+async fn the_latest_report_per_host_is_kept_and_events_are_trimmed_to_the_newest(scratch: Scratch) {
+    let store = &scratch.store;
     let (web, db) = (host("web-01"), host("db-01"));
     store
         .save_reports(&[
@@ -540,7 +663,6 @@ async fn the_latest_report_per_host_is_kept_and_events_are_trimmed_to_the_newest
         events.last().map(|event| event.message.as_str()),
         Some(&*format!("event {}", EVENTS_PER_HOST + 4))
     );
-    let _ = std::fs::remove_dir_all(&directory);
 }
 
 // --- Rollouts --------------------------------------------------------------------------
@@ -570,9 +692,8 @@ fn started_rollout(id: &str) -> Rollout {
     rollout
 }
 
-#[tokio::test]
-async fn a_rollout_step_commits_its_state_pins_history_and_manifests_together_or_not_at_all() {
-    let (store, directory) = scratch("rollouts").await;
+async fn a_rollout_step_commits_its_state_pins_history_and_manifests_together_or_not_at_all(scratch: Scratch) {
+    let store = &scratch.store;
     let web = app("web");
     let host_web = host("web-01");
     let first = started_rollout("web-1");
@@ -662,5 +783,518 @@ async fn a_rollout_step_commits_its_state_pins_history_and_manifests_together_or
         (&Scope::Fleet, Some("controller"))
     );
     assert!(store.latest_rollout(&app("db")).await.expect("latest").is_none());
-    let _ = std::fs::remove_dir_all(&directory);
+}
+
+// --- Rows as an older coordinator left them --------------------------------------------
+
+async fn a_host_enrolled_before_keys_were_recorded_renews_by_its_certificate_then_by_its_key(scratch: Scratch) {
+    let store = &scratch.store;
+    // As an older coordinator left it: the certificate's sha256, no key.
+    execute!(
+        store,
+        "INSERT INTO hosts (id, labels, cert_sha256, joined_at) VALUES ('web-01', '{}', 'cert-1', 0)"
+    )
+    .expect("legacy row");
+    let host: HostId = "web-01".parse().expect("host id");
+    let line = |old: &str, new: &str| HostHistoryEntry {
+        at: at(1),
+        who: "host".into(),
+        what: "renewed".into(),
+        old_certificate: Some(old.into()),
+        new_certificate: Some(new.into()),
+    };
+    let renew = |key: &'static str, old: &'static str, new: &'static str| {
+        let store = store.clone();
+        let host = host.clone();
+        let line = line(old, new);
+        async move { store.renew_host(&host, key, new, at(10), &line).await.expect("renew") }
+    };
+    // Only the recorded certificate proves the host until its key is known.
+    assert!(!renew("key-a", "cert-x", "cert-2").await);
+    assert!(renew("key-a", "cert-1", "cert-2").await);
+    // A late lazy record of the key (from the old certificate) changes nothing now.
+    store
+        .record_host_key(&host, "cert-1", "key-b", at(5))
+        .await
+        .expect("record key");
+    let loaded = store.load().await.expect("load");
+    let record = loaded.hosts.iter().find(|record| record.id == host).expect("host");
+    assert_eq!(record.key_sha256.as_deref(), Some("key-a"));
+    assert_eq!(record.cert_sha256.as_deref(), Some("cert-2"));
+    assert_eq!(record.cert_not_after, Some(at(10)));
+    // From now on the key is the identity: another key is refused, the same renews.
+    assert!(!renew("key-b", "cert-2", "cert-3").await);
+    for _ in 0..RENEWALS_KEPT_PER_HOST + 5 {
+        assert!(renew("key-a", "cert-2", "cert-3").await);
+    }
+    // Renewal lines are bounded per host (a host decides how often it renews).
+    let history = store.host_history(&host, 1_000).await.expect("history");
+    assert_eq!(history.len(), usize::try_from(RENEWALS_KEPT_PER_HOST).expect("small"));
+    // A removed host renews nothing.
+    let removal = HostHistoryEntry {
+        who: "admin".into(),
+        what: "removed".into(),
+        new_certificate: None,
+        ..line("cert-3", "-")
+    };
+    store.remove_host(&host, &removal, None).await.expect("remove");
+    assert!(!renew("key-a", "cert-3", "cert-4").await);
+}
+
+// --- The fleet-wide history -------------------------------------------------------------
+
+/// A row as one of the three histories holds it, at `at(seconds)`.
+struct Row {
+    table: &'static str,
+    seconds: i64,
+    who: &'static str,
+    app: Option<&'static str>,
+    host: Option<&'static str>,
+    reason: Option<&'static str>,
+}
+
+const fn row(
+    table: &'static str,
+    seconds: i64,
+    who: &'static str,
+    (app, host, reason): (Option<&'static str>, Option<&'static str>, Option<&'static str>),
+) -> Row {
+    Row {
+        table,
+        seconds,
+        who,
+        app,
+        host,
+        reason,
+    }
+}
+
+const ROWS: [Row; 9] = [
+    row("admin_history", 5, "admin", (None, None, None)),
+    row("rollout_history", 10, "alice", (Some("web"), None, Some("release day"))),
+    // A pin scoped to one host: in that host's history too.
+    row("rollout_history", 12, "carol", (Some("web"), Some("web-01"), None)),
+    row("host_history", 15, "admin", (None, Some("web-01"), None)),
+    row("rollout_history", 20, "bob", (None, None, Some("incident"))),
+    row("host_history", 25, "host", (None, Some("web-02"), None)),
+    row("rollout_history", 30, "alice", (Some("api"), None, None)),
+    row("admin_history", 35, "alice", (None, Some("web-01"), Some("to prod"))),
+    row("host_history", 40, "alice", (None, Some("web-01"), Some("disk died"))),
+];
+
+async fn fill_histories(store: &Store) {
+    for Row {
+        table,
+        seconds,
+        who,
+        app,
+        host,
+        reason,
+    } in ROWS
+    {
+        let what = format!("{table} at {seconds}");
+        let inserted = match table {
+            "rollout_history" => execute!(
+                store,
+                "INSERT INTO rollout_history (app, host, at, who, what, reason) VALUES ($1, $2, $3, $4, $5, $6)",
+                app,
+                host,
+                at(seconds).unix(),
+                who,
+                what,
+                reason,
+            ),
+            "host_history" => execute!(
+                store,
+                "INSERT INTO host_history (host, kind, at, who, what, reason) VALUES ($1, 'removed', $2, $3, $4, $5)",
+                host,
+                at(seconds).unix(),
+                who,
+                what,
+                reason,
+            ),
+            _ => execute!(
+                store,
+                "INSERT INTO admin_history (host, at, who, what, reason) VALUES ($1, $2, $3, $4, $5)",
+                host,
+                at(seconds).unix(),
+                who,
+                what,
+                reason,
+            ),
+        };
+        inserted.expect("insert");
+    }
+}
+
+/// The seconds (after `at(0)`) of the lines `query` selects, in order.
+async fn seconds(store: &Store, query: HistoryQuery) -> Vec<i64> {
+    store
+        .fleet_history(&query)
+        .await
+        .expect("history")
+        .iter()
+        .map(|line| line.at.unix() - at(0).unix())
+        .collect()
+}
+
+async fn the_fleet_history_merges_every_source_newest_first_filtered_and_bounded(scratch: Scratch) {
+    let store = &scratch.store;
+    fill_histories(store).await;
+    let all = store.fleet_history(&HistoryQuery::default()).await.expect("all");
+    assert_eq!(
+        all.iter().map(|line| line.at.unix() - at(0).unix()).collect::<Vec<_>>(),
+        [40, 35, 30, 25, 20, 15, 12, 10, 5]
+    );
+    assert_eq!(
+        (all[0].source, all[1].source, all[2].source),
+        (AuditSource::Host, AuditSource::Admin, AuditSource::App)
+    );
+    assert_eq!(all[0].reason.as_deref(), Some("disk died"));
+    assert_eq!(all[1].host.as_ref().map(|host| host.as_str()), Some("web-01"));
+    assert_eq!(all[2].app.as_ref().map(|app| app.as_str()), Some("api"));
+
+    let query = |edit: fn(&mut HistoryQuery)| {
+        let mut query = HistoryQuery::default();
+        edit(&mut query);
+        query
+    };
+    // Bounded across sources: the newest lines whichever history holds them.
+    assert_eq!(seconds(store, query(|q| q.limit = 3)).await, [40, 35, 30]);
+    // An app's lines and the holds (no app), as in `rollout history APP`; no host lines.
+    assert_eq!(
+        seconds(store, query(|q| q.app = Some("web".parse().expect("app")))).await,
+        [20, 12, 10]
+    );
+    // A host id's history, its admin lines and the pins and holds scoped to it; no
+    // fleet-wide or group app lines.
+    assert_eq!(
+        seconds(store, query(|q| q.host = Some("web-01".parse().expect("host")))).await,
+        [40, 35, 15, 12]
+    );
+    assert_eq!(
+        seconds(store, query(|q| q.who = Some("alice".into()))).await,
+        [40, 35, 30, 10]
+    );
+    assert_eq!(
+        seconds(store, query(|q| q.since = Some(at(25)))).await,
+        [40, 35, 30, 25]
+    );
+    // Paging back past the limit: until the last line shown, that second included.
+    assert_eq!(
+        seconds(
+            store,
+            query(|q| {
+                q.until = Some(at(30));
+                q.limit = 3;
+            })
+        )
+        .await,
+        [30, 25, 20]
+    );
+    assert_eq!(
+        seconds(
+            store,
+            query(|q| {
+                q.who = Some("alice".into());
+                q.host = Some("web-01".parse().expect("host"));
+                q.since = Some(at(36));
+            })
+        )
+        .await,
+        [40]
+    );
+    assert!(
+        seconds(store, query(|q| q.who = Some("nobody".into())))
+            .await
+            .is_empty()
+    );
+}
+
+async fn a_refused_revocation_writes_no_line(scratch: Scratch) {
+    let store = &scratch.store;
+    let name = "nobody".parse().expect("name");
+    let change = admin_change(at(1), "alice", "revoked admin token nobody");
+    assert!(
+        !store
+            .revoke_admin_token(&name, at(1), "alice", &change)
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        store
+            .fleet_history(&HistoryQuery::default())
+            .await
+            .expect("history")
+            .is_empty()
+    );
+}
+
+// --- Several coordinators on one database: the model generation and the serial guard ---
+
+async fn a_second_coordinator_with_an_old_model_gets_stale_and_writes_nothing(scratch: Scratch) {
+    let first = &scratch.store;
+    let second = scratch.open_another().await;
+    let generation = first.load().await.expect("load").generation;
+    assert_eq!(second.load().await.expect("load").generation, generation);
+    let web = app("web");
+    let host_web = host("web-01");
+    let pin = |who: &str, seconds: i64| app_line(Some("web"), at(seconds), who, "pinned web", None);
+    first
+        .change_pin(
+            &web,
+            &Scope::Fleet,
+            Some(&version("1.0")),
+            &[pin("alice", 1)],
+            &[manifest(&host_web, 1)],
+        )
+        .await
+        .expect("pin through the first");
+    assert_eq!(first.load().await.expect("load").generation, generation + 1);
+
+    // The second decided on the model before that pin: refused, nothing of it written,
+    // and the generation not moved.
+    let stale = second
+        .change_pin(
+            &web,
+            &Scope::Fleet,
+            Some(&version("2.0")),
+            &[pin("bob", 2)],
+            &[manifest(&host_web, 2)],
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Stale)), "{stale:?}");
+    let stale = second
+        .put_group(
+            "edge",
+            &Labels::new(),
+            &[],
+            &admin_change(at(2), "bob", "created group edge"),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Stale)), "{stale:?}");
+    let stale = second.save_manifests(&[manifest(&host_web, 2)]).await;
+    assert!(matches!(stale, Err(StoreError::Stale)), "{stale:?}");
+    let snapshot = first.load().await.expect("load");
+    assert_eq!(snapshot.generation, generation + 1);
+    assert_eq!(snapshot.pins.get(&(web.clone(), Scope::Fleet)), Some(&version("1.0")));
+    assert!(snapshot.groups.is_empty());
+    assert_eq!(snapshot.manifests, [manifest(&host_web, 1)]);
+    assert_eq!(first.history(&web, 100).await.expect("history").len(), 1);
+    assert!(
+        first
+            .fleet_history(&HistoryQuery::default())
+            .await
+            .expect("history")
+            .iter()
+            .all(|line| line.who != "bob")
+    );
+
+    // Once it has reloaded, the second's change goes through, and now the first is behind.
+    assert_eq!(second.load().await.expect("reload").generation, generation + 1);
+    second
+        .change_pin(
+            &web,
+            &Scope::Fleet,
+            Some(&version("2.0")),
+            &[pin("bob", 3)],
+            &[manifest(&host_web, 2)],
+        )
+        .await
+        .expect("pin after the reload");
+    let stale = first.change_hold(&Scope::Fleet, true, &[], &[]).await;
+    assert!(matches!(stale, Err(StoreError::Stale)), "{stale:?}");
+    let snapshot = second.load().await.expect("load");
+    assert_eq!(
+        (snapshot.generation, snapshot.pins.get(&(web, Scope::Fleet))),
+        (generation + 2, Some(&version("2.0")))
+    );
+    assert!(snapshot.holds.is_empty());
+}
+
+async fn a_manifest_write_that_would_lower_or_repeat_a_serial_is_stale_and_writes_nothing(scratch: Scratch) {
+    let store = &scratch.store;
+    let web = host("web-01");
+    store.save_manifests(&[manifest(&web, 5)]).await.expect("save");
+    let generation = store.load().await.expect("load").generation;
+    for serial in [5, 4] {
+        let repeated = store.save_manifests(&[manifest(&web, serial)]).await;
+        assert!(
+            matches!(repeated, Err(StoreError::Stale)),
+            "serial {serial}: {repeated:?}"
+        );
+    }
+    // With a model change: the change is not written either, and the generation stays.
+    let labels = Labels::from([("tier".to_owned(), "edge".to_owned())]);
+    execute!(
+        store,
+        "INSERT INTO hosts (id, labels, cert_sha256, joined_at) VALUES ($1, '{}', 'cert-1', 0)",
+        web.as_str()
+    )
+    .expect("host row");
+    let refused = store
+        .set_labels(
+            &web,
+            &labels,
+            &[manifest(&web, 5)],
+            &admin_change(at(6), "admin", "labels"),
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::Stale)), "{refused:?}");
+    let snapshot = store.load().await.expect("load");
+    assert_eq!(snapshot.generation, generation);
+    assert_eq!(snapshot.hosts[0].labels, Labels::new());
+    assert_eq!(snapshot.manifests, [manifest(&web, 5)]);
+    // Several manifests in one write: one repeated serial fails all of them.
+    let other = host("web-02");
+    let refused = store.save_manifests(&[manifest(&other, 1), manifest(&web, 5)]).await;
+    assert!(matches!(refused, Err(StoreError::Stale)), "{refused:?}");
+    assert_eq!(store.load().await.expect("load").manifests, [manifest(&web, 5)]);
+    // A higher serial is written, at the new generation.
+    store
+        .set_labels(
+            &web,
+            &labels,
+            &[manifest(&web, 6)],
+            &admin_change(at(7), "admin", "labels"),
+        )
+        .await
+        .expect("labels");
+    let snapshot = store.load().await.expect("load");
+    assert_eq!(snapshot.generation, generation + 1);
+    assert_eq!(snapshot.hosts[0].labels, labels);
+    assert_eq!(snapshot.manifests, [manifest(&web, 6)]);
+}
+
+async fn load_since_reads_the_model_and_only_newer_manifests_and_hosts_and_reports_are_read_by_id(scratch: Scratch) {
+    let store = &scratch.store;
+    let (web, db, api) = (host("web-01"), host("db-01"), host("api-01"));
+    store
+        .save_manifests(&[manifest(&web, 1), manifest(&db, 1)])
+        .await
+        .expect("first");
+    let first = store.load().await.expect("load").generation;
+    store.save_manifests(&[manifest(&db, 2)]).await.expect("second");
+    store
+        .save_reports(&[(report(&web, at(1), &[]), at(2)), (report(&db, at(1), &[]), at(2))])
+        .await
+        .expect("reports");
+    let since = store.load_since(first).await.expect("load since");
+    assert_eq!(since.generation, first + 1);
+    assert_eq!(since.manifests, [manifest(&db, 2)]);
+    assert!(since.reports.is_empty());
+    assert!(
+        store
+            .load_since(first + 1)
+            .await
+            .expect("load since")
+            .manifests
+            .is_empty()
+    );
+    assert_eq!(store.load_since(0).await.expect("load since").manifests.len(), 2);
+
+    for (id, cert) in [(&web, "cert-web"), (&db, "cert-db")] {
+        execute!(
+            store,
+            "INSERT INTO hosts (id, labels, cert_sha256, joined_at) VALUES ($1, '{}', $2, 0)",
+            id.as_str(),
+            cert
+        )
+        .expect("host row");
+    }
+    let hosts = store
+        .hosts_of(&[web.clone(), api.clone(), db.clone()])
+        .await
+        .expect("hosts");
+    assert_eq!(
+        hosts
+            .iter()
+            .map(|record| (record.id.as_str(), record.cert_sha256.as_deref()))
+            .collect::<Vec<_>>(),
+        [("db-01", Some("cert-db")), ("web-01", Some("cert-web"))],
+        "the hosts that exist, by id"
+    );
+    assert!(store.hosts_of(&[]).await.expect("none").is_empty());
+    let reports = store.reports_of(&[web.clone(), api]).await.expect("reports");
+    assert_eq!(reports, [(report(&web, at(1), &[]), at(2))]);
+    assert!(store.reports_of(&[]).await.expect("none").is_empty());
+}
+
+/// The column names of every table of the SQLite schema.
+async fn sqlite_columns(store: &Store) -> BTreeMap<String, BTreeSet<String>> {
+    let Backend::Sqlite(sqlite) = &store.backend else {
+        panic!("a SQLite store");
+    };
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT m.name, p.name FROM sqlite_master AS m, pragma_table_info(m.name) AS p
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
+    )
+    .fetch_all(&sqlite.pool)
+    .await
+    .expect("sqlite columns");
+    let mut tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (table, column) in rows {
+        tables.entry(table).or_default().insert(column);
+    }
+    tables
+}
+
+/// The column names of every table of the PostgreSQL schema, less the columns that stand
+/// in for what SQLite has implicitly (`rollouts.seq` is SQLite's rowid).
+async fn postgres_columns(store: &Store) -> BTreeMap<String, BTreeSet<String>> {
+    let Backend::Postgres(postgres) = &store.backend else {
+        panic!("a PostgreSQL store");
+    };
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::TEXT, column_name::TEXT FROM information_schema.columns WHERE table_schema = 'public'",
+    )
+    .fetch_all(&postgres.pool)
+    .await
+    .expect("postgres columns");
+    let mut tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (table, column) in rows {
+        if (table.as_str(), column.as_str()) != ("rollouts", "seq") {
+            tables.entry(table).or_default().insert(column);
+        }
+    }
+    tables
+}
+
+#[tokio::test]
+async fn both_backends_have_the_same_tables_and_columns() {
+    let sqlite = Scratch::sqlite("same-schema").await;
+    let postgres = Scratch::postgres().await;
+    let sqlite_tables = sqlite_columns(&sqlite.store).await;
+    assert!(sqlite_tables.contains_key("model_generation"), "{sqlite_tables:?}");
+    assert_eq!(sqlite_tables, postgres_columns(&postgres.store).await);
+    assert_eq!(sqlite::MIGRATIONS.len(), postgres::MIGRATIONS.len());
+}
+
+#[test]
+fn a_database_url_is_named_without_its_password_and_other_urls_are_refused() {
+    for (url, shown) in [
+        (
+            "postgres://drover:s3cret@db.example:5432/fleet",
+            "postgres://drover:***@db.example:5432/fleet",
+        ),
+        (
+            "postgresql://drover:p%40ss@db/fleet?sslmode=require",
+            "postgresql://drover:***@db/fleet?sslmode=require",
+        ),
+        ("postgres://drover@db/fleet", "postgres://drover@db/fleet"),
+        (
+            "postgres://db/fleet?user=drover&password=s3cret",
+            "postgres://db/fleet?user=drover&password=***",
+        ),
+    ] {
+        let database = Database::from_url(url).expect("a PostgreSQL URL");
+        assert_eq!(database, Database::Postgres(url.to_owned()));
+        assert_eq!(database.display_name(), shown);
+    }
+    let refused = Database::from_url("mysql://root:hunter2@db/fleet").expect_err("not PostgreSQL");
+    assert!(
+        refused.contains("postgres://") && refused.contains("postgresql://"),
+        "{refused}"
+    );
+    assert!(!refused.contains("hunter2"), "{refused}");
 }

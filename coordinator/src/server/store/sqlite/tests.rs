@@ -1,17 +1,14 @@
-//! The SQLite backend's own tests: migrations (under the lock, refused when newer) and
-//! rows as older coordinators left them. What every backend must do is tested through
-//! the interface in `store/tests.rs`.
-
-use drover_protocol::HostId;
-use drover_protocol::api::HostHistoryEntry;
+//! The SQLite backend's own tests: migrations (under the lock, refused when newer). What
+//! every backend must do is tested through the interface in `store/tests.rs`, on both.
 
 use super::*;
-use crate::server::store::tests::{at, scratch};
+use crate::server::store::tests::Scratch;
 use crate::server::store::{Backend, Store};
 
 fn pool(store: &Store) -> &SqlitePool {
     match &store.backend {
         Backend::Sqlite(sqlite) => &sqlite.pool,
+        Backend::Postgres(_) => panic!("a SQLite store"),
     }
 }
 
@@ -56,7 +53,9 @@ async fn coordinators_opening_one_new_database_at_once_all_succeed_and_apply_eac
 
 #[tokio::test]
 async fn a_database_with_a_newer_schema_than_this_binary_is_refused_and_left_unchanged() {
-    let (store, directory) = scratch("newer-schema").await;
+    let scratch = Scratch::sqlite("newer-schema").await;
+    let store = scratch.store.clone();
+    let directory = scratch.directory().to_owned();
     let newer = i64::try_from(MIGRATIONS.len() + 1).expect("few");
     sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
         .bind(newer)
@@ -88,60 +87,4 @@ async fn a_database_with_a_newer_schema_than_this_binary_is_refused_and_left_unc
         .expect("max");
     assert_eq!(max, newer);
     pool.close().await;
-    let _ = std::fs::remove_dir_all(&directory);
-}
-
-#[tokio::test]
-async fn a_host_enrolled_before_keys_were_recorded_renews_by_its_certificate_then_by_its_key() {
-    let (store, directory) = scratch("legacy-host").await;
-    // As an older coordinator left it: the certificate's sha256, no key.
-    sqlx::query("INSERT INTO hosts (id, labels, cert_sha256, joined_at) VALUES ('web-01', '{}', 'cert-1', 0)")
-        .execute(pool(&store))
-        .await
-        .expect("legacy row");
-    let host: HostId = "web-01".parse().expect("host id");
-    let line = |old: &str, new: &str| HostHistoryEntry {
-        at: at(1),
-        who: "host".into(),
-        what: "renewed".into(),
-        old_certificate: Some(old.into()),
-        new_certificate: Some(new.into()),
-    };
-    let renew = |key: &'static str, old: &'static str, new: &'static str| {
-        let store = store.clone();
-        let host = host.clone();
-        let line = line(old, new);
-        async move { store.renew_host(&host, key, new, at(10), &line).await.expect("renew") }
-    };
-    // Only the recorded certificate proves the host until its key is known.
-    assert!(!renew("key-a", "cert-x", "cert-2").await);
-    assert!(renew("key-a", "cert-1", "cert-2").await);
-    // A late lazy record of the key (from the old certificate) changes nothing now.
-    store
-        .record_host_key(&host, "cert-1", "key-b", at(5))
-        .await
-        .expect("record key");
-    let loaded = store.load().await.expect("load");
-    let record = loaded.hosts.iter().find(|record| record.id == host).expect("host");
-    assert_eq!(record.key_sha256.as_deref(), Some("key-a"));
-    assert_eq!(record.cert_sha256.as_deref(), Some("cert-2"));
-    assert_eq!(record.cert_not_after, Some(at(10)));
-    // From now on the key is the identity: another key is refused, the same renews.
-    assert!(!renew("key-b", "cert-2", "cert-3").await);
-    for _ in 0..RENEWALS_KEPT_PER_HOST + 5 {
-        assert!(renew("key-a", "cert-2", "cert-3").await);
-    }
-    // Renewal lines are bounded per host (a host decides how often it renews).
-    let history = store.host_history(&host, 1_000).await.expect("history");
-    assert_eq!(history.len(), usize::try_from(RENEWALS_KEPT_PER_HOST).expect("small"));
-    // A removed host renews nothing.
-    let removal = HostHistoryEntry {
-        who: "admin".into(),
-        what: "removed".into(),
-        new_certificate: None,
-        ..line("cert-3", "-")
-    };
-    store.remove_host(&host, &removal, None).await.expect("remove");
-    assert!(!renew("key-a", "cert-3", "cert-4").await);
-    let _ = std::fs::remove_dir_all(&directory);
 }

@@ -1,0 +1,36 @@
+-- drover coordinator schema, version 8 (PostgreSQL): several coordinators on one database
+-- (issue 16), as ../0008_replicas.sql. Additive only: a coordinator one version behind
+-- keeps working during a rolling upgrade (it knows none of these; its manifests get
+-- generation 0).
+--
+-- The fleet model's generation: every transaction that changes the model moves it on by
+-- one, only if it still holds the value the writing replica last read, so a replica
+-- whose model is stale cannot overwrite a newer one (it reloads and retries).
+CREATE TABLE model_generation (
+    id         BIGINT PRIMARY KEY CHECK (id = 1),
+    generation BIGINT NOT NULL
+);
+INSERT INTO model_generation (id, generation) VALUES (1, 0);
+
+-- The model generation that wrote each manifest: a replica re-reads only the manifests
+-- newer than the generation it holds.
+ALTER TABLE manifests ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
+
+-- The replica that leads (runs the rollout driver and the manifest refresher), the epoch
+-- of its lease (one more at each change of leader) and since when it leads.
+CREATE TABLE leader (
+    id      BIGINT PRIMARY KEY CHECK (id = 1),
+    replica TEXT,
+    epoch   BIGINT NOT NULL DEFAULT 0,
+    since   BIGINT
+);
+INSERT INTO leader (id) VALUES (1);
+
+-- Every replica's heartbeat, for `drover coordinators`.
+CREATE TABLE replicas (
+    id           TEXT PRIMARY KEY,
+    address      TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    started_at   BIGINT NOT NULL,
+    heartbeat_at BIGINT NOT NULL
+);
