@@ -46,6 +46,7 @@
 //! the helpers below ([`StoreError::Corrupt`] names what could not be read back).
 
 pub mod changes;
+pub mod cluster;
 pub mod postgres;
 pub mod sqlite;
 
