@@ -62,7 +62,11 @@ fn join_command_for(join_command: &str, coordinators: &[String]) -> Result<Strin
         .strip_prefix("drover-agent join ")
         .and_then(|rest| rest.split_once(' '))
         .map(|(_url, rest)| rest)
-        .ok_or_else(|| Error::Input(format!("the coordinator answered an unexpected join command: {join_command}")))?;
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "the coordinator answered an unexpected join command: {join_command}"
+            ))
+        })?;
     Ok(format!("drover-agent join {} {rest}", coordinators.join(",")))
 }
 
