@@ -1,7 +1,10 @@
 //! Jittered exponential backoff for talking to a coordinator that is down: 1 s, 2 s, 4 s
 //! ... up to a cap, each delay drawn at random from its upper half so a fleet that lost
 //! its coordinator at the same moment does not come back at the same moment (no
-//! thundering herd on recovery). The caller resets the failure count on success.
+//! thundering herd on recovery). The caller resets the failure count on success. With
+//! several coordinators each failure also moves the agent to the next one
+//! ([`crate::coordinators`]), so the first retry there comes after 0.5 to 1 s: a fleet
+//! that loses one replica spreads over that second instead of arriving at once.
 //!
 //! Also the wait before a failed install of the same version is tried again
 //! ([`install_retry`]): 5 s doubling to 10 minutes, so a release that cannot install
@@ -75,6 +78,17 @@ mod tests {
         assert!(top(2) <= Duration::from_secs(2) && top(2) > Duration::from_secs(1));
         assert!(top(7) <= cap && top(7) >= cap / 2);
         assert!(top(1000) <= cap, "no overflow after many failures");
+    }
+
+    #[test]
+    fn the_first_retry_after_a_failover_comes_within_a_second_but_not_at_once() {
+        for random in [0, 1, 499, 500, u32::MAX / 2, u32::MAX] {
+            let delay = delay_with(1, Duration::from_secs(60), random);
+            assert!(
+                delay >= Duration::from_millis(500) && delay <= Duration::from_secs(1),
+                "{delay:?}"
+            );
+        }
     }
 
     #[test]
