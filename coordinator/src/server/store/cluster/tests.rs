@@ -6,45 +6,23 @@ use std::str::FromStr as _;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 
 use super::*;
 use crate::server::clock::{ManualClock, SystemClock};
+use crate::server::store::postgres::PostgresStore;
 use crate::testing::PostgresCluster;
 
-/// The tables this module uses, as migration 0008 (PostgreSQL) creates them; the store's
-/// migrations are not this module's business.
-const CLUSTER_TABLES: &str = "
-    CREATE TABLE leader (
-        id      BIGINT PRIMARY KEY CHECK (id = 1),
-        replica TEXT,
-        epoch   BIGINT NOT NULL DEFAULT 0,
-        since   BIGINT
-    );
-    INSERT INTO leader (id) VALUES (1);
-    CREATE TABLE replicas (
-        id           TEXT PRIMARY KEY,
-        address      TEXT NOT NULL,
-        version      TEXT NOT NULL,
-        started_at   BIGINT NOT NULL,
-        heartbeat_at BIGINT NOT NULL
-    );";
-
 /// A running cluster (blocking calls moved off the runtime's worker), its connection
-/// options and a small pool with the tables created.
+/// options and a pool, the database migrated by the PostgreSQL store (migration 0008
+/// makes the `leader` and `replicas` tables).
 async fn database() -> (PostgresCluster, PgConnectOptions, PgPool) {
     let cluster = tokio::task::block_in_place(PostgresCluster::start);
     let options = PgConnectOptions::from_str(&cluster.url()).expect("the fixture's URL parses");
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(options.clone())
+    let store = PostgresStore::open(&cluster.url())
         .await
-        .expect("connect to the test cluster");
-    sqlx::raw_sql(CLUSTER_TABLES)
-        .execute(&pool)
-        .await
-        .expect("create the cluster tables");
-    (cluster, options, pool)
+        .expect("open and migrate the test database");
+    (cluster, options, store.pool.clone())
 }
 
 /// The next batch, failing the test after `within`.
