@@ -176,6 +176,7 @@ fn an_unreachable_postgres_database_fails_the_start_with_exit_1_naming_it_withou
         )),
         "{line}"
     );
+    assert!(line.contains("Connection refused"), "says why: {line}");
     assert!(line.contains("check that PostgreSQL runs"), "{line}");
     assert!(!failed.stderr.contains("s3cret"), "{}", failed.stderr);
     assert!(!data.join("coordinator.db").exists(), "no SQLite file made instead");

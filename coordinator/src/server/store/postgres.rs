@@ -20,14 +20,15 @@ use drover_protocol::api::{
 };
 use drover_protocol::report::ReportEvent;
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
+use sqlx::Connection as _;
 use sqlx::Row as _;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 
 use super::changes::{CHANNEL, Change};
 use super::{
-    AdminChange, AdminTokenRecord, BOOTSTRAP_CREATOR, EVENTS_PER_HOST, HistoryRecord, HostChange, HostRecord,
-    RENEWALS_KEPT_PER_HOST, RolloutCommit, SeenGeneration, Snapshot, StoreError, StoredManifest, StoredRollout,
-    TokenProblem, TokenRecord, corrupt, json, parse, redact_password, to_json, unix,
+    AdminChange, AdminTokenRecord, BOOTSTRAP_CREATOR, DatabaseError, EVENTS_PER_HOST, HistoryRecord, HostChange,
+    HostRecord, RENEWALS_KEPT_PER_HOST, RolloutCommit, SeenGeneration, Snapshot, StoreError, StoredManifest,
+    StoredRollout, TokenProblem, TokenRecord, corrupt, json, parse, redact_password, to_json, unix,
 };
 
 /// Schema migrations in PostgreSQL's dialect, applied in order; the index + 1 is the
@@ -62,7 +63,7 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pub(super) pool: PgPool,
-    seen: SeenGeneration,
+    pub(super) seen: SeenGeneration,
 }
 
 type Transaction = sqlx::Transaction<'static, sqlx::Postgres>;
@@ -74,6 +75,18 @@ impl PostgresStore {
         let options = options
             .application_name("drover")
             .options([("statement_timeout", format!("{}", STATEMENT_TIMEOUT.as_millis()))]);
+        // One connection first, on its own: when the server cannot be reached or refuses
+        // the login, the pool would only say that it timed out; this says why (refused,
+        // no such host, wrong password, no such database).
+        let first = tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| {
+                StoreError::Database(DatabaseError::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", ACQUIRE_TIMEOUT.as_secs()),
+                )))
+            })??;
+        let _ = first.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(ACQUIRE_TIMEOUT)
