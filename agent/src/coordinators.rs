@@ -140,12 +140,12 @@ impl Coordinators {
     /// instead (same path): a manifest names the replica that rendered it, and any
     /// replica serves the same blobs. `None` for URLs elsewhere, which must not get the
     /// host certificate.
-    pub fn artifact_url(&self, url: &str) -> Option<String> {
+    pub fn artifact_attempt(&self, url: &str) -> Option<Attempt> {
         let rest = self.urls.iter().find_map(|base| {
             url.strip_prefix(base.as_str())
                 .filter(|rest| rest.is_empty() || rest.starts_with('/'))
         })?;
-        Some(format!("{}{rest}", self.current()))
+        Some(self.attempt(rest))
     }
 
     /// Writes the current URL to the state directory (see [`remember`]).
@@ -171,6 +171,19 @@ fn keep(path: &Path, url: &str) {
     }
     if let Err(error) = drover_protocol::keyfile::write_atomic(path, current.as_bytes(), 0o644) {
         tracing::warn!("writing {}: {error}", path.display());
+    }
+}
+
+/// Whether a download from a coordinator failed because the coordinator is unreachable:
+/// no connection or no answer, or a gateway answer. A download that stalls or crawls has
+/// a coordinator that answers (the partial file resumes); a wrong digest is the content's
+/// fault, not the replica's.
+pub fn unreachable_download(error: &crate::fetch::FetchError) -> bool {
+    use crate::fetch::FetchError;
+    match error {
+        FetchError::Request { .. } | FetchError::NoAnswer { .. } => true,
+        FetchError::Status { status, .. } => unreachable_status(*status),
+        _ => false,
     }
 }
 
@@ -278,24 +291,39 @@ mod tests {
         let coordinators = three();
         let attempt = coordinators.attempt("/x");
         coordinators.failed(&attempt, "refused");
+        let url = |artifact: &str| coordinators.artifact_attempt(artifact).map(|attempt| attempt.url);
         assert_eq!(
-            coordinators
-                .artifact_url("https://a:8443/v1/agent/artifacts/sha256:ab")
-                .as_deref(),
+            url("https://a:8443/v1/agent/artifacts/sha256:ab").as_deref(),
             Some("https://b:8443/v1/agent/artifacts/sha256:ab")
         );
         assert_eq!(
-            coordinators
-                .artifact_url("https://c:8443/v1/agent/artifacts/sha256:ab")
-                .as_deref(),
+            url("https://c:8443/v1/agent/artifacts/sha256:ab").as_deref(),
             Some("https://b:8443/v1/agent/artifacts/sha256:ab")
         );
-        assert_eq!(coordinators.artifact_url("https://a:8443.evil.net/x"), None);
-        assert_eq!(coordinators.artifact_url("https://a/x"), None);
-        assert_eq!(
-            coordinators.artifact_url("https://artifacts.example.com/web.tar.gz"),
-            None
-        );
+        assert_eq!(url("https://a:8443.evil.net/x"), None);
+        assert_eq!(url("https://a/x"), None);
+        assert_eq!(url("https://artifacts.example.com/web.tar.gz"), None);
+        // A download that cannot reach the current one moves the agent on; one that the
+        // coordinator answers, however badly, does not.
+        let failed = |error: crate::fetch::FetchError| unreachable_download(&error);
+        let url_text = || "https://b:8443/x".to_owned();
+        assert!(failed(crate::fetch::FetchError::Request {
+            url: url_text(),
+            detail: "connection refused".into()
+        }));
+        assert!(failed(crate::fetch::FetchError::Status {
+            url: url_text(),
+            status: 503
+        }));
+        assert!(!failed(crate::fetch::FetchError::Status {
+            url: url_text(),
+            status: 404
+        }));
+        assert!(!failed(crate::fetch::FetchError::Truncated {
+            url: url_text(),
+            received: 1,
+            size: 2
+        }));
     }
 
     #[test]

@@ -595,16 +595,22 @@ impl Executor {
                 }
                 self.status
                     .app_state(app, current, Some(&release.version), AppState::Fetching, None);
-                let on_coordinator = self
-                    .coordinators
-                    .artifact_url(url.as_str())
-                    .and_then(|url| drover_protocol::manifest::HttpUrl::try_from(url).ok());
-                let (client, url) = match on_coordinator {
-                    Some(url) => (&self.client, url),
-                    None => (&self.public, url.clone()),
+                let on_coordinator = self.coordinators.artifact_attempt(url.as_str()).and_then(|attempt| {
+                    let url = drover_protocol::manifest::HttpUrl::try_from(attempt.url.clone()).ok()?;
+                    Some((attempt, url))
+                });
+                let Some((attempt, url)) = on_coordinator else {
+                    return Ok(Fetched::Tarball(
+                        self.cache.fetch(&self.public, url, digest, *size).await?,
+                    ));
                 };
-                let artifact = self.cache.fetch(client, &url, digest, *size).await?;
-                Ok(Fetched::Tarball(artifact))
+                let fetched = self.cache.fetch(&self.client, &url, digest, *size).await;
+                if let Err(error) = &fetched
+                    && crate::coordinators::unreachable_download(error)
+                {
+                    self.coordinators.failed(&attempt, &error.to_string());
+                }
+                Ok(Fetched::Tarball(fetched?))
             }
             Artifact::Oci { reference, digest } => {
                 self.status
