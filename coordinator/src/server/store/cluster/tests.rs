@@ -484,3 +484,88 @@ fn replica_ids_name_the_host_and_port_and_differ_per_process() {
     assert_eq!(suffix.len(), 8, "{first}");
     assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{first}");
 }
+
+/// Drops every packet of one TCP connection on the loopback interface, both ways, until
+/// dropped: a network cut that sends no FIN and no RST, as a pulled cable or a frozen
+/// machine. Needs root and iptables (the host tests run as root already).
+struct CutConnection {
+    rules: Vec<Vec<String>>,
+}
+
+impl CutConnection {
+    fn new(client_port: u16, server_port: u16) -> CutConnection {
+        let rule = |from: u16, to: u16| -> Vec<String> {
+            [
+                "-i",
+                "lo",
+                "-p",
+                "tcp",
+                "--sport",
+                &from.to_string(),
+                "--dport",
+                &to.to_string(),
+                "-j",
+                "DROP",
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        };
+        let cut = CutConnection {
+            rules: vec![rule(client_port, server_port), rule(server_port, client_port)],
+        };
+        for rule in &cut.rules {
+            let status = std::process::Command::new("iptables")
+                .args(["-w", "-I", "INPUT"])
+                .args(rule)
+                .status()
+                .expect("run iptables (apt-get install iptables; the test needs root)");
+            assert!(
+                status.success(),
+                "iptables -I INPUT {rule:?} failed (the test needs root)"
+            );
+        }
+        cut
+    }
+}
+
+impl Drop for CutConnection {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = std::process::Command::new("iptables")
+                .args(["-w", "-D", "INPUT"])
+                .args(rule)
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_without_a_fin_stops_before_the_server_frees_the_lock_and_another_leads_within_5s() {
+    let (cluster, options, pool) = database().await;
+    let old = campaign(&options, "old", &SystemClock).await;
+    let client_port: i32 = sqlx::query_scalar("SELECT client_port FROM pg_stat_activity WHERE pid = $1")
+        .bind(old.session_pid())
+        .fetch_one(&pool)
+        .await
+        .expect("the lease's session is listed");
+    let mut successor = spawn_campaign(&options, "new");
+
+    let cut = CutConnection::new(u16::try_from(client_port).expect("a port"), cluster.port());
+    let cut_at = Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), old.lost())
+        .await
+        .expect("the cut-off leader did not mark its lease lost within 3 s");
+    let stopped_after = cut_at.elapsed();
+    assert!(
+        tokio::time::timeout(Duration::ZERO, &mut successor).await.is_err(),
+        "another replica led before the cut-off one stopped ({stopped_after:?})"
+    );
+    let successor = tokio::time::timeout(Duration::from_secs(5).saturating_sub(cut_at.elapsed()), successor)
+        .await
+        .expect("no takeover within 5 s of a network cut")
+        .expect("campaign");
+    let takeover = cut_at.elapsed();
+    drop(cut);
+    eprintln!("network cut: the old leader stopped after {stopped_after:?}, another led after {takeover:?}");
+    assert_eq!(successor.epoch(), old.epoch() + 1);
+}
