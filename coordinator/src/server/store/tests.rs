@@ -139,6 +139,7 @@ on_both_backends!(
     a_second_coordinator_with_an_old_model_gets_stale_and_writes_nothing,
     a_manifest_write_that_would_lower_or_repeat_a_serial_is_stale_and_writes_nothing,
     load_since_reads_the_model_and_only_newer_manifests_and_hosts_and_reports_are_read_by_id,
+    a_fleet_wide_manifest_write_is_stored_whole_and_one_stale_serial_in_it_refuses_all_of_it,
 );
 
 /// Runs a statement with bound values on whichever backend `$store` is (test fixtures
@@ -1297,4 +1298,34 @@ fn a_database_url_is_named_without_its_password_and_other_urls_are_refused() {
         "{refused}"
     );
     assert!(!refused.contains("hunter2"), "{refused}");
+}
+
+async fn a_fleet_wide_manifest_write_is_stored_whole_and_one_stale_serial_in_it_refuses_all_of_it(scratch: Scratch) {
+    let store = &scratch.store;
+    let hosts: Vec<HostId> = (0..2_500).map(|index| host(&format!("host-{index:05}"))).collect();
+    let first: Vec<StoredManifest> = hosts.iter().map(|id| manifest(id, 1)).collect();
+    let started = std::time::Instant::now();
+    store.save_manifests(&first).await.expect("fleet-wide write");
+    let took = started.elapsed();
+    let mut stored = store.load().await.expect("load").manifests;
+    stored.sort_by(|a, b| a.host.cmp(&b.host));
+    assert_eq!(stored, first);
+    // One host in the middle of the last batch already has serial 2: nothing is written.
+    store
+        .save_manifests(&[manifest(&hosts[2_400], 2)])
+        .await
+        .expect("one ahead");
+    let second: Vec<StoredManifest> = hosts.iter().map(|id| manifest(id, 2)).collect();
+    let refused = store.save_manifests(&second).await;
+    assert!(matches!(refused, Err(StoreError::Stale)), "{refused:?}");
+    let stored = store.load().await.expect("load").manifests;
+    assert_eq!(stored.iter().filter(|manifest| manifest.serial == 2).count(), 1);
+    // The same host twice in one write: both in order, the later serial stays.
+    store
+        .save_manifests(&[manifest(&hosts[0], 3), manifest(&hosts[0], 4)])
+        .await
+        .expect("twice");
+    let stored = store.load_since(0).await.expect("load").manifests;
+    assert!(stored.contains(&manifest(&hosts[0], 4)), "the later one is kept");
+    eprintln!("2,500 manifests written in {took:?}");
 }
