@@ -327,3 +327,83 @@ async fn an_agent_stays_on_its_first_coordinator_while_it_answers() {
     host.stop();
     coordinator.stop().await;
 }
+
+/// A TCP proxy on 127.0.0.1 to `target`, standing in for a second replica: the same
+/// coordinator behind another URL, which [`Proxy::kill`] takes away with every
+/// connection through it (as a replica that dies).
+struct Proxy {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            // Dropped with the task: every connection through the proxy ends with it.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Proxy { url, task }
+    }
+
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_moves_on_when_its_coordinator_goes_away_while_it_works() {
+    let coordinator = TestCoordinator::start().await;
+    let direct = coordinator.url();
+    let address: std::net::SocketAddr = direct
+        .strip_prefix("https://")
+        .expect("https")
+        .parse()
+        .expect("an address");
+    let proxy = Proxy::start(address).await;
+    let first = proxy.url.clone();
+    let mut host = Host::new();
+    join(&coordinator, &host, &[&first, &direct]);
+    let bus_directory = tempfile::tempdir().expect("bus directory");
+    let bus = FakeSystemBus::start(bus_directory.path()).await;
+    let reports_before = metric(&coordinator, "drover_reports_total").await;
+    host.start(&bus);
+    // Working through the first URL: a long-poll held open through it.
+    wait_for_reports(&coordinator, reports_before, 2, &host).await;
+    assert!(!host.log().contains("unreachable"), "{}", host.log());
+
+    let polls_before = metric(&coordinator, "drover_manifest_polls_total").await;
+    let killed = Instant::now();
+    proxy.kill().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&coordinator, "drover_manifest_polls_total").await == polls_before {
+        assert!(Instant::now() < deadline, "no poll in 30 s; agent log:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let next_poll = killed.elapsed();
+    let reports_after_kill = metric(&coordinator, "drover_reports_total").await;
+    wait_for_reports(&coordinator, reports_after_kill, 1, &host).await;
+    let next_report = killed.elapsed();
+    eprintln!(
+        "failover while working: next poll through the other URL {} ms after the first went away, next report {} ms",
+        next_poll.as_millis(),
+        next_report.as_millis()
+    );
+    let log = host.log();
+    assert!(
+        log.contains(&format!("coordinator {first} unreachable (")) && log.contains(&format!("; trying {direct}")),
+        "{log}"
+    );
+    assert_eq!(status_json(&host)["coordinator"], direct.as_str());
+    host.stop();
+    coordinator.stop().await;
+}
