@@ -598,33 +598,16 @@ impl PostgresStore {
 
     pub(super) async fn save_reports(&self, reports: &[(HostReport, Timestamp)]) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
-        for (report, received_at) in reports {
-            sqlx::query(
-                "INSERT INTO reports (host, report, received_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (host) DO UPDATE SET report = excluded.report, received_at = excluded.received_at",
-            )
-            .bind(report.host.as_str())
-            .bind(to_json(report))
-            .bind(unix(*received_at))
-            .execute(&mut *transaction)
-            .await?;
-            for event in &report.events {
-                sqlx::query("INSERT INTO events (host, at, app, message) VALUES ($1, $2, $3, $4)")
-                    .bind(report.host.as_str())
-                    .bind(unix(event.at))
-                    .bind(event.app.as_ref().map(AppName::as_str))
-                    .bind(&event.message)
-                    .execute(&mut *transaction)
-                    .await?;
+        let hosts: std::collections::HashSet<&str> = reports.iter().map(|(report, _)| report.host.as_str()).collect();
+        if hosts.len() == reports.len() {
+            for batch in reports.chunks(REPORTS_PER_STATEMENT) {
+                save_report_batch(&mut transaction, batch).await?;
             }
-            if !report.events.is_empty() {
-                sqlx::query(
-                    "DELETE FROM events WHERE host = $1 AND id <= (SELECT id FROM events WHERE host = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
-                )
-                .bind(report.host.as_str())
-                .bind(EVENTS_PER_HOST)
-                .execute(&mut *transaction)
-                .await?;
+        } else {
+            // One statement cannot change a row twice: a host reported twice in one batch
+            // goes one by one, in order.
+            for report in reports {
+                save_report_batch(&mut transaction, std::slice::from_ref(report)).await?;
             }
         }
         let hosts = reports.iter().map(|(report, _)| report.host.clone()).collect();
@@ -1010,6 +993,91 @@ async fn insert_host_history(
 /// not above the stored one (a writer that rendered from an old model) writes nothing and
 /// fails the whole transaction with [`StoreError::Stale`]: a host's serial never goes
 /// down or repeats.
+/// Reports written per statement (see [`MANIFESTS_PER_STATEMENT`]).
+const REPORTS_PER_STATEMENT: usize = 1_000;
+
+/// Stores reports of distinct hosts (the latest per host) and their events in three
+/// statements, then trims each host's events to the newest [`EVENTS_PER_HOST`]; events
+/// get their ids in the order given, as one statement each would.
+async fn save_report_batch(
+    transaction: &mut Transaction,
+    reports: &[(HostReport, Timestamp)],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO reports (host, report, received_at)
+         SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[])
+         ON CONFLICT (host) DO UPDATE SET report = excluded.report, received_at = excluded.received_at",
+    )
+    .bind(
+        reports
+            .iter()
+            .map(|(report, _)| report.host.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(reports.iter().map(|(report, _)| to_json(report)).collect::<Vec<_>>())
+    .bind(
+        reports
+            .iter()
+            .map(|(_, received_at)| unix(*received_at))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **transaction)
+    .await?;
+    let events: Vec<(&HostId, &ReportEvent)> = reports
+        .iter()
+        .flat_map(|(report, _)| report.events.iter().map(move |event| (&report.host, event)))
+        .collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO events (host, at, app, message)
+         SELECT host, at, app, message
+         FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[]) WITH ORDINALITY
+           AS given (host, at, app, message, position)
+         ORDER BY position",
+    )
+    .bind(
+        events
+            .iter()
+            .map(|(host, _)| host.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|(_, event)| unix(event.at)).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|(_, event)| event.app.as_ref().map(|app| app.as_str().to_owned()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|(_, event)| event.message.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **transaction)
+    .await?;
+    let with_events: Vec<String> = reports
+        .iter()
+        .filter(|(report, _)| !report.events.is_empty())
+        .map(|(report, _)| report.host.as_str().to_owned())
+        .collect();
+    sqlx::query(
+        "DELETE FROM events WHERE id IN (
+           SELECT id FROM (
+             SELECT id, row_number() OVER (PARTITION BY host ORDER BY id DESC) AS newer
+             FROM events WHERE host = ANY($1)
+           ) AS ranked
+           WHERE newer > $2)",
+    )
+    .bind(with_events)
+    .bind(EVENTS_PER_HOST)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
 /// Manifests written per statement: a fleet-wide change of 10,000 hosts is ten round
 /// trips to the server, not 10,000 (the statement's arrays stay a few MiB).
 const MANIFESTS_PER_STATEMENT: usize = 1_000;

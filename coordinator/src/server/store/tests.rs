@@ -664,6 +664,40 @@ async fn the_latest_report_per_host_is_kept_and_events_are_trimmed_to_the_newest
         events.last().map(|event| event.message.as_str()),
         Some(&*format!("event {}", EVENTS_PER_HOST + 4))
     );
+
+    // A batch of several hosts: each keeps its own newest events, in the order given.
+    store
+        .save_reports(&[
+            (report(&db, at(600), &[(600, "db a"), (601, "db b")]), at(602)),
+            (report(&web, at(600), &[(600, "web last")]), at(602)),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(messages(store.events(&db).await.expect("events")), ["db a", "db b"]);
+    let events = store.events(&web).await.expect("events");
+    assert_eq!(events.len(), usize::try_from(EVENTS_PER_HOST).expect("small"));
+    assert_eq!(
+        (
+            events[0].message.as_str(),
+            events.last().map(|event| event.message.as_str())
+        ),
+        ("event 6", Some("web last"))
+    );
+    // The same host twice in one batch: the later report is kept, every event stored.
+    let later = report(&db, at(701), &[(701, "db d")]);
+    store
+        .save_reports(&[
+            (report(&db, at(700), &[(700, "db c")]), at(700)),
+            (later.clone(), at(702)),
+        ])
+        .await
+        .expect("twice");
+    let reports = store.reports_of(std::slice::from_ref(&db)).await.expect("reports");
+    assert_eq!(reports, [(later, at(702))]);
+    assert_eq!(
+        messages(store.events(&db).await.expect("events")),
+        ["db a", "db b", "db c", "db d"]
+    );
 }
 
 // --- Rollouts --------------------------------------------------------------------------
