@@ -103,13 +103,23 @@ pub enum StoreError {
     Stale,
 }
 
-/// Which database a coordinator keeps its state in.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Which database a coordinator keeps its state in. Its `Debug` form hides a URL's
+/// password, as [`Database::display_name`] does.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Database {
     /// A SQLite file (the default: `coordinator.db` in the data directory).
     Sqlite(PathBuf),
     /// A PostgreSQL server, by its `postgres://` or `postgresql://` URL.
     Postgres(String),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Database::Postgres(url) => f.debug_tuple("Postgres").field(&redact_password(url)).finish(),
+        }
+    }
 }
 
 impl Database {

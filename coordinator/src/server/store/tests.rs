@@ -1325,6 +1325,7 @@ fn a_database_url_is_named_without_its_password_and_other_urls_are_refused() {
         let database = Database::from_url(url).expect("a PostgreSQL URL");
         assert_eq!(database, Database::Postgres(url.to_owned()));
         assert_eq!(database.display_name(), shown);
+        assert_eq!(format!("{database:?}"), format!("Postgres({shown:?})"));
     }
     let refused = Database::from_url("mysql://root:hunter2@db/fleet").expect_err("not PostgreSQL");
     assert!(
