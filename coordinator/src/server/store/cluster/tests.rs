@@ -171,6 +171,33 @@ async fn the_listener_waits_out_a_dead_database_with_bounded_backoff_and_resyncs
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_notices_a_silent_network_cut_and_resyncs_on_a_new_connection() {
+    let (cluster, options, pool) = database().await;
+    let mut listener = ChangeListener::start(options).await.expect("listen");
+    let client_port: i32 = sqlx::query_scalar(
+        "SELECT client_port FROM pg_stat_activity WHERE application_name = 'drover change listener'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the listener's session is listed");
+    let cut = CutConnection::new(u16::try_from(client_port).expect("a port"), cluster.port());
+    let cut_at = Instant::now();
+    // Silence for 5 s, then a check that gets no answer within 3 s, then a new connection.
+    assert_eq!(
+        next_batch(&mut listener, Duration::from_secs(12)).await,
+        vec![Change::Resync]
+    );
+    eprintln!("listener resynced {:?} after a silent network cut", cut_at.elapsed());
+    let mut connection = pool.acquire().await.expect("connection");
+    notify(&mut connection, &Change::AdminTokens).await;
+    assert_eq!(
+        next_batch(&mut listener, Duration::from_secs(5)).await,
+        vec![Change::AdminTokens]
+    );
+    drop(cut);
+}
+
 #[test]
 fn a_batch_merges_what_it_holds_and_a_resync_covers_everything() {
     let mut batch = Batch::default();
