@@ -227,3 +227,29 @@ async fn execute_host_row(store: &Store, host: &HostId) {
         .await
         .expect("host row");
 }
+
+#[tokio::test]
+async fn every_connection_bounds_its_statements_so_a_hung_database_fails_a_request_instead_of_hanging_it() {
+    let scratch = Scratch::postgres().await;
+    let shown: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(pool(&scratch.store))
+        .await
+        .expect("show");
+    assert_eq!(shown, format!("{}s", STATEMENT_TIMEOUT.as_secs()));
+    // And it is enforced: a statement past a (here shorter) timeout is cancelled.
+    let mut connection = pool(&scratch.store).acquire().await.expect("connection");
+    sqlx::query("SET statement_timeout = 200")
+        .execute(&mut *connection)
+        .await
+        .expect("set");
+    let started = std::time::Instant::now();
+    let cancelled = sqlx::query("SELECT pg_sleep(30)").execute(&mut *connection).await;
+    assert!(
+        cancelled.is_err() && started.elapsed() < Duration::from_secs(10),
+        "{cancelled:?}"
+    );
+    sqlx::query("RESET statement_timeout")
+        .execute(&mut *connection)
+        .await
+        .expect("reset");
+}
