@@ -310,6 +310,11 @@ async fn pushing_is_refused_before_any_network_access_when_it_could_not_work() {
     )
     .fails(2);
     assert!(stderr.contains("bin/not-there"), "{stderr}");
+    // A version released without the registry is not pushed again as another artifact.
+    let upload = ["release", "create", "web", "3", "--spec", spec, "--artifact", tarball];
+    drover(&coordinator, &upload, &[]).ok();
+    let stderr = drover(&coordinator, &upload, &[("DROVER_REGISTRY", &repository)]).fails(4);
+    assert!(stderr.contains("not kept in a registry"), "{stderr}");
     let catalog = registry
         .http_client()
         .get(format!("{}/v2/_catalog", registry.base_url()))
@@ -320,6 +325,10 @@ async fn pushing_is_refused_before_any_network_access_when_it_could_not_work() {
         .await
         .expect("catalog body");
     assert!(!catalog.contains("drover/web"), "nothing was pushed: {catalog}");
-    assert!(list_releases(&coordinator, "web").is_empty());
+    assert_eq!(
+        list_releases(&coordinator, "web").len(),
+        1,
+        "only the uploaded release 3"
+    );
     coordinator.stop().await;
 }

@@ -158,6 +158,18 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
             check_given(args, &digest, size, &path.display().to_string())?;
             refuse_other_artifact(args, existing.as_ref(), &digest)?;
             let PushRequest { target, access } = *target;
+            // The same tarball released without a registry is another artifact to the
+            // coordinator: refused here rather than after a push.
+            if let Some(release) = &existing
+                && !matches!(release.artifact, Artifact::OciTarball { .. })
+            {
+                return Err(Error::ReleaseExists {
+                    app: args.app.to_string(),
+                    version: args.version.to_string(),
+                    existing: format!("{} (not kept in a registry)", release.artifact.digest()),
+                    wanted: format!("{digest} in {}", target.name()),
+                });
+            }
             let pushed = push::push_tarball(&target, &access, &path, &digest, size).await?;
             if let Some(tag) = &pushed.tag {
                 eprintln!("tagged {}:{tag}", target.name());
