@@ -168,9 +168,11 @@ pub async fn join(
     };
     let mut unreachable = Vec::new();
     let mut answer = None;
-    for url in &urls {
+    for (index, url) in urls.iter().enumerate() {
+        let last = index + 1 == urls.len();
         match client.post(format!("{url}/v1/join")).json(&request).send().await {
-            Ok(response) if crate::coordinators::unreachable_status(response.status().as_u16()) => {
+            // The last URL's gateway answer is shown as the answer it is.
+            Ok(response) if !last && crate::coordinators::unreachable_status(response.status().as_u16()) => {
                 unreachable.push(format!("{url}: HTTP {}", response.status()));
             }
             Ok(response) => {
@@ -182,7 +184,7 @@ pub async fn join(
             }
             Err(error) => {
                 return Err(Error::Join(format!(
-                    "cannot send the join to {url}: {}",
+                    "cannot reach the coordinator at {url}: {}",
                     crate::error::chain(&error)
                 )));
             }
