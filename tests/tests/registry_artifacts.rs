@@ -17,9 +17,10 @@ use drover_agent::oci::registry::Registries;
 use drover_protocol::api::Release;
 use drover_protocol::manifest::OciReference;
 use drover_protocol::oci::{MEDIA_TYPE_OCI_MANIFEST, check_tarball_artifact_manifest};
-use drover_protocol::{Artifact, Digest};
+use drover_protocol::{AppName, Artifact, Digest, accept};
 use drover_tests::e2e::{Behaviour, Releases};
-use drover_tests::fleet::TestCoordinator;
+use drover_tests::fleet::{Poll, TestCoordinator};
+use drover_tests::now_real;
 use drover_tests::registry::Registry;
 
 /// What one `drover` run produced.
@@ -329,6 +330,83 @@ async fn pushing_is_refused_before_any_network_access_when_it_could_not_work() {
         list_releases(&coordinator, "web").len(),
         1,
         "only the uploaded release 3"
+    );
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_takes_registry_tarballs_pinned_by_digest_and_hosts_get_them_signed() {
+    let coordinator = TestCoordinator::start().await;
+    let agent = coordinator.enroll("web-01", &[("env", "prod")]).await;
+    let Poll::Changed(_, etag) = agent.poll(None, 10).await else {
+        panic!("expected a first manifest");
+    };
+    let manifest_digest = format!("sha256:{}", "ab".repeat(32));
+    let tarball_digest = format!("sha256:{}", "cd".repeat(32));
+    let request = |reference: &str, spec: serde_json::Value| {
+        serde_json::json!({
+            "app": "web", "version": "1", "spec": spec,
+            "artifact": {"kind": "registry_tarball", "reference": reference, "digest": tarball_digest, "size": 1234},
+        })
+    };
+    let command = serde_json::json!({"service": {"command": ["bin/app"]}});
+    for (reference, spec, code) in [
+        (
+            format!("docker.io/web@{manifest_digest}"),
+            command.clone(),
+            "bad_artifact_reference",
+        ),
+        (
+            format!("r.example.com/web:1@{manifest_digest}"),
+            command.clone(),
+            "bad_artifact_reference",
+        ),
+        // A tarball, wherever it is kept, needs the command.
+        (
+            format!("r.example.com/web@{manifest_digest}"),
+            serde_json::json!({"service": {"restart": "always"}}),
+            "command_required",
+        ),
+    ] {
+        let (status, body) = coordinator
+            .admin
+            .call(
+                reqwest::Method::POST,
+                "/v1/admin/releases",
+                Some(request(&reference, spec)),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{reference}: {body}");
+        assert!(body.contains(code), "{reference}: {body}");
+    }
+    let reference = format!("r.example.com/drover/web@{manifest_digest}");
+    let created = coordinator
+        .admin
+        .ok(
+            reqwest::Method::POST,
+            "/v1/admin/releases",
+            Some(request(&reference, command.clone())),
+        )
+        .await;
+    assert_eq!(created["artifact"]["kind"], "oci_tarball");
+    assert_eq!(created["artifact"]["reference"], reference.as_str());
+    assert_eq!(created["artifact"]["digest"], tarball_digest.as_str());
+    assert_eq!(created["artifact"]["size"], 1234);
+
+    drover(&coordinator, &["pin", "web", "1"], &[]).ok();
+    let Poll::Changed(envelope, _) = agent.poll(Some(&etag), 10).await else {
+        panic!("expected the pinned manifest");
+    };
+    let verified = accept(&envelope, &agent.trust(), &agent.host, None, now_real()).expect("manifest verifies");
+    let app: AppName = "web".parse().expect("app");
+    assert_eq!(
+        verified.manifest().apps[&app].artifact,
+        Artifact::OciTarball {
+            reference: OciReference::try_from(reference).expect("reference"),
+            digest: tarball_digest.parse().expect("digest"),
+            size: 1234,
+        },
+        "the host's signed manifest names the artifact and the tarball by digest"
     );
     coordinator.stop().await;
 }
