@@ -48,6 +48,7 @@
 pub mod changes;
 pub mod cluster;
 pub mod postgres;
+pub mod shared;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -68,6 +69,7 @@ use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
 pub use crate::server::records::{HostRecord, Snapshot, StoredManifest};
 use crate::server::rollout::Rollout;
 use postgres::PostgresStore;
+pub use shared::ModelLock;
 use sqlite::SqliteStore;
 
 /// Events kept per host; older ones are deleted as new ones arrive.

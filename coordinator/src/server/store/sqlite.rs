@@ -49,7 +49,7 @@ impl From<sqlx::Error> for StoreError {
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pub(super) pool: SqlitePool,
-    seen: SeenGeneration,
+    pub(super) seen: SeenGeneration,
 }
 
 type Transaction = sqlx::Transaction<'static, sqlx::Sqlite>;
@@ -120,8 +120,8 @@ impl SqliteStore {
     /// file waits (up to the busy timeout) and then finds every migration applied, instead
     /// of reading the same old version and applying them again. A failed migration rolls
     /// all of them back. A schema newer than this binary knows is refused before anything
-    /// is written. (PostgreSQL will take `pg_advisory_xact_lock` with a constant key as
-    /// the first statement of the same kind of transaction; its DDL is transactional too.)
+    /// is written. (PostgreSQL takes `pg_advisory_xact_lock` with a constant key as the
+    /// first statement of the same kind of transaction; its DDL is transactional too.)
     async fn migrate(&self, path: &Path) -> Result<(), StoreError> {
         let known = MIGRATIONS.len();
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
