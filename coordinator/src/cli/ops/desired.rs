@@ -115,6 +115,11 @@ pub async fn status(client: &AdminClient, args: &StatusArgs, out: &mut dyn Write
 /// what runs (VERSIONS, STATES) and how many RELEASES it has.
 fn status_text(status: &FleetStatus) -> String {
     let mut text = format!("hosts: {} enrolled, {} held\n", status.hosts, status.held);
+    if let Some(leader) = &status.leader {
+        text.push_str(&format!(
+            "leader: {leader} (runs the rollouts; drover coordinators lists every replica)\n"
+        ));
+    }
     if status.apps.is_empty() {
         text.push_str(
             "\nNo apps yet. Create a release and pin it: drover release create ..., drover pin APP VERSION\n",

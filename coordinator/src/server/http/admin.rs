@@ -213,6 +213,7 @@ pub(super) async fn upload_artifact(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    state.coordinator.accepts_uploads()?;
     let expected = match headers.get("x-drover-digest").map(HeaderValue::to_str) {
         None => None,
         Some(Ok(text)) => Some(parse_path::<Digest>(text, "bad_digest")?),
@@ -302,6 +303,10 @@ pub(super) async fn list_app_pins(
 
 pub(super) async fn status(State(state): State<AppState>, _: Admin) -> ApiResult<Response> {
     Ok(Json(state.coordinator.status().await).into_response())
+}
+
+pub(super) async fn coordinators(State(state): State<AppState>, _: Admin) -> ApiResult<Response> {
+    Ok(Json(state.coordinator.coordinators().await?).into_response())
 }
 
 pub(super) async fn plan_rollout(State(state): State<AppState>, _: Admin, body: Body) -> ApiResult<Response> {

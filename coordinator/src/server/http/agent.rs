@@ -46,7 +46,10 @@ pub(super) async fn manifest(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let slot = state.coordinator.host_slot(connection.identity.as_ref())?;
+    let slot = state
+        .coordinator
+        .host_slot_current(connection.identity.as_ref())
+        .await?;
     let wait = parse_wait(query.as_deref())?;
     let metrics = &state.coordinator.metrics;
     metrics.polls.add(1);
@@ -125,7 +128,10 @@ pub(super) async fn report(
     Extension(connection): Extension<Connection>,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    state.coordinator.host_slot(connection.identity.as_ref())?;
+    state
+        .coordinator
+        .host_slot_current(connection.identity.as_ref())
+        .await?;
     let host = connection
         .identity
         .as_ref()
@@ -142,7 +148,10 @@ pub(super) async fn renew_certificate(
     Extension(connection): Extension<Connection>,
     body: Body,
 ) -> ApiResult<Json<RenewResponse>> {
-    state.coordinator.host_slot(connection.identity.as_ref())?;
+    state
+        .coordinator
+        .host_slot_current(connection.identity.as_ref())
+        .await?;
     let identity = connection.identity.as_ref().expect("checked by host_slot");
     let request: RenewRequest = read_json(body, BodyLimit::authenticated(MAX_JOIN_BODY)).await?;
     Ok(Json(
@@ -157,7 +166,10 @@ pub(super) async fn artifact(
     Path(digest): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let slot = state.coordinator.host_slot(connection.identity.as_ref())?;
+    let slot = state
+        .coordinator
+        .host_slot_current(connection.identity.as_ref())
+        .await?;
     let digest: Digest = parse_path(&digest, "bad_digest")?;
     if !slot.may_download(&digest) {
         // Artifacts may hold secrets of other apps: a host gets only what its manifest lists.

@@ -8,6 +8,7 @@ use drover_protocol::api::ErrorBody;
 
 use crate::server::blobs::BlobError;
 use crate::server::service::ServiceError;
+use crate::server::store::StoreError;
 
 /// Why a request body was not read.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -71,6 +72,12 @@ impl IntoResponse for ApiError {
             ApiError::Service(ServiceError::PastEnd { .. }) => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
+            // Another replica changed the fleet model first: nothing was written, and the
+            // same request succeeds when sent again.
+            ApiError::Service(ServiceError::Store {
+                source: StoreError::Stale,
+                ..
+            }) => (StatusCode::SERVICE_UNAVAILABLE, "model_changed"),
             ApiError::Service(ServiceError::Store { .. }) => (StatusCode::INTERNAL_SERVER_ERROR, "store_failed"),
             ApiError::Service(ServiceError::Io { .. }) => (StatusCode::INTERNAL_SERVER_ERROR, "io_failed"),
             ApiError::Body(BodyError::TooLarge { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),

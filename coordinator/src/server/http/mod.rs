@@ -120,6 +120,7 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/admin/pins/{app}", get(admin::list_app_pins))
         .route("/v1/admin/holds", put(admin::hold).delete(admin::unhold))
         .route("/v1/admin/status", get(admin::status))
+        .route("/v1/admin/coordinators", get(admin::coordinators))
         .route("/v1/admin/rollouts", post(admin::start_rollout))
         .route("/v1/admin/rollouts/plan", post(admin::plan_rollout))
         .route("/v1/admin/rollouts/{app}", get(admin::rollout_status))

@@ -95,6 +95,15 @@ impl Coordinator {
         // Looking the secret up by its digest keeps the timing independent of the secret.
         let hash = hash_secret(token);
         let now = self.now();
+        if self.store.is_shared() && !self.admin_tokens.read().iter().any(|token| token.hash == hash) {
+            // Made through another replica a moment ago, before its notification came:
+            // read the tokens again rather than refuse a valid one. (A wrong token costs a
+            // small read; the connection budget bounds how often.)
+            match self.store.admin_tokens().await {
+                Ok(tokens) => *self.admin_tokens.write() = tokens,
+                Err(error) => tracing::warn!(%error, "reading the admin tokens again failed"),
+            }
+        }
         let (name, touch) = {
             let tokens = self.admin_tokens.read();
             let Some(record) = tokens.iter().find(|token| token.hash == hash) else {

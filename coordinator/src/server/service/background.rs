@@ -4,14 +4,16 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
+use super::replication::{follow_changes, heartbeat};
 use super::reports::{QueuedReport, store_reports};
 use super::{Background, Coordinator};
 
 impl Background {
-    /// Runs the report writer, the manifest refresher and the rollout driver until
-    /// `shutdown` fires; the writer then stores (and answers) the reports still queued.
+    /// Runs until `shutdown` fires: the report writer; on PostgreSQL the follower of the
+    /// other replicas' changes and the heartbeat; and, while this replica leads (always on
+    /// SQLite), the manifest refresher and the rollout driver. The writer then stores (and
+    /// answers) the reports still queued.
     pub async fn run(self, coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bool>) {
-        let driver = tokio::spawn(drive_rollouts(coordinator.clone(), shutdown.clone()));
         // Its own task: a refresh re-signing the whole fleet must not hold up the commits
         // that report requests wait for.
         let writer = tokio::spawn(write_reports(
@@ -19,22 +21,72 @@ impl Background {
             self.report_receiver,
             shutdown.clone(),
         ));
-        let mut refresh = tokio::time::interval(coordinator.config.refresh_interval.to_std());
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let follower = self
+            .listener
+            .map(|listener| tokio::spawn(follow_changes(coordinator.clone(), listener, shutdown.clone())));
+        let heartbeat = tokio::spawn(heartbeat(coordinator.clone(), shutdown.clone()));
         loop {
-            tokio::select! {
-                _ = refresh.tick() => {
-                    match coordinator.refresh().await {
-                        Ok(0) => {}
-                        Ok(count) => tracing::info!(count, "re-signed manifests before they expire"),
-                        Err(error) => tracing::error!(%error, "manifest refresh failed; will retry"),
-                    }
-                }
+            let lease = tokio::select! {
+                lease = coordinator.store.campaign(&coordinator.replica.id, coordinator.config.clock.as_ref()) => lease,
                 _ = shutdown.changed() => break,
+            };
+            let (stop, stopped) = watch::channel(false);
+            let driver = tokio::spawn(drive_rollouts(coordinator.clone(), stopped.clone()));
+            let refresher = tokio::spawn(refresh_manifests(coordinator.clone(), stopped));
+            let lost_signal = lease.as_ref().map(crate::server::store::cluster::Lease::lost_signal);
+            let lost = async move {
+                match lost_signal {
+                    // An error means the lease's keeper is gone, which it is only after
+                    // marking the loss.
+                    Some(mut lost) => drop(lost.wait_for(|lost| *lost).await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = lost => {
+                    // Stop at once: a step in flight is refused by the store if another
+                    // leader moved the model on, and rolled back if it is cut short.
+                    driver.abort();
+                    refresher.abort();
+                    tracing::warn!("this coordinator lost the lead; the rollout driver and refresher stopped, campaigning again");
+                    let _ = driver.await;
+                    let _ = refresher.await;
+                }
+                _ = shutdown.changed() => {
+                    stop.send_replace(true);
+                    let _ = driver.await;
+                    let _ = refresher.await;
+                    if let Some(lease) = lease {
+                        lease.release().await;
+                    }
+                    break;
+                }
             }
         }
         let _ = writer.await;
-        let _ = driver.await;
+        let _ = heartbeat.await;
+        if let Some(follower) = follower {
+            let _ = follower.await;
+        }
+    }
+}
+
+/// The manifest refresher: re-signs manifests before they expire, every refresh interval,
+/// until `shutdown`.
+async fn refresh_manifests(coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bool>) {
+    let mut refresh = tokio::time::interval(coordinator.config.refresh_interval.to_std());
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = refresh.tick() => {
+                match coordinator.refresh().await {
+                    Ok(0) => {}
+                    Ok(count) => tracing::info!(count, "re-signed manifests before they expire"),
+                    Err(error) => tracing::error!(%error, "manifest refresh failed; will retry"),
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
     }
 }
 

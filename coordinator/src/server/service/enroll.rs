@@ -65,6 +65,21 @@ impl Coordinator {
         }
     }
 
+    /// [`Coordinator::host_slot`] for the agent endpoints: when several coordinators share
+    /// the database and this one does not know the host's key (yet), it first catches up
+    /// with the database's model, so a host that joined (or was re-joined) through
+    /// another replica a moment ago is served here at once instead of being told it was
+    /// removed. A host truly removed pays one lock round trip per request.
+    pub async fn host_slot_current(&self, identity: Option<&PeerIdentity>) -> Result<Arc<HostSlot>, ServiceError> {
+        match self.host_slot(identity) {
+            Err(ServiceError::NotAllowed(_, _)) if self.store.is_shared() => {
+                drop(self.model().await);
+                self.host_slot(identity)
+            }
+            outcome => outcome,
+        }
+    }
+
     /// For a host enrolled before keys were recorded: its first request proves the key
     /// (the certificate is the one recorded), so the key and expiry are kept from now on,
     /// in memory at once and in the store in the background (a failed write is retried

@@ -20,6 +20,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{MutexGuard, PoisonError, RwLockReadGuard, RwLockWriteGuard};
 
 use super::{Coordinator, Model};
+use crate::server::store::ModelLock;
 
 /// A mutex whose `lock` recovers from poisoning (see the module documentation).
 #[derive(Debug, Default)]
@@ -64,7 +65,13 @@ impl<T> RwLock<T> {
 /// build on it. This guard marks the model unsettled when a panic drops it, and the next
 /// holder loads the model again from the store, which holds only committed changes.
 #[derive(Debug)]
-pub(super) struct ModelGuard<'a>(tokio::sync::MutexGuard<'a, Model>);
+pub(super) struct ModelGuard<'a>(
+    tokio::sync::MutexGuard<'a, Model>,
+    /// The database's model lock, held as long as the guard (PostgreSQL; `None` on
+    /// SQLite, or when the database could not be reached: the write then fails on its own).
+    #[expect(dead_code, reason = "held for its drop, which releases the database's lock")]
+    Option<ModelLock>,
+);
 
 impl Deref for ModelGuard<'_> {
     type Target = Model;
@@ -89,21 +96,46 @@ impl Drop for ModelGuard<'_> {
 }
 
 impl Coordinator {
-    /// Takes the model's lock; if the last holder panicked, loads the model from the store
-    /// first (a failed load is logged and tried again by the next holder).
+    /// Takes the model's lock: the in-process mutex, then (PostgreSQL) the database's
+    /// model lock, so that changes through all replicas happen one at a time. Loads the
+    /// model again from the store first when it is not the one committed: the last holder
+    /// panicked, or another replica changed the model since this one read it (a failed
+    /// load is logged and tried again by the next holder).
     pub(super) async fn model(&self) -> ModelGuard<'_> {
+        self.model_caught_up(false).await
+    }
+
+    /// [`Coordinator::model`], loading the model again in any case when `reload` (the
+    /// change listener lost notifications).
+    pub(super) async fn model_caught_up(&self, reload: bool) -> ModelGuard<'_> {
         let mut guard = self.model.lock().await;
-        if guard.unsettled {
+        let database = match self.store.lock_model().await {
+            Ok(lock) => Some(lock),
+            Err(error) => {
+                tracing::error!(%error, "could not take the database's model lock; a change now fails unless the database is back");
+                None
+            }
+        };
+        let behind = database
+            .as_ref()
+            .is_some_and(|lock| lock.generation() != self.store.seen_generation());
+        if guard.unsettled || behind || reload {
+            let panicked = guard.unsettled;
+            let why = if panicked {
+                "a request panicked while holding the fleet model"
+            } else {
+                "another coordinator changed the fleet model"
+            };
             match self.reload_model(&mut guard).await {
-                Ok(()) => tracing::warn!(
-                    "a request panicked while holding the fleet model; it was loaded again from the store"
-                ),
+                Ok(()) if panicked => tracing::warn!("{why}; it was loaded again from the store"),
+                Ok(()) => tracing::debug!("{why}; it was loaded again from the store"),
                 Err(error) => {
-                    tracing::error!(%error, "loading the fleet model again after a panic failed; the next request tries again");
+                    guard.unsettled = true;
+                    tracing::error!(%error, "loading the fleet model again failed ({why}); the next request tries again");
                 }
             }
         }
-        ModelGuard(guard)
+        ModelGuard(guard, database)
     }
 }
 

@@ -16,6 +16,7 @@ mod error;
 mod hosts;
 mod locks;
 mod releases;
+mod replication;
 mod reports;
 mod rollouts;
 mod views;
@@ -38,6 +39,7 @@ use crate::server::metrics::Metrics;
 use crate::server::pki::{PeerIdentity, sha256_hex};
 use crate::server::rollout::Rollout;
 use crate::server::setup::Credentials;
+use crate::server::store::cluster::{ChangeListener, ReplicaInfo, new_replica_id};
 use crate::server::store::{AdminTokenRecord, HostRecord, Snapshot, Store, StoreError, StoredManifest, StoredRollout};
 use desired::{RenderMode, Rendered};
 use error::During as _;
@@ -232,12 +234,16 @@ pub struct Coordinator {
     rollout_signal: Notify,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Who this coordinator is among the replicas on one database (`drover coordinators`).
+    replica: ReplicaInfo,
 }
 
 /// The background work a coordinator needs: the report writer and the refresher.
 #[derive(Debug)]
 pub struct Background {
     report_receiver: mpsc::Receiver<QueuedReport>,
+    /// The other replicas' changes (PostgreSQL), heard from before the fleet was loaded.
+    listener: Option<ChangeListener>,
 }
 
 fn hash_secret(secret: &str) -> String {
@@ -253,6 +259,20 @@ impl Coordinator {
         data: DataDir,
         credentials: Credentials,
     ) -> Result<(Arc<Coordinator>, Background), ServiceError> {
+        // Listening first: a change committed after this is heard, so nothing slips in
+        // between the load and the listener (a replica of several on PostgreSQL).
+        let listener = store
+            .listen()
+            .await
+            .during("listening to the other coordinators' changes")?;
+        let replica = ReplicaInfo {
+            id: new_replica_id(config.listen.port()),
+            address: config.public_url.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: config.clock.now(),
+        };
+        // Replicas starting together load, re-render and save one at a time.
+        let database_lock = store.lock_model().await.during("taking the database's model lock")?;
         let snapshot = store.load().await.during("loading the fleet")?;
         store
             .bootstrap_admin_token(&hash_secret(&credentials.admin_token), config.clock.now())
@@ -292,6 +312,7 @@ impl Coordinator {
             rollout_dirty: locks::Mutex::new(dirty),
             rollout_signal: Notify::new(),
             metrics: Metrics::default(),
+            replica,
         };
         // Publish what was stored; re-render hosts whose desired state no longer matches
         // (e.g. the database was restored) so the published state is always current.
@@ -302,6 +323,7 @@ impl Coordinator {
             .save_manifests(&changed)
             .await
             .during("saving manifests re-rendered at start")?;
+        drop(database_lock);
         for manifest in &changed {
             model.rendered.insert(manifest.host.clone(), Rendered::of(manifest));
         }
@@ -319,7 +341,13 @@ impl Coordinator {
             }
         }
         *coordinator.model.lock().await = model;
-        Ok((Arc::new(coordinator), Background { report_receiver }))
+        Ok((
+            Arc::new(coordinator),
+            Background {
+                report_receiver,
+                listener,
+            },
+        ))
     }
 
     /// Loads the model again from the store, after a panic left it unsettled, and brings

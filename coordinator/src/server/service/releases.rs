@@ -9,6 +9,24 @@ use super::Coordinator;
 use super::error::{During as _, ServiceError};
 
 impl Coordinator {
+    /// Whether tarballs may be uploaded to this coordinator's blob store: not when
+    /// several coordinators share the database (PostgreSQL), since replicas share no disk
+    /// and a host could ask a replica that never saw the upload. A registry holds the
+    /// tarballs then (`drover release create --artifact FILE --registry REGISTRY/REPO`).
+    pub fn accepts_uploads(&self) -> Result<(), ServiceError> {
+        if self.store.is_shared() {
+            return Err(ServiceError::Conflicting(
+                "uploads_need_a_registry",
+                "this coordinator keeps its state in PostgreSQL, where coordinators share no disk, so it stores no \
+                 uploaded tarballs: push the tarball to an OCI registry instead with \
+                 `drover release create APP VERSION --spec drover.toml --artifact FILE --registry REGISTRY/REPO` \
+                 (or set DROVER_REGISTRY), or give an https:// URL the hosts can download it from"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// `drover release create`. Releases are immutable: the same version with other
     /// content is refused; the identical request again is accepted (idempotent).
     pub async fn create_release(&self, request: ReleaseRequest) -> Result<Release, ServiceError> {

@@ -140,11 +140,24 @@ impl Coordinator {
 
     /// `drover status`.
     pub async fn status(&self) -> FleetStatus {
+        // Several replicas on one database: which one runs the rollouts (unknown while
+        // the database cannot be read; a single coordinator names none).
+        let leader = match self.store.replicas().await {
+            Ok(Some(replicas)) => replicas
+                .into_iter()
+                .find(|replica| replica.leader)
+                .map(|replica| replica.id),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, "could not read which coordinator leads");
+                None
+            }
+        };
         let model = self.model().await;
         let slots = self.slots.read();
         let reports = self.reports.lock();
         let mut status = FleetStatus {
-            leader: None,
+            leader,
             hosts: 0,
             held: 0,
             apps: BTreeMap::new(),

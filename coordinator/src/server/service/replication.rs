@@ -1,0 +1,179 @@
+//! Several coordinators on one PostgreSQL (issue 16): how this replica keeps its memory
+//! in step with the changes the others commit, and which replica drives the rollouts.
+//!
+//! - **Changes.** Every replica listens to the database's change notifications
+//!   ([`crate::server::store::changes`]) and re-reads what they name: the fleet model
+//!   (re-published to the long-polls this replica holds, so a pin made through another
+//!   replica reaches its hosts), reports (so status and the rollout driver see every
+//!   host, whichever replica it reports to), host records (renewed certificates) and
+//!   admin tokens (a revoked token stops working everywhere). A lost listening
+//!   connection makes it re-read everything.
+//! - **Writes.** Every change of the fleet model takes [`Coordinator::model`], which on
+//!   PostgreSQL also holds the database's model lock and first catches up with the
+//!   database when another replica changed the model: decisions are taken on the model
+//!   as committed, and the store's generation check refuses any write taken on an older
+//!   one (`StoreError::Stale`, nothing written).
+//! - **The leader.** One replica at a time, the holder of the leader lease
+//!   ([`crate::server::store::cluster`]), runs the rollout driver and the manifest
+//!   refresher. It stops them the moment the lease is lost; and even a leader that has not
+//!   noticed yet cannot commit a step taken on a model another leader has moved on, since
+//!   each step is a model write under the generation check. SQLite has one process: it
+//!   always leads.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use drover_protocol::api::ReplicaStatus;
+use drover_protocol::{HostId, HostReport, Timestamp};
+use tokio::sync::watch;
+
+use super::reports::same_app_states;
+use super::{Coordinator, SlotIdentity};
+use crate::server::store::StoreError;
+use crate::server::store::changes::Change;
+use crate::server::store::cluster::ChangeListener;
+
+impl Coordinator {
+    /// Brings memory up to date with the changes another replica committed.
+    pub(super) async fn apply_changes(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        for change in changes {
+            match change {
+                Change::Model { generation } => {
+                    if generation > self.store.seen_generation() {
+                        // Taking the model catches up with the database (see `model`).
+                        drop(self.model().await);
+                    }
+                }
+                Change::Reports(hosts) => {
+                    let reports = self.store.reports_of(&hosts).await?;
+                    self.take_reports(reports);
+                }
+                Change::Hosts(hosts) => self.refresh_host_identities(&hosts).await?,
+                Change::AdminTokens => {
+                    let tokens = self.store.admin_tokens().await?;
+                    *self.admin_tokens.write() = tokens;
+                }
+                Change::Resync => {
+                    drop(self.model_caught_up(true).await);
+                    let reports = self.store.load().await?.reports;
+                    self.take_reports(reports);
+                    let tokens = self.store.admin_tokens().await?;
+                    *self.admin_tokens.write() = tokens;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes reports another replica stored: newer ones replace what memory holds, and a
+    /// host whose app states changed is handed to the rollout driver.
+    fn take_reports(&self, reports: Vec<(HostReport, Timestamp)>) {
+        let mut changed = BTreeSet::new();
+        {
+            let mut held = self.reports.lock();
+            for (report, at) in reports {
+                let newer = held
+                    .get(&report.host)
+                    .is_none_or(|(old, old_at)| (old_at, old.sent_at) < (&at, report.sent_at));
+                if !newer {
+                    continue;
+                }
+                let states_changed = held
+                    .get(&report.host)
+                    .is_none_or(|(old, _)| !same_app_states(old, &report));
+                if states_changed {
+                    changed.insert(report.host.clone());
+                }
+                held.insert(report.host.clone(), (report, at));
+            }
+        }
+        if !changed.is_empty() {
+            self.rollout_dirty.lock().extend(changed);
+            self.rollout_signal.notify_one();
+        }
+    }
+
+    /// Re-reads the records of `hosts` (a certificate renewed, a key learned through
+    /// another replica) into their slots.
+    async fn refresh_host_identities(&self, hosts: &[HostId]) -> Result<(), StoreError> {
+        let records = self.store.hosts_of(hosts).await?;
+        let slots = self.slots.read();
+        for record in records.iter().filter(|record| record.is_active()) {
+            if let Some(slot) = slots.get(&record.id) {
+                *slot.identity.write() = SlotIdentity::of(record);
+            }
+        }
+        Ok(())
+    }
+
+    /// `drover coordinators`: every replica on the database with its last heartbeat and
+    /// the leader; on SQLite, this coordinator alone (which always leads).
+    pub async fn coordinators(&self) -> Result<Vec<ReplicaStatus>, super::ServiceError> {
+        use super::error::During as _;
+        let replica = &self.replica;
+        let rows = self.store.replicas().await.during("listing the coordinators")?;
+        let Some(rows) = rows else {
+            return Ok(vec![ReplicaStatus {
+                id: replica.id.clone(),
+                address: replica.address.clone(),
+                version: replica.version.clone(),
+                started_at: replica.started_at,
+                heartbeat_at: self.now(),
+                leader: true,
+            }]);
+        };
+        Ok(rows
+            .into_iter()
+            .map(|row| ReplicaStatus {
+                id: row.id,
+                address: row.address,
+                version: row.version,
+                started_at: row.started_at,
+                heartbeat_at: row.heartbeat_at,
+                leader: row.leader,
+            })
+            .collect())
+    }
+}
+
+/// Follows the other replicas' changes until `shutdown`. A change that cannot be read
+/// (the database is away) is retried as a full re-read once it is back.
+pub(super) async fn follow_changes(
+    coordinator: Arc<Coordinator>,
+    mut listener: ChangeListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut pending: Vec<Change> = Vec::new();
+    loop {
+        tokio::select! {
+            batch = listener.recv(), if pending.is_empty() => pending = batch,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)), if !pending.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+        match coordinator.apply_changes(std::mem::take(&mut pending)).await {
+            Ok(()) => {}
+            Err(error) => {
+                tracing::warn!(%error, "could not read another coordinator's change; re-reading everything in 1 s");
+                pending = vec![Change::Resync];
+            }
+        }
+    }
+}
+
+/// Tells the database this replica is alive every few seconds until `shutdown`, and
+/// forgets replicas silent for long.
+pub(super) async fn heartbeat(coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bool>) {
+    let info = coordinator.replica.clone();
+    let mut every = tokio::time::interval(crate::server::store::cluster::HEARTBEAT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                if let Err(error) = coordinator.store.heartbeat(&info, coordinator.now()).await {
+                    tracing::warn!(%error, "could not record this coordinator's heartbeat; retrying");
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
