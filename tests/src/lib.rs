@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod hosts;
 pub mod net;
 pub mod registry;
+pub mod replicas;
 pub mod rootfs_tree;
 pub mod sim;
 

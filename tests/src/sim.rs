@@ -70,6 +70,10 @@ pub struct SimConfig {
     pub join_concurrency: usize,
     /// How long each host task runs at most.
     pub lifetime: StdDuration,
+    /// Several coordinators on one database (issue 16): host `i` starts on
+    /// `coordinators[i % n]` and, like the agent, moves to the next one when a request
+    /// gets no answer or a 5xx. Empty: every host stays on the URL it joined through.
+    pub coordinators: Vec<String>,
 }
 
 impl SimConfig {
@@ -87,6 +91,7 @@ impl SimConfig {
             wait_seconds: 20,
             join_concurrency: 16,
             lifetime: StdDuration::from_secs(600),
+            coordinators: Vec::new(),
         }
     }
 }
@@ -205,8 +210,13 @@ impl Simulator {
         let (shutdown, receiver) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut hosts = Vec::with_capacity(config.hosts);
-        for (index, agent) in agents {
+        for (index, mut agent) in agents {
             hosts.push(agent.host.clone());
+            if !config.coordinators.is_empty() {
+                agent
+                    .url
+                    .clone_from(&config.coordinators[index % config.coordinators.len()]);
+            }
             let host = SimHost {
                 index,
                 trust: agent.trust(),
@@ -500,7 +510,10 @@ impl SimHost {
                     }
                     continue;
                 }
-                Polled::Retry | Polled::Refused => {
+                retry @ (Polled::Retry | Polled::Refused) => {
+                    if matches!(retry, Polled::Retry) {
+                        self.fail_over();
+                    }
                     failures += 1;
                     let pause = self.backoff(failures);
                     if !self.sleep(pause, deadline).await {
@@ -578,6 +591,16 @@ impl SimHost {
                     self.report(serial, desired.clone(), desired, AppState::Healthy).await;
                 }
             }
+        }
+    }
+
+    /// Moves to the next of [`SimConfig::coordinators`] (none: stays).
+    fn fail_over(&mut self) {
+        let coordinators = &self.config.coordinators;
+        if let Some(at) = coordinators.iter().position(|url| *url == self.agent.url) {
+            self.agent.url.clone_from(&coordinators[(at + 1) % coordinators.len()]);
+        } else if let Some(first) = coordinators.first() {
+            self.agent.url.clone_from(first);
         }
     }
 
@@ -671,6 +694,7 @@ impl SimHost {
                 }
                 _ => {
                     Counters::add(&self.counters.retries);
+                    self.fail_over();
                     let pause = self.backoff(attempt + 1);
                     if !self.sleep(pause, deadline).await {
                         return;
