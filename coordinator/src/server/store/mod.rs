@@ -60,8 +60,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use drover_protocol::api::{
-    AuditEntry, HistoryEntry, HistoryQuery, HoldInfo, HostHistoryEntry, Labels, PinInfo, Release,
-    Scope, TokenName,
+    AuditEntry, HistoryEntry, HistoryQuery, HoldInfo, HostHistoryEntry, Labels, PinInfo, Release, Scope, TokenName,
 };
 use drover_protocol::report::ReportEvent;
 use drover_protocol::{AppName, HostId, HostReport, Timestamp, Version};
@@ -437,10 +436,7 @@ impl Store {
     }
 
     /// The latest reports of these hosts (those that have one), ordered by host id.
-    pub async fn reports_of(
-        &self,
-        hosts: &[HostId],
-    ) -> Result<Vec<(HostReport, Timestamp)>, StoreError> {
+    pub async fn reports_of(&self, hosts: &[HostId]) -> Result<Vec<(HostReport, Timestamp)>, StoreError> {
         backend!(self, backend => backend.reports_of(hosts).await)
     }
 
@@ -526,11 +522,7 @@ impl Store {
 
     /// A host id's history (joins, replacements, renewals, removals), oldest first, at
     /// most the newest `limit` lines.
-    pub async fn host_history(
-        &self,
-        host: &HostId,
-        limit: u32,
-    ) -> Result<Vec<HostHistoryEntry>, StoreError> {
+    pub async fn host_history(&self, host: &HostId, limit: u32) -> Result<Vec<HostHistoryEntry>, StoreError> {
         backend!(self, backend => backend.host_history(host, limit).await)
     }
 
@@ -597,10 +589,7 @@ impl Store {
 
     /// Stores a batch of reports (latest per host) and their events, trimming each
     /// host's history to [`EVENTS_PER_HOST`].
-    pub async fn save_reports(
-        &self,
-        reports: &[(HostReport, Timestamp)],
-    ) -> Result<(), StoreError> {
+    pub async fn save_reports(&self, reports: &[(HostReport, Timestamp)]) -> Result<(), StoreError> {
         backend!(self, backend => backend.save_reports(reports).await)
     }
 
@@ -614,11 +603,7 @@ impl Store {
     /// A new secret (the file was deleted and made again) revokes the earlier `admin`:
     /// whoever can write the data directory holds the CA and the manifest key anyway, and
     /// this is the way back in when every named token was lost.
-    pub async fn bootstrap_admin_token(
-        &self,
-        hash: &str,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
+    pub async fn bootstrap_admin_token(&self, hash: &str, now: Timestamp) -> Result<(), StoreError> {
         backend!(self, backend => backend.bootstrap_admin_token(hash, now).await)
     }
 
@@ -629,11 +614,7 @@ impl Store {
 
     /// Stores a new admin token; an expired one of the same name is revoked by the same
     /// transaction (its creator is the revoker), so the name can be used again.
-    pub async fn insert_admin_token(
-        &self,
-        token: &AdminTokenRecord,
-        change: &AdminChange,
-    ) -> Result<(), StoreError> {
+    pub async fn insert_admin_token(&self, token: &AdminTokenRecord, change: &AdminChange) -> Result<(), StoreError> {
         backend!(self, backend => backend.insert_admin_token(token, change).await)
     }
 
@@ -686,11 +667,7 @@ impl Store {
 
     /// The history of `app` (including holds, which cover every app), oldest first, at
     /// most the newest `limit` lines.
-    pub async fn history(
-        &self,
-        app: &AppName,
-        limit: u32,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    pub async fn history(&self, app: &AppName, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
         backend!(self, backend => backend.history(app, limit).await)
     }
 
@@ -716,8 +693,7 @@ fn parse<T: FromStr>(what: &'static str, text: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
-    text.parse()
-        .map_err(|error: T::Err| corrupt(what)(error.to_string()))
+    text.parse().map_err(|error: T::Err| corrupt(what)(error.to_string()))
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
