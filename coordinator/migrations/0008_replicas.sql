@@ -34,3 +34,15 @@ CREATE TABLE replicas (
     started_at   INTEGER NOT NULL,
     heartbeat_at INTEGER NOT NULL
 );
+
+-- The CA and trust document every coordinator on this database serves with (sha256 of the
+-- CA certificate's DER and of the trust document's envelope): the first coordinator to
+-- start records its own; one whose data directory holds others refuses to start, since
+-- hosts would refuse its certificates or its manifests.
+CREATE TABLE credentials (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    ca_sha256    TEXT NOT NULL,
+    trust_sha256 TEXT NOT NULL,
+    recorded_by  TEXT NOT NULL,
+    recorded_at  INTEGER NOT NULL
+);

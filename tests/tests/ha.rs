@@ -328,3 +328,32 @@ async fn leader_index_through(replicas: &Replicas, through: usize) -> Option<usi
     let address = leader["address"].as_str()?;
     replicas.replicas.iter().position(|replica| replica.url() == address)
 }
+
+#[test]
+fn a_replica_whose_ca_and_trust_differ_from_the_databases_refuses_to_start_and_says_what_to_copy() {
+    let replicas = Replicas::start(1);
+    // A data directory of its own: a new CA and new keys, not copies of the first's.
+    let stranger = replicas.scratch().join("stranger");
+    let output = std::process::Command::new(drover_tests::binary("drover"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&stranger)
+        .args(["--database", &replicas.database])
+        .env("DROVER_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run drover serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for expected in [
+        "CA certificate",
+        "trust document",
+        "ca.pem, ca.key, admin.token and keys/",
+        "copy them",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing from: {stderr}");
+    }
+    assert!(!stranger.join("address").exists(), "it never listened");
+    // The first replica is unaffected.
+    let status = drover_tests::block_on(replicas.replicas[0].admin().ok(Method::GET, "/v1/admin/status", None));
+    assert!(status["hosts"].is_number(), "{status}");
+}

@@ -40,6 +40,7 @@ use crate::server::pki::{PeerIdentity, sha256_hex};
 use crate::server::rollout::Rollout;
 use crate::server::setup::Credentials;
 use crate::server::store::cluster::{ChangeListener, ReplicaInfo, new_replica_id};
+use crate::server::store::shared::RecordedCredentials;
 use crate::server::store::{AdminTokenRecord, HostRecord, Snapshot, Store, StoreError, StoredManifest, StoredRollout};
 use desired::{RenderMode, Rendered};
 use error::During as _;
@@ -271,6 +272,9 @@ impl Coordinator {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: config.clock.now(),
         };
+        if store.is_shared() {
+            check_shared_credentials(&store, &credentials, &replica).await?;
+        }
         // Replicas starting together load, re-render and save one at a time.
         let database_lock = store.lock_model().await.during("taking the database's model lock")?;
         let snapshot = store.load().await.during("loading the fleet")?;
@@ -414,6 +418,51 @@ impl Coordinator {
     pub fn host_count(&self) -> usize {
         self.slots.read().len()
     }
+}
+
+/// Refuses to serve with a CA or trust document other than those the coordinators on this
+/// database serve with (the first to start recorded them): hosts enrolled through the
+/// others would refuse this one's server certificate or its manifests.
+async fn check_shared_credentials(
+    store: &Store,
+    credentials: &Credentials,
+    replica: &ReplicaInfo,
+) -> Result<(), ServiceError> {
+    let mine = RecordedCredentials {
+        ca_sha256: credentials.ca.sha256(),
+        trust_sha256: sha256_hex(credentials.trust.envelope_bytes()),
+        recorded_by: replica.id.clone(),
+        recorded_at: replica.started_at,
+    };
+    let recorded = store
+        .record_credentials(&mine)
+        .await
+        .during("checking this coordinator's CA and trust document against the database's")?;
+    let differs = |what: &str, ours: &str, theirs: &str| {
+        (ours != theirs).then(|| format!("{what} (sha256 {ours} here, {theirs} recorded)"))
+    };
+    let differences: Vec<String> = [
+        differs("CA certificate", &mine.ca_sha256, &recorded.ca_sha256),
+        differs("trust document", &mine.trust_sha256, &recorded.trust_sha256),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(ServiceError::Conflicting(
+        "credentials_differ",
+        format!(
+            "this coordinator's {} are not those of the coordinators on this database (recorded by {} at {}): \
+             every coordinator on one database must serve with the same ca.pem, ca.key, admin.token and keys/ \
+             (manifest.key, trust.json); copy them from a running coordinator's data directory into this one \
+             and start again",
+            differences.join(" and "),
+            recorded.recorded_by,
+            recorded.recorded_at
+        ),
+    ))
 }
 
 /// A coordinator over a store in a temporary directory, for the modules' unit tests, and

@@ -10,6 +10,20 @@ use super::cluster::{self, ChangeListener, Lease, ReplicaInfo, ReplicaRow};
 use super::{Backend, Store, StoreError};
 use crate::server::clock::Clock;
 
+/// The CA and trust document the coordinators on one database serve with, as the first
+/// of them recorded them (sha256 hex).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedCredentials {
+    /// The CA certificate's DER.
+    pub ca_sha256: String,
+    /// The trust document's envelope.
+    pub trust_sha256: String,
+    /// The replica that recorded them.
+    pub recorded_by: String,
+    /// When.
+    pub recorded_at: Timestamp,
+}
+
 /// The advisory lock that one change of the fleet model at a time holds, across every
 /// replica (the migration lock is `..0001`, the leader's `..0002`).
 pub const MODEL_LOCK_KEY: i64 = 0x6472_6f76_6572_0003;
@@ -67,6 +81,56 @@ impl Store {
                     generation,
                     _transaction: Some(transaction),
                 })
+            }
+        }
+    }
+
+    /// Records `mine` as the credentials of every coordinator on this database when none
+    /// are recorded yet, and returns what is recorded (the caller refuses to serve with
+    /// other ones).
+    pub async fn record_credentials(&self, mine: &RecordedCredentials) -> Result<RecordedCredentials, StoreError> {
+        let read = |row: (String, String, String, i64)| RecordedCredentials {
+            ca_sha256: row.0,
+            trust_sha256: row.1,
+            recorded_by: row.2,
+            recorded_at: Timestamp::from_unix(row.3),
+        };
+        match &self.backend {
+            Backend::Sqlite(backend) => {
+                sqlx::query(
+                    "INSERT INTO credentials (id, ca_sha256, trust_sha256, recorded_by, recorded_at) \
+                     VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&mine.ca_sha256)
+                .bind(&mine.trust_sha256)
+                .bind(&mine.recorded_by)
+                .bind(mine.recorded_at.unix())
+                .execute(&backend.pool)
+                .await?;
+                let row = sqlx::query_as(
+                    "SELECT ca_sha256, trust_sha256, recorded_by, recorded_at FROM credentials WHERE id = 1",
+                )
+                .fetch_one(&backend.pool)
+                .await?;
+                Ok(read(row))
+            }
+            Backend::Postgres(backend) => {
+                sqlx::query(
+                    "INSERT INTO credentials (id, ca_sha256, trust_sha256, recorded_by, recorded_at) \
+                     VALUES (1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&mine.ca_sha256)
+                .bind(&mine.trust_sha256)
+                .bind(&mine.recorded_by)
+                .bind(mine.recorded_at.unix())
+                .execute(&backend.pool)
+                .await?;
+                let row = sqlx::query_as(
+                    "SELECT ca_sha256, trust_sha256, recorded_by, recorded_at FROM credentials WHERE id = 1",
+                )
+                .fetch_one(&backend.pool)
+                .await?;
+                Ok(read(row))
             }
         }
     }
