@@ -1,7 +1,10 @@
 -- drover coordinator schema, version 8 (SQLite): several coordinators on one database
--- (issue 16), as postgres/0008_replicas.sql. Additive only: a coordinator one version behind
--- keeps working during a rolling upgrade (it knows none of these; its manifests get
--- generation 0).
+-- (issue 16), as postgres/0008_replicas.sql. Its tables and columns are additive, but it brings a
+-- rule every coordinator that changes the fleet model must follow (move the model
+-- generation on), which a schema-7 coordinator does not: declared readable from version 8
+-- (store::SCHEMA_VERSIONS). From here on, an additive migration keeps the previous
+-- readable_from and a coordinator one version behind keeps working during a rolling
+-- upgrade.
 --
 -- The fleet model's generation: every transaction that changes the model moves it on by
 -- one, only if it still holds the value the writing replica last read, so a replica
@@ -46,3 +49,10 @@ CREATE TABLE credentials (
     recorded_by  TEXT NOT NULL,
     recorded_at  INTEGER NOT NULL
 );
+
+-- The oldest schema version whose coordinators can use the database once this version is
+-- applied, recorded with each version from this one on (store::SCHEMA_VERSIONS): a
+-- coordinator that knows versions up to K opens a database at a newer version F only when
+-- F's readable_from is at most K, and then uses it as it is. Rows written before this
+-- column existed have none (NULL): readable only by coordinators that know their version.
+ALTER TABLE schema_version ADD COLUMN readable_from INTEGER;

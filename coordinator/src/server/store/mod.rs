@@ -10,8 +10,10 @@
 //! renders are durable together or not at all), and a committed manifest serial survives
 //! power loss, so it is never handed out twice. Schema migrations run at open, under a
 //! lock that spans the version check and every migration, so coordinators starting at
-//! once on one database apply each migration exactly once; a database whose schema is
-//! newer than this binary is refused.
+//! once on one database apply each migration exactly once. A database whose schema is
+//! newer than this binary is used as it is when every newer migration was additive (a
+//! rolling upgrade of several coordinators: the ones not yet upgraded keep working), and
+//! refused otherwise ([`SCHEMA_VERSIONS`]).
 //!
 //! Backends: [`sqlite`] (a file in the data directory, the default) and [`postgres`]
 //! (`drover serve --database postgres://...`, for several coordinators on one database,
@@ -87,21 +89,157 @@ pub enum StoreError {
     /// A stored value could not be read back (a bug or a hand-edited database).
     #[error("database holds an unreadable {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
-    /// The database was migrated by a newer coordinator; this one would misread it.
+    /// The database was migrated by a newer coordinator, past a migration that changed
+    /// what older coordinators read or write; this one would misread or damage it.
     #[error(
-        "database {database}: its schema is version {found}, newer than the {known} this drover knows; \
-         a newer drover has used it. Run that version (or newer), or restore the backup taken before the upgrade"
+        "database {database}: its schema is version {found}, newer than the {known} this drover knows, \
+         and needs a drover that knows schema version {readable_from} or newer; a newer drover has migrated it. \
+         Run that drover (or a newer one), or restore the backup taken before the upgrade"
     )]
     SchemaTooNew {
         /// The database: a file path, or a URL without its password.
         database: String,
+        /// The database's schema version.
         found: i64,
+        /// The newest schema version this binary knows (the length of [`SCHEMA_VERSIONS`]).
         known: usize,
+        /// The oldest schema version whose coordinators can use the database, as recorded
+        /// by the migration to `found` (its own version when it recorded none).
+        readable_from: i64,
     },
     /// The fleet model changed through another coordinator since this one last read it:
     /// nothing was written. Reload the model and retry.
     #[error("the fleet model changed through another coordinator; reload and retry")]
     Stale,
+}
+
+/// A schema version both backends migrate to, with the oldest schema version whose
+/// coordinators can still use a database at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SchemaVersion {
+    /// The version: the index + 1 of its migration in each backend's `MIGRATIONS`.
+    pub(super) version: i64,
+    /// The oldest schema version whose coordinators use a database at `version`
+    /// correctly: the previous version's value for an additive migration, `version`
+    /// itself for one that changes meaning.
+    pub(super) readable_from: i64,
+}
+
+impl SchemaVersion {
+    const fn new(version: i64, readable_from: i64) -> SchemaVersion {
+        SchemaVersion { version, readable_from }
+    }
+}
+
+/// Every schema version, in order: one definition for both backends (each backend's
+/// `MIGRATIONS` has one migration per entry, checked when it compiles). A migration
+/// records its `readable_from` in `schema_version` when it is applied, and a coordinator
+/// that knows schema versions up to K opens a database at a newer version F only when
+/// the `readable_from` recorded for F is at most K: it then uses the database as it is
+/// (rolling upgrades: the coordinators not yet upgraded keep working after the first
+/// upgraded one migrated).
+///
+/// A migration is **additive**, and keeps the previous `readable_from`, when every
+/// statement an older coordinator runs still means the same after it: new tables, new
+/// columns that are nullable or have a default (rows older coordinators write get it, so
+/// the newer code must read that value as "written by an older coordinator"), new
+/// indexes, a new foreign key onto an existing table only with `ON DELETE CASCADE` or
+/// `SET NULL` (older coordinators delete hosts, groups, pins, holds and events without
+/// knowing it). Everything else **changes meaning** and raises `readable_from` to its own
+/// version: a column dropped, renamed or retyped, a `NOT NULL` column without a default,
+/// a new unique index or check that older writes can break, a new value or field in
+/// stored text older coordinators parse or rewrite (releases' specs refuse unknown
+/// fields; a rollout's state drops them when rewritten), or a new rule every writer must
+/// follow.
+///
+/// What an older coordinator does on a newer schema it may use: it runs no migration and
+/// writes nothing to `schema_version`; it reads and writes only the tables and columns it
+/// knows, every `INSERT` naming its columns (newer columns get their defaults) and every
+/// upsert updating only the columns it names (a newer column keeps its value, so a newer
+/// column that describes others of its row must be treated as a hint, or its migration
+/// is not additive); there is no `INSERT OR REPLACE`, which would reset newer columns.
+/// Otherwise it serves, and may lead, as on its own schema.
+///
+/// Versions 1 to 7 were migrated by coordinators that recorded no `readable_from` (the
+/// column comes with version 8, [`READABLE_FROM_RECORDED_SINCE`]); a row without one
+/// counts as readable only by coordinators that know its own version, as declared here.
+/// Version 8 changes meaning: it brings the model generation every coordinator that
+/// changes the fleet model must move on (module documentation), which a schema-7
+/// coordinator does not, so replicas would never re-read its changes.
+pub(super) const SCHEMA_VERSIONS: &[SchemaVersion] = &[
+    SchemaVersion::new(1, 1), // 0001_initial
+    SchemaVersion::new(2, 2), // 0002_rollouts
+    SchemaVersion::new(3, 3), // 0003_admin_tokens
+    SchemaVersion::new(4, 4), // 0004_host_identity
+    SchemaVersion::new(5, 5), // 0005_pin_origins
+    SchemaVersion::new(6, 6), // 0006_audit
+    SchemaVersion::new(7, 7), // 0007_history_host
+    SchemaVersion::new(8, 8), // 0008_replicas: the model generation, a rule for every writer
+];
+
+/// The schema version whose migration adds `schema_version.readable_from`: the rows of
+/// versions before it are written without one.
+pub(super) const READABLE_FROM_RECORDED_SINCE: i64 = 8;
+
+/// Whether `versions` is a schema list a coordinator can trust: versions 1, 2, ... in
+/// order, each readable from a version in 1..=itself, never from an older one than the
+/// version before it (a coordinator that cannot use a database at one version cannot use
+/// it after an additive migration on top), and long enough to hold the column.
+const fn schema_versions_are_consistent(versions: &[SchemaVersion]) -> bool {
+    let mut index = 0;
+    while index < versions.len() {
+        let entry = versions[index];
+        if entry.version != index as i64 + 1 || entry.readable_from < 1 || entry.readable_from > entry.version {
+            return false;
+        }
+        if index > 0 && entry.readable_from < versions[index - 1].readable_from {
+            return false;
+        }
+        index += 1;
+    }
+    versions.len() as i64 >= READABLE_FROM_RECORDED_SINCE
+}
+
+const _: () = assert!(schema_versions_are_consistent(SCHEMA_VERSIONS));
+
+/// The newest schema version this binary knows.
+pub(super) fn known_schema_version() -> i64 {
+    i64::try_from(SCHEMA_VERSIONS.len()).expect("few schema versions")
+}
+
+/// The value a backend records in `schema_version.readable_from` for `version` when it
+/// applies its migration (`None`: the column does not exist yet).
+pub(super) fn recorded_readable_from(version: i64) -> Option<i64> {
+    (version >= READABLE_FROM_RECORDED_SINCE)
+        .then(|| usize::try_from(version - 1).ok())
+        .flatten()
+        .and_then(|index| SCHEMA_VERSIONS.get(index))
+        .map(|entry| entry.readable_from)
+}
+
+/// Decides on a database at schema version `found`, newer than this binary knows, whose
+/// migration to `found` recorded `readable_from` (or none): used as it is when this
+/// binary's version is at least `readable_from`, else [`StoreError::SchemaTooNew`].
+pub(super) fn check_newer_schema(database: &str, found: i64, readable_from: Option<i64>) -> Result<(), StoreError> {
+    let known = known_schema_version();
+    let readable_from = readable_from.unwrap_or(found);
+    if readable_from > known {
+        return Err(StoreError::SchemaTooNew {
+            database: database.to_owned(),
+            found,
+            known: SCHEMA_VERSIONS.len(),
+            readable_from,
+        });
+    }
+    tracing::warn!(
+        database,
+        schema = found,
+        known,
+        readable_from,
+        "the database's schema is newer than this drover's, and readable by it: using it as it is \
+         (migrations are left to the newer drover); upgrade this coordinator soon"
+    );
+    Ok(())
 }
 
 /// Which database a coordinator keeps its state in. Its `Debug` form hides a URL's

@@ -28,7 +28,8 @@ use super::changes::{CHANNEL, Change};
 use super::{
     AdminChange, AdminTokenRecord, BOOTSTRAP_CREATOR, DatabaseError, EVENTS_PER_HOST, HistoryRecord, HostChange,
     HostRecord, RENEWALS_KEPT_PER_HOST, RolloutCommit, SeenGeneration, Snapshot, StoreError, StoredManifest,
-    StoredRollout, TokenProblem, TokenRecord, corrupt, json, parse, redact_password, to_json, unix,
+    StoredRollout, TokenProblem, TokenRecord, check_newer_schema, corrupt, json, known_schema_version, parse,
+    recorded_readable_from, redact_password, to_json, unix,
 };
 
 /// Schema migrations in PostgreSQL's dialect, applied in order; the index + 1 is the
@@ -44,6 +45,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0007_history_host.sql"),
     include_str!("../../../migrations/postgres/0008_replicas.sql"),
 ];
+
+// One migration per schema version both backends declare (`store::SCHEMA_VERSIONS`).
+const _: () = assert!(MIGRATIONS.len() == super::SCHEMA_VERSIONS.len());
 
 /// The key of the transaction-scoped advisory lock that migrations run under
 /// (`pg_advisory_xact_lock`): "drover" in ASCII, then 0x0001 for "migrations". Other
@@ -108,9 +112,12 @@ impl PostgresStore {
     /// takes the advisory lock [`MIGRATION_LOCK_KEY`] (released at commit or rollback):
     /// a second coordinator starting at once waits, then finds every migration applied.
     /// PostgreSQL's DDL is transactional, so a failed migration rolls all of them back. A
-    /// schema newer than this binary knows is refused before anything is written.
+    /// schema newer than this binary knows is used as it is when the `readable_from` its
+    /// newest migration recorded allows this binary (a replica not yet upgraded during a
+    /// rolling upgrade), and refused otherwise; either way nothing is written
+    /// (`store::SCHEMA_VERSIONS`).
     async fn migrate(&self, database: &str) -> Result<(), StoreError> {
-        let known = MIGRATIONS.len();
+        let known = known_schema_version();
         let mut transaction = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK_KEY)
@@ -122,12 +129,18 @@ impl PostgresStore {
         let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
             .fetch_one(&mut *transaction)
             .await?;
-        if usize::try_from(current).is_ok_and(|current| current > known) {
-            return Err(StoreError::SchemaTooNew {
-                database: database.to_owned(),
-                found: current,
-                known,
-            });
+        if current > known {
+            // Used as it is, or refused: either way nothing is written (the rollback
+            // ends the lock). The column exists: `current` is past every version this
+            // binary knows, the one that added it among them.
+            let readable_from: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(COALESCE(readable_from, version)) FROM schema_version WHERE version = $1",
+            )
+            .bind(current)
+            .fetch_one(&mut *transaction)
+            .await?;
+            transaction.rollback().await?;
+            return check_newer_schema(database, current, readable_from);
         }
         for (index, migration) in MIGRATIONS.iter().enumerate() {
             let version = i64::try_from(index + 1).expect("few migrations");
@@ -135,10 +148,21 @@ impl PostgresStore {
                 continue;
             }
             sqlx::raw_sql(migration).execute(&mut *transaction).await?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                .bind(version)
-                .execute(&mut *transaction)
-                .await?;
+            match recorded_readable_from(version) {
+                Some(readable_from) => {
+                    sqlx::query("INSERT INTO schema_version (version, readable_from) VALUES ($1, $2)")
+                        .bind(version)
+                        .bind(readable_from)
+                        .execute(&mut *transaction)
+                        .await?
+                }
+                None => {
+                    sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                        .bind(version)
+                        .execute(&mut *transaction)
+                        .await?
+                }
+            };
         }
         transaction.commit().await?;
         Ok(())

@@ -24,7 +24,8 @@ use sqlx::sqlite::{
 use super::{
     AdminChange, AdminTokenRecord, BOOTSTRAP_CREATOR, DatabaseError, EVENTS_PER_HOST, HistoryRecord, HostChange,
     HostRecord, RENEWALS_KEPT_PER_HOST, RolloutCommit, SeenGeneration, Snapshot, StoreError, StoredManifest,
-    StoredRollout, TokenProblem, TokenRecord, corrupt, json, parse, to_json, unix,
+    StoredRollout, TokenProblem, TokenRecord, check_newer_schema, corrupt, json, known_schema_version, parse,
+    recorded_readable_from, to_json, unix,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
@@ -38,6 +39,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/0007_history_host.sql"),
     include_str!("../../../migrations/0008_replicas.sql"),
 ];
+
+// One migration per schema version both backends declare (`store::SCHEMA_VERSIONS`).
+const _: () = assert!(MIGRATIONS.len() == super::SCHEMA_VERSIONS.len());
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> StoreError {
@@ -119,11 +123,13 @@ impl SqliteStore {
     /// takes the lock before the first read, so a second coordinator opening the same
     /// file waits (up to the busy timeout) and then finds every migration applied, instead
     /// of reading the same old version and applying them again. A failed migration rolls
-    /// all of them back. A schema newer than this binary knows is refused before anything
-    /// is written. (PostgreSQL takes `pg_advisory_xact_lock` with a constant key as the
-    /// first statement of the same kind of transaction; its DDL is transactional too.)
+    /// all of them back. A schema newer than this binary knows is used as it is when the
+    /// `readable_from` its newest migration recorded allows this binary, and refused
+    /// otherwise; either way nothing is written (`store::SCHEMA_VERSIONS`). (PostgreSQL
+    /// takes `pg_advisory_xact_lock` with a constant key as the first statement of the
+    /// same kind of transaction; its DDL is transactional too.)
     async fn migrate(&self, path: &Path) -> Result<(), StoreError> {
-        let known = MIGRATIONS.len();
+        let known = known_schema_version();
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             .execute(&mut *transaction)
@@ -131,12 +137,18 @@ impl SqliteStore {
         let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
             .fetch_one(&mut *transaction)
             .await?;
-        if usize::try_from(current).is_ok_and(|current| current > known) {
-            return Err(StoreError::SchemaTooNew {
-                database: path.display().to_string(),
-                found: current,
-                known,
-            });
+        if current > known {
+            // Used as it is, or refused: either way nothing is written (the rollback
+            // ends the lock). The column exists: `current` is past every version this
+            // binary knows, the one that added it among them.
+            let readable_from: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(COALESCE(readable_from, version)) FROM schema_version WHERE version = ?",
+            )
+            .bind(current)
+            .fetch_one(&mut *transaction)
+            .await?;
+            transaction.rollback().await?;
+            return check_newer_schema(&path.display().to_string(), current, readable_from);
         }
         for (index, migration) in MIGRATIONS.iter().enumerate() {
             let version = i64::try_from(index + 1).expect("few migrations");
@@ -144,10 +156,21 @@ impl SqliteStore {
                 continue;
             }
             sqlx::raw_sql(migration).execute(&mut *transaction).await?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
-                .bind(version)
-                .execute(&mut *transaction)
-                .await?;
+            match recorded_readable_from(version) {
+                Some(readable_from) => {
+                    sqlx::query("INSERT INTO schema_version (version, readable_from) VALUES (?, ?)")
+                        .bind(version)
+                        .bind(readable_from)
+                        .execute(&mut *transaction)
+                        .await?
+                }
+                None => {
+                    sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                        .bind(version)
+                        .execute(&mut *transaction)
+                        .await?
+                }
+            };
         }
         transaction.commit().await?;
         Ok(())

@@ -140,6 +140,9 @@ on_both_backends!(
     a_manifest_write_that_would_lower_or_repeat_a_serial_is_stale_and_writes_nothing,
     load_since_reads_the_model_and_only_newer_manifests_and_hosts_and_reports_are_read_by_id,
     a_fleet_wide_manifest_write_is_stored_whole_and_one_stale_serial_in_it_refuses_all_of_it,
+    a_new_database_records_readable_from_with_each_version_from_the_one_that_added_it,
+    a_database_one_additive_migration_ahead_is_used_as_it_is_and_takes_writes_and_loads,
+    a_database_one_migration_ahead_that_changed_meaning_is_refused_and_left_unchanged,
 );
 
 /// Runs a statement with bound values on whichever backend `$store` is (test fixtures
@@ -1363,4 +1366,145 @@ async fn a_fleet_wide_manifest_write_is_stored_whole_and_one_stale_serial_in_it_
     let stored = store.load_since(0).await.expect("load").manifests;
     assert!(stored.contains(&manifest(&hosts[0], 4)), "the later one is kept");
     eprintln!("2,500 manifests written in {took:?}");
+}
+
+// --- Schema versions: a coordinator one version behind (rolling upgrades) ---------------
+
+/// Every row of `schema_version`: the version and the `readable_from` recorded with it.
+async fn schema_version_rows(store: &Store) -> Vec<(i64, Option<i64>)> {
+    let sql = "SELECT version, readable_from FROM schema_version ORDER BY version";
+    match &store.backend {
+        Backend::Sqlite(sqlite) => sqlx::query_as(sql).fetch_all(&sqlite.pool).await,
+        Backend::Postgres(postgres) => sqlx::query_as(sql).fetch_all(&postgres.pool).await,
+    }
+    .expect("schema versions")
+}
+
+/// Makes `store`'s database look migrated by a drover one schema version newer, whose
+/// migration recorded `readable_from`: a defaulted column on a table every coordinator
+/// writes (`manifests`), a nullable one on another (`hosts`), and a new table.
+async fn migrate_one_version_further_by_hand(store: &Store, readable_from: i64) {
+    for statement in [
+        "ALTER TABLE manifests ADD COLUMN signed_by TEXT NOT NULL DEFAULT 'an older coordinator'",
+        "ALTER TABLE hosts ADD COLUMN rack TEXT",
+        "CREATE TABLE newer_things (id TEXT PRIMARY KEY, since BIGINT NOT NULL)",
+    ] {
+        execute!(store, statement).expect(statement);
+    }
+    execute!(
+        store,
+        "INSERT INTO schema_version (version, readable_from) VALUES ($1, $2)",
+        known_schema_version() + 1,
+        readable_from
+    )
+    .expect("the newer drover's version");
+}
+
+async fn a_new_database_records_readable_from_with_each_version_from_the_one_that_added_it(scratch: Scratch) {
+    let rows = schema_version_rows(&scratch.store).await;
+    let expected: Vec<(i64, Option<i64>)> = SCHEMA_VERSIONS
+        .iter()
+        .map(|entry| {
+            let recorded = entry.version >= READABLE_FROM_RECORDED_SINCE;
+            (entry.version, recorded.then_some(entry.readable_from))
+        })
+        .collect();
+    assert_eq!(rows, expected);
+    assert_eq!(rows.last().map(|row| row.0), Some(known_schema_version()));
+}
+
+async fn a_database_one_additive_migration_ahead_is_used_as_it_is_and_takes_writes_and_loads(scratch: Scratch) {
+    // A rolling upgrade: the first upgraded coordinator migrated the database with an
+    // additive migration; this binary (one version behind) opens it again, as the
+    // replicas not yet upgraded do when they restart.
+    let readable_from = SCHEMA_VERSIONS.last().expect("versions").readable_from;
+    migrate_one_version_further_by_hand(&scratch.store, readable_from).await;
+    let versions_before = schema_version_rows(&scratch.store).await;
+    let older = Store::open_database(&scratch.database)
+        .await
+        .unwrap_or_else(|error| panic!("an additive newer schema must open: {error}"));
+    // Used as it is: no migration run, nothing written to schema_version.
+    assert_eq!(schema_version_rows(&older).await, versions_before);
+
+    // Writes through the older coordinator, into tables that have newer columns, and a
+    // load that reads them back.
+    let web = host("web-01");
+    let labels = Labels::from([("env".to_owned(), "prod".to_owned())]);
+    older
+        .insert_token("t1", &labels, None, "alice", at(600), at(0))
+        .await
+        .expect("token");
+    let joined = host_line(at(2), "joined", None, Some("cert-1"));
+    let outcome = older
+        .join_host(
+            "t1",
+            &enrolled(&web, "cert-1", "key-1", at(2)),
+            &manifest(&web, 1),
+            (HostChange::Joined, &joined),
+            at(2),
+        )
+        .await
+        .expect("join on the newer schema");
+    assert_eq!(outcome, Ok(()));
+    older
+        .change_pin(
+            &app("web"),
+            &Scope::Fleet,
+            Some(&version("1.0")),
+            &[app_line(Some("web"), at(3), "alice", "pinned web", None)],
+            &[manifest(&web, 2)],
+        )
+        .await
+        .expect("pin on the newer schema");
+    let snapshot = older.load().await.expect("load on the newer schema");
+    assert_eq!(snapshot.hosts, [enrolled(&web, "cert-1", "key-1", at(2))]);
+    assert_eq!(snapshot.manifests, [manifest(&web, 2)]);
+    assert_eq!(snapshot.pins.get(&(app("web"), Scope::Fleet)), Some(&version("1.0")));
+    // The newer columns got their defaults, as the newer drover expects of rows older
+    // coordinators write; the newer version is still recorded as the database's.
+    let signed_by: Vec<(String,)> = match &older.backend {
+        Backend::Sqlite(sqlite) => {
+            sqlx::query_as("SELECT signed_by FROM manifests")
+                .fetch_all(&sqlite.pool)
+                .await
+        }
+        Backend::Postgres(postgres) => {
+            sqlx::query_as("SELECT signed_by FROM manifests")
+                .fetch_all(&postgres.pool)
+                .await
+        }
+    }
+    .expect("the newer column");
+    assert_eq!(signed_by, [("an older coordinator".to_owned(),)]);
+    assert_eq!(schema_version_rows(&scratch.store).await, versions_before);
+}
+
+async fn a_database_one_migration_ahead_that_changed_meaning_is_refused_and_left_unchanged(scratch: Scratch) {
+    let newer = known_schema_version() + 1;
+    migrate_one_version_further_by_hand(&scratch.store, newer).await;
+    let versions_before = schema_version_rows(&scratch.store).await;
+    let generation_before = scratch.store.load().await.expect("load").generation;
+    let error = Store::open_database(&scratch.database)
+        .await
+        .expect_err("a newer schema that changed meaning");
+    assert!(
+        matches!(
+            error,
+            StoreError::SchemaTooNew { found, known, readable_from, .. }
+                if found == newer && known == SCHEMA_VERSIONS.len() && readable_from == newer
+        ),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains(&scratch.database.display_name()), "{message}");
+    assert!(
+        message.contains(&format!(
+            "schema is version {newer}, newer than the {} this drover knows, and needs a drover that knows \
+             schema version {newer} or newer",
+            SCHEMA_VERSIONS.len()
+        )),
+        "{message}"
+    );
+    assert_eq!(schema_version_rows(&scratch.store).await, versions_before);
+    assert_eq!(scratch.store.load().await.expect("load").generation, generation_before);
 }
