@@ -18,7 +18,7 @@ use crate::datadir::DataDir;
 use crate::error::Error;
 use crate::server::service::{Config, Coordinator};
 use crate::server::setup::prepare;
-use crate::server::store::{Database, Store};
+use crate::server::store::{Database, Store, StoreError};
 
 /// Arguments of `drover serve`.
 #[derive(Debug, Args)]
@@ -217,15 +217,7 @@ pub async fn start_with_clock(
     // Named without its password: the line goes to logs and terminals.
     let database_name = database.display_name();
     let store = Store::open_database(&database).await.map_err(|error| {
-        let hint = match database {
-            Database::Sqlite(_) => {
-                "it must be a SQLite database file the coordinator's user can read and write, or absent (a new one is made)"
-            }
-            Database::Postgres(_) => {
-                "check that PostgreSQL runs and accepts connections at that address, that the database exists, \
-                 and that the user and password are right"
-            }
-        };
+        let hint = database_open_hint(&database, &error);
         Error::start(format!("opening the database {database_name}"), &error, hint)
     })?;
     let loopback_trap = public_url_is_loopback_while_listening_elsewhere(&public_url, addr)
@@ -483,6 +475,21 @@ fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
+/// What to tell the operator after the database's own error when it cannot be opened: how
+/// to make it reachable, except for a schema too new, whose message says what to run.
+fn database_open_hint(database: &Database, error: &StoreError) -> &'static str {
+    match database {
+        _ if matches!(error, StoreError::SchemaTooNew { .. }) => "",
+        Database::Sqlite(_) => {
+            "it must be a SQLite database file the coordinator's user can read and write, or absent (a new one is made)"
+        }
+        Database::Postgres(_) => {
+            "check that PostgreSQL runs and accepts connections at that address, that the database exists, \
+             and that the user and password are right"
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,6 +556,24 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn a_schema_too_new_gets_no_hint_about_reaching_the_database() {
+        let too_new = StoreError::SchemaTooNew {
+            database: "fleet".into(),
+            found: 9,
+            known: 8,
+            readable_from: 9,
+        };
+        let postgres = Database::Postgres("postgres://drover@db/fleet".into());
+        assert_eq!(database_open_hint(&postgres, &too_new), "");
+        assert_eq!(
+            database_open_hint(&Database::Sqlite("coordinator.db".into()), &too_new),
+            ""
+        );
+        let stale = StoreError::Stale;
+        assert!(database_open_hint(&postgres, &stale).contains("PostgreSQL runs"));
     }
 
     #[test]
