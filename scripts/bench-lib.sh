@@ -98,9 +98,13 @@ drover_revision() {
     git -C "$dir" describe --always --dirty 2>/dev/null || echo "unknown (prebuilt in ${BIN_DIR:-?})"
 }
 # start_drover LOG: starts the coordinator pinned to CPU 0; returns once it answers HTTPS.
+# With DATABASE set (postgres://...), it serves from that PostgreSQL database instead of
+# SQLite (issue 16).
 start_drover() {
+    local database=()
+    [[ -n "${DATABASE:-}" ]] && database=(--database "$DATABASE")
     DROVER_LOG=warn taskset -c 0 "$BIN/drover" serve --listen "127.0.0.1:$DROVER_PORT" --data-dir "$W/data" \
-        >"$1" 2>&1 &
+        "${database[@]}" >"$1" 2>&1 &
     DROVER_PID=$!
     STARTED+=("$DROVER_PID")
     local deadline=$(( $(date +%s) + 120 ))

@@ -21,6 +21,10 @@
 #   BIN_DIR=   (prebuilt release binaries `drover` and `drover-rollout-bench`; no build
 #              then: BENCHMARKS.md, issue 15, compares two trees this way)
 #   LABEL=     (names the run: output goes to $BENCH_TMP/rollout-$LABEL)
+#   DATABASE=  (postgres://...: the coordinator serves from this PostgreSQL database, which
+#              must be empty, instead of SQLite; releases are then `remote_tarball`s, as
+#              a coordinator on PostgreSQL refuses uploads. Issue 16; scripts/bench-postgres.sh
+#              shows how to start a PostgreSQL of one's own)
 # Needs: root for apt-get when curl or taskset are missing; 2 CPUs.
 # Takes about 2 minutes with the defaults (plus the build).
 set -euo pipefail
@@ -81,7 +85,7 @@ fi
 {
     echo "date: $(date -u +%FT%TZ)  host: $(nproc) cores, $(uname -r), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "drover: $(drover_revision)  binaries: $BIN${LABEL:+  label: $LABEL}  rustc: $(rustc --version)"
-    echo "HOSTS=$HOSTS REPS=$REPS STAGES=$STAGES MAX_IN_FLIGHT=$MAX_IN_FLIGHT INSTALL_MS=$INSTALL_MIN_MS..$INSTALL_MAX_MS"
+    echo "HOSTS=$HOSTS REPS=$REPS STAGES=$STAGES MAX_IN_FLIGHT=$MAX_IN_FLIGHT INSTALL_MS=$INSTALL_MIN_MS..$INSTALL_MAX_MS${DATABASE:+ DATABASE=$DATABASE}"
 } | tee "$RAW/env.txt" >&2
 
 start_drover "$RAW/serve.log"
@@ -89,7 +93,8 @@ log "coordinator PID $DROVER_PID on CPU 0; fleet of $HOSTS on CPU 1"
 wait_quiet "rollouts"
 taskset -c 1 "$BIN/drover-rollout-bench" --url "https://127.0.0.1:$DROVER_PORT" --data-dir "$W/data" \
     --pid "$DROVER_PID" --hosts "$HOSTS" --reps "$REPS" --stages "$STAGES" --max-in-flight "$MAX_IN_FLIGHT" \
-    --install-min-ms "$INSTALL_MIN_MS" --install-max-ms "$INSTALL_MAX_MS" | tee "$RAW/results.txt"
+    --install-min-ms "$INSTALL_MIN_MS" --install-max-ms "$INSTALL_MAX_MS" ${DATABASE:+--remote-artifacts} \
+    | tee "$RAW/results.txt"
 memory "after the rollouts"
 
 echo

@@ -12,6 +12,9 @@
 //! - `pin-latency`: long-polling agents wait on their current ETag, a fleet-wide pin is
 //!   made, and the time until every one of them holds the new, verified manifest is
 //!   measured.
+//! - `hold`: the coordinator's memory per held long-poll: its VmRSS with N enrolled hosts
+//!   not connected, then connected (one keep-alive connection each, after one GET), then
+//!   each of them long-polling, then after they hung up (BENCHMARKS.md, issue 16).
 //!
 //! Every command runs on one current-thread runtime (the benchmark pins it to one core),
 //! sends traffic to loopback addresses only, and bounds each loop by count and time.
@@ -75,6 +78,8 @@ enum Command {
     Reports(ReportsArgs),
     /// Time a fleet-wide pin until long-polling agents hold the new manifest.
     PinLatency(PinArgs),
+    /// Measure the coordinator's memory per held long-poll (VmRSS, /proc).
+    Hold(HoldArgs),
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +213,35 @@ struct PinArgs {
     server_pid: Option<u32>,
 }
 
+#[derive(Debug, Args)]
+struct HoldArgs {
+    /// The coordinator, e.g. https://127.0.0.1:18600.
+    #[arg(long)]
+    url: String,
+    /// Enrolled hosts from `enroll`; load-00000 .. load-(N-1) are held.
+    #[arg(long)]
+    identities: PathBuf,
+    /// How many hosts long-poll at once (one connection each).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    hosts: u32,
+    /// Connections opened at once (the coordinator closes the oldest beyond 512 that have
+    /// not yet shown a client certificate).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
+    parallel: u32,
+    /// The long-poll's ?wait= seconds: longer than opening, settling and holding take.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=300))]
+    wait: u64,
+    /// How long to let the coordinator settle before each VmRSS reading.
+    #[arg(long, default_value = "2s")]
+    settle: Duration,
+    /// How long to keep the long-polls held after measuring (e.g. for a heap profiler).
+    #[arg(long, default_value = "0s")]
+    hold_for: Duration,
+    /// The coordinator's PID, whose VmRSS is read.
+    #[arg(long)]
+    server_pid: u32,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -223,6 +257,7 @@ fn main() -> ExitCode {
             Command::Polls(args) => polls(args).await,
             Command::Reports(args) => reports(args).await,
             Command::PinLatency(args) => pin_latency(args).await,
+            Command::Hold(args) => hold(args).await,
         }
     });
     match outcome {
@@ -1260,5 +1295,119 @@ async fn pin_latency(args: PinArgs) -> anyhow::Result<()> {
         eprintln!("pin: {} waiters failed, first: {problem}", problems.len());
     }
     ensure!(problems.is_empty(), "{} of {waiters} waiters failed", problems.len());
+    Ok(())
+}
+
+/// VmRSS of process `pid` in KiB, from /proc/PID/status.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status (is the coordinator running?)"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
+async fn hold(args: HoldArgs) -> anyhow::Result<()> {
+    use futures_util::StreamExt as _;
+    let target = Target::parse(&args.url)?;
+    let ca_pem = read_text(&args.identities.join("ca.pem"))?;
+    let hosts = args.hosts as usize;
+    let settle = args.settle.to_std();
+    let mut identities = Vec::with_capacity(hosts);
+    for index in 0..hosts {
+        identities.push(load_identity(&args.identities, &ca_pem, index)?);
+    }
+    let mut admin = Connection::open(&target, tls_config(&ca_pem, None)).await?;
+    tokio::time::sleep(settle).await;
+    let idle_kib = rss_kib(args.server_pid)?;
+
+    // One keep-alive connection per host, each after one GET of its manifest (so TLS is
+    // set up and the host's slot looked up), opened a bounded number at a time.
+    let opened: Vec<(Connection, HeaderValue)> = futures_util::stream::iter(identities)
+        .map(|identity| {
+            let target = target.clone();
+            async move {
+                let mut connection = Connection::open(&target, identity.tls.clone()).await?;
+                let answer = connection.get("/v1/agent/manifest", &[], EXCHANGE_TIMEOUT).await?;
+                ensure!(
+                    answer.status == StatusCode::OK,
+                    "{}: first poll answered {} {}",
+                    identity.host,
+                    answer.status,
+                    answer.body_text()
+                );
+                anyhow::Ok((connection, answer.etag().context("no ETag")?))
+            }
+        })
+        .buffer_unordered(args.parallel as usize)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    tokio::time::sleep(settle).await;
+    let connected_kib = rss_kib(args.server_pid)?;
+
+    let before = polls_counter(&mut admin).await?;
+    let wait = args.wait;
+    let held: Vec<_> = opened
+        .into_iter()
+        .map(|(mut connection, etag)| {
+            tokio::spawn(async move {
+                let path = format!("/v1/agent/manifest?wait={wait}");
+                connection
+                    .get(
+                        &path,
+                        &[(header::IF_NONE_MATCH, etag)],
+                        StdDuration::from_secs(wait) + WIND_DOWN,
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let parked_by = Instant::now() + StdDuration::from_secs(60);
+    loop {
+        let seen = polls_counter(&mut admin).await?;
+        if seen >= before + hosts as u64 {
+            break;
+        }
+        ensure!(
+            Instant::now() < parked_by,
+            "only {} of {hosts} long-polls reached the coordinator within 60 s",
+            seen - before
+        );
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    tokio::time::sleep(settle).await;
+    let held_kib = rss_kib(args.server_pid)?;
+    let finished = held.iter().filter(|task| task.is_finished()).count();
+    ensure!(
+        finished == 0,
+        "{finished} long-polls were answered while being measured (something changed the fleet?)"
+    );
+    if args.hold_for.as_millis() > 0 {
+        eprintln!("hold: {hosts} long-polls held; holding them for {}", args.hold_for);
+        tokio::time::sleep(args.hold_for.to_std()).await;
+    }
+    for task in &held {
+        task.abort();
+    }
+    for task in held {
+        let _ = task.await;
+    }
+    tokio::time::sleep(settle).await;
+    let closed_kib = rss_kib(args.server_pid)?;
+    let per = |from: u64, to: u64| (to as f64 - from as f64) / hosts as f64;
+    println!(
+        "RESULT hold hosts={hosts} idle_kib={idle_kib} connected_kib={connected_kib} held_kib={held_kib} closed_kib={closed_kib} per_connection_kib={:.1} per_longpoll_kib={:.1} per_held_kib={:.1}",
+        per(idle_kib, connected_kib),
+        per(connected_kib, held_kib),
+        per(idle_kib, held_kib),
+    );
+    eprintln!(
+        "hold: coordinator VmRSS {idle_kib} KiB idle, {connected_kib} KiB with {hosts} connections, {held_kib} KiB with {hosts} long-polls held ({:.1} KiB each over idle), {closed_kib} KiB after they hung up",
+        per(idle_kib, held_kib)
+    );
     Ok(())
 }

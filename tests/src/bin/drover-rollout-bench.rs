@@ -69,6 +69,30 @@ struct Options {
     /// How long one rollout may take before the run fails.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
+    /// Make releases whose tarball lives elsewhere (`remote_tarball`, never fetched: the
+    /// simulated hosts install nothing) instead of uploading one: a coordinator on
+    /// PostgreSQL refuses uploads (replicas share no disk).
+    #[arg(long)]
+    remote_artifacts: bool,
+}
+
+/// Creates release `app` `version`: uploaded, or with `--remote-artifacts` a
+/// `remote_tarball` at a URL nothing fetches.
+async fn release(admin: &Admin, options: &Options, app: &str, version: &str) {
+    let payload = format!("{app} {version}");
+    if options.remote_artifacts {
+        let body = json!({
+            "app": app, "version": version,
+            "spec": {"service": {"command": ["bin/app"]}},
+            "artifact": {"kind": "remote_tarball",
+                         "url": format!("https://artifacts.example/{app}-{version}.tar.gz"),
+                         "digest": drover_protocol::Digest::of(payload.as_bytes()).to_string(),
+                         "size": payload.len()},
+        });
+        admin.ok(Method::POST, "/v1/admin/releases", Some(body)).await;
+    } else {
+        admin.release(app, version, payload.into_bytes()).await;
+    }
 }
 
 fn main() -> ExitCode {
@@ -94,7 +118,7 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     let admin = Admin::from_data_dir(&options.data_dir, &options.url);
     let pid = options.pid.to_string();
     let started = Instant::now();
-    admin.release("web", "1.0", b"web 1.0".to_vec()).await;
+    release(&admin, options, "web", "1.0").await;
     admin
         .ok(
             Method::PUT,
@@ -120,9 +144,7 @@ async fn run(options: &Options) -> anyhow::Result<()> {
 
     for rep in 1..=options.reps {
         let version = format!("{}.0", rep + 1);
-        admin
-            .release("web", &version, format!("web {version}").into_bytes())
-            .await;
+        release(&admin, options, "web", &version).await;
         // Peak RSS from here on: writing 5 to clear_refs resets VmHWM to the current RSS.
         std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("resetting the coordinator's VmHWM")?;
         let before = sim.stats();
