@@ -1,5 +1,6 @@
-//! The SQLite backend's own tests: migrations (under the lock, refused when newer). What
-//! every backend must do is tested through the interface in `store/tests.rs`, on both.
+//! The SQLite backend's own tests: migrations (under the lock, refused when newer and not
+//! declared readable by this binary). What every backend must do is tested through the
+//! interface in `store/tests.rs`, on both.
 
 use super::*;
 use crate::server::store::tests::Scratch;
@@ -57,6 +58,8 @@ async fn a_database_with_a_newer_schema_than_this_binary_is_refused_and_left_unc
     let store = scratch.store.clone();
     let directory = scratch.directory().to_owned();
     let newer = i64::try_from(MIGRATIONS.len() + 1).expect("few");
+    // Recorded without a readable_from: readable only by a drover that knows its version
+    // (a newer one readable by this binary is tested on both backends in store/tests.rs).
     sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
         .bind(newer)
         .execute(pool(&store))
