@@ -130,7 +130,8 @@ impl Coordinator {
                 Ok(()) if panicked => tracing::warn!("{why}; it was loaded again from the store"),
                 Ok(()) => tracing::debug!("{why}; it was loaded again from the store"),
                 Err(error) => {
-                    guard.unsettled = true;
+                    // Tried again by the next holder: still unsettled after a panic, and
+                    // still behind the database's generation otherwise.
                     tracing::error!(%error, "loading the fleet model again failed ({why}); the next request tries again");
                 }
             }

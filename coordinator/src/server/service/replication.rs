@@ -42,6 +42,9 @@ impl Coordinator {
                     if generation > self.store.seen_generation() {
                         // Taking the model catches up with the database (see `model`).
                         drop(self.model().await);
+                        // A rollout started, paused or stepped elsewhere: the driver (if
+                        // this replica leads) looks again now, not at its next timer.
+                        self.rollout_signal.notify_one();
                     }
                 }
                 Change::Reports(hosts) => {
@@ -55,6 +58,7 @@ impl Coordinator {
                 }
                 Change::Resync => {
                     drop(self.model_caught_up(true).await);
+                    self.rollout_signal.notify_one();
                     let reports = self.store.load().await?.reports;
                     self.take_reports(reports);
                     let tokens = self.store.admin_tokens().await?;
