@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use drover_protocol::report::AppState;
 use drover_protocol::{LastAccepted, accept};
 use drover_tests::fleet::{Agent, Poll};
 use drover_tests::replicas::Replicas;
@@ -241,10 +240,8 @@ async fn kill_9_of_the_leader_mid_rollout_another_leads_within_5s_and_each_stage
         )
         .await;
     let leader = leader_index(&replicas).await;
-    // Mid-rollout: once the canary is through.
-    sim.wait_all("the canary moved", Duration::from_secs(60), |_| true)
-        .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Mid-rollout: once the canary passed.
+    wait_for_history(&replicas, &admin, "(canary) passed").await;
     replicas.replicas[leader].kill();
     let killed_at = Instant::now();
     let survivor = (leader + 1) % 3;
@@ -297,7 +294,6 @@ async fn kill_9_of_the_leader_mid_rollout_another_leads_within_5s_and_each_stage
     }
     assert_eq!(sim.healthy_on(&"2.0.0".parse().expect("version")), 30);
     assert_eq!(sim.stats().rejections, 0, "no host saw a serial go down");
-    let _ = AppState::Healthy;
 }
 
 /// Which replica leads, as replica 0 (or any live one) lists them.
@@ -334,14 +330,26 @@ fn a_replica_whose_ca_and_trust_differ_from_the_databases_refuses_to_start_and_s
     let replicas = Replicas::start(1);
     // A data directory of its own: a new CA and new keys, not copies of the first's.
     let stranger = replicas.scratch().join("stranger");
-    let output = std::process::Command::new(drover_tests::binary("drover"))
+    let mut child = std::process::Command::new(drover_tests::binary("drover"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&stranger)
         .args(["--database", &replicas.database])
         .env("DROVER_LOG", "warn")
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run drover serve");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait for drover serve").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a replica with another CA and trust document kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("drover serve output");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     for expected in [
@@ -356,4 +364,152 @@ fn a_replica_whose_ca_and_trust_differ_from_the_databases_refuses_to_start_and_s
     // The first replica is unaffected.
     let status = drover_tests::block_on(replicas.replicas[0].admin().ok(Method::GET, "/v1/admin/status", None));
     assert!(status["hosts"].is_number(), "{status}");
+}
+
+/// Waits (bounded) until the app's history through `admin` has a line containing `needle`.
+async fn wait_for_history(replicas: &Replicas, admin: &drover_tests::fleet::Admin, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = admin.call(Method::GET, "/v1/admin/rollouts/web/history", None).await;
+        if status == StatusCode::OK && body.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no history line {needle:?}: {body}\n{}",
+            replicas.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (bounded) until the rollout of web completed, as `admin`'s replica says.
+async fn wait_for_completion(replicas: &Replicas, admin: &drover_tests::fleet::Admin, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = admin.call(Method::GET, "/v1/admin/rollouts/web", None).await;
+        if status == StatusCode::OK && body.contains("\"phase\":\"completed\"") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout did not complete: {body}\n{}",
+            replicas.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_replica_holding_a_third_of_1000_long_polls_moves_its_hosts_to_the_others_within_10s() {
+    let mut replicas = Replicas::start(3);
+    let admin = replicas.replicas[0].admin();
+    for version in ["1.0.0", "2.0.0"] {
+        admin
+            .ok(Method::POST, "/v1/admin/releases", Some(remote_release("web", version)))
+            .await;
+    }
+    let mut config = SimConfig::new(1000, "web", "2.0.0");
+    config.coordinators = replicas.urls();
+    config.join_concurrency = 32;
+    let sim = Simulator::enroll_at(&replicas.replicas[0].url(), &admin, config).await;
+    admin
+        .ok(
+            Method::PUT,
+            "/v1/admin/pins",
+            Some(json!({"app": "web", "version": "1.0.0", "scope": {"kind": "fleet"}})),
+        )
+        .await;
+    sim.wait_all("healthy on 1.0.0", Duration::from_secs(120), |view| {
+        view.current.as_ref().is_some_and(|version| version.as_str() == "1.0.0") && view.reported
+    })
+    .await;
+    // Replica 2 holds every third host's long-poll; it dies, and a pin through replica 0
+    // must reach every host, those on replica 2 through the others.
+    replicas.replicas[2].kill();
+    let killed_at = Instant::now();
+    admin
+        .ok(
+            Method::PUT,
+            "/v1/admin/pins",
+            Some(json!({"app": "web", "version": "2.0.0", "scope": {"kind": "fleet"}})),
+        )
+        .await;
+    sim.wait_all("healthy on 2.0.0", Duration::from_secs(10), |view| {
+        view.current.as_ref().is_some_and(|version| version.as_str() == "2.0.0") && view.reported
+    })
+    .await;
+    println!(
+        "all 1,000 hosts healthy on 2.0.0 {:?} after kill -9 of the replica holding a third of them; {:?}",
+        killed_at.elapsed(),
+        sim.stats()
+    );
+    assert_eq!(sim.stats().rejections, 0, "no host saw a serial go down");
+    assert_eq!(sim.stats().lost_reports, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgresql_restarted_mid_rollout_the_replicas_reconnect_and_nothing_acknowledged_is_lost() {
+    let mut replicas = Replicas::start(3);
+    let admin = replicas.replicas[0].admin();
+    for version in ["1.0.0", "2.0.0"] {
+        admin
+            .ok(Method::POST, "/v1/admin/releases", Some(remote_release("web", version)))
+            .await;
+    }
+    let mut config = SimConfig::new(30, "web", "2.0.0");
+    config.coordinators = replicas.urls();
+    config.wait_seconds = 5;
+    let sim = Simulator::enroll_at(&replicas.replicas[0].url(), &admin, config).await;
+    admin
+        .ok(
+            Method::PUT,
+            "/v1/admin/pins",
+            Some(json!({"app": "web", "version": "1.0.0", "scope": {"kind": "fleet"}})),
+        )
+        .await;
+    sim.wait_all("healthy on 1.0.0", Duration::from_secs(60), |view| {
+        view.current.as_ref().is_some_and(|version| version.as_str() == "1.0.0") && view.reported
+    })
+    .await;
+    admin
+        .ok(
+            Method::POST,
+            "/v1/admin/rollouts",
+            Some(json!({"app": "web", "version": "2.0.0", "stages": "canary,50%,100%", "bake": "2s"})),
+        )
+        .await;
+    wait_for_history(&replicas, &admin, "(canary) passed").await;
+    replicas.postgres.restart();
+    wait_for_completion(&replicas, &admin, Duration::from_secs(120)).await;
+    assert_eq!(sim.stats().lost_reports, 0, "every report was acknowledged in the end");
+    assert_eq!(sim.stats().rejections, 0, "no host saw a serial go down");
+    // What the replicas acknowledged is in the database: a replica started afresh
+    // (loading everything from it) counts every host on 2.0.0.
+    replicas.restart(1);
+    let status = replicas.replicas[1]
+        .admin()
+        .ok(Method::GET, "/v1/admin/status", None)
+        .await;
+    assert_eq!(
+        status["apps"]["web"]["versions"]["2.0.0"],
+        30,
+        "{status}\n{}",
+        replicas.logs()
+    );
+    let history = admin.ok(Method::GET, "/v1/admin/rollouts/web/history", None).await;
+    for stage in ["canary", "50%", "100%"] {
+        let started = history
+            .as_array()
+            .expect("history lines")
+            .iter()
+            .filter(|line| {
+                line["what"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&format!("({stage}) started"))
+            })
+            .count();
+        assert_eq!(started, 1, "stage {stage} started {started} times: {history:#}");
+    }
 }

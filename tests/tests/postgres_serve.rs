@@ -38,7 +38,35 @@ async fn a_coordinator_on_postgres_joins_pins_and_wakes_a_long_poll_and_keeps_it
     assert!(serial >= 1 && apps.is_empty());
     assert!(matches!(agent.poll(Some(&etag), 0).await, Poll::NotModified));
 
-    coordinator.admin.release("web", "1.0.0", b"v1".to_vec()).await;
+    // Replicas on PostgreSQL share no disk: an upload is refused, saying what to use.
+    let refused = coordinator
+        .admin
+        .http
+        .post(format!("{}/v1/admin/artifacts", coordinator.admin.url))
+        .bearer_auth(&coordinator.admin.token)
+        .body(b"v1".to_vec())
+        .send()
+        .await
+        .expect("upload request");
+    assert_eq!(refused.status(), reqwest::StatusCode::CONFLICT);
+    let body = refused.text().await.expect("refusal body");
+    assert!(
+        body.contains("uploads_need_a_registry") && body.contains("--registry"),
+        "{body}"
+    );
+    coordinator
+        .admin
+        .ok(
+            Method::POST,
+            "/v1/admin/releases",
+            Some(json!({
+                "app": "web", "version": "1.0.0",
+                "spec": {"service": {"command": ["bin/app"]}},
+                "artifact": {"kind": "remote_tarball", "url": "https://artifacts.example/web-1.0.0.tar.gz",
+                             "digest": drover_protocol::Digest::of(b"v1").to_string(), "size": 2},
+            })),
+        )
+        .await;
     let waiting = {
         let agent = agent.clone();
         let etag = etag.clone();
