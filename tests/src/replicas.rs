@@ -4,10 +4,13 @@
 //! of those files, as an operator's configuration management would give them) and
 //! nothing else: each has its own data directory, port and server certificate.
 //!
-//! Replicas are child processes on fixed 127.0.0.1 ports, so a replica killed with -9
-//! and started again keeps its URL (agents list replicas by URL). Every wait is bounded.
+//! Replicas are child processes on fixed ports (127.0.0.1 unless started with
+//! [`Replicas::start_on`], e.g. on a [`crate::net::Bridge`]'s address for real hosts), so a
+//! replica killed with -9 and started again keeps its URL (agents list replicas by URL).
+//! Every wait is bounded.
 
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +33,9 @@ pub const SHARED_FILES: &[&str] = &["ca.pem", "ca.key", "admin.token", "keys"];
 pub struct Replica {
     /// Its data directory.
     pub data_dir: PathBuf,
-    /// Its port on 127.0.0.1.
+    /// The address it listens on (a name in its server certificate).
+    pub ip: Ipv4Addr,
+    /// Its port.
     pub port: u16,
     /// Its log (stdout and stderr, appended across restarts).
     pub log: PathBuf,
@@ -40,7 +45,7 @@ pub struct Replica {
 impl Replica {
     /// Its base URL.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.ip, self.port)
     }
 
     /// An admin client for it (the shared admin token, the shared CA).
@@ -79,7 +84,7 @@ impl Replica {
             .open(&self.log)
             .expect("replica log");
         let child = Command::new(binary("drover"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["serve", "--listen", &format!("{}:{}", self.ip, self.port)])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--database", database])
@@ -132,6 +137,12 @@ impl Replicas {
     /// Starts PostgreSQL and `count` replicas: the first makes the shared credentials,
     /// the others start with copies of them.
     pub fn start(count: usize) -> Replicas {
+        Replicas::start_on(count, Ipv4Addr::LOCALHOST)
+    }
+
+    /// [`Replicas::start`] with every replica listening on `listen_ip`: real hosts on a
+    /// [`crate::net::Bridge`] reach the machine at the bridge's gateway, not 127.0.0.1.
+    pub fn start_on(count: usize, listen_ip: Ipv4Addr) -> Replicas {
         assert!(count >= 1);
         let postgres = PostgresCluster::start();
         let database = postgres.create_database("drover");
@@ -145,6 +156,7 @@ impl Replicas {
             }
             let mut replica = Replica {
                 data_dir,
+                ip: listen_ip,
                 port: free_port(),
                 log: scratch.path().join(format!("replica-{index}.log")),
                 child: None,
