@@ -46,9 +46,5 @@ if [ "${#missing_oci[@]}" -gt 0 ]; then apt_install "${missing_oci[@]}"; fi
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || apt_install postgresql
 
 # The several-coordinators suites: iptables cuts one leader's database connection
-# without a FIN (coordinator/src/server/store/cluster/tests.rs); dbus-daemon gives
-# drover-agent a private bus in tests that need no real host (tests/tests/agent_failover.rs).
-missing_ha=()
-command -v iptables >/dev/null 2>&1 || missing_ha+=(iptables)
-command -v dbus-daemon >/dev/null 2>&1 || missing_ha+=(dbus-daemon)
-if [ "${#missing_ha[@]}" -gt 0 ]; then apt_install "${missing_ha[@]}"; fi
+# without a FIN (coordinator/src/server/store/cluster/tests.rs).
+command -v iptables >/dev/null 2>&1 || apt_install iptables

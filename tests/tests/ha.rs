@@ -212,26 +212,9 @@ async fn replicas_racing_on_the_same_hosts_manifests_never_publish_a_lower_seria
 async fn kill_9_of_the_leader_mid_rollout_another_leads_within_5s_and_each_stage_runs_once() {
     let mut replicas = Replicas::start(3);
     let admin = replicas.replicas[1].admin();
-    for version in ["1.0.0", "2.0.0"] {
-        admin
-            .ok(Method::POST, "/v1/admin/releases", Some(remote_release("web", version)))
-            .await;
-    }
     let mut config = SimConfig::new(30, "web", "2.0.0");
-    config.coordinators = replicas.urls();
     config.wait_seconds = 5;
-    let sim = Simulator::enroll_at(&replicas.replicas[1].url(), &admin, config).await;
-    admin
-        .ok(
-            Method::PUT,
-            "/v1/admin/pins",
-            Some(json!({"app": "web", "version": "1.0.0", "scope": {"kind": "fleet"}})),
-        )
-        .await;
-    sim.wait_all("healthy on 1.0.0", Duration::from_secs(60), |view| {
-        view.current.as_ref().is_some_and(|version| version.as_str() == "1.0.0") && view.reported
-    })
-    .await;
+    let sim = fleet_on_1_0_0(&replicas, &admin, 1, config).await;
     admin
         .ok(
             Method::POST,
@@ -404,37 +387,14 @@ async fn wait_for_completion(replicas: &Replicas, admin: &drover_tests::fleet::A
 async fn kill_9_of_a_replica_holding_a_third_of_1000_long_polls_moves_its_hosts_to_the_others_within_10s() {
     let mut replicas = Replicas::start(3);
     let admin = replicas.replicas[0].admin();
-    for version in ["1.0.0", "2.0.0"] {
-        admin
-            .ok(Method::POST, "/v1/admin/releases", Some(remote_release("web", version)))
-            .await;
-    }
     let mut config = SimConfig::new(1000, "web", "2.0.0");
-    config.coordinators = replicas.urls();
     config.join_concurrency = 32;
-    let sim = Simulator::enroll_at(&replicas.replicas[0].url(), &admin, config).await;
-    admin
-        .ok(
-            Method::PUT,
-            "/v1/admin/pins",
-            Some(json!({"app": "web", "version": "1.0.0", "scope": {"kind": "fleet"}})),
-        )
-        .await;
-    sim.wait_all("healthy on 1.0.0", Duration::from_secs(120), |view| {
-        view.current.as_ref().is_some_and(|version| version.as_str() == "1.0.0") && view.reported
-    })
-    .await;
+    let sim = fleet_on_1_0_0(&replicas, &admin, 0, config).await;
     // Replica 2 holds every third host's long-poll; it dies, and a pin through replica 0
     // must reach every host, those on replica 2 through the others.
     replicas.replicas[2].kill();
     let killed_at = Instant::now();
-    admin
-        .ok(
-            Method::PUT,
-            "/v1/admin/pins",
-            Some(json!({"app": "web", "version": "2.0.0", "scope": {"kind": "fleet"}})),
-        )
-        .await;
+    pin_fleet(&admin, "2.0.0").await;
     sim.wait_all("healthy on 2.0.0", Duration::from_secs(10), |view| {
         view.current.as_ref().is_some_and(|version| version.as_str() == "2.0.0") && view.reported
     })
@@ -452,26 +412,9 @@ async fn kill_9_of_a_replica_holding_a_third_of_1000_long_polls_moves_its_hosts_
 async fn postgresql_restarted_mid_rollout_the_replicas_reconnect_and_nothing_acknowledged_is_lost() {
     let mut replicas = Replicas::start(3);
     let admin = replicas.replicas[0].admin();
-    for version in ["1.0.0", "2.0.0"] {
-        admin
-            .ok(Method::POST, "/v1/admin/releases", Some(remote_release("web", version)))
-            .await;
-    }
     let mut config = SimConfig::new(30, "web", "2.0.0");
-    config.coordinators = replicas.urls();
     config.wait_seconds = 5;
-    let sim = Simulator::enroll_at(&replicas.replicas[0].url(), &admin, config).await;
-    admin
-        .ok(
-            Method::PUT,
-            "/v1/admin/pins",
-            Some(json!({"app": "web", "version": "1.0.0", "scope": {"kind": "fleet"}})),
-        )
-        .await;
-    sim.wait_all("healthy on 1.0.0", Duration::from_secs(60), |view| {
-        view.current.as_ref().is_some_and(|version| version.as_str() == "1.0.0") && view.reported
-    })
-    .await;
+    let sim = fleet_on_1_0_0(&replicas, &admin, 0, config).await;
     admin
         .ok(
             Method::POST,
@@ -512,4 +455,39 @@ async fn postgresql_restarted_mid_rollout_the_replicas_reconnect_and_nothing_ack
             .count();
         assert_eq!(started, 1, "stage {stage} started {started} times: {history:#}");
     }
+}
+
+/// Releases web 1.0.0 and 2.0.0 through `admin`, enrolls `config.hosts` simulated hosts
+/// through `through` spread over every replica, pins 1.0.0 and waits until every host
+/// reported it healthy.
+async fn fleet_on_1_0_0(
+    replicas: &Replicas,
+    admin: &drover_tests::fleet::Admin,
+    through: usize,
+    mut config: SimConfig,
+) -> Simulator {
+    for version in ["1.0.0", "2.0.0"] {
+        admin
+            .ok(Method::POST, "/v1/admin/releases", Some(remote_release("web", version)))
+            .await;
+    }
+    config.coordinators = replicas.urls();
+    let sim = Simulator::enroll_at(&replicas.replicas[through].url(), admin, config).await;
+    pin_fleet(admin, "1.0.0").await;
+    sim.wait_all("healthy on 1.0.0", Duration::from_secs(120), |view| {
+        view.current.as_ref().is_some_and(|version| version.as_str() == "1.0.0") && view.reported
+    })
+    .await;
+    sim
+}
+
+/// Pins web `version` for the fleet through `admin`.
+async fn pin_fleet(admin: &drover_tests::fleet::Admin, version: &str) {
+    admin
+        .ok(
+            Method::PUT,
+            "/v1/admin/pins",
+            Some(json!({"app": "web", "version": version, "scope": {"kind": "fleet"}})),
+        )
+        .await;
 }
