@@ -26,11 +26,19 @@ fuzz_target!(|data: &[u8]| {
     let Ok(config) = validated else {
         return;
     };
-    if let Some(url) = &config.coordinator {
+    // Every coordinator URL a valid config keeps is https, distinct, without a trailing
+    // `/`, at most the protocol's number of them.
+    assert!(
+        config.coordinators.len() <= drover_protocol::coordinators::MAX_COORDINATORS,
+        "{} coordinators",
+        config.coordinators.len()
+    );
+    for (index, url) in config.coordinators.iter().enumerate() {
         assert!(
-            url.starts_with("https://") && url.len() > "https://".len(),
+            url.starts_with("https://") && url.len() > "https://".len() && !url.ends_with('/'),
             "coordinator {url:?}"
         );
+        assert!(!config.coordinators[..index].contains(url), "coordinator {url:?} twice");
     }
     assert!(config.state_dir.is_absolute(), "state_dir {:?}", config.state_dir);
     // The config compares whole seconds (milliseconds divided down), and so does this.
