@@ -59,7 +59,10 @@ impl Coordinator {
                 Change::Resync => {
                     drop(self.model_caught_up(true).await);
                     self.rollout_signal.notify_one();
-                    let reports = self.store.load().await?.reports;
+                    // The reload read the model; the reports are one more query, not a
+                    // second load of every manifest.
+                    let hosts: Vec<HostId> = self.slots.read().keys().cloned().collect();
+                    let reports = self.store.reports_of(&hosts).await?;
                     self.take_reports(reports);
                     let tokens = self.store.admin_tokens().await?;
                     *self.admin_tokens.write() = tokens;

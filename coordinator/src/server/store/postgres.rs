@@ -1013,10 +1013,6 @@ async fn insert_host_history(
     Ok(())
 }
 
-/// Stores a host's manifest, written at model `generation`. The serial guard: a serial
-/// not above the stored one (a writer that rendered from an old model) writes nothing and
-/// fails the whole transaction with [`StoreError::Stale`]: a host's serial never goes
-/// down or repeats.
 /// Reports written per statement (see [`MANIFESTS_PER_STATEMENT`]).
 const REPORTS_PER_STATEMENT: usize = 1_000;
 
@@ -1179,6 +1175,10 @@ async fn save_manifests_in(
     Ok(())
 }
 
+/// Stores a host's manifest, written at model `generation`. The serial guard: a serial
+/// not above the stored one (a writer that rendered from an old model) writes nothing and
+/// fails the whole transaction with [`StoreError::Stale`]: a host's serial never goes
+/// down or repeats.
 async fn save_manifest(
     transaction: &mut Transaction,
     manifest: &StoredManifest,
