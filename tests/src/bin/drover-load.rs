@@ -184,10 +184,13 @@ struct ReportsArgs {
 
 #[derive(Debug, Args)]
 struct PinArgs {
-    /// The coordinator, e.g. https://127.0.0.1:18600.
-    #[arg(long)]
-    url: String,
-    /// The coordinator's data directory (admin token).
+    /// The coordinator, e.g. https://127.0.0.1:18600. Several replicas on one database
+    /// (issue 16): repeat it or give a comma list; the waiters are spread over them
+    /// round-robin and the release and the pin go through the first, so the others learn
+    /// of the pin through the database (NOTIFY and re-read).
+    #[arg(long, visible_alias = "coordinator", required = true, value_delimiter = ',')]
+    url: Vec<String>,
+    /// The (first) coordinator's data directory (admin token; replicas share it).
     #[arg(long)]
     data_dir: PathBuf,
     /// Enrolled hosts from `enroll`.
@@ -197,8 +200,12 @@ struct PinArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     hosts: u32,
     /// Long-polling agents (one connection and host each).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     waiters: u32,
+    /// Waiters' connections opened at once while setting up (the coordinator closes the
+    /// oldest beyond 512 that have not yet shown a client certificate).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
+    parallel: u32,
     /// The long-poll's ?wait= seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=300))]
     wait: u64,
@@ -208,9 +215,13 @@ struct PinArgs {
     /// The version to create and pin fleet-wide (must be new).
     #[arg(long)]
     version: String,
-    /// The coordinator's PID, to report its CPU time for the pin.
+    /// Make the release's artifact a `remote_tarball` at a URL nothing fetches instead of
+    /// uploading one: a coordinator on PostgreSQL refuses uploads (replicas share no disk).
     #[arg(long)]
-    server_pid: Option<u32>,
+    remote_artifact: bool,
+    /// The coordinators' PIDs (repeat or comma list), to report their CPU time for the pin.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -1103,14 +1114,46 @@ async fn polls_counter(connection: &mut Connection) -> anyhow::Result<u64> {
 /// One long-polling agent after the pin: when its answer came and what it was.
 struct Waited {
     host: HostId,
+    /// Which of `--url` it long-polls.
+    replica: usize,
     old_serial: u64,
     old_etag: HeaderValue,
     arrived: Instant,
     answer: anyhow::Result<client::Answer>,
 }
 
+/// The coordinators' CPU seconds together (None when no PID was given or one is gone).
+fn servers_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|pid| server_cpu(Some(*pid))).sum()
+}
+
+/// `drover_manifest_polls_total` of every coordinator together (each counts its own).
+async fn polls_counters(connections: &mut [Connection]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for connection in connections {
+        total += polls_counter(connection).await?;
+    }
+    Ok(total)
+}
+
+/// Latency quantile `q` (0 = first, 1 = last) of sorted `latencies`, in ms.
+fn quantile_ms(latencies: &[StdDuration], q: f64) -> f64 {
+    latencies
+        .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
+        .map_or(f64::NAN, |latency| ms(*latency))
+}
+
 async fn pin_latency(args: PinArgs) -> anyhow::Result<()> {
-    let target = Target::parse(&args.url)?;
+    use futures_util::StreamExt as _;
+    let targets = args
+        .url
+        .iter()
+        .map(|url| Target::parse(url))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let target = &targets[0];
     let token = read_text(&args.data_dir.join("admin.token"))?.trim().to_owned();
     let ca_pem = read_text(&args.identities.join("ca.pem"))?;
     let trust_bytes = std::fs::read(args.identities.join("trust.json")).context("reading trust.json")?;
@@ -1118,29 +1161,40 @@ async fn pin_latency(args: PinArgs) -> anyhow::Result<()> {
     let waiters = args.waiters.min(args.hosts) as usize;
 
     // The release to pin, over a warm admin connection (so the timed call pays no handshake).
-    let mut admin = Connection::open(&target, tls_config(&ca_pem, None)).await?;
-    let artifact = drover_tests::app_tarball(format!("drover-load artifact {}", args.version).as_bytes());
-    let answer = admin
-        .send_body(
-            Method::POST,
-            "/v1/admin/artifacts",
-            Some(&token),
-            "application/octet-stream",
-            artifact.into(),
-            EXCHANGE_TIMEOUT,
-        )
-        .await?;
-    ensure!(
-        answer.status == StatusCode::CREATED,
-        "upload: {} {}",
-        answer.status,
-        answer.body_text()
-    );
-    let blob: serde_json::Value = serde_json::from_slice(&answer.body)?;
+    let mut admin = Connection::open(target, tls_config(&ca_pem, None)).await?;
+    let artifact = if args.remote_artifact {
+        let payload = format!("drover-load artifact {}", args.version);
+        serde_json::json!({
+            "kind": "remote_tarball",
+            "url": format!("https://artifacts.example/{}-{}.tar.gz", args.app, args.version),
+            "digest": drover_protocol::Digest::of(payload.as_bytes()).to_string(),
+            "size": payload.len(),
+        })
+    } else {
+        let tarball = drover_tests::app_tarball(format!("drover-load artifact {}", args.version).as_bytes());
+        let answer = admin
+            .send_body(
+                Method::POST,
+                "/v1/admin/artifacts",
+                Some(&token),
+                "application/octet-stream",
+                tarball.into(),
+                EXCHANGE_TIMEOUT,
+            )
+            .await?;
+        ensure!(
+            answer.status == StatusCode::CREATED,
+            "upload: {} {} (a coordinator on PostgreSQL refuses uploads: use --remote-artifact)",
+            answer.status,
+            answer.body_text()
+        );
+        let blob: serde_json::Value = serde_json::from_slice(&answer.body)?;
+        serde_json::json!({"kind": "stored_tarball", "digest": blob["digest"]})
+    };
     let release = serde_json::json!({
         "app": args.app, "version": args.version,
         "spec": {"service": {"command": ["bin/app"]}},
-        "artifact": {"kind": "stored_tarball", "digest": blob["digest"]},
+        "artifact": artifact,
     });
     admin_call(
         &mut admin,
@@ -1151,40 +1205,56 @@ async fn pin_latency(args: PinArgs) -> anyhow::Result<()> {
         StatusCode::CREATED,
     )
     .await?;
+    // One connection per coordinator for its /metrics (the first one's is `admin`).
+    let mut metrics = vec![];
+    for target in &targets[1..] {
+        metrics.push(Connection::open(target, tls_config(&ca_pem, None)).await?);
+    }
 
-    // The waiters: hosts spread over the fleet, each on its own connection, each with its
-    // current manifest (verified, for its serial) and ETag.
+    // The waiters: hosts spread over the fleet, each on its own connection to coordinator
+    // `slot % n`, each with its current manifest (verified, for its serial) and ETag,
+    // opened a bounded number at a time.
     let stride = args.hosts as usize / waiters;
     let mut identities = Vec::with_capacity(waiters);
     for slot in 0..waiters {
-        identities.push(load_identity(&args.identities, &ca_pem, slot * stride)?);
+        identities.push((
+            slot % targets.len(),
+            load_identity(&args.identities, &ca_pem, slot * stride)?,
+        ));
     }
-    let opening = identities.into_iter().map(|identity| {
-        let target = target.with_path("/v1/agent/manifest");
-        let trust = &trust;
-        async move {
-            let mut connection = Connection::open(&target, identity.tls.clone()).await?;
-            let answer = connection.get("/v1/agent/manifest", &[], EXCHANGE_TIMEOUT).await?;
-            ensure!(
-                answer.status == StatusCode::OK,
-                "{}: first poll answered {} {}",
-                identity.host,
-                answer.status,
-                answer.body_text()
-            );
-            let etag = answer.etag().context("no ETag")?;
-            let verified = accept(&answer.body, trust, &identity.host, None, now_real())
-                .map_err(|rejection| anyhow::anyhow!("{}: current manifest rejected: {rejection}", identity.host))?;
-            anyhow::Ok((connection, identity.host, etag, verified.manifest().serial))
-        }
-    });
-    let opened = futures_util::future::try_join_all(opening).await?;
+    let opened = futures_util::stream::iter(identities)
+        .map(|(replica, identity)| {
+            let target = targets[replica].with_path("/v1/agent/manifest");
+            let trust = &trust;
+            async move {
+                let mut connection = Connection::open(&target, identity.tls.clone()).await?;
+                let answer = connection.get("/v1/agent/manifest", &[], EXCHANGE_TIMEOUT).await?;
+                ensure!(
+                    answer.status == StatusCode::OK,
+                    "{}: first poll answered {} {}",
+                    identity.host,
+                    answer.status,
+                    answer.body_text()
+                );
+                let etag = answer.etag().context("no ETag")?;
+                let verified = accept(&answer.body, trust, &identity.host, None, now_real()).map_err(|rejection| {
+                    anyhow::anyhow!("{}: current manifest rejected: {rejection}", identity.host)
+                })?;
+                anyhow::Ok((replica, connection, identity.host, etag, verified.manifest().serial))
+            }
+        })
+        .buffer_unordered(args.parallel as usize)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let before = polls_counter(&mut admin).await?;
+    let mut counted = std::iter::once(admin).chain(metrics).collect::<Vec<_>>();
+    let before = polls_counters(&mut counted).await?;
     let wait = args.wait;
     let handles: Vec<_> = opened
         .into_iter()
-        .map(|(mut connection, host, etag, serial)| {
+        .map(|(replica, mut connection, host, etag, serial)| {
             tokio::spawn(async move {
                 let path = format!("/v1/agent/manifest?wait={wait}");
                 let answer = connection
@@ -1196,6 +1266,7 @@ async fn pin_latency(args: PinArgs) -> anyhow::Result<()> {
                     .await;
                 Waited {
                     host,
+                    replica,
                     old_serial: serial,
                     old_etag: etag,
                     arrived: Instant::now(),
@@ -1204,36 +1275,42 @@ async fn pin_latency(args: PinArgs) -> anyhow::Result<()> {
             })
         })
         .collect();
-    // Every long-poll must have reached the coordinator before the pin is made.
-    let parked_by = Instant::now() + StdDuration::from_secs(20);
+    // Every long-poll must have reached its coordinator before the pin is made.
+    let parked_within = StdDuration::from_secs(20 + waiters as u64 / 500);
+    let parked_by = Instant::now() + parked_within;
     loop {
-        let seen = polls_counter(&mut admin).await?;
+        let seen = polls_counters(&mut counted).await?;
         if seen >= before + waiters as u64 {
             break;
         }
         ensure!(
             Instant::now() < parked_by,
-            "only {} of {waiters} long-polls reached the coordinator within 20 s",
-            seen - before
+            "only {} of {waiters} long-polls reached the coordinators within {} s",
+            seen - before,
+            parked_within.as_secs()
         );
         tokio::time::sleep(StdDuration::from_millis(20)).await;
     }
     tokio::time::sleep(StdDuration::from_millis(200)).await;
+    let admin = &mut counted[0];
 
-    let server_before = server_cpu(args.server_pid);
+    let server_before = servers_cpu(&args.server_pid);
+    let client_before = client_cpu();
     let pin = serde_json::json!({"app": args.app, "version": args.version, "scope": {"kind": "fleet"}});
     let pinned_at = Instant::now();
-    let changed = admin_call(&mut admin, &token, Method::PUT, "/v1/admin/pins", pin, StatusCode::OK).await?;
+    let changed = admin_call(admin, &token, Method::PUT, "/v1/admin/pins", pin, StatusCode::OK).await?;
     let api = pinned_at.elapsed();
     let hosts_changed = changed["hosts_changed"].as_u64().unwrap_or(0);
 
     let mut arrivals = Vec::with_capacity(waiters);
+    let mut per_replica = vec![Vec::new(); targets.len()];
     let mut problems = Vec::new();
     let mut results = Vec::with_capacity(waiters);
     for handle in handles {
         results.push(handle.await.context("waiter panicked")?);
     }
-    let server = server_before.zip(server_cpu(args.server_pid)).map(|(a, b)| b - a);
+    let server = server_before.zip(servers_cpu(&args.server_pid)).map(|(a, b)| b - a);
+    let client = client_cpu() - client_before;
     // Verification happens after every arrival time is taken, so it does not delay them.
     for waited in results {
         let outcome = (|| {
@@ -1263,33 +1340,54 @@ async fn pin_latency(args: PinArgs) -> anyhow::Result<()> {
             anyhow::Ok(waited.arrived - pinned_at)
         })();
         match outcome {
-            Ok(latency) => arrivals.push(latency),
-            Err(error) => problems.push(format!("{}: {error:#}", waited.host)),
+            Ok(latency) => {
+                arrivals.push(latency);
+                per_replica[waited.replica].push(latency);
+            }
+            Err(error) => problems.push(format!("{} (via {}): {error:#}", waited.host, args.url[waited.replica])),
         }
     }
     arrivals.sort();
-    let quantile = |q: f64| {
-        arrivals
-            .get(((arrivals.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .map_or(f64::NAN, |latency| ms(*latency))
-    };
+    // Measured from the pin's answer rather than its start: negative when a waiter held
+    // the new manifest before the API call returned.
+    let after_answer = |q: f64| quantile_ms(&arrivals, q) - ms(api);
     println!(
-        "RESULT pin version={} hosts_changed={hosts_changed} api_ms={:.0} waiters={waiters} verified={} first_ms={:.0} p50_ms={:.0} p99_ms={:.0} all_ms={:.0} server_cpu_s={}",
+        "RESULT pin version={} replicas={} hosts_changed={hosts_changed} api_ms={:.0} waiters={waiters} verified={} first_ms={:.0} p50_ms={:.0} p99_ms={:.0} all_ms={:.0} after_answer_p50_ms={:.0} after_answer_all_ms={:.0} server_cpu_s={} client_cpu_s={client:.2}",
         args.version,
+        targets.len(),
         ms(api),
         arrivals.len(),
-        quantile(0.0),
-        quantile(0.5),
-        quantile(0.99),
-        quantile(1.0),
+        quantile_ms(&arrivals, 0.0),
+        quantile_ms(&arrivals, 0.5),
+        quantile_ms(&arrivals, 0.99),
+        quantile_ms(&arrivals, 1.0),
+        after_answer(0.5),
+        after_answer(1.0),
         format_cpu(server),
     );
+    if targets.len() > 1 {
+        for (replica, latencies) in per_replica.iter_mut().enumerate() {
+            latencies.sort();
+            println!(
+                "RESULT pin-replica version={} replica={replica} url={} pinned_here={} waiters={} first_ms={:.0} p50_ms={:.0} p99_ms={:.0} all_ms={:.0}",
+                args.version,
+                args.url[replica],
+                u8::from(replica == 0),
+                latencies.len(),
+                quantile_ms(latencies, 0.0),
+                quantile_ms(latencies, 0.5),
+                quantile_ms(latencies, 0.99),
+                quantile_ms(latencies, 1.0),
+            );
+        }
+    }
     eprintln!(
-        "pin {}: {hosts_changed} hosts re-signed, the API answered in {:.0} ms; all {} long-polling agents held the verified manifest after {:.0} ms",
+        "pin {}: {hosts_changed} hosts re-signed, the API answered in {:.0} ms; all {} long-polling agents on {} coordinator(s) held the verified manifest after {:.0} ms",
         args.version,
         ms(api),
         arrivals.len(),
-        quantile(1.0)
+        targets.len(),
+        quantile_ms(&arrivals, 1.0)
     );
     if let Some(problem) = problems.first() {
         eprintln!("pin: {} waiters failed, first: {problem}", problems.len());
