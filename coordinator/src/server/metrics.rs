@@ -54,6 +54,9 @@ pub struct Metrics {
     pub report_apps_ignored: Counter,
     /// Host certificates renewed.
     pub certificate_renewals: Counter,
+    /// Manifests read back from the database to catch up with the fleet model (another
+    /// replica's changes, or a full re-read after a panic or lost notifications).
+    pub manifests_reread: Counter,
     /// When the server's TLS certificate in use expires (unix seconds; 0 before start).
     pub server_certificate_not_after: AtomicI64,
 }
@@ -137,6 +140,11 @@ impl Metrics {
                 "drover_host_certificate_renewals_total",
                 "Host client certificates renewed.",
                 &self.certificate_renewals,
+            ),
+            (
+                "drover_manifests_reread_total",
+                "Manifests read back from the database to catch up with other replicas' changes.",
+                &self.manifests_reread,
             ),
         ];
         let mut text = String::new();

@@ -126,7 +126,10 @@ impl Coordinator {
             } else {
                 "another coordinator changed the fleet model"
             };
-            match self.reload_model(&mut guard).await {
+            // Another replica's change needs only what was written since this replica
+            // last read; a panic or lost notifications need everything.
+            let since = (!panicked && !reload).then(|| self.store.seen_generation());
+            match self.reload_model(&mut guard, since).await {
                 Ok(()) if panicked => tracing::warn!("{why}; it was loaded again from the store"),
                 Ok(()) => tracing::debug!("{why}; it was loaded again from the store"),
                 Err(error) => {

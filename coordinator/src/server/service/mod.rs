@@ -354,43 +354,73 @@ impl Coordinator {
         ))
     }
 
-    /// Loads the model again from the store, after a panic left it unsettled, and brings
-    /// the host slots in line with it (a panic between a commit and its publication):
-    /// a slot for every enrolled host (a join or re-join committed before its slot was
-    /// made), none for a removed one, each with the stored certificate and manifest.
-    async fn reload_model(&self, model: &mut Model) -> Result<(), StoreError> {
-        let snapshot = self.store.load().await?;
-        let fresh = Model::from_stored(&snapshot, self.store.active_rollouts().await?);
+    /// Loads the model again from the store, after a panic left it unsettled or when the
+    /// change listener lost notifications (`since` is `None`: everything), or when another
+    /// replica changed it (`since` is the generation this replica last read or wrote: the
+    /// model in full, but only the manifests written after it, which is what keeps a
+    /// fleet-wide change through another replica from costing every replica a read of
+    /// every host's manifest). Brings the host slots in line with it: a slot for every
+    /// enrolled host (a join or re-join committed before its slot was made), none for a
+    /// removed one, each with the stored certificate and manifest.
+    async fn reload_model(&self, model: &mut Model, since: Option<i64>) -> Result<(), StoreError> {
+        let snapshot = match since {
+            Some(generation) => self.store.load_since(generation).await?,
+            None => self.store.load().await?,
+        };
+        self.metrics.manifests_reread.add(snapshot.manifests.len());
+        let mut fresh = Model::from_stored(&snapshot, self.store.active_rollouts().await?);
+        if since.is_some() {
+            // Every manifest written at or before `since` is one memory already holds:
+            // each model write moves the generation on by one under the database's model
+            // lock, and this replica read or wrote every generation up to `since`.
+            let newer = std::mem::replace(&mut fresh.rendered, std::mem::take(&mut model.rendered));
+            fresh.rendered.extend(newer);
+        }
         let manifests: HashMap<&HostId, &StoredManifest> = snapshot
             .manifests
             .iter()
             .map(|manifest| (&manifest.host, manifest))
             .collect();
+        let mut unpublished = Vec::new();
         {
             let mut slots = self.slots.write();
             slots.retain(|id, _| fresh.fleet.hosts.get(id).is_some_and(HostRecord::is_active));
             for host in fresh.fleet.active_hosts() {
-                let Some(manifest) = manifests.get(&host.id) else {
-                    tracing::error!(host = %host.id, "an enrolled host has no stored manifest; it is served again once a change renders one");
-                    continue;
+                let manifest = manifests.get(&host.id);
+                let published = |manifest: &StoredManifest| {
+                    Arc::new(Published::of(manifest, &fresh.fleet.resolve(host), &fresh.fleet))
                 };
-                let published = || Arc::new(Published::of(manifest, &fresh.fleet.resolve(host), &fresh.fleet));
-                match slots.get(&host.id) {
-                    None => {
-                        slots.insert(host.id.clone(), HostSlot::new(host, published(), 0));
+                match (slots.get(&host.id), manifest) {
+                    (None, Some(manifest)) => {
+                        slots.insert(host.id.clone(), HostSlot::new(host, published(manifest), 0));
                     }
-                    Some(slot) => {
+                    (None, None) => unpublished.push(host.id.clone()),
+                    (Some(slot), manifest) => {
                         if slot.identity.read().cert_sha256 != host.cert_sha256.as_deref().unwrap_or_default() {
                             *slot.identity.write() = SlotIdentity::of(host);
                         }
-                        if slot.manifest.borrow().serial != manifest.serial {
-                            slot.manifest.send_replace(published());
+                        if let Some(manifest) = manifest
+                            && slot.manifest.borrow().serial != manifest.serial
+                        {
+                            slot.manifest.send_replace(published(manifest));
                         }
                     }
                 }
             }
         }
         *model = fresh;
+        if unpublished.is_empty() {
+            return Ok(());
+        }
+        if since.is_some() {
+            // A host this replica has no slot for and no newer manifest of: not expected
+            // (a join writes its manifest with the host), but reading everything once
+            // costs a moment and settles it.
+            return Box::pin(self.reload_model(model, None)).await;
+        }
+        for host in unpublished {
+            tracing::error!(%host, "an enrolled host has no stored manifest; it is served again once a change renders one");
+        }
         Ok(())
     }
 
@@ -469,7 +499,7 @@ async fn check_shared_credentials(
 /// the few requests they need to set up a fleet (join a host, create a release).
 #[cfg(test)]
 mod testing {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -482,7 +512,7 @@ mod testing {
     use crate::datadir::DataDir;
     use crate::server::clock::ManualClock;
     use crate::server::pki::{PeerIdentity, certificate_der, make_host_csr};
-    use crate::server::store::Store;
+    use crate::server::store::{Database, Store};
 
     /// A started coordinator; its data directory is deleted when dropped.
     #[derive(Debug)]
@@ -540,6 +570,16 @@ mod testing {
 
     /// Starts a coordinator over a fresh data directory.
     pub(crate) async fn coordinator() -> TestCoordinator {
+        coordinator_on(None, None).await
+    }
+
+    /// Starts a coordinator over a fresh data directory, on `database` (default: SQLite in
+    /// the data directory) and with the CA, keys and admin token of `replica_of` (another
+    /// replica on the same database) when given.
+    pub(crate) async fn coordinator_on(
+        database: Option<&Database>,
+        replica_of: Option<&TestCoordinator>,
+    ) -> TestCoordinator {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "drover-service-test-{}-{}",
@@ -547,12 +587,18 @@ mod testing {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some(original) = replica_of {
+            copy_credentials(&original.dir, &dir);
+        }
         let data = DataDir::new(&dir);
         let now = Timestamp::from_system(std::time::SystemTime::now());
         let clock = Arc::new(ManualClock::new(now));
         let credentials = crate::server::setup::prepare(&data, None, now).expect("data directory");
         let admin_secret = credentials.admin_token.clone();
-        let store = Store::open(&data.database()).await.expect("store");
+        let store = match database {
+            Some(database) => Store::open_database(database).await.expect("store"),
+            None => Store::open(&data.database()).await.expect("store"),
+        };
         let config = Config {
             public_url: "https://10.0.0.5:8443".to_owned(),
             listen: "10.0.0.5:8443".parse().expect("address"),
@@ -571,6 +617,21 @@ mod testing {
             background: Some(background),
             admin_secret,
             dir,
+        }
+    }
+
+    /// Copies a data directory's files (CA, keys, admin token) but not its SQLite
+    /// database, as an operator provisions a second replica.
+    fn copy_credentials(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("replica directory");
+        for entry in std::fs::read_dir(from).expect("data directory") {
+            let entry = entry.expect("entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                copy_credentials(&entry.path(), &target);
+            } else if !entry.file_name().to_string_lossy().starts_with("coordinator.db") {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
         }
     }
 

@@ -184,3 +184,92 @@ pub(super) async fn heartbeat(coordinator: Arc<Coordinator>, mut shutdown: watch
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use drover_protocol::HostId;
+    use drover_protocol::api::{Pin, Scope};
+
+    use super::super::testing::{TestCoordinator, coordinator_on, name, operator};
+    use crate::server::store::changes::Change;
+    use crate::server::store::tests::scratch_postgres_database;
+
+    /// The serial each host's slot publishes on `replica`.
+    fn serials(replica: &TestCoordinator) -> BTreeMap<HostId, u64> {
+        let slots = replica.coordinator.slots.read();
+        slots
+            .iter()
+            .map(|(id, slot)| (id.clone(), slot.manifest.borrow().serial))
+            .collect()
+    }
+
+    /// Tells `replica` that `writer` changed the model, as the change listener does, and
+    /// returns how many manifests it read back from the database to catch up.
+    async fn notify(replica: &TestCoordinator, writer: &TestCoordinator) -> u64 {
+        let metrics = &replica.coordinator.metrics.manifests_reread;
+        let before = metrics.get();
+        let generation = writer.coordinator.store.seen_generation();
+        replica
+            .coordinator
+            .apply_changes(vec![Change::Model { generation }])
+            .await
+            .expect("catching up");
+        metrics.get() - before
+    }
+
+    #[tokio::test]
+    async fn a_replica_catches_up_with_another_ones_changes_reading_only_the_manifests_written_since() {
+        let (_cluster, database) = scratch_postgres_database();
+        let a = coordinator_on(Some(&database), None).await;
+        let b = coordinator_on(Some(&database), Some(&a)).await;
+        for host in ["web-1", "web-2", "web-3"] {
+            a.join(host, &[("role", "web")]).await;
+        }
+        a.release("web", "1.0.0").await;
+        assert_eq!(notify(&b, &a).await, 3, "the three joins' manifests");
+        assert_eq!(serials(&b), serials(&a));
+        assert_eq!(serials(&b).len(), 3);
+
+        // One host's pin re-renders one manifest: that one is all the other replica reads,
+        // and its hosts' long-polls see the new serial.
+        let web_1: HostId = name("web-1");
+        let before = serials(&b);
+        a.coordinator
+            .pin(
+                Pin {
+                    app: name("web"),
+                    version: name("1.0.0"),
+                    scope: Scope::Host(web_1.clone()),
+                },
+                &operator(),
+                None,
+            )
+            .await
+            .expect("pin");
+        assert_eq!(notify(&b, &a).await, 1, "only web-1's new manifest is read");
+        assert_eq!(serials(&b), serials(&a));
+        assert!(serials(&b)[&web_1] > before[&web_1]);
+
+        // A removal drops the host's slot; a join through the other replica makes one.
+        a.coordinator
+            .remove_host(&name("web-3"), &operator(), None)
+            .await
+            .expect("remove");
+        a.join("web-4", &[("role", "web")]).await;
+        notify(&b, &a).await;
+        assert_eq!(serials(&b), serials(&a));
+        assert_eq!(
+            serials(&b).keys().map(ToString::to_string).collect::<Vec<_>>(),
+            ["web-1", "web-2", "web-4"]
+        );
+
+        // Lost notifications: everything is read again, every host's manifest.
+        let metrics = &b.coordinator.metrics.manifests_reread;
+        let before = metrics.get();
+        b.coordinator.apply_changes(vec![Change::Resync]).await.expect("resync");
+        assert!(metrics.get() - before >= 3, "a full re-read reads every manifest");
+        assert_eq!(serials(&b), serials(&a));
+    }
+}

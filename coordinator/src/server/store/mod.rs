@@ -54,7 +54,7 @@ pub mod shared;
 pub mod sqlite;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -83,7 +83,7 @@ impl Drop for Scratch {
 /// A new, empty (not migrated) database on the PostgreSQL cluster this test binary shares
 /// between the tests that run at the same time: started by the first, stopped and removed
 /// when the last lets go of it (a cluster in a `static` would outlive the process).
-pub(super) fn scratch_postgres_database() -> (Arc<PostgresCluster>, Database) {
+pub(crate) fn scratch_postgres_database() -> (Arc<PostgresCluster>, Database) {
     static CLUSTER: Mutex<Weak<PostgresCluster>> = Mutex::new(Weak::new());
     static CREATED: AtomicU32 = AtomicU32::new(0);
     let cluster = {
