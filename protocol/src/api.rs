@@ -1295,6 +1295,16 @@ mod tests {
     }
 }
 
+/// What the CLI needs to know of a coordinator's own settings (`GET /v1/admin/settings`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorSettings {
+    /// Where `drover release create --artifact FILE` pushes tarballs when the operator
+    /// names no `--registry`: `REGISTRY/PREFIX`, the app's name is the repository under
+    /// it (`drover serve --artifact-registry`).
+    #[serde(default)]
+    pub artifact_registry: Option<String>,
+}
+
 /// One coordinator replica serving the fleet's database (`GET /v1/admin/coordinators`,
 /// `drover coordinators`): several share one PostgreSQL; a coordinator on SQLite lists
 /// itself alone.

@@ -129,6 +129,7 @@ impl TestCoordinator {
             host_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
             server_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
             database: database.clone(),
+            artifact_registry: None,
         };
         let running = start_with_clock(options, clock.clone())
             .await

@@ -39,6 +39,8 @@ pub struct Replica {
     pub port: u16,
     /// Its log (stdout and stderr, appended across restarts).
     pub log: PathBuf,
+    /// More arguments for `drover serve` (e.g. `--artifact-registry`).
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -88,6 +90,7 @@ impl Replica {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--database", database])
+            .args(&self.args)
             .env("DROVER_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("replica log"))
@@ -143,6 +146,11 @@ impl Replicas {
     /// [`Replicas::start`] with every replica listening on `listen_ip`: real hosts on a
     /// [`crate::net::Bridge`] reach the machine at the bridge's gateway, not 127.0.0.1.
     pub fn start_on(count: usize, listen_ip: Ipv4Addr) -> Replicas {
+        Replicas::start_with(count, listen_ip, &[])
+    }
+
+    /// [`Replicas::start_on`] with `args` added to every replica's `drover serve`.
+    pub fn start_with(count: usize, listen_ip: Ipv4Addr, args: &[&str]) -> Replicas {
         assert!(count >= 1);
         let postgres = PostgresCluster::start();
         let database = postgres.create_database("drover");
@@ -159,6 +167,7 @@ impl Replicas {
                 ip: listen_ip,
                 port: free_port(),
                 log: scratch.path().join(format!("replica-{index}.log")),
+                args: args.iter().map(ToString::to_string).collect(),
                 child: None,
             };
             replica.start(&database);

@@ -635,6 +635,7 @@ async fn refresher_re_signs_manifests_before_they_expire() {
         host_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
         server_certificate_validity: drover_coordinator::server::pki::DEFAULT_LEAF_VALIDITY,
         database: None,
+        artifact_registry: None,
     };
     let running = drover_coordinator::server::serve::start_with_clock(options, clock.clone())
         .await

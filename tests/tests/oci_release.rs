@@ -558,13 +558,32 @@ async fn artifact_and_image_together_is_a_usage_error() {
         vec!["--artifact", "web.tar.gz", "--image", image],
         vec![],
         vec!["--artifact", "web.tar.gz", "--platform", "linux/arm64"],
-        vec!["--artifact", "web.tar.gz", "--registry-insecure"],
         vec!["--image", image, "--registry-password-file", "pw"],
     ] {
         let mut all = vec!["release", "create", "web", "1", "--spec", &spec];
         all.extend(args.iter().copied());
         let stderr = drover(&coordinator, &all, &[]).fails(2);
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    }
+    // A registry flag for a file no registry takes (no --registry, and the coordinator
+    // names none with --artifact-registry), or for a URL: refused, not ignored.
+    for artifact in ["web.tar.gz", "https://artifacts.example/web.tar.gz"] {
+        let all = [
+            "release",
+            "create",
+            "web",
+            "1",
+            "--spec",
+            &spec,
+            "--artifact",
+            artifact,
+            "--registry-insecure",
+        ];
+        let stderr = drover(&coordinator, &all, &[]).fails(2);
+        assert!(
+            stderr.contains("--registry-insecure applies to a registry"),
+            "{artifact}: {stderr}"
+        );
     }
     // Checked before any network access: a short name, a bad platform.
     for (args, expected) in [

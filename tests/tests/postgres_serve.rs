@@ -51,7 +51,7 @@ async fn a_coordinator_on_postgres_joins_pins_and_wakes_a_long_poll_and_keeps_it
     assert_eq!(refused.status(), reqwest::StatusCode::CONFLICT);
     let body = refused.text().await.expect("refusal body");
     assert!(
-        body.contains("uploads_need_a_registry") && body.contains("--registry"),
+        body.contains("uploads_need_a_registry") && body.contains("--registry") && body.contains("--artifact-registry"),
         "{body}"
     );
     coordinator

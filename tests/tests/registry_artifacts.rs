@@ -9,6 +9,8 @@
 //! (`cargo build -p drover-coordinator -p drover-agent --bins`).
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
 
 use drover_agent::config::{RegistryConfig, RegistryTransport};
 use drover_agent::fetch::{Cache, FetchError};
@@ -22,6 +24,7 @@ use drover_tests::e2e::{Behaviour, Releases};
 use drover_tests::fleet::{Poll, TestCoordinator};
 use drover_tests::now_real;
 use drover_tests::registry::Registry;
+use drover_tests::replicas::Replicas;
 
 /// What one `drover` run produced.
 #[derive(Debug)]
@@ -46,11 +49,17 @@ impl Run {
 /// Runs the real `drover` binary against the in-process coordinator, plus `env`. The
 /// caller's DROVER_* variables never leak in.
 fn drover(coordinator: &TestCoordinator, args: &[&str], env: &[(&str, &str)]) -> Run {
+    drover_at(&coordinator.data_dir, &coordinator.url(), args, env)
+}
+
+/// [`drover`] against the coordinator at `url` whose data directory (admin token, CA) is
+/// `data_dir`.
+fn drover_at(data_dir: &Path, url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = std::process::Command::new(drover_tests::binary("drover"));
     command
         .args(args)
-        .env("DROVER_DATA_DIR", &coordinator.data_dir)
-        .env("DROVER_ADDR", coordinator.url())
+        .env("DROVER_DATA_DIR", data_dir)
+        .env("DROVER_ADDR", url)
         .env_remove("DROVER_TOKEN")
         .env_remove("DROVER_CA")
         .env_remove("DROVER_REGISTRY")
@@ -409,4 +418,91 @@ async fn the_api_takes_registry_tarballs_pinned_by_digest_and_hosts_get_them_sig
         "the host's signed manifest names the artifact and the tarball by digest"
     );
     coordinator.stop().await;
+}
+
+/// Coordinators started with `--artifact-registry REGISTRY/PREFIX` name the registry
+/// themselves: on PostgreSQL, where they refuse uploads, `drover release create --artifact
+/// FILE` with no `--registry` pushes the tarball to PREFIX/APP and records it by digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_an_artifact_registry_get_tarballs_pushed_there_without_a_registry_flag() {
+    let registry = tokio::task::block_in_place(|| Registry::start_plain().expect("registry"));
+    let prefix = format!("{}/drover", registry.host());
+    let replicas = tokio::task::block_in_place(|| {
+        Replicas::start_with(1, Ipv4Addr::LOCALHOST, &["--artifact-registry", &format!("{prefix}/")])
+    });
+    let replica = &replicas.replicas[0];
+    let settings: drover_protocol::api::CoordinatorSettings = replica
+        .admin()
+        .ok(reqwest::Method::GET, "/v1/admin/settings", None)
+        .await
+        .as_object()
+        .map(|object| serde_json::from_value(serde_json::Value::Object(object.clone())).expect("settings"))
+        .expect("settings object");
+    assert_eq!(
+        settings.artifact_registry.as_deref(),
+        Some(prefix.as_str()),
+        "the trailing / is dropped"
+    );
+
+    let releases = Releases::new().expect("releases");
+    let spec = releases.spec("web", 8080, Behaviour::Good).expect("spec");
+    let tarball = releases.tarball("1", 4096).expect("tarball");
+    let (spec, tarball) = (spec.to_str().expect("utf-8"), tarball.to_str().expect("utf-8"));
+    let create = ["release", "create", "web", "1", "--spec", spec, "--artifact", tarball];
+    let run = drover_at(
+        &replica.data_dir,
+        &replica.url(),
+        &[&create[..], &["--registry-insecure"]].concat(),
+        &[],
+    )
+    .ok();
+    assert!(run.stderr.contains(&format!("pushing to {prefix}/web")), "{run:#?}");
+    let listed = drover_at(
+        &replica.data_dir,
+        &replica.url(),
+        &["release", "list", "web", "-o", "json"],
+        &[],
+    )
+    .ok();
+    let listed: Vec<Release> = serde_json::from_str(&listed.stdout).expect("release list JSON");
+    let Artifact::OciTarball { reference, digest, .. } = &listed[0].artifact else {
+        panic!("not a registry tarball: {listed:#?}");
+    };
+    assert!(
+        reference.as_str().starts_with(&format!("{prefix}/web@sha256:")),
+        "{reference:?}"
+    );
+    let bytes = std::fs::read(tarball).expect("tarball bytes");
+    assert_eq!(*digest, Digest::of(&bytes));
+    let (status, blob) = registry_get(&registry, "drover/web", "blobs", digest.as_str()).await;
+    assert_eq!((status, blob), (200, bytes), "the tarball is in the registry");
+
+    // An explicit --registry still wins (without the setting, the upload is refused,
+    // saying to set it: tests/postgres_serve.rs).
+    let elsewhere = format!("{}/other/web", registry.host());
+    let create = ["release", "create", "web", "2", "--spec", spec, "--artifact", tarball];
+    let run = drover_at(
+        &replica.data_dir,
+        &replica.url(),
+        &[&create[..], &["--registry", &elsewhere, "--registry-insecure"]].concat(),
+        &[],
+    );
+    let run = run.ok();
+    assert!(!run.stderr.contains("pushing to"), "{run:#?}");
+    let listed = drover_at(
+        &replica.data_dir,
+        &replica.url(),
+        &["release", "list", "web", "-o", "json"],
+        &[],
+    )
+    .ok();
+    let listed: Vec<Release> = serde_json::from_str(&listed.stdout).expect("release list JSON");
+    let second = listed
+        .iter()
+        .find(|release| release.version.as_str() == "2")
+        .expect("release 2");
+    assert!(
+        matches!(&second.artifact, Artifact::OciTarball { reference, .. } if reference.as_str().starts_with(&format!("{elsewhere}@"))),
+        "{second:#?}"
+    );
 }

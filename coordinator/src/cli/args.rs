@@ -492,7 +492,8 @@ pub enum ReleaseCommand {
     /// the coordinator; the release records registry/repository@sha256:<artifact manifest
     /// digest> and the tarball's digest. Hosts fetch it from the registry by digest with
     /// their own registry settings (agent.toml [registries."HOST[:PORT]"]). For several
-    /// coordinators, which share no disk. --registry-insecure, --registry-ca and
+    /// coordinators, which share no disk (started with --artifact-registry PREFIX, they
+    /// name the registry themselves: --registry may be left out). --registry-insecure, --registry-ca and
     /// --registry-user apply as for --image.
     ///
     /// The spec is checked before anything is uploaded or resolved. Creating the same
@@ -521,7 +522,9 @@ pub enum ReleaseCommand {
 /// Arguments of `drover release create`: exactly one of --artifact and --image.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["artifact", "image"])))]
-#[command(group(clap::ArgGroup::new("registry_target").multiple(true).args(["image", "push_registry"])))]
+// An --artifact FILE may be pushed to the registry the coordinator names: the registry
+// flags are checked against it at run time (`release_create`).
+#[command(group(clap::ArgGroup::new("registry_target").multiple(true).args(["image", "push_registry", "artifact"])))]
 pub struct ReleaseCreateArgs {
     /// The app: a-z, 0-9 and '-', e.g. web.
     pub app: AppName,
@@ -546,6 +549,8 @@ pub struct ReleaseCreateArgs {
     pub image: Option<String>,
     /// Push --artifact FILE to this OCI registry repository (e.g.
     /// registry.example.com/drover/web) instead of uploading it to the coordinator.
+    /// Without it, a coordinator started with --artifact-registry PREFIX gets the file
+    /// pushed to PREFIX/APP.
     #[arg(long = "registry", value_name = "REGISTRY/REPO", env = "DROVER_REGISTRY")]
     pub push_registry: Option<String>,
     /// Registry access for resolving --image or pushing to --registry.
@@ -556,7 +561,7 @@ pub struct ReleaseCreateArgs {
 /// How `drover release create --image` (or `--registry`) reaches the registry (this
 /// machine only; hosts have their own registry settings).
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Registry (with --image or --registry)")]
+#[command(next_help_heading = "Registry (with --image, --registry or a coordinator's --artifact-registry)")]
 pub struct RegistryArgs {
     /// The platform hosts run: OS/ARCH[/VARIANT]. Picks the entry of an image index, and
     /// must match the image's config [default: linux/amd64]

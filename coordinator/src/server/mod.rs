@@ -32,6 +32,7 @@ pub async fn run(args: serve::ServeArgs) -> Result<(), Error> {
         host_certificate_validity: args.host_certificate_validity,
         server_certificate_validity: args.server_certificate_validity,
         database,
+        artifact_registry: args.artifact_registry,
     })
     .await?;
     running.wait(Box::pin(termination())).await;

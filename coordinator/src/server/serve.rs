@@ -60,6 +60,15 @@ pub struct ServeArgs {
     /// data directory.
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
+    /// The OCI registry where `drover release create --artifact FILE` pushes tarballs
+    /// when the operator names no --registry: REGISTRY/PREFIX, e.g.
+    /// registry.example.com/drover (each app is a repository under it:
+    /// registry.example.com/drover/web). The CLI pushes with the operator's own registry
+    /// access; hosts fetch by digest with theirs. Needed with --database, where
+    /// coordinators share no disk and keep no uploaded tarballs; give every replica the
+    /// same value.
+    #[arg(long, env = "DROVER_ARTIFACT_REGISTRY", value_name = "REGISTRY/PREFIX", value_parser = parse_artifact_registry)]
+    pub artifact_registry: Option<String>,
 }
 
 impl ServeArgs {
@@ -72,6 +81,27 @@ impl ServeArgs {
             .map(Database::from_url)
             .transpose()
             .map_err(Error::Input)
+    }
+}
+
+/// `--artifact-registry`: a registry host (with a dot, a port or `localhost`) and a
+/// repository prefix, without a tag or digest (the CLI adds `/APP` and tags `APP-VERSION`).
+pub fn parse_artifact_registry(text: &str) -> Result<String, String> {
+    let text = text.trim_end_matches('/');
+    let problem = if text.contains('@') || text.rsplit_once('/').is_some_and(|(_, last)| last.contains(':')) {
+        Some("names a tag or digest".to_owned())
+    } else if !text.contains('/') {
+        Some("names no repository prefix".to_owned())
+    } else {
+        crate::reference::ImageRef::parse(&format!("{text}/app:tag"))
+            .err()
+            .map(|error| error.to_string())
+    };
+    match problem {
+        None => Ok(text.to_owned()),
+        Some(problem) => Err(format!(
+            "{problem}; give REGISTRY/PREFIX, e.g. registry.example.com/drover (each app is a repository under it)"
+        )),
     }
 }
 
@@ -112,6 +142,8 @@ pub struct ServeOptions {
     pub server_certificate_validity: Duration,
     /// The database (`None`: SQLite in the data directory).
     pub database: Option<Database>,
+    /// `--artifact-registry REGISTRY/PREFIX` (checked by [`parse_artifact_registry`]).
+    pub artifact_registry: Option<String>,
 }
 
 /// The server certificate and key in use, in the data directory (0600; written atomically
@@ -232,6 +264,7 @@ pub async fn start_with_clock(
         manifest_ttl: options.manifest_ttl,
         refresh_interval: Duration::from_secs(60),
         host_certificate_validity: options.host_certificate_validity,
+        artifact_registry: options.artifact_registry.clone(),
         clock,
     };
     let (coordinator, background) = Coordinator::start(config, store, data.clone(), credentials)
@@ -493,6 +526,28 @@ fn database_open_hint(database: &Database, error: &StoreError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_artifact_registry_is_a_registry_and_a_prefix_without_tag_or_digest() {
+        assert_eq!(
+            parse_artifact_registry("registry.example.com/drover/").as_deref(),
+            Ok("registry.example.com/drover")
+        );
+        assert_eq!(
+            parse_artifact_registry("127.0.0.1:5000/drover").as_deref(),
+            Ok("127.0.0.1:5000/drover")
+        );
+        for (bad, problem) in [
+            ("registry.example.com", "no repository prefix"),
+            ("registry.example.com/drover:1", "tag or digest"),
+            ("registry.example.com/drover@sha256:00", "tag or digest"),
+            ("registry.example.com/Drover", "e.g. registry.example.com/drover"),
+            ("drover/apps", "e.g. registry.example.com/drover"),
+        ] {
+            let error = parse_artifact_registry(bad).expect_err(bad);
+            assert!(error.contains(problem), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn the_server_certificate_is_renewed_when_a_third_of_its_lifetime_is_left() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration as StdDuration;
 
 use drover_protocol::api::MAX_ARTIFACT_BYTES;
-use drover_protocol::api::{MAX_JSON_BODY, Release, ReleaseArtifact, ReleaseRequest};
+use drover_protocol::api::{CoordinatorSettings, MAX_JSON_BODY, Release, ReleaseArtifact, ReleaseRequest};
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::spec::ArtifactKind;
 use drover_protocol::{AppSpec, Artifact, Digest};
@@ -111,6 +111,9 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
             return Err(Error::Input("give either --artifact FILE|URL or --image REF".into()));
         }
     };
+    if matches!(source, Source::Tarball(ArtifactSource::Url(_))) {
+        refuse_registry_flags(args, "an artifact URL is not pushed anywhere")?;
+    }
     // The same check the coordinator and every agent run: refused here, before any upload.
     let kind = match source {
         Source::Tarball(_) | Source::Pushed(..) => ArtifactKind::Tarball,
@@ -130,6 +133,20 @@ pub async fn release_create(client: &AdminClient, args: &ReleaseCreateArgs, out:
     // registry, and finds a version that already exists.
     let releases: Vec<Release> = client.get(&format!("/v1/admin/releases/{}", args.app)).await?;
     let existing = releases.into_iter().find(|release| release.version == args.version);
+    // A file and no --registry: the coordinators may name a registry of their own.
+    let source = match source {
+        Source::Tarball(ArtifactSource::File(path)) => match coordinators_registry(client, args).await? {
+            Some(target) => Source::Pushed(path, Box::new(target)),
+            None => {
+                refuse_registry_flags(
+                    args,
+                    "nothing is pushed: give --registry REGISTRY/REPO, or start the coordinators with --artifact-registry REGISTRY/PREFIX",
+                )?;
+                Source::Tarball(ArtifactSource::File(path))
+            }
+        },
+        other => other,
+    };
 
     let mut resolved_line = None;
     let artifact = match source {
@@ -298,6 +315,41 @@ fn push_registry(args: &ReleaseCreateArgs) -> Result<Option<PushRequest>, Error>
             "--registry {}: pushes a local --artifact FILE; an --image or an artifact URL is not pushed",
             printable(text)
         ))),
+    }
+}
+
+/// The push target the coordinator names for tarballs (`drover serve --artifact-registry
+/// REGISTRY/PREFIX`: the app's repository under it), reached with this machine's
+/// registry access; `None` when it names none, or is a version without the setting.
+async fn coordinators_registry(client: &AdminClient, args: &ReleaseCreateArgs) -> Result<Option<PushRequest>, Error> {
+    let settings: CoordinatorSettings = match client.get("/v1/admin/settings").await {
+        Ok(settings) => settings,
+        Err(Error::Api { status: 404, .. }) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let Some(prefix) = settings.artifact_registry else {
+        return Ok(None);
+    };
+    let repository = format!("{prefix}/{}", args.app);
+    eprintln!("pushing to {repository}: the coordinator's --artifact-registry (give --registry to push elsewhere)");
+    Ok(Some(PushRequest {
+        target: PushTarget::parse(&repository, &args.app, &args.version)?,
+        access: registry_access(args)?,
+    }))
+}
+
+/// A usage error when a registry access flag is given for a release that reaches no
+/// registry (`why`), rather than ignoring it.
+fn refuse_registry_flags(args: &ReleaseCreateArgs, why: &str) -> Result<(), Error> {
+    let registry = &args.registry;
+    let given = [
+        (registry.registry_insecure, "--registry-insecure"),
+        (registry.registry_ca.is_some(), "--registry-ca"),
+        (registry.registry_user.is_some(), "--registry-user"),
+    ];
+    match given.iter().find(|(given, _)| *given) {
+        Some((_, flag)) => Err(Error::Input(format!("{flag} applies to a registry, and {why}"))),
+        None => Ok(()),
     }
 }
 

@@ -305,6 +305,10 @@ pub(super) async fn status(State(state): State<AppState>, _: Admin) -> ApiResult
     Ok(Json(state.coordinator.status().await).into_response())
 }
 
+pub(super) async fn settings(State(state): State<AppState>, _: Admin) -> ApiResult<Response> {
+    Ok(Json(state.coordinator.settings()).into_response())
+}
+
 pub(super) async fn coordinators(State(state): State<AppState>, _: Admin) -> ApiResult<Response> {
     Ok(Json(state.coordinator.coordinators().await?).into_response())
 }

@@ -121,6 +121,7 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/admin/holds", put(admin::hold).delete(admin::unhold))
         .route("/v1/admin/status", get(admin::status))
         .route("/v1/admin/coordinators", get(admin::coordinators))
+        .route("/v1/admin/settings", get(admin::settings))
         .route("/v1/admin/rollouts", post(admin::start_rollout))
         .route("/v1/admin/rollouts/plan", post(admin::plan_rollout))
         .route("/v1/admin/rollouts/{app}", get(admin::rollout_status))
@@ -250,6 +251,7 @@ mod testing {
             host_certificate_validity: drover_protocol::Duration::from_secs(86_400),
             server_certificate_validity: drover_protocol::Duration::from_secs(86_400),
             database: None,
+            artifact_registry: None,
         })
         .await
         .expect("coordinator starts")

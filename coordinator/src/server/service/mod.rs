@@ -64,6 +64,9 @@ pub struct Config {
     pub refresh_interval: Duration,
     /// How long each host certificate (at join and at renewal) is valid.
     pub host_certificate_validity: Duration,
+    /// Where `drover release create --artifact FILE` pushes tarballs when the operator
+    /// names no registry (`--artifact-registry REGISTRY/PREFIX`, checked by `serve`).
+    pub artifact_registry: Option<String>,
     /// Where every "now" of the service comes from ([`SystemClock`](crate::server::clock::SystemClock)
     /// in `serve`, a [`ManualClock`](crate::server::clock::ManualClock) in tests).
     pub clock: Arc<dyn Clock>,
@@ -606,6 +609,7 @@ mod testing {
             manifest_ttl: Duration::from_secs(3600),
             refresh_interval: Duration::from_secs(60),
             host_certificate_validity: Duration::from_secs(30 * 86_400),
+            artifact_registry: None,
             clock: clock.clone(),
         };
         let (coordinator, background) = Coordinator::start(config, store, data, credentials)

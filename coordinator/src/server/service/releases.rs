@@ -1,6 +1,6 @@
 //! Releases: immutable (app, version) → artifact + spec, checked as agents check them.
 
-use drover_protocol::api::{Release, ReleaseArtifact, ReleaseRequest};
+use drover_protocol::api::{CoordinatorSettings, Release, ReleaseArtifact, ReleaseRequest};
 use drover_protocol::manifest::HttpUrl;
 use drover_protocol::spec::ArtifactKind;
 use drover_protocol::{AppName, Artifact, Digest, Version};
@@ -9,10 +9,18 @@ use super::Coordinator;
 use super::error::{During as _, ServiceError};
 
 impl Coordinator {
+    /// What the CLI needs to know of this coordinator's settings.
+    pub fn settings(&self) -> CoordinatorSettings {
+        CoordinatorSettings {
+            artifact_registry: self.config.artifact_registry.clone(),
+        }
+    }
+
     /// Whether tarballs may be uploaded to this coordinator's blob store: not when
     /// several coordinators share the database (PostgreSQL), since replicas share no disk
     /// and a host could ask a replica that never saw the upload. A registry holds the
-    /// tarballs then (`drover release create --artifact FILE --registry REGISTRY/REPO`).
+    /// tarballs then (`drover release create --artifact FILE --registry REGISTRY/REPO`, or
+    /// with no `--registry` when the coordinators are started with `--artifact-registry`).
     pub fn accepts_uploads(&self) -> Result<(), ServiceError> {
         if self.store.is_shared() {
             return Err(ServiceError::Conflicting(
@@ -20,7 +28,7 @@ impl Coordinator {
                 "this coordinator keeps its state in PostgreSQL, where coordinators share no disk, so it stores no \
                  uploaded tarballs: push the tarball to an OCI registry instead with \
                  `drover release create APP VERSION --spec drover.toml --artifact FILE --registry REGISTRY/REPO` \
-                 (or set DROVER_REGISTRY), or give an https:// URL the hosts can download it from"
+                 (or set DROVER_REGISTRY; or start every coordinator with                  `--artifact-registry REGISTRY/PREFIX` and drover release create pushes there by itself),                  or give an https:// URL the hosts can download it from"
                     .into(),
             ));
         }
