@@ -181,10 +181,10 @@ heading "Three coordinators on one PostgreSQL"
 urls=()
 start_replica() { # index
   local index=$1 dir="$work/replica-$(($1 + 1))" port=${REPLICA_PORTS[$1]}
-  step "drover serve --listen $NET.1:$port --data-dir $dir --database $database &"
+  step "drover serve --listen $NET.1:$port --data-dir $dir --database $database --artifact-registry $registry/demo &"
   rm -f "$dir/address"
   setsid drover serve --listen "$NET.1:$port" --data-dir "$dir" --database "$database" \
-    </dev/null >"$work/replica-$(($1 + 1)).log" 2>&1 &
+    --artifact-registry "$registry/demo" </dev/null >"$work/replica-$(($1 + 1)).log" 2>&1 &
   replica_pid[$index]=$!
   # No job notice ("Killed") when the demo kills it; the cleanup still stops it by PID.
   disown "${replica_pid[$index]}"
@@ -268,8 +268,9 @@ run drover hosts list
 # --- 6. releases in the registry, v1 everywhere -------------------------------------------
 heading "Releases in the registry, v1 everywhere"
 for version in 1.0.0 2.0.0; do
+  # No --registry: the coordinators name it (--artifact-registry): pushed to $registry/demo/web.
   run drover release create web "$version" --spec dist/sample-app.toml \
-    --artifact "dist/sample-app-$version.tar.gz" --registry "$registry/demo/web" --registry-insecure
+    --artifact "dist/sample-app-$version.tar.gz" --registry-insecure
 done
 run drover pin web 1.0.0
 
