@@ -140,6 +140,30 @@ impl PostgresCluster {
         self.run_server();
     }
 
+    /// From now on takes TLS connections only, with this certificate (chain) and key
+    /// (PEM): a plain connection is refused by `pg_hba.conf`. Restarts the server.
+    pub fn require_tls(&mut self, cert_pem: &str, key_pem: &str) {
+        let data = self.dir.join("data");
+        for (file, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(file);
+            std::fs::write(&path, text).expect("write the server's certificate or key");
+            // PostgreSQL refuses a key others can read.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 0600");
+            if running_as_root() {
+                chown(&path, Some(NOBODY.0), Some(NOBODY.1)).expect("give the file to nobody");
+            }
+        }
+        let mut config = std::fs::read_to_string(data.join("postgresql.conf")).expect("read postgresql.conf");
+        config.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(data.join("postgresql.conf"), config).expect("write postgresql.conf");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .expect("write pg_hba.conf");
+        self.restart();
+    }
+
     /// Starts the server and waits until it accepts connections.
     fn run_server(&mut self) {
         let log = std::fs::File::create(self.dir.join("server.log")).expect("create the server log");

@@ -57,7 +57,9 @@ pub struct ServeArgs {
     /// Keep the state in this PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/NAME
     /// or postgresql://...; it must exist) instead of SQLite in the data directory, so that
     /// several coordinators can share it. Keys, CA and admin token still come from the
-    /// data directory.
+    /// data directory. TLS to PostgreSQL: add ?sslmode=verify-full&sslrootcert=CA.pem
+    /// (the server's certificate checked against that CA and its name against HOST;
+    /// without sslrootcert, against the system's roots).
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
     /// The OCI registry where `drover release create --artifact FILE` pushes tarballs
@@ -518,7 +520,8 @@ fn database_open_hint(database: &Database, error: &StoreError) -> &'static str {
         }
         Database::Postgres(_) => {
             "check that PostgreSQL runs and accepts connections at that address, that the database exists, \
-             and that the user and password are right"
+             and that the user and password are right (for TLS, which a server that refuses plain connections \
+             needs: ?sslmode=verify-full&sslrootcert=/path/to/ca.pem)"
         }
     }
 }

@@ -1508,3 +1508,51 @@ async fn a_database_one_migration_ahead_that_changed_meaning_is_refused_and_left
     assert_eq!(schema_version_rows(&scratch.store).await, versions_before);
     assert_eq!(scratch.store.load().await.expect("load").generation, generation_before);
 }
+
+/// `--database postgres://...?sslmode=verify-full&sslrootcert=CA` speaks TLS to a
+/// PostgreSQL that takes nothing else and checks its certificate against that CA; a
+/// server certificate from another CA, and a plain connection, are refused with what
+/// PostgreSQL or the TLS check said.
+#[tokio::test]
+async fn postgres_over_tls_checks_the_servers_certificate_against_the_ca_given() {
+    use crate::server::pki::Ca;
+    let mut cluster = PostgresCluster::start();
+    let url = cluster.create_database("over_tls");
+    let now = Timestamp::from_system(std::time::SystemTime::now());
+    let (ca, _) = Ca::create(now).expect("CA");
+    let (other_ca, _) = Ca::create(now).expect("another CA");
+    let (cert, key) = ca
+        .issue_server(&["127.0.0.1".to_owned()], now)
+        .expect("server certificate");
+    cluster.require_tls(&cert, &key);
+    let dir = std::env::temp_dir().join(format!("drover-pg-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    let (right, wrong) = (dir.join("ca.pem"), dir.join("other-ca.pem"));
+    std::fs::write(&right, ca.cert_pem()).expect("write CA");
+    std::fs::write(&wrong, other_ca.cert_pem()).expect("write the other CA");
+    let open = |query: String| {
+        let database = Database::from_url(&format!("{url}?{query}")).expect("a PostgreSQL URL");
+        async move { Store::open_database(&database).await }
+    };
+
+    let store = open(format!("sslmode=verify-full&sslrootcert={}", right.display()))
+        .await
+        .expect("TLS with the server's CA");
+    assert!(store.load().await.expect("load over TLS").hosts.is_empty());
+    // The change listener and the leader lease use connections of their own, with the
+    // same options.
+    assert!(store.listen().await.expect("listening over TLS").is_some());
+    let clock = crate::server::clock::SystemClock;
+    assert!(store.campaign("replica-1", &clock).await.is_some(), "the lease over TLS");
+    drop(store);
+
+    let refused = open(format!("sslmode=verify-full&sslrootcert={}", wrong.display()))
+        .await
+        .expect_err("a certificate the CA given did not issue");
+    assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
+    let refused = open("sslmode=disable".to_owned())
+        .await
+        .expect_err("a plain connection to a server that takes TLS only");
+    assert!(refused.to_string().contains("no encryption"), "{refused}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
