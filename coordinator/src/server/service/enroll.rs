@@ -69,10 +69,20 @@ impl Coordinator {
     /// the database and this one does not know the host's key (yet), it first catches up
     /// with the database's model, so a host that joined (or was re-joined) through
     /// another replica a moment ago is served here at once instead of being told it was
-    /// removed. A host truly removed pays one lock round trip per request.
+    /// removed. A host truly removed costs one read of the database's model generation
+    /// per request, and never the model lock (which every change through any replica
+    /// waits for) unless the model did move.
     pub async fn host_slot_current(&self, identity: Option<&PeerIdentity>) -> Result<Arc<HostSlot>, ServiceError> {
         match self.host_slot(identity) {
-            Err(ServiceError::NotAllowed(_, _)) if self.store.is_shared() => {
+            Err(refused @ ServiceError::NotAllowed(_, _)) if self.store.is_shared() => {
+                let behind = match self.store.database_generation().await {
+                    Ok(generation) => generation != self.store.seen_generation(),
+                    // Unknown: catch up to be sure (the lock says what is wrong, if anything).
+                    Err(_) => true,
+                };
+                if !behind {
+                    return Err(refused);
+                }
                 drop(self.model().await);
                 self.host_slot(identity)
             }

@@ -272,4 +272,29 @@ mod tests {
         assert!(metrics.get() - before >= 3, "a full re-read reads every manifest");
         assert_eq!(serials(&b), serials(&a));
     }
+
+    #[tokio::test]
+    async fn a_host_joined_through_another_replica_is_served_at_once_and_a_removed_one_refused() {
+        let (_cluster, database) = scratch_postgres_database();
+        let a = coordinator_on(Some(&database), None).await;
+        let b = coordinator_on(Some(&database), Some(&a)).await;
+        // No notification reaches b: the request itself makes it catch up.
+        let identity = a.join("web-1", &[]).await;
+        let served = b.coordinator.host_slot_current(Some(&identity)).await;
+        assert!(served.is_ok(), "{served:?}");
+        a.coordinator
+            .remove_host(&name("web-1"), &operator(), None)
+            .await
+            .expect("remove");
+        // A removal reaches b by its notification (a slot it holds is served until then).
+        notify(&b, &a).await;
+        let refused = b.coordinator.host_slot_current(Some(&identity)).await;
+        assert!(
+            matches!(refused, Err(super::super::ServiceError::NotAllowed(..))),
+            "{refused:?}"
+        );
+        // Refused again from memory and one read of the generation.
+        let refused = b.coordinator.host_slot_current(Some(&identity)).await;
+        assert!(matches!(refused, Err(super::super::ServiceError::NotAllowed(..))));
+    }
 }

@@ -55,6 +55,20 @@ impl Store {
         }
     }
 
+    /// The database's model generation now, read without the model lock: whether
+    /// another replica changed the model since this one read it, at the cost of one
+    /// query (on SQLite, where nobody else writes, the one seen).
+    pub async fn database_generation(&self) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(backend) => Ok(backend.seen.get()),
+            Backend::Postgres(backend) => Ok(sqlx::query_scalar(
+                "SELECT generation FROM model_generation WHERE id = 1",
+            )
+            .fetch_one(&backend.pool)
+            .await?),
+        }
+    }
+
     /// Whether other coordinators may share this database (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))
