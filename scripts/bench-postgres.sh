@@ -10,10 +10,11 @@
 #      directory of its own, SQLite) on $SQLITE_PORT and "postgres" (`--database
 #      postgres://...`, a data directory of its own for the CA and keys) on $PG_DROVER_PORT.
 #      Each gets $HOSTS hosts enrolled with `drover-load enroll` (pinned to CPU 1).
-#   3. 304 polls, interleaved: `drover-load polls` with $CONNS keep-alive connections for
-#      $DURATION s against sqlite, postgres, postgres, sqlite, sqlite, postgres ... ($REPS
-#      rounds of one run each, the order alternating per round). Polls are answered from
-#      memory in both modes; the other coordinator sits idle meanwhile.
+#   3. 304 polls, interleaved (REPS=0 skips them): `drover-load polls` with $CONNS
+#      keep-alive connections for $DURATION s against sqlite, postgres, postgres, sqlite,
+#      sqlite, postgres ... ($REPS rounds of one run each, the order alternating per round).
+#      Polls are answered from memory in both modes; the other coordinator sits idle
+#      meanwhile.
 #   4. Memory per held long-poll, $HOLD_REPS rounds alternating the mode first:
 #      `drover-load hold` reads the coordinator's VmRSS with $HOSTS hosts enrolled and not
 #      connected, with each of them connected (one GET), with each long-polling
@@ -23,13 +24,16 @@
 #   PostgreSQL) is stopped by PID on exit and the cluster directory removed. All traffic
 #   stays on 127.0.0.1. Raw output: $BENCH_TMP/postgres${LABEL:+-$LABEL}/raw/.
 #
-# Knobs (env): HOSTS=2000 DURATION=10 REPS=4 HOLD_REPS=2 CONNS=64 ENROLL_PARALLEL=16
+# Knobs (env): HOSTS=2000 DURATION=10 REPS=4 (0: no polls) HOLD_REPS=2 CONNS=64
+#   ENROLL_PARALLEL=16
 #   SQLITE_PORT=18800 PG_DROVER_PORT=18801 PG_PORT=18832 QUIET_WAIT=30 QUIET_BUDGET=120
 #   BENCH_TMP=/tmp/drover-bench
 #   BIN_DIR=   (prebuilt release binaries `drover` and `drover-load`; else it builds)
 #   LABEL=     (names the run: output goes to $BENCH_TMP/postgres-$LABEL)
 #   PG_BIN=    (directory of initdb and postgres; default: the newest
 #              /usr/lib/postgresql/<version>/bin)
+#   The coordinators inherit the environment: e.g. MIMALLOC_PURGE_DELAY=0 tries an
+#   allocator setting on both.
 # Needs: root (PostgreSQL runs as nobody), 2 CPUs, PostgreSQL installed, curl, taskset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +57,7 @@ die() { log "FATAL: $*"; exit 1; }
 
 (( HOSTS >= 1 && HOSTS <= 50000 )) || die "HOSTS out of range 1..50000"
 (( DURATION >= 1 && DURATION <= 120 )) || die "DURATION out of range 1..120"
-(( REPS >= 1 && REPS <= 20 )) || die "REPS out of range 1..20"
+(( REPS >= 0 && REPS <= 20 )) || die "REPS out of range 0..20"
 (( HOLD_REPS >= 0 && HOLD_REPS <= 20 )) || die "HOLD_REPS out of range 0..20"
 (( CONNS >= 1 && CONNS <= 1024 && CONNS <= HOSTS )) || die "CONNS must be 1..1024 and at most HOSTS"
 [[ "${LABEL:-}" =~ ^[A-Za-z0-9._-]{0,64}$ && "${LABEL:-}" != .* ]] \
@@ -188,21 +192,25 @@ for ((rep = 1; rep <= HOLD_REPS; rep++)); do
 done
 
 # --- summary ------------------------------------------------------------------------------------
-S_RPS=$(median "$RAW/polls-sqlite.txt" rps)
-P_RPS=$(median "$RAW/polls-postgres.txt" rps)
+if (( REPS > 0 )); then
+    S_RPS=$(median "$RAW/polls-sqlite.txt" rps)
+    P_RPS=$(median "$RAW/polls-postgres.txt" rps)
+fi
 {
     echo "== drover on PostgreSQL vs SQLite ($(date -u +%FT%TZ); raw: $RAW) =="
     cat "$RAW/env.txt"
     echo
     echo "enrolment of $HOSTS hosts, joins/s: $(grep mode=sqlite "$RAW/enroll.txt" | field joins_per_s) (sqlite)" \
         "$(grep mode=postgres "$RAW/enroll.txt" | field joins_per_s) (postgres)"
-    echo "304 polls, $CONNS keep-alive mTLS connections, ${DURATION}s x $REPS rounds, median (min-max):"
-    for mode in sqlite postgres; do
-        printf '  %-9s %s req/s   p99 %s us   server CPU %s us/req   other CPU %s %%\n' "$mode" \
-            "$(mmm "$RAW/polls-$mode.txt" rps)" "$(mmm "$RAW/polls-$mode.txt" p99_us)" \
-            "$(mmm "$RAW/polls-$mode.txt" server_us_per_req %.1f)" "$(mmm "$RAW/polls-$mode.txt" other_cpu_pct)"
-    done
-    awk -v s="$S_RPS" -v p="$P_RPS" 'BEGIN { printf "  ratio postgres / sqlite (medians): %.2fx   (target >= 0.9x)\n", p / s }'
+    if (( REPS > 0 )); then
+        echo "304 polls, $CONNS keep-alive mTLS connections, ${DURATION}s x $REPS rounds, median (min-max):"
+        for mode in sqlite postgres; do
+            printf '  %-9s %s req/s   p99 %s us   server CPU %s us/req   other CPU %s %%\n' "$mode" \
+                "$(mmm "$RAW/polls-$mode.txt" rps)" "$(mmm "$RAW/polls-$mode.txt" p99_us)" \
+                "$(mmm "$RAW/polls-$mode.txt" server_us_per_req %.1f)" "$(mmm "$RAW/polls-$mode.txt" other_cpu_pct)"
+        done
+        awk -v s="$S_RPS" -v p="$P_RPS" 'BEGIN { printf "  ratio postgres / sqlite (medians): %.2fx   (target >= 0.9x)\n", p / s }'
+    fi
     if (( HOLD_REPS > 0 )); then
         echo "memory per held long-poll, $HOSTS hosts, KiB (target <= 16):"
         for mode in sqlite postgres; do
