@@ -32,6 +32,11 @@
 #
 # Knobs (env): PARTS=pin,kill HOSTS=10000 WAITERS=$HOSTS PIN_REPS=5 ROLLOUT_HOSTS=10000
 #   KILL_REPS=3 KILL_AFTER_STAGE=1 STAGES=canary,10%,50%,100% MAX_IN_FLIGHT=10% REPLICAS=3
+#   INSTALL_MIN_MS=1100 INSTALL_MAX_MS=1500 (the simulated installs of the rollout: longer
+#   than 1 s, so that a host's "healthy" report does not land in the same second as its
+#   "installing" one: a replica that does not lead drops such a second report as not
+#   newer (timestamps in whole seconds) and the rollout then waits for the host's next
+#   report, a long-poll (20 s) later; 0 shows that)
 #   BASE_PORT=18900 PG_PORT=18932 ENROLL_PARALLEL=16 REPLICA_CPUS=0 LOAD_CPUS=1
 #   REPLICA_LOG=warn (DROVER_LOG of the replicas) QUIET_WAIT=30 QUIET_BUDGET=120
 #   BENCH_TMP=/tmp/drover-bench
@@ -56,6 +61,8 @@ KILL_REPS="${KILL_REPS:-3}"
 KILL_AFTER_STAGE="${KILL_AFTER_STAGE:-1}"
 STAGES="${STAGES:-canary,10%,50%,100%}"
 MAX_IN_FLIGHT="${MAX_IN_FLIGHT:-10%}"
+INSTALL_MIN_MS="${INSTALL_MIN_MS:-1100}"
+INSTALL_MAX_MS="${INSTALL_MAX_MS:-1500}"
 REPLICAS="${REPLICAS:-3}"
 BASE_PORT="${BASE_PORT:-18900}"
 PG_PORT="${PG_PORT:-18932}"
@@ -77,6 +84,8 @@ die() { log "FATAL: $*"; exit 1; }
 (( ROLLOUT_HOSTS >= 10 && ROLLOUT_HOSTS <= 50000 )) || die "ROLLOUT_HOSTS out of range 10..50000"
 (( KILL_REPS >= 1 && KILL_REPS <= 10 )) || die "KILL_REPS out of range 1..10"
 (( KILL_AFTER_STAGE >= 1 && KILL_AFTER_STAGE <= 10 )) || die "KILL_AFTER_STAGE out of range 1..10"
+(( INSTALL_MIN_MS >= 0 && INSTALL_MIN_MS <= INSTALL_MAX_MS && INSTALL_MAX_MS <= 60000 )) \
+    || die "INSTALL_MIN_MS..INSTALL_MAX_MS must be a range within 0..60000"
 (( REPLICAS >= 2 && REPLICAS <= 8 )) || die "REPLICAS out of range 2..8"
 (( BASE_PORT >= 1024 && BASE_PORT + REPLICAS <= 65535 )) || die "BASE_PORT out of range"
 [[ "$STAGES" =~ ^[A-Za-z0-9%,._\ -]{1,200}$ ]] || die "STAGES has unexpected characters"
@@ -97,8 +106,9 @@ fi
 . scripts/bench-lib.sh
 
 ulimit -n "$(ulimit -Hn)"
-(( $(ulimit -n) >= 2 * (HOSTS > ROLLOUT_HOSTS ? HOSTS : ROLLOUT_HOSTS) + 500 )) \
-    || die "open-file limit $(ulimit -n) is too low for $HOSTS long-polls and their server ends"
+# The load generator holds one connection per host (each replica a share of them).
+(( $(ulimit -n) >= (HOSTS > ROLLOUT_HOSTS ? HOSTS : ROLLOUT_HOSTS) + 500 )) \
+    || die "open-file limit $(ulimit -n) is too low for $HOSTS hosts' connections"
 
 W="$BENCH_TMP/ha${LABEL:+-$LABEL}"
 RAW="$W/raw"
@@ -159,7 +169,7 @@ PG_SYNC=$(psql_at 'show synchronous_commit')
     echo "postgres: $("$PG_BIN/postgres" --version)  fsync=$PG_FSYNC synchronous_commit=$PG_SYNC (not pinned)"
     echo "replicas: $REPLICAS on CPUs $REPLICA_CPUS, load on CPUs $LOAD_CPUS"
     echo "PARTS=$PARTS HOSTS=$HOSTS WAITERS=$WAITERS PIN_REPS=$PIN_REPS ROLLOUT_HOSTS=$ROLLOUT_HOSTS KILL_REPS=$KILL_REPS" \
-        "KILL_AFTER_STAGE=$KILL_AFTER_STAGE STAGES=$STAGES MAX_IN_FLIGHT=$MAX_IN_FLIGHT"
+        "KILL_AFTER_STAGE=$KILL_AFTER_STAGE STAGES=$STAGES MAX_IN_FLIGHT=$MAX_IN_FLIGHT INSTALL_MS=$INSTALL_MIN_MS..$INSTALL_MAX_MS"
 } | tee "$RAW/env.txt" >&2
 
 # --- replicas ----------------------------------------------------------------------------------
@@ -226,7 +236,7 @@ if [[ ",$PARTS," == *,kill,* ]]; then
         log "leader kill round $rep/$KILL_REPS: $ROLLOUT_HOSTS simulated hosts, rollout $STAGES, kill after stage $KILL_AFTER_STAGE"
         "${ROLLOUT_BENCH[@]}" --url "${RURL[0]}" --data-dir "${RDIR[0]}" --pid "${RPID[0]}" \
             --replica "$(join_by_comma "${RURL[@]:1}")" --replica-pid "$(join_by_comma "${RPID[@]:1}")" \
-            --hosts "$ROLLOUT_HOSTS" --reps 1 --stages "$STAGES" --max-in-flight "$MAX_IN_FLIGHT" \
+            --hosts "$ROLLOUT_HOSTS" --install-min-ms "$INSTALL_MIN_MS" --install-max-ms "$INSTALL_MAX_MS" --reps 1 --stages "$STAGES" --max-in-flight "$MAX_IN_FLIGHT" \
             --remote-artifacts --kill-leader-after-stage "$KILL_AFTER_STAGE" --timeout-s 600 \
             | sed "s/^RESULT /RESULT round=$rep /" | tee -a "$RAW/kill.txt"
         stop_replicas
