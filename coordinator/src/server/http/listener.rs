@@ -9,12 +9,13 @@ use std::time::{Duration as StdDuration, Instant};
 use axum::Router;
 use axum::extract::Extension;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tower::Layer as _;
 
 use crate::server::metrics::Metrics;
@@ -286,64 +287,140 @@ pub(super) async fn accept_connections(
                 );
             }
         }
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            let tls = tokio::select! {
-                handshake = handshake => match handshake {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(_)) | Err(_) => return,
-                },
-                () = admission.evicted() => return,
-            };
-            let identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| PeerIdentity::from_certificate(leaf));
-            let (admission, header_timeout) = match identity {
-                Some(_) => {
-                    admission.authenticated();
-                    (None, AGENT_HEADER_TIMEOUT)
-                }
-                None => (Some(Arc::new(admission)), ANONYMOUS_HEADER_TIMEOUT),
-            };
-            // The identity wraps the whole router (one small clone per request);
-            // `Router::layer` would rebuild every route per connection, which
-            // was ~22 KiB of each held long-poll.
-            let connection_state = Connection {
-                identity,
-                admission: admission.clone(),
-            };
-            let service = TowerToHyperService::new(Extension(connection_state).layer(router));
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(MAX_REQUEST_BUFFER)
-                .serve_connection(TokioIo::new(tls), service);
-            let served = watcher.watch(connection);
-            match &admission {
-                // Dropping the connection closes it.
-                Some(admission) => tokio::select! {
-                    _ = served => {}
-                    () = admission.evicted() => {}
-                },
-                None => {
-                    let _ = served.await;
-                }
-            }
-        });
+        tokio::spawn(serve_connection(
+            stream,
+            acceptor.clone(),
+            router.clone(),
+            graceful.watcher(),
+            admission,
+        ));
     }
     drop(listener);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
 }
 
+/// Serves one accepted connection: the TLS handshake, then HTTP/1 until the client hangs
+/// up, the connection idles out, shutdown, or the unauthenticated budget closes it.
+///
+/// This future is the connection's tokio task for as long as the connection is open, so
+/// its size is part of what every held long-poll costs. The handshake is a function of
+/// its own ([`handshake`]) because a local that was borrowed (reading the client
+/// certificate borrows the TLS stream) keeps its place in an async fn's state until the
+/// end of its scope even after it was moved: done here, the task would carry a second,
+/// dead copy of the TLS stream beside the one hyper serves.
+async fn serve_connection(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    router: Router,
+    watcher: Watcher,
+    admission: Admission,
+) {
+    let Some((tls, identity)) = handshake(stream, &acceptor, &admission).await else {
+        return;
+    };
+    let (admission, header_timeout) = match identity {
+        Some(_) => {
+            admission.authenticated();
+            (None, AGENT_HEADER_TIMEOUT)
+        }
+        None => (Some(Arc::new(admission)), ANONYMOUS_HEADER_TIMEOUT),
+    };
+    // The identity wraps the whole router (one small clone per request);
+    // `Router::layer` would rebuild every route per connection, which
+    // was ~22 KiB of each held long-poll.
+    let connection_state = Connection {
+        identity,
+        admission: admission.clone(),
+    };
+    let service = TowerToHyperService::new(Extension(connection_state).layer(router));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_REQUEST_BUFFER)
+        .serve_connection(TokioIo::new(tls), service);
+    let served = watcher.watch(connection);
+    match &admission {
+        // Dropping the connection closes it.
+        Some(admission) => tokio::select! {
+            _ = served => {}
+            () = admission.evicted() => {}
+        },
+        None => {
+            let _ = served.await;
+        }
+    }
+}
+
+/// The TLS handshake under [`HANDSHAKE_TIMEOUT`] (or until the budget closes the
+/// connection), and who the client certificate, if any, says the client is.
+async fn handshake(
+    stream: TcpStream,
+    acceptor: &TlsAcceptor,
+    admission: &Admission,
+) -> Option<(TlsStream<TcpStream>, Option<PeerIdentity>)> {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let tls = tokio::select! {
+        handshake = handshake => handshake.ok()?.ok()?,
+        () = admission.evicted() => return None,
+    };
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| PeerIdentity::from_certificate(leaf));
+    Some((tls, identity))
+}
+
 #[cfg(test)]
 mod tests {
+    use axum::middleware::AddExtension;
+
     use super::*;
+
+    /// Every open connection is one of these futures (its tokio task), so a second copy of
+    /// the TLS stream in it (~1.2 KiB) would be paid by every held long-poll.
+    #[test]
+    fn a_connections_task_holds_one_tls_stream_not_two() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()));
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let _client = TcpStream::connect(listener.local_addr().expect("address"))
+                .await
+                .expect("connect");
+            let (stream, _) = listener.accept().await.expect("accept");
+            let graceful = GracefulShutdown::new();
+            let budget = Unauthenticated::new(1);
+            let task = serve_connection(
+                stream,
+                TlsAcceptor::from(Arc::new(config)),
+                Router::new(),
+                graceful.watcher(),
+                budget.admit().0,
+            );
+            type Served = hyper::server::conn::http1::Connection<
+                TokioIo<TlsStream<TcpStream>>,
+                TowerToHyperService<AddExtension<Router, Connection>>,
+            >;
+            // hyper's connection holds the TLS stream; the task adds a little around it.
+            let task_size = size_of_val(&task);
+            let one_copy = size_of::<Served>();
+            let tls_stream = size_of::<TlsStream<TcpStream>>();
+            assert!(
+                task_size < one_copy + tls_stream,
+                "the task is {task_size} bytes: hyper's connection ({one_copy}) plus a second TLS stream ({tls_stream})?"
+            );
+        });
+    }
 
     #[test]
     fn accept_backoff_doubles_to_a_second_and_logs_rarely() {
