@@ -174,13 +174,15 @@ PG_SYNC=$(psql_at 'show synchronous_commit')
 
 # --- replicas ----------------------------------------------------------------------------------
 declare -a RPID=() RURL=() RDIR=()
-# start_replicas NAME: a database NAME and $REPLICAS fresh replicas serving it; the first
+# start_replicas NAME [COUNT]: a database NAME and its replicas 0..COUNT-1 ($REPLICAS by
+# default); once more with a larger COUNT, the replicas after those running. The first
 # makes the credentials, the others get copies of the shared files (tests/src/replicas.rs).
 start_replicas() {
-    local name="$1" i dir deadline
-    "$PG_BIN/createdb" --host 127.0.0.1 --port "$PG_PORT" --username drover "$name"
-    RPID=(); RURL=(); RDIR=()
-    for ((i = 0; i < REPLICAS; i++)); do
+    local name="$1" count="${2:-$REPLICAS}" i dir deadline
+    if (( ${#RPID[@]} == 0 )); then
+        "$PG_BIN/createdb" --host 127.0.0.1 --port "$PG_PORT" --username drover "$name"
+    fi
+    for ((i = ${#RPID[@]}; i < count; i++)); do
         dir="$W/$name/replica-$i"
         mkdir -p "$dir"
         chmod 700 "$dir"
@@ -194,27 +196,32 @@ start_replicas() {
         STARTED+=("$!")
         RDIR+=("$dir")
         RURL+=("https://127.0.0.1:$((BASE_PORT + i))")
-        deadline=$(( $(date +%s) + 120 ))
+        deadline=$(( $(date +%s) + 300 ))
         until curl -sf --max-time 2 --cacert "$dir/ca.pem" "${RURL[$i]}/healthz" >/dev/null 2>&1; do
             kill -0 "${RPID[$i]}" 2>/dev/null || die "replica $i of $name exited: $(tail -5 "$RAW/$name-replica-$i.log")"
-            (( $(date +%s) < deadline )) || die "replica $i of $name did not answer within 120 s"
+            (( $(date +%s) < deadline )) || die "replica $i of $name did not answer within 300 s"
             sleep 0.05
         done
     done
-    log "$REPLICAS replicas serve database $name: ${RURL[*]} (pids ${RPID[*]})"
+    log "${#RPID[@]} replicas serve database $name: ${RURL[*]} (pids ${RPID[*]})"
 }
 stop_replicas() {
     local pid
     for pid in "${RPID[@]}"; do stop_pid "$pid"; done
+    RPID=(); RURL=(); RDIR=()
 }
 join_by_comma() { local IFS=,; echo "$*"; }
 
 # --- (a) fleet-wide pin, waiters spread over the replicas ----------------------------------------
 if [[ ",$PARTS," == *,pin,* ]]; then
-    start_replicas drover_pin
+    # The hosts are enrolled before the other replicas start: every join is a model change
+    # that each other replica re-reads, which made enrolling 10,000 hosts with three
+    # replicas running take ~10 minutes on 809ad3a (48 joins/s at 3,000 hosts, falling).
+    start_replicas drover_pin 1
     log "enrolling $HOSTS hosts through replica 0 ($ENROLL_PARALLEL in flight)"
     "${LOAD[@]}" enroll --url "${RURL[0]}" --data-dir "${RDIR[0]}" --hosts "$HOSTS" --out "$W/ids" \
         --parallel "$ENROLL_PARALLEL" --server-pid "${RPID[0]}" --max-time 30m | tee -a "$RAW/enroll.txt"
+    start_replicas drover_pin
     for ((rep = 1; rep <= PIN_REPS; rep++)); do
         wait_quiet "pin-$rep"
         log "pin round $rep/$PIN_REPS: $WAITERS long-polling agents over $REPLICAS replicas, pin bench=1.0.$rep through replica 0"
