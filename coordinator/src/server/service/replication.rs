@@ -72,8 +72,17 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Takes reports another replica stored: newer ones replace what memory holds, and a
-    /// host whose app states changed is handed to the rollout driver.
+    /// Takes reports another replica stored: what the database holds now replaces what
+    /// memory holds unless memory's is strictly newer, and a host whose app states changed
+    /// is handed to the rollout driver.
+    ///
+    /// Times are whole seconds, and an agent often reports twice in one (installing, then
+    /// healthy): a report as old as memory's is taken, because the database keeps each
+    /// host's last stored report, so the later of two in one second is what a read after
+    /// the second notification finds. Taking only strictly newer ones dropped that
+    /// "healthy", and the leader's rollout waited for the host's next report. A read that
+    /// races this replica's own not-yet-stored report of the same second is put right by
+    /// the notification of that report's own write.
     fn take_reports(&self, reports: Vec<(HostReport, Timestamp)>) {
         let mut changed = BTreeSet::new();
         {
@@ -81,7 +90,7 @@ impl Coordinator {
             for (report, at) in reports {
                 let newer = held
                     .get(&report.host)
-                    .is_none_or(|(old, old_at)| (old_at, old.sent_at) < (&at, report.sent_at));
+                    .is_none_or(|(old, old_at)| (old_at, old.sent_at) <= (&at, report.sent_at));
                 if !newer {
                     continue;
                 }
@@ -296,5 +305,38 @@ mod tests {
         // Refused again from memory and one read of the generation.
         let refused = b.coordinator.host_slot_current(Some(&identity)).await;
         assert!(matches!(refused, Err(super::super::ServiceError::NotAllowed(..))));
+    }
+
+    #[tokio::test]
+    async fn a_second_report_in_the_same_second_from_another_replica_reaches_the_rollout_driver() {
+        use drover_protocol::Timestamp;
+        use drover_protocol::report::AppState;
+
+        use super::super::testing::{coordinator, report};
+        let test = coordinator().await;
+        let coordinator = &test.coordinator;
+        let at = coordinator.now();
+        let installing = report("web-1", &[("web", "2.0.0", AppState::Installing)]);
+        let mut healthy = report("web-1", &[("web", "2.0.0", AppState::Healthy)]);
+        healthy.sent_at = installing.sent_at;
+        coordinator.take_reports(vec![(installing, at)]);
+        coordinator.rollout_dirty.lock().clear();
+        coordinator.take_reports(vec![(healthy.clone(), at)]);
+        let held = coordinator.reports.lock().get(&healthy.host).cloned();
+        assert_eq!(
+            held.map(|(report, _)| report),
+            Some(healthy.clone()),
+            "the later report is held"
+        );
+        assert!(
+            coordinator.rollout_dirty.lock().contains(&healthy.host),
+            "the driver looks at the host again"
+        );
+        // An older one (an earlier second) still changes nothing.
+        let mut older = report("web-1", &[("web", "2.0.0", AppState::Fetching)]);
+        older.sent_at = Timestamp::from_unix(healthy.sent_at.unix() - 1);
+        coordinator.take_reports(vec![(older, Timestamp::from_unix(at.unix() - 1))]);
+        let held = coordinator.reports.lock().get(&healthy.host).cloned();
+        assert_eq!(held.map(|(report, _)| report), Some(healthy));
     }
 }
