@@ -1447,6 +1447,10 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     tokio::time::sleep(settle).await;
     let connected_kib = rss_kib(args.server_pid)?;
 
+    // The coordinator closes a connection without a client certificate after 10 s without
+    // a request, and opening thousands of connections takes longer: a fresh one for the
+    // counter (still one admin connection open, as when idle was read).
+    admin = Connection::open(&target, tls_config(&ca_pem, None)).await?;
     let before = polls_counter(&mut admin).await?;
     let wait = args.wait;
     let held: Vec<_> = opened
