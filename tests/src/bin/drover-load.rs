@@ -1417,7 +1417,8 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     for index in 0..hosts {
         identities.push(load_identity(&args.identities, &ca_pem, index)?);
     }
-    let mut admin = Connection::open(&target, tls_config(&ca_pem, None)).await?;
+    // An admin connection is open at every reading (this one until the counter's below).
+    let idle_admin = Connection::open(&target, tls_config(&ca_pem, None)).await?;
     tokio::time::sleep(settle).await;
     let idle_kib = rss_kib(args.server_pid)?;
 
@@ -1449,8 +1450,9 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
 
     // The coordinator closes a connection without a client certificate after 10 s without
     // a request, and opening thousands of connections takes longer: a fresh one for the
-    // counter (still one admin connection open, as when idle was read).
-    admin = Connection::open(&target, tls_config(&ca_pem, None)).await?;
+    // counter.
+    drop(idle_admin);
+    let mut admin = Connection::open(&target, tls_config(&ca_pem, None)).await?;
     let before = polls_counter(&mut admin).await?;
     let wait = args.wait;
     let held: Vec<_> = opened
