@@ -14,17 +14,17 @@ use drover_coordinator::{Cli, run};
 use drover_protocol::Timestamp;
 
 fn main() -> ExitCode {
-    // No transparent huge pages for this process: mimalloc asks for them on its arenas
-    // (madvise), and a 2 MiB page is resident as a whole once one byte of it is touched.
-    // With them, 2,000 held long-polls cost ~34 KiB each in RSS instead of ~27 KiB, and
-    // an idle coordinator ~16 MiB more (BENCHMARKS.md, issue 16). Failing (a kernel
-    // before 3.15) changes nothing else.
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
     if rustls::crypto::ring::default_provider().install_default().is_err() {
         eprintln!("drover: a TLS crypto provider was already installed");
         return ExitCode::FAILURE;
     }
+    // No transparent huge pages for this process: mimalloc asks for them on its arenas
+    // (madvise), and a 2 MiB page is resident as a whole once one byte of it is touched.
+    // With them, 2,000 held long-polls cost 33-35 KiB each in RSS instead of 26 KiB, and
+    // an idle coordinator 8-16 MiB more (BENCHMARKS.md, issue 16). Failing (a kernel
+    // before 3.15) changes nothing else.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
     let logging = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG").unwrap_or_else(|_| "info".into()))
