@@ -1205,11 +1205,7 @@ async fn pin_latency(args: PinArgs) -> anyhow::Result<()> {
         StatusCode::CREATED,
     )
     .await?;
-    // One connection per coordinator for its /metrics (the first one's is `admin`).
-    let mut metrics = vec![];
-    for target in &targets[1..] {
-        metrics.push(Connection::open(target, tls_config(&ca_pem, None)).await?);
-    }
+    drop(admin);
 
     // The waiters: hosts spread over the fleet, each on its own connection to coordinator
     // `slot % n`, each with its current manifest (verified, for its serial) and ETag,
@@ -1249,7 +1245,13 @@ async fn pin_latency(args: PinArgs) -> anyhow::Result<()> {
         .into_iter()
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let mut counted = std::iter::once(admin).chain(metrics).collect::<Vec<_>>();
+    // One admin connection per coordinator for its /metrics (the first one's also makes
+    // the pin), opened only now: a coordinator closes a connection without a client
+    // certificate after 10 s idle, and opening 10,000 waiters takes longer than that.
+    let mut counted = Vec::with_capacity(targets.len());
+    for target in &targets {
+        counted.push(Connection::open(target, tls_config(&ca_pem, None)).await?);
+    }
     let before = polls_counters(&mut counted).await?;
     let wait = args.wait;
     let handles: Vec<_> = opened
