@@ -70,20 +70,23 @@ impl Coordinator {
     /// with the database's model, so a host that joined (or was re-joined) through
     /// another replica a moment ago is served here at once instead of being told it was
     /// removed. A host truly removed costs one read of the database's model generation
-    /// per request, and never the model lock (which every change through any replica
-    /// waits for) unless the model did move.
+    /// per request, and never the database's model lock (which every change through any
+    /// replica waits for) unless the model did move; it does wait for this replica's own
+    /// model mutex, since a catch-up in progress has noted the new generation before it
+    /// made the new host's slot.
     pub async fn host_slot_current(&self, identity: Option<&PeerIdentity>) -> Result<Arc<HostSlot>, ServiceError> {
         match self.host_slot(identity) {
-            Err(refused @ ServiceError::NotAllowed(_, _)) if self.store.is_shared() => {
+            Err(ServiceError::NotAllowed(_, _)) if self.store.is_shared() => {
                 let behind = match self.store.database_generation().await {
                     Ok(generation) => generation != self.store.seen_generation(),
                     // Unknown: catch up to be sure (the lock says what is wrong, if anything).
                     Err(_) => true,
                 };
-                if !behind {
-                    return Err(refused);
+                if behind {
+                    drop(self.model().await);
+                } else {
+                    drop(self.model.lock().await);
                 }
-                drop(self.model().await);
                 self.host_slot(identity)
             }
             outcome => outcome,
