@@ -1543,7 +1543,10 @@ async fn postgres_over_tls_checks_the_servers_certificate_against_the_ca_given()
     // same options.
     assert!(store.listen().await.expect("listening over TLS").is_some());
     let clock = crate::server::clock::SystemClock;
-    assert!(store.campaign("replica-1", &clock).await.is_some(), "the lease over TLS");
+    assert!(
+        store.campaign("replica-1", &clock).await.is_some(),
+        "the lease over TLS"
+    );
     drop(store);
 
     let refused = open(format!("sslmode=verify-full&sslrootcert={}", wrong.display()))
