@@ -245,6 +245,13 @@ fn check_tag(tag: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `text` (`REGISTRY/REPOSITORY...`) names a tag or a digest, which a place to
+/// push to must not (`release create --registry`, `serve --artifact-registry`): the
+/// tag is the release's own.
+pub fn names_tag_or_digest(text: &str) -> bool {
+    text.contains('@') || text.rsplit_once('/').is_some_and(|(_, last)| last.contains(':'))
+}
+
 /// Checks a reference a release request carries: pinned by digest alone, naming its
 /// registry, in the canonical form [`ImageRef::pinned`] writes (so that two spellings of
 /// one image cannot make two different releases look alike).

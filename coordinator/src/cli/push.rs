@@ -55,7 +55,7 @@ impl PushTarget {
     /// (with a port, a dot or `localhost`), a repository, and neither a tag nor a digest.
     pub fn parse(text: &str, app: &AppName, version: &Version) -> Result<PushTarget, Error> {
         let bad = |problem: &str| Error::Input(format!("--registry {}: {problem}", printable(text)));
-        if text.contains('@') || text.rsplit_once('/').is_some_and(|(_, last)| last.contains(':')) {
+        if crate::reference::names_tag_or_digest(text) {
             return Err(bad(
                 "names a tag or digest; give the repository alone (REGISTRY/REPO, e.g. registry.example.com/drover/web): the tag is APP-VERSION",
             ));

@@ -90,7 +90,7 @@ impl ServeArgs {
 /// repository prefix, without a tag or digest (the CLI adds `/APP` and tags `APP-VERSION`).
 pub fn parse_artifact_registry(text: &str) -> Result<String, String> {
     let text = text.trim_end_matches('/');
-    let problem = if text.contains('@') || text.rsplit_once('/').is_some_and(|(_, last)| last.contains(':')) {
+    let problem = if crate::reference::names_tag_or_digest(text) {
         Some("names a tag or digest".to_owned())
     } else if !text.contains('/') {
         Some("names no repository prefix".to_owned())
