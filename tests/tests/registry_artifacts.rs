@@ -77,7 +77,12 @@ fn drover_at(data_dir: &Path, url: &str, args: &[&str], env: &[(&str, &str)]) ->
 }
 
 fn list_releases(coordinator: &TestCoordinator, app: &str) -> Vec<Release> {
-    let run = drover(coordinator, &["release", "list", app, "-o", "json"], &[]).ok();
+    list_releases_at(&coordinator.data_dir, &coordinator.url(), app)
+}
+
+/// [`list_releases`] of the coordinator at `url` (see [`drover_at`]).
+fn list_releases_at(data_dir: &Path, url: &str, app: &str) -> Vec<Release> {
+    let run = drover_at(data_dir, url, &["release", "list", app, "-o", "json"], &[]).ok();
     serde_json::from_str(&run.stdout).unwrap_or_else(|error| panic!("release list JSON: {error}\n{}", run.stdout))
 }
 
@@ -457,14 +462,7 @@ async fn replicas_with_an_artifact_registry_get_tarballs_pushed_there_without_a_
     )
     .ok();
     assert!(run.stderr.contains(&format!("pushing to {prefix}/web")), "{run:#?}");
-    let listed = drover_at(
-        &replica.data_dir,
-        &replica.url(),
-        &["release", "list", "web", "-o", "json"],
-        &[],
-    )
-    .ok();
-    let listed: Vec<Release> = serde_json::from_str(&listed.stdout).expect("release list JSON");
+    let listed = list_releases_at(&replica.data_dir, &replica.url(), "web");
     let Artifact::OciTarball { reference, digest, .. } = &listed[0].artifact else {
         panic!("not a registry tarball: {listed:#?}");
     };
@@ -489,14 +487,7 @@ async fn replicas_with_an_artifact_registry_get_tarballs_pushed_there_without_a_
     );
     let run = run.ok();
     assert!(!run.stderr.contains("pushing to"), "{run:#?}");
-    let listed = drover_at(
-        &replica.data_dir,
-        &replica.url(),
-        &["release", "list", "web", "-o", "json"],
-        &[],
-    )
-    .ok();
-    let listed: Vec<Release> = serde_json::from_str(&listed.stdout).expect("release list JSON");
+    let listed = list_releases_at(&replica.data_dir, &replica.url(), "web");
     let second = listed
         .iter()
         .find(|release| release.version.as_str() == "2")

@@ -302,6 +302,21 @@ struct Identity {
     tls: Arc<rustls::ClientConfig>,
 }
 
+/// Opens `identity`'s keep-alive connection to `target` and GETs its manifest once
+/// (TLS set up, the host's slot looked up): the connection and the 200 answer.
+async fn first_poll(target: &Target, identity: &Identity) -> anyhow::Result<(Connection, client::Answer)> {
+    let mut connection = Connection::open(target, identity.tls.clone()).await?;
+    let answer = connection.get("/v1/agent/manifest", &[], EXCHANGE_TIMEOUT).await?;
+    ensure!(
+        answer.status == StatusCode::OK,
+        "{}: first poll answered {} {}",
+        identity.host,
+        answer.status,
+        answer.body_text()
+    );
+    Ok((connection, answer))
+}
+
 fn load_identity(dir: &Path, ca_pem: &str, index: usize) -> anyhow::Result<Identity> {
     let host = host_name(index);
     let certificate = read_text(&certificate_path(dir, &host))
@@ -1223,15 +1238,7 @@ async fn pin_latency(args: PinArgs) -> anyhow::Result<()> {
             let target = targets[replica].with_path("/v1/agent/manifest");
             let trust = &trust;
             async move {
-                let mut connection = Connection::open(&target, identity.tls.clone()).await?;
-                let answer = connection.get("/v1/agent/manifest", &[], EXCHANGE_TIMEOUT).await?;
-                ensure!(
-                    answer.status == StatusCode::OK,
-                    "{}: first poll answered {} {}",
-                    identity.host,
-                    answer.status,
-                    answer.body_text()
-                );
+                let (connection, answer) = first_poll(&target, &identity).await?;
                 let etag = answer.etag().context("no ETag")?;
                 let verified = accept(&answer.body, trust, &identity.host, None, now_real()).map_err(|rejection| {
                     anyhow::anyhow!("{}: current manifest rejected: {rejection}", identity.host)
@@ -1430,15 +1437,7 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
         .map(|identity| {
             let target = target.clone();
             async move {
-                let mut connection = Connection::open(&target, identity.tls.clone()).await?;
-                let answer = connection.get("/v1/agent/manifest", &[], EXCHANGE_TIMEOUT).await?;
-                ensure!(
-                    answer.status == StatusCode::OK,
-                    "{}: first poll answered {} {}",
-                    identity.host,
-                    answer.status,
-                    answer.body_text()
-                );
+                let (connection, answer) = first_poll(&target, &identity).await?;
                 anyhow::Ok((connection, answer.etag().context("no ETag")?))
             }
         })
