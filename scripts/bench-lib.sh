@@ -1,11 +1,13 @@
 # bench-lib.sh - shared by the benchmark scripts (sourced, not run): processes they
 # start are stopped by PID on exit; RESULT-line statistics (field, stats, mmm, median);
 # /proc readers (cpu_s, mem_kib); wait_quiet (waits, bounded, until other work leaves
-# the CPUs alone); start_drover (a coordinator pinned to CPU 0).
+# the CPUs alone); start_drover (a coordinator pinned to CPU 0); start_postgres (a
+# PostgreSQL of its own).
 #
 # Expects from the caller: log, die; for drover_revision ROOT (the checkout) and BIN_DIR
 # if set; for wait_quiet RAW, QUIET_WAIT, QUIET_BUDGET; for start_drover W (its data
-# directory is $W/data), BIN and DROVER_PORT; for memory DROVER_PID and RAW.
+# directory is $W/data), BIN and DROVER_PORT; for memory DROVER_PID and RAW; for
+# start_postgres W, RAW, PG_BIN and PG_PORT.
 # shellcheck shell=bash
 
 # --- processes this script starts, stopped by PID on exit --------------------------------
@@ -118,3 +120,44 @@ start_drover() {
     die "drover serve did not answer within 120 s: $(tail -5 "$1")"
 }
 
+# start_postgres: a PostgreSQL of the benchmark's own in $W/pg on 127.0.0.1:$PG_PORT, from
+# $PG_BIN: initdb run as nobody (PostgreSQL refuses root), fsync and synchronous_commit
+# left on (the defaults; the test fixture turns fsync off, a benchmark must not), logs in
+# $RAW. On exit the processes in STARTED are stopped first, then PostgreSQL (fast
+# shutdown), and its cluster is removed. Sets PG, PG_PID, PG_FSYNC and PG_SYNC; psql_at SQL
+# runs a query on its `postgres` database.
+psql_at() { "$PG_BIN/psql" -At --host 127.0.0.1 --port "$PG_PORT" --username drover -c "$1" postgres; }
+stop_postgres() {
+    local rc=$? i pid
+    set +e
+    for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
+    kill -INT "$PG_PID" 2>/dev/null
+    for ((i = 0; i < 300; i++)); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$PG_PID" 2>/dev/null
+    wait "$PG_PID" 2>/dev/null
+    rm -rf "$PG"
+    return $rc
+}
+start_postgres() {
+    local i
+    PG="$W/pg"
+    mkdir -p "$PG"
+    chown nobody:nogroup "$PG" 2>/dev/null || chown 65534:65534 "$PG"
+    (cd / && setpriv --reuid=65534 --regid=65534 --clear-groups "$PG_BIN/initdb" --pgdata "$PG/data" \
+        --username drover --auth trust --encoding UTF8 --locale C --no-instructions) >"$RAW/initdb.log" 2>&1 \
+        || die "initdb failed: $(tail -5 "$RAW/initdb.log")"
+    (cd / && exec setpriv --reuid=65534 --regid=65534 --clear-groups "$PG_BIN/postgres" -D "$PG/data" \
+        -p "$PG_PORT" -c listen_addresses=127.0.0.1 -c "unix_socket_directories=$PG" -c max_connections=300) \
+        >"$RAW/postgres.log" 2>&1 &
+    PG_PID=$!
+    trap stop_postgres EXIT
+    wait_port "$PG_PORT" 30 || die "postgres did not start: $(tail -5 "$RAW/postgres.log")"
+    for ((i = 0; i < 100; i++)); do
+        "$PG_BIN/pg_isready" --host 127.0.0.1 --port "$PG_PORT" --quiet && break
+        sleep 0.1
+    done
+    # shellcheck disable=SC2034 # read by the caller's environment line
+    PG_FSYNC=$(psql_at 'show fsync')
+    # shellcheck disable=SC2034
+    PG_SYNC=$(psql_at 'show synchronous_commit')
+}

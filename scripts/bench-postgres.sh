@@ -92,39 +92,10 @@ else
 fi
 LOAD=(taskset -c 1 "$BIN/drover-load")
 
-# --- PostgreSQL of our own, fsync on ----------------------------------------------------
-PG="$W/pg"
-mkdir -p "$PG"
-chown nobody:nogroup "$PG" 2>/dev/null || chown 65534:65534 "$PG"
-as_nobody() { (cd / && setpriv --reuid=65534 --regid=65534 --clear-groups "$@"); }
-as_nobody "$PG_BIN/initdb" --pgdata "$PG/data" --username drover --auth trust --encoding UTF8 \
-    --locale C --no-instructions >"$RAW/initdb.log" 2>&1 || die "initdb failed: $(tail -5 "$RAW/initdb.log")"
-(cd / && exec setpriv --reuid=65534 --regid=65534 --clear-groups "$PG_BIN/postgres" -D "$PG/data" \
-    -p "$PG_PORT" -c listen_addresses=127.0.0.1 -c "unix_socket_directories=$PG" -c max_connections=300) \
-    >"$RAW/postgres.log" 2>&1 &
-PG_PID=$!
-# Stopped after the coordinators (fast shutdown), and its cluster removed, on exit.
-stop_postgres() {
-    local rc=$? i
-    set +e
-    for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
-    kill -INT "$PG_PID" 2>/dev/null
-    for ((i = 0; i < 300; i++)); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$PG_PID" 2>/dev/null
-    wait "$PG_PID" 2>/dev/null
-    rm -rf "$PG"
-    return $rc
-}
-trap stop_postgres EXIT
-wait_port "$PG_PORT" 30 || die "postgres did not start: $(tail -5 "$RAW/postgres.log")"
-for ((i = 0; i < 100; i++)); do
-    "$PG_BIN/pg_isready" --host 127.0.0.1 --port "$PG_PORT" --quiet && break
-    sleep 0.1
-done
+# --- PostgreSQL of our own, fsync on (bench-lib.sh) -------------------------------------
+start_postgres
 "$PG_BIN/createdb" --host 127.0.0.1 --port "$PG_PORT" --username drover drover
 DATABASE="postgres://drover@127.0.0.1:$PG_PORT/drover"
-PG_FSYNC=$("$PG_BIN/psql" -At --host 127.0.0.1 --port "$PG_PORT" --username drover -c 'show fsync' drover)
-PG_SYNC=$("$PG_BIN/psql" -At --host 127.0.0.1 --port "$PG_PORT" --username drover -c 'show synchronous_commit' drover)
 
 {
     echo "date: $(date -u +%FT%TZ)  host: $(nproc) cores, $(uname -r), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
